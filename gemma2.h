@@ -1,0 +1,822 @@
+/* gemma2.h - v0.1.0 - run Google's Gemma 2 language models on the CPU, in one C header.
+
+   Public domain or MIT, your choice: see the end of this file.
+
+   WHAT IT IS
+     A single-header C library that loads a Hugging Face Gemma 2 checkpoint folder
+     (config.json, *.safetensors, tokenizer.json or tokenizer.model) and runs it:
+     tokenizer, forward pass, sampling, chat. No dependencies beyond the C standard
+     library and the operating system (file mapping, threads), each switchable off.
+
+   QUICK START
+     In exactly ONE C or C++ file:
+         #define GEMMA2_IMPLEMENTATION
+         #include "gemma2.h"
+     Everywhere else just #include "gemma2.h".
+
+         char err[256];
+         gemma2_model *m = gemma2_load("gemma-2-2b-it", NULL, err, sizeof err);
+         if (!m) { fprintf(stderr, "%s\n", err); return 1; }
+         gemma2_session *s = gemma2_session_new(m, 0);
+         int32_t ids[] = {2, 651, 6037};              // <bos> The capital
+         if (gemma2_eval(s, ids, 3, NULL) == 0) {
+             const float *logits = gemma2_logits(s);   // vocab_size floats
+             ...
+         }
+         gemma2_session_free(s);
+         gemma2_free(m);
+
+   BUILD SWITCHES (define before the #include that has GEMMA2_IMPLEMENTATION)
+     GEMMA2_STATIC         all functions static (private copy in one translation unit)
+     GEMMA2_MALLOC(sz) / GEMMA2_REALLOC(p,sz) / GEMMA2_FREE(p)
+                           your allocator: define all three or none
+     GEMMA2_ASSERT(x)      internal consistency checks (default: assert.h; define empty to drop)
+     GEMMA2_NO_MMAP        read files into memory instead of mapping them
+     GEMMA2_NO_THREADS     no thread pool: everything runs on the calling thread
+     GEMMA2_NO_SIMD        scalar kernels only (the reference implementation)
+
+   TABLE OF CONTENTS
+     Part 1  Public API (declarations)
+       1.1  Versions, linkage, result codes
+       1.2  Options and loading
+       1.3  Sessions and evaluation
+       1.4  Tokenizer
+       1.5  Sampling, generation and chat
+     Part 2  Implementation (under GEMMA2_IMPLEMENTATION)
+       2.1  Platform: allocation, errors, small helpers
+       2.2  JSON reader
+       2.3  Files: mapping and reading
+       2.4  Safetensors
+       2.5  Config (config.json)
+       2.6  Thread pool
+       2.7  Kernels: scalar reference
+       2.8  Kernels: SIMD (x86-64 AVX2 / AVX-512, ARM64 NEON) and dispatch
+       2.9  Model loading
+       2.10 The forward pass
+       2.11 Sessions
+       2.12 Tokenizer
+       2.13 Sampler
+       2.14 Generation and chat
+     License
+
+   THREADS AND STATE
+     The library keeps no global mutable state, never prints and never exits.
+     A gemma2_model is read-only after gemma2_load and may be shared by any number
+     of sessions on any threads. A gemma2_session is one sequence (its KV cache and
+     position) and must be used by one thread at a time; it owns its worker threads.
+*/
+
+#ifndef GEMMA2_H_INCLUDED
+#define GEMMA2_H_INCLUDED
+
+/* ===========================================================================
+   1.1  Versions, linkage, result codes
+   =========================================================================== */
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define GEMMA2_VERSION_MAJOR 0
+#define GEMMA2_VERSION_MINOR 1
+#define GEMMA2_VERSION_PATCH 0
+#define GEMMA2_VERSION_STRING "0.1.0"
+
+#ifndef GEMMA2_DEF
+#ifdef GEMMA2_STATIC
+#define GEMMA2_DEF static
+#else
+#define GEMMA2_DEF extern
+#endif
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Every function that can fail returns one of these (negative) or a count/0. */
+enum {
+    GEMMA2_OK                     =   0,
+    GEMMA2_ERROR_INVALID_ARGUMENT =  -1, /* NULL pointer, negative count, unknown option value */
+    GEMMA2_ERROR_OUT_OF_MEMORY    =  -2,
+    GEMMA2_ERROR_IO               =  -3, /* a file could not be opened, mapped or read */
+    GEMMA2_ERROR_FORMAT           =  -4, /* a file is malformed, truncated or inconsistent */
+    GEMMA2_ERROR_UNSUPPORTED      =  -5, /* valid, but not something this library runs */
+    GEMMA2_ERROR_BAD_TOKEN        =  -6, /* a token id outside [0, vocab_size) */
+    GEMMA2_ERROR_CONTEXT_FULL     =  -7, /* the tokens do not fit in the session's n_ctx */
+    GEMMA2_ERROR_NO_TOKENIZER     =  -8, /* the model was loaded without a tokenizer */
+    GEMMA2_ERROR_NO_WEIGHTS       =  -9, /* the model was loaded tokenizer-only */
+    GEMMA2_ERROR_CHAT_FORMAT      = -10, /* roles out of order, unknown role */
+    GEMMA2_ERROR_CANCELLED        = -11  /* a callback asked to stop */
+};
+
+/* A static, readable name for a result code ("context full", ...). */
+GEMMA2_DEF const char *gemma2_error_string(int code);
+
+/* ===========================================================================
+   1.2  Options and loading
+   =========================================================================== */
+
+/* How weights are held in memory (gemma2_options.weights). */
+enum {
+    GEMMA2_WEIGHTS_AUTO = 0, /* as stored: BF16 used in place from the mapping, F32 kept F32 (exact), F16 widened to F32 */
+    GEMMA2_WEIGHTS_BF16 = 1  /* F32/F16 checkpoints converted to bf16 once at load (half the memory and bandwidth) */
+};
+
+/* Arithmetic precision of the matrix products (gemma2_options.compute). */
+enum {
+    GEMMA2_COMPUTE_F32  = 0, /* activations in float32, weights widened in registers: matches the references */
+    GEMMA2_COMPUTE_BF16 = 1  /* activations rounded to bf16 where that doubles throughput (as transformers in bf16) */
+};
+
+/* Kernel sets (gemma2_options.kernels). AUTO picks the best one the CPU has at run time. */
+enum {
+    GEMMA2_KERNELS_AUTO   = 0,
+    GEMMA2_KERNELS_SCALAR = 1, /* the plain-C reference */
+    GEMMA2_KERNELS_AVX2   = 2, /* x86-64 AVX2 + FMA + F16C */
+    GEMMA2_KERNELS_AVX512 = 3, /* x86-64 AVX-512 F/BW/VL (+ BF16 dot products when the CPU has them) */
+    GEMMA2_KERNELS_NEON   = 4  /* ARM64 */
+};
+
+/* Called while loading; fraction in [0, 1]. Return nonzero to cancel the load. */
+typedef int (*gemma2_progress_fn)(void *user, float fraction);
+
+/* All-zero means defaults (use `gemma2_options o = {0};` or pass NULL). */
+typedef struct gemma2_options {
+    int n_threads;              /* worker threads per session; 0 = all cores */
+    int weights;                /* GEMMA2_WEIGHTS_* */
+    int compute;                /* GEMMA2_COMPUTE_* */
+    int kernels;                /* GEMMA2_KERNELS_*: force a kernel set (an error if this CPU lacks it) */
+    int tokenizer_only;         /* nonzero: read config.json and the tokenizer only, no weights (cheap) */
+    int no_tokenizer;           /* nonzero: skip the tokenizer (gemma2_tokenize then fails) */
+    const char *tokenizer_path; /* NULL: MODEL_DIR/tokenizer.json, else MODEL_DIR/tokenizer.model.
+                                   Otherwise this file (.json or SentencePiece .model), used as given. */
+    gemma2_progress_fn progress;/* optional load progress */
+    void *progress_user;
+} gemma2_options;
+
+/* The architecture, as read from config.json. */
+typedef struct gemma2_config {
+    int vocab_size;              /* V */
+    int hidden_size;             /* H */
+    int intermediate_size;       /* I */
+    int num_hidden_layers;       /* L */
+    int num_attention_heads;     /* nH */
+    int num_key_value_heads;     /* nKV */
+    int head_dim;                /* hd */
+    int max_position_embeddings;
+    int sliding_window;          /* W: keys a local layer sees, counting the query's own */
+    float query_pre_attn_scalar; /* scores are scaled by query_pre_attn_scalar^-0.5 */
+    float attn_logit_softcapping;  /* 0 = none */
+    float final_logit_softcapping; /* 0 = none */
+    float rms_norm_eps;
+    float rope_theta;
+    int bos_token_id;
+    int pad_token_id;
+    int n_eos;                   /* eos ids from config.json, then generation_config.json */
+    int eos_token_ids[8];
+} gemma2_config;
+
+typedef struct gemma2_model gemma2_model;     /* read-only after load; shareable by sessions */
+typedef struct gemma2_session gemma2_session; /* one sequence: KV cache and position */
+
+/* Loads a Hugging Face Gemma 2 folder. On failure returns NULL and writes a one-line
+   reason naming the file/tensor/field into err (if err_size > 0). */
+GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options *opt, char *err, size_t err_size);
+GEMMA2_DEF void gemma2_free(gemma2_model *m);
+GEMMA2_DEF int gemma2_vocab_size(const gemma2_model *m);
+GEMMA2_DEF const gemma2_config *gemma2_model_config(const gemma2_model *m);
+/* Bytes of weights this model holds: mapped from the files plus converted copies. */
+GEMMA2_DEF size_t gemma2_model_weight_bytes(const gemma2_model *m);
+/* Name of the kernel set in use ("avx512-bf16", "scalar", ...). */
+GEMMA2_DEF const char *gemma2_model_kernels(const gemma2_model *m);
+
+/* ===========================================================================
+   1.3  Sessions and evaluation
+   =========================================================================== */
+
+/* n_ctx = 0: max_position_embeddings. NULL on failure (out of memory, bad argument). */
+GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx);
+GEMMA2_DEF void gemma2_session_free(gemma2_session *s);
+
+/* Appends n tokens at the current position. logits == NULL: only the last token's logits are
+   computed (read them with gemma2_logits); otherwise n * vocab floats, one row per token.
+   Returns 0, or a negative error code (bad token id, context full, ...) and leaves the session
+   unchanged. */
+GEMMA2_DEF int gemma2_eval(gemma2_session *s, const int32_t *ids, int n, float *logits);
+/* The logits of the last evaluated token (vocab_size floats), or NULL before any eval. */
+GEMMA2_DEF const float *gemma2_logits(const gemma2_session *s);
+
+GEMMA2_DEF int gemma2_session_pos(const gemma2_session *s);    /* tokens in the cache */
+GEMMA2_DEF int gemma2_session_n_ctx(const gemma2_session *s);
+GEMMA2_DEF const int32_t *gemma2_session_tokens(const gemma2_session *s); /* the pos tokens so far */
+/* Forgets everything from position pos on (0 <= pos <= current). Cheap, except when a
+   sliding-window layer's ring buffer no longer holds the keys position pos needs: then the
+   tokens before pos that it needs are evaluated again. Returns 0 or a negative error. */
+GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos);
+
+/* Tracing: fn is called after the embedding (layer 0) and after each decoder layer l
+   (layer l+1) with the residual stream x[n][hidden_size] of the n tokens at positions
+   pos0..pos0+n-1 being evaluated. For learning tools, logit lens and tests. NULL to stop. */
+typedef void (*gemma2_trace_fn)(void *user, int layer, int pos0, int n, const float *x);
+GEMMA2_DEF void gemma2_session_set_trace(gemma2_session *s, gemma2_trace_fn fn, void *user);
+
+/* ===========================================================================
+   1.4  Tokenizer
+   =========================================================================== */
+
+#define GEMMA2_TOKENIZE_ADD_BOS  1  /* prepend <bos> */
+#define GEMMA2_TOKENIZE_SPECIAL  2  /* match special tokens written in the text, as the reference tokenizers do;
+                                       without it they are plain text (what user content in a chat must use) */
+#define GEMMA2_DETOKENIZE_SKIP_CONTROL 1 /* gemma2_detokenize: leave out control tokens (<bos>, <eos>, <pad>, ...) */
+
+/* Returns the number of ids the text needs (writes at most max_ids), or a negative error. */
+GEMMA2_DEF int gemma2_tokenize(const gemma2_model *m, const char *text, size_t len, int32_t *ids, int max_ids, int flags);
+/* Returns the number of bytes the text needs (writes at most cap, no NUL counted), or a negative error.
+   flags 0: every token's text. */
+GEMMA2_DEF int gemma2_detokenize(const gemma2_model *m, const int32_t *ids, int n, char *out, size_t cap, int flags);
+
+/* @@TOKENIZER-API@@ (more tokenizer declarations go here) */
+
+/* ===========================================================================
+   1.5  Sampling, generation and chat
+   =========================================================================== */
+
+/* @@GENERATION-API@@ (sampler, generation and chat declarations go here) */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GEMMA2_H_INCLUDED */
+
+/* ###########################################################################
+   Part 2: Implementation
+   ########################################################################### */
+
+#ifdef GEMMA2_IMPLEMENTATION
+#ifndef GEMMA2_IMPLEMENTATION_DONE
+#define GEMMA2_IMPLEMENTATION_DONE
+
+/* ===========================================================================
+   2.1  Platform: allocation, errors, small helpers
+   =========================================================================== */
+
+#include <string.h>
+#include <stdarg.h>
+#include <stdio.h>   /* vsnprintf for error messages, FILE for plain reads; never prints */
+#include <math.h>
+#include <limits.h>
+
+#if defined(GEMMA2_MALLOC) && defined(GEMMA2_FREE) && defined(GEMMA2_REALLOC)
+/* all three given */
+#elif !defined(GEMMA2_MALLOC) && !defined(GEMMA2_FREE) && !defined(GEMMA2_REALLOC)
+#include <stdlib.h>
+#define GEMMA2_MALLOC(sz) malloc(sz)
+#define GEMMA2_REALLOC(p, sz) realloc(p, sz)
+#define GEMMA2_FREE(p) free(p)
+#else
+#error "gemma2.h: define all of GEMMA2_MALLOC, GEMMA2_REALLOC and GEMMA2_FREE, or none of them"
+#endif
+
+#ifndef GEMMA2_ASSERT
+#include <assert.h>
+#define GEMMA2_ASSERT(x) assert(x)
+#endif
+
+#if defined(_WIN32)
+#define GEMMA2__WINDOWS 1
+#endif
+
+#define GEMMA2__MIN(a, b) ((a) < (b) ? (a) : (b))
+#define GEMMA2__MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Writes a one-line reason into err; returns code so callers can `return gemma2__fail(...)`. */
+static int gemma2__fail(char *err, size_t err_size, int code, const char *fmt, ...)
+{
+    if (err && err_size > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, err_size, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+static void *gemma2__calloc(size_t n, size_t size)
+{
+    void *p;
+    size_t bytes;
+    if (size != 0 && n > (size_t)-1 / size) return NULL;
+    bytes = n * size;
+    p = GEMMA2_MALLOC(bytes > 0 ? bytes : 1);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+/* Overflow-checked size arithmetic: the product of file-given numbers must never wrap. */
+static int gemma2__mul_ok(uint64_t a, uint64_t b, uint64_t *out)
+{
+    if (a != 0 && b > UINT64_MAX / a) return 0;
+    *out = a * b;
+    return 1;
+}
+
+static char *gemma2__strdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = (char *)GEMMA2_MALLOC(n);
+    if (p) memcpy(p, s, n);
+    return p;
+}
+
+/* path = dir + "/" + name, in a fresh allocation. */
+static char *gemma2__path_join(const char *dir, const char *name)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = (char *)GEMMA2_MALLOC(a + b + 2);
+    if (!p) return NULL;
+    memcpy(p, dir, a);
+    if (a > 0 && dir[a - 1] != '/' && dir[a - 1] != '\\') p[a++] = '/';
+    memcpy(p + a, name, b + 1);
+    return p;
+}
+
+/* bfloat16 is the upper half of a float32: widening is a shift, exact. */
+static float gemma2__bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* float32 -> bfloat16, round to nearest even (NaN kept quiet). */
+static uint16_t gemma2__f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* IEEE half -> float32 (for F16 checkpoints, widened once at load). */
+static float gemma2__f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
+    float f;
+    if (exp == 0) {
+        if (man == 0) u = sign;
+        else { /* subnormal: normalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400u)) { man <<= 1; exp--; }
+            man &= 0x3ffu;
+            u = sign | (exp << 23) | (man << 13);
+        }
+    } else if (exp == 31) u = sign | 0x7f800000u | (man << 13);
+    else u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* ===========================================================================
+   2.2  JSON reader
+   ===========================================================================
+   Parses a whole JSON text into a flat array of nodes (a DOM without pointers).
+   Strings are kept as spans of the source text (still escaped); numbers too.
+   Every node knows its first child and next sibling, so walking is cheap; an
+   object's children alternate key, value. Depth is bounded (no stack overflow on
+   hostile input) and every byte is checked (no reads past the end). tokenizer.json
+   is 17.5 MB with ~2.2 M nodes: the parser is a single pass with no per-node
+   allocation. */
+
+enum { GEMMA2__JNULL, GEMMA2__JFALSE, GEMMA2__JTRUE, GEMMA2__JNUMBER, GEMMA2__JSTRING, GEMMA2__JARRAY, GEMMA2__JOBJECT };
+
+typedef struct gemma2__jnode {
+    uint32_t start;   /* offset of the value in the text (for strings: after the opening quote) */
+    uint32_t len;     /* bytes (for strings: up to the closing quote, escapes included) */
+    int32_t  next;    /* next sibling, or -1 */
+    int32_t  child;   /* first child (arrays, objects), or -1 */
+    int32_t  count;   /* children (objects: keys + values) */
+    uint8_t  type;
+    uint8_t  escaped; /* strings: contains a backslash */
+} gemma2__jnode;
+
+typedef struct gemma2__json {
+    const char *text;
+    size_t size;
+    gemma2__jnode *nodes;
+    int32_t n, cap;
+} gemma2__json;
+
+#define GEMMA2__JSON_MAX_DEPTH 128
+
+static void gemma2__json_free(gemma2__json *j)
+{
+    GEMMA2_FREE(j->nodes);
+    j->nodes = NULL;
+    j->n = j->cap = 0;
+}
+
+static int32_t gemma2__json_new(gemma2__json *j, int type, size_t start)
+{
+    gemma2__jnode *nd;
+    if (j->n == j->cap) {
+        int32_t cap = j->cap ? j->cap : 64;
+        void *p;
+        if (cap > INT32_MAX / 2) return -1;
+        cap *= 2;
+        p = GEMMA2_REALLOC(j->nodes, (size_t)cap * sizeof(gemma2__jnode));
+        if (!p) return -1;
+        j->nodes = (gemma2__jnode *)p;
+        j->cap = cap;
+    }
+    nd = &j->nodes[j->n];
+    nd->start = (uint32_t)start;
+    nd->len = 0;
+    nd->next = nd->child = -1;
+    nd->count = 0;
+    nd->type = (uint8_t)type;
+    nd->escaped = 0;
+    return j->n++;
+}
+
+static size_t gemma2__json_ws(const char *s, size_t i, size_t n)
+{
+    while (i < n && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) i++;
+    return i;
+}
+
+/* Links node id as the next child of the innermost open container. */
+static void gemma2__json_link(gemma2__json *j, int32_t parent, int32_t *last, int32_t id)
+{
+    if (*last < 0) j->nodes[parent].child = id; else j->nodes[*last].next = id;
+    j->nodes[parent].count++;
+    *last = id;
+}
+
+/* Parses the text; returns 0, or -1 with a reason (with byte offset) in err. */
+static int gemma2__json_parse(gemma2__json *j, const char *text, size_t size, char *err, size_t err_size)
+{
+    /* Iterative: an explicit stack of open containers and of the last child linked in each. */
+    int32_t stack[GEMMA2__JSON_MAX_DEPTH], last[GEMMA2__JSON_MAX_DEPTH];
+    int depth = 0, expect_key = 0, just_opened = 0;
+    size_t i = 0;
+    memset(j, 0, sizeof *j);
+    j->text = text;
+    j->size = size;
+    if (size >= 0xffffffffu) return gemma2__fail(err, err_size, -1, "JSON text too large (%zu bytes)", size);
+    for (;;) {
+        int32_t id;
+        char c;
+        i = gemma2__json_ws(text, i, size);
+        if (i >= size) return gemma2__fail(err, err_size, -1, "unexpected end of JSON at byte %zu", i);
+        c = text[i];
+        if (just_opened && (c == ']' || c == '}')) goto close; /* empty container */
+        just_opened = 0;
+        if (expect_key && c != '"') return gemma2__fail(err, err_size, -1, "expected a string key at byte %zu", i);
+        if (c == '{' || c == '[') {
+            if (depth == GEMMA2__JSON_MAX_DEPTH) return gemma2__fail(err, err_size, -1, "JSON nested too deeply at byte %zu", i);
+            id = gemma2__json_new(j, c == '{' ? GEMMA2__JOBJECT : GEMMA2__JARRAY, i);
+            if (id < 0) return gemma2__fail(err, err_size, -1, "out of memory parsing JSON");
+            if (depth > 0) gemma2__json_link(j, stack[depth - 1], &last[depth - 1], id);
+            stack[depth] = id;
+            last[depth] = -1;
+            depth++;
+            i++;
+            expect_key = (c == '{');
+            just_opened = 1;
+            continue;
+        }
+        if (c == '"') {
+            size_t k = i + 1;
+            int esc = 0;
+            while (k < size && text[k] != '"') {
+                unsigned char ch = (unsigned char)text[k];
+                if (ch < 0x20) return gemma2__fail(err, err_size, -1, "control character in JSON string at byte %zu", k);
+                if (ch == '\\') { esc = 1; k += 2; } else k++;
+            }
+            if (k >= size) return gemma2__fail(err, err_size, -1, "unterminated JSON string at byte %zu", i);
+            id = gemma2__json_new(j, GEMMA2__JSTRING, i + 1);
+            if (id < 0) return gemma2__fail(err, err_size, -1, "out of memory parsing JSON");
+            j->nodes[id].len = (uint32_t)(k - i - 1);
+            j->nodes[id].escaped = (uint8_t)esc;
+            i = k + 1;
+        } else {
+            int type;
+            size_t k = i;
+            if (c == 't' && size - i >= 4 && !memcmp(text + i, "true", 4)) { type = GEMMA2__JTRUE; k += 4; }
+            else if (c == 'f' && size - i >= 5 && !memcmp(text + i, "false", 5)) { type = GEMMA2__JFALSE; k += 5; }
+            else if (c == 'n' && size - i >= 4 && !memcmp(text + i, "null", 4)) { type = GEMMA2__JNULL; k += 4; }
+            else if (c == '-' || (c >= '0' && c <= '9')) {
+                /* the exact grammar is checked when the number is read (gemma2__json_number) */
+                type = GEMMA2__JNUMBER;
+                k++;
+                while (k < size && ((text[k] >= '0' && text[k] <= '9') || text[k] == '.' || text[k] == 'e' ||
+                                    text[k] == 'E' || text[k] == '+' || text[k] == '-')) k++;
+            } else return gemma2__fail(err, err_size, -1, "unexpected character 0x%02x in JSON at byte %zu", (unsigned char)c, i);
+            id = gemma2__json_new(j, type, i);
+            if (id < 0) return gemma2__fail(err, err_size, -1, "out of memory parsing JSON");
+            j->nodes[id].len = (uint32_t)(k - i);
+            i = k;
+        }
+        if (depth > 0) {
+            gemma2__json_link(j, stack[depth - 1], &last[depth - 1], id);
+            if (expect_key) {
+                i = gemma2__json_ws(text, i, size);
+                if (i >= size || text[i] != ':') return gemma2__fail(err, err_size, -1, "expected ':' at byte %zu", i);
+                i++;
+                expect_key = 0;
+                continue;
+            }
+        }
+        /* After a complete value: a comma, the end of its container(s), or the end of the text. */
+        for (;;) {
+            if (depth == 0) {
+                i = gemma2__json_ws(text, i, size);
+                if (i != size) return gemma2__fail(err, err_size, -1, "trailing characters after JSON at byte %zu", i);
+                return 0;
+            }
+            i = gemma2__json_ws(text, i, size);
+            if (i >= size) return gemma2__fail(err, err_size, -1, "unexpected end of JSON at byte %zu", i);
+            c = text[i];
+            if (c == ',') {
+                i++;
+                expect_key = (j->nodes[stack[depth - 1]].type == GEMMA2__JOBJECT);
+                break;
+            }
+        close:
+            if ((c == ']' && j->nodes[stack[depth - 1]].type == GEMMA2__JARRAY) ||
+                (c == '}' && j->nodes[stack[depth - 1]].type == GEMMA2__JOBJECT)) {
+                gemma2__jnode *open = &j->nodes[stack[depth - 1]];
+                open->len = (uint32_t)(i + 1 - open->start);
+                i++;
+                depth--;
+                just_opened = 0;
+                expect_key = 0;
+                continue;
+            }
+            return gemma2__fail(err, err_size, -1, "expected ',' or a matching bracket at byte %zu", i);
+        }
+    }
+}
+
+/* Member of an object by key (keys compared raw: config keys never need escapes). -1 if absent. */
+static int32_t gemma2__json_get(const gemma2__json *j, int32_t obj, const char *key)
+{
+    size_t kl = strlen(key);
+    int32_t c;
+    if (obj < 0 || j->nodes[obj].type != GEMMA2__JOBJECT) return -1;
+    for (c = j->nodes[obj].child; c >= 0 && j->nodes[c].next >= 0; c = j->nodes[j->nodes[c].next].next) {
+        const gemma2__jnode *k = &j->nodes[c];
+        if (k->len == kl && !memcmp(j->text + k->start, key, kl)) return k->next;
+    }
+    return -1;
+}
+
+static int gemma2__json_is(const gemma2__json *j, int32_t node, int type)
+{
+    return node >= 0 && j->nodes[node].type == type;
+}
+
+/* Number -> double. Own parser (strtod depends on the C locale's decimal point).
+   Returns 0 if the node is not a well-formed JSON number. */
+static int gemma2__json_number(const gemma2__json *j, int32_t node, double *out)
+{
+    const char *s;
+    size_t n, i = 0;
+    double mant = 0, v;
+    int neg = 0, exp10 = 0, eneg = 0, e = 0, digits = 0;
+    if (!gemma2__json_is(j, node, GEMMA2__JNUMBER)) return 0;
+    s = j->text + j->nodes[node].start;
+    n = j->nodes[node].len;
+    if (i < n && s[i] == '-') { neg = 1; i++; }
+    while (i < n && s[i] >= '0' && s[i] <= '9') { mant = mant * 10 + (s[i] - '0'); i++; digits++; }
+    if (i < n && s[i] == '.') {
+        i++;
+        while (i < n && s[i] >= '0' && s[i] <= '9') { mant = mant * 10 + (s[i] - '0'); exp10--; i++; digits++; }
+    }
+    if (!digits) return 0;
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < n && (s[i] == '+' || s[i] == '-')) { eneg = s[i] == '-'; i++; }
+        if (i >= n) return 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9') { if (e < 10000) e = e * 10 + (s[i] - '0'); i++; }
+        exp10 += eneg ? -e : e;
+    }
+    if (i != n) return 0;
+    /* Divide by an exact power of ten rather than multiply by an inexact one: 1e-06 and 0.02 come out right. */
+    v = mant;
+    if (exp10 < 0) v = v / pow(10.0, -exp10); else if (exp10 > 0) v = v * pow(10.0, exp10);
+    *out = neg ? -v : v;
+    return 1;
+}
+
+/* Integer member: returns 1 and stores it if node is an integral number within int range. */
+static int gemma2__json_int(const gemma2__json *j, int32_t node, int *out)
+{
+    double d;
+    if (!gemma2__json_number(j, node, &d)) return 0;
+    if (d != floor(d) || d < INT_MIN || d > INT_MAX) return 0;
+    *out = (int)d;
+    return 1;
+}
+
+/* Appends the UTF-8 encoding of code point cp to out; returns bytes written (1..4). */
+static int gemma2__utf8_put(char *out, uint32_t cp)
+{
+    if (cp < 0x80) { out[0] = (char)cp; return 1; }
+    if (cp < 0x800) { out[0] = (char)(0xc0 | (cp >> 6)); out[1] = (char)(0x80 | (cp & 0x3f)); return 2; }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xe0 | (cp >> 12)); out[1] = (char)(0x80 | ((cp >> 6) & 0x3f)); out[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (char)(0xf0 | (cp >> 18)); out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f)); out[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+static int gemma2__hex4(const char *s, uint32_t *v)
+{
+    int k;
+    *v = 0;
+    for (k = 0; k < 4; k++) {
+        char c = s[k];
+        *v <<= 4;
+        if (c >= '0' && c <= '9') *v |= (uint32_t)(c - '0');
+        else if (c >= 'a' && c <= 'f') *v |= (uint32_t)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') *v |= (uint32_t)(c - 'A' + 10);
+        else return 0;
+    }
+    return 1;
+}
+
+/* Decodes a string node into out (at most its raw length bytes are needed: unescaping
+   never grows the text). Returns the decoded length, or -1 on a bad escape. A lone
+   surrogate \uD800 is written as U+FFFD (JSON allows it, UTF-8 cannot hold it). */
+static int64_t gemma2__json_unescape(const gemma2__json *j, int32_t node, char *out)
+{
+    const char *s = j->text + j->nodes[node].start;
+    size_t n = j->nodes[node].len, i = 0, o = 0;
+    if (!j->nodes[node].escaped) { memcpy(out, s, n); return (int64_t)n; }
+    while (i < n) {
+        char c = s[i];
+        if (c != '\\') { out[o++] = c; i++; continue; }
+        if (i + 1 >= n) return -1;
+        c = s[i + 1];
+        i += 2;
+        switch (c) {
+        case '"': out[o++] = '"'; break;
+        case '\\': out[o++] = '\\'; break;
+        case '/': out[o++] = '/'; break;
+        case 'b': out[o++] = '\b'; break;
+        case 'f': out[o++] = '\f'; break;
+        case 'n': out[o++] = '\n'; break;
+        case 'r': out[o++] = '\r'; break;
+        case 't': out[o++] = '\t'; break;
+        case 'u': {
+            uint32_t cp, lo;
+            if (i + 4 > n || !gemma2__hex4(s + i, &cp)) return -1;
+            i += 4;
+            if (cp >= 0xd800 && cp < 0xdc00 && i + 6 <= n && s[i] == '\\' && s[i + 1] == 'u' &&
+                gemma2__hex4(s + i + 2, &lo) && lo >= 0xdc00 && lo < 0xe000) {
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                i += 6;
+            } else if (cp >= 0xd800 && cp < 0xe000) cp = 0xfffd;
+            /* \uXXXX is 6 bytes and yields at most 3; a surrogate pair is 12 and yields 4 */
+            o += (size_t)gemma2__utf8_put(out + o, cp);
+            break;
+        }
+        default: return -1;
+        }
+    }
+    return (int64_t)o;
+}
+
+/* String member compared to a C string (exact bytes after unescaping). */
+static int gemma2__json_streq(const gemma2__json *j, int32_t node, const char *s)
+{
+    char buf[256];
+    size_t sl = strlen(s);
+    int64_t n;
+    if (!gemma2__json_is(j, node, GEMMA2__JSTRING) || j->nodes[node].len >= sizeof buf) return 0;
+    n = gemma2__json_unescape(j, node, buf);
+    return n == (int64_t)sl && !memcmp(buf, s, sl);
+}
+
+/* ===========================================================================
+   2.3  Files: mapping and reading
+   =========================================================================== */
+
+/* @@FILES@@ */
+
+/* ===========================================================================
+   2.4  Safetensors
+   =========================================================================== */
+
+/* @@SAFETENSORS@@ */
+
+/* ===========================================================================
+   2.5  Config (config.json)
+   =========================================================================== */
+
+/* @@CONFIG@@ */
+
+/* ===========================================================================
+   2.6  Thread pool
+   =========================================================================== */
+
+/* @@THREADS@@ */
+
+/* ===========================================================================
+   2.7  Kernels: scalar reference
+   =========================================================================== */
+
+/* @@KERNELS-SCALAR@@ */
+
+/* ===========================================================================
+   2.8  Kernels: SIMD (x86-64 AVX2 / AVX-512, ARM64 NEON) and dispatch
+   =========================================================================== */
+
+/* @@KERNELS-SIMD@@ */
+
+/* ===========================================================================
+   2.9  Model loading
+   =========================================================================== */
+
+/* @@MODEL@@ */
+
+/* ===========================================================================
+   2.10 The forward pass
+   =========================================================================== */
+
+/* @@FORWARD@@ */
+
+/* ===========================================================================
+   2.11 Sessions
+   =========================================================================== */
+
+/* @@SESSION@@ */
+
+/* ===========================================================================
+   2.12 Tokenizer
+   =========================================================================== */
+
+/* @@TOKENIZER@@ */
+
+/* ===========================================================================
+   2.13 Sampler
+   =========================================================================== */
+
+/* @@SAMPLER@@ */
+
+/* ===========================================================================
+   2.14 Generation and chat
+   =========================================================================== */
+
+/* @@GENERATION@@ */
+
+#endif /* GEMMA2_IMPLEMENTATION_DONE */
+#endif /* GEMMA2_IMPLEMENTATION */
+
+/*
+------------------------------------------------------------------------------
+This software is available under 2 licenses -- choose whichever you prefer.
+------------------------------------------------------------------------------
+ALTERNATIVE A - MIT License
+Copyright (c) 2026 The gemma2.h authors
+Permission is hereby granted, free of charge, to any person obtaining a copy of
+this software and associated documentation files (the "Software"), to deal in
+the Software without restriction, including without limitation the rights to
+use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies
+of the Software, and to permit persons to whom the Software is furnished to do
+so, subject to the following conditions:
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+------------------------------------------------------------------------------
+ALTERNATIVE B - Public Domain (www.unlicense.org)
+This is free and unencumbered software released into the public domain.
+Anyone is free to copy, modify, publish, use, compile, sell, or distribute this
+software, either in source code form or as a compiled binary, for any purpose,
+commercial or non-commercial, and by any means.
+In jurisdictions that recognize copyright laws, the author or authors of this
+software dedicate any and all copyright interest in the software to the public
+domain. We make this dedication in the spirit of welcoming the continued
+development of the software and to the benefit of the public at large. We
+intend this dedication to be an overt act of relinquishment in perpetuity of
+all present and future rights to this software under copyright law.
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN
+ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION
+WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
+------------------------------------------------------------------------------
+*/

@@ -1,0 +1,16 @@
+/* The test program, built as ONE translation unit (C, and again as C++): the library's
+   implementation is compiled in here so that tests can reach its private gemma2__ functions
+   (the JSON reader, the kernels' scalar references) as well as the public API. */
+#define GEMMA2_IMPLEMENTATION
+#include "../gemma2.h"
+#include "test.h"
+
+#include "test_main.c"
+#include "test_json.c"
+#include "test_model.c"
+#include "test_loader.c"
+#include "test_kernels.c"
+#include "test_tokenizer.c"
+#include "test_sampler.c"
+#include "test_chat.c"
+#include "test_generate.c"

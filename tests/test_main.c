@@ -1,0 +1,59 @@
+/* The test runner: every suite, then one summary line. Usage: gemma2_test [filter] */
+#include "test.h"
+
+int g2t_case_failed;
+const char *g2t_data = "tests/data";
+static const char *g2t_filter;
+static int g2t_passed, g2t_failed;
+
+void g2t_run(const char *name, void (*fn)(void))
+{
+    if (g2t_filter && !strstr(name, g2t_filter)) return;
+    g2t_case_failed = 0;
+    fn();
+    if (g2t_case_failed) { g2t_failed++; fprintf(stderr, "FAILED %s\n", name); }
+    else { g2t_passed++; fprintf(stderr, "ok     %s\n", name); }
+}
+
+const char *g2t_path(const char *rel)
+{
+    static char buf[8][1024];
+    static int k;
+    char *p = buf[k++ & 7];
+    snprintf(p, 1024, "%s/%s", g2t_data, rel);
+    return p;
+}
+
+void *g2t_read_file(const char *path, size_t *size)
+{
+    FILE *f = fopen(path, "rb");
+    char *p;
+    long n;
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    p = (char *)malloc((size_t)n + 1);
+    if (p && fread(p, 1, (size_t)n, f) != (size_t)n) { free(p); p = NULL; }
+    if (p) p[n] = 0;
+    fclose(f);
+    if (size) *size = (size_t)n;
+    return p;
+}
+
+int main(int argc, char **argv)
+{
+    const char *d = getenv("GEMMA2_TEST_DATA");
+    if (d) g2t_data = d;
+    if (argc > 1) g2t_filter = argv[1];
+    suite_json();
+    suite_model();
+    suite_loader();
+    suite_kernels();
+    suite_tokenizer();
+    suite_sampler();
+    suite_chat();
+    suite_generate();
+    printf("%d passed, %d failed\n", g2t_passed, g2t_failed);
+    return g2t_failed ? 1 : 0;
+}
