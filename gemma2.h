@@ -708,7 +708,116 @@ static int gemma2__json_streq(const gemma2__json *j, int32_t node, const char *s
    2.3  Files: mapping and reading
    =========================================================================== */
 
-/* @@FILES@@ */
+/* A file's bytes, mapped read-only where the OS allows (so multi-GB weights cost no copy
+   and no RSS until touched, and pages are shared between processes), else read into memory. */
+typedef struct gemma2__file {
+    const uint8_t *data;
+    size_t size;
+    int mapped;     /* 1: data is a mapping, 0: data is an allocation */
+#ifdef GEMMA2__WINDOWS
+    void *hfile, *hmap;
+#endif
+} gemma2__file;
+
+#if !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
+#elif !defined(GEMMA2_NO_MMAP) && (defined(__unix__) || defined(__APPLE__))
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
+#define GEMMA2__POSIX_MMAP 1
+#endif
+
+/* Reads a whole file with stdio (the fallback, and for small files). */
+static int gemma2__file_read(gemma2__file *f, const char *path, char *err, size_t err_size)
+{
+    FILE *fp = fopen(path, "rb");
+    long n;
+    uint8_t *buf;
+    memset(f, 0, sizeof *f);
+    if (!fp) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
+    if (fseek(fp, 0, SEEK_END) != 0 || (n = ftell(fp)) < 0 || fseek(fp, 0, SEEK_SET) != 0) {
+        fclose(fp);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot determine size", path);
+    }
+    buf = (uint8_t *)GEMMA2_MALLOC((size_t)n + 1);
+    if (!buf) { fclose(fp); return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (%ld bytes)", path, n); }
+    if (n > 0 && fread(buf, 1, (size_t)n, fp) != (size_t)n) {
+        fclose(fp);
+        GEMMA2_FREE(buf);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: read error", path);
+    }
+    fclose(fp);
+    buf[n] = 0; /* a terminator past the end: harmless, and handy for text */
+    f->data = buf;
+    f->size = (size_t)n;
+    return 0;
+}
+
+/* Maps a file read-only (or reads it under GEMMA2_NO_MMAP). */
+static int gemma2__file_map(gemma2__file *f, const char *path, char *err, size_t err_size)
+{
+#if defined(GEMMA2__POSIX_MMAP)
+    struct stat st;
+    void *p;
+    int fd = open(path, O_RDONLY);
+    memset(f, 0, sizeof *f);
+    if (fd < 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
+    if (fstat(fd, &st) != 0) { close(fd); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot stat", path); }
+    if (st.st_size == 0) { close(fd); return gemma2__file_read(f, path, err, err_size); }
+    p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd); /* the mapping keeps the file alive */
+    if (p == MAP_FAILED) return gemma2__file_read(f, path, err, err_size);
+    f->data = (const uint8_t *)p;
+    f->size = (size_t)st.st_size;
+    f->mapped = 1;
+    return 0;
+#elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
+    LARGE_INTEGER sz;
+    HANDLE h, m;
+    void *p;
+    memset(f, 0, sizeof *f);
+    h = CreateFileA(path, GENERIC_READ, FILE_SHARE_READ, NULL, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
+    if (h == INVALID_HANDLE_VALUE) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
+    if (!GetFileSizeEx(h, &sz) || sz.QuadPart == 0) { CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
+    m = CreateFileMappingA(h, NULL, PAGE_READONLY, 0, 0, NULL);
+    if (!m) { CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
+    p = MapViewOfFile(m, FILE_MAP_READ, 0, 0, 0);
+    if (!p) { CloseHandle(m); CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
+    f->data = (const uint8_t *)p;
+    f->size = (size_t)sz.QuadPart;
+    f->mapped = 1;
+    f->hfile = h;
+    f->hmap = m;
+    return 0;
+#else
+    return gemma2__file_read(f, path, err, err_size);
+#endif
+}
+
+static void gemma2__file_close(gemma2__file *f)
+{
+    if (!f->data) return;
+    if (!f->mapped) GEMMA2_FREE((void *)f->data);
+#if defined(GEMMA2__POSIX_MMAP)
+    else munmap((void *)f->data, f->size);
+#elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
+    else { UnmapViewOfFile(f->data); CloseHandle(f->hmap); CloseHandle(f->hfile); }
+#endif
+    memset(f, 0, sizeof *f);
+}
+
+static int gemma2__file_exists(const char *path)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return 0;
+    fclose(fp);
+    return 1;
+}
 
 /* ===========================================================================
    2.4  Safetensors
@@ -726,19 +835,163 @@ static int gemma2__json_streq(const gemma2__json *j, int32_t node, const char *s
    2.6  Thread pool
    =========================================================================== */
 
-/* @@THREADS@@ */
+/* The pool runs one parallel step at a time: fn(ctx, task, n_tasks) for every task,
+   spread over the session's threads (the calling thread works too), then returns.
+   Sessions own their pool, so a shared model never needs locks. */
+typedef void (*gemma2__task_fn)(void *ctx, int task, int n_tasks);
+
+typedef struct gemma2__pool {
+    int n_threads;
+} gemma2__pool;
+
+static gemma2__pool *gemma2__pool_new(int n_threads)
+{
+    gemma2__pool *p = (gemma2__pool *)gemma2__calloc(1, sizeof *p);
+    if (p) p->n_threads = n_threads < 1 ? 1 : n_threads;
+    return p;
+}
+
+static void gemma2__pool_free(gemma2__pool *p) { GEMMA2_FREE(p); }
+
+static int gemma2__pool_size(const gemma2__pool *p) { return p->n_threads; }
+
+static void gemma2__pool_run(gemma2__pool *p, gemma2__task_fn fn, void *ctx, int n_tasks)
+{
+    int t;
+    (void)p;
+    for (t = 0; t < n_tasks; t++) fn(ctx, t, n_tasks);
+}
+
+/* Number of online CPUs, or 1 if unknown. */
+static int gemma2__cpu_count(void) { return 1; }
 
 /* ===========================================================================
    2.7  Kernels: scalar reference
    =========================================================================== */
 
-/* @@KERNELS-SCALAR@@ */
+/* Weight storage types. A matrix is row-major W[rows][cols] and is applied as y = W x
+   (PyTorch's Linear layout: each output is the dot product of one row with the input).
+   Quantized types will join this list; a kernel set handles every type it lists. */
+enum { GEMMA2__DT_F32 = 0, GEMMA2__DT_BF16 = 1, GEMMA2__DT_COUNT };
+
+typedef struct gemma2__mat {
+    const void *data; /* rows * cols elements of dtype */
+    int dtype;        /* GEMMA2__DT_* */
+    int rows, cols;
+} gemma2__mat;
+
+/* One matrix product Y[t][r] = sum_k W[r][k] X[t][k], t < T, over a range of rows so that
+   threads can split it. Activations X are float32; with GEMMA2_COMPUTE_BF16 the caller
+   also hands a bf16 copy (xb) that kernels with bf16 dot products use instead. */
+typedef struct gemma2__matmul_args {
+    float *y;            /* [T][ldy] */
+    int ldy;
+    const float *x;      /* [T][w->cols] */
+    const uint16_t *xb;  /* [T][w->cols] bf16 copy of x, or NULL */
+    int T;
+    const gemma2__mat *w;
+} gemma2__matmul_args;
+
+/* A kernel set: one function per hot operation. The scalar set below is the reference
+   that every SIMD set is tested against. */
+typedef struct gemma2__kernels {
+    const char *name;
+    int id;               /* GEMMA2_KERNELS_* */
+    int wants_bf16_x;     /* matmul reads xb (bf16 activations) when given */
+    void (*matmul)(const gemma2__matmul_args *a, int r0, int r1);
+    float (*dot)(const float *a, const float *b, int n);            /* sum a[i] b[i] */
+    void (*axpy)(float *y, float a, const float *x, int n);         /* y += a x */
+    /* out = x / sqrt(mean(x^2) + eps) * w1 where w1 = 1 + weight (precomputed) */
+    void (*rmsnorm)(float *out, const float *x, const float *w1, int n, float eps);
+    /* g[i] = gelu_tanh(g[i]) * u[i] */
+    void (*gelu_mul)(float *g, const float *u, int n);
+} gemma2__kernels;
+
+/* --- the scalar reference ------------------------------------------------ */
+
+static float gemma2__dot_scalar(const float *a, const float *b, int n)
+{
+    float s = 0;
+    int i;
+    for (i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void gemma2__axpy_scalar(float *y, float a, const float *x, int n)
+{
+    int i;
+    for (i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* Element k of a weight row, widened to float. */
+static float gemma2__w_at(const gemma2__mat *w, size_t idx)
+{
+    if (w->dtype == GEMMA2__DT_BF16) return gemma2__bf16_to_f32(((const uint16_t *)w->data)[idx]);
+    return ((const float *)w->data)[idx];
+}
+
+static void gemma2__matmul_scalar(const gemma2__matmul_args *a, int r0, int r1)
+{
+    const gemma2__mat *w = a->w;
+    int K = w->cols, r, t, k;
+    for (r = r0; r < r1; r++) {
+        size_t row = (size_t)r * (size_t)K;
+        for (t = 0; t < a->T; t++) {
+            const float *x = a->x + (size_t)t * K;
+            float s = 0;
+            if (w->dtype == GEMMA2__DT_BF16) {
+                const uint16_t *wr = (const uint16_t *)w->data + row;
+                for (k = 0; k < K; k++) s += gemma2__bf16_to_f32(wr[k]) * x[k];
+            } else {
+                const float *wr = (const float *)w->data + row;
+                for (k = 0; k < K; k++) s += wr[k] * x[k];
+            }
+            a->y[(size_t)t * a->ldy + r] = s;
+        }
+    }
+}
+
+/* RMSNorm as Gemma defines it: the weight is stored as w and applied as (1 + w); here w1
+   already holds 1 + w (computed once at load, in float32 as the references do). */
+static void gemma2__rmsnorm_scalar(float *out, const float *x, const float *w1, int n, float eps)
+{
+    float ss = 0, scale;
+    int i;
+    for (i = 0; i < n; i++) ss += x[i] * x[i];
+    scale = 1.0f / sqrtf(ss / (float)n + eps);
+    for (i = 0; i < n; i++) out[i] = x[i] * scale * w1[i];
+}
+
+/* GELU, tanh approximation (`gelu_pytorch_tanh`); the exact erf form differs by ~1e-2 in logits. */
+static float gemma2__gelu_tanh(float u)
+{
+    const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+    return 0.5f * u * (1.0f + tanhf(c * (u + 0.044715f * u * u * u)));
+}
+
+static void gemma2__gelu_mul_scalar(float *g, const float *u, int n)
+{
+    int i;
+    for (i = 0; i < n; i++) g[i] = gemma2__gelu_tanh(g[i]) * u[i];
+}
+
+static const gemma2__kernels gemma2__kernels_scalar = {
+    "scalar", GEMMA2_KERNELS_SCALAR, 0,
+    gemma2__matmul_scalar, gemma2__dot_scalar, gemma2__axpy_scalar,
+    gemma2__rmsnorm_scalar, gemma2__gelu_mul_scalar
+};
 
 /* ===========================================================================
    2.8  Kernels: SIMD (x86-64 AVX2 / AVX-512, ARM64 NEON) and dispatch
    =========================================================================== */
 
-/* @@KERNELS-SIMD@@ */
+/* Picks the kernel set: `want` is a GEMMA2_KERNELS_* value (AUTO = the best this CPU runs).
+   Returns NULL if the CPU (or this build) cannot run the one asked for. */
+static const gemma2__kernels *gemma2__kernels_select(int want)
+{
+    if (want == GEMMA2_KERNELS_AUTO || want == GEMMA2_KERNELS_SCALAR) return &gemma2__kernels_scalar;
+    return NULL;
+}
 
 /* ===========================================================================
    2.9  Model loading
