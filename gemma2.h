@@ -997,6 +997,46 @@ static const gemma2__kernels *gemma2__kernels_select(int want)
    2.9  Model loading
    =========================================================================== */
 
+/* The tokenizer lives in section 2.12; the model only holds it. */
+typedef struct gemma2__tokenizer gemma2__tokenizer;
+/* Reads tokenizer.json (Hugging Face) or tokenizer.model (SentencePiece), chosen by content. */
+static int gemma2__tokenizer_load(gemma2__tokenizer **out, const char *path, char *err, size_t err_size);
+static void gemma2__tokenizer_free(gemma2__tokenizer *t);
+
+/* One decoder layer's weights. Shapes: H hidden, nH heads, nKV kv heads, hd head_dim, I intermediate. */
+typedef struct gemma2__layer {
+    const float *attn_norm;      /* [H] input_layernorm, stored as 1 + w */
+    const float *post_attn_norm; /* [H] post_attention_layernorm, 1 + w */
+    const float *pre_ffw_norm;   /* [H] pre_feedforward_layernorm, 1 + w */
+    const float *post_ffw_norm;  /* [H] post_feedforward_layernorm, 1 + w */
+    gemma2__mat wq;              /* [nH*hd, H]  q_proj */
+    gemma2__mat wk;              /* [nKV*hd, H] k_proj */
+    gemma2__mat wv;              /* [nKV*hd, H] v_proj */
+    gemma2__mat wo;              /* [H, nH*hd]  o_proj */
+    gemma2__mat wgate;           /* [I, H]      gate_proj */
+    gemma2__mat wup;             /* [I, H]      up_proj */
+    gemma2__mat wdown;           /* [H, I]      down_proj */
+    int sliding;                 /* 1 on layers 0, 2, 4, ...: attends to the last W positions only */
+} gemma2__layer;
+
+/* A block of memory the model owns (converted weights, norm vectors). */
+typedef struct gemma2__block { struct gemma2__block *next; } gemma2__block;
+
+struct gemma2_model {
+    gemma2_config cfg;
+    gemma2_options opt;            /* as given, defaults filled in */
+    int has_weights;               /* 0 when loaded tokenizer-only */
+    gemma2__mat embed;             /* [V, H] embed_tokens; also the (tied) output projection */
+    const float *final_norm;       /* [H] model.norm, 1 + w */
+    gemma2__layer *layers;         /* [L] */
+    gemma2__file *files;           /* the safetensors files, mapped */
+    int n_files;
+    gemma2__block *owned;          /* allocations freed with the model */
+    size_t weight_bytes;
+    const gemma2__kernels *kern;
+    gemma2__tokenizer *tok;        /* NULL when loaded without a tokenizer */
+};
+
 /* @@MODEL@@ */
 
 /* ===========================================================================
