@@ -240,6 +240,11 @@ GEMMA2_DEF int gemma2_detokenize(const gemma2_model *m, const int32_t *ids, int 
                                     (transformers.js / Python's "replace"), tokenizer.model one per invalid byte
                                     (SentencePiece). Without it the bytes are returned exactly as the tokens hold them. */
 
+/* A model that holds only a tokenizer, read from one file (tokenizer.json or a SentencePiece tokenizer.model, told
+   apart by content), for tools that need no config.json and no weights. gemma2_vocab_size is the tokenizer's;
+   sessions cannot be made from it. Free with gemma2_free. NULL and a reason in err on failure. */
+GEMMA2_DEF gemma2_model *gemma2_load_tokenizer(const char *path, char *err, size_t err_size);
+
 /* Tokenizer details (all take a model loaded with a tokenizer; ids outside the vocabulary give NULL / 0 / -1). */
 /* The piece of a token as stored in the vocabulary ("▁world", "<0x0A>", "<bos>"), *len its bytes (not NUL-terminated
    in general: use len). NULL if there is no tokenizer or id is out of range. */
@@ -3136,6 +3141,21 @@ GEMMA2_DEF int gemma2_token_is_special(const gemma2_model *m, int32_t id)
 GEMMA2_DEF int gemma2_token_is_control(const gemma2_model *m, int32_t id)
 {
     return m && m->tok && id >= 0 && id < m->tok->n && (m->tok->attr[id] & GEMMA2__TA_CONTROL) != 0;
+}
+
+GEMMA2_DEF gemma2_model *gemma2_load_tokenizer(const char *path, char *err, size_t err_size)
+{
+    gemma2_model *m;
+    if (!path) { gemma2__fail(err, err_size, 0, "gemma2_load_tokenizer: path is NULL"); return NULL; }
+    m = (gemma2_model *)gemma2__calloc(1, sizeof *m);
+    if (!m) { gemma2__fail(err, err_size, 0, "%s: out of memory", path); return NULL; }
+    if (gemma2__tokenizer_load(&m->tok, path, err, err_size) != 0) { GEMMA2_FREE(m); return NULL; }
+    m->opt.tokenizer_only = 1;
+    m->cfg.vocab_size = m->tok->n;
+    m->cfg.bos_token_id = m->tok->bos;
+    m->cfg.pad_token_id = -1;
+    if (m->tok->eos >= 0) { m->cfg.n_eos = 1; m->cfg.eos_token_ids[0] = m->tok->eos; }
+    return m;
 }
 
 GEMMA2_DEF int32_t gemma2_token_bos(const gemma2_model *m) { return m && m->tok ? m->tok->bos : -1; }
