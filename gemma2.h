@@ -2028,6 +2028,9 @@ enum { GEMMA2__TOK_HF = 0, GEMMA2__TOK_SPM = 1 };
 #define GEMMA2__TOK_MAX_VOCAB 0xfffff
 #define GEMMA2__TOK_MAX_MERGES 0xffffff
 
+/* A merge: the piece it makes and its priority (smaller first). */
+typedef struct gemma2__merge { uint32_t prio; int32_t id; } gemma2__merge;
+
 typedef struct gemma2__trie_node {
     int32_t child, sibling, id; /* id: the token ending here, or -1 */
     uint8_t byte;
@@ -2042,9 +2045,9 @@ struct gemma2__tokenizer {
     uint64_t *ptab;            /* piece -> id: (hash << 32) | (id + 1); 0 = empty */
     uint32_t pmask;
     uint32_t *prio;            /* SentencePiece: [n] merge order from the score (smaller merges first) */
-    uint64_t *mtab;            /* tokenizer.json merges: (left << 44) | (right << 24) | rank; ~0 = empty */
+    uint64_t *mtab;            /* merges by id pair: (left << 44) | (right << 24) | index into merges; ~0 = empty */
     uint32_t mmask;
-    int32_t *mres;             /* [n_merges]: the piece merge rank r makes */
+    gemma2__merge *merges;     /* [n_merges] */
     int32_t n_merges;
     gemma2__trie_node *trie;   /* the pieces matched whole; node 0 is the root */
     int32_t n_trie, trie_cap;
@@ -2069,7 +2072,7 @@ static void gemma2__tokenizer_free(gemma2__tokenizer *t)
     GEMMA2_FREE(t->ptab);
     GEMMA2_FREE(t->prio);
     GEMMA2_FREE(t->mtab);
-    GEMMA2_FREE(t->mres);
+    GEMMA2_FREE(t->merges);
     GEMMA2_FREE(t->trie);
     GEMMA2_FREE(t);
 }
@@ -2099,9 +2102,16 @@ static uint32_t gemma2__tok_hash(const char *s, size_t n)
 static size_t gemma2__tok_len(const gemma2__tokenizer *t, int32_t id) { return t->off[id + 1] - t->off[id] - 1; }
 static const char *gemma2__tok_str(const gemma2__tokenizer *t, int32_t id) { return t->arena + t->off[id]; }
 
-static int32_t gemma2__tok_find(const gemma2__tokenizer *t, const char *s, size_t n)
+#if defined(__GNUC__) || defined(__clang__)
+#define GEMMA2__PREFETCH(p) __builtin_prefetch(p)
+#else
+#define GEMMA2__PREFETCH(p) ((void)0)
+#endif
+
+/* The id of piece s[0, n) whose hash is h, or -1. */
+static int32_t gemma2__tok_find_h(const gemma2__tokenizer *t, const char *s, size_t n, uint32_t h)
 {
-    uint32_t h = gemma2__tok_hash(s, n), i = h & t->pmask;
+    uint32_t i = h & t->pmask;
     for (;; i = (i + 1) & t->pmask) {
         uint64_t e = t->ptab[i];
         int32_t id;
@@ -2110,6 +2120,11 @@ static int32_t gemma2__tok_find(const gemma2__tokenizer *t, const char *s, size_
         id = (int32_t)(uint32_t)e - 1;
         if (gemma2__tok_len(t, id) == n && !memcmp(gemma2__tok_str(t, id), s, n)) return id;
     }
+}
+
+static int32_t gemma2__tok_find(const gemma2__tokenizer *t, const char *s, size_t n)
+{
+    return gemma2__tok_find_h(t, s, n, gemma2__tok_hash(s, n));
 }
 
 /* Length of the UTF-8 character at s (1..4), or 1 for a byte that does not start a valid one. */
@@ -2261,7 +2276,7 @@ static int gemma2__tok_hf_normalizer_ok(const gemma2__json *j, int32_t node)
            gemma2__json_streq(j, gemma2__json_get(j, node, "content"), "\xe2\x96\x81");
 }
 
-static void gemma2__tok_merge_put(gemma2__tokenizer *t, uint64_t pair, int32_t rank)
+static void gemma2__tok_merge_put(gemma2__tokenizer *t, uint64_t pair, int32_t index)
 {
     uint32_t i = (uint32_t)((pair * 0x9e3779b97f4a7c15ull) >> 40) & t->mmask;
     for (;; i = (i + 1) & t->mmask) {
@@ -2269,7 +2284,7 @@ static void gemma2__tok_merge_put(gemma2__tokenizer *t, uint64_t pair, int32_t r
         if (e == ~(uint64_t)0 || (e >> 24) == pair) break;
     }
     /* a repeated pair keeps the later rank, as transformers' and transformers.js' maps do */
-    t->mtab[i] = (pair << 24) | (uint64_t)rank;
+    t->mtab[i] = (pair << 24) | (uint64_t)index;
 }
 
 static int gemma2__tok_load_json(gemma2__tokenizer *t, const char *text, size_t size, const char *name, char *err, size_t err_size)
@@ -2386,8 +2401,8 @@ static int gemma2__tok_load_json(gemma2__tokenizer *t, const char *text, size_t 
         if (j.nodes[merges].count > GEMMA2__TOK_MAX_MERGES) GEMMA2__TJFAIL(GEMMA2_ERROR_UNSUPPORTED, "%s: too many merges", name);
         while (cap < (uint32_t)j.nodes[merges].count + (uint32_t)j.nodes[merges].count / 2u) cap *= 2;
         t->mtab = (uint64_t *)GEMMA2_MALLOC((size_t)cap * sizeof *t->mtab);
-        t->mres = (int32_t *)GEMMA2_MALLOC((size_t)j.nodes[merges].count * sizeof *t->mres);
-        if (!t->mtab || !t->mres) GEMMA2__TJFAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
+        t->merges = (gemma2__merge *)GEMMA2_MALLOC((size_t)j.nodes[merges].count * sizeof *t->merges);
+        if (!t->mtab || !t->merges) GEMMA2__TJFAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
         memset(t->mtab, 0xff, (size_t)cap * sizeof *t->mtab);
         t->mmask = cap - 1;
         for (c = j.nodes[merges].child; c >= 0; c = j.nodes[c].next, rank++) {
@@ -2415,7 +2430,8 @@ static int gemma2__tok_load_json(gemma2__tokenizer *t, const char *text, size_t 
             if (a < 0 || b < 0 || r < 0)
                 GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d: %s is not in the vocabulary", name, (int)rank,
                                a < 0 ? "its left piece" : b < 0 ? "its right piece" : "the merged piece");
-            t->mres[rank] = r;
+            t->merges[rank].prio = (uint32_t)rank;
+            t->merges[rank].id = r;
             /* a merge must never make a special token (they are matched in the text, or are plain text) */
             if (!(t->attr[r] & GEMMA2__TA_SPECIAL)) gemma2__tok_merge_put(t, ((uint64_t)a << 20) | (uint64_t)b, rank);
         }
@@ -2499,6 +2515,80 @@ static int gemma2__spm_piece(const uint8_t *data, size_t size, const uint8_t **s
         else if (f == 3 && wt == 0) *type = (int)(v > 100 ? 100 : v);
     }
     return rc < 0 || !*s ? -1 : 0;
+}
+
+/* SentencePiece merges any two neighbours whose concatenation is a piece. Every such pair of pieces is listed here
+   once, at load, by splitting each piece at each character boundary: encoding then looks merges up by id pair, as
+   for tokenizer.json, instead of hashing strings (about 600 000 pairs for Gemma). Splitting a piece at its own
+   character boundaries finds every split the text can produce: a symbol boundary is a character boundary of the
+   text, and the piece is made of whole symbols. */
+static int gemma2__tok_spm_pairs(gemma2__tokenizer *t, const char *name, char *err, size_t err_size)
+{
+    uint64_t *pairs = NULL;
+    int32_t *res = NULL;
+    size_t n = 0, cap = 0, k;
+    uint32_t tcap = 16;
+    int32_t i;
+    for (i = 0; i < t->n; i++) {
+        /* 1.7 M look-ups for Gemma, nearly all cache misses: the table slots of every split of a piece are
+           prefetched first, so that the misses overlap (this halves the load time) */
+        const char *s = gemma2__tok_str(t, i);
+        size_t len = gemma2__tok_len(t, i), b = 0, nb, q, next;
+        size_t at[32];
+        uint32_t hl[32], hr[32];
+        if (!(t->attr[i] & GEMMA2__TA_MERGE) || len == 0) continue;
+        next = gemma2__u8len((const unsigned char *)s, len);
+        do { /* 32 splits at a time */
+            for (nb = 0, b = next; b < len && nb < 32; b += gemma2__u8len((const unsigned char *)s + b, len - b)) {
+                at[nb] = b;
+                hl[nb] = gemma2__tok_hash(s, b);
+                hr[nb] = gemma2__tok_hash(s + b, len - b);
+                GEMMA2__PREFETCH(&t->ptab[hl[nb] & t->pmask]);
+                GEMMA2__PREFETCH(&t->ptab[hr[nb] & t->pmask]);
+                nb++;
+            }
+            next = b;
+            for (q = 0; q < nb; q++) {
+                int32_t l, r;
+                b = at[q];
+                if ((l = gemma2__tok_find_h(t, s, b, hl[q])) < 0 || (r = gemma2__tok_find_h(t, s + b, len - b, hr[q])) < 0) continue;
+                if (n == cap) {
+                    void *pp, *pq;
+                    cap = cap ? cap * 2 : 65536;
+                    pp = GEMMA2_REALLOC(pairs, cap * sizeof *pairs);
+                    if (pp) pairs = (uint64_t *)pp;
+                    pq = GEMMA2_REALLOC(res, cap * sizeof *res);
+                    if (pq) res = (int32_t *)pq;
+                    if (!pp || !pq || cap > GEMMA2__TOK_MAX_MERGES) {
+                        GEMMA2_FREE(pairs);
+                        GEMMA2_FREE(res);
+                        return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (merge pairs)", name);
+                    }
+                }
+                pairs[n] = ((uint64_t)(uint32_t)l << 20) | (uint64_t)(uint32_t)r;
+                res[n++] = i;
+            }
+        } while (next < len);
+    }
+    while (tcap < n + n / 2) tcap *= 2;
+    t->mtab = (uint64_t *)GEMMA2_MALLOC((size_t)tcap * sizeof *t->mtab);
+    t->merges = (gemma2__merge *)GEMMA2_MALLOC((n ? n : 1) * sizeof *t->merges);
+    if (!t->mtab || !t->merges) {
+        GEMMA2_FREE(pairs);
+        GEMMA2_FREE(res);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (merge pairs)", name);
+    }
+    memset(t->mtab, 0xff, (size_t)tcap * sizeof *t->mtab);
+    t->mmask = tcap - 1;
+    for (k = 0; k < n; k++) {
+        t->merges[k].prio = t->prio[res[k]];
+        t->merges[k].id = res[k];
+        gemma2__tok_merge_put(t, pairs[k], (int32_t)k);
+    }
+    t->n_merges = (int32_t)n;
+    GEMMA2_FREE(pairs);
+    GEMMA2_FREE(res);
+    return 0;
 }
 
 static int gemma2__tok_load_spm(gemma2__tokenizer *t, const uint8_t *data, size_t size, const char *name, char *err, size_t err_size)
@@ -2614,6 +2704,7 @@ static int gemma2__tok_load_spm(gemma2__tokenizer *t, const uint8_t *data, size_
     }
     t->off[n] = (uint32_t)total;
     if ((rc = gemma2__tok_finish(t, name, err, err_size)) != 0) return rc;
+    if ((rc = gemma2__tok_spm_pairs(t, name, err, err_size)) != 0) return rc;
     t->unk = unk_id >= 0 && unk_id < n && (t->attr[unk_id] & GEMMA2__TA_UNK) ? (int32_t)unk_id : -1;
     t->bos = bos_id >= 0 && bos_id < n ? (int32_t)bos_id : -1;
     t->eos = eos_id >= 0 && eos_id < n ? (int32_t)eos_id : -1;
@@ -2741,18 +2832,22 @@ static void gemma2__bpe_try(gemma2__enc *e, const char *s, int32_t a)
     int32_t id;
     if (a < 0 || (A = &e->sym[a])->next < 0) return;
     B = &e->sym[A->next];
-    if (t->format == GEMMA2__TOK_HF) {
-        uint64_t pair;
+    if (A->id >= 0 && B->id >= 0) {
+        /* both formats: the id pair table (SentencePiece's is built at load from the splits of its pieces) */
+        uint64_t pair = ((uint64_t)(uint32_t)A->id << 20) | (uint64_t)(uint32_t)B->id;
         uint32_t i;
-        if (!t->mtab || A->id < 0 || B->id < 0) return;
-        pair = ((uint64_t)(uint32_t)A->id << 20) | (uint64_t)(uint32_t)B->id;
+        const gemma2__merge *mg;
+        if (!t->mtab) return;
         for (i = (uint32_t)((pair * 0x9e3779b97f4a7c15ull) >> 40) & t->mmask;; i = (i + 1) & t->mmask) {
             uint64_t m = t->mtab[i];
             if (m == ~(uint64_t)0) return;
-            if ((m >> 24) == pair) { key = (uint32_t)(m & 0xffffff); break; }
+            if ((m >> 24) == pair) { mg = &t->merges[m & 0xffffff]; break; }
         }
-        id = t->mres[key];
-    } else {
+        key = mg->prio;
+        id = mg->id;
+    } else if (t->format == GEMMA2__TOK_HF) return;
+    else {
+        /* SentencePiece, next to a character that is no piece: merge by the string, as SentencePiece does */
         id = gemma2__tok_find(t, s + A->start, A->len + B->len);
         if (id < 0 || !(t->attr[id] & GEMMA2__TA_MERGE)) return;
         key = t->prio[id];
