@@ -2361,7 +2361,7 @@ static int gemma2__tok_load_json(gemma2__tokenizer *t, const char *text, size_t 
     }
     if (total >= 0xffffffffll) GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: vocabulary too large", name);
     t->arena = (char *)GEMMA2_MALLOC((size_t)total);
-    buf = (char *)GEMMA2_MALLOC((size_t)maxlen * 2 + 8);
+    buf = (char *)GEMMA2_MALLOC(((size_t)maxlen * 2 + 8) * 16); /* 16 merges at a time, below */
     if (!t->arena || !buf) GEMMA2__TJFAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
     total = 0;
     for (k = 0; k < n; k++) {
@@ -2405,35 +2405,52 @@ static int gemma2__tok_load_json(gemma2__tokenizer *t, const char *text, size_t 
         if (!t->mtab || !t->merges) GEMMA2__TJFAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
         memset(t->mtab, 0xff, (size_t)cap * sizeof *t->mtab);
         t->mmask = cap - 1;
-        for (c = j.nodes[merges].child; c >= 0; c = j.nodes[c].next, rank++) {
-            int64_t la, lb;
-            int32_t a, b, r;
-            char *sp;
-            if (gemma2__json_is(&j, c, GEMMA2__JSTRING)) {
-                if (j.nodes[c].len > (uint32_t)maxlen * 2) GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is too long", name, (int)rank);
-                la = gemma2__tok_jstr(&j, c, buf);
-                if (la < 0 || !(sp = (char *)memchr(buf, ' ', (size_t)la)) || memchr(sp + 1, ' ', (size_t)(buf + la - sp - 1)))
-                    GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is not \"left right\"", name, (int)rank);
-                lb = buf + la - sp - 1;
-                la = sp - buf;
-                memmove(sp, sp + 1, (size_t)lb); /* buf = left right, contiguous */
-            } else if (gemma2__json_is(&j, c, GEMMA2__JARRAY) && j.nodes[c].count == 2) {
-                int32_t x = j.nodes[c].child, y = j.nodes[x].next;
-                if (!gemma2__json_is(&j, x, GEMMA2__JSTRING) || !gemma2__json_is(&j, y, GEMMA2__JSTRING) ||
-                    j.nodes[x].len > (uint32_t)maxlen || j.nodes[y].len > (uint32_t)maxlen ||
-                    (la = gemma2__tok_jstr(&j, x, buf)) < 0 || (lb = gemma2__tok_jstr(&j, y, buf + la)) < 0)
-                    GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is not a pair of strings", name, (int)rank);
-            } else GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is neither a string nor a pair", name, (int)rank);
-            a = gemma2__tok_find(t, buf, (size_t)la);
-            b = gemma2__tok_find(t, buf + la, (size_t)lb);
-            r = gemma2__tok_find(t, buf, (size_t)(la + lb));
-            if (a < 0 || b < 0 || r < 0)
-                GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d: %s is not in the vocabulary", name, (int)rank,
-                               a < 0 ? "its left piece" : b < 0 ? "its right piece" : "the merged piece");
-            t->merges[rank].prio = (uint32_t)rank;
-            t->merges[rank].id = r;
-            /* a merge must never make a special token (they are matched in the text, or are plain text) */
-            if (!(t->attr[r] & GEMMA2__TA_SPECIAL)) gemma2__tok_merge_put(t, ((uint64_t)a << 20) | (uint64_t)b, rank);
+        /* 1.7 M piece look-ups, nearly all cache misses: they are made 16 merges at a time, their table slots
+           prefetched first so that the misses overlap */
+        c = j.nodes[merges].child;
+        while (c >= 0) {
+            int64_t bl[16][2];
+            uint32_t bh[16][3];
+            int nb, q;
+            for (nb = 0; nb < 16 && c >= 0; nb++, rank++, c = j.nodes[c].next) {
+                int64_t la, lb;
+                char *sp, *bb = buf + (size_t)nb * ((size_t)maxlen * 2 + 8);
+                if (gemma2__json_is(&j, c, GEMMA2__JSTRING)) {
+                    if (j.nodes[c].len > (uint32_t)maxlen * 2) GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is too long", name, (int)rank);
+                    la = gemma2__tok_jstr(&j, c, bb);
+                    if (la < 0 || !(sp = (char *)memchr(bb, ' ', (size_t)la)) || memchr(sp + 1, ' ', (size_t)(bb + la - sp - 1)))
+                        GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is not \"left right\"", name, (int)rank);
+                    lb = bb + la - sp - 1;
+                    la = sp - bb;
+                    memmove(sp, sp + 1, (size_t)lb); /* bb = left right, contiguous */
+                } else if (gemma2__json_is(&j, c, GEMMA2__JARRAY) && j.nodes[c].count == 2) {
+                    int32_t x = j.nodes[c].child, y = j.nodes[x].next;
+                    if (!gemma2__json_is(&j, x, GEMMA2__JSTRING) || !gemma2__json_is(&j, y, GEMMA2__JSTRING) ||
+                        j.nodes[x].len > (uint32_t)maxlen || j.nodes[y].len > (uint32_t)maxlen ||
+                        (la = gemma2__tok_jstr(&j, x, bb)) < 0 || (lb = gemma2__tok_jstr(&j, y, bb + la)) < 0)
+                        GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is not a pair of strings", name, (int)rank);
+                } else GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is neither a string nor a pair", name, (int)rank);
+                bl[nb][0] = la;
+                bl[nb][1] = lb;
+                bh[nb][0] = gemma2__tok_hash(bb, (size_t)la);
+                bh[nb][1] = gemma2__tok_hash(bb + la, (size_t)lb);
+                bh[nb][2] = gemma2__tok_hash(bb, (size_t)(la + lb));
+                for (q = 0; q < 3; q++) GEMMA2__PREFETCH(&t->ptab[bh[nb][q] & t->pmask]);
+            }
+            for (q = 0; q < nb; q++) {
+                const char *bb = buf + (size_t)q * ((size_t)maxlen * 2 + 8);
+                int32_t rk = rank - nb + q;
+                int32_t a = gemma2__tok_find_h(t, bb, (size_t)bl[q][0], bh[q][0]);
+                int32_t b = gemma2__tok_find_h(t, bb + bl[q][0], (size_t)bl[q][1], bh[q][1]);
+                int32_t r = gemma2__tok_find_h(t, bb, (size_t)(bl[q][0] + bl[q][1]), bh[q][2]);
+                if (a < 0 || b < 0 || r < 0)
+                    GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d: %s is not in the vocabulary", name, (int)rk,
+                                   a < 0 ? "its left piece" : b < 0 ? "its right piece" : "the merged piece");
+                t->merges[rk].prio = (uint32_t)rk;
+                t->merges[rk].id = r;
+                /* a merge must never make a special token (they are matched in the text, or are plain text) */
+                if (!(t->attr[r] & GEMMA2__TA_SPECIAL)) gemma2__tok_merge_put(t, ((uint64_t)a << 20) | (uint64_t)b, rk);
+            }
         }
         t->n_merges = rank;
     }
