@@ -1612,6 +1612,7 @@ GEMMA2_DEF const char *gemma2_model_kernels(const gemma2_model *m) { return m &&
 struct gemma2_session {
     const gemma2_model *m;
     int n_ctx;               /* capacity in tokens */
+    int chunk;               /* tokens per pass, <= GEMMA2__CHUNK (smaller only in tests, to exercise the rings) */
     int pos;                 /* tokens evaluated so far = next position */
     int hi;                  /* highest pos reached since the sliding rings were last refilled */
     int32_t *tokens;         /* [n_ctx] the tokens at positions 0..pos-1 */
@@ -1828,7 +1829,7 @@ GEMMA2_DEF void gemma2_session_free(gemma2_session *s)
     GEMMA2_FREE(s);
 }
 
-GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx)
+static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int chunk)
 {
     gemma2_session *s;
     const gemma2_config *c;
@@ -1845,6 +1846,7 @@ GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx)
     if (!s) return NULL;
     s->m = m;
     s->n_ctx = n_ctx;
+    s->chunk = chunk;
     nt = m->opt.n_threads < 1 ? 1 : m->opt.n_threads;
     s->pool = gemma2__pool_new(nt);
     s->tokens = (int32_t *)gemma2__calloc((size_t)n_ctx, sizeof(int32_t));
@@ -1872,7 +1874,7 @@ GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx)
     }
     for (l = 0; l < c->num_hidden_layers; l++) {
         int slots = n_ctx;
-        if (m->layers[l].sliding && (int64_t)c->sliding_window + GEMMA2__CHUNK - 1 < n_ctx) slots = c->sliding_window + GEMMA2__CHUNK - 1;
+        if (m->layers[l].sliding && (int64_t)c->sliding_window + chunk - 1 < n_ctx) slots = c->sliding_window + chunk - 1;
         s->slots[l] = slots;
         s->k[l] = (float *)gemma2__calloc((size_t)slots * kvd, sizeof(float));
         s->v[l] = (float *)gemma2__calloc((size_t)slots * kvd, sizeof(float));
@@ -1881,6 +1883,11 @@ GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx)
     /* inv_freq in float32, as both references build it */
     for (i = 0; i < c->head_dim / 2; i++) s->inv_freq[i] = (float)(1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->head_dim));
     return s;
+}
+
+GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx)
+{
+    return gemma2__session_new(m, n_ctx, GEMMA2__CHUNK);
 }
 
 GEMMA2_DEF int gemma2_eval(gemma2_session *s, const int32_t *ids, int n, float *logits)
@@ -1894,7 +1901,7 @@ GEMMA2_DEF int gemma2_eval(gemma2_session *s, const int32_t *ids, int n, float *
     if (n == 0) return 0;
     memmove(s->tokens + s->pos, ids, (size_t)n * sizeof(int32_t));
     while (done < n) {
-        int C = GEMMA2__MIN(GEMMA2__CHUNK, n - done);
+        int C = GEMMA2__MIN(s->chunk, n - done);
         const int32_t *chunk = s->tokens + s->pos;
         if (logits) gemma2__forward(s, chunk, C, s->pos, logits + (size_t)done * V, 0);
         else gemma2__forward(s, chunk, C, s->pos, s->logits, done + C == n ? C - 1 : C);
