@@ -39,3 +39,13 @@ clean:
 	rm -f tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx gemma2 $(EXAMPLES)
 
 .PHONY: all test clean bench
+
+# --- speed benchmark (issue 5): random-weight 2B (and --9b) checkpoints in bench-data/ ---
+tests/bench_model: tests/bench_model.c gemma2.h
+	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ tests/bench_model.c $(LDLIBS)
+
+bench-model: tests/bench_model
+	./tests/bench_model $(BENCH_ARGS)
+
+bench: bench-model
+.PHONY: bench-model
