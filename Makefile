@@ -51,3 +51,13 @@ bench-tokenizer: tests/bench_tokenizer
 	./tests/bench_tokenizer tests/data 4
 bench: bench-tokenizer
 .PHONY: bench-tokenizer
+
+# --- speed benchmark (issue 5): random-weight 2B (and --9b) checkpoints in bench-data/ ---
+tests/bench_model: tests/bench_model.c gemma2.h
+	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ tests/bench_model.c $(LDLIBS)
+
+bench-model: tests/bench_model
+	./tests/bench_model $(BENCH_ARGS)
+
+bench: bench-model
+.PHONY: bench-model
