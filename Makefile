@@ -14,7 +14,12 @@ SAN      = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fram
 
 TEST_SRC = tests/gemma2_test.c $(wildcard tests/test_*.c) tests/test.h gemma2.h
 
-all:
+EXAMPLES = examples/topk
+
+all: $(EXAMPLES)
+
+examples/%: examples/%.c gemma2.h
+	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ $< $(LDLIBS)
 
 tests/gemma2_test: $(TEST_SRC)
 	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ tests/gemma2_test.c $(LDLIBS)
@@ -46,3 +51,13 @@ bench-tokenizer: tests/bench_tokenizer
 	./tests/bench_tokenizer tests/data 4
 bench: bench-tokenizer
 .PHONY: bench-tokenizer
+
+# --- speed benchmark (issue 5): random-weight 2B (and --9b) checkpoints in bench-data/ ---
+tests/bench_model: tests/bench_model.c gemma2.h
+	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ tests/bench_model.c $(LDLIBS)
+
+bench-model: tests/bench_model
+	./tests/bench_model $(BENCH_ARGS)
+
+bench: bench-model
+.PHONY: bench-model

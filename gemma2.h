@@ -1122,33 +1122,287 @@ done:
 
 /* The pool runs one parallel step at a time: fn(ctx, task, n_tasks) for every task,
    spread over the session's threads (the calling thread works too), then returns.
-   Sessions own their pool, so a shared model never needs locks. */
+   Sessions own their pool, so a shared model never needs locks.
+
+   Design (why it looks like this):
+   - Workers are created once, in gemma2__pool_new, and live until gemma2__pool_free:
+     a forward pass issues hundreds of parallel steps per token, so creating threads per
+     step (tens of microseconds each) would cost more than small steps take to compute.
+   - The whole state of a step lives in ONE 64-bit word, `work`: a 16-bit generation, the
+     number of tasks (24 bits) and the next unclaimed task (24 bits). A thread claims a
+     task with a compare-and-swap that bumps the index only if the generation and count
+     are those it read, so a late worker can never claim a task of a step that has
+     already finished, nor mix up one step's function with another's task number. fn and
+     ctx are written before the word is published (release) and read after a successful
+     claim (acquire); the step cannot end while a claimed task is unfinished, so they are
+     stable while read.
+   - Tasks are handed out dynamically (whoever is free takes the next one), so a worker
+     that wakes late or is preempted only means the others take more tasks; the caller
+     also works, and finishes the step alone if nobody else shows up.
+   - Between steps, workers spin briefly (steps follow each other within microseconds
+     during a forward pass), then sleep on a condition variable so an idle session costs
+     no CPU. The publisher takes the mutex only if someone may be asleep. */
 typedef void (*gemma2__task_fn)(void *ctx, int task, int n_tasks);
 
+#if defined(GEMMA2__WINDOWS)
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>   /* threads, GetSystemInfo */
+#if !defined(GEMMA2_NO_THREADS)
+#define GEMMA2__THREADS_WIN32 1
+#endif
+#else
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>    /* sysconf */
+#endif
+#if !defined(GEMMA2_NO_THREADS)
+#include <pthread.h>
+#include <sched.h>
+#define GEMMA2__THREADS_PTHREAD 1
+#endif
+#endif
+
+/* Atomics: GCC/Clang builtins (C and C++ alike), Interlocked* on MSVC. All are sequentially
+   consistent, which the sleep/wake handshake below relies on; the cost is irrelevant here. */
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
+#define GEMMA2__LOAD64(p) ((uint64_t)InterlockedCompareExchange64((volatile LONG64 *)(p), 0, 0))
+#define GEMMA2__STORE64(p, v) ((void)InterlockedExchange64((volatile LONG64 *)(p), (LONG64)(v)))
+#define GEMMA2__CAS64(p, expect, desired) \
+    ((uint64_t)InterlockedCompareExchange64((volatile LONG64 *)(p), (LONG64)(desired), (LONG64)(expect)) == (uint64_t)(expect))
+#define GEMMA2__LOAD32(p) ((int)InterlockedCompareExchange((volatile LONG *)(p), 0, 0))
+#define GEMMA2__STORE32(p, v) ((void)InterlockedExchange((volatile LONG *)(p), (LONG)(v)))
+#define GEMMA2__ADD32(p, v) ((int)InterlockedExchangeAdd((volatile LONG *)(p), (LONG)(v)))
+#define GEMMA2__PAUSE() YieldProcessor()
+#else
+#define GEMMA2__LOAD64(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define GEMMA2__STORE64(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+#define GEMMA2__CAS64(p, expect, desired) \
+    __atomic_compare_exchange_n((p), &(expect), (desired), 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)
+#define GEMMA2__LOAD32(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define GEMMA2__STORE32(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+#define GEMMA2__ADD32(p, v) __atomic_fetch_add((p), (v), __ATOMIC_SEQ_CST)
+#if defined(__x86_64__) || defined(__i386__)
+#define GEMMA2__PAUSE() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define GEMMA2__PAUSE() __asm__ __volatile__("yield")
+#else
+#define GEMMA2__PAUSE() ((void)0)
+#endif
+#endif
+
+/* How long idle threads spin before sleeping (iterations of a pause instruction, each a
+   few to ~100 cycles): long enough to bridge the gap between two matrix products in a
+   forward pass, short enough that a session between tokens goes quiet within ~0.1 ms. */
+#ifndef GEMMA2_POOL_SPIN
+#define GEMMA2_POOL_SPIN 20000
+#endif
+
+#define GEMMA2__WORK_GEN(w) ((uint32_t)((w) >> 48))
+#define GEMMA2__WORK_N(w) ((int)(((w) >> 24) & 0xffffffu))
+#define GEMMA2__WORK_NEXT(w) ((int)((w) & 0xffffffu))
+#define GEMMA2__WORK_MAX_TASKS 0xffffff
+
 typedef struct gemma2__pool {
-    int n_threads;
+    int n_threads;               /* including the caller */
+    uint64_t work;               /* gen:16 | n_tasks:24 | next:24, see above */
+    int done;                    /* tasks finished in the current step */
+    int sleepers;                /* workers that may be waiting on `wake` */
+    int stop;
+    gemma2__task_fn fn;
+    void *ctx;
+#if defined(GEMMA2__THREADS_PTHREAD)
+    pthread_mutex_t mu;
+    pthread_cond_t wake;
+    pthread_t *threads;
+#elif defined(GEMMA2__THREADS_WIN32)
+    CRITICAL_SECTION mu;
+    CONDITION_VARIABLE wake;
+    HANDLE *threads;
+#endif
+    int n_started;               /* worker threads actually running */
 } gemma2__pool;
 
+/* Claims and runs tasks of the step `w` was read from until none are left. */
+static void gemma2__pool_drain(gemma2__pool *p, uint64_t w)
+{
+    for (;;) {
+        uint32_t gen = GEMMA2__WORK_GEN(w);
+        int i = GEMMA2__WORK_NEXT(w), n = GEMMA2__WORK_N(w);
+        if (i >= n) return;
+        if (GEMMA2__CAS64(&p->work, w, w + 1)) {
+            p->fn(p->ctx, i, n);
+            GEMMA2__ADD32(&p->done, 1);
+        }
+        w = GEMMA2__LOAD64(&p->work);
+        if (GEMMA2__WORK_GEN(w) != gen) return; /* that step is over (another one began) */
+    }
+}
+
+#if defined(GEMMA2__THREADS_PTHREAD) || defined(GEMMA2__THREADS_WIN32)
+static void gemma2__pool_worker(gemma2__pool *p)
+{
+    uint32_t seen = GEMMA2__WORK_GEN(GEMMA2__LOAD64(&p->work));
+    for (;;) {
+        uint64_t w = GEMMA2__LOAD64(&p->work);
+        int spin = 0;
+        while (GEMMA2__WORK_GEN(w) == seen && !GEMMA2__LOAD32(&p->stop)) {
+            if (++spin < GEMMA2_POOL_SPIN) { GEMMA2__PAUSE(); w = GEMMA2__LOAD64(&p->work); continue; }
+            /* sleep: announce first, then re-check under the mutex (the publisher stores
+               the word before reading `sleepers`, so one of us sees the other) */
+            GEMMA2__ADD32(&p->sleepers, 1);
+#if defined(GEMMA2__THREADS_PTHREAD)
+            pthread_mutex_lock(&p->mu);
+            while (GEMMA2__WORK_GEN(GEMMA2__LOAD64(&p->work)) == seen && !GEMMA2__LOAD32(&p->stop))
+                pthread_cond_wait(&p->wake, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+#else
+            EnterCriticalSection(&p->mu);
+            while (GEMMA2__WORK_GEN(GEMMA2__LOAD64(&p->work)) == seen && !GEMMA2__LOAD32(&p->stop))
+                SleepConditionVariableCS(&p->wake, &p->mu, INFINITE);
+            LeaveCriticalSection(&p->mu);
+#endif
+            GEMMA2__ADD32(&p->sleepers, -1);
+            w = GEMMA2__LOAD64(&p->work);
+            spin = 0;
+        }
+        if (GEMMA2__LOAD32(&p->stop)) return;
+        seen = GEMMA2__WORK_GEN(w);
+        gemma2__pool_drain(p, w);
+    }
+}
+#endif
+
+#if defined(GEMMA2__THREADS_PTHREAD)
+static void *gemma2__pool_thread(void *arg) { gemma2__pool_worker((gemma2__pool *)arg); return NULL; }
+#elif defined(GEMMA2__THREADS_WIN32)
+static DWORD WINAPI gemma2__pool_thread(LPVOID arg) { gemma2__pool_worker((gemma2__pool *)arg); return 0; }
+#endif
+
+static void gemma2__pool_free(gemma2__pool *p)
+{
+    if (!p) return;
+#if defined(GEMMA2__THREADS_PTHREAD) || defined(GEMMA2__THREADS_WIN32)
+    {
+        int i;
+        GEMMA2__STORE32(&p->stop, 1);
+#if defined(GEMMA2__THREADS_PTHREAD)
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->mu);
+        for (i = 0; i < p->n_started; i++) pthread_join(p->threads[i], NULL);
+        pthread_cond_destroy(&p->wake);
+        pthread_mutex_destroy(&p->mu);
+#else
+        EnterCriticalSection(&p->mu);
+        WakeAllConditionVariable(&p->wake);
+        LeaveCriticalSection(&p->mu);
+        for (i = 0; i < p->n_started; i++) { WaitForSingleObject(p->threads[i], INFINITE); CloseHandle(p->threads[i]); }
+        DeleteCriticalSection(&p->mu);
+#endif
+        GEMMA2_FREE(p->threads);
+    }
+#endif
+    GEMMA2_FREE(p);
+}
+
+/* n_threads counts the caller: 1 = no worker threads. NULL if out of memory. If the OS
+   refuses some threads, the pool simply runs with fewer. */
 static gemma2__pool *gemma2__pool_new(int n_threads)
 {
     gemma2__pool *p = (gemma2__pool *)gemma2__calloc(1, sizeof *p);
-    if (p) p->n_threads = n_threads < 1 ? 1 : n_threads;
+    if (!p) return NULL;
+    p->n_threads = n_threads < 1 ? 1 : n_threads;
+#if defined(GEMMA2__THREADS_PTHREAD) || defined(GEMMA2__THREADS_WIN32)
+    if (p->n_threads > 1) {
+        int i;
+#if defined(GEMMA2__THREADS_PTHREAD)
+        p->threads = (pthread_t *)gemma2__calloc((size_t)p->n_threads - 1, sizeof *p->threads);
+        if (!p->threads) { GEMMA2_FREE(p); return NULL; }
+        if (pthread_mutex_init(&p->mu, NULL) != 0) { GEMMA2_FREE(p->threads); GEMMA2_FREE(p); return NULL; }
+        if (pthread_cond_init(&p->wake, NULL) != 0) {
+            pthread_mutex_destroy(&p->mu); GEMMA2_FREE(p->threads); GEMMA2_FREE(p); return NULL;
+        }
+        for (i = 0; i < p->n_threads - 1; i++) {
+            if (pthread_create(&p->threads[i], NULL, gemma2__pool_thread, p) != 0) break;
+            p->n_started++;
+        }
+#else
+        p->threads = (HANDLE *)gemma2__calloc((size_t)p->n_threads - 1, sizeof *p->threads);
+        if (!p->threads) { GEMMA2_FREE(p); return NULL; }
+        InitializeCriticalSection(&p->mu);
+        InitializeConditionVariable(&p->wake);
+        for (i = 0; i < p->n_threads - 1; i++) {
+            p->threads[i] = CreateThread(NULL, 0, gemma2__pool_thread, p, 0, NULL);
+            if (!p->threads[i]) break;
+            p->n_started++;
+        }
+#endif
+        p->n_threads = p->n_started + 1;
+    }
+#else
+    p->n_threads = 1; /* GEMMA2_NO_THREADS: everything inline */
+#endif
     return p;
 }
 
-static void gemma2__pool_free(gemma2__pool *p) { GEMMA2_FREE(p); }
-
 static int gemma2__pool_size(const gemma2__pool *p) { return p->n_threads; }
 
+/* Runs fn(ctx, t, n_tasks) for t = 0 .. n_tasks-1, each exactly once, and returns when all
+   have finished. Not reentrant: call it from the pool's owner only, never from a task. */
 static void gemma2__pool_run(gemma2__pool *p, gemma2__task_fn fn, void *ctx, int n_tasks)
 {
+    uint64_t w;
     int t;
-    (void)p;
-    for (t = 0; t < n_tasks; t++) fn(ctx, t, n_tasks);
+    if (n_tasks <= 0) return;
+    if (p->n_threads <= 1 || n_tasks == 1 || n_tasks > GEMMA2__WORK_MAX_TASKS) {
+        for (t = 0; t < n_tasks; t++) fn(ctx, t, n_tasks);
+        return;
+    }
+    p->fn = fn;
+    p->ctx = ctx;
+    GEMMA2__STORE32(&p->done, 0);
+    w = GEMMA2__LOAD64(&p->work);
+    w = ((uint64_t)((GEMMA2__WORK_GEN(w) + 1) & 0xffffu) << 48) | ((uint64_t)n_tasks << 24);
+    GEMMA2__STORE64(&p->work, w); /* publish: fn, ctx and done are visible to whoever sees this */
+    if (GEMMA2__LOAD32(&p->sleepers) > 0) {
+#if defined(GEMMA2__THREADS_PTHREAD)
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->mu);
+#elif defined(GEMMA2__THREADS_WIN32)
+        EnterCriticalSection(&p->mu);
+        WakeAllConditionVariable(&p->wake);
+        LeaveCriticalSection(&p->mu);
+#endif
+    }
+    gemma2__pool_drain(p, w);
+    /* every task is claimed; wait for the ones other threads are still running */
+    for (t = 0; GEMMA2__LOAD32(&p->done) < n_tasks; t++) {
+        GEMMA2__PAUSE();
+#if defined(GEMMA2__THREADS_PTHREAD)
+        if (t > GEMMA2_POOL_SPIN) sched_yield(); /* oversubscribed machine: let the worker run */
+#elif defined(GEMMA2__THREADS_WIN32)
+        if (t > GEMMA2_POOL_SPIN) SwitchToThread();
+#endif
+    }
 }
 
 /* Number of online CPUs, or 1 if unknown. */
-static int gemma2__cpu_count(void) { return 1; }
+static int gemma2__cpu_count(void)
+{
+#if defined(GEMMA2__WINDOWS)
+    SYSTEM_INFO si;
+    GetSystemInfo(&si);
+    return si.dwNumberOfProcessors > 0 ? (int)si.dwNumberOfProcessors : 1;
+#elif defined(_SC_NPROCESSORS_ONLN)
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)(n > 1024 ? 1024 : n) : 1;
+#else
+    return 1;
+#endif
+}
 
 /* ===========================================================================
    2.7  Kernels: scalar reference
@@ -1190,6 +1444,10 @@ typedef struct gemma2__kernels {
     void (*rmsnorm)(float *out, const float *x, const float *w1, int n, float eps);
     /* g[i] = gelu_tanh(g[i]) * u[i] */
     void (*gelu_mul)(float *g, const float *u, int n);
+    /* x[i] = cap * tanh(x[i] / cap) (attention-score and final-logit soft-capping) */
+    void (*softcap)(float *x, int n, float cap);
+    /* dst[i] = bf16(src[i]), round to nearest even, bit-exact with gemma2__f32_to_bf16 */
+    void (*to_bf16)(uint16_t *dst, const float *src, int n);
 } gemma2__kernels;
 
 /* --- the scalar reference ------------------------------------------------ */
@@ -1260,22 +1518,770 @@ static void gemma2__gelu_mul_scalar(float *g, const float *u, int n)
     for (i = 0; i < n; i++) g[i] = gemma2__gelu_tanh(g[i]) * u[i];
 }
 
+/* Soft-capping, Gemma 2's bound on attention scores and final logits: x = cap tanh(x / cap). */
+static void gemma2__softcap_scalar(float *x, int n, float cap)
+{
+    int i;
+    for (i = 0; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
+}
+
+/* Activations to bf16 (for GEMMA2_COMPUTE_BF16: the xb copy matmul reads). */
+static void gemma2__to_bf16_scalar(uint16_t *dst, const float *src, int n)
+{
+    int i;
+    for (i = 0; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]);
+}
+
 static const gemma2__kernels gemma2__kernels_scalar = {
     "scalar", GEMMA2_KERNELS_SCALAR, 0,
     gemma2__matmul_scalar, gemma2__dot_scalar, gemma2__axpy_scalar,
-    gemma2__rmsnorm_scalar, gemma2__gelu_mul_scalar
+    gemma2__rmsnorm_scalar, gemma2__gelu_mul_scalar, gemma2__softcap_scalar, gemma2__to_bf16_scalar
 };
 
 /* ===========================================================================
    2.8  Kernels: SIMD (x86-64 AVX2 / AVX-512, ARM64 NEON) and dispatch
    =========================================================================== */
 
+/* ---------------------------------------------------------------------------
+   Why the matrix products look the way they do
+
+   Everything that matters for speed is y = W x with W in bf16 (or f32) and x in f32.
+
+   Decode (T == 1) is bound by memory bandwidth: every weight byte is used for exactly one
+   multiply-add, and a 2B model streams ~5 GB of weights per token. The kernel's only job is
+   to keep the memory system saturated: it walks 4 rows at once with 4 independent
+   accumulators (so no FMA waits on the previous one's 4-cycle latency), reads each weight
+   byte exactly once, widens bf16 to f32 in registers (bf16 is the top half of an f32:
+   zero-extend to 32 bits and shift left by 16, exact and cheap) and reduces across lanes
+   only once per row, at the end.
+
+   Prefill (T > 1) can reuse each loaded weight for several tokens, which turns the product
+   compute-bound. The register tile is 4 rows x 6 tokens (AVX-512): 24 accumulators + 6
+   activation vectors + 1 weight vector = 31 of the 32 zmm registers. Per 16 columns it
+   issues 4 weight loads + 6 activation loads for 24 FMAs, so loads (2-3 per cycle) never
+   limit the 2 FMAs per cycle. The loops around the tile keep a block of 16 weight rows
+   (16 x K, <= 300 KB for K = 9216 in bf16) hot in L2 while all the tokens stream past it,
+   6 at a time; those 6 tokens' activations (6 x K floats) stay in L2 across the block's
+   4 row tiles. So weights come from DRAM once per prefill and activations from L3 once
+   per 16 rows.
+
+   GEMMA2_COMPUTE_BF16 with AVX512_BF16: vdpbf16ps multiplies 32 bf16 pairs and adds them
+   into 16 f32 lanes in one instruction, with the weights used as loaded (no widening) and
+   the activations pre-rounded to bf16 (xb). Twice the multiply-adds per instruction and
+   half the activation bytes. Same 4 x 6 tile.
+
+   Tails: AVX-512 masks load the last K % 16 (or % 32) columns with zeros beyond the end, so
+   any K works without touching memory past a row; rows and tokens left over after whole
+   tiles get smaller tiles (the tile function is instantiated per shape, so every shape
+   keeps its accumulators in registers).
+   --------------------------------------------------------------------------- */
+
+#if !defined(GEMMA2_NO_SIMD) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GEMMA2__X86 1
+/* g++ 12 reports -Wmaybe-uninitialized inside its own AVX-512 intrinsics (they start from
+   _mm512_undefined_*(), a deliberate self-initialization); silence that for the header. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+/* Per-function targets: this one file runs on any x86-64; what runs is picked at run time. */
+#define GEMMA2__T_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define GEMMA2__T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define GEMMA2__T_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
+#define GEMMA2__ALWAYS_INLINE static inline __attribute__((always_inline))
+#define GEMMA2__UNROLL _Pragma("GCC unroll 8")
+
+/* ---- CPU features (asked each time a kernel set is selected: no global caches) ---- */
+
+static void gemma2__cpuid(unsigned leaf, unsigned sub, unsigned r[4])
+{
+    unsigned a, b, c, d;
+    __asm__ __volatile__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(leaf), "c"(sub));
+    r[0] = a; r[1] = b; r[2] = c; r[3] = d;
+}
+
+/* XCR0: which register files the OS saves on context switch (AVX needs YMM, AVX-512 ZMM too). */
+static uint64_t gemma2__xgetbv0(void)
+{
+    unsigned lo, hi;
+    __asm__ __volatile__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+enum { GEMMA2__CPU_AVX2 = 1, GEMMA2__CPU_AVX512 = 2, GEMMA2__CPU_AVX512BF16 = 4 };
+
+static int gemma2__x86_features(void)
+{
+    unsigned r[4], max_leaf, l1c, l7b, l71a = 0;
+    uint64_t xcr0;
+    int f = 0;
+    gemma2__cpuid(0, 0, r);
+    max_leaf = r[0];
+    if (max_leaf < 7) return 0;
+    gemma2__cpuid(1, 0, r);
+    l1c = r[2];
+    if (!(l1c & (1u << 27)) || !(l1c & (1u << 28))) return 0; /* OSXSAVE, AVX */
+    xcr0 = gemma2__xgetbv0();
+    if ((xcr0 & 6) != 6) return 0;
+    gemma2__cpuid(7, 0, r);
+    l7b = r[1];
+    if (r[0] >= 1) { gemma2__cpuid(7, 1, r); l71a = r[0]; }
+    if ((l7b & (1u << 5)) && (l1c & (1u << 12)) && (l1c & (1u << 29))) f |= GEMMA2__CPU_AVX2; /* AVX2 FMA F16C */
+    if ((f & GEMMA2__CPU_AVX2) && (xcr0 & 0xe0) == 0xe0 && (l7b & (1u << 16)) && (l7b & (1u << 17)) &&
+        (l7b & (1u << 30)) && (l7b & (1u << 31))) {                               /* F DQ BW VL */
+        f |= GEMMA2__CPU_AVX512;
+        if (l71a & (1u << 5)) f |= GEMMA2__CPU_AVX512BF16;
+    }
+    return f;
+}
+
+/* ======================= AVX-512 ======================= */
+
+/* 16 weights of a row starting at column k, widened to f32; m masks the columns < K. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__w16_512(const void *row, int bf16, int k, __mmask16 m, int masked)
+{
+    if (bf16) {
+        const uint16_t *p = (const uint16_t *)row + k;
+        __m256i h = masked ? _mm256_maskz_loadu_epi16(m, p) : _mm256_loadu_si256((const __m256i *)p);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    } else {
+        const float *p = (const float *)row + k;
+        return masked ? _mm512_maskz_loadu_ps(m, p) : _mm512_loadu_ps(p);
+    }
+}
+
+/* The register tile: Y[t..t+TT)[r..r+RR) for all K columns, f32 arithmetic. RR, TT and bf16
+   are compile-time constants at every call site, so the accumulator arrays live in registers. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__tile_512(const gemma2__matmul_args *a, int r, int t, const int RR,
+                                                           const int TT, const int bf16)
+{
+    const int K = a->w->cols;
+    const size_t esz = bf16 ? 2 : 4;
+    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
+    const float *x0 = a->x + (size_t)t * (size_t)K;
+    __m512 acc[4][6];
+    int i, j, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < RR; i++) GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16) {
+        __m512 xv[6];
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = _mm512_loadu_ps(x0 + (size_t)j * K + k);
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            __m512 wv = gemma2__w16_512(w0 + (size_t)i * K * esz, bf16, k, 0, 0);
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+        }
+    }
+    if (k < K) {
+        __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+        __m512 xv[6];
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = _mm512_maskz_loadu_ps(m, x0 + (size_t)j * K + k);
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            __m512 wv = gemma2__w16_512(w0 + (size_t)i * K * esz, bf16, k, m, 1);
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+        }
+    }
+    GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (i = 0; i < RR; i++)
+        a->y[(size_t)(t + j) * a->ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+/* The same tile with vdpbf16ps: bf16 weights and bf16 activations (xb), 32 columns a step. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__tile_512bf(const gemma2__matmul_args *a, int r, int t,
+                                                                 const int RR, const int TT)
+{
+    const int K = a->w->cols;
+    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
+    const uint16_t *x0 = a->xb + (size_t)t * (size_t)K;
+    __m512 acc[4][6];
+    int i, j, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < RR; i++) GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm512_setzero_ps();
+    for (; k + 32 <= K; k += 32) {
+        __m512i xv[6];
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = _mm512_loadu_si512((const void *)(x0 + (size_t)j * K + k));
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            __m512i wv = _mm512_loadu_si512((const void *)(w0 + (size_t)i * K + k));
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)wv, (__m512bh)xv[j]);
+        }
+    }
+    if (k < K) {
+        __mmask32 m = (__mmask32)((1u << (K - k)) - 1); /* K - k < 32 */
+        __m512i xv[6];
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = _mm512_maskz_loadu_epi16(m, x0 + (size_t)j * K + k);
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            __m512i wv = _mm512_maskz_loadu_epi16(m, w0 + (size_t)i * K + k);
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)wv, (__m512bh)xv[j]);
+        }
+    }
+    GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (i = 0; i < RR; i++)
+        a->y[(size_t)(t + j) * a->ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+/* Decode with vdpbf16ps: 8 rows at once for the same reason as gemma2__matvec_512_eo. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__matvec_512dp(const gemma2__matmul_args *a, int r, const int R)
+{
+    const int K = a->w->cols;
+    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
+    __m512 acc[8];
+    int i, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_setzero_ps();
+    for (; k + 32 <= K; k += 32) {
+        __m512i xv = _mm512_loadu_si512((const void *)(a->xb + k));
+        GEMMA2__UNROLL for (i = 0; i < R; i++)
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512((const void *)(w0 + (size_t)i * K + k)), (__m512bh)xv);
+    }
+    if (k < K) {
+        __mmask32 m = (__mmask32)((1u << (K - k)) - 1);
+        __m512i xv = _mm512_maskz_loadu_epi16(m, a->xb + k);
+        GEMMA2__UNROLL for (i = 0; i < R; i++)
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_maskz_loadu_epi16(m, w0 + (size_t)i * K + k), (__m512bh)xv);
+    }
+    GEMMA2__UNROLL for (i = 0; i < R; i++) a->y[r + i] = _mm512_reduce_add_ps(acc[i]);
+}
+
+/* Rows [r0, r1) of one token tile of TT tokens: 4-row tiles, then single rows. */
+#define GEMMA2__ROWS_TILED(TILE, r0, r1, t, TT, ...)                      \
+    do {                                                                   \
+        int r_ = (r0);                                                     \
+        for (; r_ + 4 <= (r1); r_ += 4) TILE(a, r_, t, 4, TT, __VA_ARGS__); \
+        for (; r_ < (r1); r_++) TILE(a, r_, t, 1, TT, __VA_ARGS__);         \
+    } while (0)
+
+/* Decode with bf16 weights, R rows at once. Instead of widening 16 weights with a shuffle
+   (vpmovzxwd), load 32 (one cache line) and split them in place: within each 32-bit lane the
+   low bf16 is an even column and the high one an odd column, so `lane << 16` is the even
+   column as f32 and `lane & 0xffff0000` the odd one, two cheap ALU ops and no shuffle. The
+   activations are split into even/odd columns to match (two permutes per 32 columns, shared
+   by the R rows). R = 8 rows are walked together: a single core's read rate is limited by how
+   many cache-line misses it keeps in flight, and 8 concurrent sequential streams (with few
+   instructions per line, so the out-of-order window reaches far ahead) measured ~25% faster
+   than 4 here, while 16 gained nothing more. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matvec_512_eo(const gemma2__matmul_args *a, int r, const int R)
+{
+    const int K = a->w->cols;
+    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
+    const float *x = a->x;
+    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 acc[8][2];
+    int i, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < R; i++) { acc[i][0] = _mm512_setzero_ps(); acc[i][1] = _mm512_setzero_ps(); }
+    for (; k + 32 <= K; k += 32) {
+        __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+        __m512 xe = _mm512_permutex2var_ps(x0, ie, x1), xo = _mm512_permutex2var_ps(x0, io, x1);
+        GEMMA2__UNROLL for (i = 0; i < R; i++) {
+            __m512i v = _mm512_loadu_si512((const void *)(w0 + (size_t)i * K + k));
+
+            acc[i][0] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), xe, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), xo, acc[i][1]);
+        }
+    }
+    if (k < K) {
+        int n = K - k;
+        __mmask32 m = (__mmask32)(n >= 32 ? 0xffffffffu : (1u << n) - 1);
+        __mmask16 m0 = (__mmask16)(n >= 16 ? 0xffffu : (1u << n) - 1), m1 = (__mmask16)(n > 16 ? (1u << (n - 16)) - 1 : 0);
+        __m512 x0 = _mm512_maskz_loadu_ps(m0, x + k), x1 = _mm512_maskz_loadu_ps(m1, x + k + 16);
+        __m512 xe = _mm512_permutex2var_ps(x0, ie, x1), xo = _mm512_permutex2var_ps(x0, io, x1);
+        GEMMA2__UNROLL for (i = 0; i < R; i++) {
+            __m512i v = _mm512_maskz_loadu_epi16(m, w0 + (size_t)i * K + k);
+            acc[i][0] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), xe, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), xo, acc[i][1]);
+        }
+    }
+    GEMMA2__UNROLL for (i = 0; i < R; i++) a->y[r + i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
+}
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matmul_512_impl(const gemma2__matmul_args *a, int r0, int r1, const int bf16)
+{
+    int rb, t;
+    if (a->T == 1 && bf16) {
+        int r = r0;
+        for (; r + 8 <= r1; r += 8) gemma2__matvec_512_eo(a, r, 8);
+        for (; r < r1; r++) gemma2__matvec_512_eo(a, r, 1);
+        return;
+    }
+    if (a->T == 1) { GEMMA2__ROWS_TILED(gemma2__tile_512, r0, r1, 0, 1, bf16); return; }
+    /* prefill: a 16-row block of weights stays in L2 while the tokens pass 6 at a time */
+    for (rb = r0; rb < r1; rb += 16) {
+        int re = GEMMA2__MIN(rb + 16, r1);
+        for (t = 0; t + 6 <= a->T; t += 6) GEMMA2__ROWS_TILED(gemma2__tile_512, rb, re, t, 6, bf16);
+        switch (a->T - t) {
+        case 5: GEMMA2__ROWS_TILED(gemma2__tile_512, rb, re, t, 5, bf16); break;
+        case 4: GEMMA2__ROWS_TILED(gemma2__tile_512, rb, re, t, 4, bf16); break;
+        case 3: GEMMA2__ROWS_TILED(gemma2__tile_512, rb, re, t, 3, bf16); break;
+        case 2: GEMMA2__ROWS_TILED(gemma2__tile_512, rb, re, t, 2, bf16); break;
+        case 1: GEMMA2__ROWS_TILED(gemma2__tile_512, rb, re, t, 1, bf16); break;
+        default: break;
+        }
+    }
+}
+
+static GEMMA2__T_AVX512 void gemma2__matmul_512_bf16w(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_512_impl(a, r0, r1, 1); }
+static GEMMA2__T_AVX512 void gemma2__matmul_512_f32w(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_512_impl(a, r0, r1, 0); }
+
+static GEMMA2__T_AVX512 void gemma2__matmul_avx512(const gemma2__matmul_args *a, int r0, int r1)
+{
+    if (a->w->dtype == GEMMA2__DT_BF16) gemma2__matmul_512_bf16w(a, r0, r1);
+    else gemma2__matmul_512_f32w(a, r0, r1);
+}
+
+#define GEMMA2__TILE_BF(a, r, t, RR, TT, dummy) gemma2__tile_512bf(a, r, t, RR, TT)
+
+static GEMMA2__T_AVX512BF16 void gemma2__matmul_512_dp(const gemma2__matmul_args *a, int r0, int r1)
+{
+    int rb, t;
+    if (a->T == 1) {
+        int r = r0;
+        for (; r + 8 <= r1; r += 8) gemma2__matvec_512dp(a, r, 8);
+        for (; r < r1; r++) gemma2__matvec_512dp(a, r, 1);
+        return;
+    }
+    for (rb = r0; rb < r1; rb += 16) {
+        int re = GEMMA2__MIN(rb + 16, r1);
+        for (t = 0; t + 6 <= a->T; t += 6) GEMMA2__ROWS_TILED(GEMMA2__TILE_BF, rb, re, t, 6, 0);
+        switch (a->T - t) {
+        case 5: GEMMA2__ROWS_TILED(GEMMA2__TILE_BF, rb, re, t, 5, 0); break;
+        case 4: GEMMA2__ROWS_TILED(GEMMA2__TILE_BF, rb, re, t, 4, 0); break;
+        case 3: GEMMA2__ROWS_TILED(GEMMA2__TILE_BF, rb, re, t, 3, 0); break;
+        case 2: GEMMA2__ROWS_TILED(GEMMA2__TILE_BF, rb, re, t, 2, 0); break;
+        case 1: GEMMA2__ROWS_TILED(GEMMA2__TILE_BF, rb, re, t, 1, 0); break;
+        default: break;
+        }
+    }
+}
+
+/* With bf16 activations given and bf16 weights: vdpbf16ps; otherwise the f32 kernel. */
+static GEMMA2__T_AVX512BF16 void gemma2__matmul_avx512bf16(const gemma2__matmul_args *a, int r0, int r1)
+{
+    if (a->xb && a->w->dtype == GEMMA2__DT_BF16) gemma2__matmul_512_dp(a, r0, r1);
+    else gemma2__matmul_avx512(a, r0, r1);
+}
+
+static GEMMA2__T_AVX512 float gemma2__dot_avx512(const float *a, const float *b, int n)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+static GEMMA2__T_AVX512 void gemma2__axpy_avx512(float *y, float a, const float *x, int n)
+{
+    __m512 av = _mm512_set1_ps(a);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+static GEMMA2__T_AVX512 void gemma2__rmsnorm_avx512(float *out, const float *x, const float *w1, int n, float eps)
+{
+    float scale = 1.0f / sqrtf(gemma2__dot_avx512(x, x, n) / (float)n + eps);
+    __m512 sv = _mm512_set1_ps(scale);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), sv), _mm512_loadu_ps(w1 + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), sv), _mm512_maskz_loadu_ps(m, w1 + i)));
+    }
+}
+
+/* exp(x) for 16 lanes: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 polynomial (rel. error
+   ~2e-7), 2^n put straight into the exponent field. Inputs are clamped to [-87, 87], where
+   the result is a normal float; callers only need the saturated ends to be huge or tiny. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__exp_512(__m512 x)
+{
+    __m512 n, r, p;
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(87.0f));
+    n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    p = _mm512_set1_ps(1.3981999507e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23)));
+}
+
+/* gelu_tanh(u) = u (1 + tanh(z)) / 2 = u / (1 + exp(-2z)), z = sqrt(2/pi) (u + 0.044715 u^3):
+   one exp and one division, no tanh. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__gelu_512(__m512 u)
+{
+    __m512 u3 = _mm512_mul_ps(_mm512_mul_ps(u, u), u);
+    __m512 z2 = _mm512_mul_ps(_mm512_fmadd_ps(u3, _mm512_set1_ps(0.044715f), u), _mm512_set1_ps(-1.5957691216057308f));
+    return _mm512_div_ps(u, _mm512_add_ps(_mm512_set1_ps(1.0f), gemma2__exp_512(z2)));
+}
+
+static GEMMA2__T_AVX512 void gemma2__gelu_mul_avx512(float *g, const float *u, int n)
+{
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(g + i, _mm512_mul_ps(gemma2__gelu_512(_mm512_loadu_ps(g + i)), _mm512_loadu_ps(u + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(gemma2__gelu_512(_mm512_maskz_loadu_ps(m, g + i)), _mm512_maskz_loadu_ps(m, u + i)));
+    }
+}
+
+/* cap tanh(x / cap) with tanh(v) = sign(v) (1 - e) / (1 + e), e = exp(-2|v|): no cancellation
+   for large |v| and no overflow. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__softcap_512(__m512 x, __m512 cap, __m512 inv2)
+{
+    __m512 sign = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u)));
+    __m512 ax = _mm512_abs_ps(x);
+    __m512 e = gemma2__exp_512(_mm512_mul_ps(ax, inv2));
+    __m512 t = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(_mm512_mul_ps(t, cap)), _mm512_castps_si512(sign)));
+}
+
+static GEMMA2__T_AVX512 void gemma2__softcap_avx512(float *x, int n, float cap)
+{
+    __m512 c = _mm512_set1_ps(cap), inv2 = _mm512_set1_ps(-2.0f / cap);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, gemma2__softcap_512(_mm512_loadu_ps(x + i), c, inv2));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(x + i, m, gemma2__softcap_512(_mm512_maskz_loadu_ps(m, x + i), c, inv2));
+    }
+}
+
+/* Round to nearest even in integer arithmetic (bit-exact with the scalar; vcvtneps2bf16 would
+   flush subnormals), NaNs kept quiet. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m256i gemma2__to_bf16_512(__m512 f)
+{
+    __m512i u = _mm512_castps_si512(f);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(r);
+}
+
+static GEMMA2__T_AVX512 void gemma2__to_bf16_avx512(uint16_t *dst, const float *src, int n)
+{
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i *)(dst + i), gemma2__to_bf16_512(_mm512_loadu_ps(src + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm256_mask_storeu_epi16(dst + i, m, gemma2__to_bf16_512(_mm512_maskz_loadu_ps(m, src + i)));
+    }
+}
+
+static const gemma2__kernels gemma2__kernels_avx512 = {
+    "avx512", GEMMA2_KERNELS_AVX512, 0,
+    gemma2__matmul_avx512, gemma2__dot_avx512, gemma2__axpy_avx512,
+    gemma2__rmsnorm_avx512, gemma2__gelu_mul_avx512, gemma2__softcap_avx512, gemma2__to_bf16_avx512
+};
+
+static const gemma2__kernels gemma2__kernels_avx512bf16 = {
+    "avx512-bf16", GEMMA2_KERNELS_AVX512, 1,
+    gemma2__matmul_avx512bf16, gemma2__dot_avx512, gemma2__axpy_avx512,
+    gemma2__rmsnorm_avx512, gemma2__gelu_mul_avx512, gemma2__softcap_avx512, gemma2__to_bf16_avx512
+};
+
+/* ======================= AVX2 + FMA =======================
+   Same design with 8 lanes and 16 registers: the prefill tile is 4 rows x 3 tokens
+   (12 accumulators + 3 activation vectors + 1 weight vector). The last K % 8 columns go
+   through small zero-padded copies (AVX2 has no 16-bit masked loads). */
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 __m256 gemma2__w8_256(const void *row, int bf16, int k)
+{
+    if (bf16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + k))), 16));
+    return _mm256_loadu_ps((const float *)row + k);
+}
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 float gemma2__hsum_256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__tile_256(const gemma2__matmul_args *a, int r, int t, const int RR,
+                                                         const int TT, const int bf16)
+{
+    const int K = a->w->cols;
+    const size_t esz = bf16 ? 2 : 4;
+    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
+    const float *x0 = a->x + (size_t)t * (size_t)K;
+    __m256 acc[4][3];
+    int i, j, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < RR; i++) GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm256_setzero_ps();
+    for (; k + 8 <= K; k += 8) {
+        __m256 xv[3];
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = _mm256_loadu_ps(x0 + (size_t)j * K + k);
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            __m256 wv = gemma2__w8_256(w0 + (size_t)i * K * esz, bf16, k);
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
+        }
+    }
+    if (k < K) {
+        float xt[3][8], wt[8];
+        int n = K - k, e;
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) for (e = 0; e < 8; e++) xt[j][e] = e < n ? x0[(size_t)j * K + k + e] : 0.0f;
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            __m256 wv;
+            for (e = 0; e < 8; e++) wt[e] = e < n ? gemma2__w_at(a->w, (size_t)(r + i) * K + k + e) : 0.0f;
+            wv = _mm256_loadu_ps(wt);
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xt[j]), acc[i][j]);
+        }
+    }
+    GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (i = 0; i < RR; i++)
+        a->y[(size_t)(t + j) * a->ldy + r + i] = gemma2__hsum_256(acc[i][j]);
+}
+
+/* Decode: 8 rows at once (8 sequential streams in flight, see gemma2__matvec_512_eo). */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__matvec_256(const gemma2__matmul_args *a, int r, const int R, const int bf16)
+{
+    const int K = a->w->cols;
+    const size_t esz = bf16 ? 2 : 4;
+    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
+    __m256 acc[8];
+    int i, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm256_setzero_ps();
+    for (; k + 8 <= K; k += 8) {
+        __m256 xv = _mm256_loadu_ps(a->x + k);
+        GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm256_fmadd_ps(gemma2__w8_256(w0 + (size_t)i * K * esz, bf16, k), xv, acc[i]);
+    }
+    GEMMA2__UNROLL for (i = 0; i < R; i++) {
+        float sum = gemma2__hsum_256(acc[i]);
+        int e;
+        for (e = k; e < K; e++) sum += gemma2__w_at(a->w, (size_t)(r + i) * K + e) * a->x[e];
+        a->y[r + i] = sum;
+    }
+}
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__matmul_256_impl(const gemma2__matmul_args *a, int r0, int r1, const int bf16)
+{
+    int rb, t;
+    if (a->T == 1) {
+        int r = r0;
+        for (; r + 8 <= r1; r += 8) gemma2__matvec_256(a, r, 8, bf16);
+        for (; r < r1; r++) gemma2__matvec_256(a, r, 1, bf16);
+        return;
+    }
+    for (rb = r0; rb < r1; rb += 16) {
+        int re = GEMMA2__MIN(rb + 16, r1);
+        for (t = 0; t + 3 <= a->T; t += 3) GEMMA2__ROWS_TILED(gemma2__tile_256, rb, re, t, 3, bf16);
+        if (a->T - t == 2) GEMMA2__ROWS_TILED(gemma2__tile_256, rb, re, t, 2, bf16);
+        else if (a->T - t == 1) GEMMA2__ROWS_TILED(gemma2__tile_256, rb, re, t, 1, bf16);
+    }
+}
+
+static GEMMA2__T_AVX2 void gemma2__matmul_256_bf16w(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_256_impl(a, r0, r1, 1); }
+static GEMMA2__T_AVX2 void gemma2__matmul_256_f32w(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_256_impl(a, r0, r1, 0); }
+
+static GEMMA2__T_AVX2 void gemma2__matmul_avx2(const gemma2__matmul_args *a, int r0, int r1)
+{
+    if (a->w->dtype == GEMMA2__DT_BF16) gemma2__matmul_256_bf16w(a, r0, r1);
+    else gemma2__matmul_256_f32w(a, r0, r1);
+}
+
+static GEMMA2__T_AVX2 float gemma2__dot_avx2(const float *a, const float *b, int n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    float s;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s = gemma2__hsum_256(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static GEMMA2__T_AVX2 void gemma2__axpy_avx2(float *y, float a, const float *x, int n)
+{
+    __m256 av = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+static GEMMA2__T_AVX2 void gemma2__rmsnorm_avx2(float *out, const float *x, const float *w1, int n, float eps)
+{
+    float scale = 1.0f / sqrtf(gemma2__dot_avx2(x, x, n) / (float)n + eps);
+    __m256 sv = _mm256_set1_ps(scale);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), sv), _mm256_loadu_ps(w1 + i)));
+    for (; i < n; i++) out[i] = x[i] * scale * w1[i];
+}
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 __m256 gemma2__exp_256(__m256 x)
+{
+    __m256 n, r, p;
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(87.0f));
+    n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    p = _mm256_set1_ps(1.3981999507e-3f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)));
+}
+
+static GEMMA2__T_AVX2 void gemma2__gelu_mul_avx2(float *g, const float *u, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(g + i);
+        __m256 v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+        __m256 z2 = _mm256_mul_ps(_mm256_fmadd_ps(v3, _mm256_set1_ps(0.044715f), v), _mm256_set1_ps(-1.5957691216057308f));
+        __m256 ge = _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), gemma2__exp_256(z2)));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(ge, _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) g[i] = gemma2__gelu_tanh(g[i]) * u[i];
+}
+
+static GEMMA2__T_AVX2 void gemma2__softcap_avx2(float *x, int n, float cap)
+{
+    __m256 c = _mm256_set1_ps(cap), inv2 = _mm256_set1_ps(-2.0f / cap), one = _mm256_set1_ps(1.0f);
+    __m256 signbit = _mm256_set1_ps(-0.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 e = gemma2__exp_256(_mm256_mul_ps(_mm256_andnot_ps(signbit, v), inv2));
+        __m256 t = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+        _mm256_storeu_ps(x + i, _mm256_or_ps(_mm256_mul_ps(t, c), _mm256_and_ps(v, signbit)));
+    }
+    for (; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
+}
+
+static GEMMA2__T_AVX2 void gemma2__to_bf16_avx2(uint16_t *dst, const float *src, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i u = _mm256_castps_si256(_mm256_loadu_ps(src + i));
+        __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+        __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+        __m256i qn = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+        r = _mm256_blendv_epi8(r, qn, nan);
+        r = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08); /* lanes 0 and 2 hold the 8 results */
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_castsi256_si128(r));
+    }
+    for (; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]);
+}
+
+static const gemma2__kernels gemma2__kernels_avx2 = {
+    "avx2", GEMMA2_KERNELS_AVX2, 0,
+    gemma2__matmul_avx2, gemma2__dot_avx2, gemma2__axpy_avx2,
+    gemma2__rmsnorm_avx2, gemma2__gelu_mul_avx2, gemma2__softcap_avx2, gemma2__to_bf16_avx2
+};
+
+#endif /* GEMMA2__X86 */
+
+/* @@NEON@@ */
+
 /* Picks the kernel set: `want` is a GEMMA2_KERNELS_* value (AUTO = the best this CPU runs).
    Returns NULL if the CPU (or this build) cannot run the one asked for. */
 static const gemma2__kernels *gemma2__kernels_select(int want)
 {
+#if defined(GEMMA2__X86)
+    int f = gemma2__x86_features();
+    if (want == GEMMA2_KERNELS_AUTO || want == GEMMA2_KERNELS_AVX512) {
+        if (f & GEMMA2__CPU_AVX512BF16) return &gemma2__kernels_avx512bf16;
+        if (f & GEMMA2__CPU_AVX512) return &gemma2__kernels_avx512;
+        if (want == GEMMA2_KERNELS_AVX512) return NULL;
+    }
+    if (want == GEMMA2_KERNELS_AUTO || want == GEMMA2_KERNELS_AVX2) {
+        if (f & GEMMA2__CPU_AVX2) return &gemma2__kernels_avx2;
+        if (want == GEMMA2_KERNELS_AVX2) return NULL;
+    }
+#endif
+#if defined(GEMMA2__NEON)
+    if (want == GEMMA2_KERNELS_AUTO || want == GEMMA2_KERNELS_NEON) return &gemma2__kernels_neon;
+#endif
     if (want == GEMMA2_KERNELS_AUTO || want == GEMMA2_KERNELS_SCALAR) return &gemma2__kernels_scalar;
     return NULL;
+}
+
+/* ---- helpers for the forward pass and the loader ---- */
+
+/* (they may be unused in a build that has no caller for one of them yet) */
+#if defined(__GNUC__) || defined(__clang__)
+#define GEMMA2__MAYBE_UNUSED __attribute__((unused))
+#else
+#define GEMMA2__MAYBE_UNUSED
+#endif
+
+/* y = W x for all rows of W, split across the pool. Tasks are runs of 16 rows' multiples
+   (whole register tiles and whole cache lines of y), about 4 per thread so that a thread
+   that starts late or runs slow is balanced by the others, but never so small that the
+   per-task overhead (one atomic) shows. Each task streams a contiguous slab of W. */
+typedef struct gemma2__matmul_job {
+    const gemma2__kernels *k;
+    const gemma2__matmul_args *a;
+    int chunk, rows;
+} gemma2__matmul_job;
+
+static void gemma2__matmul_task(void *ctx, int task, int n_tasks)
+{
+    const gemma2__matmul_job *j = (const gemma2__matmul_job *)ctx;
+    int r0 = task * j->chunk, r1 = GEMMA2__MIN(r0 + j->chunk, j->rows);
+    (void)n_tasks;
+    if (r0 < r1) j->k->matmul(j->a, r0, r1);
+}
+
+static GEMMA2__MAYBE_UNUSED void gemma2__matmul(gemma2__pool *p, const gemma2__kernels *k, const gemma2__matmul_args *a)
+{
+    gemma2__matmul_job j;
+    int rows = a->w->rows, nt = p ? gemma2__pool_size(p) : 1, n_tasks, chunk;
+    if (nt <= 1 || rows <= 16) { k->matmul(a, 0, rows); return; }
+    n_tasks = nt * 4;
+    chunk = (rows + n_tasks - 1) / n_tasks;
+    chunk = GEMMA2__MAX(64, (chunk + 15) & ~15);
+    n_tasks = (rows + chunk - 1) / chunk;
+    j.k = k; j.a = a; j.chunk = chunk; j.rows = rows;
+    gemma2__pool_run(p, gemma2__matmul_task, &j, n_tasks);
+}
+
+/* F32 -> BF16 once at load (GEMMA2_WEIGHTS_BF16), in 1M-element chunks over the pool. */
+typedef struct gemma2__convert_job {
+    uint16_t *dst;
+    const float *src;
+    size_t n;
+} gemma2__convert_job;
+
+#define GEMMA2__CONVERT_CHUNK ((size_t)1 << 20)
+
+static void gemma2__convert_task(void *ctx, int task, int n_tasks)
+{
+    const gemma2__convert_job *j = (const gemma2__convert_job *)ctx;
+    size_t i0 = (size_t)task * GEMMA2__CONVERT_CHUNK, i1 = GEMMA2__MIN(i0 + GEMMA2__CONVERT_CHUNK, j->n), i;
+    (void)n_tasks;
+    for (i = i0; i < i1; i++) j->dst[i] = gemma2__f32_to_bf16(j->src[i]);
+}
+
+static GEMMA2__MAYBE_UNUSED void gemma2__convert_f32_to_bf16(gemma2__pool *p, uint16_t *dst, const float *src, size_t n)
+{
+    gemma2__convert_job j;
+    size_t n_tasks = (n + GEMMA2__CONVERT_CHUNK - 1) / GEMMA2__CONVERT_CHUNK;
+    j.dst = dst; j.src = src; j.n = n;
+    if (n == 0) return;
+    if (!p || n_tasks > (size_t)INT_MAX) { size_t i; for (i = 0; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]); return; }
+    gemma2__pool_run(p, gemma2__convert_task, &j, (int)n_tasks);
 }
 
 /* ===========================================================================
@@ -1663,6 +2669,7 @@ GEMMA2_DEF const char *gemma2_model_kernels(const gemma2_model *m) { return m &&
 struct gemma2_session {
     const gemma2_model *m;
     int n_ctx;               /* capacity in tokens */
+    int chunk;               /* tokens per pass, <= GEMMA2__CHUNK (smaller only in tests, to exercise the rings) */
     int pos;                 /* tokens evaluated so far = next position */
     int hi;                  /* highest pos reached since the sliding rings were last refilled */
     int32_t *tokens;         /* [n_ctx] the tokens at positions 0..pos-1 */
@@ -1879,7 +2886,7 @@ GEMMA2_DEF void gemma2_session_free(gemma2_session *s)
     GEMMA2_FREE(s);
 }
 
-GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx)
+static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int chunk)
 {
     gemma2_session *s;
     const gemma2_config *c;
@@ -1896,6 +2903,7 @@ GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx)
     if (!s) return NULL;
     s->m = m;
     s->n_ctx = n_ctx;
+    s->chunk = chunk;
     nt = m->opt.n_threads < 1 ? 1 : m->opt.n_threads;
     s->pool = gemma2__pool_new(nt);
     s->tokens = (int32_t *)gemma2__calloc((size_t)n_ctx, sizeof(int32_t));
@@ -1923,7 +2931,7 @@ GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx)
     }
     for (l = 0; l < c->num_hidden_layers; l++) {
         int slots = n_ctx;
-        if (m->layers[l].sliding && (int64_t)c->sliding_window + GEMMA2__CHUNK - 1 < n_ctx) slots = c->sliding_window + GEMMA2__CHUNK - 1;
+        if (m->layers[l].sliding && (int64_t)c->sliding_window + chunk - 1 < n_ctx) slots = c->sliding_window + chunk - 1;
         s->slots[l] = slots;
         s->k[l] = (float *)gemma2__calloc((size_t)slots * kvd, sizeof(float));
         s->v[l] = (float *)gemma2__calloc((size_t)slots * kvd, sizeof(float));
@@ -1932,6 +2940,11 @@ GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx)
     /* inv_freq in float32, as both references build it */
     for (i = 0; i < c->head_dim / 2; i++) s->inv_freq[i] = (float)(1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->head_dim));
     return s;
+}
+
+GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx)
+{
+    return gemma2__session_new(m, n_ctx, GEMMA2__CHUNK);
 }
 
 GEMMA2_DEF int gemma2_eval(gemma2_session *s, const int32_t *ids, int n, float *logits)
@@ -1945,7 +2958,7 @@ GEMMA2_DEF int gemma2_eval(gemma2_session *s, const int32_t *ids, int n, float *
     if (n == 0) return 0;
     memmove(s->tokens + s->pos, ids, (size_t)n * sizeof(int32_t));
     while (done < n) {
-        int C = GEMMA2__MIN(GEMMA2__CHUNK, n - done);
+        int C = GEMMA2__MIN(s->chunk, n - done);
         const int32_t *chunk = s->tokens + s->pos;
         if (logits) gemma2__forward(s, chunk, C, s->pos, logits + (size_t)done * V, 0);
         else gemma2__forward(s, chunk, C, s->pos, s->logits, done + C == n ? C - 1 : C);
