@@ -235,6 +235,16 @@ GEMMA2_DEF int gemma2_tokenize(const gemma2_model *m, const char *text, size_t l
    flags 0: every token's text. */
 GEMMA2_DEF int gemma2_detokenize(const gemma2_model *m, const int32_t *ids, int n, char *out, size_t cap, int flags);
 
+/* Notes on gemma2_tokenize / gemma2_detokenize:
+   - Both tokenizer files give the ids of their reference: tokenizer.json those of transformers (with
+     split_special_tokens when GEMMA2_TOKENIZE_SPECIAL is not given), tokenizer.model those of SentencePiece. They
+     differ only on runs of 32+ spaces, on control-token strings in the text, and where tokenizer.json lacks added
+     tokens that tokenizer.model has as user-defined pieces.
+   - Text that is not valid UTF-8 is accepted: each byte that is not part of a valid character becomes its byte
+     piece <0xNN>, so decode(encode(x)) == x for any bytes (a literal '▁' in the text comes back as ' ').
+   - gemma2_detokenize with flags 0 returns the exact bytes, byte pieces included, even when they are not UTF-8.
+     With GEMMA2_DETOKENIZE_SKIP_CONTROL, tokenizer.json leaves out its special tokens (transformers'
+     skip_special_tokens) and tokenizer.model its CONTROL pieces, writing UNKNOWN as " ⁇ " (SentencePiece). */
 #define GEMMA2_DETOKENIZE_UTF8 2 /* gemma2_detokenize: replace invalid UTF-8 from byte pieces (<0xNN>) with U+FFFD the way
                                     the format's reference does: tokenizer.json one per maximal invalid subsequence
                                     (transformers.js / Python's "replace"), tokenizer.model one per invalid byte
@@ -282,8 +292,9 @@ typedef struct gemma2_detok {
 } gemma2_detok;
 GEMMA2_DEF void gemma2_detok_init(gemma2_detok *d, const gemma2_model *m, int flags);
 /* Returns the number of bytes of text this token completes. If that is more than cap, nothing is written and the
-   state is unchanged (call again with a larger buffer); 256 bytes always suffice for Gemma (at most 12 bytes plus
-   three times the longest piece). Negative: an error (bad id, no tokenizer, bad argument). */
+   state is unchanged (call again with a larger buffer); 256 bytes always suffice for Gemma (a token writes at most
+   9 bytes for an unfinished character before it, then its own text, at most 93 bytes for Gemma's longest piece).
+   Negative: an error (bad id, no tokenizer, bad argument). */
 GEMMA2_DEF int gemma2_detok_push(gemma2_detok *d, int32_t id, char *out, size_t cap);
 /* Ends the stream: an unfinished character becomes U+FFFD. Same return convention; the state is reset after. */
 GEMMA2_DEF int gemma2_detok_flush(gemma2_detok *d, char *out, size_t cap);
@@ -3026,7 +3037,21 @@ GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos)
    Speed: BPE is the classic heap of candidate pairs with lazy deletion (O(n log n)). When no piece holds '▁' after
    another character (true of Gemma: pieces start with their '▁'), no merge can cross the point before a '▁' that
    follows a non-'▁' character, so each such "word" is merged on its own: the result is identical and the heaps
-   stay tiny. Encoding also keeps a per-call cache of words already seen (text repeats its words). */
+   stay tiny. Encoding also keeps a per-call cache of words already seen (text repeats its words).
+
+   Where this follows the references, and where not:
+   - tokenizer.json: added tokens are cut out of the raw text first, leftmost-longest (all of them with
+     GEMMA2_TOKENIZE_SPECIAL, else all but those flagged "special"); their lstrip / rstrip / single_word /
+     normalized flags are not applied (Gemma's files set none). A character that is no piece becomes its byte
+     pieces before merging (as the Rust tokenizers library does). Only the Replace(" " -> "▁") normalizer and no
+     pre-tokenizer are supported: other files are refused with GEMMA2_ERROR_UNSUPPORTED, never mis-tokenized.
+   - tokenizer.model: ModelProto with model_type BPE and an identity normalizer without dummy prefix or whitespace
+     removal (else GEMMA2_ERROR_UNSUPPORTED). USER_DEFINED pieces are matched longest-first after ' ' -> '▁',
+     CONTROL / UNKNOWN pieces never; merges by piece score. UNUSED pieces are never produced (SentencePiece merges
+     into them and splits them again; Gemma has none). <start_of_turn> / <end_of_turn> count as special (matched
+     only with GEMMA2_TOKENIZE_SPECIAL) although the proto has no flag for it: transformers treats them so.
+   - Invalid UTF-8 in the input: each such byte is a symbol of its own and ends as its byte piece (the references
+     cannot take such input: SentencePiece would first replace it with U+FFFD). */
 
 #define GEMMA2__TA_SPECIAL 1  /* matched in text only with GEMMA2_TOKENIZE_SPECIAL; never the result of a merge */
 #define GEMMA2__TA_CONTROL 2  /* left out by GEMMA2_DETOKENIZE_SKIP_CONTROL */
