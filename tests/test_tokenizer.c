@@ -19,6 +19,12 @@ static gemma2_model *tok_model(int spm)
     return tok_state[spm] > 0 ? &tok_models[spm] : NULL;
 }
 
+static int tok_load_mem(const void *data, size_t size, gemma2_model *m, char *err, size_t err_size)
+{
+    memset(m, 0, sizeof *m);
+    return gemma2__tokenizer_load_mem(&m->tok, (const uint8_t *)data, size, "test", err, err_size);
+}
+
 /* A deterministic generator (xorshift), so failures reproduce. */
 static uint64_t tok_rng_state = 0x1234567887654321ull;
 static uint32_t tok_rand(void)
@@ -178,6 +184,59 @@ static void tok_check_cases(int spm)
 
 static void test_tok_cases_json(void) { tok_check_cases(0); }
 static void test_tok_cases_model(void) { tok_check_cases(1); }
+
+/* The published gemma-2 tokenizer.json lists 32 more added tokens (ids 255968..255999: [toxicity=0], tab runs,
+   <unused99>) than the fixture's. Nothing is hard-coded: with them added, tokenizer.json gives SentencePiece's ids
+   on the cases that differed because of them, and its own ids on all the others. */
+static void test_tok_249_added(void)
+{
+    gemma2_model *mj = tok_model(0), m;
+    size_t size, extra_n = 0, k;
+    char *real = (char *)g2t_read_file(g2t_path("tokenizer/tokenizer.json"), &size), *mod, *at, err[256];
+    char *extra = (char *)malloc(32 * 200);
+    int32_t id;
+    int n = tok_load_cases(), checked = 0;
+    if (!mj || !real) { CHECK(0, "tokenizer.json loads"); free(real); free(extra); return; }
+    for (id = 255968; id < 256000; id++) {
+        size_t len;
+        const char *p = gemma2_token_piece(mj, id, &len);
+        extra_n += (size_t)sprintf(extra + extra_n, "{\"id\": %d, \"content\": \"", (int)id);
+        for (k = 0; k < len; k++) {
+            if (p[k] == '\t') { extra[extra_n++] = '\\'; extra[extra_n++] = 't'; }
+            else extra[extra_n++] = p[k];
+        }
+        extra_n += (size_t)sprintf(extra + extra_n, "\", \"special\": false}, ");
+    }
+    at = strstr(real, "\"added_tokens\": [");
+    CHECK(at != NULL, "added_tokens in tokenizer.json");
+    if (!at) { free(real); free(extra); return; }
+    at += strlen("\"added_tokens\": [");
+    mod = (char *)malloc(size + extra_n);
+    memcpy(mod, real, (size_t)(at - real));
+    memcpy(mod + (at - real), extra, extra_n);
+    memcpy(mod + (at - real) + extra_n, at, size - (size_t)(at - real));
+    CHECK(tok_load_mem(mod, size + extra_n, &m, err, sizeof err) == 0, "249 added tokens: %s", err);
+    if (m.tok) {
+        for (k = 0; k < (size_t)n; k++) {
+            const tok_case *c = &tok_cases[k];
+            int32_t *got;
+            int g, use_spm = !strcmp(c->name, "sp_unused99") || !strcmp(c->name, "sp_toxicity");
+            const int32_t *want = use_spm ? c->spm_ids : c->ids;
+            int n_want = use_spm ? c->n_spm_ids : c->n_ids;
+            if (c->decode) continue;
+            got = (int32_t *)malloc(sizeof *got * (c->text_len + 1));
+            g = gemma2_tokenize(&m, c->text, c->text_len, got, (int)c->text_len + 1, GEMMA2_TOKENIZE_SPECIAL);
+            CHECK(g == n_want && !memcmp(got, want, sizeof *got * (size_t)g), "%s: json + 32 added tokens", c->name);
+            checked += use_spm;
+            free(got);
+        }
+        CHECK(checked == 2, "2 cases with spm_ids, %d", checked);
+        gemma2__tokenizer_free(m.tok);
+    }
+    free(mod);
+    free(real);
+    free(extra);
+}
 
 /* Without GEMMA2_DETOKENIZE_UTF8 the bytes come back exactly; flags 0 on tokenizer.model keeps control tokens. */
 static void test_tok_decode_raw(void)
@@ -422,11 +481,6 @@ static void test_tok_via_load(void)
 
 /* ---- small hand-made tokenizers and corrupt files ------------------------ */
 
-static int tok_load_mem(const void *data, size_t size, gemma2_model *m, char *err, size_t err_size)
-{
-    memset(m, 0, sizeof *m);
-    return gemma2__tokenizer_load_mem(&m->tok, (const uint8_t *)data, size, "test", err, err_size);
-}
 
 static void test_tok_small_json(void)
 {
@@ -693,6 +747,7 @@ void suite_tokenizer(void)
     g2t_run("tokenizer/cases_json", test_tok_cases_json);
     g2t_run("tokenizer/cases_model", test_tok_cases_model);
     g2t_run("tokenizer/decode_raw", test_tok_decode_raw);
+    g2t_run("tokenizer/added_249", test_tok_249_added);
     g2t_run("tokenizer/roundtrip_unicode", test_tok_roundtrip_unicode);
     g2t_run("tokenizer/roundtrip_bytes", test_tok_roundtrip_bytes);
     g2t_run("tokenizer/stream_json", test_tok_stream_json);
