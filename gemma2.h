@@ -364,6 +364,13 @@ static void *gemma2__calloc(size_t n, size_t size)
     return p;
 }
 
+/* n * size bytes, not zeroed; NULL if the product overflows. */
+static void *gemma2__malloc_n(size_t n, size_t size)
+{
+    if (size != 0 && n > (size_t)-1 / size) return NULL;
+    return GEMMA2_MALLOC(n * size > 0 ? n * size : 1);
+}
+
 /* Overflow-checked size arithmetic: the product of file-given numbers must never wrap. */
 static int gemma2__mul_ok(uint64_t a, uint64_t b, uint64_t *out)
 {
@@ -2933,8 +2940,10 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
         int slots = n_ctx;
         if (m->layers[l].sliding && (int64_t)c->sliding_window + chunk - 1 < n_ctx) slots = c->sliding_window + chunk - 1;
         s->slots[l] = slots;
-        s->k[l] = (float *)gemma2__calloc((size_t)slots * kvd, sizeof(float));
-        s->v[l] = (float *)gemma2__calloc((size_t)slots * kvd, sizeof(float));
+        /* Not zeroed: a slot is always written before it is read, and untouched pages of a
+           large cache cost no RSS until the sequence grows into them. */
+        s->k[l] = (float *)gemma2__malloc_n((size_t)slots * kvd, sizeof(float));
+        s->v[l] = (float *)gemma2__malloc_n((size_t)slots * kvd, sizeof(float));
         if (!s->k[l] || !s->v[l]) { gemma2_session_free(s); return NULL; }
     }
     /* inv_freq in float32, as both references build it */
