@@ -235,6 +235,16 @@ GEMMA2_DEF int gemma2_tokenize(const gemma2_model *m, const char *text, size_t l
    flags 0: every token's text. */
 GEMMA2_DEF int gemma2_detokenize(const gemma2_model *m, const int32_t *ids, int n, char *out, size_t cap, int flags);
 
+/* Notes on gemma2_tokenize / gemma2_detokenize:
+   - Both tokenizer files give the ids of their reference: tokenizer.json those of transformers (with
+     split_special_tokens when GEMMA2_TOKENIZE_SPECIAL is not given), tokenizer.model those of SentencePiece. They
+     differ only on runs of 32+ spaces, on control-token strings in the text, and where tokenizer.json lacks added
+     tokens that tokenizer.model has as user-defined pieces.
+   - Text that is not valid UTF-8 is accepted: each byte that is not part of a valid character becomes its byte
+     piece <0xNN>, so decode(encode(x)) == x for any bytes (a literal '▁' in the text comes back as ' ').
+   - gemma2_detokenize with flags 0 returns the exact bytes, byte pieces included, even when they are not UTF-8.
+     With GEMMA2_DETOKENIZE_SKIP_CONTROL, tokenizer.json leaves out its special tokens (transformers'
+     skip_special_tokens) and tokenizer.model its CONTROL pieces, writing UNKNOWN as " ⁇ " (SentencePiece). */
 #define GEMMA2_DETOKENIZE_UTF8 2 /* gemma2_detokenize: replace invalid UTF-8 from byte pieces (<0xNN>) with U+FFFD the way
                                     the format's reference does: tokenizer.json one per maximal invalid subsequence
                                     (transformers.js / Python's "replace"), tokenizer.model one per invalid byte
@@ -282,8 +292,9 @@ typedef struct gemma2_detok {
 } gemma2_detok;
 GEMMA2_DEF void gemma2_detok_init(gemma2_detok *d, const gemma2_model *m, int flags);
 /* Returns the number of bytes of text this token completes. If that is more than cap, nothing is written and the
-   state is unchanged (call again with a larger buffer); 256 bytes always suffice for Gemma (at most 12 bytes plus
-   three times the longest piece). Negative: an error (bad id, no tokenizer, bad argument). */
+   state is unchanged (call again with a larger buffer); 256 bytes always suffice for Gemma (a token writes at most
+   9 bytes for an unfinished character before it, then its own text, at most 93 bytes for Gemma's longest piece).
+   Negative: an error (bad id, no tokenizer, bad argument). */
 GEMMA2_DEF int gemma2_detok_push(gemma2_detok *d, int32_t id, char *out, size_t cap);
 /* Ends the stream: an unfinished character becomes U+FFFD. Same return convention; the state is reset after. */
 GEMMA2_DEF int gemma2_detok_flush(gemma2_detok *d, char *out, size_t cap);
@@ -3035,7 +3046,21 @@ GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos)
    Speed: BPE is the classic heap of candidate pairs with lazy deletion (O(n log n)). When no piece holds '▁' after
    another character (true of Gemma: pieces start with their '▁'), no merge can cross the point before a '▁' that
    follows a non-'▁' character, so each such "word" is merged on its own: the result is identical and the heaps
-   stay tiny. Encoding also keeps a per-call cache of words already seen (text repeats its words). */
+   stay tiny. Encoding also keeps a per-call cache of words already seen (text repeats its words).
+
+   Where this follows the references, and where not:
+   - tokenizer.json: added tokens are cut out of the raw text first, leftmost-longest (all of them with
+     GEMMA2_TOKENIZE_SPECIAL, else all but those flagged "special"); their lstrip / rstrip / single_word /
+     normalized flags are not applied (Gemma's files set none). A character that is no piece becomes its byte
+     pieces before merging (as the Rust tokenizers library does). Only the Replace(" " -> "▁") normalizer and no
+     pre-tokenizer are supported: other files are refused with GEMMA2_ERROR_UNSUPPORTED, never mis-tokenized.
+   - tokenizer.model: ModelProto with model_type BPE and an identity normalizer without dummy prefix or whitespace
+     removal (else GEMMA2_ERROR_UNSUPPORTED). USER_DEFINED pieces are matched longest-first after ' ' -> '▁',
+     CONTROL / UNKNOWN pieces never; merges by piece score. UNUSED pieces are never produced (SentencePiece merges
+     into them and splits them again; Gemma has none). <start_of_turn> / <end_of_turn> count as special (matched
+     only with GEMMA2_TOKENIZE_SPECIAL) although the proto has no flag for it: transformers treats them so.
+   - Invalid UTF-8 in the input: each such byte is a symbol of its own and ends as its byte piece (the references
+     cannot take such input: SentencePiece would first replace it with U+FFFD). */
 
 #define GEMMA2__TA_SPECIAL 1  /* matched in text only with GEMMA2_TOKENIZE_SPECIAL; never the result of a merge */
 #define GEMMA2__TA_CONTROL 2  /* left out by GEMMA2_DETOKENIZE_SKIP_CONTROL */
@@ -3052,6 +3077,9 @@ enum { GEMMA2__TOK_HF = 0, GEMMA2__TOK_SPM = 1 };
 
 /* A merge: the piece it makes and its priority (smaller first). */
 typedef struct gemma2__merge { uint32_t prio; int32_t id; } gemma2__merge;
+/* A slot of the merge table: key = (hi << 32 | lo) = (left << 44) | (right << 24) | prio, all ones when empty, and
+   the piece made. 12 bytes, so that one look-up touches one place (a look-up is most of the encoding time). */
+typedef struct gemma2__mslot { uint32_t lo, hi; int32_t id; } gemma2__mslot;
 
 typedef struct gemma2__trie_node {
     int32_t child, sibling, id; /* id: the token ending here, or -1 */
@@ -3066,11 +3094,12 @@ struct gemma2__tokenizer {
     uint8_t *attr;             /* [n] GEMMA2__TA_* */
     uint64_t *ptab;            /* piece -> id: (hash << 32) | (id + 1); 0 = empty */
     uint32_t pmask;
-    uint32_t *prio;            /* SentencePiece: [n] merge order from the score (smaller merges first) */
-    uint64_t *mtab;            /* merges by id pair: (left << 44) | (right << 24) | index into merges; ~0 = empty */
+    uint32_t *prio;            /* SentencePiece: [n] merge order: the dense rank of the score, highest first */
+    gemma2__mslot *mtab;       /* merges by id pair (open addressing) */
     uint32_t mmask;
-    gemma2__merge *merges;     /* [n_merges] */
     int32_t n_merges;
+    gemma2__merge *ascii_pair; /* [128 * 128]: the merge of two ASCII characters' pieces (id -1: none). Most first
+                                  look-ups in text are these: 128 KB that stay in cache instead of a miss or two */
     gemma2__trie_node *trie;   /* the pieces matched whole; node 0 is the root */
     int32_t n_trie, trie_cap;
     int32_t root[256];         /* the root's child for each first byte (-1: no piece starts so) */
@@ -3094,7 +3123,7 @@ static void gemma2__tokenizer_free(gemma2__tokenizer *t)
     GEMMA2_FREE(t->ptab);
     GEMMA2_FREE(t->prio);
     GEMMA2_FREE(t->mtab);
-    GEMMA2_FREE(t->merges);
+    GEMMA2_FREE(t->ascii_pair);
     GEMMA2_FREE(t->trie);
     GEMMA2_FREE(t);
 }
@@ -3274,6 +3303,45 @@ static int gemma2__tok_finish(gemma2__tokenizer *t, const char *name, char *err,
     return 0;
 }
 
+/* The merge of pieces (l, r) into *out; 0 if there is none. */
+static int gemma2__tok_merge(const gemma2__tokenizer *t, int32_t l, int32_t r, gemma2__merge *out)
+{
+    uint64_t pair = ((uint64_t)(uint32_t)l << 20) | (uint64_t)(uint32_t)r;
+    uint32_t i;
+    if (!t->mtab) return 0;
+    for (i = (uint32_t)((pair * 0x9e3779b97f4a7c15ull) >> 40) & t->mmask;; i = (i + 1) & t->mmask) {
+        const gemma2__mslot *m = &t->mtab[i];
+        uint64_t k = ((uint64_t)m->hi << 32) | m->lo;
+        if (k == ~(uint64_t)0) return 0;
+        if ((k >> 24) == pair) { out->prio = (uint32_t)(k & 0xffffff); out->id = m->id; return 1; }
+    }
+}
+
+/* An empty merge table with room for n merges. */
+static int gemma2__tok_mtab_new(gemma2__tokenizer *t, size_t n)
+{
+    uint32_t cap = 16;
+    while (cap < n + n / 2) cap *= 2;
+    t->mtab = (gemma2__mslot *)GEMMA2_MALLOC((size_t)cap * sizeof *t->mtab);
+    if (!t->mtab) return -1;
+    memset(t->mtab, 0xff, (size_t)cap * sizeof *t->mtab);
+    t->mmask = cap - 1;
+    return 0;
+}
+
+static int gemma2__tok_ascii_pairs(gemma2__tokenizer *t, const char *name, char *err, size_t err_size)
+{
+    int a, b;
+    t->ascii_pair = (gemma2__merge *)GEMMA2_MALLOC(128 * 128 * sizeof *t->ascii_pair);
+    if (!t->ascii_pair) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
+    for (a = 0; a < 128; a++)
+        for (b = 0; b < 128; b++) {
+            gemma2__merge *o = &t->ascii_pair[a * 128 + b];
+            if (t->char1[a] < 0 || t->char1[b] < 0 || !gemma2__tok_merge(t, t->char1[a], t->char1[b], o)) { o->prio = 0; o->id = -1; }
+        }
+    return 0;
+}
+
 /* ---- tokenizer.json ---------------------------------------------------- */
 
 /* A string node decoded into buf (which holds at least its raw length); -1 if not a string or badly escaped. */
@@ -3298,15 +3366,19 @@ static int gemma2__tok_hf_normalizer_ok(const gemma2__json *j, int32_t node)
            gemma2__json_streq(j, gemma2__json_get(j, node, "content"), "\xe2\x96\x81");
 }
 
-static void gemma2__tok_merge_put(gemma2__tokenizer *t, uint64_t pair, int32_t index)
+static void gemma2__tok_merge_put(gemma2__tokenizer *t, uint64_t pair, uint32_t prio, int32_t id)
 {
     uint32_t i = (uint32_t)((pair * 0x9e3779b97f4a7c15ull) >> 40) & t->mmask;
+    uint64_t k;
     for (;; i = (i + 1) & t->mmask) {
-        uint64_t e = t->mtab[i];
-        if (e == ~(uint64_t)0 || (e >> 24) == pair) break;
+        k = ((uint64_t)t->mtab[i].hi << 32) | t->mtab[i].lo;
+        if (k == ~(uint64_t)0 || (k >> 24) == pair) break;
     }
     /* a repeated pair keeps the later rank, as transformers' and transformers.js' maps do */
-    t->mtab[i] = (pair << 24) | (uint64_t)index;
+    k = (pair << 24) | prio;
+    t->mtab[i].lo = (uint32_t)k;
+    t->mtab[i].hi = (uint32_t)(k >> 32);
+    t->mtab[i].id = id;
 }
 
 static int gemma2__tok_load_json(gemma2__tokenizer *t, const char *text, size_t size, const char *name, char *err, size_t err_size)
@@ -3383,7 +3455,7 @@ static int gemma2__tok_load_json(gemma2__tokenizer *t, const char *text, size_t 
     }
     if (total >= 0xffffffffll) GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: vocabulary too large", name);
     t->arena = (char *)GEMMA2_MALLOC((size_t)total);
-    buf = (char *)GEMMA2_MALLOC((size_t)maxlen * 2 + 8);
+    buf = (char *)GEMMA2_MALLOC(((size_t)maxlen * 2 + 8) * 16); /* 16 merges at a time, below */
     if (!t->arena || !buf) GEMMA2__TJFAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
     total = 0;
     for (k = 0; k < n; k++) {
@@ -3418,47 +3490,57 @@ static int gemma2__tok_load_json(gemma2__tokenizer *t, const char *text, size_t 
 
     /* merges: "left right" strings, or [left, right] pairs in newer files */
     if (merges >= 0 && j.nodes[merges].count > 0) {
-        uint32_t cap = 16;
         int32_t rank = 0;
         if (j.nodes[merges].count > GEMMA2__TOK_MAX_MERGES) GEMMA2__TJFAIL(GEMMA2_ERROR_UNSUPPORTED, "%s: too many merges", name);
-        while (cap < (uint32_t)j.nodes[merges].count + (uint32_t)j.nodes[merges].count / 2u) cap *= 2;
-        t->mtab = (uint64_t *)GEMMA2_MALLOC((size_t)cap * sizeof *t->mtab);
-        t->merges = (gemma2__merge *)GEMMA2_MALLOC((size_t)j.nodes[merges].count * sizeof *t->merges);
-        if (!t->mtab || !t->merges) GEMMA2__TJFAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
-        memset(t->mtab, 0xff, (size_t)cap * sizeof *t->mtab);
-        t->mmask = cap - 1;
-        for (c = j.nodes[merges].child; c >= 0; c = j.nodes[c].next, rank++) {
-            int64_t la, lb;
-            int32_t a, b, r;
-            char *sp;
-            if (gemma2__json_is(&j, c, GEMMA2__JSTRING)) {
-                if (j.nodes[c].len > (uint32_t)maxlen * 2) GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is too long", name, (int)rank);
-                la = gemma2__tok_jstr(&j, c, buf);
-                if (la < 0 || !(sp = (char *)memchr(buf, ' ', (size_t)la)) || memchr(sp + 1, ' ', (size_t)(buf + la - sp - 1)))
-                    GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is not \"left right\"", name, (int)rank);
-                lb = buf + la - sp - 1;
-                la = sp - buf;
-                memmove(sp, sp + 1, (size_t)lb); /* buf = left right, contiguous */
-            } else if (gemma2__json_is(&j, c, GEMMA2__JARRAY) && j.nodes[c].count == 2) {
-                int32_t x = j.nodes[c].child, y = j.nodes[x].next;
-                if (!gemma2__json_is(&j, x, GEMMA2__JSTRING) || !gemma2__json_is(&j, y, GEMMA2__JSTRING) ||
-                    j.nodes[x].len > (uint32_t)maxlen || j.nodes[y].len > (uint32_t)maxlen ||
-                    (la = gemma2__tok_jstr(&j, x, buf)) < 0 || (lb = gemma2__tok_jstr(&j, y, buf + la)) < 0)
-                    GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is not a pair of strings", name, (int)rank);
-            } else GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is neither a string nor a pair", name, (int)rank);
-            a = gemma2__tok_find(t, buf, (size_t)la);
-            b = gemma2__tok_find(t, buf + la, (size_t)lb);
-            r = gemma2__tok_find(t, buf, (size_t)(la + lb));
-            if (a < 0 || b < 0 || r < 0)
-                GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d: %s is not in the vocabulary", name, (int)rank,
-                               a < 0 ? "its left piece" : b < 0 ? "its right piece" : "the merged piece");
-            t->merges[rank].prio = (uint32_t)rank;
-            t->merges[rank].id = r;
-            /* a merge must never make a special token (they are matched in the text, or are plain text) */
-            if (!(t->attr[r] & GEMMA2__TA_SPECIAL)) gemma2__tok_merge_put(t, ((uint64_t)a << 20) | (uint64_t)b, rank);
+        if (gemma2__tok_mtab_new(t, (size_t)j.nodes[merges].count) != 0) GEMMA2__TJFAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
+        /* 1.7 M piece look-ups, nearly all cache misses: they are made 16 merges at a time, their table slots
+           prefetched first so that the misses overlap */
+        c = j.nodes[merges].child;
+        while (c >= 0) {
+            int64_t bl[16][2];
+            uint32_t bh[16][3];
+            int nb, q;
+            for (nb = 0; nb < 16 && c >= 0; nb++, rank++, c = j.nodes[c].next) {
+                int64_t la, lb;
+                char *sp, *bb = buf + (size_t)nb * ((size_t)maxlen * 2 + 8);
+                if (gemma2__json_is(&j, c, GEMMA2__JSTRING)) {
+                    if (j.nodes[c].len > (uint32_t)maxlen * 2) GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is too long", name, (int)rank);
+                    la = gemma2__tok_jstr(&j, c, bb);
+                    if (la < 0 || !(sp = (char *)memchr(bb, ' ', (size_t)la)) || memchr(sp + 1, ' ', (size_t)(bb + la - sp - 1)))
+                        GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is not \"left right\"", name, (int)rank);
+                    lb = bb + la - sp - 1;
+                    la = sp - bb;
+                    memmove(sp, sp + 1, (size_t)lb); /* bb = left right, contiguous */
+                } else if (gemma2__json_is(&j, c, GEMMA2__JARRAY) && j.nodes[c].count == 2) {
+                    int32_t x = j.nodes[c].child, y = j.nodes[x].next;
+                    if (!gemma2__json_is(&j, x, GEMMA2__JSTRING) || !gemma2__json_is(&j, y, GEMMA2__JSTRING) ||
+                        j.nodes[x].len > (uint32_t)maxlen || j.nodes[y].len > (uint32_t)maxlen ||
+                        (la = gemma2__tok_jstr(&j, x, bb)) < 0 || (lb = gemma2__tok_jstr(&j, y, bb + la)) < 0)
+                        GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is not a pair of strings", name, (int)rank);
+                } else GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is neither a string nor a pair", name, (int)rank);
+                bl[nb][0] = la;
+                bl[nb][1] = lb;
+                bh[nb][0] = gemma2__tok_hash(bb, (size_t)la);
+                bh[nb][1] = gemma2__tok_hash(bb + la, (size_t)lb);
+                bh[nb][2] = gemma2__tok_hash(bb, (size_t)(la + lb));
+                for (q = 0; q < 3; q++) GEMMA2__PREFETCH(&t->ptab[bh[nb][q] & t->pmask]);
+            }
+            for (q = 0; q < nb; q++) {
+                const char *bb = buf + (size_t)q * ((size_t)maxlen * 2 + 8);
+                int32_t rk = rank - nb + q;
+                int32_t a = gemma2__tok_find_h(t, bb, (size_t)bl[q][0], bh[q][0]);
+                int32_t b = gemma2__tok_find_h(t, bb + bl[q][0], (size_t)bl[q][1], bh[q][1]);
+                int32_t r = gemma2__tok_find_h(t, bb, (size_t)(bl[q][0] + bl[q][1]), bh[q][2]);
+                if (a < 0 || b < 0 || r < 0)
+                    GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d: %s is not in the vocabulary", name, (int)rk,
+                                   a < 0 ? "its left piece" : b < 0 ? "its right piece" : "the merged piece");
+                /* a merge must never make a special token (they are matched in the text, or are plain text) */
+                if (!(t->attr[r] & GEMMA2__TA_SPECIAL)) gemma2__tok_merge_put(t, ((uint64_t)a << 20) | (uint64_t)b, (uint32_t)rk, r);
+            }
         }
         t->n_merges = rank;
     }
+    rc = gemma2__tok_ascii_pairs(t, name, err, err_size);
 done:
 #undef GEMMA2__TJFAIL
     GEMMA2_FREE(node_of);
@@ -3539,6 +3621,14 @@ static int gemma2__spm_piece(const uint8_t *data, size_t size, const uint8_t **s
     return rc < 0 || !*s ? -1 : 0;
 }
 
+#include <stdlib.h> /* qsort */
+
+static int gemma2__u32_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 /* SentencePiece merges any two neighbours whose concatenation is a piece. Every such pair of pieces is listed here
    once, at load, by splitting each piece at each character boundary: encoding then looks merges up by id pair, as
    for tokenizer.json, instead of hashing strings (about 600 000 pairs for Gemma). Splitting a piece at its own
@@ -3548,8 +3638,8 @@ static int gemma2__tok_spm_pairs(gemma2__tokenizer *t, const char *name, char *e
 {
     uint64_t *pairs = NULL;
     int32_t *res = NULL;
-    size_t n = 0, cap = 0, k;
-    uint32_t tcap = 16;
+    uint32_t *rank;
+    size_t n = 0, cap = 0, k, nr;
     int32_t i;
     for (i = 0; i < t->n; i++) {
         /* 1.7 M look-ups for Gemma, nearly all cache misses: the table slots of every split of a piece are
@@ -3592,21 +3682,24 @@ static int gemma2__tok_spm_pairs(gemma2__tokenizer *t, const char *name, char *e
             }
         } while (next < len);
     }
-    while (tcap < n + n / 2) tcap *= 2;
-    t->mtab = (uint64_t *)GEMMA2_MALLOC((size_t)tcap * sizeof *t->mtab);
-    t->merges = (gemma2__merge *)GEMMA2_MALLOC((n ? n : 1) * sizeof *t->merges);
-    if (!t->mtab || !t->merges) {
+    /* the table holds 24-bit priorities: the scores become their dense ranks (equal scores stay equal) */
+    rank = (uint32_t *)GEMMA2_MALLOC((size_t)t->n * sizeof *rank);
+    if (!rank || gemma2__tok_mtab_new(t, n) != 0) {
         GEMMA2_FREE(pairs);
         GEMMA2_FREE(res);
+        GEMMA2_FREE(rank);
         return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (merge pairs)", name);
     }
-    memset(t->mtab, 0xff, (size_t)tcap * sizeof *t->mtab);
-    t->mmask = tcap - 1;
-    for (k = 0; k < n; k++) {
-        t->merges[k].prio = t->prio[res[k]];
-        t->merges[k].id = res[k];
-        gemma2__tok_merge_put(t, pairs[k], (int32_t)k);
+    memcpy(rank, t->prio, (size_t)t->n * sizeof *rank);
+    qsort(rank, (size_t)t->n, sizeof *rank, gemma2__u32_cmp);
+    for (k = 0, nr = 0; k < (size_t)t->n; k++) if (k == 0 || rank[k] != rank[nr - 1]) rank[nr++] = rank[k];
+    for (i = 0; i < t->n; i++) {
+        size_t lo = 0, hi = nr;
+        while (lo < hi) { size_t mid = (lo + hi) / 2; if (rank[mid] < t->prio[i]) lo = mid + 1; else hi = mid; }
+        t->prio[i] = (uint32_t)lo;
     }
+    GEMMA2_FREE(rank);
+    for (k = 0; k < n; k++) gemma2__tok_merge_put(t, pairs[k], t->prio[res[k]], res[k]);
     t->n_merges = (int32_t)n;
     GEMMA2_FREE(pairs);
     GEMMA2_FREE(res);
@@ -3726,7 +3819,7 @@ static int gemma2__tok_load_spm(gemma2__tokenizer *t, const uint8_t *data, size_
     }
     t->off[n] = (uint32_t)total;
     if ((rc = gemma2__tok_finish(t, name, err, err_size)) != 0) return rc;
-    if ((rc = gemma2__tok_spm_pairs(t, name, err, err_size)) != 0) return rc;
+    if ((rc = gemma2__tok_spm_pairs(t, name, err, err_size)) != 0 || (rc = gemma2__tok_ascii_pairs(t, name, err, err_size)) != 0) return rc;
     t->unk = unk_id >= 0 && unk_id < n && (t->attr[unk_id] & GEMMA2__TA_UNK) ? (int32_t)unk_id : -1;
     t->bos = bos_id >= 0 && bos_id < n ? (int32_t)bos_id : -1;
     t->eos = eos_id >= 0 && eos_id < n ? (int32_t)eos_id : -1;
@@ -3856,17 +3949,14 @@ static void gemma2__bpe_try(gemma2__enc *e, const char *s, int32_t a)
     B = &e->sym[A->next];
     if (A->id >= 0 && B->id >= 0) {
         /* both formats: the id pair table (SentencePiece's is built at load from the splits of its pieces) */
-        uint64_t pair = ((uint64_t)(uint32_t)A->id << 20) | (uint64_t)(uint32_t)B->id;
-        uint32_t i;
-        const gemma2__merge *mg;
-        if (!t->mtab) return;
-        for (i = (uint32_t)((pair * 0x9e3779b97f4a7c15ull) >> 40) & t->mmask;; i = (i + 1) & t->mmask) {
-            uint64_t m = t->mtab[i];
-            if (m == ~(uint64_t)0) return;
-            if ((m >> 24) == pair) { mg = &t->merges[m & 0xffffff]; break; }
-        }
-        key = mg->prio;
-        id = mg->id;
+        gemma2__merge mg;
+        unsigned ca = (unsigned char)s[A->start], cb = (unsigned char)s[B->start];
+        if (A->len == 1 && B->len == 1 && ca < 128 && cb < 128 && A->id == t->char1[ca] && B->id == t->char1[cb]) {
+            mg = t->ascii_pair[ca * 128 + cb];
+            if (mg.id < 0) return;
+        } else if (!gemma2__tok_merge(t, A->id, B->id, &mg)) return;
+        key = mg.prio;
+        id = mg.id;
     } else if (t->format == GEMMA2__TOK_HF) return;
     else {
         /* SentencePiece, next to a character that is no piece: merge by the string, as SentencePiece does */
