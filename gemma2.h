@@ -1525,6 +1525,25 @@ static const gemma2__kernels gemma2__kernels_scalar = {
    keeps its accumulators in registers).
    --------------------------------------------------------------------------- */
 
+/* Shared by the SIMD sets: tile functions take their shape as constant arguments and are
+   force-inlined into each call site, and their small loops fully unrolled, so that every
+   shape gets its own copy with the accumulator arrays held in registers. */
+#if defined(__GNUC__) || defined(__clang__)
+#define GEMMA2__ALWAYS_INLINE static inline __attribute__((always_inline))
+#define GEMMA2__UNROLL _Pragma("GCC unroll 8")
+#else
+#define GEMMA2__ALWAYS_INLINE static inline
+#define GEMMA2__UNROLL
+#endif
+
+/* Rows [r0, r1) of one token tile of TT tokens: 4-row tiles, then single rows. */
+#define GEMMA2__ROWS_TILED(TILE, r0, r1, t, TT, ...)                      \
+    do {                                                                   \
+        int r_ = (r0);                                                     \
+        for (; r_ + 4 <= (r1); r_ += 4) TILE(a, r_, t, 4, TT, __VA_ARGS__); \
+        for (; r_ < (r1); r_++) TILE(a, r_, t, 1, TT, __VA_ARGS__);         \
+    } while (0)
+
 #if !defined(GEMMA2_NO_SIMD) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define GEMMA2__X86 1
 /* g++ 12 reports -Wmaybe-uninitialized inside its own AVX-512 intrinsics (they start from
@@ -1543,8 +1562,6 @@ static const gemma2__kernels gemma2__kernels_scalar = {
 #define GEMMA2__T_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define GEMMA2__T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 #define GEMMA2__T_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
-#define GEMMA2__ALWAYS_INLINE static inline __attribute__((always_inline))
-#define GEMMA2__UNROLL _Pragma("GCC unroll 8")
 
 /* ---- CPU features (asked each time a kernel set is selected: no global caches) ---- */
 
@@ -1691,13 +1708,6 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__matvec_512dp(const gemma
     GEMMA2__UNROLL for (i = 0; i < R; i++) a->y[r + i] = _mm512_reduce_add_ps(acc[i]);
 }
 
-/* Rows [r0, r1) of one token tile of TT tokens: 4-row tiles, then single rows. */
-#define GEMMA2__ROWS_TILED(TILE, r0, r1, t, TT, ...)                      \
-    do {                                                                   \
-        int r_ = (r0);                                                     \
-        for (; r_ + 4 <= (r1); r_ += 4) TILE(a, r_, t, 4, TT, __VA_ARGS__); \
-        for (; r_ < (r1); r_++) TILE(a, r_, t, 1, TT, __VA_ARGS__);         \
-    } while (0)
 
 /* Decode with bf16 weights, R rows at once. Instead of widening 16 weights with a shuffle
    (vpmovzxwd), load 32 (one cache line) and split them in place: within each 32-bit lane the
@@ -2141,7 +2151,140 @@ static const gemma2__kernels gemma2__kernels_avx2 = {
 
 #endif /* GEMMA2__X86 */
 
-/* @@NEON@@ */
+/* ======================= ARM64 NEON =======================
+   Same design with 4 lanes and 32 registers: decode walks 8 rows at once; the prefill tile
+   is 4 rows x 4 tokens (16 accumulators + 4 activation vectors + 1 weight vector). bf16 is
+   widened by vshll_n_u16(.., 16), the exact "shift into the top half". GELU and soft-capping
+   use the scalar code (tanhf) for now. */
+#if !defined(GEMMA2_NO_SIMD) && defined(__aarch64__)
+#define GEMMA2__NEON 1
+#include <arm_neon.h>
+
+GEMMA2__ALWAYS_INLINE float32x4_t gemma2__w4_neon(const void *row, int bf16, int k)
+{
+    if (bf16) return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16((const uint16_t *)row + k), 16));
+    return vld1q_f32((const float *)row + k);
+}
+
+GEMMA2__ALWAYS_INLINE void gemma2__matvec_neon(const gemma2__matmul_args *a, int r, const int R, const int bf16)
+{
+    const int K = a->w->cols;
+    const size_t esz = bf16 ? 2 : 4;
+    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
+    float32x4_t acc[8];
+    int i, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = vdupq_n_f32(0.0f);
+    for (; k + 4 <= K; k += 4) {
+        float32x4_t xv = vld1q_f32(a->x + k);
+        GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = vfmaq_f32(acc[i], gemma2__w4_neon(w0 + (size_t)i * K * esz, bf16, k), xv);
+    }
+    GEMMA2__UNROLL for (i = 0; i < R; i++) {
+        float sum = vaddvq_f32(acc[i]);
+        int e;
+        for (e = k; e < K; e++) sum += gemma2__w_at(a->w, (size_t)(r + i) * K + e) * a->x[e];
+        a->y[r + i] = sum;
+    }
+}
+
+GEMMA2__ALWAYS_INLINE void gemma2__tile_neon(const gemma2__matmul_args *a, int r, int t, const int RR, const int TT, const int bf16)
+{
+    const int K = a->w->cols;
+    const size_t esz = bf16 ? 2 : 4;
+    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
+    const float *x0 = a->x + (size_t)t * (size_t)K;
+    float32x4_t acc[4][4];
+    int i, j, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < RR; i++) GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vdupq_n_f32(0.0f);
+    for (; k + 4 <= K; k += 4) {
+        float32x4_t xv[4];
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = vld1q_f32(x0 + (size_t)j * K + k);
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            float32x4_t wv = gemma2__w4_neon(w0 + (size_t)i * K * esz, bf16, k);
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vfmaq_f32(acc[i][j], wv, xv[j]);
+        }
+    }
+    GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+        float sum = vaddvq_f32(acc[i][j]);
+        int e;
+        for (e = k; e < K; e++) sum += gemma2__w_at(a->w, (size_t)(r + i) * K + e) * x0[(size_t)j * K + e];
+        a->y[(size_t)(t + j) * a->ldy + r + i] = sum;
+    }
+}
+
+GEMMA2__ALWAYS_INLINE void gemma2__matmul_neon_impl(const gemma2__matmul_args *a, int r0, int r1, const int bf16)
+{
+    int rb, t, r;
+    if (a->T == 1) {
+        for (r = r0; r + 8 <= r1; r += 8) gemma2__matvec_neon(a, r, 8, bf16);
+        for (; r < r1; r++) gemma2__matvec_neon(a, r, 1, bf16);
+        return;
+    }
+    for (rb = r0; rb < r1; rb += 16) {
+        int re = GEMMA2__MIN(rb + 16, r1);
+        for (t = 0; t + 4 <= a->T; t += 4) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 4, bf16);
+        if (a->T - t == 3) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 3, bf16);
+        else if (a->T - t == 2) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 2, bf16);
+        else if (a->T - t == 1) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 1, bf16);
+    }
+}
+
+static void gemma2__matmul_neon(const gemma2__matmul_args *a, int r0, int r1)
+{
+    if (a->w->dtype == GEMMA2__DT_BF16) gemma2__matmul_neon_impl(a, r0, r1, 1);
+    else gemma2__matmul_neon_impl(a, r0, r1, 0);
+}
+
+static float gemma2__dot_neon(const float *a, const float *b, int n)
+{
+    float32x4_t s0 = vdupq_n_f32(0.0f), s1 = vdupq_n_f32(0.0f);
+    float s;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
+        s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+    }
+    s = vaddvq_f32(vaddq_f32(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void gemma2__axpy_neon(float *y, float a, const float *x, int n)
+{
+    float32x4_t av = vdupq_n_f32(a);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_f32(vld1q_f32(y + i), av, vld1q_f32(x + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+static void gemma2__rmsnorm_neon(float *out, const float *x, const float *w1, int n, float eps)
+{
+    float scale = 1.0f / sqrtf(gemma2__dot_neon(x, x, n) / (float)n + eps);
+    float32x4_t sv = vdupq_n_f32(scale);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(out + i, vmulq_f32(vmulq_f32(vld1q_f32(x + i), sv), vld1q_f32(w1 + i)));
+    for (; i < n; i++) out[i] = x[i] * scale * w1[i];
+}
+
+static void gemma2__to_bf16_neon(uint16_t *dst, const float *src, int n)
+{
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        uint32x4_t u = vreinterpretq_u32_f32(vld1q_f32(src + i));
+        uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+        uint32x4_t r = vshrq_n_u32(vaddq_u32(u, vaddq_u32(lsb, vdupq_n_u32(0x7fff))), 16);
+        uint32x4_t nan = vcgtq_u32(vandq_u32(u, vdupq_n_u32(0x7fffffff)), vdupq_n_u32(0x7f800000));
+        r = vbslq_u32(nan, vorrq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(0x40)), r);
+        vst1_u16(dst + i, vmovn_u32(r));
+    }
+    for (; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]);
+}
+
+static const gemma2__kernels gemma2__kernels_neon = {
+    "neon", GEMMA2_KERNELS_NEON, 0,
+    gemma2__matmul_neon, gemma2__dot_neon, gemma2__axpy_neon,
+    gemma2__rmsnorm_neon, gemma2__gelu_mul_scalar, gemma2__softcap_scalar, gemma2__to_bf16_neon
+};
+#endif /* NEON */
 
 /* Picks the kernel set: `want` is a GEMMA2_KERNELS_* value (AUTO = the best this CPU runs).
    Returns NULL if the CPU (or this build) cannot run the one asked for. */

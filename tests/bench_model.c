@@ -186,7 +186,7 @@ static void bench_read_task(void *ctx, int task, int n_tasks)
     j->sink[task & 63] = a ^ b ^ c ^ d;
 }
 
-/* Streaming read bandwidth (GB/s) over a buffer far bigger than the caches, best of 5. */
+/* Streaming read bandwidth (GB/s) over a buffer far bigger than the caches, best of 10. */
 static double bench_read_bw(gemma2__pool *p, uint64_t *buf, size_t bytes)
 {
     bench_read_job j;
@@ -195,7 +195,7 @@ static double bench_read_bw(gemma2__pool *p, uint64_t *buf, size_t bytes)
     memset(&j, 0, sizeof j);
     j.buf = buf;
     j.n = bytes / 8;
-    for (r = 0; r < 5; r++) {
+    for (r = 0; r < 10; r++) {
         double t0 = bench_now(), dt;
         gemma2__pool_run(p, bench_read_task, &j, gemma2__pool_size(p));
         dt = bench_now() - t0;
@@ -278,7 +278,7 @@ static double bench_peak(gemma2__pool *p, int kind)
     int r;
     memset(&j, 0, sizeof j);
     j.kind = kind;
-    j.iters = 20000000;
+    j.iters = 2000000; /* ~0.05 s a run: short runs, best of many, dodge other processes' time slices */
 #if defined(GEMMA2__X86)
     {
         int f = gemma2__x86_features();
@@ -290,7 +290,7 @@ static double bench_peak(gemma2__pool *p, int kind)
     return 0;
 #endif
     flops_per_iter = 12.0 * 2.0 * (kind == 1 ? 32 : j.width);
-    for (r = 0; r < 3; r++) {
+    for (r = 0; r < 20; r++) {
         double t0 = bench_now(), dt;
         gemma2__pool_run(p, bench_flop_task, &j, gemma2__pool_size(p));
         dt = bench_now() - t0;
@@ -412,7 +412,7 @@ int main(int argc, char **argv)
     int want9 = 0, only_nt = 0, kernels_only = 0, i, nt;
     const char *data = "bench-data";
     char d2[1024], d9[1024];
-    size_t bytes = (size_t)1 << 30;
+    size_t bytes = (size_t)1 << 29; /* 512 MB: 16x the L3 */
     uint64_t *buf;
     double bw[3] = {0, 0, 0}, pk32[3] = {0, 0, 0}, pkbf[3] = {0, 0, 0};
     for (i = 1; i < argc; i++) {
