@@ -1686,7 +1686,8 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__tile_512bf(const gemma2_
         a->y[(size_t)(t + j) * a->ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
 }
 
-/* Decode with vdpbf16ps: 8 rows at once for the same reason as gemma2__matvec_512_eo. */
+/* Decode with vdpbf16ps: 8 rows at once for the same reasons as gemma2__matvec_512 (and the
+   same arithmetic per row as gemma2__tile_512bf). */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__matvec_512dp(const gemma2__matmul_args *a, int r, const int R)
 {
     const int K = a->w->cols;
@@ -1709,61 +1710,40 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__matvec_512dp(const gemma
 }
 
 
-/* Decode with bf16 weights, R rows at once. Instead of widening 16 weights with a shuffle
-   (vpmovzxwd), load 32 (one cache line) and split them in place: within each 32-bit lane the
-   low bf16 is an even column and the high one an odd column, so `lane << 16` is the even
-   column as f32 and `lane & 0xffff0000` the odd one, two cheap ALU ops and no shuffle. The
-   activations are split into even/odd columns to match (two permutes per 32 columns, shared
-   by the R rows). R = 8 rows are walked together: a single core's read rate is limited by how
-   many cache-line misses it keeps in flight, and 8 concurrent sequential streams (with few
-   instructions per line, so the out-of-order window reaches far ahead) measured ~25% faster
-   than 4 here, while 16 gained nothing more. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matvec_512_eo(const gemma2__matmul_args *a, int r, const int R)
+/* Decode: R = 8 rows at once. A single core's read rate is limited by how many cache-line
+   misses it keeps in flight; 8 concurrent sequential streams measured ~25% faster than 4
+   here, while 16 gained nothing more. Each row's arithmetic is exactly that of the prefill
+   tile (one accumulator, 16 columns a step, the same masked tail, the same final reduction),
+   so a token's result is bit-identical whether it is evaluated alone or inside a prompt. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matvec_512(const gemma2__matmul_args *a, int r, const int R, const int bf16)
 {
     const int K = a->w->cols;
-    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
-    const float *x = a->x;
-    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
-    __m512 acc[8][2];
+    const size_t esz = bf16 ? 2 : 4;
+    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
+    __m512 acc[8];
     int i, k = 0;
-    GEMMA2__UNROLL for (i = 0; i < R; i++) { acc[i][0] = _mm512_setzero_ps(); acc[i][1] = _mm512_setzero_ps(); }
-    for (; k + 32 <= K; k += 32) {
-        __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
-        __m512 xe = _mm512_permutex2var_ps(x0, ie, x1), xo = _mm512_permutex2var_ps(x0, io, x1);
-        GEMMA2__UNROLL for (i = 0; i < R; i++) {
-            __m512i v = _mm512_loadu_si512((const void *)(w0 + (size_t)i * K + k));
-
-            acc[i][0] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), xe, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), xo, acc[i][1]);
-        }
+    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16) {
+        __m512 xv = _mm512_loadu_ps(a->x + k);
+        GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_fmadd_ps(gemma2__w16_512(w0 + (size_t)i * K * esz, bf16, k, 0, 0), xv, acc[i]);
     }
     if (k < K) {
-        int n = K - k;
-        __mmask32 m = (__mmask32)(n >= 32 ? 0xffffffffu : (1u << n) - 1);
-        __mmask16 m0 = (__mmask16)(n >= 16 ? 0xffffu : (1u << n) - 1), m1 = (__mmask16)(n > 16 ? (1u << (n - 16)) - 1 : 0);
-        __m512 x0 = _mm512_maskz_loadu_ps(m0, x + k), x1 = _mm512_maskz_loadu_ps(m1, x + k + 16);
-        __m512 xe = _mm512_permutex2var_ps(x0, ie, x1), xo = _mm512_permutex2var_ps(x0, io, x1);
-        GEMMA2__UNROLL for (i = 0; i < R; i++) {
-            __m512i v = _mm512_maskz_loadu_epi16(m, w0 + (size_t)i * K + k);
-            acc[i][0] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), xe, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), xo, acc[i][1]);
-        }
+        __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, a->x + k);
+        GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_fmadd_ps(gemma2__w16_512(w0 + (size_t)i * K * esz, bf16, k, m, 1), xv, acc[i]);
     }
-    GEMMA2__UNROLL for (i = 0; i < R; i++) a->y[r + i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
+    GEMMA2__UNROLL for (i = 0; i < R; i++) a->y[r + i] = _mm512_reduce_add_ps(acc[i]);
 }
 
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matmul_512_impl(const gemma2__matmul_args *a, int r0, int r1, const int bf16)
 {
     int rb, t;
-    if (a->T == 1 && bf16) {
+    if (a->T == 1) {
         int r = r0;
-        for (; r + 8 <= r1; r += 8) gemma2__matvec_512_eo(a, r, 8);
-        for (; r < r1; r++) gemma2__matvec_512_eo(a, r, 1);
+        for (; r + 8 <= r1; r += 8) gemma2__matvec_512(a, r, 8, bf16);
+        for (; r < r1; r++) gemma2__matvec_512(a, r, 1, bf16);
         return;
     }
-    if (a->T == 1) { GEMMA2__ROWS_TILED(gemma2__tile_512, r0, r1, 0, 1, bf16); return; }
     /* prefill: a 16-row block of weights stays in L2 while the tokens pass 6 at a time */
     for (rb = r0; rb < r1; rb += 16) {
         int re = GEMMA2__MIN(rb + 16, r1);
@@ -2005,7 +1985,8 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__tile_256(const gemma2__matmul_
         a->y[(size_t)(t + j) * a->ldy + r + i] = gemma2__hsum_256(acc[i][j]);
 }
 
-/* Decode: 8 rows at once (8 sequential streams in flight, see gemma2__matvec_512_eo). */
+/* Decode: 8 rows at once (8 sequential streams in flight, see gemma2__matvec_512), with the
+   tile's arithmetic per row, zero-padded tail included. */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__matvec_256(const gemma2__matmul_args *a, int r, const int R, const int bf16)
 {
     const int K = a->w->cols;
@@ -2018,12 +1999,16 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__matvec_256(const gemma2__matmu
         __m256 xv = _mm256_loadu_ps(a->x + k);
         GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm256_fmadd_ps(gemma2__w8_256(w0 + (size_t)i * K * esz, bf16, k), xv, acc[i]);
     }
-    GEMMA2__UNROLL for (i = 0; i < R; i++) {
-        float sum = gemma2__hsum_256(acc[i]);
-        int e;
-        for (e = k; e < K; e++) sum += gemma2__w_at(a->w, (size_t)(r + i) * K + e) * a->x[e];
-        a->y[r + i] = sum;
+    if (k < K) {
+        float xt[8], wt[8];
+        int n = K - k, e;
+        for (e = 0; e < 8; e++) xt[e] = e < n ? a->x[k + e] : 0.0f;
+        GEMMA2__UNROLL for (i = 0; i < R; i++) {
+            for (e = 0; e < 8; e++) wt[e] = e < n ? gemma2__w_at(a->w, (size_t)(r + i) * K + k + e) : 0.0f;
+            acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(wt), _mm256_loadu_ps(xt), acc[i]);
+        }
     }
+    GEMMA2__UNROLL for (i = 0; i < R; i++) a->y[r + i] = gemma2__hsum_256(acc[i]);
 }
 
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__matmul_256_impl(const gemma2__matmul_args *a, int r0, int r1, const int bf16)
