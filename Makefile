@@ -40,6 +40,18 @@ clean:
 
 .PHONY: all test clean bench
 
+# --- tokenizer: example and benchmark (the benchmark compares with SentencePiece when libsentencepiece-dev is installed)
+all: examples/tokenize
+examples/tokenize: examples/tokenize.c gemma2.h
+	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ examples/tokenize.c $(LDLIBS)
+tests/bench_tokenizer: tests/bench_tokenizer.c gemma2.h
+	$(CXX) -x c++ -std=c++17 -O2 -DGEMMA2_BENCH_SPM -o $@ tests/bench_tokenizer.c -lsentencepiece $(LDLIBS) 2>/dev/null || \
+	$(CC) $(STD) -O2 -o $@ tests/bench_tokenizer.c $(LDLIBS)
+bench-tokenizer: tests/bench_tokenizer
+	./tests/bench_tokenizer tests/data 4
+bench: bench-tokenizer
+.PHONY: bench-tokenizer
+
 # --- speed benchmark (issue 5): random-weight 2B (and --9b) checkpoints in bench-data/ ---
 tests/bench_model: tests/bench_model.c gemma2.h
 	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ tests/bench_model.c $(LDLIBS)

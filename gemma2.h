@@ -235,7 +235,58 @@ GEMMA2_DEF int gemma2_tokenize(const gemma2_model *m, const char *text, size_t l
    flags 0: every token's text. */
 GEMMA2_DEF int gemma2_detokenize(const gemma2_model *m, const int32_t *ids, int n, char *out, size_t cap, int flags);
 
-/* @@TOKENIZER-API@@ (more tokenizer declarations go here) */
+#define GEMMA2_DETOKENIZE_UTF8 2 /* gemma2_detokenize: replace invalid UTF-8 from byte pieces (<0xNN>) with U+FFFD the way
+                                    the format's reference does: tokenizer.json one per maximal invalid subsequence
+                                    (transformers.js / Python's "replace"), tokenizer.model one per invalid byte
+                                    (SentencePiece). Without it the bytes are returned exactly as the tokens hold them. */
+
+/* A model that holds only a tokenizer, read from one file (tokenizer.json or a SentencePiece tokenizer.model, told
+   apart by content), for tools that need no config.json and no weights. gemma2_vocab_size is the tokenizer's;
+   sessions cannot be made from it. Free with gemma2_free. NULL and a reason in err on failure. */
+GEMMA2_DEF gemma2_model *gemma2_load_tokenizer(const char *path, char *err, size_t err_size);
+
+/* Tokenizer details (all take a model loaded with a tokenizer; ids outside the vocabulary give NULL / 0 / -1). */
+/* The piece of a token as stored in the vocabulary ("▁world", "<0x0A>", "<bos>"), *len its bytes (not NUL-terminated
+   in general: use len). NULL if there is no tokenizer or id is out of range. */
+GEMMA2_DEF const char *gemma2_token_piece(const gemma2_model *m, int32_t id, size_t *len);
+/* The id of a piece (exact bytes, as gemma2_token_piece returns them), or -1. */
+GEMMA2_DEF int32_t gemma2_token_id(const gemma2_model *m, const char *piece, size_t len);
+/* 1 for special tokens: those matched in text only with GEMMA2_TOKENIZE_SPECIAL and never produced without it.
+   tokenizer.json: added tokens flagged "special" (<pad> <eos> <bos> <unk> <start_of_turn> <end_of_turn>);
+   tokenizer.model: CONTROL and UNKNOWN pieces, plus <start_of_turn> / <end_of_turn> (the proto has no flag for them). */
+GEMMA2_DEF int gemma2_token_is_special(const gemma2_model *m, int32_t id);
+/* 1 for the tokens GEMMA2_DETOKENIZE_SKIP_CONTROL leaves out: tokenizer.json its special tokens (as transformers'
+   skip_special_tokens), tokenizer.model its CONTROL pieces (as SentencePiece, which writes UNKNOWN as " ⁇ " then). */
+GEMMA2_DEF int gemma2_token_is_control(const gemma2_model *m, int32_t id);
+/* Special ids the tokenizer file names (-1 when absent). */
+GEMMA2_DEF int32_t gemma2_token_bos(const gemma2_model *m);
+GEMMA2_DEF int32_t gemma2_token_eos(const gemma2_model *m);
+
+/* Incremental detokenizer, for streaming generated text. Feed ids one at a time; each call writes only text that is
+   complete, valid UTF-8: a character whose bytes arrive as several byte tokens (<0xE4><0xB8><0xAD>) is held back
+   until it is whole, and invalid sequences become U+FFFD (as GEMMA2_DETOKENIZE_UTF8 does). The concatenated
+   output of push... then flush equals gemma2_detokenize(m, ids, n, ..., flags | GEMMA2_DETOKENIZE_UTF8).
+       gemma2_detok d;
+       char buf[256];
+       gemma2_detok_init(&d, m, GEMMA2_DETOKENIZE_SKIP_CONTROL);
+       for each generated id: { int k = gemma2_detok_push(&d, id, buf, sizeof buf); if (k > 0) fwrite(buf, 1, k, stdout); }
+       k = gemma2_detok_flush(&d, buf, sizeof buf);   (an unfinished character at the end becomes U+FFFD)
+   The state is a plain struct (no allocation, nothing to free); copy it to fork a stream. */
+typedef struct gemma2_detok {
+    const gemma2_model *m;
+    int flags;             /* GEMMA2_DETOKENIZE_* */
+    /* private: the bytes of an unfinished UTF-8 character */
+    unsigned char pend[4];
+    int n_pend, need;      /* bytes held; continuation bytes still expected */
+    unsigned char lo, hi;  /* allowed range of the next continuation byte */
+} gemma2_detok;
+GEMMA2_DEF void gemma2_detok_init(gemma2_detok *d, const gemma2_model *m, int flags);
+/* Returns the number of bytes of text this token completes. If that is more than cap, nothing is written and the
+   state is unchanged (call again with a larger buffer); 256 bytes always suffice for Gemma (at most 12 bytes plus
+   three times the longest piece). Negative: an error (bad id, no tokenizer, bad argument). */
+GEMMA2_DEF int gemma2_detok_push(gemma2_detok *d, int32_t id, char *out, size_t cap);
+/* Ends the stream: an unfinished character becomes U+FFFD. Same return convention; the state is reset after. */
+GEMMA2_DEF int gemma2_detok_flush(gemma2_detok *d, char *out, size_t cap);
 
 /* ===========================================================================
    1.5  Sampling, generation and chat
@@ -311,6 +362,13 @@ static void *gemma2__calloc(size_t n, size_t size)
     p = GEMMA2_MALLOC(bytes > 0 ? bytes : 1);
     if (p) memset(p, 0, bytes);
     return p;
+}
+
+/* n * size bytes, not zeroed; NULL if the product overflows. */
+static void *gemma2__malloc_n(size_t n, size_t size)
+{
+    if (size != 0 && n > (size_t)-1 / size) return NULL;
+    return GEMMA2_MALLOC(n * size > 0 ? n * size : 1);
 }
 
 /* Overflow-checked size arithmetic: the product of file-given numbers must never wrap. */
@@ -3010,8 +3068,10 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
         int slots = n_ctx;
         if (m->layers[l].sliding && (int64_t)c->sliding_window + chunk - 1 < n_ctx) slots = c->sliding_window + chunk - 1;
         s->slots[l] = slots;
-        s->k[l] = (float *)gemma2__calloc((size_t)slots * kvd, sizeof(float));
-        s->v[l] = (float *)gemma2__calloc((size_t)slots * kvd, sizeof(float));
+        /* Not zeroed: a slot is always written before it is read, and untouched pages of a
+           large cache cost no RSS until the sequence grows into them. */
+        s->k[l] = (float *)gemma2__malloc_n((size_t)slots * kvd, sizeof(float));
+        s->v[l] = (float *)gemma2__malloc_n((size_t)slots * kvd, sizeof(float));
         if (!s->k[l] || !s->v[l]) { gemma2_session_free(s); return NULL; }
     }
     /* inv_freq in float32, as both references build it */
@@ -3089,15 +3149,1262 @@ GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos)
    2.12 Tokenizer
    =========================================================================== */
 
-/* @@TOKENIZER@@ */
-/* (temporary until the tokenizer lands: no tokenizer format is understood yet) */
-struct gemma2__tokenizer { int unused; };
+/* Two file formats, one engine. Both describe the same kind of model: a vocabulary of byte strings ("pieces"), a
+   set of pieces matched whole in the text before anything else (tokenizer.json's added_tokens, SentencePiece's
+   USER_DEFINED pieces), and BPE over the rest, where ' ' is first written '▁'. They differ in where the BPE
+   priority comes from: tokenizer.json lists merges (left, right) by rank, SentencePiece merges any two neighbours
+   whose concatenation is a piece, highest score first. Both break ties to the leftmost pair.
+
+   Memory: the pieces live in one arena (NUL after each, offsets in off[]), piece -> id is an open-addressing table
+   holding (hash, id) so that a probe rarely touches the arena; merges are a table keyed by the id pair. For
+   Gemma's 256000 pieces and 580604 merges that is about 2.4 MB of pieces, 4 MB of piece table, 8 MB + 2.3 MB of
+   merges (tokenizer.json only), 1 MB of SentencePiece priorities (tokenizer.model only).
+
+   Speed: BPE is the classic heap of candidate pairs with lazy deletion (O(n log n)). When no piece holds '▁' after
+   another character (true of Gemma: pieces start with their '▁'), no merge can cross the point before a '▁' that
+   follows a non-'▁' character, so each such "word" is merged on its own: the result is identical and the heaps
+   stay tiny. Encoding also keeps a per-call cache of words already seen (text repeats its words). */
+
+#define GEMMA2__TA_SPECIAL 1  /* matched in text only with GEMMA2_TOKENIZE_SPECIAL; never the result of a merge */
+#define GEMMA2__TA_CONTROL 2  /* left out by GEMMA2_DETOKENIZE_SKIP_CONTROL */
+#define GEMMA2__TA_BYTE    4  /* "<0xNN>": stands for one byte */
+#define GEMMA2__TA_UNK     8  /* SentencePiece UNKNOWN: written as unk_surface when skipping control tokens */
+#define GEMMA2__TA_MERGE  16  /* SentencePiece: may be the result of a merge (NORMAL, USER_DEFINED) */
+#define GEMMA2__TA_MATCH  32  /* matched whole in the text before BPE (added token / user-defined piece) */
+
+enum { GEMMA2__TOK_HF = 0, GEMMA2__TOK_SPM = 1 };
+
+/* Vocabulary ids must fit the 20-bit fields of a merge key. */
+#define GEMMA2__TOK_MAX_VOCAB 0xfffff
+#define GEMMA2__TOK_MAX_MERGES 0xffffff
+
+/* A merge: the piece it makes and its priority (smaller first). */
+typedef struct gemma2__merge { uint32_t prio; int32_t id; } gemma2__merge;
+
+typedef struct gemma2__trie_node {
+    int32_t child, sibling, id; /* id: the token ending here, or -1 */
+    uint8_t byte;
+} gemma2__trie_node;
+
+struct gemma2__tokenizer {
+    int format;                /* GEMMA2__TOK_* */
+    int32_t n;                 /* vocabulary size */
+    char *arena;               /* every piece, each followed by a NUL */
+    uint32_t *off;             /* [n + 1]: piece i starts at off[i] and has off[i+1] - off[i] - 1 bytes */
+    uint8_t *attr;             /* [n] GEMMA2__TA_* */
+    uint64_t *ptab;            /* piece -> id: (hash << 32) | (id + 1); 0 = empty */
+    uint32_t pmask;
+    uint32_t *prio;            /* SentencePiece: [n] merge order from the score (smaller merges first) */
+    uint64_t *mtab;            /* merges by id pair: (left << 44) | (right << 24) | index into merges; ~0 = empty */
+    uint32_t mmask;
+    gemma2__merge *merges;     /* [n_merges] */
+    int32_t n_merges;
+    gemma2__trie_node *trie;   /* the pieces matched whole; node 0 is the root */
+    int32_t n_trie, trie_cap;
+    int32_t root[256];         /* the root's child for each first byte (-1: no piece starts so) */
+    int32_t byte_id[256];      /* byte fallback piece <0xNN> (-1: none) */
+    int32_t char1[128];        /* the piece of each ASCII character (-1: none): the hot path skips the hash */
+    int32_t bos, eos, unk;
+    int byte_fallback;
+    int escape_ws;             /* ' ' -> '▁' before BPE */
+    int chunk_words;           /* BPE may run word by word (see above) */
+    size_t max_piece;
+    char unk_surface[32];
+    size_t unk_surface_len;
+};
+
+static void gemma2__tokenizer_free(gemma2__tokenizer *t)
+{
+    if (!t) return;
+    GEMMA2_FREE(t->arena);
+    GEMMA2_FREE(t->off);
+    GEMMA2_FREE(t->attr);
+    GEMMA2_FREE(t->ptab);
+    GEMMA2_FREE(t->prio);
+    GEMMA2_FREE(t->mtab);
+    GEMMA2_FREE(t->merges);
+    GEMMA2_FREE(t->trie);
+    GEMMA2_FREE(t);
+}
+
+/* A fast string hash (8 bytes per step); only ever compared within one process. */
+static uint32_t gemma2__tok_hash(const char *s, size_t n)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ (uint64_t)n, w;
+    while (n >= 8) {
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+        s += 8;
+        n -= 8;
+    }
+    if (n) {
+        w = 0;
+        memcpy(&w, s, n);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+    }
+    h ^= h >> 29;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 32;
+    return (uint32_t)h;
+}
+
+static size_t gemma2__tok_len(const gemma2__tokenizer *t, int32_t id) { return t->off[id + 1] - t->off[id] - 1; }
+static const char *gemma2__tok_str(const gemma2__tokenizer *t, int32_t id) { return t->arena + t->off[id]; }
+
+#if defined(__GNUC__) || defined(__clang__)
+#define GEMMA2__PREFETCH(p) __builtin_prefetch(p)
+#else
+#define GEMMA2__PREFETCH(p) ((void)0)
+#endif
+
+/* The id of piece s[0, n) whose hash is h, or -1. */
+static int32_t gemma2__tok_find_h(const gemma2__tokenizer *t, const char *s, size_t n, uint32_t h)
+{
+    uint32_t i = h & t->pmask;
+    for (;; i = (i + 1) & t->pmask) {
+        uint64_t e = t->ptab[i];
+        int32_t id;
+        if (!e) return -1;
+        if ((uint32_t)(e >> 32) != h) continue;
+        id = (int32_t)(uint32_t)e - 1;
+        if (gemma2__tok_len(t, id) == n && !memcmp(gemma2__tok_str(t, id), s, n)) return id;
+    }
+}
+
+static int32_t gemma2__tok_find(const gemma2__tokenizer *t, const char *s, size_t n)
+{
+    return gemma2__tok_find_h(t, s, n, gemma2__tok_hash(s, n));
+}
+
+/* Length of the UTF-8 character at s (1..4), or 1 for a byte that does not start a valid one. */
+static size_t gemma2__u8len(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0], lo = 0x80, hi = 0xbf;
+    size_t need, k;
+    if (c < 0xc2) return 1;
+    if (c < 0xe0) need = 1;
+    else if (c < 0xf0) { need = 2; if (c == 0xe0) lo = 0xa0; else if (c == 0xed) hi = 0x9f; }
+    else if (c < 0xf5) { need = 3; if (c == 0xf0) lo = 0x90; else if (c == 0xf4) hi = 0x8f; }
+    else return 1;
+    if (n <= need) return 1;
+    if (s[1] < lo || s[1] > hi) return 1;
+    for (k = 2; k <= need; k++) if (s[k] < 0x80 || s[k] > 0xbf) return 1;
+    return need + 1;
+}
+
+/* "<0xNN>" -> NN, or -1. */
+static int gemma2__tok_byte_piece(const char *s, size_t n)
+{
+    int v = 0, k;
+    if (n != 6 || s[0] != '<' || s[1] != '0' || s[2] != 'x' || s[5] != '>') return -1;
+    for (k = 3; k < 5; k++) {
+        char c = s[k];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= c - '0';
+        else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
+        else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+        else return -1;
+    }
+    return v;
+}
+
+static int gemma2__trie_add(gemma2__tokenizer *t, const unsigned char *s, size_t n, int32_t id)
+{
+    int32_t node = 0;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        int32_t c = t->trie[node].child;
+        while (c >= 0 && t->trie[c].byte != s[i]) c = t->trie[c].sibling;
+        if (c < 0) {
+            if (t->n_trie == t->trie_cap) {
+                int32_t cap = t->trie_cap * 2;
+                void *p = GEMMA2_REALLOC(t->trie, (size_t)cap * sizeof *t->trie);
+                if (!p) return -1;
+                t->trie = (gemma2__trie_node *)p;
+                t->trie_cap = cap;
+            }
+            c = t->n_trie++;
+            t->trie[c].child = -1;
+            t->trie[c].id = -1;
+            t->trie[c].byte = s[i];
+            t->trie[c].sibling = t->trie[node].child;
+            t->trie[node].child = c;
+            if (node == 0) t->root[s[i]] = c;
+        }
+        node = c;
+    }
+    if (t->trie[node].id < 0) t->trie[node].id = id; /* the first of equal strings wins */
+    return 0;
+}
+
+/* The longest piece of the trie at s (skipping special ones unless allowed); its id and *mlen, or -1. */
+static int32_t gemma2__trie_longest(const gemma2__tokenizer *t, const unsigned char *s, size_t n, int special, size_t *mlen)
+{
+    int32_t node = t->root[s[0]], best = -1;
+    size_t i = 0;
+    while (node >= 0) {
+        int32_t id = t->trie[node].id, c;
+        if (id >= 0 && (special || !(t->attr[id] & GEMMA2__TA_SPECIAL))) { best = id; *mlen = i + 1; }
+        if (++i >= n) break;
+        for (c = t->trie[node].child; c >= 0 && t->trie[c].byte != s[i]; c = t->trie[c].sibling) {}
+        node = c;
+    }
+    return best;
+}
+
+/* Everything after the pieces are known: the piece table, byte and ASCII tables, the trie, checks. */
+static int gemma2__tok_finish(gemma2__tokenizer *t, const char *name, char *err, size_t err_size)
+{
+    uint32_t cap = 16;
+    int32_t i;
+    while (cap < (uint32_t)t->n * 2u) cap *= 2;
+    t->ptab = (uint64_t *)gemma2__calloc(cap, sizeof *t->ptab);
+    t->trie_cap = 64;
+    t->trie = (gemma2__trie_node *)GEMMA2_MALLOC((size_t)t->trie_cap * sizeof *t->trie);
+    if (!t->ptab || !t->trie) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
+    t->pmask = cap - 1;
+    t->n_trie = 1;
+    t->trie[0].child = t->trie[0].sibling = t->trie[0].id = -1;
+    t->trie[0].byte = 0;
+    for (i = 0; i < 256; i++) t->root[i] = t->byte_id[i] = -1;
+    for (i = 0; i < 128; i++) t->char1[i] = -1;
+    t->chunk_words = 1;
+    t->max_piece = 0;
+    for (i = 0; i < t->n; i++) {
+        const char *s = gemma2__tok_str(t, i);
+        size_t n = gemma2__tok_len(t, i), k;
+        uint32_t h = gemma2__tok_hash(s, n), j = h & t->pmask;
+        int b;
+        for (;; j = (j + 1) & t->pmask) {
+            uint64_t e = t->ptab[j];
+            int32_t o;
+            if (!e) break;
+            o = (int32_t)(uint32_t)e - 1;
+            if ((uint32_t)(e >> 32) == h && gemma2__tok_len(t, o) == n && !memcmp(gemma2__tok_str(t, o), s, n))
+                return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: pieces %d and %d are the same string", name, (int)o, (int)i);
+        }
+        t->ptab[j] = ((uint64_t)h << 32) | (uint64_t)(uint32_t)(i + 1);
+        if (n > t->max_piece) t->max_piece = n;
+        if (n == 0 && !(t->attr[i] & (GEMMA2__TA_CONTROL | GEMMA2__TA_UNK)))
+            return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: piece %d is empty", name, (int)i);
+        if ((t->attr[i] & GEMMA2__TA_BYTE) && (b = gemma2__tok_byte_piece(s, n)) >= 0 && t->byte_id[b] < 0) t->byte_id[b] = i;
+        if (n == 1 && (unsigned char)s[0] < 128 && !(t->attr[i] & GEMMA2__TA_SPECIAL)) t->char1[(unsigned char)s[0]] = i;
+        if ((t->attr[i] & GEMMA2__TA_MATCH) && n > 0 && gemma2__trie_add(t, (const unsigned char *)s, n, i) != 0)
+            return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
+        /* '▁' (e2 96 81) after anything but another '▁' inside a piece: merges could cross word starts */
+        for (k = 1; k + 3 <= n && t->chunk_words; k++)
+            if (!memcmp(s + k, "\xe2\x96\x81", 3) && (k < 3 || memcmp(s + k - 3, "\xe2\x96\x81", 3))) t->chunk_words = 0;
+    }
+    /* tokenizer.json names byte 0x09 "\t" (so that tab-run merges exist): the one-character ASCII pieces stand in
+       for missing byte pieces */
+    for (i = 0; i < 128; i++) if (t->byte_id[i] < 0) t->byte_id[i] = t->char1[i];
+    return 0;
+}
+
+/* ---- tokenizer.json ---------------------------------------------------- */
+
+/* A string node decoded into buf (which holds at least its raw length); -1 if not a string or badly escaped. */
+static int64_t gemma2__tok_jstr(const gemma2__json *j, int32_t node, char *buf)
+{
+    if (!gemma2__json_is(j, node, GEMMA2__JSTRING)) return -1;
+    return gemma2__json_unescape(j, node, buf);
+}
+
+/* Only the normalizer Gemma uses is supported: Replace(" " -> "▁"), possibly inside a Sequence. */
+static int gemma2__tok_hf_normalizer_ok(const gemma2__json *j, int32_t node)
+{
+    if (node < 0 || gemma2__json_is(j, node, GEMMA2__JNULL)) return 1;
+    if (gemma2__json_streq(j, gemma2__json_get(j, node, "type"), "Sequence")) {
+        int32_t seq = gemma2__json_get(j, node, "normalizers"), c;
+        if (!gemma2__json_is(j, seq, GEMMA2__JARRAY)) return 0;
+        for (c = j->nodes[seq].child; c >= 0; c = j->nodes[c].next) if (!gemma2__tok_hf_normalizer_ok(j, c)) return 0;
+        return 1;
+    }
+    return gemma2__json_streq(j, gemma2__json_get(j, node, "type"), "Replace") &&
+           gemma2__json_streq(j, gemma2__json_get(j, gemma2__json_get(j, node, "pattern"), "String"), " ") &&
+           gemma2__json_streq(j, gemma2__json_get(j, node, "content"), "\xe2\x96\x81");
+}
+
+static void gemma2__tok_merge_put(gemma2__tokenizer *t, uint64_t pair, int32_t index)
+{
+    uint32_t i = (uint32_t)((pair * 0x9e3779b97f4a7c15ull) >> 40) & t->mmask;
+    for (;; i = (i + 1) & t->mmask) {
+        uint64_t e = t->mtab[i];
+        if (e == ~(uint64_t)0 || (e >> 24) == pair) break;
+    }
+    /* a repeated pair keeps the later rank, as transformers' and transformers.js' maps do */
+    t->mtab[i] = (pair << 24) | (uint64_t)index;
+}
+
+static int gemma2__tok_load_json(gemma2__tokenizer *t, const char *text, size_t size, const char *name, char *err, size_t err_size)
+{
+    gemma2__json j;
+    int32_t root, model, vocab, merges, added, c, *node_of = NULL;
+    int64_t maxlen = 0, total = 0;
+    char *buf = NULL;
+    int rc = 0, id, n = 0, k;
+    char jerr[160];
+    if (gemma2__json_parse(&j, text, size, jerr, sizeof jerr) != 0) {
+        gemma2__json_free(&j);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: %s", name, jerr);
+    }
+#define GEMMA2__TJFAIL(code, ...) do { rc = gemma2__fail(err, err_size, code, __VA_ARGS__); goto done; } while (0)
+    root = 0;
+    model = gemma2__json_get(&j, root, "model");
+    vocab = gemma2__json_get(&j, model, "vocab");
+    merges = gemma2__json_get(&j, model, "merges");
+    added = gemma2__json_get(&j, root, "added_tokens");
+    if (!gemma2__json_is(&j, model, GEMMA2__JOBJECT) || !gemma2__json_is(&j, vocab, GEMMA2__JOBJECT))
+        GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: no model.vocab object", name);
+    c = gemma2__json_get(&j, model, "type");
+    if (c >= 0 && !gemma2__json_streq(&j, c, "BPE")) GEMMA2__TJFAIL(GEMMA2_ERROR_UNSUPPORTED, "%s: model.type is not BPE", name);
+    if (!gemma2__tok_hf_normalizer_ok(&j, gemma2__json_get(&j, root, "normalizer")))
+        GEMMA2__TJFAIL(GEMMA2_ERROR_UNSUPPORTED, "%s: unsupported normalizer (only Replace \" \" -> \"\xe2\x96\x81\")", name);
+    c = gemma2__json_get(&j, root, "pre_tokenizer");
+    if (c >= 0 && !gemma2__json_is(&j, c, GEMMA2__JNULL)) GEMMA2__TJFAIL(GEMMA2_ERROR_UNSUPPORTED, "%s: pre_tokenizer is not supported", name);
+    if (added >= 0 && !gemma2__json_is(&j, added, GEMMA2__JARRAY)) GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: added_tokens is not an array", name);
+    if (merges >= 0 && !gemma2__json_is(&j, merges, GEMMA2__JARRAY)) GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: model.merges is not an array", name);
+    c = gemma2__json_get(&j, model, "byte_fallback");
+    t->byte_fallback = gemma2__json_is(&j, c, GEMMA2__JTRUE);
+    t->escape_ws = 1;
+
+    /* the vocabulary size: one past the largest id of the vocab and the added tokens */
+    for (c = j.nodes[vocab].child; c >= 0; c = j.nodes[j.nodes[c].next].next) {
+        if (!gemma2__json_int(&j, j.nodes[c].next, &id) || id < 0 || id >= GEMMA2__TOK_MAX_VOCAB)
+            GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: model.vocab: bad or out-of-range id at byte %u", name, (unsigned)j.nodes[j.nodes[c].next].start);
+        if (id >= n) n = id + 1;
+    }
+    if (added >= 0) for (c = j.nodes[added].child; c >= 0; c = j.nodes[c].next) {
+        if (!gemma2__json_int(&j, gemma2__json_get(&j, c, "id"), &id) || id < 0 || id >= GEMMA2__TOK_MAX_VOCAB ||
+            !gemma2__json_is(&j, gemma2__json_get(&j, c, "content"), GEMMA2__JSTRING))
+            GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: added_tokens: an entry without a valid id and content (byte %u)", name, (unsigned)j.nodes[c].start);
+        if (id >= n) n = id + 1;
+    }
+    if (n == 0) GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: empty vocabulary", name);
+    t->n = n;
+    node_of = (int32_t *)GEMMA2_MALLOC((size_t)n * sizeof *node_of);
+    t->off = (uint32_t *)GEMMA2_MALLOC(((size_t)n + 1) * sizeof *t->off);
+    t->attr = (uint8_t *)gemma2__calloc((size_t)n, 1);
+    if (!node_of || !t->off || !t->attr) GEMMA2__TJFAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
+    for (k = 0; k < n; k++) node_of[k] = -1;
+    for (c = j.nodes[vocab].child; c >= 0; c = j.nodes[j.nodes[c].next].next) {
+        gemma2__json_int(&j, j.nodes[c].next, &id);
+        if (node_of[id] >= 0) GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: model.vocab: id %d appears twice", name, id);
+        node_of[id] = c;
+        if ((int64_t)j.nodes[c].len > maxlen) maxlen = j.nodes[c].len;
+    }
+    if (added >= 0) for (c = j.nodes[added].child; c >= 0; c = j.nodes[c].next) {
+        int32_t s = gemma2__json_get(&j, c, "content");
+        gemma2__json_int(&j, gemma2__json_get(&j, c, "id"), &id);
+        if ((int64_t)j.nodes[s].len > maxlen) maxlen = j.nodes[s].len;
+        t->attr[id] |= GEMMA2__TA_MATCH;
+        if (gemma2__json_is(&j, gemma2__json_get(&j, c, "special"), GEMMA2__JTRUE)) t->attr[id] |= GEMMA2__TA_SPECIAL | GEMMA2__TA_CONTROL;
+        if (node_of[id] < 0) node_of[id] = s;
+        else if (j.nodes[node_of[id]].len != j.nodes[s].len ||
+                 memcmp(j.text + j.nodes[node_of[id]].start, j.text + j.nodes[s].start, j.nodes[s].len))
+            GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: added token %d differs from the vocabulary's piece", name, id);
+    }
+    for (k = 0; k < n; k++) {
+        if (node_of[k] < 0) GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: no piece has id %d (the ids must be 0..%d)", name, k, n - 1);
+        total += (int64_t)j.nodes[node_of[k]].len + 1;
+    }
+    if (total >= 0xffffffffll) GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: vocabulary too large", name);
+    t->arena = (char *)GEMMA2_MALLOC((size_t)total);
+    buf = (char *)GEMMA2_MALLOC((size_t)maxlen * 2 + 8);
+    if (!t->arena || !buf) GEMMA2__TJFAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
+    total = 0;
+    for (k = 0; k < n; k++) {
+        int64_t len = gemma2__tok_jstr(&j, node_of[k], t->arena + total);
+        if (len < 0) GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: piece %d: bad string escape", name, k);
+        t->off[k] = (uint32_t)total;
+        total += len;
+        t->arena[total++] = 0;
+        if (gemma2__tok_byte_piece(t->arena + t->off[k], (size_t)len) >= 0) t->attr[k] |= GEMMA2__TA_BYTE;
+    }
+    t->off[n] = (uint32_t)total;
+    if ((rc = gemma2__tok_finish(t, name, err, err_size)) != 0) goto done;
+
+    c = gemma2__json_get(&j, model, "unk_token");
+    t->unk = -1;
+    if (gemma2__json_is(&j, c, GEMMA2__JSTRING) && j.nodes[c].len <= (uint32_t)maxlen * 2) {
+        int64_t len = gemma2__tok_jstr(&j, c, buf);
+        if (len >= 0) t->unk = gemma2__tok_find(t, buf, (size_t)len);
+    }
+    /* <bos>: what the post-processor prepends; <eos> by name (the file says nothing else about it) */
+    t->bos = -1;
+    c = gemma2__json_get(&j, gemma2__json_get(&j, root, "post_processor"), "single");
+    if (gemma2__json_is(&j, c, GEMMA2__JARRAY) && j.nodes[c].child >= 0) {
+        int32_t s = gemma2__json_get(&j, gemma2__json_get(&j, j.nodes[c].child, "SpecialToken"), "id");
+        if (gemma2__json_is(&j, s, GEMMA2__JSTRING) && j.nodes[s].len <= (uint32_t)maxlen * 2) {
+            int64_t len = gemma2__tok_jstr(&j, s, buf);
+            if (len >= 0) t->bos = gemma2__tok_find(t, buf, (size_t)len);
+        }
+    }
+    if (t->bos < 0) t->bos = gemma2__tok_find(t, "<bos>", 5);
+    t->eos = gemma2__tok_find(t, "<eos>", 5);
+
+    /* merges: "left right" strings, or [left, right] pairs in newer files */
+    if (merges >= 0 && j.nodes[merges].count > 0) {
+        uint32_t cap = 16;
+        int32_t rank = 0;
+        if (j.nodes[merges].count > GEMMA2__TOK_MAX_MERGES) GEMMA2__TJFAIL(GEMMA2_ERROR_UNSUPPORTED, "%s: too many merges", name);
+        while (cap < (uint32_t)j.nodes[merges].count + (uint32_t)j.nodes[merges].count / 2u) cap *= 2;
+        t->mtab = (uint64_t *)GEMMA2_MALLOC((size_t)cap * sizeof *t->mtab);
+        t->merges = (gemma2__merge *)GEMMA2_MALLOC((size_t)j.nodes[merges].count * sizeof *t->merges);
+        if (!t->mtab || !t->merges) GEMMA2__TJFAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
+        memset(t->mtab, 0xff, (size_t)cap * sizeof *t->mtab);
+        t->mmask = cap - 1;
+        for (c = j.nodes[merges].child; c >= 0; c = j.nodes[c].next, rank++) {
+            int64_t la, lb;
+            int32_t a, b, r;
+            char *sp;
+            if (gemma2__json_is(&j, c, GEMMA2__JSTRING)) {
+                if (j.nodes[c].len > (uint32_t)maxlen * 2) GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is too long", name, (int)rank);
+                la = gemma2__tok_jstr(&j, c, buf);
+                if (la < 0 || !(sp = (char *)memchr(buf, ' ', (size_t)la)) || memchr(sp + 1, ' ', (size_t)(buf + la - sp - 1)))
+                    GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is not \"left right\"", name, (int)rank);
+                lb = buf + la - sp - 1;
+                la = sp - buf;
+                memmove(sp, sp + 1, (size_t)lb); /* buf = left right, contiguous */
+            } else if (gemma2__json_is(&j, c, GEMMA2__JARRAY) && j.nodes[c].count == 2) {
+                int32_t x = j.nodes[c].child, y = j.nodes[x].next;
+                if (!gemma2__json_is(&j, x, GEMMA2__JSTRING) || !gemma2__json_is(&j, y, GEMMA2__JSTRING) ||
+                    j.nodes[x].len > (uint32_t)maxlen || j.nodes[y].len > (uint32_t)maxlen ||
+                    (la = gemma2__tok_jstr(&j, x, buf)) < 0 || (lb = gemma2__tok_jstr(&j, y, buf + la)) < 0)
+                    GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is not a pair of strings", name, (int)rank);
+            } else GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d is neither a string nor a pair", name, (int)rank);
+            a = gemma2__tok_find(t, buf, (size_t)la);
+            b = gemma2__tok_find(t, buf + la, (size_t)lb);
+            r = gemma2__tok_find(t, buf, (size_t)(la + lb));
+            if (a < 0 || b < 0 || r < 0)
+                GEMMA2__TJFAIL(GEMMA2_ERROR_FORMAT, "%s: merge %d: %s is not in the vocabulary", name, (int)rank,
+                               a < 0 ? "its left piece" : b < 0 ? "its right piece" : "the merged piece");
+            t->merges[rank].prio = (uint32_t)rank;
+            t->merges[rank].id = r;
+            /* a merge must never make a special token (they are matched in the text, or are plain text) */
+            if (!(t->attr[r] & GEMMA2__TA_SPECIAL)) gemma2__tok_merge_put(t, ((uint64_t)a << 20) | (uint64_t)b, rank);
+        }
+        t->n_merges = rank;
+    }
+done:
+#undef GEMMA2__TJFAIL
+    GEMMA2_FREE(node_of);
+    GEMMA2_FREE(buf);
+    gemma2__json_free(&j);
+    return rc;
+}
+
+/* ---- tokenizer.model (SentencePiece ModelProto) ------------------------- */
+
+/* A protobuf reader over [p, end): fields in order, unknown ones skipped by their wire type. */
+typedef struct gemma2__pb { const uint8_t *p, *end; } gemma2__pb;
+
+static int gemma2__pb_varint(gemma2__pb *r, uint64_t *v)
+{
+    uint64_t x = 0;
+    int shift = 0;
+    while (r->p < r->end && shift < 64) {
+        uint8_t b = *r->p++;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) { *v = x; return 1; }
+        shift += 7;
+    }
+    return 0;
+}
+
+/* The next field: 1, or 0 at the end, or -1 if malformed. Length-delimited fields give *data and *v = length. */
+static int gemma2__pb_next(gemma2__pb *r, uint32_t *field, int *wt, uint64_t *v, const uint8_t **data)
+{
+    uint64_t key;
+    int k;
+    if (r->p == r->end) return 0;
+    if (!gemma2__pb_varint(r, &key) || (key >> 3) == 0 || (key >> 3) > 0x1fffffff) return -1;
+    *field = (uint32_t)(key >> 3);
+    *wt = (int)(key & 7);
+    switch (*wt) {
+    case 0: return gemma2__pb_varint(r, v) ? 1 : -1;
+    case 1:
+    case 5: {
+        int nb = *wt == 1 ? 8 : 4;
+        if (r->end - r->p < nb) return -1;
+        *v = 0;
+        for (k = nb - 1; k >= 0; k--) *v = (*v << 8) | r->p[k];
+        r->p += nb;
+        return 1;
+    }
+    case 2:
+        if (!gemma2__pb_varint(r, v) || *v > (uint64_t)(r->end - r->p)) return -1;
+        *data = r->p;
+        r->p += (size_t)*v;
+        return 1;
+    default: return -1; /* groups (3, 4) are not used by ModelProto */
+    }
+}
+
+enum { GEMMA2__SPM_NORMAL = 1, GEMMA2__SPM_UNKNOWN = 2, GEMMA2__SPM_CONTROL = 3, GEMMA2__SPM_USER = 4,
+       GEMMA2__SPM_UNUSED = 5, GEMMA2__SPM_BYTE = 6 };
+
+/* One SentencePiece message: its piece string, score and type. 0, or -1 if malformed. */
+static int gemma2__spm_piece(const uint8_t *data, size_t size, const uint8_t **s, size_t *len, float *score, int *type)
+{
+    gemma2__pb r;
+    uint32_t f;
+    int wt, rc;
+    uint64_t v;
+    const uint8_t *d = NULL;
+    r.p = data;
+    r.end = data + size;
+    *s = NULL;
+    *len = 0;
+    *score = 0;
+    *type = GEMMA2__SPM_NORMAL;
+    while ((rc = gemma2__pb_next(&r, &f, &wt, &v, &d)) > 0) {
+        if (f == 1 && wt == 2) { *s = d; *len = (size_t)v; }
+        else if (f == 2 && wt == 5) { uint32_t u = (uint32_t)v; memcpy(score, &u, 4); }
+        else if (f == 3 && wt == 0) *type = (int)(v > 100 ? 100 : v);
+    }
+    return rc < 0 || !*s ? -1 : 0;
+}
+
+/* SentencePiece merges any two neighbours whose concatenation is a piece. Every such pair of pieces is listed here
+   once, at load, by splitting each piece at each character boundary: encoding then looks merges up by id pair, as
+   for tokenizer.json, instead of hashing strings (about 600 000 pairs for Gemma). Splitting a piece at its own
+   character boundaries finds every split the text can produce: a symbol boundary is a character boundary of the
+   text, and the piece is made of whole symbols. */
+static int gemma2__tok_spm_pairs(gemma2__tokenizer *t, const char *name, char *err, size_t err_size)
+{
+    uint64_t *pairs = NULL;
+    int32_t *res = NULL;
+    size_t n = 0, cap = 0, k;
+    uint32_t tcap = 16;
+    int32_t i;
+    for (i = 0; i < t->n; i++) {
+        /* 1.7 M look-ups for Gemma, nearly all cache misses: the table slots of every split of a piece are
+           prefetched first, so that the misses overlap (this halves the load time) */
+        const char *s = gemma2__tok_str(t, i);
+        size_t len = gemma2__tok_len(t, i), b = 0, nb, q, next;
+        size_t at[32];
+        uint32_t hl[32], hr[32];
+        if (!(t->attr[i] & GEMMA2__TA_MERGE) || len == 0) continue;
+        next = gemma2__u8len((const unsigned char *)s, len);
+        do { /* 32 splits at a time */
+            for (nb = 0, b = next; b < len && nb < 32; b += gemma2__u8len((const unsigned char *)s + b, len - b)) {
+                at[nb] = b;
+                hl[nb] = gemma2__tok_hash(s, b);
+                hr[nb] = gemma2__tok_hash(s + b, len - b);
+                GEMMA2__PREFETCH(&t->ptab[hl[nb] & t->pmask]);
+                GEMMA2__PREFETCH(&t->ptab[hr[nb] & t->pmask]);
+                nb++;
+            }
+            next = b;
+            for (q = 0; q < nb; q++) {
+                int32_t l, r;
+                b = at[q];
+                if ((l = gemma2__tok_find_h(t, s, b, hl[q])) < 0 || (r = gemma2__tok_find_h(t, s + b, len - b, hr[q])) < 0) continue;
+                if (n == cap) {
+                    void *pp, *pq;
+                    cap = cap ? cap * 2 : 65536;
+                    pp = GEMMA2_REALLOC(pairs, cap * sizeof *pairs);
+                    if (pp) pairs = (uint64_t *)pp;
+                    pq = GEMMA2_REALLOC(res, cap * sizeof *res);
+                    if (pq) res = (int32_t *)pq;
+                    if (!pp || !pq || cap > GEMMA2__TOK_MAX_MERGES) {
+                        GEMMA2_FREE(pairs);
+                        GEMMA2_FREE(res);
+                        return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (merge pairs)", name);
+                    }
+                }
+                pairs[n] = ((uint64_t)(uint32_t)l << 20) | (uint64_t)(uint32_t)r;
+                res[n++] = i;
+            }
+        } while (next < len);
+    }
+    while (tcap < n + n / 2) tcap *= 2;
+    t->mtab = (uint64_t *)GEMMA2_MALLOC((size_t)tcap * sizeof *t->mtab);
+    t->merges = (gemma2__merge *)GEMMA2_MALLOC((n ? n : 1) * sizeof *t->merges);
+    if (!t->mtab || !t->merges) {
+        GEMMA2_FREE(pairs);
+        GEMMA2_FREE(res);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (merge pairs)", name);
+    }
+    memset(t->mtab, 0xff, (size_t)tcap * sizeof *t->mtab);
+    t->mmask = tcap - 1;
+    for (k = 0; k < n; k++) {
+        t->merges[k].prio = t->prio[res[k]];
+        t->merges[k].id = res[k];
+        gemma2__tok_merge_put(t, pairs[k], (int32_t)k);
+    }
+    t->n_merges = (int32_t)n;
+    GEMMA2_FREE(pairs);
+    GEMMA2_FREE(res);
+    return 0;
+}
+
+static int gemma2__tok_load_spm(gemma2__tokenizer *t, const uint8_t *data, size_t size, const char *name, char *err, size_t err_size)
+{
+    gemma2__pb r, q;
+    uint32_t f;
+    int wt, rc, model_type = 1, add_dummy = 1, remove_ws = 1, user_byte_fallback = 0;
+    uint64_t v, total = 0;
+    const uint8_t *d = NULL;
+    int64_t unk_id = 0, bos_id = 1, eos_id = 2;
+    int32_t n = 0, i;
+    size_t charsmap = 0;
+    /* pass 1: count the pieces and their bytes, read the trainer and normalizer specs */
+    t->escape_ws = 1;
+    memcpy(t->unk_surface, " \xe2\x81\x87 ", 5);
+    t->unk_surface_len = 5;
+    r.p = data;
+    r.end = data + size;
+    while ((rc = gemma2__pb_next(&r, &f, &wt, &v, &d)) > 0) {
+        if (f == 1 && wt == 2) {
+            const uint8_t *s;
+            size_t len;
+            float score;
+            int type;
+            if (gemma2__spm_piece(d, (size_t)v, &s, &len, &score, &type) != 0)
+                return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: piece %d is malformed", name, (int)n);
+            if (n >= GEMMA2__TOK_MAX_VOCAB) return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: too many pieces", name);
+            n++;
+            total += len + 1;
+        } else if ((f == 2 || f == 3) && wt == 2) {
+            int rc2;
+            uint32_t g;
+            uint64_t w;
+            const uint8_t *e = NULL;
+            q.p = d;
+            q.end = d + v;
+            while ((rc2 = gemma2__pb_next(&q, &g, &wt, &w, &e)) > 0) {
+                if (f == 2 && wt == 0) { /* TrainerSpec */
+                    if (g == 3) model_type = (int)(w > 100 ? 100 : w);
+                    else if (g == 35) user_byte_fallback = w != 0;
+                    else if (g == 40) unk_id = (int32_t)w;
+                    else if (g == 41) bos_id = (int32_t)w;
+                    else if (g == 42) eos_id = (int32_t)w;
+                    else if (g == 24 && w) return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: treat_whitespace_as_suffix is not supported", name);
+                } else if (f == 2 && wt == 2 && g == 44) {
+                    if (w >= sizeof t->unk_surface) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: unk_surface too long", name);
+                    memcpy(t->unk_surface, e, (size_t)w);
+                    t->unk_surface_len = (size_t)w;
+                } else if (f == 3 && wt == 0) { /* NormalizerSpec */
+                    if (g == 3) add_dummy = w != 0;
+                    else if (g == 4) remove_ws = w != 0;
+                    else if (g == 5) t->escape_ws = w != 0;
+                } else if (f == 3 && wt == 2 && g == 2) charsmap = (size_t)w;
+            }
+            if (rc2 < 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: malformed %s", name, f == 2 ? "trainer_spec" : "normalizer_spec");
+        }
+    }
+    if (rc < 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: not a SentencePiece model (malformed protobuf at byte %zu)", name, (size_t)(r.p - data));
+    if (n == 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: no pieces (not a SentencePiece model?)", name);
+    if (model_type != 2) return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: model_type %d is not BPE", name, model_type);
+    if (add_dummy || remove_ws || charsmap)
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: normalizer not supported (only identity, without dummy prefix or whitespace removal)", name);
+    if (total >= 0xffffffffull) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: vocabulary too large", name);
+    t->n = n;
+    t->byte_fallback = user_byte_fallback;
+    t->arena = (char *)GEMMA2_MALLOC((size_t)total);
+    t->off = (uint32_t *)GEMMA2_MALLOC(((size_t)n + 1) * sizeof *t->off);
+    t->attr = (uint8_t *)gemma2__calloc((size_t)n, 1);
+    t->prio = (uint32_t *)GEMMA2_MALLOC((size_t)n * sizeof *t->prio);
+    if (!t->arena || !t->off || !t->attr || !t->prio) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
+    /* pass 2: the pieces */
+    r.p = data;
+    total = 0;
+    i = 0;
+    while (gemma2__pb_next(&r, &f, &wt, &v, &d) > 0) {
+        const uint8_t *s;
+        size_t len;
+        float score;
+        int type;
+        uint32_t u;
+        uint8_t a = 0;
+        if (f != 1 || wt != 2) continue;
+        gemma2__spm_piece(d, (size_t)v, &s, &len, &score, &type);
+        t->off[i] = (uint32_t)total;
+        memcpy(t->arena + total, s, len);
+        total += len;
+        t->arena[total++] = 0;
+        if (score != score) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: piece %d has a NaN score", name, (int)i);
+        /* priority: the float's bits turned into an unsigned key that grows as the score falls */
+        memcpy(&u, &score, 4);
+        u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+        t->prio[i] = ~u;
+        switch (type) {
+        case GEMMA2__SPM_NORMAL: a = GEMMA2__TA_MERGE; break;
+        case GEMMA2__SPM_UNKNOWN: a = GEMMA2__TA_SPECIAL | GEMMA2__TA_UNK; break;
+        case GEMMA2__SPM_CONTROL: a = GEMMA2__TA_SPECIAL | GEMMA2__TA_CONTROL; break;
+        case GEMMA2__SPM_USER:
+            /* the chat markers are special for transformers; nothing in the proto says so */
+            if ((len == 15 && !memcmp(s, "<start_of_turn>", 15)) || (len == 13 && !memcmp(s, "<end_of_turn>", 13)))
+                a = GEMMA2__TA_MATCH | GEMMA2__TA_SPECIAL;
+            else a = GEMMA2__TA_MATCH | GEMMA2__TA_MERGE;
+            break;
+        case GEMMA2__SPM_UNUSED: a = 0; break; /* never produced (SentencePiece re-splits them) */
+        case GEMMA2__SPM_BYTE:
+            if (gemma2__tok_byte_piece((const char *)s, len) < 0)
+                return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: BYTE piece %d is not <0xNN>", name, (int)i);
+            a = GEMMA2__TA_BYTE;
+            break;
+        default: return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: piece %d has unknown type %d", name, (int)i, type);
+        }
+        t->attr[i] = a;
+        i++;
+    }
+    t->off[n] = (uint32_t)total;
+    if ((rc = gemma2__tok_finish(t, name, err, err_size)) != 0) return rc;
+    if ((rc = gemma2__tok_spm_pairs(t, name, err, err_size)) != 0) return rc;
+    t->unk = unk_id >= 0 && unk_id < n && (t->attr[unk_id] & GEMMA2__TA_UNK) ? (int32_t)unk_id : -1;
+    t->bos = bos_id >= 0 && bos_id < n ? (int32_t)bos_id : -1;
+    t->eos = eos_id >= 0 && eos_id < n ? (int32_t)eos_id : -1;
+    return 0;
+}
+
+/* Loads from memory (name is for messages). */
+static int gemma2__tokenizer_load_mem(gemma2__tokenizer **out, const uint8_t *data, size_t size, const char *name, char *err, size_t err_size)
+{
+    gemma2__tokenizer *t;
+    size_t i = 0;
+    int rc;
+    *out = NULL;
+    t = (gemma2__tokenizer *)gemma2__calloc(1, sizeof *t);
+    if (!t) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
+    while (i < size && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r')) i++;
+    if (i < size && data[i] == '{') {
+        t->format = GEMMA2__TOK_HF;
+        rc = gemma2__tok_load_json(t, (const char *)data, size, name, err, err_size);
+    } else {
+        t->format = GEMMA2__TOK_SPM;
+        rc = gemma2__tok_load_spm(t, data, size, name, err, err_size);
+    }
+    if (rc != 0) { gemma2__tokenizer_free(t); return rc; }
+    *out = t;
+    return 0;
+}
+
 static int gemma2__tokenizer_load(gemma2__tokenizer **out, const char *path, char *err, size_t err_size)
 {
+    gemma2__file f;
+    int rc;
     *out = NULL;
-    return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: tokenizer not implemented yet", path);
+    if ((rc = gemma2__file_map(&f, path, err, err_size)) != 0) return rc;
+    rc = gemma2__tokenizer_load_mem(out, f.data, f.size, path, err, err_size);
+    gemma2__file_close(&f);
+    return rc;
 }
-static void gemma2__tokenizer_free(gemma2__tokenizer *t) { GEMMA2_FREE(t); }
+
+/* ---- encoding ------------------------------------------------------------ */
+
+typedef struct gemma2__sym { uint32_t start, len; int32_t id, prev, next; } gemma2__sym;
+typedef struct gemma2__cand { uint64_t order; uint32_t len; int32_t id; } gemma2__cand; /* order: priority << 32 | left */
+
+/* A cached word: its text at wtext + text, its ids at wids + ids. */
+typedef struct gemma2__centry { uint32_t hash, len; size_t text, ids, n; } gemma2__centry;
+
+/* Per-call state: output, scratch, and the word cache. */
+typedef struct gemma2__enc {
+    const gemma2__tokenizer *t;
+    int32_t *ids;
+    int64_t max, n;
+    int special;
+    gemma2__sym *sym;
+    size_t sym_cap;
+    gemma2__cand *heap;
+    size_t heap_n, heap_cap;
+    char *norm;
+    size_t norm_cap;
+    uint32_t *ctab;            /* word cache: slot -> entry + 1, 0 = empty */
+    uint32_t cmask;
+    gemma2__centry *cent;
+    size_t n_cent, cent_cap;
+    char *wtext;
+    size_t wtext_n, wtext_cap;
+    int32_t *wids;
+    size_t wids_n, wids_cap;
+    int oom;
+} gemma2__enc;
+
+static void gemma2__enc_emit(gemma2__enc *e, int32_t id)
+{
+    if (e->n < e->max) e->ids[e->n] = id;
+    e->n++;
+}
+
+/* Grows an array to hold need elements; on failure sets *oom and keeps the old one. */
+static void *gemma2__grow(void *p, size_t *cap, size_t need, size_t elem, int *oom)
+{
+    size_t c = *cap ? *cap : 64;
+    void *q;
+    if (need <= *cap) return p;
+    while (c < need && c <= ((size_t)-1 / 2)) c *= 2;
+    if (c < need || c > (size_t)-1 / elem || !(q = GEMMA2_REALLOC(p, c * elem))) { *oom = 1; return p; }
+    *cap = c;
+    return q;
+}
+#define GEMMA2__GROW(e, ptr, cap, need, T) ((ptr) = (T *)gemma2__grow((ptr), &(cap), (need), sizeof(T), &(e)->oom), !(e)->oom)
+
+static void gemma2__heap_push(gemma2__enc *e, gemma2__cand c)
+{
+    size_t i = e->heap_n++;
+    while (i > 0) {
+        size_t up = (i - 1) / 2;
+        if (e->heap[up].order <= c.order) break;
+        e->heap[i] = e->heap[up];
+        i = up;
+    }
+    e->heap[i] = c;
+}
+
+static gemma2__cand gemma2__heap_pop(gemma2__enc *e)
+{
+    gemma2__cand top = e->heap[0], last = e->heap[--e->heap_n];
+    size_t i = 0, n = e->heap_n;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && e->heap[c + 1].order < e->heap[c].order) c++;
+        if (e->heap[c].order >= last.order) break;
+        e->heap[i] = e->heap[c];
+        i = c;
+    }
+    if (n > 0) e->heap[i] = last;
+    return top;
+}
+
+/* Queues the merge of symbol a with its right neighbour, if the model has one. */
+static void gemma2__bpe_try(gemma2__enc *e, const char *s, int32_t a)
+{
+    const gemma2__tokenizer *t = e->t;
+    const gemma2__sym *A, *B;
+    gemma2__cand c;
+    uint32_t key;
+    int32_t id;
+    if (a < 0 || (A = &e->sym[a])->next < 0) return;
+    B = &e->sym[A->next];
+    if (A->id >= 0 && B->id >= 0) {
+        /* both formats: the id pair table (SentencePiece's is built at load from the splits of its pieces) */
+        uint64_t pair = ((uint64_t)(uint32_t)A->id << 20) | (uint64_t)(uint32_t)B->id;
+        uint32_t i;
+        const gemma2__merge *mg;
+        if (!t->mtab) return;
+        for (i = (uint32_t)((pair * 0x9e3779b97f4a7c15ull) >> 40) & t->mmask;; i = (i + 1) & t->mmask) {
+            uint64_t m = t->mtab[i];
+            if (m == ~(uint64_t)0) return;
+            if ((m >> 24) == pair) { mg = &t->merges[m & 0xffffff]; break; }
+        }
+        key = mg->prio;
+        id = mg->id;
+    } else if (t->format == GEMMA2__TOK_HF) return;
+    else {
+        /* SentencePiece, next to a character that is no piece: merge by the string, as SentencePiece does */
+        id = gemma2__tok_find(t, s + A->start, A->len + B->len);
+        if (id < 0 || !(t->attr[id] & GEMMA2__TA_MERGE)) return;
+        key = t->prio[id];
+    }
+    c.order = ((uint64_t)key << 32) | (uint32_t)a;
+    c.len = A->len + B->len;
+    c.id = id;
+    gemma2__heap_push(e, c);
+}
+
+/* BPE over s[0, n) (normalized text, no pieces matched whole inside); the ids are appended to out. */
+static void gemma2__bpe(gemma2__enc *e, const char *s, size_t n, int32_t *out, size_t *n_out)
+{
+    const gemma2__tokenizer *t = e->t;
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0, k;
+    int32_t ns = 0, a;
+    if (!GEMMA2__GROW(e, e->sym, e->sym_cap, n, gemma2__sym) || !GEMMA2__GROW(e, e->heap, e->heap_cap, 3 * n + 1, gemma2__cand)) return;
+    while (i < n) {
+        size_t L = u[i] < 0x80 ? 1 : gemma2__u8len(u + i, n - i);
+        int32_t id = L == 1 && u[i] < 0x80 ? t->char1[u[i]] : gemma2__tok_find(t, s + i, L);
+        if (id >= 0 && (t->attr[id] & GEMMA2__TA_SPECIAL)) id = -1;
+        if (id < 0 && t->format == GEMMA2__TOK_HF) {
+            /* tokenizer.json: an unknown character becomes its byte pieces before merging */
+            for (k = 0; k < L; k++, ns++) {
+                e->sym[ns].start = (uint32_t)(i + k);
+                e->sym[ns].len = 1;
+                e->sym[ns].id = t->byte_fallback ? t->byte_id[u[i + k]] : -1;
+                e->sym[ns].prev = ns - 1;
+                e->sym[ns].next = ns + 1;
+            }
+        } else {
+            e->sym[ns].start = (uint32_t)i;
+            e->sym[ns].len = (uint32_t)L;
+            e->sym[ns].id = id;
+            e->sym[ns].prev = ns - 1;
+            e->sym[ns].next = ns + 1;
+            ns++;
+        }
+        i += L;
+    }
+    if (ns == 0) return;
+    e->sym[ns - 1].next = -1;
+    e->heap_n = 0;
+    for (a = 0; a + 1 < ns; a++) gemma2__bpe_try(e, s, a);
+    while (e->heap_n > 0) {
+        gemma2__cand c = gemma2__heap_pop(e);
+        gemma2__sym *A, *B;
+        a = (int32_t)(uint32_t)c.order;
+        A = &e->sym[a];
+        /* stale entries: a symbol only grows, so an unchanged total length means the same pair */
+        if (A->len == 0 || A->next < 0) continue;
+        B = &e->sym[A->next];
+        if (A->len + B->len != c.len) continue;
+        A->id = c.id;
+        A->len = c.len;
+        B->len = 0;
+        A->next = B->next;
+        if (B->next >= 0) e->sym[B->next].prev = a;
+        gemma2__bpe_try(e, s, A->prev);
+        gemma2__bpe_try(e, s, a);
+    }
+    for (a = 0; a >= 0; a = e->sym[a].next) {
+        const gemma2__sym *A = &e->sym[a];
+        if (A->id >= 0) out[(*n_out)++] = A->id;
+        else if (t->byte_fallback) {
+            for (k = 0; k < A->len; k++) {
+                int32_t b = t->byte_id[u[A->start + k]];
+                out[(*n_out)++] = b >= 0 ? b : t->unk;
+            }
+        } else out[(*n_out)++] = t->unk;
+    }
+}
+
+/* One word: from the cache, or BPE then cached. A word's ids are at most its bytes. */
+static void gemma2__enc_word(gemma2__enc *e, const char *s, size_t n)
+{
+    uint32_t h, i;
+    size_t k, j, first;
+    gemma2__centry *ce;
+    if (e->oom || n == 0) return;
+    if (!e->ctab) {
+        /* no cache (short text): straight through */
+        size_t cnt = 0;
+        if (!GEMMA2__GROW(e, e->wids, e->wids_cap, n, int32_t)) return;
+        gemma2__bpe(e, s, n, e->wids, &cnt);
+        for (k = 0; k < cnt; k++) gemma2__enc_emit(e, e->wids[k]);
+        return;
+    }
+    h = gemma2__tok_hash(s, n);
+    for (i = h & e->cmask;; i = (i + 1) & e->cmask) {
+        uint32_t x = e->ctab[i];
+        if (!x) break;
+        ce = &e->cent[x - 1];
+        if (ce->hash == h && ce->len == n && !memcmp(e->wtext + ce->text, s, n)) {
+            for (k = 0; k < ce->n; k++) gemma2__enc_emit(e, e->wids[ce->ids + k]);
+            return;
+        }
+    }
+    first = e->wids_n;
+    if (!GEMMA2__GROW(e, e->wids, e->wids_cap, first + n, int32_t)) return;
+    k = first;
+    gemma2__bpe(e, s, n, e->wids, &k);
+    if (e->oom) return;
+    for (j = first; j < k; j++) gemma2__enc_emit(e, e->wids[j]);
+    /* cache it while the table is under half full and the word is short (long runs rarely repeat) */
+    if (n <= 64 && e->n_cent < (e->cmask + 1) / 2 && GEMMA2__GROW(e, e->cent, e->cent_cap, e->n_cent + 1, gemma2__centry) &&
+        GEMMA2__GROW(e, e->wtext, e->wtext_cap, e->wtext_n + n, char)) {
+        ce = &e->cent[e->n_cent];
+        ce->hash = h;
+        ce->len = (uint32_t)n;
+        ce->text = e->wtext_n;
+        ce->ids = first;
+        ce->n = k - first;
+        memcpy(e->wtext + e->wtext_n, s, n);
+        e->wtext_n += n;
+        e->wids_n = k;
+        for (i = h & e->cmask; e->ctab[i]; i = (i + 1) & e->cmask) {}
+        e->ctab[i] = (uint32_t)++e->n_cent;
+    }
+}
+
+/* Normalized text without whole-matched pieces: word by word when that is exact (see the top of this section). */
+static void gemma2__enc_plain(gemma2__enc *e, const char *s, size_t n)
+{
+    size_t i = 0, start = 0;
+    int prev_ws = 1;
+    if (!e->t->chunk_words) {
+        size_t cnt = 0;
+        if (!GEMMA2__GROW(e, e->wids, e->wids_cap, n, int32_t)) return;
+        gemma2__bpe(e, s, n, e->wids, &cnt);
+        for (i = 0; i < cnt; i++) gemma2__enc_emit(e, e->wids[i]);
+        return;
+    }
+    while (i < n) {
+        if ((unsigned char)s[i] == 0xe2 && i + 2 < n && (unsigned char)s[i + 1] == 0x96 && (unsigned char)s[i + 2] == 0x81) {
+            if (!prev_ws && i > start) { gemma2__enc_word(e, s + start, i - start); start = i; }
+            prev_ws = 1;
+            i += 3;
+        } else { prev_ws = 0; i++; }
+    }
+    gemma2__enc_word(e, s + start, n - start);
+}
+
+/* ' ' -> '▁' into e->norm (when the model escapes whitespace); returns the text to encode. */
+static const char *gemma2__enc_normalize(gemma2__enc *e, const char *s, size_t n, size_t *out_n)
+{
+    size_t i, o = 0;
+    if (!e->t->escape_ws || !memchr(s, ' ', n)) { *out_n = n; return s; }
+    if (!GEMMA2__GROW(e, e->norm, e->norm_cap, 3 * n, char)) { *out_n = 0; return s; }
+    for (i = 0; i < n; i++) {
+        if (s[i] == ' ') { memcpy(e->norm + o, "\xe2\x96\x81", 3); o += 3; }
+        else e->norm[o++] = s[i];
+    }
+    *out_n = o;
+    return e->norm;
+}
+
+GEMMA2_DEF int gemma2_tokenize(const gemma2_model *m, const char *text, size_t len, int32_t *ids, int max_ids, int flags)
+{
+    const gemma2__tokenizer *t;
+    gemma2__enc e;
+    const unsigned char *u;
+    const char *s;
+    size_t i, start, n, mlen = 0;
+    int rc;
+    if (!m || (!text && len > 0) || max_ids < 0 || (!ids && max_ids > 0) ||
+        (flags & ~(GEMMA2_TOKENIZE_ADD_BOS | GEMMA2_TOKENIZE_SPECIAL)) || len > (size_t)INT_MAX - 2)
+        return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (!(t = m->tok)) return GEMMA2_ERROR_NO_TOKENIZER;
+    memset(&e, 0, sizeof e);
+    e.t = t;
+    e.ids = ids;
+    e.max = max_ids;
+    e.special = (flags & GEMMA2_TOKENIZE_SPECIAL) != 0;
+    if ((flags & GEMMA2_TOKENIZE_ADD_BOS) && t->bos >= 0) gemma2__enc_emit(&e, t->bos);
+    if (len >= 4096 && t->chunk_words) {
+        /* a word cache pays off on longer texts */
+        uint32_t cap = 1024;
+        while (cap < len / 4 && cap < (1u << 20)) cap *= 2;
+        e.ctab = (uint32_t *)gemma2__calloc(cap, sizeof *e.ctab);
+        e.cmask = cap - 1;
+    }
+    /* tokenizer.json cuts added tokens out of the raw text; SentencePiece matches user-defined pieces after ' ' -> '▁' */
+    if (t->format == GEMMA2__TOK_SPM) { s = gemma2__enc_normalize(&e, text ? text : "", len, &n); }
+    else { s = text ? text : ""; n = len; }
+    u = (const unsigned char *)s;
+    for (i = start = 0; i < n && !e.oom;) {
+        int32_t id;
+        if (t->root[u[i]] >= 0 && (id = gemma2__trie_longest(t, u + i, n - i, e.special, &mlen)) >= 0) {
+            if (i > start) {
+                if (t->format == GEMMA2__TOK_HF) {
+                    size_t nn;
+                    const char *p = gemma2__enc_normalize(&e, s + start, i - start, &nn);
+                    gemma2__enc_plain(&e, p, nn);
+                } else gemma2__enc_plain(&e, s + start, i - start);
+            }
+            gemma2__enc_emit(&e, id);
+            i += mlen;
+            start = i;
+        } else i += u[i] < 0x80 ? 1 : gemma2__u8len(u + i, n - i);
+    }
+    if (start < n && !e.oom) {
+        if (t->format == GEMMA2__TOK_HF) {
+            size_t nn;
+            const char *p = gemma2__enc_normalize(&e, s + start, n - start, &nn);
+            gemma2__enc_plain(&e, p, nn);
+        } else gemma2__enc_plain(&e, s + start, n - start);
+    }
+    rc = e.oom ? GEMMA2_ERROR_OUT_OF_MEMORY : (int)e.n;
+    GEMMA2_FREE(e.sym);
+    GEMMA2_FREE(e.heap);
+    GEMMA2_FREE(e.norm);
+    GEMMA2_FREE(e.ctab);
+    GEMMA2_FREE(e.cent);
+    GEMMA2_FREE(e.wtext);
+    GEMMA2_FREE(e.wids);
+    return rc;
+}
+
+/* ---- decoding ------------------------------------------------------------ */
+
+typedef struct gemma2__sink { char *out; size_t cap, n; } gemma2__sink;
+
+static void gemma2__sink_put(gemma2__sink *k, const char *p, size_t n)
+{
+    if (k->n < k->cap) memcpy(k->out + k->n, p, GEMMA2__MIN(n, k->cap - k->n));
+    k->n += n;
+}
+
+/* The bytes held are not a character: U+FFFD for them (one, or one per byte as SentencePiece). */
+static void gemma2__u8_bad(gemma2_detok *d, gemma2__sink *k, int per_byte)
+{
+    int r = per_byte ? d->n_pend : 1;
+    while (r-- > 0) gemma2__sink_put(k, "\xef\xbf\xbd", 3);
+    d->n_pend = d->need = 0;
+}
+
+/* Feeds one byte to the UTF-8 check; complete characters go to the sink. Invalid input is replaced by U+FFFD per
+   maximal invalid subsequence (the Unicode "best practice" that TextDecoder and Python follow). */
+static void gemma2__u8_feed(gemma2_detok *d, gemma2__sink *k, unsigned char b, int per_byte)
+{
+    if (d->need) {
+        if (b >= d->lo && b <= d->hi) {
+            d->pend[d->n_pend++] = b;
+            d->lo = 0x80;
+            d->hi = 0xbf;
+            if (--d->need == 0) { gemma2__sink_put(k, (const char *)d->pend, (size_t)d->n_pend); d->n_pend = 0; }
+            return;
+        }
+        gemma2__u8_bad(d, k, per_byte); /* then b starts afresh */
+    }
+    if (b < 0x80) { char c = (char)b; gemma2__sink_put(k, &c, 1); return; }
+    d->lo = 0x80;
+    d->hi = 0xbf;
+    if (b >= 0xc2 && b < 0xe0) d->need = 1;
+    else if (b >= 0xe0 && b < 0xf0) { d->need = 2; if (b == 0xe0) d->lo = 0xa0; else if (b == 0xed) d->hi = 0x9f; }
+    else if (b >= 0xf0 && b < 0xf5) { d->need = 3; if (b == 0xf0) d->lo = 0x90; else if (b == 0xf4) d->hi = 0x8f; }
+    else { gemma2__sink_put(k, "\xef\xbf\xbd", 3); return; }
+    d->pend[0] = b;
+    d->n_pend = 1;
+}
+
+static void gemma2__u8_end(gemma2_detok *d, gemma2__sink *k, int per_byte)
+{
+    if (d->need) gemma2__u8_bad(d, k, per_byte);
+}
+
+static void gemma2__u8_put(gemma2_detok *d, gemma2__sink *k, const char *p, size_t n, int utf8, int per_byte)
+{
+    size_t i;
+    if (!utf8) { gemma2__sink_put(k, p, n); return; }
+    for (i = 0; i < n; i++) gemma2__u8_feed(d, k, (unsigned char)p[i], per_byte);
+}
+
+/* One token's text into the sink. d carries an unfinished character between byte tokens (GEMMA2_DETOKENIZE_UTF8). */
+static void gemma2__detok_one(const gemma2__tokenizer *t, gemma2_detok *d, int32_t id, int flags, gemma2__sink *k)
+{
+    int utf8 = (flags & GEMMA2_DETOKENIZE_UTF8) != 0, spm = t->format == GEMMA2__TOK_SPM;
+    uint8_t a = t->attr[id];
+    const char *s = gemma2__tok_str(t, id);
+    size_t n = gemma2__tok_len(t, id), i, j;
+    if (flags & GEMMA2_DETOKENIZE_SKIP_CONTROL) {
+        /* transformers drops special ids before decoding (a byte run goes on across them); SentencePiece ends the
+           run at a control token, and writes UNKNOWN as its unk_surface */
+        if (a & GEMMA2__TA_CONTROL) { if (spm && utf8) gemma2__u8_end(d, k, spm); return; }
+        if (spm && (a & GEMMA2__TA_UNK)) {
+            if (utf8) gemma2__u8_end(d, k, spm);
+            gemma2__u8_put(d, k, t->unk_surface, t->unk_surface_len, utf8, spm);
+            return;
+        }
+    }
+    if (a & GEMMA2__TA_BYTE) {
+        char c = (char)gemma2__tok_byte_piece(s, n);
+        gemma2__u8_put(d, k, &c, 1, utf8, spm);
+        return;
+    }
+    if (utf8) gemma2__u8_end(d, k, spm); /* any other token ends a run of byte tokens */
+    for (i = j = 0; i + 3 <= n; i++) {
+        if (s[i] == '\xe2' && s[i + 1] == '\x96' && s[i + 2] == '\x81') {
+            gemma2__u8_put(d, k, s + j, i - j, utf8, spm);
+            gemma2__u8_put(d, k, " ", 1, utf8, spm);
+            i += 2;
+            j = i + 1;
+        }
+    }
+    gemma2__u8_put(d, k, s + j, n - j, utf8, spm);
+}
+
+GEMMA2_DEF int gemma2_detokenize(const gemma2_model *m, const int32_t *ids, int n, char *out, size_t cap, int flags)
+{
+    const gemma2__tokenizer *t;
+    gemma2_detok d;
+    gemma2__sink k;
+    int i;
+    if (!m || n < 0 || (!ids && n > 0) || (!out && cap > 0) ||
+        (flags & ~(GEMMA2_DETOKENIZE_SKIP_CONTROL | GEMMA2_DETOKENIZE_UTF8)))
+        return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (!(t = m->tok)) return GEMMA2_ERROR_NO_TOKENIZER;
+    for (i = 0; i < n; i++) if (ids[i] < 0 || ids[i] >= t->n) return GEMMA2_ERROR_BAD_TOKEN;
+    memset(&d, 0, sizeof d);
+    k.out = out;
+    k.cap = cap;
+    k.n = 0;
+    for (i = 0; i < n; i++) gemma2__detok_one(t, &d, ids[i], flags, &k);
+    gemma2__u8_end(&d, &k, t->format == GEMMA2__TOK_SPM);
+    return k.n > (size_t)INT_MAX ? GEMMA2_ERROR_INVALID_ARGUMENT : (int)k.n;
+}
+
+GEMMA2_DEF void gemma2_detok_init(gemma2_detok *d, const gemma2_model *m, int flags)
+{
+    if (!d) return;
+    memset(d, 0, sizeof *d);
+    d->m = m;
+    d->flags = flags | GEMMA2_DETOKENIZE_UTF8;
+}
+
+/* push (id >= 0) or flush (id < 0): counted first, written only if it fits */
+static int gemma2__detok_step(gemma2_detok *d, int32_t id, int flush, char *out, size_t cap)
+{
+    const gemma2__tokenizer *t;
+    gemma2_detok tmp;
+    gemma2__sink k;
+    if (!d || !d->m || (!out && cap > 0)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (!(t = d->m->tok)) return GEMMA2_ERROR_NO_TOKENIZER;
+    if (!flush && (id < 0 || id >= t->n)) return GEMMA2_ERROR_BAD_TOKEN;
+    tmp = *d;
+    k.out = NULL;
+    k.cap = 0;
+    k.n = 0;
+    if (flush) gemma2__u8_end(&tmp, &k, t->format == GEMMA2__TOK_SPM);
+    else gemma2__detok_one(t, &tmp, id, d->flags, &k);
+    if (k.n > cap) return k.n > (size_t)INT_MAX ? GEMMA2_ERROR_INVALID_ARGUMENT : (int)k.n;
+    k.out = out;
+    k.cap = cap;
+    k.n = 0;
+    if (flush) gemma2__u8_end(d, &k, t->format == GEMMA2__TOK_SPM);
+    else gemma2__detok_one(t, d, id, d->flags, &k);
+    return (int)k.n;
+}
+
+GEMMA2_DEF int gemma2_detok_push(gemma2_detok *d, int32_t id, char *out, size_t cap) { return gemma2__detok_step(d, id, 0, out, cap); }
+GEMMA2_DEF int gemma2_detok_flush(gemma2_detok *d, char *out, size_t cap) { return gemma2__detok_step(d, -1, 1, out, cap); }
+
+/* ---- token details ----------------------------------------------------------- */
+
+GEMMA2_DEF const char *gemma2_token_piece(const gemma2_model *m, int32_t id, size_t *len)
+{
+    if (len) *len = 0;
+    if (!m || !m->tok || id < 0 || id >= m->tok->n) return NULL;
+    if (len) *len = gemma2__tok_len(m->tok, id);
+    return gemma2__tok_str(m->tok, id);
+}
+
+GEMMA2_DEF int32_t gemma2_token_id(const gemma2_model *m, const char *piece, size_t len)
+{
+    if (!m || !m->tok || (!piece && len > 0)) return -1;
+    return gemma2__tok_find(m->tok, piece ? piece : "", len);
+}
+
+GEMMA2_DEF int gemma2_token_is_special(const gemma2_model *m, int32_t id)
+{
+    return m && m->tok && id >= 0 && id < m->tok->n && (m->tok->attr[id] & GEMMA2__TA_SPECIAL) != 0;
+}
+
+GEMMA2_DEF int gemma2_token_is_control(const gemma2_model *m, int32_t id)
+{
+    return m && m->tok && id >= 0 && id < m->tok->n && (m->tok->attr[id] & GEMMA2__TA_CONTROL) != 0;
+}
+
+GEMMA2_DEF gemma2_model *gemma2_load_tokenizer(const char *path, char *err, size_t err_size)
+{
+    gemma2_model *m;
+    if (!path) { gemma2__fail(err, err_size, 0, "gemma2_load_tokenizer: path is NULL"); return NULL; }
+    m = (gemma2_model *)gemma2__calloc(1, sizeof *m);
+    if (!m) { gemma2__fail(err, err_size, 0, "%s: out of memory", path); return NULL; }
+    if (gemma2__tokenizer_load(&m->tok, path, err, err_size) != 0) { GEMMA2_FREE(m); return NULL; }
+    m->opt.tokenizer_only = 1;
+    m->cfg.vocab_size = m->tok->n;
+    m->cfg.bos_token_id = m->tok->bos;
+    m->cfg.pad_token_id = -1;
+    if (m->tok->eos >= 0) { m->cfg.n_eos = 1; m->cfg.eos_token_ids[0] = m->tok->eos; }
+    return m;
+}
+
+GEMMA2_DEF int32_t gemma2_token_bos(const gemma2_model *m) { return m && m->tok ? m->tok->bos : -1; }
+GEMMA2_DEF int32_t gemma2_token_eos(const gemma2_model *m) { return m && m->tok ? m->tok->eos : -1; }
 
 /* ===========================================================================
    2.13 Sampler

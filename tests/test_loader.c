@@ -244,7 +244,13 @@ static void test_loader_session_edges(void)
     CHECK(gemma2_eval(s, ids + 3, 1, NULL) == 0 && gemma2_session_pos(s) == 4, "the last slot");
     CHECK(gemma2_session_rewind(s, 5) == GEMMA2_ERROR_INVALID_ARGUMENT, "rewind forward");
     CHECK(gemma2_session_rewind(s, 3) == 0 && gemma2_session_pos(s) == 3, "rewind");
-    CHECK(gemma2_logits(s) && memcmp(before, gemma2_logits(s), sizeof before) == 0, "logits after rewind are token 2's");
+    {   /* recomputed for that token alone: equal up to float rounding (one token vs a batch of 3) */
+        const float *after = gemma2_logits(s);
+        float worst = 0;
+        int v;
+        for (v = 0; after && v < 512; v++) worst = GEMMA2__MAX(worst, fabsf(after[v] - before[v]));
+        CHECK(after && worst < 1e-4f, "logits after rewind are token 2's (max diff %g)", worst);
+    }
     CHECK(strcmp(gemma2_error_string(GEMMA2_ERROR_CONTEXT_FULL), "context full") == 0, "error string");
     gemma2_session_free(s);
     CHECK(gemma2_session_new(m, -1) == NULL, "negative n_ctx");
@@ -287,6 +293,8 @@ static void test_loader_rings(void)
     gemma2_free(m);
 }
 
+static void suite_loader_dtypes(void);
+
 void suite_loader(void)
 {
     g2t_run("loader/bad-files", test_loader_bad_files);
@@ -294,4 +302,168 @@ void suite_loader(void)
     g2t_run("loader/config-values", test_loader_config_values);
     g2t_run("loader/session-edges", test_loader_session_edges);
     g2t_run("loader/rings", test_loader_rings);
+    suite_loader_dtypes();
+}
+
+/* Writes every tensor of the given files as one safetensors file of dtype `to`
+   ("F16", "BF16" or "F32"), converting with code independent of the library's. With "BF16"
+   the 1-D norm weights stay F32, as GEMMA2_WEIGHTS_BF16 keeps them. */
+static float ldr_f16_to_f32(uint16_t h)
+{
+    int e = (h >> 10) & 31, mnt = h & 1023;
+    float v = e == 0 ? ldexpf((float)mnt, -24) : ldexpf((float)(mnt | 1024), e - 25);
+    return (h & 0x8000) ? -v : v;
+}
+
+static uint16_t ldr_to_f16(float f)
+{
+    /* exact for the values used here (bf16 values well inside f16's normal range) */
+    uint16_t sign = f < 0 ? 0x8000 : 0;
+    int e;
+    float m;
+    if (f == 0) return sign;
+    m = frexpf(fabsf(f), &e); /* f = m 2^e, m in [0.5, 1) */
+    if (e - 1 < -14) return (uint16_t)(sign | (uint16_t)lrintf(ldexpf(fabsf(f), 24))); /* subnormal */
+    return (uint16_t)(sign | (uint16_t)((e - 1 + 15) << 10) | (uint16_t)lrintf((m * 2 - 1) * 1024));
+}
+
+static uint16_t ldr_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fff + ((u >> 16) & 1); /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+static int ldr_convert_model(const char *src_dir, const char *to)
+{
+    gemma2_model tmp;
+    gemma2__tensors ts;
+    char err[256], path[600];
+    FILE *f;
+    int i, rc;
+    size_t hcap = 1 << 16, hl = 0, off = 0, esz;
+    const char *dt;
+    char *hdr = (char *)malloc(hcap);
+    memset(&tmp, 0, sizeof tmp);
+    memset(&ts, 0, sizeof ts);
+    rc = gemma2__open_weights(&tmp, src_dir, &ts, err, sizeof err);
+    if (rc) { free(hdr); return rc; }
+    hl += (size_t)snprintf(hdr + hl, hcap - hl, "{");
+    for (i = 0; i < ts.n; i++) {
+        uint64_t n = ts.t[i].nbytes / (ts.t[i].dtype == GEMMA2__ST_F32 ? 4 : 2);
+        char dims[64];
+        dt = (!strcmp(to, "BF16") && ts.t[i].ndim == 1) ? "F32" : to;
+        esz = strcmp(dt, "F32") ? 2 : 4;
+        if (ts.t[i].ndim > 1) snprintf(dims, sizeof dims, "%lld,%lld", (long long)ts.t[i].shape[0], (long long)ts.t[i].shape[1]);
+        else snprintf(dims, sizeof dims, "%lld", (long long)ts.t[i].shape[0]);
+        hl += (size_t)snprintf(hdr + hl, hcap - hl, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%s],\"data_offsets\":[%zu,%zu]}",
+                               i ? "," : "", ts.t[i].name, dt, dims, off, off + (size_t)n * esz);
+        off += (size_t)n * esz;
+    }
+    hl += (size_t)snprintf(hdr + hl, hcap - hl, "}");
+    snprintf(path, sizeof path, "%s/model.safetensors", ldr_dir);
+    f = fopen(path, "wb");
+    for (i = 0; i < 8; i++) fputc((int)((hl >> (8 * i)) & 255), f);
+    fwrite(hdr, 1, hl, f);
+    for (i = 0; i < ts.n; i++) {
+        uint64_t n = ts.t[i].nbytes / (ts.t[i].dtype == GEMMA2__ST_F32 ? 4 : 2), k;
+        dt = (!strcmp(to, "BF16") && ts.t[i].ndim == 1) ? "F32" : to;
+        esz = strcmp(dt, "F32") ? 2 : 4;
+        for (k = 0; k < n; k++) {
+            float v;
+            if (ts.t[i].dtype == GEMMA2__ST_F32) memcpy(&v, ts.t[i].data + 4 * k, 4);
+            else {
+                uint16_t h;
+                uint32_t u;
+                memcpy(&h, ts.t[i].data + 2 * k, 2);
+                if (ts.t[i].dtype == GEMMA2__ST_F16) v = ldr_f16_to_f32(h);
+                else { u = (uint32_t)h << 16; memcpy(&v, &u, 4); }
+            }
+            if (esz == 4) fwrite(&v, 4, 1, f);
+            else {
+                uint16_t h = !strcmp(dt, "F16") ? ldr_to_f16(v) : ldr_to_bf16(v);
+                fwrite(&h, 2, 1, f);
+            }
+        }
+    }
+    fclose(f);
+    gemma2__tensors_free(&ts);
+    for (i = 0; i < tmp.n_files; i++) gemma2__file_close(&tmp.files[i]);
+    free(tmp.files);
+    free(hdr);
+    return 0;
+}
+
+/* Logits of all 32 tiny-gqa-style tokens from a folder. */
+static float *ldr_logits(const char *dir, int weights, int T, const int32_t *ids, size_t *wbytes)
+{
+    gemma2_options opt;
+    char err[256];
+    gemma2_model *m;
+    gemma2_session *s;
+    float *out;
+    memset(&opt, 0, sizeof opt);
+    opt.weights = weights;
+    m = gemma2_load(dir, &opt, err, sizeof err);
+    CHECK(m != NULL, "%s: %s", dir, err);
+    if (!m) return NULL;
+    if (wbytes) *wbytes = gemma2_model_weight_bytes(m);
+    out = (float *)malloc((size_t)T * (size_t)gemma2_vocab_size(m) * sizeof(float));
+    s = gemma2_session_new(m, T);
+    CHECK(s && gemma2_eval(s, ids, T, out) == 0, "%s: eval", dir);
+    gemma2_session_free(s);
+    gemma2_free(m);
+    return out;
+}
+
+/* F16 checkpoints: tiny-gqa's bf16 weights are exact in f16, so the logits must still match. */
+static void test_loader_f16(void)
+{
+    size_t sz;
+    float *ref = (float *)g2t_read_file(g2t_path("models/tiny-gqa/logits.f32"), &sz), *got, worst = 0;
+    int32_t ids[32] = {2, 184, 88, 249, 416, 283, 113, 49, 503, 133, 503, 108, 432, 182, 206, 316, 14, 500, 140, 219,
+                       403, 104, 147, 191, 123, 254, 96, 147, 147, 253, 340, 345};
+    int i;
+    if (!ref || !ldr_tmpdir()) { CHECK(0, "setup"); free(ref); return; }
+    CHECK(ldr_convert_model(g2t_path("models/tiny-gqa"), "F16") == 0, "convert");
+    got = ldr_logits(ldr_dir, GEMMA2_WEIGHTS_AUTO, 32, ids, NULL);
+    for (i = 0; got && i < 32 * 512; i++) worst = GEMMA2__MAX(worst, fabsf(got[i] - ref[i]));
+    CHECK(got && worst < 1e-3f, "F16 checkpoint: max logit diff %g", worst);
+    free(got);
+    free(ref);
+    ldr_cleanup();
+}
+
+/* GEMMA2_WEIGHTS_BF16 on an F32 checkpoint must equal a checkpoint rounded to bf16 beforehand,
+   and hold half the bytes. */
+static void test_loader_weights_bf16(void)
+{
+    int32_t ids[20] = {2, 17, 200, 33, 4, 99, 250, 1, 7, 77, 150, 31, 5, 8, 13, 21, 34, 55, 89, 144};
+    float *a, *b;
+    size_t wa = 0, wb = 0, wf = 0;
+    int i, same = 1;
+    if (!ldr_tmpdir()) { CHECK(0, "setup"); return; }
+    {   /* the tmp folder needs the F32 model's config */
+        size_t n;
+        char *cfg = (char *)g2t_read_file(g2t_path("models/tiny-mha-f32-sharded/config.json"), &n);
+        ldr_write("config.json", cfg, n);
+        free(cfg);
+    }
+    CHECK(ldr_convert_model(g2t_path("models/tiny-mha-f32-sharded"), "BF16") == 0, "convert");
+    a = ldr_logits(ldr_dir, GEMMA2_WEIGHTS_AUTO, 20, ids, &wa);
+    b = ldr_logits(g2t_path("models/tiny-mha-f32-sharded"), GEMMA2_WEIGHTS_BF16, 20, ids, &wb);
+    free(ldr_logits(g2t_path("models/tiny-mha-f32-sharded"), GEMMA2_WEIGHTS_AUTO, 20, ids, &wf));
+    for (i = 0; a && b && i < 20 * 256; i++) same &= a[i] == b[i];
+    CHECK(a && b && same, "converting at load must equal a bf16 checkpoint");
+    CHECK(wa == wb && wb < wf * 6 / 10, "bf16 bytes %zu vs f32 bytes %zu", wb, wf);
+    free(a);
+    free(b);
+    ldr_cleanup();
+}
+
+static void suite_loader_dtypes(void)
+{
+    g2t_run("loader/f16-checkpoint", test_loader_f16);
+    g2t_run("loader/weights-bf16", test_loader_weights_bf16);
 }

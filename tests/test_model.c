@@ -217,6 +217,8 @@ static void test_model_mha(void) { mdl_all_kernels(mdl_fixtures[2]); }
 static void test_model_realvocab(void) { mdl_all_kernels(mdl_fixtures[3]); }
 static void test_model_quant_a(void) { mdl_all_kernels(mdl_fixtures[4]); }
 
+static void suite_model_long(void);
+
 void suite_model(void)
 {
     g2t_run("model/tiny-gqa", test_model_gqa);
@@ -224,4 +226,46 @@ void suite_model(void)
     g2t_run("model/tiny-mha-f32-sharded", test_model_mha);
     g2t_run("model/tiny-realvocab", test_model_realvocab);
     g2t_run("model/quant-a", test_model_quant_a);
+    suite_model_long();
+}
+
+/* long-odd (tests/tools/make_long_fixture.py, an independent NumPy float64 forward):
+   300 tokens = three prefill chunks, sliding rings of 177 slots that wrap, 6 query heads on
+   one kv head, head_dim 10, F16 weights. */
+static void test_model_long_odd(void)
+{
+    char err[256];
+    size_t sz;
+    float *ref = (float *)g2t_read_file(g2t_path("models/long-odd/logits.f32"), &sz), *out;
+    char *rj = (char *)g2t_read_file(g2t_path("models/long-odd/reference.json"), &sz);
+    gemma2__json j;
+    int32_t ids[300];
+    int n = 0, mode, i;
+    gemma2_model *m = gemma2_load(g2t_path("models/long-odd"), NULL, err, sizeof err);
+    CHECK(m && ref && rj, "setup: %s", err);
+    if (!m || !ref || !rj) { gemma2_free(m); free(ref); free(rj); return; }
+    if (gemma2__json_parse(&j, rj, strlen(rj), err, sizeof err) == 0) n = mdl_ints(&j, gemma2__json_get(&j, 0, "ids"), ids, 300);
+    gemma2__json_free(&j);
+    CHECK(n == 300, "ids");
+    out = (float *)malloc(sizeof(float) * 300 * 97);
+    for (mode = 0; mode < 2 && n == 300; mode++) {
+        gemma2_session *s = gemma2_session_new(m, 0);
+        float worst = 0;
+        CHECK(s && s->slots[0] == 50 + GEMMA2__CHUNK - 1 && s->slots[0] < 300, "the local layers' ring wraps");
+        if (!s) break;
+        if (mode == 0) CHECK(gemma2_eval(s, ids, 300, out) == 0, "eval");
+        else for (i = 0; i < 300; i++) CHECK(gemma2_eval(s, ids + i, 1, out + (size_t)i * 97) == 0, "eval %d", i);
+        for (i = 0; i < 300 * 97; i++) worst = GEMMA2__MAX(worst, fabsf(out[i] - ref[i]));
+        CHECK(worst < 1e-3f, "long-odd mode %d: max logit diff %g", mode, worst);
+        gemma2_session_free(s);
+    }
+    free(out);
+    free(ref);
+    free(rj);
+    gemma2_free(m);
+}
+
+static void suite_model_long(void)
+{
+    g2t_run("model/long-odd", test_model_long_odd);
 }
