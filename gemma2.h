@@ -1556,11 +1556,16 @@ static const gemma2__kernels gemma2__kernels_scalar = {
 
    Decode (T == 1) is bound by memory bandwidth: every weight byte is used for exactly one
    multiply-add, and a 2B model streams ~5 GB of weights per token. The kernel's only job is
-   to keep the memory system saturated: it walks 4 rows at once with 4 independent
-   accumulators (so no FMA waits on the previous one's 4-cycle latency), reads each weight
-   byte exactly once, widens bf16 to f32 in registers (bf16 is the top half of an f32:
-   zero-extend to 32 bits and shift left by 16, exact and cheap) and reduces across lanes
-   only once per row, at the end.
+   to keep the memory system saturated: it walks 8 rows at once (8 sequential streams keep
+   enough cache-line misses in flight for one core) with 8 independent accumulators (so no
+   FMA waits on the previous one's 4-cycle latency), reads each weight byte exactly once,
+   widens bf16 to f32 in registers (bf16 is the top half of an f32: zero-extend to 32 bits
+   and shift left by 16, exact and cheap) and reduces across lanes only once per row.
+
+   Every path computes a given output with the same sequence of operations (one accumulator
+   per row and token, the same column steps, the same zero-padded tail, the same final
+   reduction), so a token's result is bit-identical whether it is evaluated alone (decode)
+   or inside a prompt of any length (prefill): chunking never changes the output.
 
    Prefill (T > 1) can reuse each loaded weight for several tokens, which turns the product
    compute-bound. The register tile is 4 rows x 6 tokens (AVX-512): 24 accumulators + 6

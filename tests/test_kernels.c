@@ -81,6 +81,10 @@ static void kern_test_matmul(void)
         kern_check_matmul(k, GEMMA2__DT_BF16, 70, 300, 14, 1, 69, 0);
         kern_check_matmul(k, GEMMA2__DT_BF16, 70, 300, 13, 0, 70, 1);
         kern_check_matmul(k, GEMMA2__DT_F32, 37, 129, 20, 2, 35, 0);
+        /* several column blocks (512) and token groups (48), with tails in both */
+        kern_check_matmul(k, GEMMA2__DT_BF16, 21, 1100, 53, 0, 21, 0);
+        kern_check_matmul(k, GEMMA2__DT_BF16, 21, 1100, 53, 3, 20, 1);
+        kern_check_matmul(k, GEMMA2__DT_F32, 18, 1031, 50, 1, 18, 0);
     }
     CHECK(n_sets >= 1, "no kernel set at all");
     CHECK(gemma2__kernels_select(GEMMA2_KERNELS_AUTO) != NULL, "AUTO must always find a kernel set");
