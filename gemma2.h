@@ -375,6 +375,13 @@ static void *gemma2__calloc(size_t n, size_t size)
     return p;
 }
 
+/* n * size bytes, not zeroed; NULL if the product overflows. */
+static void *gemma2__malloc_n(size_t n, size_t size)
+{
+    if (size != 0 && n > (size_t)-1 / size) return NULL;
+    return GEMMA2_MALLOC(n * size > 0 ? n * size : 1);
+}
+
 /* Overflow-checked size arithmetic: the product of file-given numbers must never wrap. */
 static int gemma2__mul_ok(uint64_t a, uint64_t b, uint64_t *out)
 {
@@ -1560,11 +1567,16 @@ static const gemma2__kernels gemma2__kernels_scalar = {
 
    Decode (T == 1) is bound by memory bandwidth: every weight byte is used for exactly one
    multiply-add, and a 2B model streams ~5 GB of weights per token. The kernel's only job is
-   to keep the memory system saturated: it walks 4 rows at once with 4 independent
-   accumulators (so no FMA waits on the previous one's 4-cycle latency), reads each weight
-   byte exactly once, widens bf16 to f32 in registers (bf16 is the top half of an f32:
-   zero-extend to 32 bits and shift left by 16, exact and cheap) and reduces across lanes
-   only once per row, at the end.
+   to keep the memory system saturated: it walks 8 rows at once (8 sequential streams keep
+   enough cache-line misses in flight for one core) with 8 independent accumulators (so no
+   FMA waits on the previous one's 4-cycle latency), reads each weight byte exactly once,
+   widens bf16 to f32 in registers (bf16 is the top half of an f32: zero-extend to 32 bits
+   and shift left by 16, exact and cheap) and reduces across lanes only once per row.
+
+   Every path computes a given output with the same sequence of operations (one accumulator
+   per row and token, the same column steps, the same zero-padded tail, the same final
+   reduction), so a token's result is bit-identical whether it is evaluated alone (decode)
+   or inside a prompt of any length (prefill): chunking never changes the output.
 
    Prefill (T > 1) can reuse each loaded weight for several tokens, which turns the product
    compute-bound. The register tile is 4 rows x 6 tokens (AVX-512): 24 accumulators + 6
@@ -1587,6 +1599,25 @@ static const gemma2__kernels gemma2__kernels_scalar = {
    keeps its accumulators in registers).
    --------------------------------------------------------------------------- */
 
+/* Shared by the SIMD sets: tile functions take their shape as constant arguments and are
+   force-inlined into each call site, and their small loops fully unrolled, so that every
+   shape gets its own copy with the accumulator arrays held in registers. */
+#if defined(__GNUC__) || defined(__clang__)
+#define GEMMA2__ALWAYS_INLINE static inline __attribute__((always_inline))
+#define GEMMA2__UNROLL _Pragma("GCC unroll 8")
+#else
+#define GEMMA2__ALWAYS_INLINE static inline
+#define GEMMA2__UNROLL
+#endif
+
+/* Rows [r0, r1) of one token tile of TT tokens: 4-row tiles, then single rows. */
+#define GEMMA2__ROWS_TILED(TILE, r0, r1, t, TT, ...)                      \
+    do {                                                                   \
+        int r_ = (r0);                                                     \
+        for (; r_ + 4 <= (r1); r_ += 4) TILE(a, r_, t, 4, TT, __VA_ARGS__); \
+        for (; r_ < (r1); r_++) TILE(a, r_, t, 1, TT, __VA_ARGS__);         \
+    } while (0)
+
 #if !defined(GEMMA2_NO_SIMD) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define GEMMA2__X86 1
 /* g++ 12 reports -Wmaybe-uninitialized inside its own AVX-512 intrinsics (they start from
@@ -1605,8 +1636,6 @@ static const gemma2__kernels gemma2__kernels_scalar = {
 #define GEMMA2__T_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define GEMMA2__T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
 #define GEMMA2__T_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
-#define GEMMA2__ALWAYS_INLINE static inline __attribute__((always_inline))
-#define GEMMA2__UNROLL _Pragma("GCC unroll 8")
 
 /* ---- CPU features (asked each time a kernel set is selected: no global caches) ---- */
 
@@ -1731,7 +1760,8 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__tile_512bf(const gemma2_
         a->y[(size_t)(t + j) * a->ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
 }
 
-/* Decode with vdpbf16ps: 8 rows at once for the same reason as gemma2__matvec_512_eo. */
+/* Decode with vdpbf16ps: 8 rows at once for the same reasons as gemma2__matvec_512 (and the
+   same arithmetic per row as gemma2__tile_512bf). */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__matvec_512dp(const gemma2__matmul_args *a, int r, const int R)
 {
     const int K = a->w->cols;
@@ -1753,69 +1783,41 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__matvec_512dp(const gemma
     GEMMA2__UNROLL for (i = 0; i < R; i++) a->y[r + i] = _mm512_reduce_add_ps(acc[i]);
 }
 
-/* Rows [r0, r1) of one token tile of TT tokens: 4-row tiles, then single rows. */
-#define GEMMA2__ROWS_TILED(TILE, r0, r1, t, TT, ...)                      \
-    do {                                                                   \
-        int r_ = (r0);                                                     \
-        for (; r_ + 4 <= (r1); r_ += 4) TILE(a, r_, t, 4, TT, __VA_ARGS__); \
-        for (; r_ < (r1); r_++) TILE(a, r_, t, 1, TT, __VA_ARGS__);         \
-    } while (0)
 
-/* Decode with bf16 weights, R rows at once. Instead of widening 16 weights with a shuffle
-   (vpmovzxwd), load 32 (one cache line) and split them in place: within each 32-bit lane the
-   low bf16 is an even column and the high one an odd column, so `lane << 16` is the even
-   column as f32 and `lane & 0xffff0000` the odd one, two cheap ALU ops and no shuffle. The
-   activations are split into even/odd columns to match (two permutes per 32 columns, shared
-   by the R rows). R = 8 rows are walked together: a single core's read rate is limited by how
-   many cache-line misses it keeps in flight, and 8 concurrent sequential streams (with few
-   instructions per line, so the out-of-order window reaches far ahead) measured ~25% faster
-   than 4 here, while 16 gained nothing more. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matvec_512_eo(const gemma2__matmul_args *a, int r, const int R)
+/* Decode: R = 8 rows at once. A single core's read rate is limited by how many cache-line
+   misses it keeps in flight; 8 concurrent sequential streams measured ~25% faster than 4
+   here, while 16 gained nothing more. Each row's arithmetic is exactly that of the prefill
+   tile (one accumulator, 16 columns a step, the same masked tail, the same final reduction),
+   so a token's result is bit-identical whether it is evaluated alone or inside a prompt. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matvec_512(const gemma2__matmul_args *a, int r, const int R, const int bf16)
 {
     const int K = a->w->cols;
-    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
-    const float *x = a->x;
-    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
-    __m512 acc[8][2];
+    const size_t esz = bf16 ? 2 : 4;
+    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
+    __m512 acc[8];
     int i, k = 0;
-    GEMMA2__UNROLL for (i = 0; i < R; i++) { acc[i][0] = _mm512_setzero_ps(); acc[i][1] = _mm512_setzero_ps(); }
-    for (; k + 32 <= K; k += 32) {
-        __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
-        __m512 xe = _mm512_permutex2var_ps(x0, ie, x1), xo = _mm512_permutex2var_ps(x0, io, x1);
-        GEMMA2__UNROLL for (i = 0; i < R; i++) {
-            __m512i v = _mm512_loadu_si512((const void *)(w0 + (size_t)i * K + k));
-
-            acc[i][0] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), xe, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), xo, acc[i][1]);
-        }
+    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16) {
+        __m512 xv = _mm512_loadu_ps(a->x + k);
+        GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_fmadd_ps(gemma2__w16_512(w0 + (size_t)i * K * esz, bf16, k, 0, 0), xv, acc[i]);
     }
     if (k < K) {
-        int n = K - k;
-        __mmask32 m = (__mmask32)(n >= 32 ? 0xffffffffu : (1u << n) - 1);
-        __mmask16 m0 = (__mmask16)(n >= 16 ? 0xffffu : (1u << n) - 1), m1 = (__mmask16)(n > 16 ? (1u << (n - 16)) - 1 : 0);
-        __m512 x0 = _mm512_maskz_loadu_ps(m0, x + k), x1 = _mm512_maskz_loadu_ps(m1, x + k + 16);
-        __m512 xe = _mm512_permutex2var_ps(x0, ie, x1), xo = _mm512_permutex2var_ps(x0, io, x1);
-        GEMMA2__UNROLL for (i = 0; i < R; i++) {
-            __m512i v = _mm512_maskz_loadu_epi16(m, w0 + (size_t)i * K + k);
-            acc[i][0] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), xe, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, hi)), xo, acc[i][1]);
-        }
+        __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, a->x + k);
+        GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_fmadd_ps(gemma2__w16_512(w0 + (size_t)i * K * esz, bf16, k, m, 1), xv, acc[i]);
     }
-    GEMMA2__UNROLL for (i = 0; i < R; i++) a->y[r + i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
+    GEMMA2__UNROLL for (i = 0; i < R; i++) a->y[r + i] = _mm512_reduce_add_ps(acc[i]);
 }
 
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matmul_512_impl(const gemma2__matmul_args *a, int r0, int r1, const int bf16)
 {
     int rb, t;
-    if (a->T == 1 && bf16) {
+    if (a->T == 1) {
         int r = r0;
-        for (; r + 8 <= r1; r += 8) gemma2__matvec_512_eo(a, r, 8);
-        for (; r < r1; r++) gemma2__matvec_512_eo(a, r, 1);
+        for (; r + 8 <= r1; r += 8) gemma2__matvec_512(a, r, 8, bf16);
+        for (; r < r1; r++) gemma2__matvec_512(a, r, 1, bf16);
         return;
     }
-    if (a->T == 1) { GEMMA2__ROWS_TILED(gemma2__tile_512, r0, r1, 0, 1, bf16); return; }
     /* prefill: a 16-row block of weights stays in L2 while the tokens pass 6 at a time */
     for (rb = r0; rb < r1; rb += 16) {
         int re = GEMMA2__MIN(rb + 16, r1);
@@ -2057,7 +2059,8 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__tile_256(const gemma2__matmul_
         a->y[(size_t)(t + j) * a->ldy + r + i] = gemma2__hsum_256(acc[i][j]);
 }
 
-/* Decode: 8 rows at once (8 sequential streams in flight, see gemma2__matvec_512_eo). */
+/* Decode: 8 rows at once (8 sequential streams in flight, see gemma2__matvec_512), with the
+   tile's arithmetic per row, zero-padded tail included. */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__matvec_256(const gemma2__matmul_args *a, int r, const int R, const int bf16)
 {
     const int K = a->w->cols;
@@ -2070,12 +2073,16 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__matvec_256(const gemma2__matmu
         __m256 xv = _mm256_loadu_ps(a->x + k);
         GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm256_fmadd_ps(gemma2__w8_256(w0 + (size_t)i * K * esz, bf16, k), xv, acc[i]);
     }
-    GEMMA2__UNROLL for (i = 0; i < R; i++) {
-        float sum = gemma2__hsum_256(acc[i]);
-        int e;
-        for (e = k; e < K; e++) sum += gemma2__w_at(a->w, (size_t)(r + i) * K + e) * a->x[e];
-        a->y[r + i] = sum;
+    if (k < K) {
+        float xt[8], wt[8];
+        int n = K - k, e;
+        for (e = 0; e < 8; e++) xt[e] = e < n ? a->x[k + e] : 0.0f;
+        GEMMA2__UNROLL for (i = 0; i < R; i++) {
+            for (e = 0; e < 8; e++) wt[e] = e < n ? gemma2__w_at(a->w, (size_t)(r + i) * K + k + e) : 0.0f;
+            acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(wt), _mm256_loadu_ps(xt), acc[i]);
+        }
     }
+    GEMMA2__UNROLL for (i = 0; i < R; i++) a->y[r + i] = gemma2__hsum_256(acc[i]);
 }
 
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__matmul_256_impl(const gemma2__matmul_args *a, int r0, int r1, const int bf16)
@@ -2203,7 +2210,140 @@ static const gemma2__kernels gemma2__kernels_avx2 = {
 
 #endif /* GEMMA2__X86 */
 
-/* @@NEON@@ */
+/* ======================= ARM64 NEON =======================
+   Same design with 4 lanes and 32 registers: decode walks 8 rows at once; the prefill tile
+   is 4 rows x 4 tokens (16 accumulators + 4 activation vectors + 1 weight vector). bf16 is
+   widened by vshll_n_u16(.., 16), the exact "shift into the top half". GELU and soft-capping
+   use the scalar code (tanhf) for now. */
+#if !defined(GEMMA2_NO_SIMD) && defined(__aarch64__)
+#define GEMMA2__NEON 1
+#include <arm_neon.h>
+
+GEMMA2__ALWAYS_INLINE float32x4_t gemma2__w4_neon(const void *row, int bf16, int k)
+{
+    if (bf16) return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16((const uint16_t *)row + k), 16));
+    return vld1q_f32((const float *)row + k);
+}
+
+GEMMA2__ALWAYS_INLINE void gemma2__matvec_neon(const gemma2__matmul_args *a, int r, const int R, const int bf16)
+{
+    const int K = a->w->cols;
+    const size_t esz = bf16 ? 2 : 4;
+    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
+    float32x4_t acc[8];
+    int i, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = vdupq_n_f32(0.0f);
+    for (; k + 4 <= K; k += 4) {
+        float32x4_t xv = vld1q_f32(a->x + k);
+        GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = vfmaq_f32(acc[i], gemma2__w4_neon(w0 + (size_t)i * K * esz, bf16, k), xv);
+    }
+    GEMMA2__UNROLL for (i = 0; i < R; i++) {
+        float sum = vaddvq_f32(acc[i]);
+        int e;
+        for (e = k; e < K; e++) sum += gemma2__w_at(a->w, (size_t)(r + i) * K + e) * a->x[e];
+        a->y[r + i] = sum;
+    }
+}
+
+GEMMA2__ALWAYS_INLINE void gemma2__tile_neon(const gemma2__matmul_args *a, int r, int t, const int RR, const int TT, const int bf16)
+{
+    const int K = a->w->cols;
+    const size_t esz = bf16 ? 2 : 4;
+    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
+    const float *x0 = a->x + (size_t)t * (size_t)K;
+    float32x4_t acc[4][4];
+    int i, j, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < RR; i++) GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vdupq_n_f32(0.0f);
+    for (; k + 4 <= K; k += 4) {
+        float32x4_t xv[4];
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = vld1q_f32(x0 + (size_t)j * K + k);
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            float32x4_t wv = gemma2__w4_neon(w0 + (size_t)i * K * esz, bf16, k);
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vfmaq_f32(acc[i][j], wv, xv[j]);
+        }
+    }
+    GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+        float sum = vaddvq_f32(acc[i][j]);
+        int e;
+        for (e = k; e < K; e++) sum += gemma2__w_at(a->w, (size_t)(r + i) * K + e) * x0[(size_t)j * K + e];
+        a->y[(size_t)(t + j) * a->ldy + r + i] = sum;
+    }
+}
+
+GEMMA2__ALWAYS_INLINE void gemma2__matmul_neon_impl(const gemma2__matmul_args *a, int r0, int r1, const int bf16)
+{
+    int rb, t, r;
+    if (a->T == 1) {
+        for (r = r0; r + 8 <= r1; r += 8) gemma2__matvec_neon(a, r, 8, bf16);
+        for (; r < r1; r++) gemma2__matvec_neon(a, r, 1, bf16);
+        return;
+    }
+    for (rb = r0; rb < r1; rb += 16) {
+        int re = GEMMA2__MIN(rb + 16, r1);
+        for (t = 0; t + 4 <= a->T; t += 4) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 4, bf16);
+        if (a->T - t == 3) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 3, bf16);
+        else if (a->T - t == 2) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 2, bf16);
+        else if (a->T - t == 1) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 1, bf16);
+    }
+}
+
+static void gemma2__matmul_neon(const gemma2__matmul_args *a, int r0, int r1)
+{
+    if (a->w->dtype == GEMMA2__DT_BF16) gemma2__matmul_neon_impl(a, r0, r1, 1);
+    else gemma2__matmul_neon_impl(a, r0, r1, 0);
+}
+
+static float gemma2__dot_neon(const float *a, const float *b, int n)
+{
+    float32x4_t s0 = vdupq_n_f32(0.0f), s1 = vdupq_n_f32(0.0f);
+    float s;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
+        s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+    }
+    s = vaddvq_f32(vaddq_f32(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void gemma2__axpy_neon(float *y, float a, const float *x, int n)
+{
+    float32x4_t av = vdupq_n_f32(a);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_f32(vld1q_f32(y + i), av, vld1q_f32(x + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+static void gemma2__rmsnorm_neon(float *out, const float *x, const float *w1, int n, float eps)
+{
+    float scale = 1.0f / sqrtf(gemma2__dot_neon(x, x, n) / (float)n + eps);
+    float32x4_t sv = vdupq_n_f32(scale);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(out + i, vmulq_f32(vmulq_f32(vld1q_f32(x + i), sv), vld1q_f32(w1 + i)));
+    for (; i < n; i++) out[i] = x[i] * scale * w1[i];
+}
+
+static void gemma2__to_bf16_neon(uint16_t *dst, const float *src, int n)
+{
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        uint32x4_t u = vreinterpretq_u32_f32(vld1q_f32(src + i));
+        uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+        uint32x4_t r = vshrq_n_u32(vaddq_u32(u, vaddq_u32(lsb, vdupq_n_u32(0x7fff))), 16);
+        uint32x4_t nan = vcgtq_u32(vandq_u32(u, vdupq_n_u32(0x7fffffff)), vdupq_n_u32(0x7f800000));
+        r = vbslq_u32(nan, vorrq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(0x40)), r);
+        vst1_u16(dst + i, vmovn_u32(r));
+    }
+    for (; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]);
+}
+
+static const gemma2__kernels gemma2__kernels_neon = {
+    "neon", GEMMA2_KERNELS_NEON, 0,
+    gemma2__matmul_neon, gemma2__dot_neon, gemma2__axpy_neon,
+    gemma2__rmsnorm_neon, gemma2__gelu_mul_scalar, gemma2__softcap_scalar, gemma2__to_bf16_neon
+};
+#endif /* NEON */
 
 /* Picks the kernel set: `want` is a GEMMA2_KERNELS_* value (AUTO = the best this CPU runs).
    Returns NULL if the CPU (or this build) cannot run the one asked for. */
@@ -2944,8 +3084,10 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
         int slots = n_ctx;
         if (m->layers[l].sliding && (int64_t)c->sliding_window + chunk - 1 < n_ctx) slots = c->sliding_window + chunk - 1;
         s->slots[l] = slots;
-        s->k[l] = (float *)gemma2__calloc((size_t)slots * kvd, sizeof(float));
-        s->v[l] = (float *)gemma2__calloc((size_t)slots * kvd, sizeof(float));
+        /* Not zeroed: a slot is always written before it is read, and untouched pages of a
+           large cache cost no RSS until the sequence grows into them. */
+        s->k[l] = (float *)gemma2__malloc_n((size_t)slots * kvd, sizeof(float));
+        s->v[l] = (float *)gemma2__malloc_n((size_t)slots * kvd, sizeof(float));
         if (!s->k[l] || !s->v[l]) { gemma2_session_free(s); return NULL; }
     }
     /* inv_freq in float32, as both references build it */

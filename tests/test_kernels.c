@@ -81,11 +81,55 @@ static void kern_test_matmul(void)
         kern_check_matmul(k, GEMMA2__DT_BF16, 70, 300, 14, 1, 69, 0);
         kern_check_matmul(k, GEMMA2__DT_BF16, 70, 300, 13, 0, 70, 1);
         kern_check_matmul(k, GEMMA2__DT_F32, 37, 129, 20, 2, 35, 0);
+        /* several column blocks (512) and token groups (48), with tails in both */
+        kern_check_matmul(k, GEMMA2__DT_BF16, 21, 1100, 53, 0, 21, 0);
+        kern_check_matmul(k, GEMMA2__DT_BF16, 21, 1100, 53, 3, 20, 1);
+        kern_check_matmul(k, GEMMA2__DT_F32, 18, 1031, 50, 1, 18, 0);
     }
     CHECK(n_sets >= 1, "no kernel set at all");
     CHECK(gemma2__kernels_select(GEMMA2_KERNELS_AUTO) != NULL, "AUTO must always find a kernel set");
     CHECK(gemma2__kernels_select(GEMMA2_KERNELS_SCALAR) == &gemma2__kernels_scalar, "SCALAR is always there");
     CHECK(gemma2__kernels_select(99) == NULL, "unknown kernel set");
+}
+
+/* A token's outputs must not depend on how many tokens share the call (decode vs prefill paths):
+   otherwise results would change with the prompt's chunking. Bit-exact, every set and shape. */
+static void kern_test_matmul_consistent(void)
+{
+    static const int Ks[] = {5, 16, 33, 100, 2304 + 7};
+    int s, dt, ki, xbm, T = 7, rows = 37, t, r;
+    for (s = 0; s < KERN_N_SETS; s++) {
+        const gemma2__kernels *k = gemma2__kernels_select(kern_sets[s]);
+        if (!k) continue;
+        for (dt = 0; dt < GEMMA2__DT_COUNT; dt++)
+            for (ki = 0; ki < (int)(sizeof Ks / sizeof Ks[0]); ki++)
+                for (xbm = 0; xbm < 2; xbm++) {
+                    int K = Ks[ki], bad = 0;
+                    size_t i, nw = (size_t)rows * K;
+                    float *wf = (float *)malloc(nw * sizeof(float)), *x = (float *)malloc((size_t)T * K * sizeof(float));
+                    uint16_t *wb = (uint16_t *)malloc(nw * sizeof(uint16_t)), *xb = (uint16_t *)malloc((size_t)T * K * sizeof(uint16_t));
+                    float *yall = (float *)malloc((size_t)T * rows * sizeof(float)), *y1 = (float *)malloc((size_t)rows * sizeof(float));
+                    gemma2__mat w;
+                    gemma2__matmul_args a;
+                    for (i = 0; i < nw; i++) { wf[i] = kern_rand(); wb[i] = gemma2__f32_to_bf16(wf[i]); }
+                    for (i = 0; i < (size_t)T * K; i++) { x[i] = kern_rand(); xb[i] = gemma2__f32_to_bf16(x[i]); }
+                    w.data = dt == GEMMA2__DT_BF16 ? (const void *)wb : (const void *)wf;
+                    w.dtype = dt; w.rows = rows; w.cols = K;
+                    a.y = yall; a.ldy = rows; a.x = x; a.xb = xbm ? xb : NULL; a.T = T; a.w = &w;
+                    k->matmul(&a, 0, rows);
+                    for (t = 0; t < T && !bad; t++) {
+                        a.y = y1; a.x = x + (size_t)t * K; a.xb = xbm ? xb + (size_t)t * K : NULL; a.T = 1;
+                        k->matmul(&a, 0, rows);
+                        for (r = 0; r < rows && !bad; r++)
+                            if (memcmp(&y1[r], &yall[(size_t)t * rows + r], sizeof(float)) != 0) {
+                                CHECK(0, "%s dtype %d K %d xb %d: token %d row %d alone %.9g, in a batch %.9g", k->name, dt, K, xbm, t, r,
+                                      y1[r], yall[(size_t)t * rows + r]);
+                                bad = 1;
+                            }
+                    }
+                    free(wf); free(x); free(wb); free(xb); free(yall); free(y1);
+                }
+    }
 }
 
 static int kern_close(float got, float want, float rel, float abs_tol)
@@ -233,6 +277,7 @@ static void kern_test_pooled_helpers(void)
 void suite_kernels(void)
 {
     g2t_run("kernels/matmul", kern_test_matmul);
+    g2t_run("kernels/matmul_consistent", kern_test_matmul_consistent);
     g2t_run("kernels/vector_ops", kern_test_vector_ops);
     g2t_run("kernels/pool", kern_test_pool);
     g2t_run("kernels/pooled_helpers", kern_test_pooled_helpers);
