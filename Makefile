@@ -14,7 +14,12 @@ SAN      = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fram
 
 TEST_SRC = tests/gemma2_test.c $(wildcard tests/test_*.c) tests/test.h gemma2.h
 
-all:
+EXAMPLES = examples/topk
+
+all: $(EXAMPLES)
+
+examples/%: examples/%.c gemma2.h
+	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ $< $(LDLIBS)
 
 tests/gemma2_test: $(TEST_SRC)
 	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ tests/gemma2_test.c $(LDLIBS)

@@ -990,13 +990,247 @@ static int gemma2__file_exists(const char *path)
    2.4  Safetensors
    =========================================================================== */
 
-/* @@SAFETENSORS@@ */
+/* A safetensors file is: an 8-byte little-endian header length N, N bytes of JSON
+   ({"name": {"dtype": "BF16", "shape": [r, c], "data_offsets": [begin, end]}, ...,
+   "__metadata__": {...}}), then the tensor bytes; offsets are relative to the end of the
+   header. Nothing in it is trusted: every span is checked against the file size and
+   against shape x dtype size before a pointer into the file is handed out. */
+
+enum { GEMMA2__ST_F32, GEMMA2__ST_BF16, GEMMA2__ST_F16 };
+
+typedef struct gemma2__tensor {
+    char *name;
+    int dtype;              /* GEMMA2__ST_* */
+    int ndim;
+    int64_t shape[4];
+    const uint8_t *data;    /* inside the file's mapping */
+    uint64_t nbytes;
+    int file;               /* index into the model's files */
+} gemma2__tensor;
+
+typedef struct gemma2__tensors {
+    gemma2__tensor *t;
+    int n, cap;
+} gemma2__tensors;
+
+static void gemma2__tensors_free(gemma2__tensors *ts)
+{
+    int i;
+    for (i = 0; i < ts->n; i++) GEMMA2_FREE(ts->t[i].name);
+    GEMMA2_FREE(ts->t);
+    memset(ts, 0, sizeof *ts);
+}
+
+static const gemma2__tensor *gemma2__tensors_find(const gemma2__tensors *ts, const char *name)
+{
+    int i;
+    for (i = 0; i < ts->n; i++)
+        if (!strcmp(ts->t[i].name, name)) return &ts->t[i];
+    return NULL;
+}
+
+/* Adds every tensor of one mapped safetensors file (path is for messages only). */
+static int gemma2__safetensors_read(gemma2__tensors *ts, const gemma2__file *f, int file_index, const char *path,
+                                    char *err, size_t err_size)
+{
+    uint64_t hlen = 0, data_size;
+    const uint8_t *data;
+    gemma2__json j;
+    char jerr[160];
+    int32_t c;
+    int k, rc = 0;
+    if (f->size < 8) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: too short for a safetensors file (%zu bytes)", path, f->size);
+    for (k = 7; k >= 0; k--) hlen = (hlen << 8) | f->data[k];
+    if (hlen < 2 || hlen > f->size - 8 || hlen > 100u * 1024 * 1024)
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: header length %llu does not fit the file size %zu",
+                            path, (unsigned long long)hlen, f->size);
+    data = f->data + 8 + hlen;
+    data_size = f->size - 8 - hlen;
+    if (gemma2__json_parse(&j, (const char *)f->data + 8, (size_t)hlen, jerr, sizeof jerr) != 0) {
+        gemma2__json_free(&j);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: bad header: %s", path, jerr);
+    }
+    if (!gemma2__json_is(&j, 0, GEMMA2__JOBJECT)) {
+        gemma2__json_free(&j);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: header is not a JSON object", path);
+    }
+    for (c = j.nodes[0].child; c >= 0 && rc == 0; c = j.nodes[j.nodes[c].next].next) {
+        int32_t v = j.nodes[c].next, dt, sh, off, e;
+        gemma2__tensor t;
+        uint64_t begin = 0, end = 0, elems = 1, esize;
+        double d;
+        int64_t nl;
+        memset(&t, 0, sizeof t);
+        t.name = (char *)GEMMA2_MALLOC(j.nodes[c].len + 1);
+        if (!t.name) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", path); break; }
+        nl = gemma2__json_unescape(&j, c, t.name);
+        if (nl < 0) { GEMMA2_FREE(t.name); rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: bad tensor name", path); break; }
+        t.name[nl] = 0;
+        if (!strcmp(t.name, "__metadata__")) { GEMMA2_FREE(t.name); continue; }
+#define GEMMA2__ST_BAD(...) do { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, __VA_ARGS__); GEMMA2_FREE(t.name); goto next; } while (0)
+        if (!gemma2__json_is(&j, v, GEMMA2__JOBJECT)) GEMMA2__ST_BAD("%s: tensor %s: entry is not an object", path, t.name);
+        dt = gemma2__json_get(&j, v, "dtype");
+        sh = gemma2__json_get(&j, v, "shape");
+        off = gemma2__json_get(&j, v, "data_offsets");
+        if (gemma2__json_streq(&j, dt, "F32")) { t.dtype = GEMMA2__ST_F32; esize = 4; }
+        else if (gemma2__json_streq(&j, dt, "BF16")) { t.dtype = GEMMA2__ST_BF16; esize = 2; }
+        else if (gemma2__json_streq(&j, dt, "F16")) { t.dtype = GEMMA2__ST_F16; esize = 2; }
+        else GEMMA2__ST_BAD("%s: tensor %s: unsupported or missing dtype (BF16, F16, F32 are supported)", path, t.name);
+        if (!gemma2__json_is(&j, sh, GEMMA2__JARRAY) || j.nodes[sh].count > 4)
+            GEMMA2__ST_BAD("%s: tensor %s: shape must be an array of at most 4 sizes", path, t.name);
+        for (e = j.nodes[sh].child; e >= 0; e = j.nodes[e].next) {
+            if (!gemma2__json_number(&j, e, &d) || d < 0 || d != floor(d) || d > 9007199254740992.0)
+                GEMMA2__ST_BAD("%s: tensor %s: bad shape entry", path, t.name);
+            t.shape[t.ndim++] = (int64_t)d;
+            if (!gemma2__mul_ok(elems, (uint64_t)d, &elems)) GEMMA2__ST_BAD("%s: tensor %s: shape overflows", path, t.name);
+        }
+        if (!gemma2__json_is(&j, off, GEMMA2__JARRAY) || j.nodes[off].count != 2)
+            GEMMA2__ST_BAD("%s: tensor %s: data_offsets must be [begin, end]", path, t.name);
+        e = j.nodes[off].child;
+        if (!gemma2__json_number(&j, e, &d) || d < 0 || d != floor(d) || d > 1e18) GEMMA2__ST_BAD("%s: tensor %s: bad data_offsets", path, t.name);
+        begin = (uint64_t)d;
+        if (!gemma2__json_number(&j, j.nodes[e].next, &d) || d < 0 || d != floor(d) || d > 1e18) GEMMA2__ST_BAD("%s: tensor %s: bad data_offsets", path, t.name);
+        end = (uint64_t)d;
+        if (begin > end || end > data_size)
+            GEMMA2__ST_BAD("%s: tensor %s: data_offsets [%llu, %llu] outside the %llu data bytes", path, t.name,
+                           (unsigned long long)begin, (unsigned long long)end, (unsigned long long)data_size);
+        if (!gemma2__mul_ok(elems, esize, &t.nbytes) || t.nbytes != end - begin)
+            GEMMA2__ST_BAD("%s: tensor %s: %llu bytes of data but its shape needs %llu", path, t.name,
+                           (unsigned long long)(end - begin), (unsigned long long)(elems * esize));
+        if (gemma2__tensors_find(ts, t.name)) GEMMA2__ST_BAD("%s: tensor %s appears twice", path, t.name);
+        t.data = data + begin;
+        t.file = file_index;
+        if (ts->n == ts->cap) {
+            int cap = ts->cap ? ts->cap * 2 : 256;
+            void *p = GEMMA2_REALLOC(ts->t, (size_t)cap * sizeof *ts->t);
+            if (!p) { GEMMA2_FREE(t.name); rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", path); break; }
+            ts->t = (gemma2__tensor *)p;
+            ts->cap = cap;
+        }
+        ts->t[ts->n++] = t;
+#undef GEMMA2__ST_BAD
+    next:;
+    }
+    gemma2__json_free(&j);
+    return rc;
+}
 
 /* ===========================================================================
    2.5  Config (config.json)
    =========================================================================== */
 
-/* @@CONFIG@@ */
+/* Reads a Gemma 2 config.json. Unknown keys are ignored; missing optional keys take
+   transformers' Gemma2Config defaults; impossible values are errors naming the field. */
+
+static int gemma2__cfg_int(const gemma2__json *j, const char *key, int def, int lo, int hi, int *out,
+                           const char *path, char *err, size_t err_size)
+{
+    int32_t n = gemma2__json_get(j, 0, key);
+    int v = def;
+    if (n >= 0 && !gemma2__json_is(j, n, GEMMA2__JNULL) && !gemma2__json_int(j, n, &v))
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"%s\" must be an integer", path, key);
+    if (n < 0 && def < lo) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"%s\" is missing", path, key);
+    if (v < lo || v > hi) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"%s\" = %d is out of range [%d, %d]", path, key, v, lo, hi);
+    *out = v;
+    return 0;
+}
+
+/* A float that may be null (null = 0 = "off" for the softcaps). */
+static int gemma2__cfg_float(const gemma2__json *j, const char *key, double def, double lo, double hi, float *out,
+                             const char *path, char *err, size_t err_size)
+{
+    int32_t n = gemma2__json_get(j, 0, key);
+    double v = def;
+    if (n >= 0 && gemma2__json_is(j, n, GEMMA2__JNULL)) v = 0;
+    else if (n >= 0 && !gemma2__json_number(j, n, &v))
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"%s\" must be a number", path, key);
+    if (!(v >= lo && v <= hi)) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"%s\" = %g is out of range", path, key, v);
+    *out = (float)v;
+    return 0;
+}
+
+/* eos_token_id: an int or a list of ints; appended to cfg->eos_token_ids without duplicates. */
+static int gemma2__cfg_eos(gemma2_config *cfg, const gemma2__json *j, int32_t n, const char *path, char *err, size_t err_size)
+{
+    int32_t e = n;
+    int single = gemma2__json_is(j, n, GEMMA2__JNUMBER);
+    if (n < 0 || gemma2__json_is(j, n, GEMMA2__JNULL)) return 0;
+    if (!single && !gemma2__json_is(j, n, GEMMA2__JARRAY))
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"eos_token_id\" must be an integer or a list", path);
+    if (!single) e = j->nodes[n].child;
+    for (; e >= 0; e = single ? -1 : j->nodes[e].next) {
+        int v, k, dup = 0;
+        if (!gemma2__json_int(j, e, &v) || v < 0 || v >= cfg->vocab_size)
+            return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"eos_token_id\" holds an id outside the vocabulary", path);
+        for (k = 0; k < cfg->n_eos; k++) dup |= cfg->eos_token_ids[k] == v;
+        if (!dup && cfg->n_eos < (int)(sizeof cfg->eos_token_ids / sizeof cfg->eos_token_ids[0])) cfg->eos_token_ids[cfg->n_eos++] = v;
+    }
+    return 0;
+}
+
+static int gemma2__config_parse(gemma2_config *cfg, const char *text, size_t size, const char *path, char *err, size_t err_size)
+{
+    gemma2__json j;
+    char jerr[160];
+    int32_t n;
+    int rc = 0, mpe;
+    memset(cfg, 0, sizeof *cfg);
+    if (gemma2__json_parse(&j, text, size, jerr, sizeof jerr) != 0 || !gemma2__json_is(&j, 0, GEMMA2__JOBJECT)) {
+        gemma2__json_free(&j);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: not a JSON object: %s", path, jerr);
+    }
+    n = gemma2__json_get(&j, 0, "model_type");
+    if (!gemma2__json_streq(&j, n, "gemma2")) {
+        char got[64] = "missing";
+        if (gemma2__json_is(&j, n, GEMMA2__JSTRING) && j.nodes[n].len < sizeof got) {
+            int64_t l = gemma2__json_unescape(&j, n, got);
+            got[l < 0 ? 0 : l] = 0;
+        }
+        gemma2__json_free(&j);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: model_type is \"%s\", expected \"gemma2\"", path, got);
+    }
+    /* The upper bounds keep every size product far from overflow (V x H < 2^40 elements). */
+    if ((rc = gemma2__cfg_int(&j, "vocab_size", -1, 1, 1 << 22, &cfg->vocab_size, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "hidden_size", -1, 1, 1 << 16, &cfg->hidden_size, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "intermediate_size", -1, 1, 1 << 18, &cfg->intermediate_size, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "num_hidden_layers", -1, 1, 1024, &cfg->num_hidden_layers, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "num_attention_heads", -1, 1, 1024, &cfg->num_attention_heads, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "num_key_value_heads", cfg->num_attention_heads, 1, 1024, &cfg->num_key_value_heads, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "head_dim", cfg->hidden_size / cfg->num_attention_heads, 2, 4096, &cfg->head_dim, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "max_position_embeddings", 8192, 1, 1 << 24, &cfg->max_position_embeddings, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "bos_token_id", 2, 0, cfg->vocab_size - 1, &cfg->bos_token_id, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "pad_token_id", 0, 0, cfg->vocab_size - 1, &cfg->pad_token_id, path, err, err_size)))
+        goto done;
+    mpe = cfg->max_position_embeddings;
+    n = gemma2__json_get(&j, 0, "sliding_window");
+    if ((rc = gemma2__cfg_int(&j, n >= 0 ? "sliding_window" : "sliding_window_size", 4096, 1, 1 << 24, &cfg->sliding_window, path, err, err_size)) ||
+        (rc = gemma2__cfg_float(&j, "query_pre_attn_scalar", cfg->head_dim, 1e-6, 1e9, &cfg->query_pre_attn_scalar, path, err, err_size)) ||
+        (rc = gemma2__cfg_float(&j, "attn_logit_softcapping", 50.0, 0, 1e9, &cfg->attn_logit_softcapping, path, err, err_size)) ||
+        (rc = gemma2__cfg_float(&j, "final_logit_softcapping", 30.0, 0, 1e9, &cfg->final_logit_softcapping, path, err, err_size)) ||
+        (rc = gemma2__cfg_float(&j, "rms_norm_eps", 1e-6, 0, 1, &cfg->rms_norm_eps, path, err, err_size)) ||
+        (rc = gemma2__cfg_float(&j, "rope_theta", 10000.0, 1.0, 1e12, &cfg->rope_theta, path, err, err_size)))
+        goto done;
+    (void)mpe;
+    if (cfg->num_attention_heads % cfg->num_key_value_heads != 0) {
+        rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
+                          path, cfg->num_attention_heads, cfg->num_key_value_heads);
+        goto done;
+    }
+    if (cfg->head_dim % 2) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: head_dim (%d) must be even for RoPE", path, cfg->head_dim); goto done; }
+    /* The activation: Gemma 2 uses the tanh approximation of GELU under either key name. */
+    n = gemma2__json_get(&j, 0, "hidden_activation");
+    if (n < 0 || gemma2__json_is(&j, n, GEMMA2__JNULL)) n = gemma2__json_get(&j, 0, "hidden_act");
+    if (n >= 0 && !gemma2__json_streq(&j, n, "gelu_pytorch_tanh") && !gemma2__json_streq(&j, n, "gelu_tanh")) {
+        rc = gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: hidden_activation must be \"gelu_pytorch_tanh\"", path);
+        goto done;
+    }
+    n = gemma2__json_get(&j, 0, "eos_token_id");
+    if (n < 0) { cfg->eos_token_ids[0] = 1 < cfg->vocab_size ? 1 : 0; cfg->n_eos = 1; }
+    else rc = gemma2__cfg_eos(cfg, &j, n, path, err, err_size);
+done:
+    gemma2__json_free(&j);
+    return rc;
+}
 
 /* ===========================================================================
    2.6  Thread pool
@@ -1204,25 +1438,699 @@ struct gemma2_model {
     gemma2__tokenizer *tok;        /* NULL when loaded without a tokenizer */
 };
 
-/* @@MODEL@@ */
+static void *gemma2__own(gemma2_model *m, size_t bytes)
+{
+    /* Owned blocks are chained through a header; the payload is 64-byte aligned for SIMD loads. */
+    uint8_t *raw = (uint8_t *)GEMMA2_MALLOC(bytes + 64 + sizeof(gemma2__block));
+    gemma2__block *b;
+    uint8_t *payload;
+    if (!raw) return NULL;
+    b = (gemma2__block *)raw;
+    b->next = m->owned;
+    m->owned = b;
+    payload = raw + sizeof(gemma2__block);
+    payload += (64 - ((uintptr_t)payload & 63)) & 63;
+    return payload;
+}
+
+GEMMA2_DEF const char *gemma2_error_string(int code)
+{
+    switch (code) {
+    case GEMMA2_OK: return "ok";
+    case GEMMA2_ERROR_INVALID_ARGUMENT: return "invalid argument";
+    case GEMMA2_ERROR_OUT_OF_MEMORY: return "out of memory";
+    case GEMMA2_ERROR_IO: return "cannot read file";
+    case GEMMA2_ERROR_FORMAT: return "malformed file";
+    case GEMMA2_ERROR_UNSUPPORTED: return "unsupported";
+    case GEMMA2_ERROR_BAD_TOKEN: return "token id out of range";
+    case GEMMA2_ERROR_CONTEXT_FULL: return "context full";
+    case GEMMA2_ERROR_NO_TOKENIZER: return "model has no tokenizer";
+    case GEMMA2_ERROR_NO_WEIGHTS: return "model was loaded without weights";
+    case GEMMA2_ERROR_CHAT_FORMAT: return "bad chat message order or role";
+    case GEMMA2_ERROR_CANCELLED: return "cancelled";
+    default: return "unknown error";
+    }
+}
+
+/* Maps model.safetensors, or every shard named by model.safetensors.index.json. */
+static int gemma2__open_weights(gemma2_model *m, const char *dir, gemma2__tensors *ts, char *err, size_t err_size)
+{
+    char *index_path = gemma2__path_join(dir, "model.safetensors.index.json");
+    char **names = NULL;
+    int n_names = 0, rc = 0, i;
+    if (!index_path) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+    if (gemma2__file_exists(index_path)) {
+        gemma2__file f;
+        gemma2__json j;
+        char jerr[160];
+        int32_t wm, c;
+        if ((rc = gemma2__file_read(&f, index_path, err, err_size)) != 0) { GEMMA2_FREE(index_path); return rc; }
+        if (gemma2__json_parse(&j, (const char *)f.data, f.size, jerr, sizeof jerr) != 0) {
+            rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: %s", index_path, jerr);
+            goto index_done;
+        }
+        wm = gemma2__json_get(&j, 0, "weight_map");
+        if (!gemma2__json_is(&j, wm, GEMMA2__JOBJECT) || j.nodes[wm].count == 0) {
+            rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: no \"weight_map\" object", index_path);
+            goto index_done;
+        }
+        names = (char **)gemma2__calloc((size_t)j.nodes[wm].count / 2, sizeof(char *));
+        if (!names) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto index_done; }
+        /* The distinct shard files, each checked to stay inside the folder. */
+        for (c = j.nodes[wm].child; c >= 0; c = j.nodes[j.nodes[c].next].next) {
+            int32_t v = j.nodes[c].next;
+            char name[512];
+            int64_t l;
+            int dup = 0, k;
+            if (!gemma2__json_is(&j, v, GEMMA2__JSTRING) || j.nodes[v].len >= sizeof name ||
+                (l = gemma2__json_unescape(&j, v, name)) <= 0) {
+                rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: weight_map values must be file names", index_path);
+                goto index_done;
+            }
+            name[l] = 0;
+            if ((int64_t)strlen(name) != l || strchr(name, '/') || strchr(name, '\\') || strchr(name, ':') || !strcmp(name, "..") || !strcmp(name, ".")) {
+                rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: shard name \"%s\" must be a plain file name in the model folder", index_path, name);
+                goto index_done;
+            }
+            for (k = 0; k < n_names; k++) dup |= !strcmp(names[k], name);
+            if (!dup) {
+                if (!(names[n_names] = gemma2__strdup(name))) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto index_done; }
+                n_names++;
+            }
+        }
+    index_done:
+        gemma2__json_free(&j);
+        gemma2__file_close(&f);
+    } else {
+        names = (char **)gemma2__calloc(1, sizeof(char *));
+        if (!names || !(names[0] = gemma2__strdup("model.safetensors"))) rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+        else n_names = 1;
+    }
+    GEMMA2_FREE(index_path);
+    if (rc == 0) {
+        m->files = (gemma2__file *)gemma2__calloc((size_t)n_names, sizeof(gemma2__file));
+        if (!m->files) rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+    }
+    for (i = 0; i < n_names && rc == 0; i++) {
+        char *path = gemma2__path_join(dir, names[i]);
+        if (!path) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); break; }
+        rc = gemma2__file_map(&m->files[i], path, err, err_size);
+        if (rc == 0) {
+            m->n_files = i + 1;
+            rc = gemma2__safetensors_read(ts, &m->files[i], i, path, err, err_size);
+        }
+        GEMMA2_FREE(path);
+    }
+    for (i = 0; i < n_names; i++) GEMMA2_FREE(names ? names[i] : NULL);
+    GEMMA2_FREE(names);
+    return rc;
+}
+
+static int gemma2__progress(gemma2_model *m, float f, char *err, size_t err_size)
+{
+    if (m->opt.progress && m->opt.progress(m->opt.progress_user, f))
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_CANCELLED, "loading cancelled by the progress callback");
+    return 0;
+}
+
+/* Finds a tensor and checks its shape: [d0] when d1 == 0, else [d0, d1]. */
+static int gemma2__want(const gemma2__tensors *ts, const char *name, int64_t d0, int64_t d1, const gemma2__tensor **out,
+                        const gemma2_model *m, char *err, size_t err_size)
+{
+    const gemma2__tensor *t = gemma2__tensors_find(ts, name);
+    int nd = d1 ? 2 : 1;
+    (void)m;
+    if (!t) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "tensor %s is missing from the checkpoint", name);
+    if (t->ndim != nd || t->shape[0] != d0 || (nd == 2 && t->shape[1] != d1)) {
+        if (nd == 2)
+            return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "tensor %s has shape [%lld%s%lld], expected [%lld, %lld]", name,
+                                (long long)t->shape[0], t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL,
+                                (long long)d0, (long long)d1);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "tensor %s has %d dimensions or size %lld, expected [%lld]", name,
+                            t->ndim, (long long)t->shape[0], (long long)d0);
+    }
+    *out = t;
+    return 0;
+}
+
+/* A norm vector: widened to float32 and stored as 1 + w (Gemma's RMSNorm scale). */
+static int gemma2__bind_norm(gemma2_model *m, const gemma2__tensors *ts, const char *name, const float **out, char *err, size_t err_size)
+{
+    const gemma2__tensor *t;
+    int H = m->cfg.hidden_size, i, rc;
+    float *w;
+    if ((rc = gemma2__want(ts, name, H, 0, &t, m, err, err_size)) != 0) return rc;
+    if (!(w = (float *)gemma2__own(m, (size_t)H * sizeof(float)))) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+    for (i = 0; i < H; i++) {
+        float v;
+        uint16_t h;
+        if (t->dtype == GEMMA2__ST_F32) memcpy(&v, t->data + 4 * (size_t)i, 4);
+        else {
+            memcpy(&h, t->data + 2 * (size_t)i, 2);
+            v = t->dtype == GEMMA2__ST_BF16 ? gemma2__bf16_to_f32(h) : gemma2__f16_to_f32(h);
+        }
+        w[i] = 1.0f + v;
+    }
+    m->weight_bytes += (size_t)H * sizeof(float);
+    *out = w;
+    return 0;
+}
+
+/* A weight matrix: BF16 (and F32 unless converting) used in place from the mapping;
+   F16, misaligned data, and F32 under GEMMA2_WEIGHTS_BF16 become an owned copy. */
+static int gemma2__bind_mat(gemma2_model *m, const gemma2__tensors *ts, const char *name, int rows, int cols, gemma2__mat *out,
+                            char *err, size_t err_size)
+{
+    const gemma2__tensor *t;
+    size_t n = (size_t)rows * (size_t)cols, i;
+    int rc, want_bf16 = m->opt.weights == GEMMA2_WEIGHTS_BF16;
+    if ((rc = gemma2__want(ts, name, rows, cols, &t, m, err, err_size)) != 0) return rc;
+    out->rows = rows;
+    out->cols = cols;
+    if (t->dtype == GEMMA2__ST_BF16 && ((uintptr_t)t->data & 1) == 0) {
+        out->data = t->data;
+        out->dtype = GEMMA2__DT_BF16;
+        m->weight_bytes += n * 2;
+        return 0;
+    }
+    if (t->dtype == GEMMA2__ST_F32 && !want_bf16 && ((uintptr_t)t->data & 3) == 0) {
+        out->data = t->data;
+        out->dtype = GEMMA2__DT_F32;
+        m->weight_bytes += n * 4;
+        return 0;
+    }
+    if (want_bf16 || t->dtype == GEMMA2__ST_BF16) {
+        uint16_t *dst = (uint16_t *)gemma2__own(m, n * 2);
+        if (!dst) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "tensor %s: out of memory converting to bf16", name);
+        for (i = 0; i < n; i++) {
+            float v;
+            uint16_t h;
+            if (t->dtype == GEMMA2__ST_F32) { memcpy(&v, t->data + 4 * i, 4); dst[i] = gemma2__f32_to_bf16(v); }
+            else if (t->dtype == GEMMA2__ST_F16) { memcpy(&h, t->data + 2 * i, 2); dst[i] = gemma2__f32_to_bf16(gemma2__f16_to_f32(h)); }
+            else memcpy(&dst[i], t->data + 2 * i, 2);
+        }
+        out->data = dst;
+        out->dtype = GEMMA2__DT_BF16;
+        m->weight_bytes += n * 2;
+    } else {
+        float *dst = (float *)gemma2__own(m, n * 4);
+        if (!dst) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "tensor %s: out of memory converting to f32", name);
+        for (i = 0; i < n; i++) {
+            uint16_t h;
+            if (t->dtype == GEMMA2__ST_F16) { memcpy(&h, t->data + 2 * i, 2); dst[i] = gemma2__f16_to_f32(h); }
+            else memcpy(&dst[i], t->data + 4 * i, 4);
+        }
+        out->data = dst;
+        out->dtype = GEMMA2__DT_F32;
+        m->weight_bytes += n * 4;
+    }
+    return 0;
+}
+
+static int gemma2__bind_weights(gemma2_model *m, const gemma2__tensors *ts, char *err, size_t err_size)
+{
+    const gemma2_config *c = &m->cfg;
+    int H = c->hidden_size, I = c->intermediate_size, qd = c->num_attention_heads * c->head_dim;
+    int kvd = c->num_key_value_heads * c->head_dim, l, rc;
+    char name[128];
+    if ((rc = gemma2__bind_mat(m, ts, "model.embed_tokens.weight", c->vocab_size, H, &m->embed, err, err_size)) ||
+        (rc = gemma2__bind_norm(m, ts, "model.norm.weight", &m->final_norm, err, err_size)))
+        return rc;
+    m->layers = (gemma2__layer *)gemma2__own(m, (size_t)c->num_hidden_layers * sizeof(gemma2__layer));
+    if (!m->layers) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+    for (l = 0; l < c->num_hidden_layers; l++) {
+        gemma2__layer *L = &m->layers[l];
+#define GEMMA2__N(s) (snprintf(name, sizeof name, "model.layers.%d." s, l), name)
+        if ((rc = gemma2__bind_norm(m, ts, GEMMA2__N("input_layernorm.weight"), &L->attn_norm, err, err_size)) ||
+            (rc = gemma2__bind_norm(m, ts, GEMMA2__N("post_attention_layernorm.weight"), &L->post_attn_norm, err, err_size)) ||
+            (rc = gemma2__bind_norm(m, ts, GEMMA2__N("pre_feedforward_layernorm.weight"), &L->pre_ffw_norm, err, err_size)) ||
+            (rc = gemma2__bind_norm(m, ts, GEMMA2__N("post_feedforward_layernorm.weight"), &L->post_ffw_norm, err, err_size)) ||
+            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.q_proj.weight"), qd, H, &L->wq, err, err_size)) ||
+            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.k_proj.weight"), kvd, H, &L->wk, err, err_size)) ||
+            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.v_proj.weight"), kvd, H, &L->wv, err, err_size)) ||
+            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.o_proj.weight"), H, qd, &L->wo, err, err_size)) ||
+            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("mlp.gate_proj.weight"), I, H, &L->wgate, err, err_size)) ||
+            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("mlp.up_proj.weight"), I, H, &L->wup, err, err_size)) ||
+            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("mlp.down_proj.weight"), H, I, &L->wdown, err, err_size)))
+            return rc;
+#undef GEMMA2__N
+        /* Gemma 2 alternates local and global attention, starting with local on layer 0. */
+        L->sliding = (l % 2) == 0;
+        if ((rc = gemma2__progress(m, 0.1f + 0.9f * (float)(l + 1) / (float)c->num_hidden_layers, err, err_size))) return rc;
+    }
+    return 0;
+}
+
+GEMMA2_DEF void gemma2_free(gemma2_model *m)
+{
+    int i;
+    if (!m) return;
+    if (m->tok) gemma2__tokenizer_free(m->tok);
+    for (i = 0; i < m->n_files; i++) gemma2__file_close(&m->files[i]);
+    GEMMA2_FREE(m->files);
+    while (m->owned) {
+        gemma2__block *b = m->owned;
+        m->owned = b->next;
+        GEMMA2_FREE(b);
+    }
+    GEMMA2_FREE(m);
+}
+
+GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options *opt, char *err, size_t err_size)
+{
+    gemma2_model *m;
+    gemma2__tensors ts;
+    gemma2__file cf;
+    char *path = NULL;
+    int rc;
+    if (err && err_size) err[0] = 0;
+    if (!model_dir) { gemma2__fail(err, err_size, 0, "gemma2_load: model_dir is NULL"); return NULL; }
+    if (opt && (opt->n_threads < 0 || opt->weights < 0 || opt->weights > GEMMA2_WEIGHTS_BF16 || opt->compute < 0 ||
+                opt->compute > GEMMA2_COMPUTE_BF16 || opt->kernels < 0 || opt->kernels > GEMMA2_KERNELS_NEON)) {
+        gemma2__fail(err, err_size, 0, "gemma2_load: an option is out of range (n_threads, weights, compute or kernels)");
+        return NULL;
+    }
+    m = (gemma2_model *)gemma2__calloc(1, sizeof *m);
+    if (!m) { gemma2__fail(err, err_size, 0, "out of memory"); return NULL; }
+    memset(&ts, 0, sizeof ts);
+    if (opt) m->opt = *opt;
+    if (m->opt.n_threads == 0) m->opt.n_threads = gemma2__cpu_count();
+
+    /* config.json */
+    if (!(path = gemma2__path_join(model_dir, "config.json"))) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto fail; }
+    if ((rc = gemma2__file_read(&cf, path, err, err_size)) != 0) goto fail;
+    rc = gemma2__config_parse(&m->cfg, (const char *)cf.data, cf.size, path, err, err_size);
+    gemma2__file_close(&cf);
+    if (rc) goto fail;
+    GEMMA2_FREE(path);
+    path = NULL;
+
+    /* The tokenizer: an explicit file, else tokenizer.json (what transformers reads), else tokenizer.model. */
+    if (!m->opt.no_tokenizer) {
+        if (m->opt.tokenizer_path) path = gemma2__strdup(m->opt.tokenizer_path);
+        else {
+            path = gemma2__path_join(model_dir, "tokenizer.json");
+            if (path && !gemma2__file_exists(path)) {
+                GEMMA2_FREE(path);
+                path = gemma2__path_join(model_dir, "tokenizer.model");
+                if (path && !gemma2__file_exists(path)) { GEMMA2_FREE(path); path = NULL; if (m->opt.tokenizer_only) {
+                    rc = gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: no tokenizer.json or tokenizer.model", model_dir); goto fail; } goto no_tok; }
+            }
+        }
+        if (!path) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto fail; }
+        if ((rc = gemma2__tokenizer_load(&m->tok, path, err, err_size)) != 0) goto fail;
+        GEMMA2_FREE(path);
+        path = NULL;
+    }
+no_tok:
+    if (m->opt.tokenizer_only) return m;
+
+    m->kern = gemma2__kernels_select(m->opt.kernels);
+    if (!m->kern) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "gemma2_load: the kernel set asked for (%d) is not available on this CPU or build", m->opt.kernels); goto fail; }
+    if ((rc = gemma2__progress(m, 0.0f, err, err_size)) != 0) goto fail;
+    if ((rc = gemma2__open_weights(m, model_dir, &ts, err, err_size)) != 0) goto fail;
+    if ((rc = gemma2__progress(m, 0.1f, err, err_size)) != 0) goto fail;
+    if ((rc = gemma2__bind_weights(m, &ts, err, err_size)) != 0) goto fail;
+    gemma2__tensors_free(&ts);
+    m->has_weights = 1;
+    return m;
+fail:
+    (void)rc;
+    GEMMA2_FREE(path);
+    gemma2__tensors_free(&ts);
+    gemma2_free(m);
+    return NULL;
+}
+
+GEMMA2_DEF int gemma2_vocab_size(const gemma2_model *m) { return m ? m->cfg.vocab_size : GEMMA2_ERROR_INVALID_ARGUMENT; }
+GEMMA2_DEF const gemma2_config *gemma2_model_config(const gemma2_model *m) { return m ? &m->cfg : NULL; }
+GEMMA2_DEF size_t gemma2_model_weight_bytes(const gemma2_model *m) { return m ? m->weight_bytes : 0; }
+GEMMA2_DEF const char *gemma2_model_kernels(const gemma2_model *m) { return m && m->kern ? m->kern->name : "none"; }
 
 /* ===========================================================================
    2.10 The forward pass
    =========================================================================== */
 
-/* @@FORWARD@@ */
+/* How many tokens one pass through the layers handles at once. Prompts are cut into
+   chunks of this size: each weight matrix is then read once per chunk instead of once per
+   token (prefill becomes arithmetic-bound), while the scratch buffers stay small. */
+#define GEMMA2__CHUNK 128
+
+struct gemma2_session {
+    const gemma2_model *m;
+    int n_ctx;               /* capacity in tokens */
+    int chunk;               /* tokens per pass, <= GEMMA2__CHUNK (smaller only in tests, to exercise the rings) */
+    int pos;                 /* tokens evaluated so far = next position */
+    int hi;                  /* highest pos reached since the sliding rings were last refilled */
+    int32_t *tokens;         /* [n_ctx] the tokens at positions 0..pos-1 */
+    /* KV cache, per layer: k[l], v[l] are [slots[l]][nKV * hd]. Global layers keep every
+       position (slots = n_ctx); sliding-window layers keep a ring of the last W + CHUNK - 1
+       positions (position p lives in slot p % slots), enough for every query of a chunk
+       to see its W keys. Stored as float32: exact, and attention is a small part of the
+       time next to the weight matrices. */
+    float **k, **v;
+    int *slots;
+    /* Scratch for one chunk of C <= GEMMA2__CHUNK tokens. */
+    float *x;                /* [C][H]   the residual stream */
+    float *xn;               /* [C][H]   normed input of a sublayer */
+    float *q;                /* [C][nH*hd] */
+    float *kk, *vv;          /* [C][nKV*hd] */
+    float *att;              /* [C][nH*hd] attention output (heads concatenated) */
+    float *o;                /* [C][H]   output of o_proj / down_proj */
+    float *g, *u;            /* [C][I]   gate and up projections */
+    float *rope;             /* [C][hd]  cos (first hd/2) and sin (last hd/2) per token */
+    float *inv_freq;         /* [hd/2]   theta^(-2i/hd) */
+    float *scores;           /* [n_threads][n_ctx] attention scores, one row per thread */
+    uint16_t *xb;            /* [C][max(H, I, nH*hd)] bf16 activations (GEMMA2_COMPUTE_BF16) */
+    float *logits;           /* [V] logits of the last evaluated token */
+    int has_logits;
+    gemma2__pool *pool;
+    gemma2_trace_fn trace;
+    void *trace_user;
+};
+
+/* y = W x for the chunk: the rows of W are split over the pool's threads. */
+typedef struct gemma2__mm_job {
+    const gemma2__kernels *k;
+    gemma2__matmul_args a;
+} gemma2__mm_job;
+
+static void gemma2__mm_task(void *ctx, int task, int n_tasks)
+{
+    const gemma2__mm_job *j = (const gemma2__mm_job *)ctx;
+    int rows = j->a.w->rows;
+    /* Split on multiples of 16 rows so every thread's block starts aligned for the kernels. */
+    int per = ((rows + n_tasks - 1) / n_tasks + 15) & ~15;
+    int r0 = task * per, r1 = GEMMA2__MIN(rows, r0 + per);
+    if (r0 < r1) j->k->matmul(&j->a, r0, r1);
+}
+
+static void gemma2__forward_matmul(gemma2_session *s, float *y, int ldy, const float *x, int T, const gemma2__mat *w)
+{
+    gemma2__mm_job j;
+    j.k = s->m->kern;
+    j.a.y = y;
+    j.a.ldy = ldy;
+    j.a.x = x;
+    j.a.xb = NULL;
+    j.a.T = T;
+    j.a.w = w;
+    if (s->m->opt.compute == GEMMA2_COMPUTE_BF16 && j.k->wants_bf16_x && w->dtype == GEMMA2__DT_BF16) {
+        size_t i, n = (size_t)T * (size_t)w->cols;
+        for (i = 0; i < n; i++) s->xb[i] = gemma2__f32_to_bf16(x[i]);
+        j.a.xb = s->xb;
+    }
+    gemma2__pool_run(s->pool, gemma2__mm_task, &j, gemma2__pool_size(s->pool));
+}
+
+/* Attention of C queries (positions pos0..pos0+C-1) over the cache of one layer. */
+typedef struct gemma2__att_job {
+    gemma2_session *s;
+    int layer, pos0, C;
+} gemma2__att_job;
+
+static void gemma2__att_task(void *ctx, int task, int n_tasks)
+{
+    const gemma2__att_job *j = (const gemma2__att_job *)ctx;
+    gemma2_session *s = j->s;
+    const gemma2_config *c = &s->m->cfg;
+    const gemma2__kernels *kern = s->m->kern;
+    int nH = c->num_attention_heads, hd = c->head_dim, kvd = c->num_key_value_heads * hd;
+    int group = nH / c->num_key_value_heads, slots = s->slots[j->layer];
+    int sliding = s->m->layers[j->layer].sliding, i;
+    float *sc = s->scores + (size_t)task * (size_t)s->n_ctx;
+    const float *K = s->k[j->layer], *V = s->v[j->layer];
+    /* scores are scaled by query_pre_attn_scalar^-1/2 (not head_dim^-1/2: they differ for 27B) */
+    float scale = 1.0f / sqrtf(c->query_pre_attn_scalar), cap = c->attn_logit_softcapping;
+    for (i = task; i < j->C * nH; i += n_tasks) {
+        int t = i / nH, h = i % nH, p = j->pos0 + t, kvh = h / group; /* query head h reads kv head h / (nH/nKV) */
+        int lo = sliding ? GEMMA2__MAX(0, p - c->sliding_window + 1) : 0, n = p - lo + 1, a;
+        const float *q = s->q + (size_t)t * nH * hd + (size_t)h * hd;
+        float *out = s->att + (size_t)t * nH * hd + (size_t)h * hd, mx = -INFINITY, sum = 0;
+        for (a = 0; a < n; a++) {
+            const float *kr = K + (size_t)((lo + a) % slots) * kvd + (size_t)kvh * hd;
+            float x = kern->dot(q, kr, hd) * scale;
+            if (cap > 0) x = cap * tanhf(x / cap); /* softcap before the (implicit) causal mask */
+            sc[a] = x;
+            if (x > mx) mx = x;
+        }
+        for (a = 0; a < n; a++) { sc[a] = expf(sc[a] - mx); sum += sc[a]; }
+        memset(out, 0, (size_t)hd * sizeof(float));
+        for (a = 0; a < n; a++) {
+            const float *vr = V + (size_t)((lo + a) % slots) * kvd + (size_t)kvh * hd;
+            kern->axpy(out, sc[a] / sum, vr, hd);
+        }
+    }
+}
+
+/* RoPE, "rotate half" layout: the pair (x[i], x[i + hd/2]) turns by angle p * theta^(-2i/hd). */
+static void gemma2__rope(float *x, const float *cs, int hd)
+{
+    int i, half = hd / 2;
+    for (i = 0; i < half; i++) {
+        float a = x[i], b = x[i + half], co = cs[i], si = cs[half + i];
+        x[i] = a * co - b * si;
+        x[i + half] = b * co + a * si;
+    }
+}
+
+/* The model, for C tokens at positions pos0..pos0+C-1. Writes the logits of the tokens
+   t >= first_logit into logits[(t - first_logit) * V] (none if first_logit >= C). */
+static void gemma2__forward(gemma2_session *s, const int32_t *ids, int C, int pos0, float *logits, int first_logit)
+{
+    const gemma2_model *m = s->m;
+    const gemma2_config *c = &m->cfg;
+    const gemma2__kernels *kern = m->kern;
+    int H = c->hidden_size, I = c->intermediate_size, hd = c->head_dim, nH = c->num_attention_heads;
+    int nKV = c->num_key_value_heads, qd = nH * hd, kvd = nKV * hd, V = c->vocab_size, t, l, i;
+    float eps = c->rms_norm_eps, normalizer = (float)sqrt((double)H);
+
+    /* Embedding, scaled by sqrt(H) (in float32, as the references compute it). */
+    for (t = 0; t < C; t++) {
+        float *x = s->x + (size_t)t * H;
+        for (i = 0; i < H; i++) x[i] = gemma2__w_at(&m->embed, (size_t)ids[t] * H + i) * normalizer;
+    }
+    if (s->trace) s->trace(s->trace_user, 0, pos0, C, s->x);
+
+    /* cos/sin of every token's position, shared by all layers. */
+    for (t = 0; t < C; t++) {
+        float *cs = s->rope + (size_t)t * hd;
+        for (i = 0; i < hd / 2; i++) {
+            float ang = (float)(pos0 + t) * s->inv_freq[i];
+            cs[i] = (float)cos((double)ang);
+            cs[hd / 2 + i] = (float)sin((double)ang);
+        }
+    }
+
+    for (l = 0; l < c->num_hidden_layers; l++) {
+        const gemma2__layer *L = &m->layers[l];
+        gemma2__att_job aj;
+
+        /* --- attention block: x = x + post_norm(attention(pre_norm(x))) --- */
+        for (t = 0; t < C; t++) kern->rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)t * H, L->attn_norm, H, eps);
+        gemma2__forward_matmul(s, s->q, qd, s->xn, C, &L->wq);
+        gemma2__forward_matmul(s, s->kk, kvd, s->xn, C, &L->wk);
+        gemma2__forward_matmul(s, s->vv, kvd, s->xn, C, &L->wv);
+        for (t = 0; t < C; t++) {
+            int p = pos0 + t, slot = p % s->slots[l], h;
+            for (h = 0; h < nH; h++) gemma2__rope(s->q + (size_t)t * qd + (size_t)h * hd, s->rope + (size_t)t * hd, hd);
+            for (h = 0; h < nKV; h++) gemma2__rope(s->kk + (size_t)t * kvd + (size_t)h * hd, s->rope + (size_t)t * hd, hd);
+            memcpy(s->k[l] + (size_t)slot * kvd, s->kk + (size_t)t * kvd, (size_t)kvd * sizeof(float));
+            memcpy(s->v[l] + (size_t)slot * kvd, s->vv + (size_t)t * kvd, (size_t)kvd * sizeof(float));
+        }
+        aj.s = s;
+        aj.layer = l;
+        aj.pos0 = pos0;
+        aj.C = C;
+        gemma2__pool_run(s->pool, gemma2__att_task, &aj, gemma2__pool_size(s->pool));
+        gemma2__forward_matmul(s, s->o, H, s->att, C, &L->wo);
+        for (t = 0; t < C; t++) {
+            float *x = s->x + (size_t)t * H, *o = s->o + (size_t)t * H;
+            kern->rmsnorm(o, o, L->post_attn_norm, H, eps);
+            for (i = 0; i < H; i++) x[i] += o[i];
+        }
+
+        /* --- feed-forward block: x = x + post_norm(down(gelu(gate(h)) * up(h))), h = pre_norm(x) --- */
+        for (t = 0; t < C; t++) kern->rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)t * H, L->pre_ffw_norm, H, eps);
+        gemma2__forward_matmul(s, s->g, I, s->xn, C, &L->wgate);
+        gemma2__forward_matmul(s, s->u, I, s->xn, C, &L->wup);
+        for (t = 0; t < C; t++) kern->gelu_mul(s->g + (size_t)t * I, s->u + (size_t)t * I, I);
+        gemma2__forward_matmul(s, s->o, H, s->g, C, &L->wdown);
+        for (t = 0; t < C; t++) {
+            float *x = s->x + (size_t)t * H, *o = s->o + (size_t)t * H;
+            kern->rmsnorm(o, o, L->post_ffw_norm, H, eps);
+            for (i = 0; i < H; i++) x[i] += o[i];
+        }
+        if (s->trace) s->trace(s->trace_user, l + 1, pos0, C, s->x);
+    }
+
+    /* --- output: final norm, tied projection onto the embedding, final softcap --- */
+    if (first_logit < C) {
+        int n = C - first_logit;
+        float cap = c->final_logit_softcapping;
+        for (t = 0; t < n; t++) kern->rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)(first_logit + t) * H, m->final_norm, H, eps);
+        gemma2__forward_matmul(s, logits, V, s->xn, n, &m->embed);
+        if (cap > 0) {
+            size_t k, total = (size_t)n * (size_t)V;
+            for (k = 0; k < total; k++) logits[k] = cap * tanhf(logits[k] / cap);
+        }
+    }
+}
 
 /* ===========================================================================
    2.11 Sessions
    =========================================================================== */
 
-/* @@SESSION@@ */
+GEMMA2_DEF void gemma2_session_free(gemma2_session *s)
+{
+    int l;
+    if (!s) return;
+    if (s->k) for (l = 0; l < s->m->cfg.num_hidden_layers; l++) { GEMMA2_FREE(s->k[l]); GEMMA2_FREE(s->v[l]); }
+    GEMMA2_FREE(s->k); GEMMA2_FREE(s->v); GEMMA2_FREE(s->slots);
+    GEMMA2_FREE(s->tokens);
+    GEMMA2_FREE(s->x); GEMMA2_FREE(s->xn); GEMMA2_FREE(s->q); GEMMA2_FREE(s->kk); GEMMA2_FREE(s->vv);
+    GEMMA2_FREE(s->att); GEMMA2_FREE(s->o); GEMMA2_FREE(s->g); GEMMA2_FREE(s->u);
+    GEMMA2_FREE(s->rope); GEMMA2_FREE(s->inv_freq); GEMMA2_FREE(s->scores); GEMMA2_FREE(s->xb);
+    GEMMA2_FREE(s->logits);
+    if (s->pool) gemma2__pool_free(s->pool);
+    GEMMA2_FREE(s);
+}
+
+static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int chunk)
+{
+    gemma2_session *s;
+    const gemma2_config *c;
+    size_t C = GEMMA2__CHUNK, H, I, qd, kvd, widest;
+    int l, i, nt;
+    if (!m || !m->has_weights || n_ctx < 0) return NULL;
+    c = &m->cfg;
+    if (n_ctx == 0) n_ctx = c->max_position_embeddings;
+    H = (size_t)c->hidden_size; I = (size_t)c->intermediate_size;
+    qd = (size_t)c->num_attention_heads * (size_t)c->head_dim;
+    kvd = (size_t)c->num_key_value_heads * (size_t)c->head_dim;
+    widest = GEMMA2__MAX(GEMMA2__MAX(H, I), qd);
+    s = (gemma2_session *)gemma2__calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->m = m;
+    s->n_ctx = n_ctx;
+    s->chunk = chunk;
+    nt = m->opt.n_threads < 1 ? 1 : m->opt.n_threads;
+    s->pool = gemma2__pool_new(nt);
+    s->tokens = (int32_t *)gemma2__calloc((size_t)n_ctx, sizeof(int32_t));
+    s->k = (float **)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(float *));
+    s->v = (float **)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(float *));
+    s->slots = (int *)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(int));
+    s->x = (float *)gemma2__calloc(C * H, sizeof(float));
+    s->xn = (float *)gemma2__calloc(C * H, sizeof(float));
+    s->q = (float *)gemma2__calloc(C * qd, sizeof(float));
+    s->kk = (float *)gemma2__calloc(C * kvd, sizeof(float));
+    s->vv = (float *)gemma2__calloc(C * kvd, sizeof(float));
+    s->att = (float *)gemma2__calloc(C * qd, sizeof(float));
+    s->o = (float *)gemma2__calloc(C * H, sizeof(float));
+    s->g = (float *)gemma2__calloc(C * I, sizeof(float));
+    s->u = (float *)gemma2__calloc(C * I, sizeof(float));
+    s->rope = (float *)gemma2__calloc(C * (size_t)c->head_dim, sizeof(float));
+    s->inv_freq = (float *)gemma2__calloc((size_t)c->head_dim / 2, sizeof(float));
+    s->scores = (float *)gemma2__calloc((size_t)nt * (size_t)n_ctx, sizeof(float));
+    s->xb = (uint16_t *)gemma2__calloc(C * widest, sizeof(uint16_t));
+    s->logits = (float *)gemma2__calloc((size_t)c->vocab_size, sizeof(float));
+    if (!s->pool || !s->tokens || !s->k || !s->v || !s->slots || !s->x || !s->xn || !s->q || !s->kk || !s->vv || !s->att ||
+        !s->o || !s->g || !s->u || !s->rope || !s->inv_freq || !s->scores || !s->xb || !s->logits) {
+        gemma2_session_free(s);
+        return NULL;
+    }
+    for (l = 0; l < c->num_hidden_layers; l++) {
+        int slots = n_ctx;
+        if (m->layers[l].sliding && (int64_t)c->sliding_window + chunk - 1 < n_ctx) slots = c->sliding_window + chunk - 1;
+        s->slots[l] = slots;
+        s->k[l] = (float *)gemma2__calloc((size_t)slots * kvd, sizeof(float));
+        s->v[l] = (float *)gemma2__calloc((size_t)slots * kvd, sizeof(float));
+        if (!s->k[l] || !s->v[l]) { gemma2_session_free(s); return NULL; }
+    }
+    /* inv_freq in float32, as both references build it */
+    for (i = 0; i < c->head_dim / 2; i++) s->inv_freq[i] = (float)(1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->head_dim));
+    return s;
+}
+
+GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx)
+{
+    return gemma2__session_new(m, n_ctx, GEMMA2__CHUNK);
+}
+
+GEMMA2_DEF int gemma2_eval(gemma2_session *s, const int32_t *ids, int n, float *logits)
+{
+    int i, done = 0, V;
+    if (!s || (!ids && n > 0) || n < 0) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    V = s->m->cfg.vocab_size;
+    /* Everything is checked before anything changes, so a failed call leaves the session as it was. */
+    for (i = 0; i < n; i++) if (ids[i] < 0 || ids[i] >= V) return GEMMA2_ERROR_BAD_TOKEN;
+    if (n > s->n_ctx - s->pos) return GEMMA2_ERROR_CONTEXT_FULL;
+    if (n == 0) return 0;
+    memmove(s->tokens + s->pos, ids, (size_t)n * sizeof(int32_t));
+    while (done < n) {
+        int C = GEMMA2__MIN(s->chunk, n - done);
+        const int32_t *chunk = s->tokens + s->pos;
+        if (logits) gemma2__forward(s, chunk, C, s->pos, logits + (size_t)done * V, 0);
+        else gemma2__forward(s, chunk, C, s->pos, s->logits, done + C == n ? C - 1 : C);
+        s->pos += C;
+        done += C;
+    }
+    if (logits) memcpy(s->logits, logits + (size_t)(n - 1) * V, (size_t)V * sizeof(float));
+    s->has_logits = 1;
+    if (s->pos > s->hi) s->hi = s->pos;
+    return 0;
+}
+
+GEMMA2_DEF const float *gemma2_logits(const gemma2_session *s) { return s && s->has_logits ? s->logits : NULL; }
+GEMMA2_DEF int gemma2_session_pos(const gemma2_session *s) { return s ? s->pos : GEMMA2_ERROR_INVALID_ARGUMENT; }
+GEMMA2_DEF int gemma2_session_n_ctx(const gemma2_session *s) { return s ? s->n_ctx : GEMMA2_ERROR_INVALID_ARGUMENT; }
+GEMMA2_DEF const int32_t *gemma2_session_tokens(const gemma2_session *s) { return s ? s->tokens : NULL; }
+
+GEMMA2_DEF void gemma2_session_set_trace(gemma2_session *s, gemma2_trace_fn fn, void *user)
+{
+    if (!s) return;
+    s->trace = fn;
+    s->trace_user = user;
+}
+
+GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos)
+{
+    const gemma2_config *c;
+    int l, ring = 0;
+    if (!s || pos < 0 || pos > s->pos) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    c = &s->m->cfg;
+    for (l = 0; l < c->num_hidden_layers; l++) if (s->slots[l] < s->n_ctx) ring = s->slots[l];
+    s->has_logits = 0;
+    /* A sliding ring holds positions >= hi - slots intact. The next token (at pos) needs
+       pos - W + 1 onward; if those were overwritten, rebuild the cache from the start. */
+    if (ring && GEMMA2__MAX(0, s->hi - ring) > GEMMA2__MAX(0, pos - c->sliding_window + 1)) {
+        s->pos = 0;
+        s->hi = 0;
+        if (pos == 0) return 0;
+        return gemma2_eval(s, s->tokens, pos, NULL);
+    }
+    s->pos = pos;
+    if (pos > 0) {
+        /* The logits after a rewind are those of token pos-1: recompute just that token. */
+        s->pos = pos - 1;
+        return gemma2_eval(s, s->tokens + pos - 1, 1, NULL);
+    }
+    return 0;
+}
 
 /* ===========================================================================
    2.12 Tokenizer
    =========================================================================== */
 
 /* @@TOKENIZER@@ */
+/* (temporary until the tokenizer lands: no tokenizer format is understood yet) */
+struct gemma2__tokenizer { int unused; };
+static int gemma2__tokenizer_load(gemma2__tokenizer **out, const char *path, char *err, size_t err_size)
+{
+    *out = NULL;
+    return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: tokenizer not implemented yet", path);
+}
+static void gemma2__tokenizer_free(gemma2__tokenizer *t) { GEMMA2_FREE(t); }
 
 /* ===========================================================================
    2.13 Sampler

@@ -1,6 +1,10 @@
 /* The test program, built as ONE translation unit (C, and again as C++): the library's
    implementation is compiled in here so that tests can reach its private gemma2__ functions
    (the JSON reader, the kernels' scalar references) as well as the public API. */
+/* POSIX for the tests' temporary folders (mkdtemp) */
+#if !defined(_WIN32) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE
+#endif
 #define GEMMA2_IMPLEMENTATION
 #include "../gemma2.h"
 #include "test.h"

@@ -1,3 +1,463 @@
+/* The loader against bad input (every error a one-line message, never a crash), the
+   session's edges (bad tokens, a full context, rewinding) and the sliding-window rings. */
 #include "test.h"
+#if !defined(_WIN32)
+#include <unistd.h>
+#include <sys/stat.h>
+#endif
 
-void suite_loader(void) {}
+static char ldr_dir[512];
+
+/* A fresh temporary folder holding a copy of tiny-gqa's config.json. */
+static const char *ldr_tmpdir(void)
+{
+    size_t n;
+    char *cfg;
+    FILE *f;
+    char path[600];
+    snprintf(ldr_dir, sizeof ldr_dir, "/tmp/gemma2_test_XXXXXX");
+    if (!mkdtemp(ldr_dir)) return NULL;
+    cfg = (char *)g2t_read_file(g2t_path("models/tiny-gqa/config.json"), &n);
+    snprintf(path, sizeof path, "%s/config.json", ldr_dir);
+    f = fopen(path, "wb");
+    if (f && cfg) fwrite(cfg, 1, n, f);
+    if (f) fclose(f);
+    free(cfg);
+    return ldr_dir;
+}
+
+static void ldr_write(const char *name, const void *data, size_t n)
+{
+    char path[600];
+    FILE *f;
+    snprintf(path, sizeof path, "%s/%s", ldr_dir, name);
+    f = fopen(path, "wb");
+    if (f) { fwrite(data, 1, n, f); fclose(f); }
+}
+
+static void ldr_cleanup(void)
+{
+    const char *names[] = {"config.json", "model.safetensors", "model.safetensors.index.json", "a.safetensors"};
+    char path[600];
+    size_t i;
+    for (i = 0; i < sizeof names / sizeof *names; i++) {
+        snprintf(path, sizeof path, "%s/%s", ldr_dir, names[i]);
+        remove(path);
+    }
+    rmdir(ldr_dir);
+}
+
+/* Writes tiny-gqa's model.safetensors with the first `find` in its JSON header replaced. */
+static void ldr_write_weights(const char *find, const char *repl)
+{
+    size_t n, hl, k, newlen;
+    unsigned char *st = (unsigned char *)g2t_read_file(g2t_path("models/tiny-gqa/model.safetensors"), &n);
+    char *hdr, *pos, *out;
+    if (!st) return;
+    for (hl = 0, k = 8; k-- > 0;) hl = (hl << 8) | st[k];
+    hdr = (char *)malloc(hl + 1);
+    memcpy(hdr, st + 8, hl);
+    hdr[hl] = 0;
+    pos = find ? strstr(hdr, find) : NULL;
+    newlen = pos ? hl - strlen(find) + strlen(repl) : hl;
+    out = (char *)malloc(8 + newlen + (n - 8 - hl));
+    for (k = 0; k < 8; k++) out[k] = (char)((newlen >> (8 * k)) & 0xff);
+    if (pos) {
+        size_t a = (size_t)(pos - hdr);
+        memcpy(out + 8, hdr, a);
+        memcpy(out + 8 + a, repl, strlen(repl));
+        memcpy(out + 8 + a + strlen(repl), pos + strlen(find), hl - a - strlen(find));
+    } else memcpy(out + 8, hdr, hl);
+    memcpy(out + 8 + newlen, st + 8 + hl, n - 8 - hl);
+    ldr_write("model.safetensors", out, 8 + newlen + (n - 8 - hl));
+    free(out);
+    free(hdr);
+    free(st);
+}
+
+/* Loads the temp folder; expects failure with a message containing `want`. */
+static void ldr_expect_fail(const char *what, const char *want)
+{
+    char err[256] = "";
+    gemma2_model *m = gemma2_load(ldr_dir, NULL, err, sizeof err);
+    CHECK(m == NULL, "%s: load should fail", what);
+    CHECK(strstr(err, want) != NULL, "%s: message \"%s\" should mention \"%s\"", what, err, want);
+    CHECK(strchr(err, '\n') == NULL, "%s: message must be one line", what);
+    gemma2_free(m);
+}
+
+static void ldr_replace_config(const char *find, const char *repl)
+{
+    size_t n;
+    char *cfg = (char *)g2t_read_file(g2t_path("models/tiny-gqa/config.json"), &n), *p, *out;
+    if (!cfg) return;
+    p = strstr(cfg, find);
+    if (!p) { free(cfg); CHECK(0, "config has no %s", find); return; }
+    out = (char *)malloc(n + strlen(repl) + 1);
+    memcpy(out, cfg, (size_t)(p - cfg));
+    strcpy(out + (p - cfg), repl);
+    strcat(out, p + strlen(find));
+    ldr_write("config.json", out, strlen(out));
+    free(out);
+    free(cfg);
+}
+
+static void test_loader_bad_files(void)
+{
+    char err[256];
+    CHECK(gemma2_load("/nonexistent/folder", NULL, err, sizeof err) == NULL && strstr(err, "config.json"), "missing folder: %s", err);
+    CHECK(gemma2_load(NULL, NULL, err, sizeof err) == NULL, "NULL dir");
+    if (!ldr_tmpdir()) { CHECK(0, "mkdtemp"); return; }
+    ldr_expect_fail("no weights", "model.safetensors");
+    ldr_write("model.safetensors", "abc", 3);
+    ldr_expect_fail("3-byte file", "too short");
+    ldr_write("model.safetensors", "\xff\xff\xff\xff\xff\xff\xff\x7f{}", 10);
+    ldr_expect_fail("huge header length", "header length");
+    ldr_write("model.safetensors", "\x03\0\0\0\0\0\0\0{x}", 11);
+    ldr_expect_fail("bad JSON", "bad header");
+    ldr_write_weights("\"data_offsets\":[0,65536]", "\"data_offsets\":[0,99999999]");
+    ldr_expect_fail("offsets outside the file", "outside");
+    ldr_write_weights("\"shape\":[512,64]", "\"shape\":[512,65]");
+    ldr_expect_fail("shape vs bytes", "model.embed_tokens.weight");
+    ldr_write_weights("\"dtype\":\"BF16\",\"shape\":[512,64]", "\"dtype\":\"I8\",\"shape\":[512,64]");
+    ldr_expect_fail("unsupported dtype", "dtype");
+    ldr_write_weights("model.layers.3.mlp.up_proj.weight", "model.layers.3.mlp.up_proj.weigh_");
+    ldr_expect_fail("missing tensor", "model.layers.3.mlp.up_proj.weight");
+    ldr_write_weights("\"shape\":[512,64]", "\"shape\":[256,128]");
+    ldr_expect_fail("wrong shape", "expected [512, 64]");
+    ldr_write_weights("\"shape\":[512,64]", "\"shape\":[18446744073709551615,2]");
+    ldr_expect_fail("overflowing shape", "model.embed_tokens.weight");
+    ldr_write_weights(NULL, NULL);
+    ldr_write("model.safetensors.index.json", "{\"weight_map\": {\"a\": \"../model.safetensors\"}}", strlen("{\"weight_map\": {\"a\": \"../model.safetensors\"}}"));
+    ldr_expect_fail("shard escaping the folder", "plain file name");
+    ldr_write("model.safetensors.index.json", "{\"weight_map\": {\"a\": \"/etc/passwd\"}}", strlen("{\"weight_map\": {\"a\": \"/etc/passwd\"}}"));
+    ldr_expect_fail("absolute shard path", "plain file name");
+    ldr_write("model.safetensors.index.json", "{\"weight_map\": {\"a\": \"a.safetensors\"}}", strlen("{\"weight_map\": {\"a\": \"a.safetensors\"}}"));
+    ldr_expect_fail("missing shard", "a.safetensors");
+    {
+        char path[600];
+        snprintf(path, sizeof path, "%s/model.safetensors.index.json", ldr_dir);
+        remove(path);
+    }
+    ldr_replace_config("\"model_type\": \"gemma2\"", "\"model_type\": \"gemma\"");
+    ldr_expect_fail("other model type", "gemma2");
+    ldr_replace_config("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3");
+    ldr_expect_fail("heads not a multiple", "num_key_value_heads");
+    ldr_replace_config("\"hidden_size\": 64", "\"hidden_size\": -64");
+    ldr_expect_fail("negative size", "hidden_size");
+    ldr_replace_config("\"hidden_size\": 64", "\"hidden_size\": 65");
+    ldr_expect_fail("config disagrees with the weights", "expected");
+    ldr_replace_config("\"hidden_activation\": \"gelu_pytorch_tanh\"", "\"hidden_activation\": \"relu\"");
+    ldr_expect_fail("activation", "hidden_activation");
+    ldr_replace_config("\"vocab_size\": 512", "\"vocab_size\": 512,");
+    ldr_expect_fail("trailing comma", "config.json");
+    ldr_write("config.json", "", 0);
+    ldr_expect_fail("empty config", "config.json");
+    ldr_cleanup();
+}
+
+/* Random damage to the safetensors header must give an error or a working model, never a crash. */
+static void test_loader_fuzz_header(void)
+{
+    size_t n, hl, k;
+    unsigned char *st = (unsigned char *)g2t_read_file(g2t_path("models/tiny-gqa/model.safetensors"), &n);
+    uint32_t rng = 12345;
+    int iter;
+    if (!st || !ldr_tmpdir()) { CHECK(0, "setup"); free(st); return; }
+    for (hl = 0, k = 8; k-- > 0;) hl = (hl << 8) | st[k];
+    for (iter = 0; iter < 200; iter++) {
+        unsigned char *cp = (unsigned char *)malloc(n);
+        char err[256];
+        gemma2_model *m;
+        int flips = 1 + iter % 4, f;
+        memcpy(cp, st, n);
+        for (f = 0; f < flips; f++) {
+            rng = rng * 1664525u + 1013904223u;
+            cp[8 + (rng >> 8) % hl] = (unsigned char)(rng >> 3);
+        }
+        if (iter % 10 == 0) ldr_write("model.safetensors", cp, 8 + (rng >> 4) % (hl + 100)); /* truncated */
+        else ldr_write("model.safetensors", cp, n);
+        m = gemma2_load(ldr_dir, NULL, err, sizeof err);
+        if (m) {
+            gemma2_session *s = gemma2_session_new(m, 16);
+            int32_t ids[2] = {2, 5};
+            CHECK(s && gemma2_eval(s, ids, 2, NULL) == 0, "a damaged file that loads must still run");
+            gemma2_session_free(s);
+        } else CHECK(err[0] != 0, "failure without a message");
+        gemma2_free(m);
+        free(cp);
+    }
+    free(st);
+    ldr_cleanup();
+}
+
+static gemma2_model *ldr_load(const char *name)
+{
+    char dir[300], err[256];
+    gemma2_model *m;
+    snprintf(dir, sizeof dir, "%s/models/%s", g2t_data, name);
+    m = gemma2_load(dir, NULL, err, sizeof err);
+    CHECK(m != NULL, "%s: %s", name, err);
+    return m;
+}
+
+static void test_loader_config_values(void)
+{
+    gemma2_model *m = ldr_load("tiny-realvocab");
+    const gemma2_config *c;
+    if (!m) return;
+    c = gemma2_model_config(m);
+    CHECK(c->n_eos == 2 && c->eos_token_ids[0] == 1 && c->eos_token_ids[1] == 107, "eos list [1, 107]: %d", c->n_eos);
+    CHECK(c->sliding_window == 16 && c->attn_logit_softcapping == 50.0f && c->final_logit_softcapping == 30.0f, "window, caps");
+    CHECK(gemma2_model_weight_bytes(m) >= (size_t)256000 * 32 * 2, "weight bytes %zu", gemma2_model_weight_bytes(m));
+    gemma2_free(m);
+    m = ldr_load("tiny-mha-f32-sharded");
+    if (!m) return;
+    c = gemma2_model_config(m);
+    CHECK(c->attn_logit_softcapping == 0 && c->final_logit_softcapping == 0, "null softcaps are 0");
+    CHECK(c->n_eos == 1 && c->eos_token_ids[0] == 1, "single eos");
+    gemma2_free(m);
+    m = ldr_load("tiny-27b-style");
+    if (!m) return;
+    CHECK(gemma2_model_config(m)->query_pre_attn_scalar == 12.0f, "query_pre_attn_scalar");
+    gemma2_free(m);
+}
+
+static void test_loader_session_edges(void)
+{
+    gemma2_model *m = ldr_load("tiny-gqa");
+    gemma2_session *s;
+    int32_t ids[4] = {2, 100, 200, 300}, bad[2] = {2, 512}, neg[1] = {-1};
+    float before[512];
+    if (!m) return;
+    s = gemma2_session_new(m, 4);
+    CHECK(s && gemma2_session_n_ctx(s) == 4, "session n_ctx");
+    if (!s) { gemma2_free(m); return; }
+    CHECK(gemma2_logits(s) == NULL, "no logits before eval");
+    CHECK(gemma2_eval(s, bad, 2, NULL) == GEMMA2_ERROR_BAD_TOKEN && gemma2_session_pos(s) == 0, "bad token id");
+    CHECK(gemma2_eval(s, neg, 1, NULL) == GEMMA2_ERROR_BAD_TOKEN, "negative token id");
+    CHECK(gemma2_eval(s, ids, -1, NULL) == GEMMA2_ERROR_INVALID_ARGUMENT, "negative n");
+    CHECK(gemma2_eval(s, ids, 3, NULL) == 0 && gemma2_session_pos(s) == 3, "eval 3");
+    memcpy(before, gemma2_logits(s), sizeof before);
+    CHECK(gemma2_eval(s, ids, 2, NULL) == GEMMA2_ERROR_CONTEXT_FULL && gemma2_session_pos(s) == 3, "context full leaves the session");
+    CHECK(memcmp(before, gemma2_logits(s), sizeof before) == 0, "logits unchanged after a failed eval");
+    CHECK(gemma2_eval(s, ids + 3, 1, NULL) == 0 && gemma2_session_pos(s) == 4, "the last slot");
+    CHECK(gemma2_session_rewind(s, 5) == GEMMA2_ERROR_INVALID_ARGUMENT, "rewind forward");
+    CHECK(gemma2_session_rewind(s, 3) == 0 && gemma2_session_pos(s) == 3, "rewind");
+    CHECK(gemma2_logits(s) && memcmp(before, gemma2_logits(s), sizeof before) == 0, "logits after rewind are token 2's");
+    CHECK(strcmp(gemma2_error_string(GEMMA2_ERROR_CONTEXT_FULL), "context full") == 0, "error string");
+    gemma2_session_free(s);
+    CHECK(gemma2_session_new(m, -1) == NULL, "negative n_ctx");
+    gemma2_free(m);
+}
+
+/* Sliding-window rings: with 3-token chunks the local layers keep W + 2 = 10 positions of
+   tiny-gqa's 32, so they wrap; logits must still equal the reference, and rewinding past
+   what the ring holds must rebuild the cache and still be exact. */
+static void test_loader_rings(void)
+{
+    gemma2_model *m = ldr_load("tiny-gqa");
+    size_t sz;
+    float *ref = (float *)g2t_read_file(g2t_path("models/tiny-gqa/logits.f32"), &sz);
+    int32_t ids[32] = {2, 184, 88, 249, 416, 283, 113, 49, 503, 133, 503, 108, 432, 182, 206, 316, 14, 500, 140, 219,
+                       403, 104, 147, 191, 123, 254, 96, 147, 147, 253, 340, 345};
+    float *out = (float *)malloc(32 * 512 * sizeof(float));
+    gemma2_session *s;
+    int i, v, rewinds[] = {31, 20, 25, 3, 0};
+    if (!m || !ref || !out) { gemma2_free(m); free(ref); free(out); CHECK(0, "setup"); return; }
+    s = gemma2__session_new(m, 32, 3);
+    CHECK(s && s->slots[0] == 10 && s->slots[1] == 32, "ring sizes");
+    if (s) {
+        float worst = 0;
+        CHECK(gemma2_eval(s, ids, 32, out) == 0, "eval");
+        for (i = 0; i < 32 * 512; i++) worst = GEMMA2__MAX(worst, fabsf(out[i] - ref[i]));
+        CHECK(worst < 1e-3f, "ring logits max diff %g", worst);
+        for (i = 0; i < 5; i++) {
+            int p = rewinds[i];
+            CHECK(gemma2_session_rewind(s, p) == 0, "rewind to %d", p);
+            CHECK(gemma2_eval(s, ids + p, 32 - p, out) == 0, "re-eval from %d", p);
+            worst = 0;
+            for (v = 0; v < (32 - p) * 512; v++) worst = GEMMA2__MAX(worst, fabsf(out[v] - ref[(size_t)p * 512 + v]));
+            CHECK(worst < 1e-3f, "after rewind to %d: max diff %g", p, worst);
+        }
+    }
+    gemma2_session_free(s);
+    free(out);
+    free(ref);
+    gemma2_free(m);
+}
+
+static void suite_loader_dtypes(void);
+
+void suite_loader(void)
+{
+    g2t_run("loader/bad-files", test_loader_bad_files);
+    g2t_run("loader/fuzz-header", test_loader_fuzz_header);
+    g2t_run("loader/config-values", test_loader_config_values);
+    g2t_run("loader/session-edges", test_loader_session_edges);
+    g2t_run("loader/rings", test_loader_rings);
+    suite_loader_dtypes();
+}
+
+/* Writes every tensor of the given files as one safetensors file of dtype `to`
+   ("F16", "BF16" or "F32"), converting with code independent of the library's. With "BF16"
+   the 1-D norm weights stay F32, as GEMMA2_WEIGHTS_BF16 keeps them. */
+static float ldr_f16_to_f32(uint16_t h)
+{
+    int e = (h >> 10) & 31, mnt = h & 1023;
+    float v = e == 0 ? ldexpf((float)mnt, -24) : ldexpf((float)(mnt | 1024), e - 25);
+    return (h & 0x8000) ? -v : v;
+}
+
+static uint16_t ldr_to_f16(float f)
+{
+    /* exact for the values used here (bf16 values well inside f16's normal range) */
+    uint16_t sign = f < 0 ? 0x8000 : 0;
+    int e;
+    float m;
+    if (f == 0) return sign;
+    m = frexpf(fabsf(f), &e); /* f = m 2^e, m in [0.5, 1) */
+    if (e - 1 < -14) return (uint16_t)(sign | (uint16_t)lrintf(ldexpf(fabsf(f), 24))); /* subnormal */
+    return (uint16_t)(sign | (uint16_t)((e - 1 + 15) << 10) | (uint16_t)lrintf((m * 2 - 1) * 1024));
+}
+
+static uint16_t ldr_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fff + ((u >> 16) & 1); /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+static int ldr_convert_model(const char *src_dir, const char *to)
+{
+    gemma2_model tmp;
+    gemma2__tensors ts;
+    char err[256], path[600];
+    FILE *f;
+    int i, rc;
+    size_t hcap = 1 << 16, hl = 0, off = 0, esz;
+    const char *dt;
+    char *hdr = (char *)malloc(hcap);
+    memset(&tmp, 0, sizeof tmp);
+    memset(&ts, 0, sizeof ts);
+    rc = gemma2__open_weights(&tmp, src_dir, &ts, err, sizeof err);
+    if (rc) { free(hdr); return rc; }
+    hl += (size_t)snprintf(hdr + hl, hcap - hl, "{");
+    for (i = 0; i < ts.n; i++) {
+        uint64_t n = ts.t[i].nbytes / (ts.t[i].dtype == GEMMA2__ST_F32 ? 4 : 2);
+        char dims[64];
+        dt = (!strcmp(to, "BF16") && ts.t[i].ndim == 1) ? "F32" : to;
+        esz = strcmp(dt, "F32") ? 2 : 4;
+        if (ts.t[i].ndim > 1) snprintf(dims, sizeof dims, "%lld,%lld", (long long)ts.t[i].shape[0], (long long)ts.t[i].shape[1]);
+        else snprintf(dims, sizeof dims, "%lld", (long long)ts.t[i].shape[0]);
+        hl += (size_t)snprintf(hdr + hl, hcap - hl, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%s],\"data_offsets\":[%zu,%zu]}",
+                               i ? "," : "", ts.t[i].name, dt, dims, off, off + (size_t)n * esz);
+        off += (size_t)n * esz;
+    }
+    hl += (size_t)snprintf(hdr + hl, hcap - hl, "}");
+    snprintf(path, sizeof path, "%s/model.safetensors", ldr_dir);
+    f = fopen(path, "wb");
+    for (i = 0; i < 8; i++) fputc((int)((hl >> (8 * i)) & 255), f);
+    fwrite(hdr, 1, hl, f);
+    for (i = 0; i < ts.n; i++) {
+        uint64_t n = ts.t[i].nbytes / (ts.t[i].dtype == GEMMA2__ST_F32 ? 4 : 2), k;
+        dt = (!strcmp(to, "BF16") && ts.t[i].ndim == 1) ? "F32" : to;
+        esz = strcmp(dt, "F32") ? 2 : 4;
+        for (k = 0; k < n; k++) {
+            float v;
+            if (ts.t[i].dtype == GEMMA2__ST_F32) memcpy(&v, ts.t[i].data + 4 * k, 4);
+            else {
+                uint16_t h;
+                uint32_t u;
+                memcpy(&h, ts.t[i].data + 2 * k, 2);
+                if (ts.t[i].dtype == GEMMA2__ST_F16) v = ldr_f16_to_f32(h);
+                else { u = (uint32_t)h << 16; memcpy(&v, &u, 4); }
+            }
+            if (esz == 4) fwrite(&v, 4, 1, f);
+            else {
+                uint16_t h = !strcmp(dt, "F16") ? ldr_to_f16(v) : ldr_to_bf16(v);
+                fwrite(&h, 2, 1, f);
+            }
+        }
+    }
+    fclose(f);
+    gemma2__tensors_free(&ts);
+    for (i = 0; i < tmp.n_files; i++) gemma2__file_close(&tmp.files[i]);
+    free(tmp.files);
+    free(hdr);
+    return 0;
+}
+
+/* Logits of all 32 tiny-gqa-style tokens from a folder. */
+static float *ldr_logits(const char *dir, int weights, int T, const int32_t *ids, size_t *wbytes)
+{
+    gemma2_options opt;
+    char err[256];
+    gemma2_model *m;
+    gemma2_session *s;
+    float *out;
+    memset(&opt, 0, sizeof opt);
+    opt.weights = weights;
+    m = gemma2_load(dir, &opt, err, sizeof err);
+    CHECK(m != NULL, "%s: %s", dir, err);
+    if (!m) return NULL;
+    if (wbytes) *wbytes = gemma2_model_weight_bytes(m);
+    out = (float *)malloc((size_t)T * (size_t)gemma2_vocab_size(m) * sizeof(float));
+    s = gemma2_session_new(m, T);
+    CHECK(s && gemma2_eval(s, ids, T, out) == 0, "%s: eval", dir);
+    gemma2_session_free(s);
+    gemma2_free(m);
+    return out;
+}
+
+/* F16 checkpoints: tiny-gqa's bf16 weights are exact in f16, so the logits must still match. */
+static void test_loader_f16(void)
+{
+    size_t sz;
+    float *ref = (float *)g2t_read_file(g2t_path("models/tiny-gqa/logits.f32"), &sz), *got, worst = 0;
+    int32_t ids[32] = {2, 184, 88, 249, 416, 283, 113, 49, 503, 133, 503, 108, 432, 182, 206, 316, 14, 500, 140, 219,
+                       403, 104, 147, 191, 123, 254, 96, 147, 147, 253, 340, 345};
+    int i;
+    if (!ref || !ldr_tmpdir()) { CHECK(0, "setup"); free(ref); return; }
+    CHECK(ldr_convert_model(g2t_path("models/tiny-gqa"), "F16") == 0, "convert");
+    got = ldr_logits(ldr_dir, GEMMA2_WEIGHTS_AUTO, 32, ids, NULL);
+    for (i = 0; got && i < 32 * 512; i++) worst = GEMMA2__MAX(worst, fabsf(got[i] - ref[i]));
+    CHECK(got && worst < 1e-3f, "F16 checkpoint: max logit diff %g", worst);
+    free(got);
+    free(ref);
+    ldr_cleanup();
+}
+
+/* GEMMA2_WEIGHTS_BF16 on an F32 checkpoint must equal a checkpoint rounded to bf16 beforehand,
+   and hold half the bytes. */
+static void test_loader_weights_bf16(void)
+{
+    int32_t ids[20] = {2, 17, 200, 33, 4, 99, 250, 1, 7, 77, 150, 31, 5, 8, 13, 21, 34, 55, 89, 144};
+    float *a, *b;
+    size_t wa = 0, wb = 0, wf = 0;
+    int i, same = 1;
+    if (!ldr_tmpdir()) { CHECK(0, "setup"); return; }
+    {   /* the tmp folder needs the F32 model's config */
+        size_t n;
+        char *cfg = (char *)g2t_read_file(g2t_path("models/tiny-mha-f32-sharded/config.json"), &n);
+        ldr_write("config.json", cfg, n);
+        free(cfg);
+    }
+    CHECK(ldr_convert_model(g2t_path("models/tiny-mha-f32-sharded"), "BF16") == 0, "convert");
+    a = ldr_logits(ldr_dir, GEMMA2_WEIGHTS_AUTO, 20, ids, &wa);
+    b = ldr_logits(g2t_path("models/tiny-mha-f32-sharded"), GEMMA2_WEIGHTS_BF16, 20, ids, &wb);
+    free(ldr_logits(g2t_path("models/tiny-mha-f32-sharded"), GEMMA2_WEIGHTS_AUTO, 20, ids, &wf));
+    for (i = 0; a && b && i < 20 * 256; i++) same &= a[i] == b[i];
+    CHECK(a && b && same, "converting at load must equal a bf16 checkpoint");
+    CHECK(wa == wb && wb < wf * 6 / 10, "bf16 bytes %zu vs f32 bytes %zu", wb, wf);
+    free(a);
+    free(b);
+    ldr_cleanup();
+}
+
+static void suite_loader_dtypes(void)
+{
+    g2t_run("loader/f16-checkpoint", test_loader_f16);
+    g2t_run("loader/weights-bf16", test_loader_weights_bf16);
+}
