@@ -1696,6 +1696,8 @@ GEMMA2_DEF void gemma2_free(gemma2_model *m)
     GEMMA2_FREE(m);
 }
 
+static int gemma2__read_generation_config(gemma2_config *cfg, const char *dir); /* in 2.14 */
+
 GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options *opt, char *err, size_t err_size)
 {
     gemma2_model *m;
@@ -1722,6 +1724,8 @@ GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options
     rc = gemma2__config_parse(&m->cfg, (const char *)cf.data, cf.size, path, err, err_size);
     gemma2__file_close(&cf);
     if (rc) goto fail;
+    /* generation_config.json's eos ids (section 2.14) */
+    if ((rc = gemma2__read_generation_config(&m->cfg, model_dir)) != 0) { gemma2__fail(err, err_size, rc, "%s/generation_config.json: malformed (eos_token_id)", model_dir); goto fail; }
     GEMMA2_FREE(path);
     path = NULL;
 
@@ -2406,7 +2410,7 @@ GEMMA2_DEF int gemma2_sampler_sample(gemma2_sampler *smp, const float *logits, c
    =========================================================================== */
 
 /* Generation needs the session's model (eos ids, vocabulary, tokenizer). */
-static const gemma2_model *gemma2__gen_model(const gemma2_session *s) { return s->model; }
+static const gemma2_model *gemma2__gen_model(const gemma2_session *s) { return s->m; }
 
 /* --- generation_config.json ------------------------------------------------ */
 
@@ -2809,13 +2813,14 @@ static long gemma2__stream_match(const gemma2__stream *st, size_t *keep)
 
 /* --- generation ---------------------------------------------------------------- */
 
-/* Bytes of one token for streaming, into *buf (grown when needed: only for an unusually long
-   piece, so not per token in practice). Gemma's byte-fallback pieces <0x80>..<0xFF> (ids
-   217 + byte) decode alone to U+FFFD; here they must stay raw bytes so that the characters they
-   spell can be assembled across tokens. */
+/* Bytes of one token for streaming, exactly as the token holds them (byte pieces stay raw bytes,
+   so the characters they spell are assembled across tokens by gemma2__stream_utf8), into *buf
+   (grown only for an unusually long piece, so not per token in practice). A model loaded
+   without a tokenizer streams no text (tokens only). */
 static int gemma2__token_bytes(const gemma2_model *m, int32_t id, char **buf, size_t *cap)
 {
     int n = gemma2_detokenize(m, &id, 1, *buf, *cap, GEMMA2_DETOKENIZE_SKIP_CONTROL);
+    if (n == GEMMA2_ERROR_NO_TOKENIZER) return 0;
     if (n < 0) return n;
     if ((size_t)n > *cap) {
         void *p = GEMMA2_REALLOC(*buf, (size_t)n);
@@ -2823,12 +2828,6 @@ static int gemma2__token_bytes(const gemma2_model *m, int32_t id, char **buf, si
         *buf = (char *)p;
         *cap = (size_t)n;
         n = gemma2_detokenize(m, &id, 1, *buf, *cap, GEMMA2_DETOKENIZE_SKIP_CONTROL);
-        if (n < 0) return n;
-    }
-    if (n == 3 && !memcmp(*buf, "\xef\xbf\xbd", 3) && id >= 217 + 0x80 && id <= 217 + 0xff &&
-        gemma2_vocab_size(m) == 256000) {
-        (*buf)[0] = (char)(id - 217);
-        n = 1;
     }
     return n;
 }
@@ -3040,16 +3039,13 @@ GEMMA2_DEF int gemma2_chat_say(gemma2_chat *c, const char *user_content, const g
 
 GEMMA2_DEF int gemma2_chat_regenerate(gemma2_chat *c, const gemma2_generate_params *p, gemma2_generate_result *res)
 {
-    int32_t last;
     int rc, rp;
     if (res) memset(res, 0, sizeof *res);
     if (!c || c->n == 0) return GEMMA2_ERROR_INVALID_ARGUMENT;
     rp = c->reply_pos[c->n - 1];
-    /* Rewind to just before the last prompt token and evaluate it again: that gives fresh logits
-       for the reply's first token (a rewind does not bring back the logits of an earlier position). */
-    last = gemma2_session_tokens(c->s)[rp - 1];
-    if ((rc = gemma2_session_rewind(c->s, rp - 1)) != 0) return rc;
-    return gemma2_generate(c->s, &last, 1, p, res);
+    /* a rewind recomputes the logits of the position before it: the reply's first token's */
+    if ((rc = gemma2_session_rewind(c->s, rp)) != 0) return rc;
+    return gemma2_generate(c->s, NULL, 0, p, res);
 }
 
 GEMMA2_DEF int gemma2_chat_undo(gemma2_chat *c)
