@@ -367,8 +367,9 @@ GEMMA2_DEF int gemma2_score(gemma2_session *s, const int32_t *prompt, int n_prom
    and, with add_generation_prompt, a final <start_of_turn>model\n.
    Content is trimmed like Python's str.strip(). Roles: "user", "assistant" (written "model") or
    "model", alternating and starting with "user"; one leading "system" message is allowed and is
-   folded into the first user turn as trim(system + "\n\n" + user), as Gemma 3's template does (the
-   Gemma 2 template rejects system messages; the models were not trained with one). Anything else
+   folded into the first user turn as trim(system) + "\n\n" + trim(user) (just trim(user) when the
+   system text is blank), the way Gemma 3's template does it (the Gemma 2 template rejects system
+   messages: the models were not trained with one, so this is the customary workaround). Anything else
    (another role, a role out of order, system elsewhere or alone) is GEMMA2_ERROR_CHAT_FORMAT:
    deliberately stricter than the template, which renders unknown roles verbatim. */
 
@@ -2579,23 +2580,30 @@ static int gemma2__chat_turns(const gemma2_message *msgs, int n_msgs, gemma2__tu
     return t;
 }
 
-/* role + "\n" + strip(prefix + "\n\n" + content) in a fresh allocation, NUL-terminated. */
+/* role + "\n" + [strip(prefix) + "\n\n"] + strip(content), in a fresh allocation, NUL-terminated.
+   (Gemma 3's template writes the system text + "\n\n" before the first user content; we trim the
+   system text too, and leave it out when it is empty.) */
 static char *gemma2__turn_text(const gemma2__turn *t, size_t *len_out)
 {
     size_t rl = strlen(t->role), pl = t->prefix ? strlen(t->prefix) : 0, cl = strlen(t->content), b, e, n;
-    char *buf = (char *)GEMMA2_MALLOC(rl + 1 + pl + 2 + cl + 1), *body;
+    char *buf = (char *)GEMMA2_MALLOC(rl + 1 + pl + 2 + cl + 1);
     if (!buf) return NULL;
     memcpy(buf, t->role, rl);
     buf[rl] = '\n';
-    body = buf + rl + 1;
-    n = 0;
-    if (t->prefix) { memcpy(body, t->prefix, pl); memcpy(body + pl, "\n\n", 2); n = pl + 2; }
-    memcpy(body + n, t->content, cl);
-    n += cl;
-    gemma2__py_strip(body, n, &b, &e);
-    memmove(body, body + b, e - b);
-    body[e - b] = 0;
-    *len_out = rl + 1 + (e - b);
+    n = rl + 1;
+    if (t->prefix) {
+        gemma2__py_strip(t->prefix, pl, &b, &e);
+        if (e > b) {
+            memcpy(buf + n, t->prefix + b, e - b);
+            memcpy(buf + n + (e - b), "\n\n", 2);
+            n += e - b + 2;
+        }
+    }
+    gemma2__py_strip(t->content, cl, &b, &e);
+    memcpy(buf + n, t->content + b, e - b);
+    n += e - b;
+    buf[n] = 0;
+    *len_out = n;
     return buf;
 }
 
