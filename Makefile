@@ -39,3 +39,9 @@ clean:
 	rm -f tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx gemma2 $(EXAMPLES)
 
 .PHONY: all test clean bench
+
+# --- generation (issue 4): the CLI and the perplexity example; the tests compile the CLI in
+all: gemma2 examples/perplexity
+gemma2: examples/gemma2.c gemma2.h
+	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ examples/gemma2.c $(LDLIBS)
+tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx: examples/gemma2.c
