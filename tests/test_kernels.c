@@ -1,3 +1,284 @@
+/* Kernels and thread pool: every kernel set this machine runs is compared against the scalar
+   reference on random data with awkward sizes; the pool is checked for exactly-once execution. */
 #include "test.h"
 
-void suite_kernels(void) {}
+static uint64_t kern_rng = 88172645463325252ull;
+
+static float kern_rand(void) /* uniform in [-1, 1) */
+{
+    kern_rng ^= kern_rng << 13;
+    kern_rng ^= kern_rng >> 7;
+    kern_rng ^= kern_rng << 17;
+    return (float)((double)(kern_rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static const int kern_sets[] = {GEMMA2_KERNELS_SCALAR, GEMMA2_KERNELS_AVX2, GEMMA2_KERNELS_AVX512, GEMMA2_KERNELS_NEON};
+#define KERN_N_SETS ((int)(sizeof kern_sets / sizeof kern_sets[0]))
+
+/* One matmul case against the reference: rows [r0, r1) of a rows x K matrix, T tokens. */
+static void kern_check_matmul(const gemma2__kernels *k, int dtype, int rows, int K, int T, int r0, int r1, int use_xb)
+{
+    size_t nw = (size_t)rows * K, i;
+    int ldy = rows + 3, t, r, kk;
+    float *wf = (float *)malloc(nw * sizeof(float));
+    uint16_t *wb = (uint16_t *)malloc(nw * sizeof(uint16_t));
+    float *x = (float *)malloc((size_t)T * K * sizeof(float));
+    float *xr = (float *)malloc((size_t)T * K * sizeof(float));
+    uint16_t *xb = (uint16_t *)malloc((size_t)T * K * sizeof(uint16_t));
+    float *y = (float *)malloc((size_t)T * ldy * sizeof(float));
+    float *yr = (float *)malloc((size_t)T * ldy * sizeof(float));
+    gemma2__mat w;
+    gemma2__matmul_args a, ar;
+    int bad = 0;
+    int dp = use_xb && k->wants_bf16_x && dtype == GEMMA2__DT_BF16; /* the kernel will use xb */
+    for (i = 0; i < nw; i++) { wb[i] = gemma2__f32_to_bf16(kern_rand()); wf[i] = dtype == GEMMA2__DT_BF16 ? gemma2__bf16_to_f32(wb[i]) : kern_rand(); }
+    for (i = 0; i < (size_t)T * K; i++) {
+        x[i] = kern_rand() * 2.0f;
+        xb[i] = gemma2__f32_to_bf16(x[i]);
+        xr[i] = dp ? gemma2__bf16_to_f32(xb[i]) : x[i];
+    }
+    for (i = 0; i < (size_t)T * ldy; i++) y[i] = yr[i] = 12345.0f;
+    w.data = dtype == GEMMA2__DT_BF16 ? (const void *)wb : (const void *)wf;
+    w.dtype = dtype; w.rows = rows; w.cols = K;
+    a.y = y; a.ldy = ldy; a.x = x; a.xb = use_xb ? xb : NULL; a.T = T; a.w = &w;
+    ar = a; ar.y = yr; ar.x = xr; ar.xb = NULL;
+    k->matmul(&a, r0, r1);
+    gemma2__matmul_scalar(&ar, r0, r1);
+    for (t = 0; t < T && !bad; t++)
+        for (r = 0; r < ldy && !bad; r++) {
+            float got = y[(size_t)t * ldy + r], want = yr[(size_t)t * ldy + r], mag = 0;
+            if (r < r0 || r >= r1) {
+                if (got != 12345.0f) { CHECK(0, "%s: row %d outside [%d,%d) written", k->name, r, r0, r1); bad = 1; }
+                continue;
+            }
+            for (kk = 0; kk < K; kk++) mag += fabsf(wf[(size_t)r * K + kk] * xr[(size_t)t * K + kk]);
+            if (!(fabsf(got - want) <= (dp ? 1e-4f : 1e-5f) * mag + 1e-6f)) {
+                CHECK(0, "%s dtype %d rows %d K %d T %d [%d,%d) xb %d: y[%d][%d] = %g, want %g", k->name, dtype, rows, K, T, r0, r1,
+                      use_xb, t, r, got, want);
+                bad = 1;
+            }
+        }
+    free(wf); free(wb); free(x); free(xr); free(xb); free(y); free(yr);
+}
+
+static void kern_test_matmul(void)
+{
+    static const int Ks[] = {1, 7, 15, 16, 17, 31, 32, 33, 64, 100, 257};
+    int s, dt, ki, T, xbm, n_sets = 0;
+    for (s = 0; s < KERN_N_SETS; s++) {
+        const gemma2__kernels *k = gemma2__kernels_select(kern_sets[s]);
+        if (!k) continue;
+        n_sets++;
+        for (dt = 0; dt < GEMMA2__DT_COUNT; dt++)
+            for (ki = 0; ki < (int)(sizeof Ks / sizeof Ks[0]); ki++)
+                for (T = 1; T <= 9; T++)
+                    for (xbm = 0; xbm < 2; xbm++) {
+                        kern_check_matmul(k, dt, 23, Ks[ki], T, 0, 23, xbm);
+                        kern_check_matmul(k, dt, 23, Ks[ki], T, 3, 19, xbm);
+                        kern_check_matmul(k, dt, 23, Ks[ki], T, 5, 6, xbm);
+                    }
+        /* bigger: several 16-row blocks, token tiles plus a tail */
+        kern_check_matmul(k, GEMMA2__DT_BF16, 70, 300, 14, 1, 69, 0);
+        kern_check_matmul(k, GEMMA2__DT_BF16, 70, 300, 13, 0, 70, 1);
+        kern_check_matmul(k, GEMMA2__DT_F32, 37, 129, 20, 2, 35, 0);
+        /* several column blocks (512) and token groups (48), with tails in both */
+        kern_check_matmul(k, GEMMA2__DT_BF16, 21, 1100, 53, 0, 21, 0);
+        kern_check_matmul(k, GEMMA2__DT_BF16, 21, 1100, 53, 3, 20, 1);
+        kern_check_matmul(k, GEMMA2__DT_F32, 18, 1031, 50, 1, 18, 0);
+    }
+    CHECK(n_sets >= 1, "no kernel set at all");
+    CHECK(gemma2__kernels_select(GEMMA2_KERNELS_AUTO) != NULL, "AUTO must always find a kernel set");
+    CHECK(gemma2__kernels_select(GEMMA2_KERNELS_SCALAR) == &gemma2__kernels_scalar, "SCALAR is always there");
+    CHECK(gemma2__kernels_select(99) == NULL, "unknown kernel set");
+}
+
+/* A token's outputs must not depend on how many tokens share the call (decode vs prefill paths):
+   otherwise results would change with the prompt's chunking. Bit-exact, every set and shape. */
+static void kern_test_matmul_consistent(void)
+{
+    static const int Ks[] = {5, 16, 33, 100, 2304 + 7};
+    int s, dt, ki, xbm, T = 7, rows = 37, t, r;
+    for (s = 0; s < KERN_N_SETS; s++) {
+        const gemma2__kernels *k = gemma2__kernels_select(kern_sets[s]);
+        if (!k) continue;
+        for (dt = 0; dt < GEMMA2__DT_COUNT; dt++)
+            for (ki = 0; ki < (int)(sizeof Ks / sizeof Ks[0]); ki++)
+                for (xbm = 0; xbm < 2; xbm++) {
+                    int K = Ks[ki], bad = 0;
+                    size_t i, nw = (size_t)rows * K;
+                    float *wf = (float *)malloc(nw * sizeof(float)), *x = (float *)malloc((size_t)T * K * sizeof(float));
+                    uint16_t *wb = (uint16_t *)malloc(nw * sizeof(uint16_t)), *xb = (uint16_t *)malloc((size_t)T * K * sizeof(uint16_t));
+                    float *yall = (float *)malloc((size_t)T * rows * sizeof(float)), *y1 = (float *)malloc((size_t)rows * sizeof(float));
+                    gemma2__mat w;
+                    gemma2__matmul_args a;
+                    for (i = 0; i < nw; i++) { wf[i] = kern_rand(); wb[i] = gemma2__f32_to_bf16(wf[i]); }
+                    for (i = 0; i < (size_t)T * K; i++) { x[i] = kern_rand(); xb[i] = gemma2__f32_to_bf16(x[i]); }
+                    w.data = dt == GEMMA2__DT_BF16 ? (const void *)wb : (const void *)wf;
+                    w.dtype = dt; w.rows = rows; w.cols = K;
+                    a.y = yall; a.ldy = rows; a.x = x; a.xb = xbm ? xb : NULL; a.T = T; a.w = &w;
+                    k->matmul(&a, 0, rows);
+                    for (t = 0; t < T && !bad; t++) {
+                        a.y = y1; a.x = x + (size_t)t * K; a.xb = xbm ? xb + (size_t)t * K : NULL; a.T = 1;
+                        k->matmul(&a, 0, rows);
+                        for (r = 0; r < rows && !bad; r++)
+                            if (memcmp(&y1[r], &yall[(size_t)t * rows + r], sizeof(float)) != 0) {
+                                CHECK(0, "%s dtype %d K %d xb %d: token %d row %d alone %.9g, in a batch %.9g", k->name, dt, K, xbm, t, r,
+                                      y1[r], yall[(size_t)t * rows + r]);
+                                bad = 1;
+                            }
+                    }
+                    free(wf); free(x); free(wb); free(xb); free(yall); free(y1);
+                }
+    }
+}
+
+static int kern_close(float got, float want, float rel, float abs_tol)
+{
+    return fabsf(got - want) <= rel * fabsf(want) + abs_tol;
+}
+
+static void kern_test_vector_ops(void)
+{
+    static const int Ns[] = {1, 3, 8, 15, 16, 17, 33, 100, 2304, 2305};
+    int s, ni, i;
+    for (s = 0; s < KERN_N_SETS; s++) {
+        const gemma2__kernels *k = gemma2__kernels_select(kern_sets[s]);
+        if (!k) continue;
+        for (ni = 0; ni < (int)(sizeof Ns / sizeof Ns[0]); ni++) {
+            int n = Ns[ni], bad = 0;
+            float *a = (float *)malloc((size_t)n * sizeof(float)), *b = (float *)malloc((size_t)n * sizeof(float));
+            float *y1 = (float *)malloc((size_t)(n + 1) * sizeof(float)), *y2 = (float *)malloc((size_t)(n + 1) * sizeof(float));
+            uint16_t *h1 = (uint16_t *)malloc((size_t)(n + 1) * sizeof(uint16_t)), *h2 = (uint16_t *)malloc((size_t)(n + 1) * sizeof(uint16_t));
+            float mag = 0, d1, d2;
+            for (i = 0; i < n; i++) { a[i] = kern_rand() * 3.0f; b[i] = kern_rand(); mag += fabsf(a[i] * b[i]); }
+            d1 = k->dot(a, b, n);
+            d2 = gemma2__dot_scalar(a, b, n);
+            CHECK(fabsf(d1 - d2) <= 1e-5f * mag + 1e-6f, "%s dot n %d: %g vs %g", k->name, n, d1, d2);
+
+            for (i = 0; i <= n; i++) y1[i] = y2[i] = (float)i * 0.25f;
+            k->axpy(y1, 0.37f, a, n);
+            gemma2__axpy_scalar(y2, 0.37f, a, n);
+            for (i = 0; i <= n && !bad; i++) if (!kern_close(y1[i], y2[i], 1e-6f, 1e-6f)) { CHECK(0, "%s axpy n %d at %d", k->name, n, i); bad = 1; }
+
+            y1[n] = y2[n] = -7.0f; bad = 0;
+            k->rmsnorm(y1, a, b, n, 1e-6f);
+            gemma2__rmsnorm_scalar(y2, a, b, n, 1e-6f);
+            for (i = 0; i <= n && !bad; i++) if (!kern_close(y1[i], y2[i], 1e-5f, 1e-6f)) { CHECK(0, "%s rmsnorm n %d at %d: %g vs %g", k->name, n, i, y1[i], y2[i]); bad = 1; }
+
+            /* GELU over a wide range, including the saturated ends */
+            for (i = 0; i < n; i++) y1[i] = y2[i] = a[i] * (i % 5 == 0 ? 40.0f : 2.0f);
+            y1[n] = y2[n] = -7.0f; bad = 0;
+            k->gelu_mul(y1, b, n);
+            gemma2__gelu_mul_scalar(y2, b, n);
+            for (i = 0; i <= n && !bad; i++) if (!kern_close(y1[i], y2[i], 1e-5f, 1e-6f)) { CHECK(0, "%s gelu_mul n %d at %d: %g vs %g", k->name, n, i, y1[i], y2[i]); bad = 1; }
+
+            for (i = 0; i < n; i++) y1[i] = y2[i] = a[i] * (i % 3 == 0 ? 100.0f : 10.0f);
+            y1[n] = y2[n] = -7.0f; bad = 0;
+            k->softcap(y1, n, 30.0f);
+            gemma2__softcap_scalar(y2, n, 30.0f);
+            for (i = 0; i <= n && !bad; i++) if (!kern_close(y1[i], y2[i], 1e-5f, 3e-6f)) { CHECK(0, "%s softcap n %d at %d: %g vs %g", k->name, n, i, y1[i], y2[i]); bad = 1; }
+
+            /* bf16 rounding must be bit-exact: random values plus ties, subnormals, inf, NaN */
+            for (i = 0; i < n; i++) {
+                uint32_t u;
+                float f = a[i];
+                if (i % 7 == 1) { u = 0x3f808000u + ((uint32_t)i << 17); memcpy(&f, &u, 4); }       /* exact ties */
+                if (i % 7 == 2) { u = 0x00012345u + (uint32_t)i; memcpy(&f, &u, 4); }               /* subnormal */
+                if (i % 11 == 3) { u = 0x7f800000u; memcpy(&f, &u, 4); }                             /* inf */
+                if (i % 13 == 4) { u = 0x7f800001u + ((uint32_t)i << 8); memcpy(&f, &u, 4); }        /* NaN */
+                if (i % 17 == 5) { u = 0x7f7fffffu; memcpy(&f, &u, 4); }                             /* rounds to inf */
+                y1[i] = f;
+            }
+            h1[n] = h2[n] = 0xabcd; bad = 0;
+            k->to_bf16(h1, y1, n);
+            gemma2__to_bf16_scalar(h2, y1, n);
+            for (i = 0; i <= n && !bad; i++) if (h1[i] != h2[i]) { CHECK(0, "%s to_bf16 n %d at %d: %04x vs %04x", k->name, n, i, h1[i], h2[i]); bad = 1; }
+            free(a); free(b); free(y1); free(y2); free(h1); free(h2);
+        }
+    }
+}
+
+/* --- the pool --- */
+
+typedef struct kern_pool_ctx {
+    int *count; /* per task */
+    int calls;
+} kern_pool_ctx;
+
+static void kern_pool_task(void *ctx, int task, int n_tasks)
+{
+    kern_pool_ctx *c = (kern_pool_ctx *)ctx;
+    (void)n_tasks;
+    GEMMA2__ADD32(&c->count[task], 1);
+    GEMMA2__ADD32(&c->calls, 1);
+}
+
+static void kern_test_pool(void)
+{
+    int nt, rep, i;
+    CHECK(gemma2__cpu_count() >= 1, "cpu count");
+    for (nt = 1; nt <= 8; nt++) {
+        gemma2__pool *p = gemma2__pool_new(nt);
+        int *count = (int *)calloc(200, sizeof(int));
+        int expect[200];
+        kern_pool_ctx c;
+        memset(expect, 0, sizeof expect);
+        CHECK(p != NULL, "pool_new(%d)", nt);
+        if (!p) { free(count); continue; }
+#if defined(GEMMA2_NO_THREADS)
+        CHECK(gemma2__pool_size(p) == 1, "no threads");
+#else
+        CHECK(gemma2__pool_size(p) == nt, "pool size %d, want %d", gemma2__pool_size(p), nt);
+#endif
+        c.count = count;
+        for (rep = 0; rep < 2000; rep++) {
+            int n = 1 + (rep * 37) % 200;
+            c.calls = 0;
+            gemma2__pool_run(p, kern_pool_task, &c, n);
+            for (i = 0; i < n; i++) expect[i]++;
+            if (c.calls != n) { CHECK(0, "threads %d rep %d: %d calls for %d tasks", nt, rep, c.calls, n); break; }
+        }
+        gemma2__pool_run(p, kern_pool_task, &c, 0); /* no tasks: a no-op */
+        for (i = 0; i < 200; i++) if (count[i] != expect[i]) { CHECK(0, "threads %d: task %d ran %d times, want %d", nt, i, count[i], expect[i]); break; }
+        gemma2__pool_free(p);
+        free(count);
+    }
+    gemma2__pool_free(NULL);
+}
+
+/* The pooled helpers the forward pass and the loader use. */
+static void kern_test_pooled_helpers(void)
+{
+    const gemma2__kernels *k = gemma2__kernels_select(GEMMA2_KERNELS_AUTO);
+    gemma2__pool *p = gemma2__pool_new(3);
+    int rows = 1000, K = 77, T = 3, i, bad = 0;
+    size_t n = ((size_t)1 << 21) + 5;
+    uint16_t *wb = (uint16_t *)malloc((size_t)rows * K * sizeof(uint16_t));
+    float *x = (float *)malloc((size_t)T * K * sizeof(float)), *y = (float *)malloc((size_t)T * rows * sizeof(float));
+    float *yr = (float *)malloc((size_t)T * rows * sizeof(float)), *src = (float *)malloc(n * sizeof(float));
+    uint16_t *d1 = (uint16_t *)malloc(n * sizeof(uint16_t));
+    gemma2__mat w;
+    gemma2__matmul_args a;
+    for (i = 0; i < rows * K; i++) wb[i] = gemma2__f32_to_bf16(kern_rand());
+    for (i = 0; i < T * K; i++) x[i] = kern_rand();
+    w.data = wb; w.dtype = GEMMA2__DT_BF16; w.rows = rows; w.cols = K;
+    a.y = y; a.ldy = rows; a.x = x; a.xb = NULL; a.T = T; a.w = &w;
+    gemma2__matmul(p, k, &a);
+    a.y = yr;
+    gemma2__matmul_scalar(&a, 0, rows);
+    for (i = 0; i < T * rows && !bad; i++) if (!kern_close(y[i], yr[i], 1e-4f, 1e-4f)) { CHECK(0, "pooled matmul at %d: %g vs %g", i, y[i], yr[i]); bad = 1; }
+    for (i = 0; i < (int)n; i++) src[i] = kern_rand() * 100.0f;
+    gemma2__convert_f32_to_bf16(p, d1, src, n);
+    for (i = 0; i < (int)n; i++) if (d1[i] != gemma2__f32_to_bf16(src[i])) { CHECK(0, "convert at %d", i); break; }
+    gemma2__pool_free(p);
+    free(wb); free(x); free(y); free(yr); free(src); free(d1);
+}
+
+void suite_kernels(void)
+{
+    g2t_run("kernels/matmul", kern_test_matmul);
+    g2t_run("kernels/matmul_consistent", kern_test_matmul_consistent);
+    g2t_run("kernels/vector_ops", kern_test_vector_ops);
+    g2t_run("kernels/pool", kern_test_pool);
+    g2t_run("kernels/pooled_helpers", kern_test_pooled_helpers);
+}

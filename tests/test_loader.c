@@ -244,7 +244,13 @@ static void test_loader_session_edges(void)
     CHECK(gemma2_eval(s, ids + 3, 1, NULL) == 0 && gemma2_session_pos(s) == 4, "the last slot");
     CHECK(gemma2_session_rewind(s, 5) == GEMMA2_ERROR_INVALID_ARGUMENT, "rewind forward");
     CHECK(gemma2_session_rewind(s, 3) == 0 && gemma2_session_pos(s) == 3, "rewind");
-    CHECK(gemma2_logits(s) && memcmp(before, gemma2_logits(s), sizeof before) == 0, "logits after rewind are token 2's");
+    {   /* recomputed for that token alone: equal up to float rounding (one token vs a batch of 3) */
+        const float *after = gemma2_logits(s);
+        float worst = 0;
+        int v;
+        for (v = 0; after && v < 512; v++) worst = GEMMA2__MAX(worst, fabsf(after[v] - before[v]));
+        CHECK(after && worst < 1e-4f, "logits after rewind are token 2's (max diff %g)", worst);
+    }
     CHECK(strcmp(gemma2_error_string(GEMMA2_ERROR_CONTEXT_FULL), "context full") == 0, "error string");
     gemma2_session_free(s);
     CHECK(gemma2_session_new(m, -1) == NULL, "negative n_ctx");

@@ -1,0 +1,473 @@
+/* Speed benchmark (issue 5): random-weight checkpoints of the real Gemma-2 2B (and optionally
+   9B) shapes, measured against this machine's own memory bandwidth and FLOP/s.
+
+     make bench-model                         2B, 1 and 2 threads, f32 and bf16 compute
+     ./tests/bench_model [--9b] [--threads N] [--kernels-only] [--data DIR]
+
+   The models are written once into bench-data/ (gitignored) as ordinary Hugging Face folders
+   (config.json + model.safetensors, bf16), by the small generator below; 2B is 5.2 GB, 9B is
+   18.5 GB. Reported per configuration: load time, time to first token (512-token prompt, the
+   first run after loading, page faults included), prefill tokens/s (a second run), decode
+   tokens/s at context 0 / 1k / 4k / 8k, achieved weight bandwidth, peak RSS; and as fractions
+   of the same run's measured streaming-read bandwidth and FMA peak.
+   Decode at context N sets the session position directly over a KV cache filled with synthetic
+   values: the work per token is the same as after a real N-token prompt, without spending
+   minutes prefilling it. Peak RSS therefore includes the whole 8k-token KV cache. */
+#define _POSIX_C_SOURCE 200809L
+#define GEMMA2_IMPLEMENTATION
+#include "../gemma2.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <sys/stat.h>
+#include <sys/resource.h>
+
+static double bench_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double bench_rss_gb(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss * 1024.0 / 1e9; /* ru_maxrss is in KB on Linux */
+}
+
+/* ---------------------------------------------------------------- the generator */
+
+typedef struct bench_shape {
+    const char *name;
+    int V, H, I, L, nH, nKV, hd;
+} bench_shape;
+
+static const bench_shape bench_2b = {"gemma-2-2b-random", 256000, 2304, 9216, 26, 8, 4, 256};
+static const bench_shape bench_9b = {"gemma-2-9b-random", 256000, 3584, 14336, 42, 16, 8, 256};
+
+typedef struct bench_tensor {
+    char name[96];
+    long rows, cols; /* cols == 0: a vector */
+} bench_tensor;
+
+static int bench_tensors(const bench_shape *s, bench_tensor *t)
+{
+    int n = 0, l;
+    static const char *mats[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+    static const char *norms[4] = {"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                                   "post_feedforward_layernorm"};
+    long qd = (long)s->nH * s->hd, kvd = (long)s->nKV * s->hd;
+    long shp[7][2];
+    shp[0][0] = qd; shp[0][1] = s->H; shp[1][0] = kvd; shp[1][1] = s->H; shp[2][0] = kvd; shp[2][1] = s->H;
+    shp[3][0] = s->H; shp[3][1] = qd; shp[4][0] = s->I; shp[4][1] = s->H; shp[5][0] = s->I; shp[5][1] = s->H;
+    shp[6][0] = s->H; shp[6][1] = s->I;
+    if (t) { snprintf(t[n].name, 96, "model.embed_tokens.weight"); t[n].rows = s->V; t[n].cols = s->H; }
+    n++;
+    for (l = 0; l < s->L; l++) {
+        int i;
+        for (i = 0; i < 4; i++) { if (t) { snprintf(t[n].name, 96, "model.layers.%d.%s.weight", l, norms[i]); t[n].rows = s->H; t[n].cols = 0; } n++; }
+        for (i = 0; i < 7; i++) { if (t) { snprintf(t[n].name, 96, "model.layers.%d.%s.weight", l, mats[i]); t[n].rows = shp[i][0]; t[n].cols = shp[i][1]; } n++; }
+    }
+    if (t) { snprintf(t[n].name, 96, "model.norm.weight"); t[n].rows = s->H; t[n].cols = 0; }
+    n++;
+    return n;
+}
+
+/* Random bf16 values, uniform with standard deviation ~0.02 (the scale of trained weights). */
+static void bench_fill(uint16_t *buf, size_t n, uint64_t *rng)
+{
+    size_t i;
+    uint64_t x = *rng;
+    for (i = 0; i < n; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        buf[i] = gemma2__f32_to_bf16((float)((int32_t)(x >> 40) - (1 << 23)) * (0.0346f / (float)(1 << 23)));
+    }
+    *rng = x;
+}
+
+static int bench_write_model(const char *dir, const bench_shape *s)
+{
+    char path[1024], *hdr;
+    int n = bench_tensors(s, NULL), i;
+    bench_tensor *t = (bench_tensor *)calloc((size_t)n, sizeof *t);
+    size_t cap = (size_t)n * 160 + 64, len = 0, off = 0, chunk = (size_t)1 << 22;
+    uint16_t *buf = (uint16_t *)malloc(chunk * 2);
+    uint64_t rng = 0x9e3779b97f4a7c15ull, hl;
+    FILE *f;
+    double t0 = bench_now();
+    if (!t || !buf) return -1;
+    bench_tensors(s, t);
+    mkdir("bench-data", 0755);
+    mkdir(dir, 0755);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    f = fopen(path, "w");
+    if (!f) return -1;
+    fprintf(f, "{\n  \"architectures\": [\"Gemma2ForCausalLM\"],\n  \"model_type\": \"gemma2\",\n"
+               "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n"
+               "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n"
+               "  \"head_dim\": %d,\n  \"query_pre_attn_scalar\": 256,\n  \"sliding_window\": 4096,\n"
+               "  \"attn_logit_softcapping\": 50.0,\n  \"final_logit_softcapping\": 30.0,\n"
+               "  \"max_position_embeddings\": 8192,\n  \"rms_norm_eps\": 1e-06,\n  \"rope_theta\": 10000.0,\n"
+               "  \"hidden_activation\": \"gelu_pytorch_tanh\",\n  \"bos_token_id\": 2,\n  \"eos_token_id\": 1,\n"
+               "  \"pad_token_id\": 0,\n  \"torch_dtype\": \"bfloat16\"\n}\n",
+            s->V, s->H, s->I, s->L, s->nH, s->nKV, s->hd);
+    fclose(f);
+    /* the safetensors header: JSON, padded with spaces so the data starts 8-byte aligned */
+    hdr = (char *)malloc(cap);
+    if (!hdr) return -1;
+    len += (size_t)snprintf(hdr + len, cap - len, "{\"__metadata__\":{\"format\":\"pt\"}");
+    for (i = 0; i < n; i++) {
+        size_t bytes = (size_t)t[i].rows * (size_t)(t[i].cols ? t[i].cols : 1) * 2;
+        if (t[i].cols)
+            len += (size_t)snprintf(hdr + len, cap - len, ",\"%s\":{\"dtype\":\"BF16\",\"shape\":[%ld,%ld],\"data_offsets\":[%zu,%zu]}",
+                                    t[i].name, t[i].rows, t[i].cols, off, off + bytes);
+        else
+            len += (size_t)snprintf(hdr + len, cap - len, ",\"%s\":{\"dtype\":\"BF16\",\"shape\":[%ld],\"data_offsets\":[%zu,%zu]}",
+                                    t[i].name, t[i].rows, off, off + bytes);
+        off += bytes;
+    }
+    hdr[len++] = '}';
+    while (len % 8) hdr[len++] = ' ';
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    f = fopen(path, "wb");
+    if (!f) return -1;
+    hl = (uint64_t)len;
+    for (i = 0; i < 8; i++) fputc((int)((hl >> (8 * i)) & 0xff), f);
+    fwrite(hdr, 1, len, f);
+    for (i = 0; i < n; i++) {
+        size_t left = (size_t)t[i].rows * (size_t)(t[i].cols ? t[i].cols : 1);
+        while (left > 0) {
+            size_t c = left < chunk ? left : chunk;
+            bench_fill(buf, c, &rng);
+            if (fwrite(buf, 2, c, f) != c) { fclose(f); return -1; }
+            left -= c;
+        }
+    }
+    if (fclose(f) != 0) return -1;
+    fprintf(stderr, "wrote %s (%.1f GB) in %.0f s\n", dir, (double)off / 1e9, bench_now() - t0);
+    free(hdr); free(buf); free(t);
+    return 0;
+}
+
+static int bench_ensure_model(const char *dir, const bench_shape *s)
+{
+    char path[1024];
+    struct stat st;
+    size_t expect = 0;
+    int n = bench_tensors(s, NULL), i;
+    bench_tensor *t = (bench_tensor *)calloc((size_t)n, sizeof *t);
+    bench_tensors(s, t);
+    for (i = 0; i < n; i++) expect += (size_t)t[i].rows * (size_t)(t[i].cols ? t[i].cols : 1) * 2;
+    free(t);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (stat(path, &st) == 0 && (size_t)st.st_size > expect) return 0; /* already there */
+    fprintf(stderr, "writing %s (%.1f GB of random bf16 weights)...\n", dir, (double)expect / 1e9);
+    return bench_write_model(dir, s);
+}
+
+/* ---------------------------------------------------------------- machine limits */
+
+typedef struct bench_read_job {
+    const uint64_t *buf;
+    size_t n;      /* uint64 words */
+    uint64_t sink[64];
+} bench_read_job;
+
+static void bench_read_task(void *ctx, int task, int n_tasks)
+{
+    bench_read_job *j = (bench_read_job *)ctx;
+    size_t per = j->n / (size_t)n_tasks, i0 = per * (size_t)task, i;
+    uint64_t a = 0, b = 0, c = 0, d = 0;
+    const uint64_t *p = j->buf + i0;
+    /* 4 independent xor chains: the compiler vectorizes this into wide loads */
+    for (i = 0; i + 4 <= per; i += 4) { a ^= p[i]; b ^= p[i + 1]; c ^= p[i + 2]; d ^= p[i + 3]; }
+    j->sink[task & 63] = a ^ b ^ c ^ d;
+}
+
+/* Streaming read bandwidth (GB/s) over a buffer far bigger than the caches, best of 10. */
+static double bench_read_bw(gemma2__pool *p, uint64_t *buf, size_t bytes)
+{
+    bench_read_job j;
+    double best = 0;
+    int r;
+    memset(&j, 0, sizeof j);
+    j.buf = buf;
+    j.n = bytes / 8;
+    for (r = 0; r < 10; r++) {
+        double t0 = bench_now(), dt;
+        gemma2__pool_run(p, bench_read_task, &j, gemma2__pool_size(p));
+        dt = bench_now() - t0;
+        if ((double)bytes / dt / 1e9 > best) best = (double)bytes / dt / 1e9;
+    }
+    return best;
+}
+
+#if defined(GEMMA2__X86)
+/* FMA peak: 12 independent accumulator chains hide the 4-cycle latency at 2 FMAs per cycle. */
+static GEMMA2__T_AVX512 double bench_fma512(long iters)
+{
+    __m512 a[12], m = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(1e-3f), s;
+    long it;
+    int i;
+    for (i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
+    for (it = 0; it < iters; it++) {
+        _Pragma("GCC unroll 16") for (i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
+    }
+    s = a[0];
+    for (i = 1; i < 12; i++) s = _mm512_add_ps(s, a[i]);
+    return (double)_mm512_reduce_add_ps(s);
+}
+
+static GEMMA2__T_AVX512BF16 double bench_dpbf512(long iters)
+{
+    __m512 a[12], s;
+    __m512i x = _mm512_set1_epi16(0x3f80), y = _mm512_set1_epi16(0x3a83);
+    long it;
+    int i;
+    for (i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
+    for (it = 0; it < iters; it++) {
+        _Pragma("GCC unroll 16") for (i = 0; i < 12; i++) a[i] = _mm512_dpbf16_ps(a[i], (__m512bh)x, (__m512bh)y);
+    }
+    s = a[0];
+    for (i = 1; i < 12; i++) s = _mm512_add_ps(s, a[i]);
+    return (double)_mm512_reduce_add_ps(s);
+}
+
+static GEMMA2__T_AVX2 double bench_fma256(long iters)
+{
+    __m256 a[12], m = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(1e-3f), s;
+    long it;
+    int i;
+    for (i = 0; i < 12; i++) a[i] = _mm256_set1_ps((float)i);
+    for (it = 0; it < iters; it++) {
+        _Pragma("GCC unroll 16") for (i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], m, c);
+    }
+    s = a[0];
+    for (i = 1; i < 12; i++) s = _mm256_add_ps(s, a[i]);
+    return (double)gemma2__hsum_256(s);
+}
+#endif
+
+typedef struct bench_flop_job {
+    int kind; /* 0 f32 FMA, 1 bf16 dot */
+    int width;
+    long iters;
+    double sink[64];
+} bench_flop_job;
+
+static void bench_flop_task(void *ctx, int task, int n_tasks)
+{
+    bench_flop_job *j = (bench_flop_job *)ctx;
+    double r = 0;
+    (void)n_tasks;
+#if defined(GEMMA2__X86)
+    if (j->kind == 1) r = bench_dpbf512(j->iters);
+    else if (j->width == 16) r = bench_fma512(j->iters);
+    else r = bench_fma256(j->iters);
+#endif
+    j->sink[task & 63] = r;
+}
+
+/* Peak GFLOP/s over all the pool's threads; kind 1: vdpbf16ps (64 flops per instruction). 0 if absent. */
+static double bench_peak(gemma2__pool *p, int kind)
+{
+    bench_flop_job j;
+    double best = 0, flops_per_iter;
+    int r;
+    memset(&j, 0, sizeof j);
+    j.kind = kind;
+    j.iters = 2000000; /* ~0.05 s a run: short runs, best of many, dodge other processes' time slices */
+#if defined(GEMMA2__X86)
+    {
+        int f = gemma2__x86_features();
+        if (kind == 1 && !(f & GEMMA2__CPU_AVX512BF16)) return 0;
+        if (!(f & GEMMA2__CPU_AVX2)) return 0;
+        j.width = (f & GEMMA2__CPU_AVX512) ? 16 : 8;
+    }
+#else
+    return 0;
+#endif
+    flops_per_iter = 12.0 * 2.0 * (kind == 1 ? 32 : j.width);
+    for (r = 0; r < 20; r++) {
+        double t0 = bench_now(), dt;
+        gemma2__pool_run(p, bench_flop_task, &j, gemma2__pool_size(p));
+        dt = bench_now() - t0;
+        if (flops_per_iter * (double)j.iters * gemma2__pool_size(p) / dt / 1e9 > best)
+            best = flops_per_iter * (double)j.iters * gemma2__pool_size(p) / dt / 1e9;
+    }
+    return best;
+}
+
+/* ---------------------------------------------------------------- kernel-level */
+
+static void bench_kernels(int nt, double bw, double peak32, double peakbf)
+{
+    const gemma2__kernels *k = gemma2__kernels_select(GEMMA2_KERNELS_AUTO);
+    gemma2__pool *p = gemma2__pool_new(nt);
+    int V = 256000, H = 2304, I = 9216, T = 128, r, mode;
+    size_t i;
+    uint64_t rng = 12345;
+    uint16_t *w = (uint16_t *)malloc((size_t)V * H * 2);
+    float *x = (float *)malloc((size_t)T * I * 4), *y = (float *)malloc((size_t)T * V * 4);
+    uint16_t *xb = (uint16_t *)malloc((size_t)T * I * 2);
+    gemma2__mat m;
+    gemma2__matmul_args a;
+    bench_fill(w, (size_t)V * H, &rng);
+    for (i = 0; i < (size_t)T * I; i++) x[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
+    k->to_bf16(xb, x, T * I);
+    /* decode: the 256000 x 2304 output projection, 1.18 GB, far beyond the caches */
+    m.data = w; m.dtype = GEMMA2__DT_BF16; m.rows = V; m.cols = H;
+    a.y = y; a.ldy = V; a.x = x; a.xb = NULL; a.T = 1; a.w = &m;
+    for (mode = 0; mode < 2; mode++) {
+        double best = 1e30;
+        if (mode == 1 && !k->wants_bf16_x) continue;
+        a.xb = mode ? xb : NULL;
+        for (r = 0; r < 5; r++) { double t0 = bench_now(); gemma2__matmul(p, k, &a); if (bench_now() - t0 < best) best = bench_now() - t0; }
+        printf("  kernel %-12s %d thr  decode matvec 256000x2304 bf16 (%s): %6.1f GB/s = %3.0f%% of read bandwidth\n", k->name, nt,
+               mode ? "bf16 dot" : "f32", (double)V * H * 2 / best / 1e9, 100.0 * (double)V * H * 2 / best / 1e9 / bw);
+    }
+    /* prefill: gate projection 9216 x 2304 for 128 tokens */
+    m.rows = I; m.cols = H;
+    a.ldy = I; a.T = T;
+    for (mode = 0; mode < 2; mode++) {
+        double best = 1e30, gf;
+        if (mode == 1 && !k->wants_bf16_x) continue;
+        a.xb = mode ? xb : NULL;
+        for (r = 0; r < 5; r++) { double t0 = bench_now(); gemma2__matmul(p, k, &a); if (bench_now() - t0 < best) best = bench_now() - t0; }
+        gf = 2.0 * I * H * T / best / 1e9;
+        printf("  kernel %-12s %d thr  prefill 9216x2304 x %d tokens (%s): %6.1f GFLOP/s = %3.0f%% of %s peak\n", k->name, nt, T,
+               mode ? "bf16 dot" : "f32", gf, 100.0 * gf / (mode ? peakbf : peak32), mode ? "bf16-dot" : "f32 FMA");
+    }
+    gemma2__pool_free(p);
+    free(w); free(x); free(y); free(xb);
+}
+
+/* ---------------------------------------------------------------- the model */
+
+static void bench_model(const char *dir, const bench_shape *s, int nt, int compute, double bw, double peak32, double peakbf)
+{
+    gemma2_options opt;
+    gemma2_model *m;
+    gemma2_session *ss;
+    char err[256];
+    int32_t *ids;
+    int P = 512, i, ci, ndec = 8;
+    static const int ctxs[4] = {0, 1024, 4096, 8192};
+    double t0, load, ttft, pre, flops_tok = 0, wbytes;
+    memset(&opt, 0, sizeof opt);
+    opt.n_threads = nt;
+    opt.compute = compute;
+    opt.no_tokenizer = 1;
+    t0 = bench_now();
+    m = gemma2_load(dir, &opt, err, sizeof err);
+    load = bench_now() - t0;
+    if (!m) { printf("load failed: %s\n", err); return; }
+    ss = gemma2__session_new(m, 8192 + 64, GEMMA2__CHUNK);
+    if (!ss) { printf("session failed\n"); gemma2_free(m); return; }
+    /* a KV cache full of plausible values, as after a real 8k-token prompt (untouched pages
+       would all read the one shared zero page and flatter long-context decode) */
+    {
+        size_t kvd = (size_t)s->nKV * s->hd, e, n;
+        for (i = 0; i < s->L; i++) {
+            n = (size_t)ss->slots[i] * kvd;
+            for (e = 0; e < n; e++) { ss->k[i][e] = (float)((e * 2654435761u) % 2001) * 1e-3f - 1.0f; ss->v[i][e] = ss->k[i][e] * 0.5f; }
+        }
+    }
+    ids = (int32_t *)malloc(sizeof(int32_t) * (size_t)P);
+    for (i = 0; i < P; i++) ids[i] = 2 + (i * 7919) % (s->V - 2);
+    wbytes = (double)gemma2_model_weight_bytes(m);
+    /* flops per prompt token: every matrix once (2 per weight), attention (QK and PV) at its position */
+    {
+        double qd = (double)s->nH * s->hd, kvd = (double)s->nKV * s->hd;
+        double per_layer = qd * s->H + 2 * kvd * s->H + s->H * qd + 3.0 * s->I * s->H;
+        flops_tok = 2.0 * per_layer * s->L + 2.0 * 2.0 * qd * (P / 2.0) * s->L;
+    }
+    t0 = bench_now();
+    gemma2_eval(ss, ids, P, NULL);
+    ttft = bench_now() - t0;
+    gemma2_session_rewind(ss, 0);
+    t0 = bench_now();
+    gemma2_eval(ss, ids, P, NULL);
+    pre = bench_now() - t0;
+    printf("%s  %d thread%s  compute %s  kernels %s\n", s->name, nt, nt > 1 ? "s" : " ", compute ? "bf16" : "f32 ", gemma2_model_kernels(m));
+    printf("  load %.3f s   time to first token (512-token prompt, cold) %.2f s\n", load, ttft);
+    printf("  prefill pp512 %.1f tok/s  %.0f GFLOP/s = %.0f%% of f32 FMA peak, %.0f%% of bf16-dot peak\n", P / pre,
+           (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9, 100.0 * (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9 / peak32,
+           peakbf > 0 ? 100.0 * (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9 / peakbf : 0.0);
+    for (ci = 0; ci < 4; ci++) {
+        double dt;
+        int32_t tok = 1234;
+        gemma2_session_rewind(ss, 0);
+        ss->pos = ctxs[ci]; /* see the top of the file */
+        ss->hi = ctxs[ci];
+        gemma2_eval(ss, &tok, 1, NULL); /* warm-up */
+        t0 = bench_now();
+        for (i = 0; i < ndec; i++) gemma2_eval(ss, &tok, 1, NULL);
+        dt = (bench_now() - t0) / ndec;
+        printf("  decode @ctx %-5d %6.2f tok/s  %5.1f GB/s of weights = %3.0f%% of read bandwidth (ceiling %.2f tok/s)\n", ctxs[ci], 1.0 / dt,
+               wbytes / dt / 1e9, 100.0 * wbytes / dt / 1e9 / bw, bw * 1e9 / wbytes);
+    }
+    printf("  peak RSS %.2f GB (weights %.2f GB)\n", bench_rss_gb(), wbytes / 1e9);
+    fflush(stdout);
+    free(ids);
+    gemma2_session_free(ss);
+    gemma2_free(m);
+}
+
+int main(int argc, char **argv)
+{
+    int want9 = 0, only_nt = 0, kernels_only = 0, i, nt;
+    const char *data = "bench-data";
+    char d2[1024], d9[1024];
+    size_t bytes = (size_t)1 << 29; /* 512 MB: 16x the L3 */
+    uint64_t *buf;
+    double bw[3] = {0, 0, 0}, pk32[3] = {0, 0, 0}, pkbf[3] = {0, 0, 0};
+    for (i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--9b")) want9 = 1;
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) only_nt = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--kernels-only")) kernels_only = 1;
+        else if (!strcmp(argv[i], "--data") && i + 1 < argc) data = argv[++i];
+        else { fprintf(stderr, "usage: %s [--9b] [--threads N] [--kernels-only] [--data DIR]\n", argv[0]); return 2; }
+    }
+    if (getenv("BENCH_9B")) want9 = 1;
+    snprintf(d2, sizeof d2, "%s/%s", data, bench_2b.name);
+    snprintf(d9, sizeof d9, "%s/%s", data, bench_9b.name);
+    printf("gemma2.h %s benchmark, %d CPUs, kernels %s\n", GEMMA2_VERSION_STRING, gemma2__cpu_count(),
+           gemma2__kernels_select(GEMMA2_KERNELS_AUTO)->name);
+    buf = (uint64_t *)malloc(bytes);
+    if (!buf) return 1;
+    memset(buf, 1, bytes);
+    for (nt = 1; nt <= 2; nt++) {
+        gemma2__pool *p;
+        if (only_nt && nt != only_nt) continue;
+        p = gemma2__pool_new(nt);
+        bw[nt] = bench_read_bw(p, buf, bytes);
+        pk32[nt] = bench_peak(p, 0);
+        pkbf[nt] = bench_peak(p, 1);
+        printf("machine, %d thread%s: streaming read %.1f GB/s, f32 FMA peak %.0f GFLOP/s, bf16-dot peak %.0f GFLOP/s\n", nt, nt > 1 ? "s" : "",
+               bw[nt], pk32[nt], pkbf[nt]);
+        gemma2__pool_free(p);
+    }
+    free(buf);
+    for (nt = 1; nt <= 2; nt++) if (!only_nt || nt == only_nt) bench_kernels(nt, bw[nt], pk32[nt], pkbf[nt]);
+    fflush(stdout);
+    if (kernels_only) return 0;
+    if (bench_ensure_model(d2, &bench_2b) != 0) { fprintf(stderr, "cannot write %s\n", d2); return 1; }
+    for (nt = 2; nt >= 1; nt--) {
+        int c;
+        if (only_nt && nt != only_nt) continue;
+        for (c = 0; c < 2; c++) bench_model(d2, &bench_2b, nt, c, bw[nt], pk32[nt], pkbf[nt]);
+    }
+    if (want9) {
+        if (bench_ensure_model(d9, &bench_9b) != 0) { fprintf(stderr, "cannot write %s\n", d9); return 1; }
+        for (nt = 2; nt >= 1; nt--) {
+            int c;
+            if (only_nt && nt != only_nt) continue;
+            for (c = 0; c < 2; c++) bench_model(d9, &bench_9b, nt, c, bw[nt], pk32[nt], pkbf[nt]);
+        }
+    }
+    return 0;
+}
