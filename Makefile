@@ -77,3 +77,9 @@ test-arm64:
 
 test: test-arm64
 .PHONY: test-arm64
+
+# --- generation (issue 4): the CLI and the perplexity example; the tests compile the CLI in
+all: gemma2 examples/perplexity
+gemma2: examples/gemma2.c gemma2.h
+	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ examples/gemma2.c $(LDLIBS)
+tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx tests/gemma2_test_arm64: examples/gemma2.c

@@ -303,7 +303,175 @@ GEMMA2_DEF int gemma2_detok_flush(gemma2_detok *d, char *out, size_t cap);
    1.5  Sampling, generation and chat
    =========================================================================== */
 
-/* @@GENERATION-API@@ (sampler, generation and chat declarations go here) */
+/* --- Sampler ---------------------------------------------------------------
+
+   A sampler turns a row of logits into one token id. Its steps, always in this order
+   (the order of transformers' logits processors, which the Gemma model cards use):
+     1. logit bias       logit[id] += bias (-INFINITY bans a token)
+     2. repetition       over the distinct tokens of the last penalty_last_n history tokens:
+                         logit > 0 ? logit / repetition_penalty : logit * repetition_penalty
+                         (transformers' RepetitionPenaltyLogitsProcessor, llama.cpp's repeat_penalty)
+     3. frequency and    logit -= count * frequency_penalty + (count > 0) * presence_penalty,
+        presence         count = occurrences in the same window (OpenAI's definition)
+     4. greedy           temperature <= 0: the argmax, done (ties: the lowest id)
+     5. temperature      logit /= temperature
+     6. top-k            keep the top_k highest (ties broken by lower id)
+     7. top-p            softmax; keep the smallest set of most probable tokens whose mass >= top_p
+     8. min-p            keep tokens with p >= min_p * p_max
+     9. draw             renormalise, draw with the sampler's own PRNG (xoshiro256**, seeded by
+                         splitmix64): the same seed gives the same tokens on every platform
+                         (given the same logits) and for any thread count.
+   No step sorts the whole vocabulary: top-k is a partial selection; top-p first gathers the
+   tokens above a probability threshold that provably contains the nucleus (usually a few
+   hundred of 256000), and sorts only those. */
+
+typedef struct gemma2_logit_bias {
+    int32_t token;
+    float bias;          /* added to the logit; -INFINITY forbids the token */
+} gemma2_logit_bias;
+
+/* All-zero means: greedy decoding with no penalties. Every field's zero is "off"/default. */
+typedef struct gemma2_sampler_params {
+    float temperature;          /* <= 0: greedy (argmax). 1: the model's distribution */
+    int top_k;                  /* <= 0: off */
+    float top_p;                /* <= 0 or >= 1: off */
+    float min_p;                /* <= 0: off */
+    float repetition_penalty;   /* 0 or 1: off; 1.1 ~ mild (transformers/llama.cpp meaning) */
+    float frequency_penalty;    /* 0: off */
+    float presence_penalty;     /* 0: off */
+    int penalty_last_n;         /* window of history tokens the three penalties look at;
+                                   0: the whole history (transformers' behaviour, prompt included) */
+    const gemma2_logit_bias *logit_bias; /* copied by gemma2_sampler_new */
+    int n_logit_bias;
+    uint64_t seed;              /* the random stream; 0 is a seed like any other (fixed, reproducible) */
+} gemma2_sampler_params;
+
+typedef struct gemma2_sampler gemma2_sampler;
+
+/* A sampler for logits of vocab_size entries (gemma2_vocab_size(m)); p NULL = greedy.
+   Preallocates everything it needs: sampling never allocates. NULL on bad argument/out of memory. */
+GEMMA2_DEF gemma2_sampler *gemma2_sampler_new(int vocab_size, const gemma2_sampler_params *p);
+GEMMA2_DEF void gemma2_sampler_free(gemma2_sampler *smp);
+/* Restarts the random stream as if created with this seed. */
+GEMMA2_DEF void gemma2_sampler_seed(gemma2_sampler *smp, uint64_t seed);
+/* Picks a token from logits[vocab_size] (not modified). history[0..n_history) are the tokens so
+   far (e.g. gemma2_session_tokens), used only by the penalties; may be NULL when n_history is 0.
+   Returns the token id, or a negative error (GEMMA2_ERROR_INVALID_ARGUMENT if every logit is
+   -inf or NaN after the bias). */
+GEMMA2_DEF int gemma2_sampler_sample(gemma2_sampler *smp, const float *logits, const int32_t *history, int n_history);
+
+/* --- Generation ------------------------------------------------------------ */
+
+/* Why generation ended (gemma2_generate_result.stop_reason). */
+enum {
+    GEMMA2_STOP_EOS = 1,          /* sampled an end-of-sequence id (config eos ids or stop_ids) */
+    GEMMA2_STOP_MAX_TOKENS = 2,   /* max_new_tokens reached */
+    GEMMA2_STOP_STRING = 3,       /* the text reached one of the stop strings */
+    GEMMA2_STOP_CALLBACK = 4,     /* on_token returned nonzero */
+    GEMMA2_STOP_CONTEXT_FULL = 5  /* the session holds n_ctx tokens: nothing more fits */
+};
+
+/* Streaming: called for every generated token (eos excluded) with the text it completes: whole
+   UTF-8 characters only (a character split over byte tokens arrives with its last token; invalid
+   bytes arrive as U+FFFD), with any text that could begin a stop string held back until it is
+   known not to (and never delivered if it does). So len may be 0. After generation ends, one
+   last call with token -1 delivers held-back text, if any. Return nonzero to stop. The text is
+   not NUL-terminated and is valid only during the call. */
+typedef int (*gemma2_token_fn)(void *user, int32_t token, const char *text, size_t len);
+
+/* All-zero means: greedy, until an eos id or the context is full, no stop strings. */
+typedef struct gemma2_generate_params {
+    gemma2_sampler_params sampler;
+    int max_new_tokens;              /* <= 0: no limit (until eos or the context is full) */
+    const char *const *stop_strings; /* n_stop_strings NUL-terminated strings, matched on the text */
+    int n_stop_strings;
+    const int32_t *stop_ids;         /* more ids that end generation, beside the model's eos ids */
+    int n_stop_ids;
+    int ignore_eos;                  /* nonzero: the model's eos ids do not stop generation */
+    gemma2_token_fn on_token;        /* optional streaming callback */
+    void *user;
+} gemma2_generate_params;
+
+typedef struct gemma2_generate_result {
+    int n_prompt;      /* prompt tokens evaluated */
+    int n_generated;   /* tokens generated and evaluated into the session (the stop id not counted) */
+    int stop_reason;   /* GEMMA2_STOP_* */
+    int32_t stop_id;   /* the eos/stop id sampled (GEMMA2_STOP_EOS), else -1 */
+} gemma2_generate_result;
+
+/* Evaluates prompt[0..n_prompt) at the session's position (n_prompt may be 0 to continue from
+   the last evaluated token), then samples tokens one by one. Every generated token is evaluated
+   into the session (so gemma2_logits(s) continues from it) except a sampled eos/stop id, which is
+   never evaluated nor streamed. A stop string is never streamed; the token that completed it stays
+   in the session. Returns 0, or a negative error: GEMMA2_ERROR_CONTEXT_FULL if the prompt does not
+   fit (the session is then unchanged), GEMMA2_ERROR_INVALID_ARGUMENT (n_prompt 0 on an empty
+   session, ...). Reaching n_ctx while generating is not an error: stop_reason CONTEXT_FULL.
+   res may be NULL. The text streamed by on_token, concatenated, is the text of the generated tokens
+   (cut before a stop string). */
+GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_prompt,
+                               const gemma2_generate_params *p, gemma2_generate_result *res);
+
+/* --- Scoring --------------------------------------------------------------- */
+
+/* Log-probabilities (natural log) of a continuation: logprobs[i] = log P(cont[i] | everything before).
+   Evaluates prompt and then cont at the session's position in batches (all rows of logits from
+   one gemma2_eval per batch of up to 64 tokens); n_prompt may be 0 to score after what the session
+   holds already. greedy (may be NULL): greedy[i] = 1 when cont[i] is the argmax. Afterwards the
+   session holds prompt + cont (rewind to reuse the prompt). Returns 0 or a negative error
+   (CONTEXT_FULL if they do not fit: the session is then rewound to where it was). */
+GEMMA2_DEF int gemma2_score(gemma2_session *s, const int32_t *prompt, int n_prompt,
+                            const int32_t *cont, int n_cont, float *logprobs, int *greedy);
+
+/* --- Chat ------------------------------------------------------------------
+
+   The Gemma 2 chat format, as the model's chat template renders it:
+     <bos><start_of_turn>user\n{content}<end_of_turn>\n<start_of_turn>model\n{content}<end_of_turn>\n ...
+   and, with add_generation_prompt, a final <start_of_turn>model\n.
+   Content is trimmed like Python's str.strip(). Roles: "user", "assistant" (written "model") or
+   "model", alternating and starting with "user"; one leading "system" message is allowed and is
+   folded into the first user turn as trim(system) + "\n\n" + trim(user) (just trim(user) when the
+   system text is blank), the way Gemma 3's template does it (the Gemma 2 template rejects system
+   messages: the models were not trained with one, so this is the customary workaround). Anything else
+   (another role, a role out of order, system elsewhere or alone) is GEMMA2_ERROR_CHAT_FORMAT:
+   deliberately stricter than the template, which renders unknown roles verbatim. */
+
+typedef struct gemma2_message { const char *role; const char *content; } gemma2_message;
+
+/* ids of the conversation in the Gemma chat format (with <bos>), user content as plain text;
+   returns the number of ids needed (writes at most max_ids) or a negative error. */
+GEMMA2_DEF int gemma2_chat_tokenize(const gemma2_model *m, const gemma2_message *msgs, int n_msgs,
+                                    int add_generation_prompt, int32_t *ids, int max_ids);
+
+/* The same conversation as text (with "<bos>"), exactly what the Jinja template renders for
+   conversations this API accepts. Returns the bytes needed (writes at most cap, plus a NUL when it
+   fits) or a negative error. Needs no model. NOTE: tokenizing this text with GEMMA2_TOKENIZE_SPECIAL
+   (what transformers' apply_chat_template(tokenize=True) does) lets marker strings typed into
+   content act as real markers; gemma2_chat_tokenize does not. */
+GEMMA2_DEF int gemma2_chat_render(const gemma2_message *msgs, int n_msgs, int add_generation_prompt,
+                                  char *out, size_t cap);
+
+/* A multi-turn conversation kept in a session's KV cache: each turn evaluates only its new tokens
+   (for a user turn: the <end_of_turn>\n that closes the previous reply, the user turn and
+   <start_of_turn>model\n). The session must be empty (pos 0) when the chat is created and must
+   only be used through the chat while it lives. */
+typedef struct gemma2_chat gemma2_chat;
+
+/* system may be NULL (none): it is folded into the first user turn (see above). */
+GEMMA2_DEF gemma2_chat *gemma2_chat_new(gemma2_session *s, const char *system);
+GEMMA2_DEF void gemma2_chat_free(gemma2_chat *c);
+/* Adds a user turn and generates the model's reply (streamed through p->on_token). On
+   CONTEXT_FULL for the user turn the chat and session are left as they were. */
+GEMMA2_DEF int gemma2_chat_say(gemma2_chat *c, const char *user_content, const gemma2_generate_params *p,
+                               gemma2_generate_result *res);
+/* Forgets the last reply and generates it again (use another seed for another reply). */
+GEMMA2_DEF int gemma2_chat_regenerate(gemma2_chat *c, const gemma2_generate_params *p, gemma2_generate_result *res);
+/* Forgets the last exchange (user turn and reply); returns 0, or GEMMA2_ERROR_INVALID_ARGUMENT if none. */
+GEMMA2_DEF int gemma2_chat_undo(gemma2_chat *c);
+/* Forgets the whole conversation (the system prompt stays). */
+GEMMA2_DEF int gemma2_chat_reset(gemma2_chat *c);
+/* Number of completed exchanges (user turn + reply). */
+GEMMA2_DEF int gemma2_chat_turns(const gemma2_chat *c);
+
 
 #ifdef __cplusplus
 }
@@ -2737,6 +2905,8 @@ GEMMA2_DEF void gemma2_free(gemma2_model *m)
     GEMMA2_FREE(m);
 }
 
+static int gemma2__read_generation_config(gemma2_config *cfg, const char *dir); /* in 2.14 */
+
 GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options *opt, char *err, size_t err_size)
 {
     gemma2_model *m;
@@ -2763,6 +2933,8 @@ GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options
     rc = gemma2__config_parse(&m->cfg, (const char *)cf.data, cf.size, path, err, err_size);
     gemma2__file_close(&cf);
     if (rc) goto fail;
+    /* generation_config.json's eos ids (section 2.14) */
+    if ((rc = gemma2__read_generation_config(&m->cfg, model_dir)) != 0) { gemma2__fail(err, err_size, rc, "%s/generation_config.json: malformed (eos_token_id)", model_dir); goto fail; }
     GEMMA2_FREE(path);
     path = NULL;
 
@@ -4505,13 +4677,939 @@ GEMMA2_DEF int32_t gemma2_token_eos(const gemma2_model *m) { return m && m->tok 
    2.13 Sampler
    =========================================================================== */
 
-/* @@SAMPLER@@ */
+/* The PRNG is xoshiro256** (Blackman and Vigna), seeded through splitmix64: fast, good
+   statistics, and fully specified integer arithmetic, so a seed means the same stream on every
+   platform (rand() does not). */
+static uint64_t gemma2__splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t gemma2__rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t gemma2__xoshiro_next(uint64_t st[4])
+{
+    uint64_t r = gemma2__rotl64(st[1] * 5, 7) * 9, t = st[1] << 17;
+    st[2] ^= st[0];
+    st[3] ^= st[1];
+    st[1] ^= st[2];
+    st[0] ^= st[3];
+    st[2] ^= t;
+    st[3] = gemma2__rotl64(st[3], 45);
+    return r;
+}
+
+/* Uniform double in [0, 1) from the top 53 bits. */
+static double gemma2__rand01(uint64_t st[4])
+{
+    return (double)(gemma2__xoshiro_next(st) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+struct gemma2_sampler {
+    gemma2_sampler_params p;     /* logit_bias points at `bias` below */
+    int V;
+    gemma2_logit_bias *bias;
+    uint64_t rng[4];
+    float *w;                    /* [V] working logits */
+    int32_t *cand;               /* [V] candidate ids */
+    double *e;                   /* [V] exp(w - max) of the candidates */
+    int32_t *count;              /* [V] occurrences in the penalty window; all zero between calls */
+};
+
+GEMMA2_DEF void gemma2_sampler_seed(gemma2_sampler *smp, uint64_t seed)
+{
+    uint64_t x = seed;
+    int k;
+    if (!smp) return;
+    for (k = 0; k < 4; k++) smp->rng[k] = gemma2__splitmix64(&x);
+}
+
+GEMMA2_DEF void gemma2_sampler_free(gemma2_sampler *smp)
+{
+    if (!smp) return;
+    GEMMA2_FREE(smp->bias);
+    GEMMA2_FREE(smp->w);
+    GEMMA2_FREE(smp->cand);
+    GEMMA2_FREE(smp->e);
+    GEMMA2_FREE(smp->count);
+    GEMMA2_FREE(smp);
+}
+
+GEMMA2_DEF gemma2_sampler *gemma2_sampler_new(int vocab_size, const gemma2_sampler_params *p)
+{
+    gemma2_sampler *smp;
+    if (vocab_size <= 0) return NULL;
+    if (p && (p->n_logit_bias < 0 || (p->n_logit_bias > 0 && !p->logit_bias) || p->penalty_last_n < 0)) return NULL;
+    smp = (gemma2_sampler *)gemma2__calloc(1, sizeof *smp);
+    if (!smp) return NULL;
+    if (p) smp->p = *p;
+    smp->V = vocab_size;
+    smp->w = (float *)gemma2__calloc((size_t)vocab_size, sizeof(float));
+    smp->cand = (int32_t *)gemma2__calloc((size_t)vocab_size, sizeof(int32_t));
+    smp->e = (double *)gemma2__calloc((size_t)vocab_size, sizeof(double));
+    smp->count = (int32_t *)gemma2__calloc((size_t)vocab_size, sizeof(int32_t));
+    if (smp->p.n_logit_bias > 0) {
+        smp->bias = (gemma2_logit_bias *)gemma2__calloc((size_t)smp->p.n_logit_bias, sizeof(gemma2_logit_bias));
+        if (smp->bias) memcpy(smp->bias, smp->p.logit_bias, (size_t)smp->p.n_logit_bias * sizeof(gemma2_logit_bias));
+    }
+    if (!smp->w || !smp->cand || !smp->e || !smp->count || (smp->p.n_logit_bias > 0 && !smp->bias)) {
+        gemma2_sampler_free(smp);
+        return NULL;
+    }
+    smp->p.logit_bias = smp->bias;
+    gemma2_sampler_seed(smp, smp->p.seed);
+    return smp;
+}
+
+/* The candidate order used everywhere: higher logit first, ties to the lower id. A total order,
+   so partial selections and sorts give the same result on every platform (qsort is not stable
+   and differs between C libraries). */
+static int gemma2__cand_before(const float *w, int32_t a, int32_t b)
+{
+    return w[a] > w[b] || (w[a] == w[b] && a < b);
+}
+
+/* Sift-down in a heap whose root is the element that comes LAST in candidate order
+   (a "min-heap" of the best so far). */
+static void gemma2__heap_down(const float *w, int32_t *h, int n, int i)
+{
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        int32_t t;
+        if (l < n && gemma2__cand_before(w, h[m], h[l])) m = l;
+        if (r < n && gemma2__cand_before(w, h[m], h[r])) m = r;
+        if (m == i) return;
+        t = h[i]; h[i] = h[m]; h[m] = t;
+        i = m;
+    }
+}
+
+/* Sorts h[0..n) into candidate order (best first): heapsort, O(n log n), no recursion. */
+static void gemma2__cand_sort(const float *w, int32_t *h, int n)
+{
+    int i;
+    for (i = n / 2 - 1; i >= 0; i--) gemma2__heap_down(w, h, n, i);
+    for (i = n - 1; i > 0; i--) {
+        int32_t t = h[0]; h[0] = h[i]; h[i] = t; /* the worst goes to the back */
+        gemma2__heap_down(w, h, i, 0);
+    }
+}
+
+/* Steps 1-3: bias and penalties, into smp->w. */
+static void gemma2__sampler_adjust(gemma2_sampler *smp, const float *logits, const int32_t *hist, int n_hist)
+{
+    const gemma2_sampler_params *p = &smp->p;
+    float *w = smp->w;
+    int V = smp->V, k;
+    memcpy(w, logits, (size_t)V * sizeof(float));
+    for (k = 0; k < p->n_logit_bias; k++) {
+        int32_t id = p->logit_bias[k].token;
+        if (id >= 0 && id < V) w[id] += p->logit_bias[k].bias;
+    }
+    if (hist && n_hist > 0 && ((p->repetition_penalty > 0 && p->repetition_penalty != 1.0f) ||
+                               p->frequency_penalty != 0 || p->presence_penalty != 0)) {
+        int start = (p->penalty_last_n > 0 && n_hist > p->penalty_last_n) ? n_hist - p->penalty_last_n : 0;
+        for (k = start; k < n_hist; k++)
+            if (hist[k] >= 0 && hist[k] < V) smp->count[hist[k]]++;
+        /* each distinct token once; resetting its count marks it done and leaves count all zero */
+        for (k = start; k < n_hist; k++) {
+            int32_t id = hist[k];
+            int c;
+            if (id < 0 || id >= V || smp->count[id] == 0) continue;
+            c = smp->count[id];
+            smp->count[id] = 0;
+            if (p->repetition_penalty > 0 && p->repetition_penalty != 1.0f)
+                w[id] = w[id] > 0 ? w[id] / p->repetition_penalty : w[id] * p->repetition_penalty;
+            w[id] -= (float)c * p->frequency_penalty + p->presence_penalty;
+        }
+    }
+}
+
+GEMMA2_DEF int gemma2_sampler_sample(gemma2_sampler *smp, const float *logits, const int32_t *history, int n_history)
+{
+    const gemma2_sampler_params *p;
+    float *w, maxw = -INFINITY;
+    int V, i, n = 0, best = -1, sorted = 0;
+    double Z = 0, total, u, acc;
+    if (!smp || !logits || n_history < 0 || (n_history > 0 && !history)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    p = &smp->p;
+    V = smp->V;
+    w = smp->w;
+    gemma2__sampler_adjust(smp, logits, history, n_history);
+
+    /* 4. greedy; also finds the maximum. NaN counts as -inf. */
+    for (i = 0; i < V; i++) {
+        if (w[i] != w[i]) { w[i] = -INFINITY; continue; }
+        if (w[i] > maxw) { maxw = w[i]; best = i; }
+    }
+    if (best < 0) return GEMMA2_ERROR_INVALID_ARGUMENT; /* everything -inf */
+    if (!(p->temperature > 0)) return best;
+
+    /* 5. temperature (after this w is in "scaled logit" units; the order is unchanged) */
+    if (p->temperature != 1.0f) {
+        float inv = 1.0f / p->temperature;
+        for (i = 0; i < V; i++) w[i] *= inv;
+        maxw *= inv;
+    }
+
+    /* 6. top-k: a partial selection with a heap of the k best, then a sort of those k */
+    if (p->top_k > 0 && p->top_k < V) {
+        int k = p->top_k;
+        for (i = 0; i < V; i++) {
+            if (w[i] == -INFINITY) continue;
+            if (n < k) {
+                int j = n++;
+                smp->cand[j] = i;
+                /* sift up */
+                while (j > 0 && gemma2__cand_before(w, smp->cand[(j - 1) / 2], smp->cand[j])) {
+                    int32_t t = smp->cand[j]; smp->cand[j] = smp->cand[(j - 1) / 2]; smp->cand[(j - 1) / 2] = t;
+                    j = (j - 1) / 2;
+                }
+            } else if (gemma2__cand_before(w, i, smp->cand[0])) {
+                smp->cand[0] = i;
+                gemma2__heap_down(w, smp->cand, n, 0);
+            }
+        }
+        gemma2__cand_sort(w, smp->cand, n);
+        sorted = 1;
+        for (i = 0; i < n; i++) { smp->e[i] = exp((double)w[smp->cand[i]] - (double)maxw); Z += smp->e[i]; }
+    } else {
+        for (i = 0; i < V; i++) {
+            if (w[i] == -INFINITY) continue;
+            smp->cand[n] = i;
+            smp->e[n] = exp((double)w[i] - (double)maxw);
+            Z += smp->e[n];
+            n++;
+        }
+    }
+
+    /* 7. top-p: the smallest best-first prefix with mass >= top_p. */
+    if (p->top_p > 0 && p->top_p < 1 && n > 1) {
+        double need = (double)p->top_p * Z;
+        if (!sorted) {
+            /* Gather the tokens with probability >= t. They are a best-first prefix of the whole
+               order, so if their mass reaches top_p the nucleus lies inside them. Start high
+               and lower t until it does: one O(V) pass each, usually one or two. */
+            double t = 1e-3;
+            for (;;) {
+                int m = 0;
+                double mass = 0;
+                if (t < 1e-14) t = 0; /* degenerate flat distribution: take everything */
+                for (i = 0; i < n; i++)
+                    if (smp->e[i] >= t * Z) { mass += smp->e[i]; m++; }
+                if (mass >= need || t == 0) {
+                    int j = 0;
+                    for (i = 0; i < n; i++)
+                        if (smp->e[i] >= t * Z) smp->cand[j++] = smp->cand[i];
+                    n = m;
+                    break;
+                }
+                t /= 32;
+            }
+            gemma2__cand_sort(w, smp->cand, n);
+            for (i = 0; i < n; i++) smp->e[i] = exp((double)w[smp->cand[i]] - (double)maxw);
+            sorted = 1;
+        }
+        acc = 0;
+        for (i = 0; i < n; i++) {
+            acc += smp->e[i];
+            if (acc >= need) { n = i + 1; break; }
+        }
+    }
+
+    /* 8. min-p: p >= min_p * p_max, i.e. e >= min_p (the best has e = 1) */
+    if (p->min_p > 0 && n > 1) {
+        int j = 0;
+        for (i = 0; i < n; i++)
+            if (smp->e[i] >= (double)p->min_p) { smp->cand[j] = smp->cand[i]; smp->e[j] = smp->e[i]; j++; }
+        n = j; /* never 0: the best token has e == 1 >= min_p when min_p <= 1 */
+        if (n == 0) return best;
+    }
+
+    /* 9. draw: walk the cumulative distribution in candidate order */
+    total = 0;
+    for (i = 0; i < n; i++) total += smp->e[i];
+    u = gemma2__rand01(smp->rng) * total;
+    acc = 0;
+    for (i = 0; i < n; i++) {
+        acc += smp->e[i];
+        if (u < acc) return smp->cand[i];
+    }
+    return smp->cand[n - 1]; /* rounding at the very top */
+}
+
 
 /* ===========================================================================
    2.14 Generation and chat
    =========================================================================== */
 
-/* @@GENERATION@@ */
+/* Generation needs the session's model (eos ids, vocabulary, tokenizer). */
+static const gemma2_model *gemma2__gen_model(const gemma2_session *s) { return s->m; }
+
+/* --- generation_config.json ------------------------------------------------ */
+
+/* Adds generation_config.json's eos_token_id (an int or a list) to cfg's eos ids, keeping the
+   ones config.json gave and skipping duplicates (gemma-2-*-it: config.json says 1, and
+   generation_config.json [1, 107]: <end_of_turn> is what ends a chat reply). A missing file is
+   not an error (many folders have none); a malformed one is GEMMA2_ERROR_FORMAT. */
+static int gemma2__read_generation_config(gemma2_config *cfg, const char *dir)
+{
+    gemma2__file f;
+    gemma2__json j;
+    char *path = gemma2__path_join(dir, "generation_config.json");
+    int32_t node, c;
+    int rc = 0;
+    if (!path) return GEMMA2_ERROR_OUT_OF_MEMORY;
+    if (!gemma2__file_exists(path)) { GEMMA2_FREE(path); return 0; }
+    rc = gemma2__file_read(&f, path, NULL, 0);
+    GEMMA2_FREE(path);
+    if (rc) return rc;
+    if (gemma2__json_parse(&j, (const char *)f.data, f.size, NULL, 0) != 0) {
+        gemma2__json_free(&j);
+        gemma2__file_close(&f);
+        return GEMMA2_ERROR_FORMAT;
+    }
+    node = gemma2__json_get(&j, 0, "eos_token_id");
+    if (gemma2__json_is(&j, node, GEMMA2__JARRAY)) c = j.nodes[node].child;
+    else c = node;
+    while (c >= 0) {
+        int id, k, dup = 0;
+        if (gemma2__json_int(&j, c, &id)) {
+            for (k = 0; k < cfg->n_eos; k++) dup |= cfg->eos_token_ids[k] == id;
+            if (!dup && id >= 0 && cfg->n_eos < (int)(sizeof cfg->eos_token_ids / sizeof cfg->eos_token_ids[0]))
+                cfg->eos_token_ids[cfg->n_eos++] = id;
+        } else if (!gemma2__json_is(&j, c, GEMMA2__JNULL)) rc = GEMMA2_ERROR_FORMAT;
+        c = (c == node) ? -1 : j.nodes[c].next;
+    }
+    gemma2__json_free(&j);
+    gemma2__file_close(&f);
+    return rc;
+}
+
+/* --- small growable id vector (per call or per turn, never per token) ------ */
+
+typedef struct gemma2__ids { int32_t *v; int n, cap; } gemma2__ids;
+
+static int gemma2__ids_reserve(gemma2__ids *a, int extra)
+{
+    if (extra < 0 || a->n > INT_MAX - extra) return GEMMA2_ERROR_OUT_OF_MEMORY;
+    if (a->n + extra > a->cap) {
+        int cap = a->cap ? a->cap : 64;
+        void *p;
+        while (cap < a->n + extra) cap = cap > INT_MAX / 2 ? INT_MAX : cap * 2;
+        p = GEMMA2_REALLOC(a->v, (size_t)cap * sizeof(int32_t));
+        if (!p) return GEMMA2_ERROR_OUT_OF_MEMORY;
+        a->v = (int32_t *)p;
+        a->cap = cap;
+    }
+    return 0;
+}
+
+static int gemma2__ids_push(gemma2__ids *a, int32_t id)
+{
+    int rc = gemma2__ids_reserve(a, 1);
+    if (rc) return rc;
+    a->v[a->n++] = id;
+    return 0;
+}
+
+/* Appends the ids of text (flags as gemma2_tokenize). */
+static int gemma2__ids_tokenize(gemma2__ids *a, const gemma2_model *m, const char *text, size_t len, int flags)
+{
+    int32_t dummy;
+    int need = gemma2_tokenize(m, text, len, &dummy, 0, flags), rc;
+    if (need < 0) return need;
+    if ((rc = gemma2__ids_reserve(a, need)) != 0) return rc;
+    need = gemma2_tokenize(m, text, len, a->v + a->n, need, flags);
+    if (need < 0) return need;
+    a->n += need;
+    return 0;
+}
+
+/* --- Python str.strip() ----------------------------------------------------- */
+
+/* str.isspace() code points: what Jinja's |trim (Python's str.strip()) removes. Not U+200B, not U+FEFF. */
+static int gemma2__py_isspace(uint32_t c)
+{
+    return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+}
+
+/* Decodes one well-formed UTF-8 sequence at s[0..n); returns its length, or 0 if it is not one
+   (invalid bytes are never whitespace, so trimming stops there). */
+static int gemma2__utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
+{
+    unsigned char c = s[0];
+    int len, k;
+    uint32_t v;
+    if (c < 0x80) { *cp = c; return 1; }
+    if (c >= 0xc2 && c <= 0xdf) { len = 2; v = c & 0x1f; }
+    else if (c >= 0xe0 && c <= 0xef) { len = 3; v = c & 0x0f; }
+    else if (c >= 0xf0 && c <= 0xf4) { len = 4; v = c & 0x07; }
+    else return 0;
+    if ((size_t)len > n) return 0;
+    for (k = 1; k < len; k++) {
+        if ((s[k] & 0xc0) != 0x80) return 0;
+        v = (v << 6) | (s[k] & 0x3f);
+    }
+    if ((len == 3 && (v < 0x800 || (v >= 0xd800 && v < 0xe000))) || (len == 4 && (v < 0x10000 || v > 0x10ffff))) return 0;
+    *cp = v;
+    return len;
+}
+
+/* Trims s[0..n) like Python's str.strip(): sets *b, *e to the kept span. */
+static void gemma2__py_strip(const char *s, size_t n, size_t *b, size_t *e)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0, j = n;
+    uint32_t cp;
+    int len;
+    while (i < n && (len = gemma2__utf8_decode(u + i, n - i, &cp)) > 0 && gemma2__py_isspace(cp)) i += (size_t)len;
+    while (j > i) {
+        size_t k = j - 1;
+        while (k > i && j - k < 4 && (u[k] & 0xc0) == 0x80) k--; /* back to a lead byte */
+        len = gemma2__utf8_decode(u + k, j - k, &cp);
+        if (len <= 0 || k + (size_t)len != j || !gemma2__py_isspace(cp)) break;
+        j = k;
+    }
+    *b = i;
+    *e = j;
+}
+
+/* --- chat format -------------------------------------------------------------- */
+
+/* One turn after validation: the role as written and its content (with a folded system prompt). */
+typedef struct gemma2__turn {
+    const char *role;       /* "user" or "model" */
+    const char *prefix;     /* system content to fold in front (first user turn), or NULL */
+    const char *content;
+} gemma2__turn;
+
+/* Checks the roles and maps them to turns (at most n_msgs). Returns the number of turns or
+   GEMMA2_ERROR_CHAT_FORMAT / INVALID_ARGUMENT. */
+static int gemma2__chat_turns(const gemma2_message *msgs, int n_msgs, gemma2__turn *turns)
+{
+    int i = 0, t = 0;
+    const char *sys = NULL;
+    if (n_msgs < 0 || (n_msgs > 0 && !msgs)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (n_msgs > 0 && msgs[0].role && !strcmp(msgs[0].role, "system")) {
+        if (n_msgs < 2) return GEMMA2_ERROR_CHAT_FORMAT; /* nothing to fold it into */
+        sys = msgs[0].content ? msgs[0].content : "";
+        i = 1;
+    }
+    for (; i < n_msgs; i++, t++) {
+        const char *r = msgs[i].role;
+        if (!r) return GEMMA2_ERROR_INVALID_ARGUMENT;
+        if (t % 2 == 0) {
+            if (strcmp(r, "user")) return GEMMA2_ERROR_CHAT_FORMAT;
+            turns[t].role = "user";
+        } else {
+            if (strcmp(r, "assistant") && strcmp(r, "model")) return GEMMA2_ERROR_CHAT_FORMAT;
+            turns[t].role = "model";
+        }
+        turns[t].prefix = t == 0 ? sys : NULL;
+        turns[t].content = msgs[i].content ? msgs[i].content : "";
+    }
+    return t;
+}
+
+/* role + "\n" + [strip(prefix) + "\n\n"] + strip(content), in a fresh allocation, NUL-terminated.
+   (Gemma 3's template writes the system text + "\n\n" before the first user content; we trim the
+   system text too, and leave it out when it is empty.) */
+static char *gemma2__turn_text(const gemma2__turn *t, size_t *len_out)
+{
+    size_t rl = strlen(t->role), pl = t->prefix ? strlen(t->prefix) : 0, cl = strlen(t->content), b, e, n;
+    char *buf = (char *)GEMMA2_MALLOC(rl + 1 + pl + 2 + cl + 1);
+    if (!buf) return NULL;
+    memcpy(buf, t->role, rl);
+    buf[rl] = '\n';
+    n = rl + 1;
+    if (t->prefix) {
+        gemma2__py_strip(t->prefix, pl, &b, &e);
+        if (e > b) {
+            memcpy(buf + n, t->prefix + b, e - b);
+            memcpy(buf + n + (e - b), "\n\n", 2);
+            n += e - b + 2;
+        }
+    }
+    gemma2__py_strip(t->content, cl, &b, &e);
+    memcpy(buf + n, t->content + b, e - b);
+    n += e - b;
+    buf[n] = 0;
+    *len_out = n;
+    return buf;
+}
+
+/* Looks up a marker written as text ("<start_of_turn>") as its single id. */
+static int gemma2__marker_id(const gemma2_model *m, const char *marker)
+{
+    int32_t ids[4];
+    int n = gemma2_tokenize(m, marker, strlen(marker), ids, 4, GEMMA2_TOKENIZE_SPECIAL);
+    if (n < 0) return n;
+    return n == 1 ? ids[0] : GEMMA2_ERROR_UNSUPPORTED;
+}
+
+typedef struct gemma2__chat_ids { int32_t bos, sot, eot; } gemma2__chat_ids;
+
+static int gemma2__chat_markers(const gemma2_model *m, gemma2__chat_ids *c)
+{
+    int sot, eot;
+    memset(c, 0, sizeof *c);
+    if (!m) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if ((sot = gemma2__marker_id(m, "<start_of_turn>")) < 0) return sot;
+    if ((eot = gemma2__marker_id(m, "<end_of_turn>")) < 0) return eot;
+    c->bos = gemma2_model_config(m)->bos_token_id;
+    c->sot = sot;
+    c->eot = eot;
+    return 0;
+}
+
+/* Appends <start_of_turn> E(role\n strip(content)) <end_of_turn> E("\n"); or, for the generation
+   prompt (t == NULL), <start_of_turn> E("model\n"). Content is tokenized with flags 0: marker
+   strings in it stay text. */
+static int gemma2__chat_append_turn(gemma2__ids *a, const gemma2_model *m, const gemma2__chat_ids *c, const gemma2__turn *t)
+{
+    int rc;
+    if ((rc = gemma2__ids_push(a, c->sot)) != 0) return rc;
+    if (!t) return gemma2__ids_tokenize(a, m, "model\n", 6, 0);
+    {
+        size_t len;
+        char *text = gemma2__turn_text(t, &len);
+        if (!text) return GEMMA2_ERROR_OUT_OF_MEMORY;
+        rc = gemma2__ids_tokenize(a, m, text, len, 0);
+        GEMMA2_FREE(text);
+    }
+    if (rc) return rc;
+    if ((rc = gemma2__ids_push(a, c->eot)) != 0) return rc;
+    return gemma2__ids_tokenize(a, m, "\n", 1, 0);
+}
+
+GEMMA2_DEF int gemma2_chat_tokenize(const gemma2_model *m, const gemma2_message *msgs, int n_msgs,
+                                    int add_generation_prompt, int32_t *ids, int max_ids)
+{
+    gemma2__turn *turns;
+    gemma2__chat_ids c = {0, 0, 0};
+    gemma2__ids a;
+    int n, i, rc;
+    if (!m || max_ids < 0 || (max_ids > 0 && !ids)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if ((rc = gemma2__chat_markers(m, &c)) != 0) return rc;
+    turns = (gemma2__turn *)gemma2__calloc((size_t)(n_msgs > 0 ? n_msgs : 1), sizeof *turns);
+    if (!turns) return GEMMA2_ERROR_OUT_OF_MEMORY;
+    n = gemma2__chat_turns(msgs, n_msgs, turns);
+    if (n < 0) { GEMMA2_FREE(turns); return n; }
+    memset(&a, 0, sizeof a);
+    rc = gemma2__ids_push(&a, c.bos);
+    for (i = 0; i < n && !rc; i++) rc = gemma2__chat_append_turn(&a, m, &c, &turns[i]);
+    if (!rc && add_generation_prompt) rc = gemma2__chat_append_turn(&a, m, &c, NULL);
+    GEMMA2_FREE(turns);
+    if (rc) { GEMMA2_FREE(a.v); return rc; }
+    if (max_ids > 0) memcpy(ids, a.v, (size_t)GEMMA2__MIN(a.n, max_ids) * sizeof(int32_t));
+    GEMMA2_FREE(a.v);
+    return a.n;
+}
+
+/* Appends s to out (bounded by cap), counting every byte. */
+static void gemma2__put(char *out, size_t cap, size_t *n, const char *s, size_t len)
+{
+    if (*n < cap) memcpy(out + *n, s, GEMMA2__MIN(len, cap - *n));
+    *n += len;
+}
+
+GEMMA2_DEF int gemma2_chat_render(const gemma2_message *msgs, int n_msgs, int add_generation_prompt,
+                                  char *out, size_t cap)
+{
+    gemma2__turn *turns;
+    size_t n = 0;
+    int nt, i;
+    if (cap > 0 && !out) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    turns = (gemma2__turn *)gemma2__calloc((size_t)(n_msgs > 0 ? n_msgs : 1), sizeof *turns);
+    if (!turns) return GEMMA2_ERROR_OUT_OF_MEMORY;
+    nt = gemma2__chat_turns(msgs, n_msgs, turns);
+    if (nt < 0) { GEMMA2_FREE(turns); return nt; }
+    gemma2__put(out, cap, &n, "<bos>", 5);
+    for (i = 0; i < nt; i++) {
+        size_t len;
+        char *text = gemma2__turn_text(&turns[i], &len);
+        if (!text) { GEMMA2_FREE(turns); return GEMMA2_ERROR_OUT_OF_MEMORY; }
+        gemma2__put(out, cap, &n, "<start_of_turn>", 15);
+        gemma2__put(out, cap, &n, text, len);
+        gemma2__put(out, cap, &n, "<end_of_turn>\n", 14);
+        GEMMA2_FREE(text);
+    }
+    if (add_generation_prompt) gemma2__put(out, cap, &n, "<start_of_turn>model\n", 21);
+    GEMMA2_FREE(turns);
+    if (n > (size_t)INT_MAX) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (n < cap) out[n] = 0;
+    return (int)n;
+}
+
+/* --- streaming text: UTF-8 assembly and stop strings ------------------------- */
+
+/* Turns token bytes into text pieces that are safe to hand out: whole UTF-8 characters only
+   (an incomplete character waits for the next token; invalid bytes become U+FFFD, one per
+   maximal invalid subsequence, as WHATWG decoders do), and nothing that might be the start of
+   a stop string until it is known not to be. All buffers are allocated once per generation. */
+typedef struct gemma2__stream {
+    unsigned char tail[4];   /* an incomplete UTF-8 character carried to the next token */
+    int ntail;
+    char *scratch;           /* tail + a token's bytes */
+    size_t scratch_cap;
+    char *hold;              /* decoded text not yet delivered */
+    size_t nhold, hold_cap;
+    const char *const *stops;
+    int n_stops;
+    size_t max_stop;
+} gemma2__stream;
+
+static int gemma2__stream_reserve(gemma2__stream *st, size_t piece_len)
+{
+    /* every input byte yields at most 3 output bytes (U+FFFD) */
+    size_t need_scratch = piece_len + 4, need_hold = st->max_stop + 3 * (piece_len + 4) + 1;
+    if (need_scratch > st->scratch_cap) {
+        void *p = GEMMA2_REALLOC(st->scratch, need_scratch);
+        if (!p) return GEMMA2_ERROR_OUT_OF_MEMORY;
+        st->scratch = (char *)p;
+        st->scratch_cap = need_scratch;
+    }
+    if (st->nhold + need_hold > st->hold_cap) {
+        void *p = GEMMA2_REALLOC(st->hold, st->nhold + need_hold);
+        if (!p) return GEMMA2_ERROR_OUT_OF_MEMORY;
+        st->hold = (char *)p;
+        st->hold_cap = st->nhold + need_hold;
+    }
+    return 0;
+}
+
+static void gemma2__stream_free(gemma2__stream *st)
+{
+    GEMMA2_FREE(st->scratch);
+    GEMMA2_FREE(st->hold);
+    memset(st, 0, sizeof *st);
+}
+
+static void gemma2__hold_fffd(gemma2__stream *st)
+{
+    memcpy(st->hold + st->nhold, "\xef\xbf\xbd", 3);
+    st->nhold += 3;
+}
+
+/* Decodes tail + bytes into hold. final: no more bytes will come (an incomplete tail is invalid). */
+static void gemma2__stream_utf8(gemma2__stream *st, const char *bytes, size_t n, int final)
+{
+    unsigned char *s = (unsigned char *)st->scratch;
+    size_t len = (size_t)st->ntail + n, i = 0;
+    memcpy(s, st->tail, (size_t)st->ntail);
+    if (n) memcpy(s + st->ntail, bytes, n);
+    st->ntail = 0;
+    while (i < len) {
+        unsigned char c = s[i];
+        int need, k;
+        unsigned char lo = 0x80, hi = 0xbf;
+        if (c < 0x80) { st->hold[st->nhold++] = (char)c; i++; continue; }
+        if (c >= 0xc2 && c <= 0xdf) need = 2;
+        else if (c >= 0xe0 && c <= 0xef) { need = 3; if (c == 0xe0) lo = 0xa0; if (c == 0xed) hi = 0x9f; }
+        else if (c >= 0xf0 && c <= 0xf4) { need = 4; if (c == 0xf0) lo = 0x90; if (c == 0xf4) hi = 0x8f; }
+        else { gemma2__hold_fffd(st); i++; continue; }
+        for (k = 1; k < need && i + (size_t)k < len; k++) {
+            unsigned char d = s[i + (size_t)k];
+            if (d < (k == 1 ? lo : 0x80) || d > (k == 1 ? hi : 0xbf)) break;
+        }
+        if (k == need) {
+            memcpy(st->hold + st->nhold, s + i, (size_t)need);
+            st->nhold += (size_t)need;
+            i += (size_t)need;
+        } else if (i + (size_t)k == len && !final) {
+            memcpy(st->tail, s + i, (size_t)k); /* incomplete so far: wait for more */
+            st->ntail = k;
+            break;
+        } else {
+            gemma2__hold_fffd(st); /* the maximal valid prefix is one error */
+            i += (size_t)k;
+        }
+    }
+}
+
+/* Finds the first complete stop string in hold: returns its offset, or -1. Also reports in
+   *keep how many trailing bytes could still begin a stop string. */
+static long gemma2__stream_match(const gemma2__stream *st, size_t *keep)
+{
+    long best = -1;
+    size_t h = st->nhold, k;
+    int i;
+    *keep = 0;
+    for (i = 0; i < st->n_stops; i++) {
+        const char *sp = st->stops[i];
+        size_t sl = strlen(sp), off;
+        if (sl == 0) continue;
+        for (off = 0; off + sl <= h; off++) {
+            if (best >= 0 && (long)off >= best) break;
+            if (!memcmp(st->hold + off, sp, sl)) { best = (long)off; break; }
+        }
+        /* longest proper prefix of sp that ends hold */
+        for (k = GEMMA2__MIN(sl - 1, h); k > *keep; k--)
+            if (!memcmp(st->hold + h - k, sp, k)) { *keep = k; break; }
+    }
+    return best;
+}
+
+/* --- generation ---------------------------------------------------------------- */
+
+/* Bytes of one token for streaming, exactly as the token holds them (byte pieces stay raw bytes,
+   so the characters they spell are assembled across tokens by gemma2__stream_utf8), into *buf
+   (grown only for an unusually long piece, so not per token in practice). A model loaded
+   without a tokenizer streams no text (tokens only). */
+static int gemma2__token_bytes(const gemma2_model *m, int32_t id, char **buf, size_t *cap)
+{
+    int n = gemma2_detokenize(m, &id, 1, *buf, *cap, GEMMA2_DETOKENIZE_SKIP_CONTROL);
+    if (n == GEMMA2_ERROR_NO_TOKENIZER) return 0;
+    if (n < 0) return n;
+    if ((size_t)n > *cap) {
+        void *p = GEMMA2_REALLOC(*buf, (size_t)n);
+        if (!p) return GEMMA2_ERROR_OUT_OF_MEMORY;
+        *buf = (char *)p;
+        *cap = (size_t)n;
+        n = gemma2_detokenize(m, &id, 1, *buf, *cap, GEMMA2_DETOKENIZE_SKIP_CONTROL);
+    }
+    return n;
+}
+
+GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_prompt,
+                               const gemma2_generate_params *params, gemma2_generate_result *res)
+{
+    gemma2_generate_params p;
+    gemma2_generate_result r;
+    const gemma2_model *m;
+    const gemma2_config *cfg;
+    gemma2_sampler *smp = NULL;
+    gemma2__stream st;
+    char *piece = NULL;
+    size_t piece_cap = 256;
+    int rc = 0, i, stopped = 0;
+    memset(&r, 0, sizeof r);
+    r.stop_id = -1;
+    memset(&st, 0, sizeof st);
+    if (res) *res = r;
+    if (!s || n_prompt < 0 || (n_prompt > 0 && !prompt)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (params) p = *params; else memset(&p, 0, sizeof p);
+    if (p.n_stop_strings < 0 || (p.n_stop_strings > 0 && !p.stop_strings) || p.n_stop_ids < 0 ||
+        (p.n_stop_ids > 0 && !p.stop_ids)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    for (i = 0; i < p.n_stop_strings; i++) {
+        if (!p.stop_strings[i]) return GEMMA2_ERROR_INVALID_ARGUMENT;
+        st.max_stop = GEMMA2__MAX(st.max_stop, strlen(p.stop_strings[i]));
+    }
+    st.stops = p.stop_strings;
+    st.n_stops = p.n_stop_strings;
+    m = gemma2__gen_model(s);
+    cfg = gemma2_model_config(m);
+    if (n_prompt == 0 && (gemma2_session_pos(s) == 0 || !gemma2_logits(s))) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (n_prompt > gemma2_session_n_ctx(s) - gemma2_session_pos(s)) return GEMMA2_ERROR_CONTEXT_FULL;
+
+    smp = gemma2_sampler_new(gemma2_vocab_size(m), &p.sampler);
+    piece = (char *)GEMMA2_MALLOC(piece_cap);
+    if (!smp || !piece || gemma2__stream_reserve(&st, piece_cap) != 0) { rc = GEMMA2_ERROR_OUT_OF_MEMORY; goto done; }
+    if (n_prompt > 0 && (rc = gemma2_eval(s, prompt, n_prompt, NULL)) != 0) goto done;
+    r.n_prompt = n_prompt;
+
+    while (!stopped) {
+        int32_t tok;
+        int is_stop = 0, n;
+        size_t keep, emit;
+        long at;
+        if (p.max_new_tokens > 0 && r.n_generated >= p.max_new_tokens) { r.stop_reason = GEMMA2_STOP_MAX_TOKENS; break; }
+        tok = gemma2_sampler_sample(smp, gemma2_logits(s), gemma2_session_tokens(s), gemma2_session_pos(s));
+        if (tok < 0) { rc = tok; break; }
+        if (!p.ignore_eos)
+            for (i = 0; i < cfg->n_eos; i++) is_stop |= cfg->eos_token_ids[i] == tok;
+        for (i = 0; i < p.n_stop_ids; i++) is_stop |= p.stop_ids[i] == tok;
+        if (is_stop) { r.stop_reason = GEMMA2_STOP_EOS; r.stop_id = tok; break; }
+        if (gemma2_session_pos(s) >= gemma2_session_n_ctx(s)) { r.stop_reason = GEMMA2_STOP_CONTEXT_FULL; break; }
+        if ((rc = gemma2_eval(s, &tok, 1, NULL)) != 0) break;
+        r.n_generated++;
+
+        n = gemma2__token_bytes(m, tok, &piece, &piece_cap);
+        if (n < 0) { rc = n; break; }
+        if ((rc = gemma2__stream_reserve(&st, (size_t)n)) != 0) break;
+        gemma2__stream_utf8(&st, piece, (size_t)n, 0);
+        at = gemma2__stream_match(&st, &keep);
+        if (at >= 0) { emit = (size_t)at; stopped = 1; r.stop_reason = GEMMA2_STOP_STRING; }
+        else emit = st.nhold - keep;
+        if (p.on_token && p.on_token(p.user, tok, st.hold, emit) != 0 && !stopped) {
+            stopped = 1;
+            r.stop_reason = GEMMA2_STOP_CALLBACK;
+        }
+        if (r.stop_reason == GEMMA2_STOP_STRING) st.nhold = 0;
+        else { memmove(st.hold, st.hold + emit, st.nhold - emit); st.nhold -= emit; }
+    }
+    /* Deliver what was held back: an incomplete character (as U+FFFD) and the start of a stop
+       string that never completed. */
+    if (r.stop_reason != GEMMA2_STOP_STRING && rc == 0) {
+        if (st.ntail) gemma2__stream_utf8(&st, NULL, 0, 1);
+        if (st.nhold && p.on_token) p.on_token(p.user, -1, st.hold, st.nhold);
+    }
+done:
+    gemma2_sampler_free(smp);
+    GEMMA2_FREE(piece);
+    gemma2__stream_free(&st);
+    if (res) *res = r;
+    return rc;
+}
+
+/* --- scoring --------------------------------------------------------------------- */
+
+/* log softmax(row)[id], in double. */
+static float gemma2__logprob(const float *row, int V, int32_t id, int *is_argmax)
+{
+    double mx = -INFINITY, sum = 0;
+    int i, best = 0;
+    for (i = 0; i < V; i++) if (row[i] > mx) { mx = row[i]; best = i; }
+    for (i = 0; i < V; i++) sum += exp((double)row[i] - mx);
+    if (is_argmax) *is_argmax = best == id;
+    return (float)((double)row[id] - mx - log(sum));
+}
+
+GEMMA2_DEF int gemma2_score(gemma2_session *s, const int32_t *prompt, int n_prompt,
+                            const int32_t *cont, int n_cont, float *logprobs, int *greedy)
+{
+    enum { CHUNK = 32 }; /* rows per batch: 32 x 256000 floats = 32 MB */
+    const gemma2_model *m;
+    float *rows;
+    int V, pos0, j, rc = 0, chunk;
+    if (!s || n_prompt < 0 || n_cont < 0 || (n_prompt > 0 && !prompt) || (n_cont > 0 && (!cont || !logprobs)))
+        return GEMMA2_ERROR_INVALID_ARGUMENT;
+    m = gemma2__gen_model(s);
+    V = gemma2_vocab_size(m);
+    pos0 = gemma2_session_pos(s);
+    if (n_prompt == 0 && n_cont > 0 && (pos0 == 0 || !gemma2_logits(s))) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (n_prompt > gemma2_session_n_ctx(s) - pos0 || n_cont > gemma2_session_n_ctx(s) - pos0 - n_prompt)
+        return GEMMA2_ERROR_CONTEXT_FULL;
+    for (j = 0; j < n_cont; j++) if (cont[j] < 0 || cont[j] >= V) return GEMMA2_ERROR_BAD_TOKEN;
+    if (n_prompt > 0 && (rc = gemma2_eval(s, prompt, n_prompt, NULL)) != 0) return rc;
+    if (n_cont == 0) return 0;
+    logprobs[0] = gemma2__logprob(gemma2_logits(s), V, cont[0], greedy);
+    chunk = GEMMA2__MIN(n_cont, CHUNK);
+    rows = (float *)gemma2__calloc((size_t)chunk * (size_t)V, sizeof(float));
+    if (!rows) { gemma2_session_rewind(s, pos0); return GEMMA2_ERROR_OUT_OF_MEMORY; }
+    for (j = 0; j < n_cont; j += chunk) {
+        int c = GEMMA2__MIN(chunk, n_cont - j), r;
+        if ((rc = gemma2_eval(s, cont + j, c, rows)) != 0) break;
+        /* row r predicts the token after cont[j + r] */
+        for (r = 0; r < c && j + r + 1 < n_cont; r++)
+            logprobs[j + r + 1] = gemma2__logprob(rows + (size_t)r * V, V, cont[j + r + 1], greedy ? &greedy[j + r + 1] : NULL);
+    }
+    GEMMA2_FREE(rows);
+    if (rc) gemma2_session_rewind(s, pos0);
+    return rc;
+}
+
+/* --- multi-turn chat ----------------------------------------------------------------- */
+
+struct gemma2_chat {
+    gemma2_session *s;
+    const gemma2_model *m;
+    char *system;          /* NULL: none */
+    gemma2__chat_ids ids;
+    int n, cap;            /* exchanges so far */
+    int *turn_pos;         /* [n] session position where exchange k's tokens begin */
+    int *reply_pos;        /* [n] position where its reply begins (after <start_of_turn>model\n) */
+};
+
+GEMMA2_DEF gemma2_chat *gemma2_chat_new(gemma2_session *s, const char *system)
+{
+    gemma2_chat *c;
+    if (!s || gemma2_session_pos(s) != 0) return NULL;
+    c = (gemma2_chat *)gemma2__calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->s = s;
+    c->m = gemma2__gen_model(s);
+    if (gemma2__chat_markers(c->m, &c->ids) != 0 || (system && !(c->system = gemma2__strdup(system)))) {
+        gemma2_chat_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+GEMMA2_DEF void gemma2_chat_free(gemma2_chat *c)
+{
+    if (!c) return;
+    GEMMA2_FREE(c->system);
+    GEMMA2_FREE(c->turn_pos);
+    GEMMA2_FREE(c->reply_pos);
+    GEMMA2_FREE(c);
+}
+
+GEMMA2_DEF int gemma2_chat_turns(const gemma2_chat *c) { return c ? c->n : 0; }
+
+GEMMA2_DEF int gemma2_chat_say(gemma2_chat *c, const char *user_content, const gemma2_generate_params *p,
+                               gemma2_generate_result *res)
+{
+    gemma2__ids a;
+    gemma2__turn t;
+    int rc, start;
+    if (res) memset(res, 0, sizeof *res);
+    if (!c || !user_content) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (c->n == c->cap) {
+        int cap = c->cap ? c->cap * 2 : 16;
+        int *tp = (int *)GEMMA2_REALLOC(c->turn_pos, (size_t)cap * sizeof(int)), *rp;
+        if (!tp) return GEMMA2_ERROR_OUT_OF_MEMORY;
+        c->turn_pos = tp;
+        rp = (int *)GEMMA2_REALLOC(c->reply_pos, (size_t)cap * sizeof(int));
+        if (!rp) return GEMMA2_ERROR_OUT_OF_MEMORY;
+        c->reply_pos = rp;
+        c->cap = cap;
+    }
+    memset(&a, 0, sizeof a);
+    t.role = "user";
+    t.content = user_content;
+    t.prefix = (c->n == 0) ? c->system : NULL;
+    /* the previous reply's sampled <end_of_turn> was not kept: close it, then the new turn */
+    if (c->n == 0) rc = gemma2__ids_push(&a, c->ids.bos);
+    else if ((rc = gemma2__ids_push(&a, c->ids.eot)) == 0) rc = gemma2__ids_tokenize(&a, c->m, "\n", 1, 0);
+    if (!rc) rc = gemma2__chat_append_turn(&a, c->m, &c->ids, &t);
+    if (!rc) rc = gemma2__chat_append_turn(&a, c->m, &c->ids, NULL);
+    if (rc) { GEMMA2_FREE(a.v); return rc; }
+    start = gemma2_session_pos(c->s);
+    rc = gemma2_generate(c->s, a.v, a.n, p, res);
+    if (gemma2_session_pos(c->s) >= start + a.n) { /* the turn is in (even if generation failed later) */
+        c->turn_pos[c->n] = start;
+        c->reply_pos[c->n] = start + a.n;
+        c->n++;
+    }
+    GEMMA2_FREE(a.v);
+    return rc;
+}
+
+GEMMA2_DEF int gemma2_chat_regenerate(gemma2_chat *c, const gemma2_generate_params *p, gemma2_generate_result *res)
+{
+    int rc, rp;
+    if (res) memset(res, 0, sizeof *res);
+    if (!c || c->n == 0) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    rp = c->reply_pos[c->n - 1];
+    /* a rewind recomputes the logits of the position before it: the reply's first token's */
+    if ((rc = gemma2_session_rewind(c->s, rp)) != 0) return rc;
+    return gemma2_generate(c->s, NULL, 0, p, res);
+}
+
+GEMMA2_DEF int gemma2_chat_undo(gemma2_chat *c)
+{
+    int rc;
+    if (!c || c->n == 0) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if ((rc = gemma2_session_rewind(c->s, c->turn_pos[c->n - 1])) != 0) return rc;
+    c->n--;
+    return 0;
+}
+
+GEMMA2_DEF int gemma2_chat_reset(gemma2_chat *c)
+{
+    int rc;
+    if (!c) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if ((rc = gemma2_session_rewind(c->s, 0)) != 0) return rc;
+    c->n = 0;
+    return 0;
+}
+
 
 #endif /* GEMMA2_IMPLEMENTATION_DONE */
 #endif /* GEMMA2_IMPLEMENTATION */

@@ -1,3 +1,577 @@
 #include "test.h"
 
-void suite_generate(void) {}
+/* Generation, streaming, stop rules, multi-turn chat, scoring and the CLI, end to end on
+   tiny-realvocab (random weights, the real 256000-token vocabulary) with the real tokenizer. */
+
+#define GEMMA2_CLI_NO_MAIN
+#include "../examples/gemma2.c"
+
+#if defined(_WIN32)
+#include <direct.h>
+#define gen_mkdir(p) _mkdir(p)
+#else
+#include <sys/stat.h>
+#define gen_mkdir(p) mkdir(p, 0755)
+#endif
+
+static gemma2_model *gen_model;
+
+static gemma2_model *gen_load(int n_threads)
+{
+    gemma2_options o;
+    char err[256];
+    gemma2_model *m;
+    memset(&o, 0, sizeof o);
+    o.n_threads = n_threads;
+    o.tokenizer_path = g2t_path("tokenizer/tokenizer.json");
+    m = gemma2_load(g2t_path("models/tiny-realvocab"), &o, err, sizeof err);
+    CHECK(m != NULL, "load tiny-realvocab: %s", err);
+    return m;
+}
+
+static gemma2_model *gen_get(void)
+{
+    if (!gen_model) gen_model = gen_load(0);
+    return gen_model;
+}
+
+/* reference.json of tiny-realvocab: prompt_ids, greedy_ids */
+static int gen_reference(int32_t *prompt, int *np, int32_t *greedy, int *ng)
+{
+    char *text = (char *)g2t_read_file(g2t_path("models/tiny-realvocab/reference.json"), NULL);
+    gemma2__json j;
+    char err[128];
+    const char *keys[2] = {"prompt_ids", "greedy_ids"};
+    int32_t *outs[2];
+    int *ns[2], k;
+    outs[0] = prompt; outs[1] = greedy; ns[0] = np; ns[1] = ng;
+    if (!text || gemma2__json_parse(&j, text, strlen(text), err, sizeof err) != 0) { free(text); return 0; }
+    for (k = 0; k < 2; k++) {
+        int32_t c = j.nodes[gemma2__json_get(&j, 0, keys[k])].child;
+        *ns[k] = 0;
+        for (; c >= 0; c = j.nodes[c].next) { int v = 0; gemma2__json_int(&j, c, &v); outs[k][(*ns[k])++] = v; }
+    }
+    gemma2__json_free(&j);
+    free(text);
+    return 1;
+}
+
+/* Collects streamed text and tokens. */
+typedef struct gen_sink {
+    char text[8192];
+    size_t len;
+    int32_t toks[512];
+    int n_toks, n_calls, flushes, stop_after;
+} gen_sink;
+
+static int gen_on_token(void *user, int32_t tok, const char *text, size_t len)
+{
+    gen_sink *k = (gen_sink *)user;
+    k->n_calls++;
+    if (tok >= 0 && k->n_toks < 512) k->toks[k->n_toks++] = tok;
+    if (tok < 0) k->flushes++;
+    if (k->len + len < sizeof k->text) { memcpy(k->text + k->len, text, len); k->len += len; }
+    k->text[k->len] = 0;
+    return k->stop_after > 0 && k->n_toks >= k->stop_after;
+}
+
+static gemma2_generate_params gen_params(gen_sink *k)
+{
+    gemma2_generate_params p;
+    memset(&p, 0, sizeof p);
+    memset(k, 0, sizeof *k);
+    p.on_token = gen_on_token;
+    p.user = k;
+    return p;
+}
+
+static int gen_detok(gemma2_model *m, const int32_t *ids, int n, char *out, size_t cap)
+{
+    int r = gemma2_detokenize(m, ids, n, out, cap - 1, GEMMA2_DETOKENIZE_SKIP_CONTROL);
+    if (r >= 0 && (size_t)r < cap) out[r] = 0;
+    return r;
+}
+
+static void test_generate_greedy(void)
+{
+    gemma2_model *m = gen_get();
+    int32_t prompt[64], greedy[64];
+    int np = 0, ng = 0, rc;
+    gemma2_session *s;
+    gemma2_generate_params p;
+    gemma2_generate_result r;
+    gen_sink k;
+    char want[4096];
+    if (!m || !gen_reference(prompt, &np, greedy, &ng)) { CHECK(0, "setup"); return; }
+    s = gemma2_session_new(m, 0);
+    p = gen_params(&k);
+    p.max_new_tokens = ng;
+    rc = gemma2_generate(s, prompt, np, &p, &r);
+    CHECK(rc == 0 && r.stop_reason == GEMMA2_STOP_MAX_TOKENS && r.n_generated == ng && r.n_prompt == np, "rc %d reason %d n %d", rc, r.stop_reason, r.n_generated);
+    CHECK(k.n_toks == ng && !memcmp(k.toks, greedy, sizeof(int32_t) * (size_t)ng), "greedy ids differ");
+    CHECK(gemma2_session_pos(s) == np + ng && !memcmp(gemma2_session_tokens(s) + np, greedy, sizeof(int32_t) * (size_t)ng), "session holds the reply");
+    gen_detok(m, greedy, ng, want, sizeof want);
+    CHECK(k.len == strlen(want) && !strcmp(k.text, want), "streamed text [%s] vs [%s]", k.text, want);
+    /* continue from where it stopped (n_prompt 0): the same as one longer run */
+    {
+        gen_sink k2;
+        gemma2_generate_params p2 = gen_params(&k2);
+        p2.max_new_tokens = 3;
+        CHECK(gemma2_generate(s, NULL, 0, &p2, &r) == 0 && r.n_generated == 3, "continue");
+    }
+    gemma2_session_free(s);
+}
+
+static void test_generate_stop_rules(void)
+{
+    gemma2_model *m = gen_get();
+    int32_t prompt[64], greedy[64];
+    int np = 0, ng = 0, i, cut = -1;
+    gemma2_session *s;
+    gemma2_generate_params p;
+    gemma2_generate_result r;
+    gen_sink k;
+    char full[4096], stop[64], pa[256], pb[256];
+    const char *stops[2];
+    if (!m || !gen_reference(prompt, &np, greedy, &ng)) { CHECK(0, "setup"); return; }
+    s = gemma2_session_new(m, 0);
+    gen_detok(m, greedy, ng, full, sizeof full);
+    /* a stop string across a token boundary: the last 2 bytes of a token's text + the first 2 of the next */
+    for (i = 1; i + 1 < ng && cut < 0; i++) {
+        int la = gen_detok(m, greedy + i, 1, pa, sizeof pa), lb = gen_detok(m, greedy + i + 1, 1, pb, sizeof pb);
+        if (la >= 2 && lb >= 2 && (unsigned char)pa[la - 2] < 0x80 && (unsigned char)pb[1] < 0x80) {
+            memcpy(stop, pa + la - 2, 2);
+            memcpy(stop + 2, pb, 2);
+            stop[4] = 0;
+            if (strstr(full, stop) && (size_t)(strstr(full, stop) - full) > 0) cut = i;
+        }
+    }
+    CHECK(cut >= 0, "no token pair to build a split stop string from");
+    if (cut >= 0) {
+        size_t at = (size_t)(strstr(full, stop) - full);
+        p = gen_params(&k);
+        stops[0] = "never-appears";
+        stops[1] = stop;
+        p.stop_strings = stops;
+        p.n_stop_strings = 2;
+        p.max_new_tokens = ng;
+        CHECK(gemma2_generate(s, prompt, np, &p, &r) == 0, "generate");
+        CHECK(r.stop_reason == GEMMA2_STOP_STRING, "reason %d", r.stop_reason);
+        CHECK(k.len == at && !memcmp(k.text, full, at), "text before the stop string: [%s] (want %d bytes of [%s], stop [%s])", k.text, (int)at, full, stop);
+        CHECK(k.flushes == 0, "nothing after a stop string");
+    }
+    /* stop ids: generation ends before the id, which is neither streamed nor evaluated */
+    gemma2_session_rewind(s, 0);
+    p = gen_params(&k);
+    p.stop_ids = &greedy[5];
+    p.n_stop_ids = 1;
+    CHECK(gemma2_generate(s, prompt, np, &p, &r) == 0 && r.stop_reason == GEMMA2_STOP_EOS && r.stop_id == greedy[5] &&
+          r.n_generated == 5 && gemma2_session_pos(s) == np + 5, "stop id: reason %d n %d", r.stop_reason, r.n_generated);
+    /* the config's eos ids (1, 107): force 107 with a logit bias */
+    {
+        gemma2_logit_bias b;
+        b.token = 107;
+        b.bias = 1000;
+        gemma2_session_rewind(s, 0);
+        p = gen_params(&k);
+        p.sampler.logit_bias = &b;
+        p.sampler.n_logit_bias = 1;
+        CHECK(gemma2_generate(s, prompt, np, &p, &r) == 0 && r.stop_reason == GEMMA2_STOP_EOS && r.stop_id == 107 &&
+              r.n_generated == 0 && k.len == 0, "eos 107: reason %d", r.stop_reason);
+        gemma2_session_rewind(s, 0);
+        p = gen_params(&k);
+        p.sampler.logit_bias = &b;
+        p.sampler.n_logit_bias = 1;
+        p.ignore_eos = 1;
+        p.max_new_tokens = 2;
+        CHECK(gemma2_generate(s, prompt, np, &p, &r) == 0 && r.stop_reason == GEMMA2_STOP_MAX_TOKENS && k.n_toks == 2 &&
+              k.toks[0] == 107, "ignore_eos");
+    }
+    /* the callback stops generation */
+    gemma2_session_rewind(s, 0);
+    p = gen_params(&k);
+    k.stop_after = 3;
+    CHECK(gemma2_generate(s, prompt, np, &p, &r) == 0 && r.stop_reason == GEMMA2_STOP_CALLBACK && r.n_generated == 3, "callback stop");
+    gemma2_session_free(s);
+}
+
+/* The stream assembler on its own: UTF-8 split over tokens, invalid bytes, stop strings. */
+static void test_generate_stream_unit(void)
+{
+    gemma2__stream st;
+    const char *stops[2] = {"o wor", "!!"};
+    size_t keep;
+    long at;
+    memset(&st, 0, sizeof st);
+    st.stops = stops;
+    st.n_stops = 2;
+    st.max_stop = 5;
+    gemma2__stream_reserve(&st, 64);
+    /* 中 = E4 B8 AD split 2 + 1 */
+    gemma2__stream_utf8(&st, "a\xe4\xb8", 3, 0);
+    CHECK(st.nhold == 1 && st.ntail == 2, "incomplete held: %d %d", (int)st.nhold, st.ntail);
+    gemma2__stream_utf8(&st, "\xad", 1, 0);
+    CHECK(st.nhold == 4 && !memcmp(st.hold, "a\xe4\xb8\xad", 4), "assembled");
+    st.nhold = 0;
+    gemma2__stream_utf8(&st, "\xff" "b\xe4\xb8" "c\xed\xa0\x80", 8, 0);
+    CHECK(st.nhold == 3 + 1 + 3 + 1 + 9 && !memcmp(st.hold, "\xef\xbf\xbd" "b\xef\xbf\xbd" "c", 8), "invalid -> U+FFFD (%d)", (int)st.nhold);
+    st.nhold = 0;
+    gemma2__stream_utf8(&st, "\xf0\x9f", 2, 0);
+    gemma2__stream_utf8(&st, NULL, 0, 1);
+    CHECK(st.nhold == 3 && st.ntail == 0, "final incomplete -> U+FFFD");
+    /* stop strings */
+    st.nhold = 0;
+    gemma2__stream_utf8(&st, "Hello w", 7, 0);
+    at = gemma2__stream_match(&st, &keep);
+    CHECK(at < 0 && keep == 3, "prefix 'o w' held back: %ld %d", at, (int)keep);
+    gemma2__stream_utf8(&st, "orld", 4, 0);
+    at = gemma2__stream_match(&st, &keep);
+    CHECK(at == 4, "found at %ld", at);
+    st.nhold = 0;
+    gemma2__stream_utf8(&st, "x!", 2, 0);
+    at = gemma2__stream_match(&st, &keep);
+    CHECK(at < 0 && keep == 1, "'!' held");
+    gemma2__stream_free(&st);
+}
+
+/* Writes a file; returns 1 on success. */
+static int gen_write(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    int ok;
+    if (!f) return 0;
+    ok = fwrite(data, 1, n, f) == n;
+    return fclose(f) == 0 && ok;
+}
+
+/* eos ids from generation_config.json, in a temporary copy of tiny-realvocab whose config.json
+   says only eos 1. */
+static void test_generate_generation_config(void)
+{
+    char dir[256], path[512], *cfg, *p;
+    size_t n, wn;
+    void *weights;
+    gemma2_options o;
+    gemma2_model *m;
+    char err[256];
+    const gemma2_config *c;
+    snprintf(dir, sizeof dir, "%s/tmp-generation-config", g2t_data);
+    gen_mkdir(dir);
+    cfg = (char *)g2t_read_file(g2t_path("models/tiny-realvocab/config.json"), &n);
+    weights = g2t_read_file(g2t_path("models/tiny-realvocab/model.safetensors"), &wn);
+    if (!cfg || !weights) { CHECK(0, "read fixture"); free(cfg); free(weights); return; }
+    /* "eos_token_id": [\n 1,\n 107\n ] -> "eos_token_id": 1 */
+    p = strstr(cfg, "\"eos_token_id\"");
+    if (p) {
+        char *q = strchr(p, ']');
+        const char *rep = "\"eos_token_id\": 1";
+        size_t rl = strlen(rep);
+        memmove(p + rl, q + 1, strlen(q + 1) + 1);
+        memcpy(p, rep, rl);
+    }
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    CHECK(gen_write(path, cfg, strlen(cfg)), "write config");
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK(gen_write(path, weights, wn), "write weights");
+    memset(&o, 0, sizeof o);
+    o.tokenizer_path = g2t_path("tokenizer/tokenizer.json");
+    /* no generation_config.json: only config.json's eos */
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    remove(path);
+    m = gemma2_load(dir, &o, err, sizeof err);
+    c = m ? gemma2_model_config(m) : NULL;
+    CHECK(c && c->n_eos == 1 && c->eos_token_ids[0] == 1, "config.json only: %s", m ? "" : err);
+    gemma2_free(m);
+    /* an int */
+    CHECK(gen_write(path, "{\"bos_token_id\": 2, \"eos_token_id\": 107}", strlen("{\"bos_token_id\": 2, \"eos_token_id\": 107}")), "write");
+    m = gemma2_load(dir, &o, err, sizeof err);
+    c = m ? gemma2_model_config(m) : NULL;
+    CHECK(c && c->n_eos == 2 && c->eos_token_ids[0] == 1 && c->eos_token_ids[1] == 107, "int");
+    gemma2_free(m);
+    /* a list, duplicates skipped; and generation stops at 107 */
+    CHECK(gen_write(path, "{\"eos_token_id\": [1, 107], \"cache_implementation\": \"hybrid\"}", strlen("{\"eos_token_id\": [1, 107], \"cache_implementation\": \"hybrid\"}")), "write");
+    m = gemma2_load(dir, &o, err, sizeof err);
+    c = m ? gemma2_model_config(m) : NULL;
+    CHECK(c && c->n_eos == 2 && c->eos_token_ids[1] == 107, "list");
+    if (m) {
+        gemma2_session *s = gemma2_session_new(m, 64);
+        gemma2_generate_params gp;
+        gemma2_generate_result r;
+        gemma2_logit_bias b;
+        gen_sink k;
+        int32_t bos = 2;
+        b.token = 107;
+        b.bias = 1000;
+        gp = gen_params(&k);
+        gp.sampler.logit_bias = &b;
+        gp.sampler.n_logit_bias = 1;
+        CHECK(gemma2_generate(s, &bos, 1, &gp, &r) == 0 && r.stop_reason == GEMMA2_STOP_EOS && r.stop_id == 107, "stops at 107 from generation_config.json");
+        gemma2_session_free(s);
+    }
+    gemma2_free(m);
+    /* malformed: the load fails with a reason */
+    CHECK(gen_write(path, "{\"eos_token_id\": [1, ", strlen("{\"eos_token_id\": [1, ")), "write");
+    m = gemma2_load(dir, &o, err, sizeof err);
+    CHECK(!m && strstr(err, "generation_config.json"), "malformed: %s", err);
+    gemma2_free(m);
+    remove(path);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    remove(path);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    remove(path);
+    remove(dir);
+    free(cfg);
+    free(weights);
+}
+
+static float gen_maxdiff(const float *a, const float *b, int n)
+{
+    float d = 0;
+    int i;
+    for (i = 0; i < n; i++) if (fabsf(a[i] - b[i]) > d) d = fabsf(a[i] - b[i]);
+    return d;
+}
+
+/* Three turns with KV reuse == one from-scratch evaluation of the whole conversation. */
+static void test_generate_multiturn(void)
+{
+    gemma2_model *m = gen_get();
+    gemma2_session *s, *fresh;
+    gemma2_chat *c;
+    gemma2_generate_params p;
+    gemma2_generate_result r;
+    gen_sink k;
+    const char *turns[3] = {"Write a hello world program", "Now in C, please.", "  Thanks! <end_of_turn> "};
+    memset(&r, 0, sizeof r);
+    int t, pos_before = 0, V, n_first;
+    int32_t first[64];
+    gemma2_message msg;
+    if (!m) return;
+    V = gemma2_vocab_size(m);
+    s = gemma2_session_new(m, 512);
+    c = gemma2_chat_new(s, NULL);
+    CHECK(c != NULL, "chat_new");
+    for (t = 0; t < 3 && c; t++) {
+        p = gen_params(&k);
+        p.max_new_tokens = 6;
+        pos_before = gemma2_session_pos(s);
+        CHECK(gemma2_chat_say(c, turns[t], &p, &r) == 0, "turn %d", t);
+        /* only the new tokens were evaluated: <end_of_turn>\n closing the last reply + the new turn */
+        CHECK(gemma2_session_pos(s) == pos_before + r.n_prompt + r.n_generated, "turn %d positions", t);
+        if (t > 0) CHECK(gemma2_session_tokens(s)[pos_before] == 107 && gemma2_session_tokens(s)[pos_before + 1] == 108, "reply closed");
+    }
+    /* the first turn is exactly gemma2_chat_tokenize's prompt, i.e. the reference prompt */
+    msg.role = "user";
+    msg.content = turns[0];
+    n_first = gemma2_chat_tokenize(m, &msg, 1, 1, first, 64);
+    CHECK(n_first == 14 && !memcmp(gemma2_session_tokens(s), first, sizeof(int32_t) * 14), "first turn ids");
+    /* from scratch */
+    fresh = gemma2_session_new(m, 512);
+    CHECK(gemma2_eval(fresh, gemma2_session_tokens(s), gemma2_session_pos(s), NULL) == 0, "fresh eval");
+    CHECK(gen_maxdiff(gemma2_logits(s), gemma2_logits(fresh), V) < 1e-3f, "cached vs from scratch: %g", gen_maxdiff(gemma2_logits(s), gemma2_logits(fresh), V));
+    gemma2_session_free(fresh);
+    /* regenerate with the same (greedy) settings gives the same reply; undo and reset */
+    {
+        int32_t before[64];
+        int n = gemma2_session_pos(s), nrep = r.n_generated;
+        memcpy(before, gemma2_session_tokens(s) + n - nrep, sizeof(int32_t) * (size_t)nrep);
+        p = gen_params(&k);
+        p.max_new_tokens = 6;
+        CHECK(gemma2_chat_regenerate(c, &p, &r) == 0 && gemma2_session_pos(s) == n &&
+              !memcmp(before, gemma2_session_tokens(s) + n - nrep, sizeof(int32_t) * (size_t)nrep), "regenerate");
+        CHECK(gemma2_chat_undo(c) == 0 && gemma2_chat_turns(c) == 2 && gemma2_session_pos(s) == pos_before, "undo");
+        CHECK(gemma2_chat_reset(c) == 0 && gemma2_session_pos(s) == 0 && gemma2_chat_turns(c) == 0, "reset");
+        CHECK(gemma2_chat_undo(c) == GEMMA2_ERROR_INVALID_ARGUMENT, "nothing to undo");
+    }
+    gemma2_chat_free(c);
+    gemma2_session_free(s);
+}
+
+/* A prompt that does not fit: CONTEXT_FULL, session unchanged and still usable; generation that
+   reaches n_ctx stops with STOP_CONTEXT_FULL. */
+static void test_generate_context_full(void)
+{
+    gemma2_model *m = gen_get();
+    gemma2_session *s;
+    gemma2_chat *c;
+    gemma2_generate_params p;
+    gemma2_generate_result r;
+    gen_sink k;
+    char longmsg[400];
+    if (!m) return;
+    memset(longmsg, 0, sizeof longmsg);
+    memset(longmsg, 'a', 10);
+    { int i; for (i = 0; i < 60; i++) memcpy(longmsg + 10 + i * 5, " word", 5); }
+    s = gemma2_session_new(m, 32);
+    c = gemma2_chat_new(s, "Be brief.");
+    p = gen_params(&k);
+    CHECK(gemma2_chat_say(c, longmsg, &p, &r) == GEMMA2_ERROR_CONTEXT_FULL && gemma2_session_pos(s) == 0 && gemma2_chat_turns(c) == 0, "too long");
+    p = gen_params(&k);
+    CHECK(gemma2_chat_say(c, "Hi", &p, &r) == 0 && r.stop_reason == GEMMA2_STOP_CONTEXT_FULL && gemma2_session_pos(s) == 32, "fills up: reason %d pos %d", r.stop_reason, gemma2_session_pos(s));
+    p = gen_params(&k);
+    CHECK(gemma2_chat_say(c, "More", &p, &r) == GEMMA2_ERROR_CONTEXT_FULL && gemma2_session_pos(s) == 32 && gemma2_chat_turns(c) == 1, "full");
+    CHECK(gemma2_chat_reset(c) == 0, "reset");
+    p = gen_params(&k);
+    p.max_new_tokens = 2;
+    CHECK(gemma2_chat_say(c, "Hi", &p, &r) == 0 && r.n_generated == 2, "usable after reset");
+    gemma2_chat_free(c);
+    gemma2_session_free(s);
+}
+
+/* The same seed gives the same tokens whatever the thread count. */
+static void test_generate_threads(void)
+{
+    int32_t prompt[64], greedy[64], toks[2][24];
+    int np = 0, ng = 0, t;
+    if (!gen_reference(prompt, &np, greedy, &ng)) { CHECK(0, "setup"); return; }
+    for (t = 0; t < 2; t++) {
+        gemma2_model *m = gen_load(t + 1);
+        gemma2_session *s = m ? gemma2_session_new(m, 0) : NULL;
+        gemma2_generate_params p;
+        gemma2_generate_result r;
+        gen_sink k;
+        if (!s) { gemma2_free(m); return; }
+        p = gen_params(&k);
+        p.sampler.temperature = 1.0f;
+        p.sampler.top_k = 50;
+        p.sampler.top_p = 0.9f;
+        p.sampler.seed = 2024;
+        p.max_new_tokens = 24;
+        CHECK(gemma2_generate(s, prompt, np, &p, &r) == 0 && k.n_toks == 24, "generate");
+        memcpy(toks[t], k.toks, sizeof toks[t]);
+        gemma2_session_free(s);
+        gemma2_free(m);
+    }
+    CHECK(!memcmp(toks[0], toks[1], sizeof toks[0]), "1 thread vs 2 threads");
+}
+
+/* gemma2_score against top_logits.json: logprob of each greedy token = its logit - logsumexp. */
+static void test_generate_score(void)
+{
+    gemma2_model *m = gen_get();
+    int32_t prompt[64], greedy[64];
+    int np = 0, ng = 0, g[64], checked = 0;
+    float lp[64];
+    char *text, err[128];
+    gemma2__json j;
+    gemma2_session *s;
+    if (!m || !gen_reference(prompt, &np, greedy, &ng)) { CHECK(0, "setup"); return; }
+    s = gemma2_session_new(m, 0);
+    CHECK(gemma2_score(s, prompt, np, greedy, ng, lp, g) == 0, "score");
+    CHECK(gemma2_session_pos(s) == np + ng, "session holds prompt + continuation");
+    text = (char *)g2t_read_file(g2t_path("models/tiny-realvocab/top_logits.json"), NULL);
+    if (text && gemma2__json_parse(&j, text, strlen(text), err, sizeof err) == 0) {
+        int32_t c = j.nodes[0].type == GEMMA2__JARRAY ? j.nodes[0].child : j.nodes[gemma2__json_get(&j, 0, "positions")].child;
+        for (; c >= 0; c = j.nodes[c].next) {
+            int pos = -1;
+            double lse = 0;
+            int32_t e;
+            gemma2__json_int(&j, gemma2__json_get(&j, c, "pos"), &pos);
+            gemma2__json_number(&j, gemma2__json_get(&j, c, "logsumexp"), &lse);
+            if (pos < np - 1 || pos >= np - 1 + ng) continue;
+            for (e = j.nodes[gemma2__json_get(&j, c, "top")].child; e >= 0; e = j.nodes[e].next) {
+                int id = -1;
+                double logit = 0;
+                gemma2__json_int(&j, j.nodes[e].child, &id);
+                gemma2__json_number(&j, j.nodes[j.nodes[e].child].next, &logit);
+                if (id == greedy[pos - np + 1]) {
+                    double want = logit - lse;
+                    CHECK(fabs(lp[pos - np + 1] - want) < 1e-3, "pos %d: %f vs %f", pos, lp[pos - np + 1], want);
+                    CHECK(g[pos - np + 1] == 1, "greedy flag at %d", pos);
+                    checked++;
+                }
+            }
+        }
+        gemma2__json_free(&j);
+    }
+    CHECK(checked == ng, "checked %d of %d", checked, ng);
+    free(text);
+    /* does not fit: error, session as it was */
+    gemma2_session_free(s);
+    s = gemma2_session_new(m, 20);
+    CHECK(gemma2_score(s, prompt, np, greedy, ng, lp, NULL) == GEMMA2_ERROR_CONTEXT_FULL && gemma2_session_pos(s) == 0, "context full");
+    gemma2_session_free(s);
+}
+
+/* The CLI, in-process: its stdout must be exactly the generated text. */
+static int gen_cli(const char *const *args, int n, const char *input, char *out, size_t cap, char *errbuf, size_t ecap)
+{
+    char *argv[32];
+    FILE *in = tmpfile(), *o = tmpfile(), *e = tmpfile();
+    int i, rc;
+    size_t got;
+    argv[0] = (char *)"gemma2";
+    for (i = 0; i < n; i++) argv[i + 1] = (char *)args[i];
+    argv[n + 1] = NULL;
+    if (input) fputs(input, in);
+    rewind(in);
+    rc = cli_main(n + 1, argv, in, o, e);
+    rewind(o);
+    got = fread(out, 1, cap - 1, o);
+    out[got] = 0;
+    rewind(e);
+    got = fread(errbuf, 1, ecap - 1, e);
+    errbuf[got] = 0;
+    fclose(in);
+    fclose(o);
+    fclose(e);
+    return rc;
+}
+
+static void test_generate_cli(void)
+{
+    gemma2_model *m = gen_get();
+    int32_t prompt[64], greedy[64];
+    int np = 0, ng = 0, rc;
+    char want[4096], out[8192], err[8192], model[512], tok[512], n16[8];
+    if (!m || !gen_reference(prompt, &np, greedy, &ng)) { CHECK(0, "setup"); return; }
+    gen_detok(m, greedy, ng, want, sizeof want);
+    snprintf(model, sizeof model, "%s", g2t_path("models/tiny-realvocab"));
+    snprintf(tok, sizeof tok, "%s", g2t_path("tokenizer/tokenizer.json"));
+    snprintf(n16, sizeof n16, "%d", ng);
+    {   /* chat mode: -p is one user turn */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "-p", "Write a hello world program"};
+        rc = gen_cli(a, 10, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want), "chat: rc %d out [%s] want [%s] err [%s]", rc, out, want, err);
+        CHECK(strstr(err, "tokens/s") != NULL, "timings on stderr");
+    }
+    {   /* --raw: <bos> + the text (markers written in it are matched) */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "--raw", "-p",
+                           "<start_of_turn>user\nWrite a hello world program<end_of_turn>\n<start_of_turn>model\n"};
+        rc = gen_cli(a, 11, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want), "raw: rc %d out [%s] err [%s]", rc, out, err);
+    }
+    {   /* interactive: two turns, /reset, /quit; stdout holds the replies, one per line */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "4", "-i"};
+        rc = gen_cli(a, 9, "Hello\nAgain\n/reset\n/quit\nnot read\n", out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && strstr(err, "cleared") != NULL, "interactive: rc %d err [%s]", rc, err);
+        { int nl = 0; char *p; for (p = out; *p; p++) nl += *p == '\n'; CHECK(nl >= 2, "two replies"); }
+    }
+    {   /* errors: one line on stderr, non-zero exit */
+        const char *a1[] = {"-p", "hi"};
+        const char *a2[] = {"-m", "no/such/folder", "-p", "hi"};
+        const char *a3[] = {"-m", model, "--temp", "abc", "-p", "hi"};
+        const char *a4[] = {"-m", model, "--bogus"};
+        const char *a5[] = {"-m", model, "-n"};
+        CHECK(gen_cli(a1, 2, NULL, out, sizeof out, err, sizeof err) != 0 && strstr(err, "error") && !out[0], "no model");
+        CHECK(gen_cli(a2, 4, NULL, out, sizeof out, err, sizeof err) != 0 && strstr(err, "error"), "missing folder: %s", err);
+        CHECK(gen_cli(a3, 6, NULL, out, sizeof out, err, sizeof err) != 0 && strstr(err, "--temp"), "bad number: %s", err);
+        CHECK(gen_cli(a4, 3, NULL, out, sizeof out, err, sizeof err) != 0 && strstr(err, "--bogus"), "unknown flag");
+        CHECK(gen_cli(a5, 3, NULL, out, sizeof out, err, sizeof err) != 0 && strstr(err, "-n"), "missing value");
+    }
+}
+
+void suite_generate(void)
+{
+    g2t_run("generate/stream_unit", test_generate_stream_unit);
+    g2t_run("generate/greedy", test_generate_greedy);
+    g2t_run("generate/stop_rules", test_generate_stop_rules);
+    g2t_run("generate/generation_config", test_generate_generation_config);
+    g2t_run("generate/multiturn", test_generate_multiturn);
+    g2t_run("generate/context_full", test_generate_context_full);
+    g2t_run("generate/threads", test_generate_threads);
+    g2t_run("generate/score", test_generate_score);
+    g2t_run("generate/cli", test_generate_cli);
+    gemma2_free(gen_model);
+    gen_model = NULL;
+}
