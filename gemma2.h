@@ -3022,38 +3022,24 @@ struct gemma2_session {
     void *trace_user;
 };
 
-/* y = W x for the chunk: the rows of W are split over the pool's threads. */
-typedef struct gemma2__mm_job {
-    const gemma2__kernels *k;
-    gemma2__matmul_args a;
-} gemma2__mm_job;
-
-static void gemma2__mm_task(void *ctx, int task, int n_tasks)
-{
-    const gemma2__mm_job *j = (const gemma2__mm_job *)ctx;
-    int rows = j->a.w->rows;
-    /* Split on multiples of 16 rows so every thread's block starts aligned for the kernels. */
-    int per = ((rows + n_tasks - 1) / n_tasks + 15) & ~15;
-    int r0 = task * per, r1 = GEMMA2__MIN(rows, r0 + per);
-    if (r0 < r1) j->k->matmul(&j->a, r0, r1);
-}
-
+/* y = W x for the chunk, rows split over the session's threads (gemma2__matmul). With
+   GEMMA2_COMPUTE_BF16 the activations are rounded to bf16 once here, for kernels whose
+   bf16 dot products take twice the arithmetic per instruction. */
 static void gemma2__forward_matmul(gemma2_session *s, float *y, int ldy, const float *x, int T, const gemma2__mat *w)
 {
-    gemma2__mm_job j;
-    j.k = s->m->kern;
-    j.a.y = y;
-    j.a.ldy = ldy;
-    j.a.x = x;
-    j.a.xb = NULL;
-    j.a.T = T;
-    j.a.w = w;
-    if (s->m->opt.compute == GEMMA2_COMPUTE_BF16 && j.k->wants_bf16_x && w->dtype == GEMMA2__DT_BF16) {
-        size_t i, n = (size_t)T * (size_t)w->cols;
-        for (i = 0; i < n; i++) s->xb[i] = gemma2__f32_to_bf16(x[i]);
-        j.a.xb = s->xb;
+    gemma2__matmul_args a;
+    const gemma2__kernels *k = s->m->kern;
+    a.y = y;
+    a.ldy = ldy;
+    a.x = x;
+    a.xb = NULL;
+    a.T = T;
+    a.w = w;
+    if (s->m->opt.compute == GEMMA2_COMPUTE_BF16 && k->wants_bf16_x && w->dtype == GEMMA2__DT_BF16) {
+        k->to_bf16(s->xb, x, T * w->cols);
+        a.xb = s->xb;
     }
-    gemma2__pool_run(s->pool, gemma2__mm_task, &j, gemma2__pool_size(s->pool));
+    gemma2__matmul(s->pool, k, &a);
 }
 
 /* Attention of C queries (positions pos0..pos0+C-1) over the cache of one layer. */
@@ -3082,11 +3068,10 @@ static void gemma2__att_task(void *ctx, int task, int n_tasks)
         float *out = s->att + (size_t)t * nH * hd + (size_t)h * hd, mx = -INFINITY, sum = 0;
         for (a = 0; a < n; a++) {
             const float *kr = K + (size_t)((lo + a) % slots) * kvd + (size_t)kvh * hd;
-            float x = kern->dot(q, kr, hd) * scale;
-            if (cap > 0) x = cap * tanhf(x / cap); /* softcap before the (implicit) causal mask */
-            sc[a] = x;
-            if (x > mx) mx = x;
+            sc[a] = kern->dot(q, kr, hd) * scale;
         }
+        if (cap > 0) kern->softcap(sc, n, cap); /* softcap before the causal mask (keys past p are never scored) */
+        for (a = 0; a < n; a++) if (sc[a] > mx) mx = sc[a];
         for (a = 0; a < n; a++) { sc[a] = expf(sc[a] - mx); sum += sc[a]; }
         memset(out, 0, (size_t)hd * sizeof(float));
         for (a = 0; a < n; a++) {
@@ -3183,10 +3168,8 @@ static void gemma2__forward(gemma2_session *s, const int32_t *ids, int C, int po
         float cap = c->final_logit_softcapping;
         for (t = 0; t < n; t++) kern->rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)(first_logit + t) * H, m->final_norm, H, eps);
         gemma2__forward_matmul(s, logits, V, s->xn, n, &m->embed);
-        if (cap > 0) {
-            size_t k, total = (size_t)n * (size_t)V;
-            for (k = 0; k < total; k++) logits[k] = cap * tanhf(logits[k] / cap);
-        }
+        if (cap > 0)
+            for (t = 0; t < n; t++) kern->softcap(logits + (size_t)t * V, V, cap);
     }
 }
 
