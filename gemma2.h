@@ -2645,6 +2645,7 @@ struct gemma2_model {
     size_t weight_bytes;
     const gemma2__kernels *kern;
     gemma2__tokenizer *tok;        /* NULL when loaded without a tokenizer */
+    gemma2__pool *load_pool;       /* threads for converting weights, only during gemma2_load */
 };
 
 static void *gemma2__own(gemma2_model *m, size_t bytes)
@@ -2831,7 +2832,9 @@ static int gemma2__bind_mat(gemma2_model *m, const gemma2__tensors *ts, const ch
     if (want_bf16 || t->dtype == GEMMA2__ST_BF16) {
         uint16_t *dst = (uint16_t *)gemma2__own(m, n * 2);
         if (!dst) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "tensor %s: out of memory converting to bf16", name);
-        for (i = 0; i < n; i++) {
+        if (t->dtype == GEMMA2__ST_F32 && ((uintptr_t)t->data & 3) == 0)
+            gemma2__convert_f32_to_bf16(m->load_pool, dst, (const float *)t->data, n);
+        else for (i = 0; i < n; i++) {
             float v;
             uint16_t h;
             if (t->dtype == GEMMA2__ST_F32) { memcpy(&v, t->data + 4 * i, 4); dst[i] = gemma2__f32_to_bf16(v); }
@@ -2963,7 +2966,11 @@ no_tok:
     if ((rc = gemma2__progress(m, 0.0f, err, err_size)) != 0) goto fail;
     if ((rc = gemma2__open_weights(m, model_dir, &ts, err, err_size)) != 0) goto fail;
     if ((rc = gemma2__progress(m, 0.1f, err, err_size)) != 0) goto fail;
-    if ((rc = gemma2__bind_weights(m, &ts, err, err_size)) != 0) goto fail;
+    if (m->opt.weights == GEMMA2_WEIGHTS_BF16) m->load_pool = gemma2__pool_new(m->opt.n_threads);
+    rc = gemma2__bind_weights(m, &ts, err, err_size);
+    gemma2__pool_free(m->load_pool);
+    m->load_pool = NULL;
+    if (rc != 0) goto fail;
     gemma2__tensors_free(&ts);
     m->has_weights = 1;
     return m;
