@@ -995,6 +995,39 @@ static int gemma2__file_read(gemma2__file *f, const char *path, char *err, size_
     return 0;
 }
 
+#if defined(GEMMA2__POSIX_MMAP)
+/* Maps a whole file read-only at a 2 MiB-aligned address. Why: where the page cache holds
+   the file in large folios, the kernel can then map them with 2 MiB page-table entries,
+   and streaming multi-GB weights through fewer TLB entries is measurably faster (4 KiB
+   pages also stop the hardware prefetcher at every page boundary). The slack around the
+   aligned window is returned at once. */
+static void *gemma2__mmap_aligned(int fd, size_t size)
+{
+#if defined(MAP_ANONYMOUS) || defined(MAP_ANON)
+#ifndef MAP_ANONYMOUS
+#define MAP_ANONYMOUS MAP_ANON
+#endif
+    const size_t align = (size_t)2 << 20;
+    uint8_t *r, *a;
+    void *p;
+    if (size < align || size > (size_t)-1 - 2 * align) return mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    r = (uint8_t *)mmap(NULL, size + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if ((void *)r == MAP_FAILED) return mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    a = (uint8_t *)(((uintptr_t)r + align - 1) & ~(uintptr_t)(align - 1));
+    p = mmap(a, size, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0);
+    if (p == MAP_FAILED) { munmap(r, size + align); return mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0); }
+    if (a > r) munmap(r, (size_t)(a - r));
+    if (r + size + align > a + size) munmap(a + size, (size_t)(r + size + align - (a + size)));
+#ifdef MADV_HUGEPAGE
+    madvise(p, size, MADV_HUGEPAGE); /* a hint; ignored where file THP is not supported */
+#endif
+    return p;
+#else /* strict ISO mode hides MAP_ANONYMOUS: plain mapping */
+    return mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+#endif
+}
+#endif
+
 /* Maps a file read-only (or reads it under GEMMA2_NO_MMAP). */
 static int gemma2__file_map(gemma2__file *f, const char *path, char *err, size_t err_size)
 {
@@ -1006,7 +1039,7 @@ static int gemma2__file_map(gemma2__file *f, const char *path, char *err, size_t
     if (fd < 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
     if (fstat(fd, &st) != 0) { close(fd); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot stat", path); }
     if (st.st_size == 0) { close(fd); return gemma2__file_read(f, path, err, err_size); }
-    p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    p = gemma2__mmap_aligned(fd, (size_t)st.st_size);
     close(fd); /* the mapping keeps the file alive */
     if (p == MAP_FAILED) return gemma2__file_read(f, path, err, err_size);
     f->data = (const uint8_t *)p;
