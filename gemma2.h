@@ -5246,17 +5246,13 @@ GEMMA2_DEF int gemma2_chat_render(const gemma2_message *msgs, int n_msgs, int ad
     return (int)n;
 }
 
-/* --- streaming text: UTF-8 assembly and stop strings ------------------------- */
+/* --- streaming text: stop strings ------------------------------------------------ */
 
-/* Turns token bytes into text pieces that are safe to hand out: whole UTF-8 characters only
-   (an incomplete character waits for the next token; invalid bytes become U+FFFD, one per
-   maximal invalid subsequence, as WHATWG decoders do), and nothing that might be the start of
-   a stop string until it is known not to be. All buffers are allocated once per generation. */
+/* Text pieces come from the tokenizer's incremental detokenizer (gemma2_detok: whole UTF-8
+   characters only, invalid bytes as U+FFFD the way the tokenizer format's reference does). Here
+   they wait in `hold` while they could still be the start of a stop string. The buffer is
+   allocated once per generation and grows only if a piece is unusually long. */
 typedef struct gemma2__stream {
-    unsigned char tail[4];   /* an incomplete UTF-8 character carried to the next token */
-    int ntail;
-    char *scratch;           /* tail + a token's bytes */
-    size_t scratch_cap;
     char *hold;              /* decoded text not yet delivered */
     size_t nhold, hold_cap;
     const char *const *stops;
@@ -5264,72 +5260,40 @@ typedef struct gemma2__stream {
     size_t max_stop;
 } gemma2__stream;
 
-static int gemma2__stream_reserve(gemma2__stream *st, size_t piece_len)
+/* Makes room for `extra` more bytes (and a NUL). */
+static int gemma2__stream_reserve(gemma2__stream *st, size_t extra)
 {
-    /* every input byte yields at most 3 output bytes (U+FFFD) */
-    size_t need_scratch = piece_len + 4, need_hold = st->max_stop + 3 * (piece_len + 4) + 1;
-    if (need_scratch > st->scratch_cap) {
-        void *p = GEMMA2_REALLOC(st->scratch, need_scratch);
-        if (!p) return GEMMA2_ERROR_OUT_OF_MEMORY;
-        st->scratch = (char *)p;
-        st->scratch_cap = need_scratch;
-    }
-    if (st->nhold + need_hold > st->hold_cap) {
-        void *p = GEMMA2_REALLOC(st->hold, st->nhold + need_hold);
+    size_t need = st->nhold + extra + 1;
+    if (need > st->hold_cap) {
+        void *p = GEMMA2_REALLOC(st->hold, need);
         if (!p) return GEMMA2_ERROR_OUT_OF_MEMORY;
         st->hold = (char *)p;
-        st->hold_cap = st->nhold + need_hold;
+        st->hold_cap = need;
     }
     return 0;
 }
 
 static void gemma2__stream_free(gemma2__stream *st)
 {
-    GEMMA2_FREE(st->scratch);
     GEMMA2_FREE(st->hold);
     memset(st, 0, sizeof *st);
 }
 
-static void gemma2__hold_fffd(gemma2__stream *st)
+/* Appends the text that token id completes (id < 0: the end of the stream) to hold. A model
+   loaded without a tokenizer streams no text. */
+static int gemma2__stream_push(gemma2__stream *st, gemma2_detok *dt, int32_t id)
 {
-    memcpy(st->hold + st->nhold, "\xef\xbf\xbd", 3);
-    st->nhold += 3;
-}
-
-/* Decodes tail + bytes into hold. final: no more bytes will come (an incomplete tail is invalid). */
-static void gemma2__stream_utf8(gemma2__stream *st, const char *bytes, size_t n, int final)
-{
-    unsigned char *s = (unsigned char *)st->scratch;
-    size_t len = (size_t)st->ntail + n, i = 0;
-    memcpy(s, st->tail, (size_t)st->ntail);
-    if (n) memcpy(s + st->ntail, bytes, n);
-    st->ntail = 0;
-    while (i < len) {
-        unsigned char c = s[i];
-        int need, k;
-        unsigned char lo = 0x80, hi = 0xbf;
-        if (c < 0x80) { st->hold[st->nhold++] = (char)c; i++; continue; }
-        if (c >= 0xc2 && c <= 0xdf) need = 2;
-        else if (c >= 0xe0 && c <= 0xef) { need = 3; if (c == 0xe0) lo = 0xa0; if (c == 0xed) hi = 0x9f; }
-        else if (c >= 0xf0 && c <= 0xf4) { need = 4; if (c == 0xf0) lo = 0x90; if (c == 0xf4) hi = 0x8f; }
-        else { gemma2__hold_fffd(st); i++; continue; }
-        for (k = 1; k < need && i + (size_t)k < len; k++) {
-            unsigned char d = s[i + (size_t)k];
-            if (d < (k == 1 ? lo : 0x80) || d > (k == 1 ? hi : 0xbf)) break;
-        }
-        if (k == need) {
-            memcpy(st->hold + st->nhold, s + i, (size_t)need);
-            st->nhold += (size_t)need;
-            i += (size_t)need;
-        } else if (i + (size_t)k == len && !final) {
-            memcpy(st->tail, s + i, (size_t)k); /* incomplete so far: wait for more */
-            st->ntail = k;
-            break;
-        } else {
-            gemma2__hold_fffd(st); /* the maximal valid prefix is one error */
-            i += (size_t)k;
-        }
+    int n, rc;
+    for (;;) {
+        size_t avail = st->hold_cap - st->nhold - 1;
+        n = id >= 0 ? gemma2_detok_push(dt, id, st->hold + st->nhold, avail) : gemma2_detok_flush(dt, st->hold + st->nhold, avail);
+        if (n == GEMMA2_ERROR_NO_TOKENIZER) return 0;
+        if (n < 0) return n;
+        if ((size_t)n <= avail) break;
+        if ((rc = gemma2__stream_reserve(st, (size_t)n)) != 0) return rc; /* nothing was consumed: retry */
     }
+    st->nhold += (size_t)n;
+    return 0;
 }
 
 /* Finds the first complete stop string in hold: returns its offset, or -1. Also reports in
@@ -5357,25 +5321,6 @@ static long gemma2__stream_match(const gemma2__stream *st, size_t *keep)
 
 /* --- generation ---------------------------------------------------------------- */
 
-/* Bytes of one token for streaming, exactly as the token holds them (byte pieces stay raw bytes,
-   so the characters they spell are assembled across tokens by gemma2__stream_utf8), into *buf
-   (grown only for an unusually long piece, so not per token in practice). A model loaded
-   without a tokenizer streams no text (tokens only). */
-static int gemma2__token_bytes(const gemma2_model *m, int32_t id, char **buf, size_t *cap)
-{
-    int n = gemma2_detokenize(m, &id, 1, *buf, *cap, GEMMA2_DETOKENIZE_SKIP_CONTROL);
-    if (n == GEMMA2_ERROR_NO_TOKENIZER) return 0;
-    if (n < 0) return n;
-    if ((size_t)n > *cap) {
-        void *p = GEMMA2_REALLOC(*buf, (size_t)n);
-        if (!p) return GEMMA2_ERROR_OUT_OF_MEMORY;
-        *buf = (char *)p;
-        *cap = (size_t)n;
-        n = gemma2_detokenize(m, &id, 1, *buf, *cap, GEMMA2_DETOKENIZE_SKIP_CONTROL);
-    }
-    return n;
-}
-
 GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_prompt,
                                const gemma2_generate_params *params, gemma2_generate_result *res)
 {
@@ -5385,8 +5330,7 @@ GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_p
     const gemma2_config *cfg;
     gemma2_sampler *smp = NULL;
     gemma2__stream st;
-    char *piece = NULL;
-    size_t piece_cap = 256;
+    gemma2_detok dt;
     int rc = 0, i, stopped = 0;
     memset(&r, 0, sizeof r);
     r.stop_id = -1;
@@ -5408,14 +5352,14 @@ GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_p
     if (n_prompt > gemma2_session_n_ctx(s) - gemma2_session_pos(s)) return GEMMA2_ERROR_CONTEXT_FULL;
 
     smp = gemma2_sampler_new(gemma2_vocab_size(m), &p.sampler);
-    piece = (char *)GEMMA2_MALLOC(piece_cap);
-    if (!smp || !piece || gemma2__stream_reserve(&st, piece_cap) != 0) { rc = GEMMA2_ERROR_OUT_OF_MEMORY; goto done; }
+    if (!smp || gemma2__stream_reserve(&st, st.max_stop + 512) != 0) { rc = GEMMA2_ERROR_OUT_OF_MEMORY; goto done; }
+    gemma2_detok_init(&dt, m, GEMMA2_DETOKENIZE_SKIP_CONTROL);
     if (n_prompt > 0 && (rc = gemma2_eval(s, prompt, n_prompt, NULL)) != 0) goto done;
     r.n_prompt = n_prompt;
 
     while (!stopped) {
         int32_t tok;
-        int is_stop = 0, n;
+        int is_stop = 0;
         size_t keep, emit;
         long at;
         if (p.max_new_tokens > 0 && r.n_generated >= p.max_new_tokens) { r.stop_reason = GEMMA2_STOP_MAX_TOKENS; break; }
@@ -5429,10 +5373,7 @@ GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_p
         if ((rc = gemma2_eval(s, &tok, 1, NULL)) != 0) break;
         r.n_generated++;
 
-        n = gemma2__token_bytes(m, tok, &piece, &piece_cap);
-        if (n < 0) { rc = n; break; }
-        if ((rc = gemma2__stream_reserve(&st, (size_t)n)) != 0) break;
-        gemma2__stream_utf8(&st, piece, (size_t)n, 0);
+        if ((rc = gemma2__stream_push(&st, &dt, tok)) != 0) break;
         at = gemma2__stream_match(&st, &keep);
         if (at >= 0) { emit = (size_t)at; stopped = 1; r.stop_reason = GEMMA2_STOP_STRING; }
         else emit = st.nhold - keep;
@@ -5446,12 +5387,11 @@ GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_p
     /* Deliver what was held back: an incomplete character (as U+FFFD) and the start of a stop
        string that never completed. */
     if (r.stop_reason != GEMMA2_STOP_STRING && rc == 0) {
-        if (st.ntail) gemma2__stream_utf8(&st, NULL, 0, 1);
-        if (st.nhold && p.on_token) p.on_token(p.user, -1, st.hold, st.nhold);
+        rc = gemma2__stream_push(&st, &dt, -1);
+        if (rc == 0 && st.nhold && p.on_token) p.on_token(p.user, -1, st.hold, st.nhold);
     }
 done:
     gemma2_sampler_free(smp);
-    GEMMA2_FREE(piece);
     gemma2__stream_free(&st);
     if (res) *res = r;
     return rc;
