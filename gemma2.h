@@ -321,9 +321,9 @@ GEMMA2_DEF int gemma2_detok_flush(gemma2_detok *d, char *out, size_t cap);
      9. draw             renormalise, draw with the sampler's own PRNG (xoshiro256**, seeded by
                          splitmix64): the same seed gives the same tokens on every platform
                          (given the same logits) and for any thread count.
-   No step sorts the whole vocabulary: top-k is a partial selection; top-p first gathers the
-   tokens above a probability threshold that provably contains the nucleus (usually a few
-   hundred of 256000), and sorts only those. */
+   No step sorts the whole vocabulary: top-k is a partial selection (a heap of k); top-p without
+   top-k buckets the tokens by log-probability and sorts only the one bucket where the nucleus
+   ends (two O(V) passes). */
 
 typedef struct gemma2_logit_bias {
     int32_t token;
@@ -4708,6 +4708,8 @@ static double gemma2__rand01(uint64_t st[4])
     return (double)(gemma2__xoshiro_next(st) >> 11) * (1.0 / 9007199254740992.0);
 }
 
+#define GEMMA2__NBUCKET 4096 /* top-p buckets: 32 nats / 4096 = 0.0078 nats wide */
+
 struct gemma2_sampler {
     gemma2_sampler_params p;     /* logit_bias points at `bias` below */
     int V;
@@ -4717,6 +4719,8 @@ struct gemma2_sampler {
     int32_t *cand;               /* [V] candidate ids */
     double *e;                   /* [V] exp(w - max) of the candidates */
     int32_t *count;              /* [V] occurrences in the penalty window; all zero between calls */
+    int32_t *tmp;                /* [V] top-p: bucket of each candidate, then the cut bucket's ids */
+    double *bucket_mass;         /* [GEMMA2__NBUCKET] */
 };
 
 GEMMA2_DEF void gemma2_sampler_seed(gemma2_sampler *smp, uint64_t seed)
@@ -4735,6 +4739,8 @@ GEMMA2_DEF void gemma2_sampler_free(gemma2_sampler *smp)
     GEMMA2_FREE(smp->cand);
     GEMMA2_FREE(smp->e);
     GEMMA2_FREE(smp->count);
+    GEMMA2_FREE(smp->tmp);
+    GEMMA2_FREE(smp->bucket_mass);
     GEMMA2_FREE(smp);
 }
 
@@ -4751,11 +4757,13 @@ GEMMA2_DEF gemma2_sampler *gemma2_sampler_new(int vocab_size, const gemma2_sampl
     smp->cand = (int32_t *)gemma2__calloc((size_t)vocab_size, sizeof(int32_t));
     smp->e = (double *)gemma2__calloc((size_t)vocab_size, sizeof(double));
     smp->count = (int32_t *)gemma2__calloc((size_t)vocab_size, sizeof(int32_t));
+    smp->tmp = (int32_t *)gemma2__calloc((size_t)vocab_size, sizeof(int32_t));
+    smp->bucket_mass = (double *)gemma2__calloc(GEMMA2__NBUCKET, sizeof(double));
     if (smp->p.n_logit_bias > 0) {
         smp->bias = (gemma2_logit_bias *)gemma2__calloc((size_t)smp->p.n_logit_bias, sizeof(gemma2_logit_bias));
         if (smp->bias) memcpy(smp->bias, smp->p.logit_bias, (size_t)smp->p.n_logit_bias * sizeof(gemma2_logit_bias));
     }
-    if (!smp->w || !smp->cand || !smp->e || !smp->count || (smp->p.n_logit_bias > 0 && !smp->bias)) {
+    if (!smp->w || !smp->cand || !smp->e || !smp->count || !smp->tmp || !smp->bucket_mass || (smp->p.n_logit_bias > 0 && !smp->bias)) {
         gemma2_sampler_free(smp);
         return NULL;
     }
@@ -4890,33 +4898,41 @@ GEMMA2_DEF int gemma2_sampler_sample(gemma2_sampler *smp, const float *logits, c
     if (p->top_p > 0 && p->top_p < 1 && n > 1) {
         double need = (double)p->top_p * Z;
         if (!sorted) {
-            /* Gather the tokens with probability >= t. They are a best-first prefix of the whole
-               order, so if their mass reaches top_p the nucleus lies inside them. Start high
-               and lower t until it does: one O(V) pass each, usually one or two. */
-            double t = 1e-3;
-            for (;;) {
-                int m = 0;
-                double mass = 0;
-                if (t < 1e-14) t = 0; /* degenerate flat distribution: take everything */
-                for (i = 0; i < n; i++)
-                    if (smp->e[i] >= t * Z) { mass += smp->e[i]; m++; }
-                if (mass >= need || t == 0) {
-                    int j = 0;
-                    for (i = 0; i < n; i++)
-                        if (smp->e[i] >= t * Z) smp->cand[j++] = smp->cand[i];
-                    n = m;
-                    break;
-                }
-                t /= 32;
+            /* No sort of the vocabulary: bucket the candidates by how far below the best they
+               are (GEMMA2__NBUCKET buckets over 32 nats; beyond that the probability is < 1e-14
+               of the best), find the bucket where the running mass reaches top_p, keep every
+               token of the buckets above it, and sort only that one bucket's tokens to cut it
+               exactly. Kept tokens stay in id order, the cut bucket in candidate order: a fixed
+               order for the draw. */
+            double *bm = smp->bucket_mass, acc0 = 0;
+            int32_t *bi = smp->tmp;
+            int B, j = 0, nm = 0;
+            memset(bm, 0, sizeof(double) * GEMMA2__NBUCKET);
+            for (i = 0; i < n; i++) {
+                double d = ((double)maxw - (double)w[smp->cand[i]]) * (GEMMA2__NBUCKET / 32.0);
+                int b = d < GEMMA2__NBUCKET - 1 ? (int)d : GEMMA2__NBUCKET - 1;
+                bi[i] = b;
+                bm[b] += smp->e[i];
             }
-            gemma2__cand_sort(w, smp->cand, n);
-            for (i = 0; i < n; i++) smp->e[i] = exp((double)w[smp->cand[i]] - (double)maxw);
-            sorted = 1;
-        }
-        acc = 0;
-        for (i = 0; i < n; i++) {
-            acc += smp->e[i];
-            if (acc >= need) { n = i + 1; break; }
+            for (B = 0; B < GEMMA2__NBUCKET - 1 && acc0 + bm[B] < need; B++) acc0 += bm[B];
+            for (i = 0; i < n; i++) {
+                int b = bi[i];
+                if (b < B) { smp->cand[j] = smp->cand[i]; smp->e[j] = smp->e[i]; j++; }
+                else if (b == B) bi[nm++] = smp->cand[i]; /* nm <= i: entry i was read already */
+            }
+            gemma2__cand_sort(w, bi, nm);
+            for (i = 0; i < nm && (acc0 < need || j == 0); i++) {
+                smp->cand[j] = bi[i];
+                smp->e[j] = exp((double)w[bi[i]] - (double)maxw);
+                acc0 += smp->e[j++];
+            }
+            n = j;
+        } else {
+            acc = 0;
+            for (i = 0; i < n; i++) {
+                acc += smp->e[i];
+                if (acc >= need) { n = i + 1; break; }
+            }
         }
     }
 
