@@ -373,7 +373,7 @@ enum {
 
 /* Streaming: called for every generated token (eos excluded) with the text it completes: whole
    UTF-8 characters only (a character split over byte tokens arrives with its last token; invalid
-   bytes arrive as U+FFFD), with any text that could begin a stop string held back until it is
+   bytes arrive as U+FFFD: the text comes from gemma2_detok, control tokens skipped), with any text that could begin a stop string held back until it is
    known not to (and never delivered if it does). So len may be 0. After generation ends, one
    last call with token -1 delivers held-back text, if any. Return nonzero to stop. The text is
    not NUL-terminated and is valid only during the call. */
