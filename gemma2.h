@@ -381,7 +381,8 @@ typedef int (*gemma2_token_fn)(void *user, int32_t token, const char *text, size
 
 /* All-zero means: greedy, until an eos id or the context is full, no stop strings. */
 typedef struct gemma2_generate_params {
-    gemma2_sampler_params sampler;
+    gemma2_sampler_params sampler;   /* every call starts the random stream at sampler.seed: same seed,
+                                        same reply (change it for another, e.g. to regenerate) */
     int max_new_tokens;              /* <= 0: no limit (until eos or the context is full) */
     const char *const *stop_strings; /* n_stop_strings NUL-terminated strings, matched on the text */
     int n_stop_strings;
