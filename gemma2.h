@@ -321,9 +321,9 @@ GEMMA2_DEF int gemma2_detok_flush(gemma2_detok *d, char *out, size_t cap);
      9. draw             renormalise, draw with the sampler's own PRNG (xoshiro256**, seeded by
                          splitmix64): the same seed gives the same tokens on every platform
                          (given the same logits) and for any thread count.
-   No step sorts the whole vocabulary: top-k is a partial selection; top-p first gathers the
-   tokens above a probability threshold that provably contains the nucleus (usually a few
-   hundred of 256000), and sorts only those. */
+   No step sorts the whole vocabulary: top-k is a partial selection (a heap of k); top-p without
+   top-k buckets the tokens by log-probability and sorts only the one bucket where the nucleus
+   ends (two O(V) passes). */
 
 typedef struct gemma2_logit_bias {
     int32_t token;
@@ -373,7 +373,7 @@ enum {
 
 /* Streaming: called for every generated token (eos excluded) with the text it completes: whole
    UTF-8 characters only (a character split over byte tokens arrives with its last token; invalid
-   bytes arrive as U+FFFD), with any text that could begin a stop string held back until it is
+   bytes arrive as U+FFFD: the text comes from gemma2_detok, control tokens skipped), with any text that could begin a stop string held back until it is
    known not to (and never delivered if it does). So len may be 0. After generation ends, one
    last call with token -1 delivers held-back text, if any. Return nonzero to stop. The text is
    not NUL-terminated and is valid only during the call. */
@@ -381,7 +381,8 @@ typedef int (*gemma2_token_fn)(void *user, int32_t token, const char *text, size
 
 /* All-zero means: greedy, until an eos id or the context is full, no stop strings. */
 typedef struct gemma2_generate_params {
-    gemma2_sampler_params sampler;
+    gemma2_sampler_params sampler;   /* every call starts the random stream at sampler.seed: same seed,
+                                        same reply (change it for another, e.g. to regenerate) */
     int max_new_tokens;              /* <= 0: no limit (until eos or the context is full) */
     const char *const *stop_strings; /* n_stop_strings NUL-terminated strings, matched on the text */
     int n_stop_strings;
@@ -4731,6 +4732,8 @@ static double gemma2__rand01(uint64_t st[4])
     return (double)(gemma2__xoshiro_next(st) >> 11) * (1.0 / 9007199254740992.0);
 }
 
+#define GEMMA2__NBUCKET 4096 /* top-p buckets: 32 nats / 4096 = 0.0078 nats wide */
+
 struct gemma2_sampler {
     gemma2_sampler_params p;     /* logit_bias points at `bias` below */
     int V;
@@ -4740,6 +4743,8 @@ struct gemma2_sampler {
     int32_t *cand;               /* [V] candidate ids */
     double *e;                   /* [V] exp(w - max) of the candidates */
     int32_t *count;              /* [V] occurrences in the penalty window; all zero between calls */
+    int32_t *tmp;                /* [V] top-p: bucket of each candidate, then the cut bucket's ids */
+    double *bucket_mass;         /* [GEMMA2__NBUCKET] */
 };
 
 GEMMA2_DEF void gemma2_sampler_seed(gemma2_sampler *smp, uint64_t seed)
@@ -4758,6 +4763,8 @@ GEMMA2_DEF void gemma2_sampler_free(gemma2_sampler *smp)
     GEMMA2_FREE(smp->cand);
     GEMMA2_FREE(smp->e);
     GEMMA2_FREE(smp->count);
+    GEMMA2_FREE(smp->tmp);
+    GEMMA2_FREE(smp->bucket_mass);
     GEMMA2_FREE(smp);
 }
 
@@ -4774,11 +4781,13 @@ GEMMA2_DEF gemma2_sampler *gemma2_sampler_new(int vocab_size, const gemma2_sampl
     smp->cand = (int32_t *)gemma2__calloc((size_t)vocab_size, sizeof(int32_t));
     smp->e = (double *)gemma2__calloc((size_t)vocab_size, sizeof(double));
     smp->count = (int32_t *)gemma2__calloc((size_t)vocab_size, sizeof(int32_t));
+    smp->tmp = (int32_t *)gemma2__calloc((size_t)vocab_size, sizeof(int32_t));
+    smp->bucket_mass = (double *)gemma2__calloc(GEMMA2__NBUCKET, sizeof(double));
     if (smp->p.n_logit_bias > 0) {
         smp->bias = (gemma2_logit_bias *)gemma2__calloc((size_t)smp->p.n_logit_bias, sizeof(gemma2_logit_bias));
         if (smp->bias) memcpy(smp->bias, smp->p.logit_bias, (size_t)smp->p.n_logit_bias * sizeof(gemma2_logit_bias));
     }
-    if (!smp->w || !smp->cand || !smp->e || !smp->count || (smp->p.n_logit_bias > 0 && !smp->bias)) {
+    if (!smp->w || !smp->cand || !smp->e || !smp->count || !smp->tmp || !smp->bucket_mass || (smp->p.n_logit_bias > 0 && !smp->bias)) {
         gemma2_sampler_free(smp);
         return NULL;
     }
@@ -4913,33 +4922,41 @@ GEMMA2_DEF int gemma2_sampler_sample(gemma2_sampler *smp, const float *logits, c
     if (p->top_p > 0 && p->top_p < 1 && n > 1) {
         double need = (double)p->top_p * Z;
         if (!sorted) {
-            /* Gather the tokens with probability >= t. They are a best-first prefix of the whole
-               order, so if their mass reaches top_p the nucleus lies inside them. Start high
-               and lower t until it does: one O(V) pass each, usually one or two. */
-            double t = 1e-3;
-            for (;;) {
-                int m = 0;
-                double mass = 0;
-                if (t < 1e-14) t = 0; /* degenerate flat distribution: take everything */
-                for (i = 0; i < n; i++)
-                    if (smp->e[i] >= t * Z) { mass += smp->e[i]; m++; }
-                if (mass >= need || t == 0) {
-                    int j = 0;
-                    for (i = 0; i < n; i++)
-                        if (smp->e[i] >= t * Z) smp->cand[j++] = smp->cand[i];
-                    n = m;
-                    break;
-                }
-                t /= 32;
+            /* No sort of the vocabulary: bucket the candidates by how far below the best they
+               are (GEMMA2__NBUCKET buckets over 32 nats; beyond that the probability is < 1e-14
+               of the best), find the bucket where the running mass reaches top_p, keep every
+               token of the buckets above it, and sort only that one bucket's tokens to cut it
+               exactly. Kept tokens stay in id order, the cut bucket in candidate order: a fixed
+               order for the draw. */
+            double *bm = smp->bucket_mass, acc0 = 0;
+            int32_t *bi = smp->tmp;
+            int B, j = 0, nm = 0;
+            memset(bm, 0, sizeof(double) * GEMMA2__NBUCKET);
+            for (i = 0; i < n; i++) {
+                double d = ((double)maxw - (double)w[smp->cand[i]]) * (GEMMA2__NBUCKET / 32.0);
+                int b = d < GEMMA2__NBUCKET - 1 ? (int)d : GEMMA2__NBUCKET - 1;
+                bi[i] = b;
+                bm[b] += smp->e[i];
             }
-            gemma2__cand_sort(w, smp->cand, n);
-            for (i = 0; i < n; i++) smp->e[i] = exp((double)w[smp->cand[i]] - (double)maxw);
-            sorted = 1;
-        }
-        acc = 0;
-        for (i = 0; i < n; i++) {
-            acc += smp->e[i];
-            if (acc >= need) { n = i + 1; break; }
+            for (B = 0; B < GEMMA2__NBUCKET - 1 && acc0 + bm[B] < need; B++) acc0 += bm[B];
+            for (i = 0; i < n; i++) {
+                int b = bi[i];
+                if (b < B) { smp->cand[j] = smp->cand[i]; smp->e[j] = smp->e[i]; j++; }
+                else if (b == B) bi[nm++] = smp->cand[i]; /* nm <= i: entry i was read already */
+            }
+            gemma2__cand_sort(w, bi, nm);
+            for (i = 0; i < nm && (acc0 < need || j == 0); i++) {
+                smp->cand[j] = bi[i];
+                smp->e[j] = exp((double)w[bi[i]] - (double)maxw);
+                acc0 += smp->e[j++];
+            }
+            n = j;
+        } else {
+            acc = 0;
+            for (i = 0; i < n; i++) {
+                acc += smp->e[i];
+                if (acc >= need) { n = i + 1; break; }
+            }
         }
     }
 
@@ -5269,17 +5286,13 @@ GEMMA2_DEF int gemma2_chat_render(const gemma2_message *msgs, int n_msgs, int ad
     return (int)n;
 }
 
-/* --- streaming text: UTF-8 assembly and stop strings ------------------------- */
+/* --- streaming text: stop strings ------------------------------------------------ */
 
-/* Turns token bytes into text pieces that are safe to hand out: whole UTF-8 characters only
-   (an incomplete character waits for the next token; invalid bytes become U+FFFD, one per
-   maximal invalid subsequence, as WHATWG decoders do), and nothing that might be the start of
-   a stop string until it is known not to be. All buffers are allocated once per generation. */
+/* Text pieces come from the tokenizer's incremental detokenizer (gemma2_detok: whole UTF-8
+   characters only, invalid bytes as U+FFFD the way the tokenizer format's reference does). Here
+   they wait in `hold` while they could still be the start of a stop string. The buffer is
+   allocated once per generation and grows only if a piece is unusually long. */
 typedef struct gemma2__stream {
-    unsigned char tail[4];   /* an incomplete UTF-8 character carried to the next token */
-    int ntail;
-    char *scratch;           /* tail + a token's bytes */
-    size_t scratch_cap;
     char *hold;              /* decoded text not yet delivered */
     size_t nhold, hold_cap;
     const char *const *stops;
@@ -5287,72 +5300,40 @@ typedef struct gemma2__stream {
     size_t max_stop;
 } gemma2__stream;
 
-static int gemma2__stream_reserve(gemma2__stream *st, size_t piece_len)
+/* Makes room for `extra` more bytes (and a NUL). */
+static int gemma2__stream_reserve(gemma2__stream *st, size_t extra)
 {
-    /* every input byte yields at most 3 output bytes (U+FFFD) */
-    size_t need_scratch = piece_len + 4, need_hold = st->max_stop + 3 * (piece_len + 4) + 1;
-    if (need_scratch > st->scratch_cap) {
-        void *p = GEMMA2_REALLOC(st->scratch, need_scratch);
-        if (!p) return GEMMA2_ERROR_OUT_OF_MEMORY;
-        st->scratch = (char *)p;
-        st->scratch_cap = need_scratch;
-    }
-    if (st->nhold + need_hold > st->hold_cap) {
-        void *p = GEMMA2_REALLOC(st->hold, st->nhold + need_hold);
+    size_t need = st->nhold + extra + 1;
+    if (need > st->hold_cap) {
+        void *p = GEMMA2_REALLOC(st->hold, need);
         if (!p) return GEMMA2_ERROR_OUT_OF_MEMORY;
         st->hold = (char *)p;
-        st->hold_cap = st->nhold + need_hold;
+        st->hold_cap = need;
     }
     return 0;
 }
 
 static void gemma2__stream_free(gemma2__stream *st)
 {
-    GEMMA2_FREE(st->scratch);
     GEMMA2_FREE(st->hold);
     memset(st, 0, sizeof *st);
 }
 
-static void gemma2__hold_fffd(gemma2__stream *st)
+/* Appends the text that token id completes (id < 0: the end of the stream) to hold. A model
+   loaded without a tokenizer streams no text. */
+static int gemma2__stream_push(gemma2__stream *st, gemma2_detok *dt, int32_t id)
 {
-    memcpy(st->hold + st->nhold, "\xef\xbf\xbd", 3);
-    st->nhold += 3;
-}
-
-/* Decodes tail + bytes into hold. final: no more bytes will come (an incomplete tail is invalid). */
-static void gemma2__stream_utf8(gemma2__stream *st, const char *bytes, size_t n, int final)
-{
-    unsigned char *s = (unsigned char *)st->scratch;
-    size_t len = (size_t)st->ntail + n, i = 0;
-    memcpy(s, st->tail, (size_t)st->ntail);
-    if (n) memcpy(s + st->ntail, bytes, n);
-    st->ntail = 0;
-    while (i < len) {
-        unsigned char c = s[i];
-        int need, k;
-        unsigned char lo = 0x80, hi = 0xbf;
-        if (c < 0x80) { st->hold[st->nhold++] = (char)c; i++; continue; }
-        if (c >= 0xc2 && c <= 0xdf) need = 2;
-        else if (c >= 0xe0 && c <= 0xef) { need = 3; if (c == 0xe0) lo = 0xa0; if (c == 0xed) hi = 0x9f; }
-        else if (c >= 0xf0 && c <= 0xf4) { need = 4; if (c == 0xf0) lo = 0x90; if (c == 0xf4) hi = 0x8f; }
-        else { gemma2__hold_fffd(st); i++; continue; }
-        for (k = 1; k < need && i + (size_t)k < len; k++) {
-            unsigned char d = s[i + (size_t)k];
-            if (d < (k == 1 ? lo : 0x80) || d > (k == 1 ? hi : 0xbf)) break;
-        }
-        if (k == need) {
-            memcpy(st->hold + st->nhold, s + i, (size_t)need);
-            st->nhold += (size_t)need;
-            i += (size_t)need;
-        } else if (i + (size_t)k == len && !final) {
-            memcpy(st->tail, s + i, (size_t)k); /* incomplete so far: wait for more */
-            st->ntail = k;
-            break;
-        } else {
-            gemma2__hold_fffd(st); /* the maximal valid prefix is one error */
-            i += (size_t)k;
-        }
+    int n, rc;
+    for (;;) {
+        size_t avail = st->hold_cap - st->nhold - 1;
+        n = id >= 0 ? gemma2_detok_push(dt, id, st->hold + st->nhold, avail) : gemma2_detok_flush(dt, st->hold + st->nhold, avail);
+        if (n == GEMMA2_ERROR_NO_TOKENIZER) return 0;
+        if (n < 0) return n;
+        if ((size_t)n <= avail) break;
+        if ((rc = gemma2__stream_reserve(st, (size_t)n)) != 0) return rc; /* nothing was consumed: retry */
     }
+    st->nhold += (size_t)n;
+    return 0;
 }
 
 /* Finds the first complete stop string in hold: returns its offset, or -1. Also reports in
@@ -5380,25 +5361,6 @@ static long gemma2__stream_match(const gemma2__stream *st, size_t *keep)
 
 /* --- generation ---------------------------------------------------------------- */
 
-/* Bytes of one token for streaming, exactly as the token holds them (byte pieces stay raw bytes,
-   so the characters they spell are assembled across tokens by gemma2__stream_utf8), into *buf
-   (grown only for an unusually long piece, so not per token in practice). A model loaded
-   without a tokenizer streams no text (tokens only). */
-static int gemma2__token_bytes(const gemma2_model *m, int32_t id, char **buf, size_t *cap)
-{
-    int n = gemma2_detokenize(m, &id, 1, *buf, *cap, GEMMA2_DETOKENIZE_SKIP_CONTROL);
-    if (n == GEMMA2_ERROR_NO_TOKENIZER) return 0;
-    if (n < 0) return n;
-    if ((size_t)n > *cap) {
-        void *p = GEMMA2_REALLOC(*buf, (size_t)n);
-        if (!p) return GEMMA2_ERROR_OUT_OF_MEMORY;
-        *buf = (char *)p;
-        *cap = (size_t)n;
-        n = gemma2_detokenize(m, &id, 1, *buf, *cap, GEMMA2_DETOKENIZE_SKIP_CONTROL);
-    }
-    return n;
-}
-
 GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_prompt,
                                const gemma2_generate_params *params, gemma2_generate_result *res)
 {
@@ -5408,8 +5370,7 @@ GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_p
     const gemma2_config *cfg;
     gemma2_sampler *smp = NULL;
     gemma2__stream st;
-    char *piece = NULL;
-    size_t piece_cap = 256;
+    gemma2_detok dt;
     int rc = 0, i, stopped = 0;
     memset(&r, 0, sizeof r);
     r.stop_id = -1;
@@ -5431,14 +5392,14 @@ GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_p
     if (n_prompt > gemma2_session_n_ctx(s) - gemma2_session_pos(s)) return GEMMA2_ERROR_CONTEXT_FULL;
 
     smp = gemma2_sampler_new(gemma2_vocab_size(m), &p.sampler);
-    piece = (char *)GEMMA2_MALLOC(piece_cap);
-    if (!smp || !piece || gemma2__stream_reserve(&st, piece_cap) != 0) { rc = GEMMA2_ERROR_OUT_OF_MEMORY; goto done; }
+    if (!smp || gemma2__stream_reserve(&st, st.max_stop + 512) != 0) { rc = GEMMA2_ERROR_OUT_OF_MEMORY; goto done; }
+    gemma2_detok_init(&dt, m, GEMMA2_DETOKENIZE_SKIP_CONTROL);
     if (n_prompt > 0 && (rc = gemma2_eval(s, prompt, n_prompt, NULL)) != 0) goto done;
     r.n_prompt = n_prompt;
 
     while (!stopped) {
         int32_t tok;
-        int is_stop = 0, n;
+        int is_stop = 0;
         size_t keep, emit;
         long at;
         if (p.max_new_tokens > 0 && r.n_generated >= p.max_new_tokens) { r.stop_reason = GEMMA2_STOP_MAX_TOKENS; break; }
@@ -5452,10 +5413,7 @@ GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_p
         if ((rc = gemma2_eval(s, &tok, 1, NULL)) != 0) break;
         r.n_generated++;
 
-        n = gemma2__token_bytes(m, tok, &piece, &piece_cap);
-        if (n < 0) { rc = n; break; }
-        if ((rc = gemma2__stream_reserve(&st, (size_t)n)) != 0) break;
-        gemma2__stream_utf8(&st, piece, (size_t)n, 0);
+        if ((rc = gemma2__stream_push(&st, &dt, tok)) != 0) break;
         at = gemma2__stream_match(&st, &keep);
         if (at >= 0) { emit = (size_t)at; stopped = 1; r.stop_reason = GEMMA2_STOP_STRING; }
         else emit = st.nhold - keep;
@@ -5469,12 +5427,11 @@ GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_p
     /* Deliver what was held back: an incomplete character (as U+FFFD) and the start of a stop
        string that never completed. */
     if (r.stop_reason != GEMMA2_STOP_STRING && rc == 0) {
-        if (st.ntail) gemma2__stream_utf8(&st, NULL, 0, 1);
-        if (st.nhold && p.on_token) p.on_token(p.user, -1, st.hold, st.nhold);
+        rc = gemma2__stream_push(&st, &dt, -1);
+        if (rc == 0 && st.nhold && p.on_token) p.on_token(p.user, -1, st.hold, st.nhold);
     }
 done:
     gemma2_sampler_free(smp);
-    GEMMA2_FREE(piece);
     gemma2__stream_free(&st);
     if (res) *res = r;
     return rc;

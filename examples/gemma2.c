@@ -268,7 +268,7 @@ static int cli_main(int argc, char **argv, FILE *in, FILE *out, FILE *err)
     char emsg[512], *file_prompt = NULL;
     const char *prompt;
     int32_t *ids = NULL;
-    int rc, exit_code = 1;
+    int rc, exit_code = 1, n_replies = 0;
     double t0, t1;
 
     rc = cli_parse(argc, argv, &o, out, err);
@@ -365,6 +365,7 @@ static int cli_main(int argc, char **argv, FILE *in, FILE *out, FILE *err)
             memset(&st, 0, sizeof st);
             st.out = out;
             t0 = cli_now();
+            gp.sampler.seed = o.sp.seed + (uint64_t)++n_replies; /* a fresh random stream per reply (else /regen repeats itself) */
             if (!strcmp(line, "/regen")) rc = gemma2_chat_turns(chat) ? gemma2_chat_regenerate(chat, &gp, &res) : GEMMA2_ERROR_INVALID_ARGUMENT;
             else rc = gemma2_chat_say(chat, line, &gp, &res);
             t1 = cli_now();

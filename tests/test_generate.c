@@ -195,7 +195,15 @@ static void test_generate_stop_rules(void)
     gemma2_session_free(s);
 }
 
-/* The stream assembler on its own: UTF-8 split over tokens, invalid bytes, stop strings. */
+/* The stop-string matcher on its own. */
+static void gen_hold(gemma2__stream *st, const char *text)
+{
+    size_t n = strlen(text);
+    gemma2__stream_reserve(st, n);
+    memcpy(st->hold + st->nhold, text, n);
+    st->nhold += n;
+}
+
 static void test_generate_stream_unit(void)
 {
     gemma2__stream st;
@@ -206,32 +214,58 @@ static void test_generate_stream_unit(void)
     st.stops = stops;
     st.n_stops = 2;
     st.max_stop = 5;
-    gemma2__stream_reserve(&st, 64);
-    /* 中 = E4 B8 AD split 2 + 1 */
-    gemma2__stream_utf8(&st, "a\xe4\xb8", 3, 0);
-    CHECK(st.nhold == 1 && st.ntail == 2, "incomplete held: %d %d", (int)st.nhold, st.ntail);
-    gemma2__stream_utf8(&st, "\xad", 1, 0);
-    CHECK(st.nhold == 4 && !memcmp(st.hold, "a\xe4\xb8\xad", 4), "assembled");
-    st.nhold = 0;
-    gemma2__stream_utf8(&st, "\xff" "b\xe4\xb8" "c\xed\xa0\x80", 8, 0);
-    CHECK(st.nhold == 3 + 1 + 3 + 1 + 9 && !memcmp(st.hold, "\xef\xbf\xbd" "b\xef\xbf\xbd" "c", 8), "invalid -> U+FFFD (%d)", (int)st.nhold);
-    st.nhold = 0;
-    gemma2__stream_utf8(&st, "\xf0\x9f", 2, 0);
-    gemma2__stream_utf8(&st, NULL, 0, 1);
-    CHECK(st.nhold == 3 && st.ntail == 0, "final incomplete -> U+FFFD");
-    /* stop strings */
-    st.nhold = 0;
-    gemma2__stream_utf8(&st, "Hello w", 7, 0);
+    gen_hold(&st, "Hello w");
     at = gemma2__stream_match(&st, &keep);
     CHECK(at < 0 && keep == 3, "prefix 'o w' held back: %ld %d", at, (int)keep);
-    gemma2__stream_utf8(&st, "orld", 4, 0);
+    gen_hold(&st, "orld");
     at = gemma2__stream_match(&st, &keep);
     CHECK(at == 4, "found at %ld", at);
     st.nhold = 0;
-    gemma2__stream_utf8(&st, "x!", 2, 0);
+    gen_hold(&st, "x!");
     at = gemma2__stream_match(&st, &keep);
     CHECK(at < 0 && keep == 1, "'!' held");
+    st.nhold = 0;
+    gen_hold(&st, "a!!b o world");
+    at = gemma2__stream_match(&st, &keep);
+    CHECK(at == 1, "the earliest match wins: %ld", at);
     gemma2__stream_free(&st);
+}
+
+/* A character whose UTF-8 bytes are three byte-fallback tokens (中 = E4 B8 AD) is streamed whole,
+   with its last token; the first two deliver nothing. The three tokens are forced with logit
+   biases and a presence penalty (logits are within +-30 after the final softcap). */
+static void test_generate_utf8_stream(void)
+{
+    gemma2_model *m = gen_get();
+    gemma2_session *s;
+    gemma2_generate_params p;
+    gemma2_generate_result r;
+    gemma2_logit_bias b[3];
+    gen_sink k;
+    int32_t bos = 2;
+    if (!m) return;
+    b[0].token = 217 + 0xe4; b[0].bias = 3000;
+    b[1].token = 217 + 0xb8; b[1].bias = 2000;
+    b[2].token = 217 + 0xad; b[2].bias = 1000;
+    s = gemma2_session_new(m, 64);
+    p = gen_params(&k);
+    p.sampler.logit_bias = b;
+    p.sampler.n_logit_bias = 3;
+    p.sampler.presence_penalty = 2500;
+    p.max_new_tokens = 3;
+    CHECK(gemma2_generate(s, &bos, 1, &p, &r) == 0 && k.n_toks == 3, "generate");
+    CHECK(k.toks[0] == b[0].token && k.toks[1] == b[1].token && k.toks[2] == b[2].token, "forced bytes");
+    CHECK(k.len == 3 && !memcmp(k.text, "\xe4\xb8\xad", 3) && k.n_calls == 3, "whole character: [%s] %d calls", k.text, k.n_calls);
+    /* an unfinished character at the end arrives as U+FFFD in the final call (token -1) */
+    gemma2_session_rewind(s, 0);
+    p = gen_params(&k);
+    p.sampler.logit_bias = b;
+    p.sampler.n_logit_bias = 3;
+    p.sampler.presence_penalty = 2500;
+    p.max_new_tokens = 2;
+    CHECK(gemma2_generate(s, &bos, 1, &p, &r) == 0 && k.flushes == 1 && k.len == 3 && !memcmp(k.text, "\xef\xbf\xbd", 3),
+          "incomplete -> U+FFFD: %d bytes", (int)k.len);
+    gemma2_session_free(s);
 }
 
 /* Writes a file; returns 1 on success. */
@@ -565,6 +599,7 @@ void suite_generate(void)
 {
     g2t_run("generate/stream_unit", test_generate_stream_unit);
     g2t_run("generate/greedy", test_generate_greedy);
+    g2t_run("generate/utf8_stream", test_generate_utf8_stream);
     g2t_run("generate/stop_rules", test_generate_stop_rules);
     g2t_run("generate/generation_config", test_generate_generation_config);
     g2t_run("generate/multiturn", test_generate_multiturn);
