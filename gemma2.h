@@ -5379,7 +5379,8 @@ GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_p
     if (!s || n_prompt < 0 || (n_prompt > 0 && !prompt)) return GEMMA2_ERROR_INVALID_ARGUMENT;
     if (params) p = *params; else memset(&p, 0, sizeof p);
     if (p.n_stop_strings < 0 || (p.n_stop_strings > 0 && !p.stop_strings) || p.n_stop_ids < 0 ||
-        (p.n_stop_ids > 0 && !p.stop_ids)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+        (p.n_stop_ids > 0 && !p.stop_ids) || p.sampler.penalty_last_n < 0 || p.sampler.n_logit_bias < 0 ||
+        (p.sampler.n_logit_bias > 0 && !p.sampler.logit_bias)) return GEMMA2_ERROR_INVALID_ARGUMENT;
     for (i = 0; i < p.n_stop_strings; i++) {
         if (!p.stop_strings[i]) return GEMMA2_ERROR_INVALID_ARGUMENT;
         st.max_stop = GEMMA2__MAX(st.max_stop, strlen(p.stop_strings[i]));
