@@ -53,7 +53,7 @@ typedef struct cli_opts {
     const char *model, *prompt, *prompt_file, *tokenizer, *system;
     const char *stops[CLI_MAX_STOPS];
     int n_stops;
-    int raw, interactive, n_predict, n_threads, n_ctx, ignore_eos, seed_given;
+    int raw, interactive, n_predict, n_threads, n_ctx, ignore_eos, seed_given, no_mmap;
     gemma2_sampler_params sp;
 } cli_opts;
 
@@ -67,6 +67,8 @@ static void cli_usage(FILE *o)
         "  -f, --file FILE         read the prompt from a file\n"
         "  -i, --interactive       multi-turn chat on the terminal (/reset, /undo, /regen, /quit)\n"
         "      --raw               no chat template: <bos> + the prompt as plain text, continued\n"
+        "      --no-mmap           read the weights into memory instead of mapping them (slower load;\n"
+        "                          faster decoding where file-backed pages stream slowly, e.g. in VMs)\n"
         "                          (special tokens written in it, e.g. <start_of_turn>, are matched)\n"
         "      --system TEXT       a system prompt (folded into the first user turn)\n"
         "      --tokenizer FILE    tokenizer.json or tokenizer.model (default: the model folder's)\n"
@@ -127,6 +129,7 @@ static int cli_parse(int argc, char **argv, cli_opts *o, FILE *out, FILE *err)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { cli_usage(out); return 2; }
         else if (!strcmp(a, "-i") || !strcmp(a, "--interactive")) { o->interactive = 1; takes = 0; }
         else if (!strcmp(a, "--raw")) { o->raw = 1; takes = 0; }
+        else if (!strcmp(a, "--no-mmap")) { o->no_mmap = 1; takes = 0; }
         else if (!strcmp(a, "--ignore-eos")) { o->ignore_eos = 1; takes = 0; }
         else if (!v && a[0] == '-') { fprintf(err, "gemma2: error: %s needs a value (see --help)\n", a); return 1; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model = v;
@@ -283,6 +286,7 @@ static int cli_main(int argc, char **argv, FILE *in, FILE *out, FILE *err)
     memset(&mo, 0, sizeof mo);
     mo.n_threads = o.n_threads;
     mo.tokenizer_path = o.tokenizer;
+    mo.preload = o.no_mmap;
     mo.progress = cli_progress;
     mo.progress_user = err;
     t0 = cli_now();

@@ -347,6 +347,8 @@ static void bench_kernels(int nt, double bw, double peak32, double peakbf)
 
 /* ---------------------------------------------------------------- the model */
 
+static int bench_preload; /* --preload: weights read into anonymous huge pages instead of mapped */
+
 static void bench_model(const char *dir, const bench_shape *s, int nt, int compute, double bw, double peak32, double peakbf)
 {
     gemma2_options opt;
@@ -361,6 +363,7 @@ static void bench_model(const char *dir, const bench_shape *s, int nt, int compu
     opt.n_threads = nt;
     opt.compute = compute;
     opt.no_tokenizer = 1;
+    opt.preload = bench_preload;
     t0 = bench_now();
     m = gemma2_load(dir, &opt, err, sizeof err);
     load = bench_now() - t0;
@@ -430,7 +433,8 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) only_nt = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--kernels-only")) kernels_only = 1;
         else if (!strcmp(argv[i], "--data") && i + 1 < argc) data = argv[++i];
-        else { fprintf(stderr, "usage: %s [--9b] [--threads N] [--kernels-only] [--data DIR]\n", argv[0]); return 2; }
+        else if (!strcmp(argv[i], "--preload")) bench_preload = 1;
+        else { fprintf(stderr, "usage: %s [--9b] [--threads N] [--kernels-only] [--preload] [--data DIR]\n", argv[0]); return 2; }
     }
     if (getenv("BENCH_9B")) want9 = 1;
     snprintf(d2, sizeof d2, "%s/%s", data, bench_2b.name);

@@ -294,6 +294,7 @@ static void test_loader_rings(void)
 }
 
 static void suite_loader_dtypes(void);
+static void test_loader_preload(void);
 
 void suite_loader(void)
 {
@@ -466,4 +467,34 @@ static void suite_loader_dtypes(void)
 {
     g2t_run("loader/f16-checkpoint", test_loader_f16);
     g2t_run("loader/weights-bf16", test_loader_weights_bf16);
+    g2t_run("loader/preload", test_loader_preload);
+}
+
+/* gemma2_options.preload: the weights read into memory give the same logits bit for bit. */
+static void test_loader_preload(void)
+{
+    int32_t ids[6] = {2, 106, 1645, 108, 5559, 476};
+    float *a = NULL, *b = NULL;
+    gemma2_options opt;
+    char err[256];
+    int k, same = 1;
+    for (k = 0; k < 2; k++) {
+        gemma2_model *m;
+        gemma2_session *s;
+        float *out = (float *)malloc(sizeof(float) * 6 * 256000);
+        memset(&opt, 0, sizeof opt);
+        opt.preload = k;
+        opt.no_tokenizer = 1;
+        m = gemma2_load(g2t_path("models/tiny-realvocab"), &opt, err, sizeof err);
+        CHECK(m != NULL, "preload %d: %s", k, err);
+        s = m ? gemma2_session_new(m, 8) : NULL;
+        CHECK(s && gemma2_eval(s, ids, 6, out) == 0, "eval");
+        if (k) b = out; else a = out;
+        gemma2_session_free(s);
+        gemma2_free(m);
+    }
+    for (k = 0; k < 6 * 256000; k++) same &= a[k] == b[k];
+    CHECK(same, "preloaded weights must give the mapped weights' logits");
+    free(a);
+    free(b);
 }
