@@ -3107,7 +3107,7 @@ struct gemma2_session {
     float *g, *u;            /* [C][I]   gate and up projections */
     float *rope;             /* [C][hd]  cos (first hd/2) and sin (last hd/2) per token */
     float *inv_freq;         /* [hd/2]   theta^(-2i/hd) */
-    float *scores;           /* [n_threads][n_ctx] attention scores, one row per thread */
+    float *scores;           /* [n_threads][nH/nKV][n_ctx] attention scores of one query-head group per thread */
     uint16_t *xb;            /* [C][max(H, I, nH*hd)] bf16 activations (GEMMA2_COMPUTE_BF16) */
     float *logits;           /* [V] logits of the last evaluated token */
     int has_logits;
@@ -3142,35 +3142,42 @@ typedef struct gemma2__att_job {
     int layer, pos0, C;
 } gemma2__att_job;
 
+/* Work items are (token, kv head) pairs: the query heads that share a kv head are scored
+   together, so each cached key and value row is read once per group rather than once per
+   query head (grouped-query attention exists to save exactly this memory traffic). */
 static void gemma2__att_task(void *ctx, int task, int n_tasks)
 {
     const gemma2__att_job *j = (const gemma2__att_job *)ctx;
     gemma2_session *s = j->s;
     const gemma2_config *c = &s->m->cfg;
     const gemma2__kernels *kern = s->m->kern;
-    int nH = c->num_attention_heads, hd = c->head_dim, kvd = c->num_key_value_heads * hd;
-    int group = nH / c->num_key_value_heads, slots = s->slots[j->layer];
-    int sliding = s->m->layers[j->layer].sliding, i;
-    float *sc = s->scores + (size_t)task * (size_t)s->n_ctx;
+    int nH = c->num_attention_heads, nKV = c->num_key_value_heads, hd = c->head_dim, kvd = nKV * hd;
+    int group = nH / nKV, slots = s->slots[j->layer];
+    int sliding = s->m->layers[j->layer].sliding, i, g;
+    float *scores = s->scores + (size_t)task * (size_t)group * (size_t)s->n_ctx;
     const float *K = s->k[j->layer], *V = s->v[j->layer];
     /* scores are scaled by query_pre_attn_scalar^-1/2 (not head_dim^-1/2: they differ for 27B) */
     float scale = 1.0f / sqrtf(c->query_pre_attn_scalar), cap = c->attn_logit_softcapping;
-    for (i = task; i < j->C * nH; i += n_tasks) {
-        int t = i / nH, h = i % nH, p = j->pos0 + t, kvh = h / group; /* query head h reads kv head h / (nH/nKV) */
+    for (i = task; i < j->C * nKV; i += n_tasks) {
+        int t = i / nKV, kvh = i % nKV, p = j->pos0 + t, h0 = kvh * group; /* query heads h0.. read kv head kvh = h / (nH/nKV) */
         int lo = sliding ? GEMMA2__MAX(0, p - c->sliding_window + 1) : 0, n = p - lo + 1, a;
-        const float *q = s->q + (size_t)t * nH * hd + (size_t)h * hd;
-        float *out = s->att + (size_t)t * nH * hd + (size_t)h * hd, mx = -INFINITY, sum = 0;
+        const float *q = s->q + (size_t)t * nH * hd + (size_t)h0 * hd;
+        float *out = s->att + (size_t)t * nH * hd + (size_t)h0 * hd;
         for (a = 0; a < n; a++) {
             const float *kr = K + (size_t)((lo + a) % slots) * kvd + (size_t)kvh * hd;
-            sc[a] = kern->dot(q, kr, hd) * scale;
+            for (g = 0; g < group; g++) scores[(size_t)g * s->n_ctx + a] = kern->dot(q + (size_t)g * hd, kr, hd) * scale;
         }
-        if (cap > 0) kern->softcap(sc, n, cap); /* softcap before the causal mask (keys past p are never scored) */
-        for (a = 0; a < n; a++) if (sc[a] > mx) mx = sc[a];
-        for (a = 0; a < n; a++) { sc[a] = expf(sc[a] - mx); sum += sc[a]; }
-        memset(out, 0, (size_t)hd * sizeof(float));
+        for (g = 0; g < group; g++) {
+            float *sc = scores + (size_t)g * s->n_ctx, mx = -INFINITY, sum = 0;
+            if (cap > 0) kern->softcap(sc, n, cap); /* softcap before the causal mask (keys past p are never scored) */
+            for (a = 0; a < n; a++) if (sc[a] > mx) mx = sc[a];
+            for (a = 0; a < n; a++) { sc[a] = expf(sc[a] - mx); sum += sc[a]; }
+            for (a = 0; a < n; a++) sc[a] /= sum;
+        }
+        memset(out, 0, (size_t)group * hd * sizeof(float));
         for (a = 0; a < n; a++) {
             const float *vr = V + (size_t)((lo + a) % slots) * kvd + (size_t)kvh * hd;
-            kern->axpy(out, sc[a] / sum, vr, hd);
+            for (g = 0; g < group; g++) kern->axpy(out + (size_t)g * hd, scores[(size_t)g * s->n_ctx + a], vr, hd);
         }
     }
 }
@@ -3321,7 +3328,7 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
     s->u = (float *)gemma2__calloc(C * I, sizeof(float));
     s->rope = (float *)gemma2__calloc(C * (size_t)c->head_dim, sizeof(float));
     s->inv_freq = (float *)gemma2__calloc((size_t)c->head_dim / 2, sizeof(float));
-    s->scores = (float *)gemma2__calloc((size_t)nt * (size_t)n_ctx, sizeof(float));
+    s->scores = (float *)gemma2__calloc((size_t)nt * (size_t)(c->num_attention_heads / c->num_key_value_heads) * (size_t)n_ctx, sizeof(float));
     s->xb = (uint16_t *)gemma2__calloc(C * widest, sizeof(uint16_t));
     s->logits = (float *)gemma2__calloc((size_t)c->vocab_size, sizeof(float));
     if (!s->pool || !s->tokens || !s->k || !s->v || !s->slots || !s->x || !s->xn || !s->q || !s->kk || !s->vv || !s->att ||
