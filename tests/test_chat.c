@@ -19,36 +19,6 @@ static gemma2_model *chat_get_model(void)
     return chat_model;
 }
 
-/* A JSON string node as a fresh NUL-terminated C string (malloc). */
-static char *chat_jstr(const gemma2__json *j, int32_t node)
-{
-    char *s;
-    int64_t n;
-    if (!gemma2__json_is(j, node, GEMMA2__JSTRING)) return NULL;
-    s = (char *)malloc(j->nodes[node].len + 1);
-    n = gemma2__json_unescape(j, node, s);
-    if (n < 0) { free(s); return NULL; }
-    s[n] = 0;
-    return s;
-}
-
-/* A JSON int array as a malloc'd array; *n its length; NULL if not an array. */
-static int32_t *chat_jids(const gemma2__json *j, int32_t node, int *n)
-{
-    int32_t *v, c;
-    int k = 0;
-    *n = 0;
-    if (!gemma2__json_is(j, node, GEMMA2__JARRAY)) return NULL;
-    v = (int32_t *)malloc(sizeof(int32_t) * (size_t)(j->nodes[node].count + 1));
-    for (c = j->nodes[node].child; c >= 0; c = j->nodes[c].next) {
-        int x = 0;
-        gemma2__json_int(j, c, &x);
-        v[k++] = x;
-    }
-    *n = k;
-    return v;
-}
-
 static int chat_ids_eq(const int32_t *a, int na, const int32_t *b, int nb)
 {
     return na == nb && (na == 0 || !memcmp(a, b, sizeof(int32_t) * (size_t)na));
@@ -97,15 +67,15 @@ static void test_chat_fixtures(void)
         if (!*line) continue;
         if (gemma2__json_parse(&j, line, strlen(line), err, sizeof err) != 0) { CHECK(0, "bad line: %s", err); continue; }
         root = 0;
-        name = chat_jstr(&j, gemma2__json_get(&j, root, "name"));
+        name = g2t_json_str(&j, gemma2__json_get(&j, root, "name"), NULL);
         gen = gemma2__json_is(&j, gemma2__json_get(&j, root, "add_generation_prompt"), GEMMA2__JTRUE);
         tmpl_error = gemma2__json_is(&j, gemma2__json_get(&j, root, "error"), GEMMA2__JSTRING);
-        ref_text = chat_jstr(&j, gemma2__json_get(&j, root, "text"));
-        ids = chat_jids(&j, gemma2__json_get(&j, root, "ids"), &n_ids);
-        safe = chat_jids(&j, gemma2__json_get(&j, root, "ids_user_content_as_text"), &n_safe);
+        ref_text = g2t_json_str(&j, gemma2__json_get(&j, root, "text"), NULL);
+        ids = g2t_json_ids(&j, gemma2__json_get(&j, root, "ids"), &n_ids);
+        safe = g2t_json_ids(&j, gemma2__json_get(&j, root, "ids_user_content_as_text"), &n_safe);
         for (c = j.nodes[gemma2__json_get(&j, root, "messages")].child; c >= 0 && n_msgs < 32; c = j.nodes[c].next) {
-            msgs[n_msgs].role = owned[n_owned++] = chat_jstr(&j, gemma2__json_get(&j, c, "role"));
-            msgs[n_msgs].content = owned[n_owned++] = chat_jstr(&j, gemma2__json_get(&j, c, "content"));
+            msgs[n_msgs].role = owned[n_owned++] = g2t_json_str(&j, gemma2__json_get(&j, c, "role"), NULL);
+            msgs[n_msgs].content = owned[n_owned++] = g2t_json_str(&j, gemma2__json_get(&j, c, "content"), NULL);
             n_msgs++;
         }
         n_cases++;

@@ -57,3 +57,35 @@ int main(int argc, char **argv)
     printf("%d passed, %d failed\n", g2t_passed, g2t_failed);
     return g2t_failed ? 1 : 0;
 }
+
+/* JSON helpers for the fixture files (the library's own reader; these tests see its internals). */
+
+/* A string node as a fresh NUL-terminated copy (malloc); *len its length (may hold NULs). NULL if not a string. */
+static char *g2t_json_str(const gemma2__json *j, int32_t node, size_t *len)
+{
+    char *s;
+    int64_t n;
+    if (!gemma2__json_is(j, node, GEMMA2__JSTRING)) return NULL;
+    s = (char *)malloc(j->nodes[node].len + 1);
+    n = gemma2__json_unescape(j, node, s);
+    if (n < 0) { free(s); return NULL; }
+    s[n] = 0;
+    if (len) *len = (size_t)n;
+    return s;
+}
+
+/* An array of integers as a malloc'd array, *n its length (a non-integer entry reads as -1). NULL if not an array. */
+static int32_t *g2t_json_ids(const gemma2__json *j, int32_t node, int *n)
+{
+    int32_t *ids, c;
+    int k = 0, v;
+    *n = 0;
+    if (!gemma2__json_is(j, node, GEMMA2__JARRAY)) return NULL;
+    ids = (int32_t *)malloc(sizeof *ids * (size_t)(j->nodes[node].count + 1));
+    for (c = j->nodes[node].child; c >= 0; c = j->nodes[c].next) {
+        if (!gemma2__json_int(j, c, &v)) v = -1;
+        ids[k++] = v;
+    }
+    *n = k;
+    return ids;
+}

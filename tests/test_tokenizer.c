@@ -46,33 +46,6 @@ typedef struct tok_case {
     int n_ids, n_spm_ids;
 } tok_case;
 
-static char *tok_jstr(const gemma2__json *j, int32_t node, size_t *len)
-{
-    char *s;
-    int64_t n;
-    if (!gemma2__json_is(j, node, GEMMA2__JSTRING)) return NULL;
-    s = (char *)malloc(j->nodes[node].len + 1);
-    n = gemma2__json_unescape(j, node, s);
-    if (n < 0) { free(s); return NULL; }
-    s[n] = 0;
-    *len = (size_t)n;
-    return s;
-}
-
-static int32_t *tok_jids(const gemma2__json *j, int32_t node, int *n)
-{
-    int32_t *ids, c;
-    int k = 0, v;
-    if (!gemma2__json_is(j, node, GEMMA2__JARRAY)) return NULL;
-    ids = (int32_t *)malloc(sizeof *ids * (size_t)(j->nodes[node].count + 1));
-    for (c = j->nodes[node].child; c >= 0; c = j->nodes[c].next) {
-        if (!gemma2__json_int(j, c, &v)) v = -1;
-        ids[k++] = v;
-    }
-    *n = k;
-    return ids;
-}
-
 static tok_case *tok_cases;
 static int tok_n_cases;
 
@@ -92,12 +65,12 @@ static int tok_load_cases(void)
         char *name;
         while (e < size && data[e] != '\n') e++;
         if (e > i && gemma2__json_parse(&j, data + i, e - i, err, sizeof err) == 0) {
-            c->text = tok_jstr(&j, gemma2__json_get(&j, 0, "text"), &c->text_len);
-            c->spm_text = tok_jstr(&j, gemma2__json_get(&j, 0, "spm_text"), &c->spm_text_len);
-            c->ids = tok_jids(&j, gemma2__json_get(&j, 0, "ids"), &c->n_ids);
-            c->spm_ids = tok_jids(&j, gemma2__json_get(&j, 0, "spm_ids"), &c->n_spm_ids);
+            c->text = g2t_json_str(&j, gemma2__json_get(&j, 0, "text"), &c->text_len);
+            c->spm_text = g2t_json_str(&j, gemma2__json_get(&j, 0, "spm_text"), &c->spm_text_len);
+            c->ids = g2t_json_ids(&j, gemma2__json_get(&j, 0, "ids"), &c->n_ids);
+            c->spm_ids = g2t_json_ids(&j, gemma2__json_get(&j, 0, "spm_ids"), &c->n_spm_ids);
             c->decode = gemma2__json_streq(&j, gemma2__json_get(&j, 0, "kind"), "decode");
-            name = tok_jstr(&j, gemma2__json_get(&j, 0, "name"), &len);
+            name = g2t_json_str(&j, gemma2__json_get(&j, 0, "name"), &len);
             if (name) { snprintf(c->name, sizeof c->name, "%s", name); free(name); }
             if (c->text && c->ids) tok_n_cases++;
         }
