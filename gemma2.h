@@ -3090,7 +3090,8 @@ struct gemma2_session {
     int pos;                 /* tokens evaluated so far = next position */
     int hi;                  /* highest pos reached since the sliding rings were last refilled */
     int32_t *tokens;         /* [n_ctx] the tokens at positions 0..pos-1 */
-    /* KV cache, per layer: k[l], v[l] are [slots[l]][nKV * hd]. Global layers keep every
+    /* KV cache, per layer: k[l], v[l] are [nKV][slots[l]][hd] (each kv head's positions are
+       contiguous, so attention streams them with no page crossing per key). Global layers keep every
        position (slots = n_ctx); sliding-window layers keep a ring of the last W + CHUNK - 1
        positions (position p lives in slot p % slots), enough for every query of a chunk
        to see its W keys. Stored as float32: exact, and attention is a small part of the
@@ -3151,7 +3152,7 @@ static void gemma2__att_task(void *ctx, int task, int n_tasks)
     gemma2_session *s = j->s;
     const gemma2_config *c = &s->m->cfg;
     const gemma2__kernels *kern = s->m->kern;
-    int nH = c->num_attention_heads, nKV = c->num_key_value_heads, hd = c->head_dim, kvd = nKV * hd;
+    int nH = c->num_attention_heads, nKV = c->num_key_value_heads, hd = c->head_dim;
     int group = nH / nKV, slots = s->slots[j->layer];
     int sliding = s->m->layers[j->layer].sliding, i, g;
     float *scores = s->scores + (size_t)task * (size_t)group * (size_t)s->n_ctx;
@@ -3164,7 +3165,7 @@ static void gemma2__att_task(void *ctx, int task, int n_tasks)
         const float *q = s->q + (size_t)t * nH * hd + (size_t)h0 * hd;
         float *out = s->att + (size_t)t * nH * hd + (size_t)h0 * hd;
         for (a = 0; a < n; a++) {
-            const float *kr = K + (size_t)((lo + a) % slots) * kvd + (size_t)kvh * hd;
+            const float *kr = K + ((size_t)kvh * slots + (size_t)((lo + a) % slots)) * hd;
             for (g = 0; g < group; g++) scores[(size_t)g * s->n_ctx + a] = kern->dot(q + (size_t)g * hd, kr, hd) * scale;
         }
         for (g = 0; g < group; g++) {
@@ -3176,7 +3177,7 @@ static void gemma2__att_task(void *ctx, int task, int n_tasks)
         }
         memset(out, 0, (size_t)group * hd * sizeof(float));
         for (a = 0; a < n; a++) {
-            const float *vr = V + (size_t)((lo + a) % slots) * kvd + (size_t)kvh * hd;
+            const float *vr = V + ((size_t)kvh * slots + (size_t)((lo + a) % slots)) * hd;
             for (g = 0; g < group; g++) kern->axpy(out + (size_t)g * hd, scores[(size_t)g * s->n_ctx + a], vr, hd);
         }
     }
@@ -3234,8 +3235,11 @@ static void gemma2__forward(gemma2_session *s, const int32_t *ids, int C, int po
             int p = pos0 + t, slot = p % s->slots[l], h;
             for (h = 0; h < nH; h++) gemma2__rope(s->q + (size_t)t * qd + (size_t)h * hd, s->rope + (size_t)t * hd, hd);
             for (h = 0; h < nKV; h++) gemma2__rope(s->kk + (size_t)t * kvd + (size_t)h * hd, s->rope + (size_t)t * hd, hd);
-            memcpy(s->k[l] + (size_t)slot * kvd, s->kk + (size_t)t * kvd, (size_t)kvd * sizeof(float));
-            memcpy(s->v[l] + (size_t)slot * kvd, s->vv + (size_t)t * kvd, (size_t)kvd * sizeof(float));
+            for (h = 0; h < nKV; h++) {
+                size_t at = ((size_t)h * s->slots[l] + (size_t)slot) * hd;
+                memcpy(s->k[l] + at, s->kk + (size_t)t * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
+                memcpy(s->v[l] + at, s->vv + (size_t)t * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
+            }
         }
         aj.s = s;
         aj.layer = l;
