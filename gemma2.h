@@ -34,6 +34,7 @@
      GEMMA2_NO_MMAP        read files into memory instead of mapping them
      GEMMA2_NO_THREADS     no thread pool: everything runs on the calling thread
      GEMMA2_NO_SIMD        scalar kernels only (the reference implementation)
+     GEMMA2_POOL_SPIN      how long idle worker threads spin before sleeping (default 20000 pauses)
 
    TABLE OF CONTENTS
      Part 1  Public API (declarations)
