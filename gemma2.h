@@ -5065,7 +5065,7 @@ static int gemma2__read_generation_config(gemma2_config *cfg, const char *dir)
     gemma2__file f;
     gemma2__json j;
     char *path = gemma2__path_join(dir, "generation_config.json");
-    int32_t node, c;
+    int32_t node;
     int rc = 0;
     if (!path) return GEMMA2_ERROR_OUT_OF_MEMORY;
     if (!gemma2__file_exists(path)) { GEMMA2_FREE(path); return 0; }
@@ -5078,17 +5078,7 @@ static int gemma2__read_generation_config(gemma2_config *cfg, const char *dir)
         return GEMMA2_ERROR_FORMAT;
     }
     node = gemma2__json_get(&j, 0, "eos_token_id");
-    if (gemma2__json_is(&j, node, GEMMA2__JARRAY)) c = j.nodes[node].child;
-    else c = node;
-    while (c >= 0) {
-        int id, k, dup = 0;
-        if (gemma2__json_int(&j, c, &id)) {
-            for (k = 0; k < cfg->n_eos; k++) dup |= cfg->eos_token_ids[k] == id;
-            if (!dup && id >= 0 && cfg->n_eos < (int)(sizeof cfg->eos_token_ids / sizeof cfg->eos_token_ids[0]))
-                cfg->eos_token_ids[cfg->n_eos++] = id;
-        } else if (!gemma2__json_is(&j, c, GEMMA2__JNULL)) rc = GEMMA2_ERROR_FORMAT;
-        c = (c == node) ? -1 : j.nodes[c].next;
-    }
+    rc = gemma2__cfg_eos(cfg, &j, node, "generation_config.json", NULL, 0); /* the same rules as config.json's */
     gemma2__json_free(&j);
     gemma2__file_close(&f);
     return rc;
