@@ -15,8 +15,25 @@ static float kern_rand(void) /* uniform in [-1, 1) */
 static const int kern_sets[] = {GEMMA2_KERNELS_SCALAR, GEMMA2_KERNELS_AVX2, GEMMA2_KERNELS_AVX512, GEMMA2_KERNELS_NEON};
 #define KERN_N_SETS ((int)(sizeof kern_sets / sizeof kern_sets[0]))
 
+/* Fills a's activation copies as the forward pass would: xb (bf16 copy) when asked for, and
+   for T >= 2 with a set that has prep_xt, the transposed xt (bf16 pairs if bf16 activations
+   were asked for and the set uses them). Returns the xt buffer to free (or NULL). */
+static void *kern_prepare(const gemma2__kernels *k, gemma2__matmul_args *a, int use_xb, int use_xt)
+{
+    void *xt = NULL;
+    if (use_xt && k->prep_xt && a->T >= 2 && a->w->dtype == GEMMA2__DT_BF16) {
+        int kind = use_xb && k->wants_bf16_x ? GEMMA2__XT_BF16 : GEMMA2__XT_F32;
+        xt = malloc(gemma2__xt_size(a->T, a->w->cols));
+        k->prep_xt(xt, a->x, a->T, a->w->cols, kind);
+        a->xt = xt;
+        a->xt_kind = kind;
+        a->xb = NULL;
+    }
+    return xt;
+}
+
 /* One matmul case against the reference: rows [r0, r1) of a rows x K matrix, T tokens. */
-static void kern_check_matmul(const gemma2__kernels *k, int dtype, int rows, int K, int T, int r0, int r1, int use_xb)
+static void kern_check_matmul(const gemma2__kernels *k, int dtype, int rows, int K, int T, int r0, int r1, int use_xb, int use_xt)
 {
     size_t nw = (size_t)rows * K, i;
     int ldy = rows + 3, t, r, kk;
@@ -29,8 +46,9 @@ static void kern_check_matmul(const gemma2__kernels *k, int dtype, int rows, int
     float *yr = (float *)malloc((size_t)T * ldy * sizeof(float));
     gemma2__mat w;
     gemma2__matmul_args a, ar;
+    void *xt;
     int bad = 0;
-    int dp = use_xb && k->wants_bf16_x && dtype == GEMMA2__DT_BF16; /* the kernel will use xb */
+    int dp = use_xb && k->wants_bf16_x && dtype == GEMMA2__DT_BF16; /* the kernel will use bf16 activations */
     for (i = 0; i < nw; i++) { wb[i] = gemma2__f32_to_bf16(kern_rand()); wf[i] = dtype == GEMMA2__DT_BF16 ? gemma2__bf16_to_f32(wb[i]) : kern_rand(); }
     for (i = 0; i < (size_t)T * K; i++) {
         x[i] = kern_rand() * 2.0f;
@@ -40,8 +58,10 @@ static void kern_check_matmul(const gemma2__kernels *k, int dtype, int rows, int
     for (i = 0; i < (size_t)T * ldy; i++) y[i] = yr[i] = 12345.0f;
     w.data = dtype == GEMMA2__DT_BF16 ? (const void *)wb : (const void *)wf;
     w.dtype = dtype; w.rows = rows; w.cols = K;
+    memset(&a, 0, sizeof a);
     a.y = y; a.ldy = ldy; a.x = x; a.xb = use_xb ? xb : NULL; a.T = T; a.w = &w;
     ar = a; ar.y = yr; ar.x = xr; ar.xb = NULL;
+    xt = kern_prepare(k, &a, use_xb, use_xt);
     k->matmul(&a, r0, r1);
     gemma2__matmul_scalar(&ar, r0, r1);
     for (t = 0; t < T && !bad; t++)
@@ -53,18 +73,18 @@ static void kern_check_matmul(const gemma2__kernels *k, int dtype, int rows, int
             }
             for (kk = 0; kk < K; kk++) mag += fabsf(wf[(size_t)r * K + kk] * xr[(size_t)t * K + kk]);
             if (!(fabsf(got - want) <= (dp ? 1e-4f : 1e-5f) * mag + 1e-6f)) {
-                CHECK(0, "%s dtype %d rows %d K %d T %d [%d,%d) xb %d: y[%d][%d] = %g, want %g", k->name, dtype, rows, K, T, r0, r1,
-                      use_xb, t, r, got, want);
+                CHECK(0, "%s dtype %d rows %d K %d T %d [%d,%d) xb %d xt %d: y[%d][%d] = %g, want %g", k->name, dtype, rows, K, T, r0,
+                      r1, use_xb, xt != NULL, t, r, got, want);
                 bad = 1;
             }
         }
-    free(wf); free(wb); free(x); free(xr); free(xb); free(y); free(yr);
+    free(wf); free(wb); free(x); free(xr); free(xb); free(y); free(yr); free(xt);
 }
 
 static void kern_test_matmul(void)
 {
     static const int Ks[] = {1, 7, 15, 16, 17, 31, 32, 33, 64, 100, 257};
-    int s, dt, ki, T, xbm, n_sets = 0;
+    int s, dt, ki, T, xbm, xtm, n_sets = 0;
     for (s = 0; s < KERN_N_SETS; s++) {
         const gemma2__kernels *k = gemma2__kernels_select(kern_sets[s]);
         if (!k) continue;
@@ -72,19 +92,24 @@ static void kern_test_matmul(void)
         for (dt = 0; dt < GEMMA2__DT_COUNT; dt++)
             for (ki = 0; ki < (int)(sizeof Ks / sizeof Ks[0]); ki++)
                 for (T = 1; T <= 9; T++)
-                    for (xbm = 0; xbm < 2; xbm++) {
-                        kern_check_matmul(k, dt, 23, Ks[ki], T, 0, 23, xbm);
-                        kern_check_matmul(k, dt, 23, Ks[ki], T, 3, 19, xbm);
-                        kern_check_matmul(k, dt, 23, Ks[ki], T, 5, 6, xbm);
-                    }
-        /* bigger: several 16-row blocks, token tiles plus a tail */
-        kern_check_matmul(k, GEMMA2__DT_BF16, 70, 300, 14, 1, 69, 0);
-        kern_check_matmul(k, GEMMA2__DT_BF16, 70, 300, 13, 0, 70, 1);
-        kern_check_matmul(k, GEMMA2__DT_F32, 37, 129, 20, 2, 35, 0);
-        /* several column blocks (512) and token groups (48), with tails in both */
-        kern_check_matmul(k, GEMMA2__DT_BF16, 21, 1100, 53, 0, 21, 0);
-        kern_check_matmul(k, GEMMA2__DT_BF16, 21, 1100, 53, 3, 20, 1);
-        kern_check_matmul(k, GEMMA2__DT_F32, 18, 1031, 50, 1, 18, 0);
+                    for (xbm = 0; xbm < 2; xbm++)
+                        for (xtm = 0; xtm < (k->prep_xt ? 2 : 1); xtm++) {
+                            kern_check_matmul(k, dt, 23, Ks[ki], T, 0, 23, xbm, xtm);
+                            kern_check_matmul(k, dt, 23, Ks[ki], T, 3, 19, xbm, xtm);
+                            kern_check_matmul(k, dt, 23, Ks[ki], T, 5, 6, xbm, xtm);
+                        }
+        for (xtm = 0; xtm < (k->prep_xt ? 2 : 1); xtm++) {
+            /* bigger: several row blocks and tiles (16 / 12 / 4 / 1 rows), token tiles (6, 16, 32) plus tails */
+            kern_check_matmul(k, GEMMA2__DT_BF16, 70, 300, 14, 1, 69, 0, xtm);
+            kern_check_matmul(k, GEMMA2__DT_BF16, 70, 300, 13, 0, 70, 1, xtm);
+            kern_check_matmul(k, GEMMA2__DT_BF16, 61, 301, 33, 0, 61, 0, xtm);
+            kern_check_matmul(k, GEMMA2__DT_BF16, 61, 301, 47, 2, 59, 1, xtm);
+            kern_check_matmul(k, GEMMA2__DT_F32, 37, 129, 20, 2, 35, 0, xtm);
+            /* several column blocks (512) and token groups (48), with tails in both */
+            kern_check_matmul(k, GEMMA2__DT_BF16, 21, 1100, 53, 0, 21, 0, xtm);
+            kern_check_matmul(k, GEMMA2__DT_BF16, 21, 1100, 53, 3, 20, 1, xtm);
+            kern_check_matmul(k, GEMMA2__DT_F32, 18, 1031, 50, 1, 18, 0, xtm);
+        }
     }
     CHECK(n_sets >= 1, "no kernel set at all");
     CHECK(gemma2__kernels_select(GEMMA2_KERNELS_AUTO) != NULL, "AUTO must always find a kernel set");
@@ -92,8 +117,11 @@ static void kern_test_matmul(void)
     CHECK(gemma2__kernels_select(99) == NULL, "unknown kernel set");
 }
 
-/* A token's outputs must not depend on how many tokens share the call (decode vs prefill paths):
-   otherwise results would change with the prompt's chunking. Bit-exact, every set and shape. */
+/* A token's outputs must not depend on which other tokens share the call, or results would
+   change with the prompt's chunking. Bit-exact for every set and shape, with one documented
+   exception: in sets with transposed-activation prefill kernels (prep_xt), a token alone goes
+   through the matrix-vector kernel, which sums in another order than the prefill tile, so
+   there it is compared with a tolerance, and bit-exactness is asked of every call of >= 2 tokens. */
 static void kern_test_matmul_consistent(void)
 {
     static const int Ks[] = {5, 16, 33, 100, 2304 + 7};
@@ -104,30 +132,57 @@ static void kern_test_matmul_consistent(void)
         for (dt = 0; dt < GEMMA2__DT_COUNT; dt++)
             for (ki = 0; ki < (int)(sizeof Ks / sizeof Ks[0]); ki++)
                 for (xbm = 0; xbm < 2; xbm++) {
-                    int K = Ks[ki], bad = 0;
+                    int K = Ks[ki], bad = 0, split = k->prep_xt && dt == GEMMA2__DT_BF16;
                     size_t i, nw = (size_t)rows * K;
                     float *wf = (float *)malloc(nw * sizeof(float)), *x = (float *)malloc((size_t)T * K * sizeof(float));
                     uint16_t *wb = (uint16_t *)malloc(nw * sizeof(uint16_t)), *xb = (uint16_t *)malloc((size_t)T * K * sizeof(uint16_t));
-                    float *yall = (float *)malloc((size_t)T * rows * sizeof(float)), *y1 = (float *)malloc((size_t)rows * sizeof(float));
+                    float *yall = (float *)malloc((size_t)T * rows * sizeof(float)), *y1 = (float *)malloc((size_t)2 * rows * sizeof(float));
+                    float *x2 = (float *)malloc((size_t)2 * K * sizeof(float));
+                    uint16_t *xb2 = (uint16_t *)malloc((size_t)2 * K * sizeof(uint16_t));
+                    void *xt;
                     gemma2__mat w;
                     gemma2__matmul_args a;
                     for (i = 0; i < nw; i++) { wf[i] = kern_rand(); wb[i] = gemma2__f32_to_bf16(wf[i]); }
                     for (i = 0; i < (size_t)T * K; i++) { x[i] = kern_rand(); xb[i] = gemma2__f32_to_bf16(x[i]); }
                     w.data = dt == GEMMA2__DT_BF16 ? (const void *)wb : (const void *)wf;
                     w.dtype = dt; w.rows = rows; w.cols = K;
+                    memset(&a, 0, sizeof a);
                     a.y = yall; a.ldy = rows; a.x = x; a.xb = xbm ? xb : NULL; a.T = T; a.w = &w;
+                    xt = kern_prepare(k, &a, xbm, 1);
                     k->matmul(&a, 0, rows);
+                    free(xt);
                     for (t = 0; t < T && !bad; t++) {
-                        a.y = y1; a.x = x + (size_t)t * K; a.xb = xbm ? xb + (size_t)t * K : NULL; a.T = 1;
+                        /* alone */
+                        memset(&a, 0, sizeof a);
+                        a.y = y1; a.ldy = rows; a.x = x + (size_t)t * K; a.xb = xbm ? xb + (size_t)t * K : NULL; a.T = 1; a.w = &w;
                         k->matmul(&a, 0, rows);
+                        for (r = 0; r < rows && !bad; r++) {
+                            float got = y1[r], want = yall[(size_t)t * rows + r];
+                            int same = split ? fabsf(got - want) <= (xbm && k->wants_bf16_x ? 1e-4f : 1e-5f) * sqrtf((float)K) * 2.0f
+                                             : memcmp(&got, &want, sizeof(float)) == 0;
+                            if (!same) {
+                                CHECK(0, "%s dtype %d K %d xb %d: token %d row %d alone %.9g, in a batch %.9g", k->name, dt, K, xbm, t, r, got, want);
+                                bad = 1;
+                            }
+                        }
+                        /* with another partner: token t first, then token (t + 3) % T */
+                        memcpy(x2, x + (size_t)t * K, (size_t)K * sizeof(float));
+                        memcpy(x2 + K, x + (size_t)((t + 3) % T) * K, (size_t)K * sizeof(float));
+                        memcpy(xb2, xb + (size_t)t * K, (size_t)K * sizeof(uint16_t));
+                        memcpy(xb2 + K, xb + (size_t)((t + 3) % T) * K, (size_t)K * sizeof(uint16_t));
+                        memset(&a, 0, sizeof a);
+                        a.y = y1; a.ldy = rows; a.x = x2; a.xb = xbm ? xb2 : NULL; a.T = 2; a.w = &w;
+                        xt = kern_prepare(k, &a, xbm, 1);
+                        k->matmul(&a, 0, rows);
+                        free(xt);
                         for (r = 0; r < rows && !bad; r++)
                             if (memcmp(&y1[r], &yall[(size_t)t * rows + r], sizeof(float)) != 0) {
-                                CHECK(0, "%s dtype %d K %d xb %d: token %d row %d alone %.9g, in a batch %.9g", k->name, dt, K, xbm, t, r,
+                                CHECK(0, "%s dtype %d K %d xb %d: token %d row %d in a pair %.9g, in a batch %.9g", k->name, dt, K, xbm, t, r,
                                       y1[r], yall[(size_t)t * rows + r]);
                                 bad = 1;
                             }
                     }
-                    free(wf); free(x); free(wb); free(xb); free(yall); free(y1);
+                    free(wf); free(x); free(wb); free(xb); free(yall); free(y1); free(x2); free(xb2);
                 }
     }
 }
@@ -262,6 +317,7 @@ static void kern_test_pooled_helpers(void)
     for (i = 0; i < rows * K; i++) wb[i] = gemma2__f32_to_bf16(kern_rand());
     for (i = 0; i < T * K; i++) x[i] = kern_rand();
     w.data = wb; w.dtype = GEMMA2__DT_BF16; w.rows = rows; w.cols = K;
+    memset(&a, 0, sizeof a);
     a.y = y; a.ldy = rows; a.x = x; a.xb = NULL; a.T = T; a.w = &w;
     gemma2__matmul(p, k, &a);
     a.y = yr;
