@@ -1727,13 +1727,16 @@ typedef struct gemma2__kernels {
     void (*softcap)(float *x, int n, float cap);
     /* dst[i] = bf16(src[i]), round to nearest even, bit-exact with gemma2__f32_to_bf16 */
     void (*to_bf16)(uint16_t *dst, const float *src, int n);
-    /* NULL, or: x [T][K] into the layout `kind` (GEMMA2__XT_*) that matmul reads as xt;
-       needs gemma2__xt_size(T, K) bytes */
-    void (*prep_xt)(void *xt, const float *x, int T, int K, int kind);
+    /* NULL, or: x [T][K] into the layout `kind` (GEMMA2__XT_*) that matmul reads as xt,
+       rows [j0, j1) of it (so that threads can split it: gemma2__prep_xt); the whole is
+       gemma2__xt_rows(K, kind) rows, gemma2__xt_size(T, K) bytes */
+    void (*prep_xt)(void *xt, const float *x, int T, int K, int kind, int j0, int j1);
 } gemma2__kernels;
 
-/* Bytes of a transposed activation matrix: K rows of T rounded up to 16 (either layout). */
+/* Bytes of a transposed activation matrix: K rows of T rounded up to 16 (either layout), and
+   its rows in a layout (columns, or column pairs). */
 static size_t gemma2__xt_size(int T, int K) { return (size_t)K * (size_t)((T + 15) & ~15) * 4; }
+static int gemma2__xt_rows(int K, int kind) { return kind == GEMMA2__XT_BF16 ? (K + 1) / 2 : K; }
 
 /* --- the scalar reference ------------------------------------------------ */
 
@@ -2095,57 +2098,36 @@ GEMMA2__MATVECS(gemma2__matvecs_512dp, GEMMA2__T_AVX512BF16, gemma2__matvec_512d
 
 #define GEMMA2__MR 12
 
-static GEMMA2__T_AVX512 void gemma2__prep_xt_avx512(void *xt, const float *x, int T, int K, int kind)
-{
-    size_t Tp = (size_t)((T + 15) & ~15), j, t;
-    if (kind == GEMMA2__XT_F32) {
-        float *o = (float *)xt;
-        for (j = 0; j < (size_t)K; j++) {
-            for (t = 0; t < (size_t)T; t++) o[j * Tp + t] = x[t * (size_t)K + j];
-            for (; t < Tp; t++) o[j * Tp + t] = 0;
-        }
-    } else {
-        uint32_t *o = (uint32_t *)xt;
-        size_t np = ((size_t)K + 1) / 2;
-        for (j = 0; j < np; j++) {
-            for (t = 0; t < (size_t)T; t++) {
-                const float *xr = x + t * (size_t)K + 2 * j;
-                uint32_t lo = gemma2__f32_to_bf16(xr[0]), hi = 2 * j + 1 < (size_t)K ? gemma2__f32_to_bf16(xr[1]) : 0;
-                o[j * Tp + t] = lo | hi << 16;
-            }
-            for (; t < Tp; t++) o[j * Tp + t] = 0;
-        }
-    }
-}
-
 /* Two bf16 weights as one 32-bit value (rows start at any element: an unaligned load). */
 GEMMA2__ALWAYS_INLINE int gemma2__ld_pair(const uint16_t *p) { int v; memcpy(&v, p, 4); return v; }
 
-/* Outputs of rows r..r+MR for tokens t0..t0+16*NR (the first nt of them stored). The
-   accumulators go through a small buffer on the way out: their lanes are tokens, y's rows are. */
-#define GEMMA2__XT_STORE()                                                                             \
-    do {                                                                                              \
-        GEMMA2__ALIGN64 float buf_[GEMMA2__MR][32];                                                   \
-        int t_;                                                                                       \
-        _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) \
-            _mm512_store_ps(buf_[i] + 16 * v, acc[i][v]);                                             \
-        for (t_ = 0; t_ < nt; t_++) {                                                                 \
-            float *y_ = a->y + (size_t)(t0 + t_) * (size_t)a->ldy + r;                                \
-            for (i = 0; i < MR; i++) y_[i] = buf_[i][t_];                                             \
-        }                                                                                             \
-    } while (0)
+/* Blocking. A tile reads a slice of xt for its 32 tokens at every step; over all K that is
+   more than L2 holds (K x 128 tokens x 4 bytes = 1.2 MB for K = 2304), so the loops around
+   the tiles cut the work into blocks: GEMMA2__XT_RB rows x GEMMA2__XT_KC column pairs x up to
+   128 tokens. A block's xt slice (KC pairs x 128 tokens, 128-256 KB) stays in L2 while the
+   block's 4 row tiles pass over it, and its weights (48 rows x 512 columns, 48 KB) are read
+   from DRAM once. Partial sums wait between column blocks in a small buffer on the stack,
+   laid out like the accumulators (rows x tokens); only when a row block is complete are they
+   written to y, transposed. */
+#define GEMMA2__XT_RB 48  /* rows per block: 4 tiles of 12 */
+#define GEMMA2__XT_KC 256 /* column pairs per block */
+#define GEMMA2__XT_TC 128 /* tokens per block */
 
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__xtile_512(const gemma2__matmul_args *a, int r, int t0, int nt, const int MR, const int NR)
+/* One tile: rows r..r+MR of the block (acc rows at buf + (r - rb) * TC), tokens t..t+16*NR of
+   the block, column pairs [j0, j1) plus, if `tail`, the odd last column. Continues from the
+   partial sums in buf unless j0 == 0. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__xtile_512(const gemma2__matmul_args *a, const float *xt, float *buf, int r, int j0, int j1,
+                                                            int tail, const int MR, const int NR)
 {
-    const int K = a->w->cols, np = K / 2;
+    const int K = a->w->cols;
     const size_t Tp = (size_t)((a->T + 15) & ~15);
     const uint16_t *w = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
-    const float *xt = (const float *)a->xt + t0;
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
     __m512 acc[GEMMA2__MR][2];
     int i, v, j;
-    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) acc[i][v] = _mm512_setzero_ps();
-    for (j = 0; j < np; j++) {
+    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
+        acc[i][v] = j0 ? _mm512_load_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v) : _mm512_setzero_ps();
+    for (j = j0; j < j1; j++) {
         __m512 xe[2], xo[2];
         _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) {
             xe[v] = _mm512_loadu_ps(xt + (size_t)(2 * j) * Tp + 16 * v);
@@ -2160,7 +2142,7 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__xtile_512(const gemma2__matm
             }
         }
     }
-    if (K & 1) { /* the last column alone: its weight read as 16 bits, nothing past the row */
+    if (tail) { /* the last column alone: its weight read as 16 bits, nothing past the row */
         __m512 xe[2];
         _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) xe[v] = _mm512_loadu_ps(xt + (size_t)(2 * j) * Tp + 16 * v);
         _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) {
@@ -2168,60 +2150,67 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__xtile_512(const gemma2__matm
             _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) acc[i][v] = _mm512_fmadd_ps(xe[v], we, acc[i][v]);
         }
     }
-    GEMMA2__XT_STORE();
+    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
+        _mm512_store_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v, acc[i][v]);
 }
 
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__xtile_512dp(const gemma2__matmul_args *a, int r, int t0, int nt, const int MR, const int NR)
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__xtile_512dp(const gemma2__matmul_args *a, const uint32_t *xt, float *buf, int r, int j0,
+                                                                  int j1, int tail, const int MR, const int NR)
 {
-    const int K = a->w->cols, np = K / 2;
+    const int K = a->w->cols;
     const size_t Tp = (size_t)((a->T + 15) & ~15);
     const uint16_t *w = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
-    const uint32_t *xt = (const uint32_t *)a->xt + t0;
     __m512 acc[GEMMA2__MR][2];
     int i, v, j;
-    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) acc[i][v] = _mm512_setzero_ps();
-    for (j = 0; j < np; j++) {
+    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
+        acc[i][v] = j0 ? _mm512_load_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v) : _mm512_setzero_ps();
+    for (j = j0; j < j1 + tail; j++) {
         __m512i xv[2];
         _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) xv[v] = _mm512_loadu_si512((const void *)(xt + (size_t)j * Tp + 16 * v));
         _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) {
-            __m512i wv = _mm512_set1_epi32(gemma2__ld_pair(w + (size_t)i * K + 2 * j));
+            /* the odd last column: its weight read as 16 bits, nothing past the row */
+            __m512i wv = _mm512_set1_epi32(j < j1 ? gemma2__ld_pair(w + (size_t)i * K + 2 * j) : (int)w[(size_t)i * K + 2 * j]);
             _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], (__m512bh)xv[v], (__m512bh)wv);
         }
     }
-    if (K & 1) {
-        __m512i xv[2];
-        _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) xv[v] = _mm512_loadu_si512((const void *)(xt + (size_t)j * Tp + 16 * v));
-        _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) {
-            __m512i wv = _mm512_set1_epi32((int)w[(size_t)i * K + 2 * j]);
-            _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], (__m512bh)xv[v], (__m512bh)wv);
-        }
-    }
-    GEMMA2__XT_STORE();
+    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
+        _mm512_store_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v, acc[i][v]);
 }
 
-/* Rows [r0, r1): 12-row tiles, then 4, then 1; tokens 32 at a time, then 16. */
-#define GEMMA2__XT_DRIVER(NAME, TARGET, TILE)                                                            \
-    static TARGET void NAME(const gemma2__matmul_args *a, int r0, int r1)                               \
-    {                                                                                                   \
-        int r = r0, t;                                                                                  \
-        for (; r + GEMMA2__MR <= r1; r += GEMMA2__MR)                                                   \
-            for (t = 0; t < a->T; t += 32) {                                                            \
-                if (a->T - t > 16) TILE(a, r, t, GEMMA2__MIN(32, a->T - t), GEMMA2__MR, 2);             \
-                else TILE(a, r, t, a->T - t, GEMMA2__MR, 1);                                            \
-            }                                                                                           \
-        for (; r + 4 <= r1; r += 4)                                                                     \
-            for (t = 0; t < a->T; t += 32) {                                                            \
-                if (a->T - t > 16) TILE(a, r, t, GEMMA2__MIN(32, a->T - t), 4, 2);                      \
-                else TILE(a, r, t, a->T - t, 4, 1);                                                     \
-            }                                                                                           \
-        for (; r < r1; r++)                                                                             \
-            for (t = 0; t < a->T; t += 32) {                                                            \
-                if (a->T - t > 16) TILE(a, r, t, GEMMA2__MIN(32, a->T - t), 1, 2);                      \
-                else TILE(a, r, t, a->T - t, 1, 1);                                                     \
-            }                                                                                           \
+/* Tiles of one block: rows [rb, re) in 12s, 4s and 1s, tokens [0, tc) in 32s then 16s. */
+#define GEMMA2__XT_TILES(TILE, MR_)                                                                      \
+    for (t = 0; t < tc; t += 32) {                                                                     \
+        if (tc - t > 16) TILE(a, xtb + t, buf + (size_t)(r - rb) * GEMMA2__XT_TC + t, r, j0, j1, tail, MR_, 2); \
+        else TILE(a, xtb + t, buf + (size_t)(r - rb) * GEMMA2__XT_TC + t, r, j0, j1, tail, MR_, 1);        \
     }
-GEMMA2__XT_DRIVER(gemma2__matmul_512_xt, GEMMA2__T_AVX512, gemma2__xtile_512)
-GEMMA2__XT_DRIVER(gemma2__matmul_512_xtdp, GEMMA2__T_AVX512BF16, gemma2__xtile_512dp)
+
+#define GEMMA2__XT_DRIVER(NAME, TARGET, TILE, XT_T)                                                       \
+    static TARGET void NAME(const gemma2__matmul_args *a, int r0, int r1)                                \
+    {                                                                                                    \
+        GEMMA2__ALIGN64 float buf[GEMMA2__XT_RB * GEMMA2__XT_TC];                                         \
+        const int K = a->w->cols, np = K / 2, odd = K & 1;                                               \
+        int t0, rb, r, j0, t, i;                                                                         \
+        for (t0 = 0; t0 < a->T; t0 += GEMMA2__XT_TC) {                                                   \
+            int tc = GEMMA2__MIN(GEMMA2__XT_TC, a->T - t0);                                              \
+            for (rb = r0; rb < r1; rb += GEMMA2__XT_RB) {                                                \
+                int re = GEMMA2__MIN(rb + GEMMA2__XT_RB, r1);                                            \
+                for (j0 = 0; j0 < np || (j0 == 0 && odd); j0 += GEMMA2__XT_KC) {                          \
+                    int j1 = GEMMA2__MIN(j0 + GEMMA2__XT_KC, np), tail = odd && j1 == np;                 \
+                    const XT_T *xtb = (const XT_T *)a->xt + t0;                                               \
+                    r = rb;                                                                              \
+                    for (; r + GEMMA2__MR <= re; r += GEMMA2__MR) GEMMA2__XT_TILES(TILE, GEMMA2__MR)      \
+                    for (; r + 4 <= re; r += 4) GEMMA2__XT_TILES(TILE, 4)                                 \
+                    for (; r < re; r++) GEMMA2__XT_TILES(TILE, 1)                                         \
+                }                                                                                        \
+                for (t = 0; t < tc; t++) {                                                               \
+                    float *y = a->y + (size_t)(t0 + t) * (size_t)a->ldy;                                 \
+                    for (i = rb; i < re; i++) y[i] = buf[(size_t)(i - rb) * GEMMA2__XT_TC + t];           \
+                }                                                                                        \
+            }                                                                                            \
+        }                                                                                                \
+    }
+GEMMA2__XT_DRIVER(gemma2__matmul_512_xt, GEMMA2__T_AVX512, gemma2__xtile_512, float)
+GEMMA2__XT_DRIVER(gemma2__matmul_512_xtdp, GEMMA2__T_AVX512BF16, gemma2__xtile_512dp, uint32_t)
 
 /* ---- prefill with F32 weights: row-dot register tiles ----
    F32 checkpoints kept as stored (GEMMA2_WEIGHTS_AUTO) take 4 rows x 6 tokens per tile: 24
@@ -2417,6 +2406,71 @@ static GEMMA2__T_AVX512 void gemma2__to_bf16_avx512(uint16_t *dst, const float *
         __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
         _mm256_mask_storeu_epi16(dst + i, m, gemma2__to_bf16_512(_mm512_maskz_loadu_ps(m, src + i)));
     }
+}
+
+/* Transposes 16 x 16 32-bit elements in registers: r[i] holds row i, on return r[j] holds
+   column j. Unpack 32-bit, unpack 64-bit, then two 128-bit lane shuffles: the textbook
+   4-stage network, 64 shuffles for 256 elements. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__transpose16_512(__m512i r[16])
+{
+    __m512i t[16], u[16];
+    int i, c;
+    GEMMA2__UNROLL for (i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    /* u[4g + c], 128-bit lane L: rows 4g..4g+3 of column 4L + c */
+    GEMMA2__UNROLL for (i = 0; i < 4; i++) {
+        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    GEMMA2__UNROLL for (c = 0; c < 4; c++) {
+        __m512i a = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), b = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
+        __m512i a2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88), b2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
+        r[c] = _mm512_shuffle_i32x4(a, a2, 0x88);
+        r[8 + c] = _mm512_shuffle_i32x4(a, a2, 0xdd);
+        r[4 + c] = _mm512_shuffle_i32x4(b, b2, 0x88);
+        r[12 + c] = _mm512_shuffle_i32x4(b, b2, 0xdd);
+    }
+}
+
+/* prep_xt for the prefill tiles: rows [j0, j1) of xt (columns of x for GEMMA2__XT_F32, column
+   pairs for GEMMA2__XT_BF16), 16 tokens x 16 rows at a time through the register transpose;
+   the ragged edges (and the zero padding up to Tp) element by element. */
+static GEMMA2__T_AVX512 void gemma2__prep_xt_avx512(void *xt, const float *x, int T, int K, int kind, int j0, int j1)
+{
+    const size_t Tp = (size_t)((T + 15) & ~15);
+    const int bf = kind == GEMMA2__XT_BF16, per = bf ? 32 : 16; /* x columns per 16 xt rows */
+    uint32_t *o = (uint32_t *)xt;
+    int t, j, i;
+    for (t = 0; t < (int)Tp; t += 16)
+        for (j = j0; j < j1; j += 16) {
+            if (t + 16 <= T && j + 16 <= j1 && (j + 16) * (per / 16) <= K) {
+                __m512i v[16];
+                GEMMA2__UNROLL for (i = 0; i < 16; i++) {
+                    const float *xr = x + (size_t)(t + i) * (size_t)K + (size_t)j * (size_t)(per / 16);
+                    if (bf) v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(gemma2__to_bf16_512(_mm512_loadu_ps(xr))),
+                                                      gemma2__to_bf16_512(_mm512_loadu_ps(xr + 16)), 1);
+                    else v[i] = _mm512_castps_si512(_mm512_loadu_ps(xr));
+                }
+                gemma2__transpose16_512(v);
+                GEMMA2__UNROLL for (i = 0; i < 16; i++) _mm512_storeu_si512((void *)(o + (size_t)(j + i) * Tp + t), v[i]);
+            } else {
+                int jj, tt, je = GEMMA2__MIN(j + 16, j1);
+                for (jj = j; jj < je; jj++)
+                    for (tt = t; tt < t + 16; tt++) {
+                        uint32_t val = 0;
+                        if (tt < T) {
+                            const float *xr = x + (size_t)tt * (size_t)K;
+                            if (!bf) memcpy(&val, xr + jj, 4);
+                            else val = (uint32_t)gemma2__f32_to_bf16(xr[2 * jj]) | (2 * jj + 1 < K ? (uint32_t)gemma2__f32_to_bf16(xr[2 * jj + 1]) << 16 : 0u);
+                        }
+                        o[(size_t)jj * Tp + tt] = val;
+                    }
+            }
+        }
 }
 
 static const gemma2__kernels gemma2__kernels_avx512 = {
@@ -2830,6 +2884,34 @@ static GEMMA2__MAYBE_UNUSED void gemma2__matmul(gemma2__pool *p, const gemma2__k
     n_tasks = (rows + chunk - 1) / chunk;
     j.k = k; j.a = a; j.chunk = chunk; j.rows = rows;
     gemma2__pool_run(p, gemma2__matmul_task, &j, n_tasks);
+}
+
+/* The activations' transposition for the prefill kernels (prep_xt), its rows split over the
+   pool in runs of 16 (whole register transposes). */
+typedef struct gemma2__prep_job {
+    const gemma2__kernels *k;
+    void *xt;
+    const float *x;
+    int T, K, kind, rows, per;
+} gemma2__prep_job;
+
+static void gemma2__prep_task(void *ctx, int task, int n_tasks)
+{
+    const gemma2__prep_job *j = (const gemma2__prep_job *)ctx;
+    int j0 = task * j->per, j1 = GEMMA2__MIN(j0 + j->per, j->rows);
+    (void)n_tasks;
+    if (j0 < j1) j->k->prep_xt(j->xt, j->x, j->T, j->K, j->kind, j0, j1);
+}
+
+static GEMMA2__MAYBE_UNUSED void gemma2__prep_xt(gemma2__pool *p, const gemma2__kernels *k, void *xt, const float *x, int T, int K, int kind)
+{
+    gemma2__prep_job j;
+    int nt = p ? gemma2__pool_size(p) : 1;
+    j.k = k; j.xt = xt; j.x = x; j.T = T; j.K = K; j.kind = kind;
+    j.rows = gemma2__xt_rows(K, kind);
+    j.per = GEMMA2__MAX(64, ((j.rows + 2 * nt - 1) / (2 * nt) + 15) & ~15);
+    if (nt <= 1 || j.rows <= j.per) { k->prep_xt(xt, x, T, K, kind, 0, j.rows); return; }
+    gemma2__pool_run(p, gemma2__prep_task, &j, (j.rows + j.per - 1) / j.per);
 }
 
 /* F32 -> BF16 once at load (GEMMA2_WEIGHTS_BF16), in 1M-element chunks over the pool. */
@@ -3308,7 +3390,7 @@ static void gemma2__forward_matmul(gemma2_session *s, float *y, int ldy, const f
     a.w = w;
     if (T > 1 && k->prep_xt && w->dtype == GEMMA2__DT_BF16) {
         a.xt_kind = bf ? GEMMA2__XT_BF16 : GEMMA2__XT_F32;
-        if (!same_x) k->prep_xt(s->xt, x, T, w->cols, a.xt_kind);
+        if (!same_x) gemma2__prep_xt(s->pool, k, s->xt, x, T, w->cols, a.xt_kind);
         a.xt = s->xt;
     } else if (bf) {
         if (!same_x) k->to_bf16(s->xb, x, T * w->cols);

@@ -24,7 +24,9 @@ static void *kern_prepare(const gemma2__kernels *k, gemma2__matmul_args *a, int 
     if (use_xt && k->prep_xt && a->T >= 2 && a->w->dtype == GEMMA2__DT_BF16) {
         int kind = use_xb && k->wants_bf16_x ? GEMMA2__XT_BF16 : GEMMA2__XT_F32;
         xt = malloc(gemma2__xt_size(a->T, a->w->cols));
-        k->prep_xt(xt, a->x, a->T, a->w->cols, kind);
+        /* in two calls, the second starting at a row that is not a multiple of 16 */
+        k->prep_xt(xt, a->x, a->T, a->w->cols, kind, 0, gemma2__xt_rows(a->w->cols, kind) / 3);
+        k->prep_xt(xt, a->x, a->T, a->w->cols, kind, gemma2__xt_rows(a->w->cols, kind) / 3, gemma2__xt_rows(a->w->cols, kind));
         a->xt = xt;
         a->xt_kind = kind;
         a->xb = NULL;
