@@ -1731,6 +1731,14 @@ typedef struct gemma2__kernels {
        rows [j0, j1) of it (so that threads can split it: gemma2__prep_xt); the whole is
        gemma2__xt_rows(K, kind) rows, gemma2__xt_size(T, K) bytes */
     void (*prep_xt)(void *xt, const float *x, int T, int K, int kind, int j0, int j1);
+    /* Attention, for `group` query heads q[g] (hd floats each) that share one kv head, over
+       n consecutive cached rows of hd floats (K, V):
+         att_scores: s[g * lds + a] = scale * (q[g] . K[a])
+         att_values: out[g] += sum_a s[g * lds + a] V[a]
+       and softmax: x[i] = exp(x[i] - max x) / sum_j exp(x[j] - max x). */
+    void (*att_scores)(const struct gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd, const float *K, int n, float scale);
+    void (*att_values)(const struct gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd, const float *V, int n);
+    void (*softmax)(float *x, int n);
 } gemma2__kernels;
 
 /* Bytes of a transposed activation matrix: K rows of T rounded up to 16 (either layout), and
@@ -1739,6 +1747,33 @@ static size_t gemma2__xt_size(int T, int K) { return (size_t)K * (size_t)((T + 1
 static int gemma2__xt_rows(int K, int kind) { return kind == GEMMA2__XT_BF16 ? (K + 1) / 2 : K; }
 
 /* --- the scalar reference ------------------------------------------------ */
+
+/* Attention from the set's own dot and axpy: the reference (with the scalar set) and the
+   portable version for sets without a kernel of their own. Each key row is read once for
+   all the query heads that share it. */
+static void gemma2__att_scores_generic(const gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd, const float *K,
+                                       int n, float scale)
+{
+    int a, g;
+    for (a = 0; a < n; a++)
+        for (g = 0; g < group; g++) s[(size_t)g * lds + a] = k->dot(q + (size_t)g * hd, K + (size_t)a * hd, hd) * scale;
+}
+
+static void gemma2__att_values_generic(const gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd, const float *V, int n)
+{
+    int a, g;
+    for (a = 0; a < n; a++)
+        for (g = 0; g < group; g++) k->axpy(out + (size_t)g * hd, s[(size_t)g * lds + a], V + (size_t)a * hd, hd);
+}
+
+static void gemma2__softmax_scalar(float *x, int n)
+{
+    float mx = -INFINITY, sum = 0;
+    int i;
+    for (i = 0; i < n; i++) if (x[i] > mx) mx = x[i];
+    for (i = 0; i < n; i++) { x[i] = expf(x[i] - mx); sum += x[i]; }
+    for (i = 0; i < n; i++) x[i] /= sum;
+}
 
 static float gemma2__dot_scalar(const float *a, const float *b, int n)
 {
@@ -1823,7 +1858,8 @@ static void gemma2__to_bf16_scalar(uint16_t *dst, const float *src, int n)
 static const gemma2__kernels gemma2__kernels_scalar = {
     "scalar", GEMMA2_KERNELS_SCALAR, 0,
     gemma2__matmul_scalar, gemma2__dot_scalar, gemma2__axpy_scalar,
-    gemma2__rmsnorm_scalar, gemma2__gelu_mul_scalar, gemma2__softcap_scalar, gemma2__to_bf16_scalar, NULL
+    gemma2__rmsnorm_scalar, gemma2__gelu_mul_scalar, gemma2__softcap_scalar, gemma2__to_bf16_scalar, NULL,
+    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar
 };
 
 /* ===========================================================================
@@ -2473,16 +2509,122 @@ static GEMMA2__T_AVX512 void gemma2__prep_xt_avx512(void *xt, const float *x, in
         }
 }
 
+/* ---- attention ----
+   Scores: 4 keys x 2 query heads at a time in 8 accumulators, over head_dim in steps of 16
+   (masked tail): each key row is loaded once for both heads (grouped-query attention) and 4
+   rows stream at once; one horizontal sum per score. Values: the heads' output rows live in
+   registers (2 heads x 128 dims = 16 accumulators) while all n value rows stream past once,
+   each weighted by its broadcast probability: no load/store of the output per key. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc_512(float *s, int lds, const float *q, int hd, const float *K, int a, const int NA,
+                                                             const int NG, float scale)
+{
+    __m512 acc[2][4];
+    int g, i, d;
+    GEMMA2__UNROLL for (g = 0; g < NG; g++) GEMMA2__UNROLL for (i = 0; i < NA; i++) acc[g][i] = _mm512_setzero_ps();
+    for (d = 0; d < hd; d += 16) {
+        __mmask16 m = (__mmask16)(hd - d >= 16 ? 0xffffu : (1u << (hd - d)) - 1);
+        __m512 qv[2];
+        GEMMA2__UNROLL for (g = 0; g < NG; g++) qv[g] = _mm512_maskz_loadu_ps(m, q + (size_t)g * hd + d);
+        GEMMA2__UNROLL for (i = 0; i < NA; i++) {
+            __m512 kv = _mm512_maskz_loadu_ps(m, K + (size_t)(a + i) * hd + d);
+            GEMMA2__UNROLL for (g = 0; g < NG; g++) acc[g][i] = _mm512_fmadd_ps(qv[g], kv, acc[g][i]);
+        }
+    }
+    GEMMA2__UNROLL for (g = 0; g < NG; g++) GEMMA2__UNROLL for (i = 0; i < NA; i++)
+        s[(size_t)g * lds + a + i] = _mm512_reduce_add_ps(acc[g][i]) * scale;
+}
+
+static GEMMA2__T_AVX512 void gemma2__att_scores_avx512(const gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd,
+                                                       const float *K, int n, float scale)
+{
+    int g = 0, a;
+    (void)k;
+    for (; g + 2 <= group; g += 2) {
+        for (a = 0; a + 4 <= n; a += 4) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 4, 2, scale);
+        for (; a < n; a++) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, 2, scale);
+    }
+    for (; g < group; g++) {
+        for (a = 0; a + 4 <= n; a += 4) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 4, 1, scale);
+        for (; a < n; a++) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, 1, scale);
+    }
+}
+
+/* out[g][d .. d + 16 NV) += sum_a s[g][a] V[a][d ..], the last vector masked by ml. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_v_512(float *out, const float *s, int lds, int hd, const float *V, int n, int d,
+                                                            const int NV, const int NG, __mmask16 ml)
+{
+    __m512 acc[2][8];
+    int g, v, a;
+    GEMMA2__UNROLL for (g = 0; g < NG; g++) GEMMA2__UNROLL for (v = 0; v < NV; v++)
+        acc[g][v] = _mm512_maskz_loadu_ps(v == NV - 1 ? ml : (__mmask16)0xffff, out + (size_t)g * hd + d + 16 * v);
+    for (a = 0; a < n; a++) {
+        __m512 sv[2];
+        GEMMA2__UNROLL for (g = 0; g < NG; g++) sv[g] = _mm512_set1_ps(s[(size_t)g * lds + a]);
+        GEMMA2__UNROLL for (v = 0; v < NV; v++) {
+            __m512 vv = _mm512_maskz_loadu_ps(v == NV - 1 ? ml : (__mmask16)0xffff, V + (size_t)a * hd + d + 16 * v);
+            GEMMA2__UNROLL for (g = 0; g < NG; g++) acc[g][v] = _mm512_fmadd_ps(sv[g], vv, acc[g][v]);
+        }
+    }
+    GEMMA2__UNROLL for (g = 0; g < NG; g++) GEMMA2__UNROLL for (v = 0; v < NV; v++)
+        _mm512_mask_storeu_ps(out + (size_t)g * hd + d + 16 * v, v == NV - 1 ? ml : (__mmask16)0xffff, acc[g][v]);
+}
+
+static GEMMA2__T_AVX512 void gemma2__att_values_avx512(const gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd,
+                                                       const float *V, int n)
+{
+    int g, d;
+    (void)k;
+    for (g = 0; g < group; g += 2) {
+        float *o = out + (size_t)g * hd;
+        const float *sg = s + (size_t)g * lds;
+        for (d = 0; d + 128 <= hd; d += 128) {
+            if (group - g >= 2) gemma2__att_v_512(o, sg, lds, hd, V, n, d, 8, 2, (__mmask16)0xffff);
+            else gemma2__att_v_512(o, sg, lds, hd, V, n, d, 8, 1, (__mmask16)0xffff);
+        }
+        for (; d < hd; d += 16) {
+            __mmask16 m = (__mmask16)(hd - d >= 16 ? 0xffffu : (1u << (hd - d)) - 1);
+            if (group - g >= 2) gemma2__att_v_512(o, sg, lds, hd, V, n, d, 1, 2, m);
+            else gemma2__att_v_512(o, sg, lds, hd, V, n, d, 1, 1, m);
+        }
+    }
+}
+
+static GEMMA2__T_AVX512 void gemma2__softmax_avx512(float *x, int n)
+{
+    __m512 mv = _mm512_set1_ps(-INFINITY), sv = _mm512_setzero_ps(), inv;
+    float mx;
+    int i;
+    for (i = 0; i < n; i += 16) {
+        __mmask16 m = (__mmask16)(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1);
+        mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, x + i));
+    }
+    mx = _mm512_reduce_max_ps(mv);
+    mv = _mm512_set1_ps(mx);
+    for (i = 0; i < n; i += 16) {
+        __mmask16 m = (__mmask16)(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1);
+        __m512 e = gemma2__exp_512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mv));
+        sv = _mm512_add_ps(sv, _mm512_maskz_mov_ps(m, e));
+        _mm512_mask_storeu_ps(x + i, m, e);
+    }
+    inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sv));
+    for (i = 0; i < n; i += 16) {
+        __mmask16 m = (__mmask16)(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
+    }
+}
+
 static const gemma2__kernels gemma2__kernels_avx512 = {
     "avx512", GEMMA2_KERNELS_AVX512, 0,
     gemma2__matmul_avx512, gemma2__dot_avx512, gemma2__axpy_avx512,
-    gemma2__rmsnorm_avx512, gemma2__gelu_mul_avx512, gemma2__softcap_avx512, gemma2__to_bf16_avx512, gemma2__prep_xt_avx512
+    gemma2__rmsnorm_avx512, gemma2__gelu_mul_avx512, gemma2__softcap_avx512, gemma2__to_bf16_avx512, gemma2__prep_xt_avx512,
+    gemma2__att_scores_avx512, gemma2__att_values_avx512, gemma2__softmax_avx512
 };
 
 static const gemma2__kernels gemma2__kernels_avx512bf16 = {
     "avx512-bf16", GEMMA2_KERNELS_AVX512, 1,
     gemma2__matmul_avx512bf16, gemma2__dot_avx512, gemma2__axpy_avx512,
-    gemma2__rmsnorm_avx512, gemma2__gelu_mul_avx512, gemma2__softcap_avx512, gemma2__to_bf16_avx512, gemma2__prep_xt_avx512
+    gemma2__rmsnorm_avx512, gemma2__gelu_mul_avx512, gemma2__softcap_avx512, gemma2__to_bf16_avx512, gemma2__prep_xt_avx512,
+    gemma2__att_scores_avx512, gemma2__att_values_avx512, gemma2__softmax_avx512
 };
 
 /* ======================= AVX2 + FMA =======================
@@ -2683,7 +2825,8 @@ static GEMMA2__T_AVX2 void gemma2__to_bf16_avx2(uint16_t *dst, const float *src,
 static const gemma2__kernels gemma2__kernels_avx2 = {
     "avx2", GEMMA2_KERNELS_AVX2, 0,
     gemma2__matmul_avx2, gemma2__dot_avx2, gemma2__axpy_avx2,
-    gemma2__rmsnorm_avx2, gemma2__gelu_mul_avx2, gemma2__softcap_avx2, gemma2__to_bf16_avx2, NULL
+    gemma2__rmsnorm_avx2, gemma2__gelu_mul_avx2, gemma2__softcap_avx2, gemma2__to_bf16_avx2, NULL,
+    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar
 };
 
 #endif /* GEMMA2__X86 */
@@ -2819,7 +2962,8 @@ static void gemma2__to_bf16_neon(uint16_t *dst, const float *src, int n)
 static const gemma2__kernels gemma2__kernels_neon = {
     "neon", GEMMA2_KERNELS_NEON, 0,
     gemma2__matmul_neon, gemma2__dot_neon, gemma2__axpy_neon,
-    gemma2__rmsnorm_neon, gemma2__gelu_mul_scalar, gemma2__softcap_scalar, gemma2__to_bf16_neon, NULL
+    gemma2__rmsnorm_neon, gemma2__gelu_mul_scalar, gemma2__softcap_scalar, gemma2__to_bf16_neon, NULL,
+    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar
 };
 #endif /* NEON */
 
@@ -3423,25 +3567,22 @@ static void gemma2__att_task(void *ctx, int task, int n_tasks)
     float scale = 1.0f / sqrtf(c->query_pre_attn_scalar), cap = c->attn_logit_softcapping;
     for (i = task; i < j->C * nKV; i += n_tasks) {
         int t = i / nKV, kvh = i % nKV, p = j->pos0 + t, h0 = kvh * group; /* query heads h0.. read kv head kvh = h / (nH/nKV) */
-        int lo = sliding ? GEMMA2__MAX(0, p - c->sliding_window + 1) : 0, n = p - lo + 1, a;
+        int lo = sliding ? GEMMA2__MAX(0, p - c->sliding_window + 1) : 0, n = p - lo + 1;
         const float *q = s->q + (size_t)t * nH * hd + (size_t)h0 * hd;
         float *out = s->att + (size_t)t * nH * hd + (size_t)h0 * hd;
-        for (a = 0; a < n; a++) {
-            const float *kr = K + ((size_t)kvh * slots + (size_t)((lo + a) % slots)) * hd;
-            for (g = 0; g < group; g++) scores[(size_t)g * s->n_ctx + a] = kern->dot(q + (size_t)g * hd, kr, hd) * scale;
-        }
+        /* positions lo..p sit in slots lo % slots onwards, wrapping at most once (a ring) */
+        int s0 = lo % slots, n0 = GEMMA2__MIN(n, slots - s0);
+        const float *Kh = K + (size_t)kvh * slots * hd, *Vh = V + (size_t)kvh * slots * hd;
+        kern->att_scores(kern, scores, s->n_ctx, q, group, hd, Kh + (size_t)s0 * hd, n0, scale);
+        if (n > n0) kern->att_scores(kern, scores + n0, s->n_ctx, q, group, hd, Kh, n - n0, scale);
         for (g = 0; g < group; g++) {
-            float *sc = scores + (size_t)g * s->n_ctx, mx = -INFINITY, sum = 0;
+            float *sc = scores + (size_t)g * s->n_ctx;
             if (cap > 0) kern->softcap(sc, n, cap); /* softcap before the causal mask (keys past p are never scored) */
-            for (a = 0; a < n; a++) if (sc[a] > mx) mx = sc[a];
-            for (a = 0; a < n; a++) { sc[a] = expf(sc[a] - mx); sum += sc[a]; }
-            for (a = 0; a < n; a++) sc[a] /= sum;
+            kern->softmax(sc, n);
         }
         memset(out, 0, (size_t)group * hd * sizeof(float));
-        for (a = 0; a < n; a++) {
-            const float *vr = V + ((size_t)kvh * slots + (size_t)((lo + a) % slots)) * hd;
-            for (g = 0; g < group; g++) kern->axpy(out + (size_t)g * hd, scores[(size_t)g * s->n_ctx + a], vr, hd);
-        }
+        kern->att_values(kern, out, scores, s->n_ctx, group, hd, Vh + (size_t)s0 * hd, n0);
+        if (n > n0) kern->att_values(kern, out, scores + n0, s->n_ctx, group, hd, Vh, n - n0);
     }
 }
 

@@ -332,11 +332,64 @@ static void kern_test_pooled_helpers(void)
     free(wb); free(x); free(y); free(yr); free(src); free(d1);
 }
 
+/* Attention pieces against the reference (dot/axpy of the scalar set): odd head sizes, query
+   groups of 1-6 heads, key counts around the 4-key steps; softmax of wide-ranging scores. */
+static void kern_test_attention(void)
+{
+    static const int hds[] = {1, 10, 16, 17, 130, 256}, groups[] = {1, 2, 3, 6}, ns[] = {1, 3, 4, 5, 37};
+    int s_, hi, gi, ni, i, lds = 40;
+    for (s_ = 0; s_ < KERN_N_SETS; s_++) {
+        const gemma2__kernels *k = gemma2__kernels_select(kern_sets[s_]);
+        if (!k) continue;
+        for (hi = 0; hi < 6; hi++)
+            for (gi = 0; gi < 4; gi++)
+                for (ni = 0; ni < 5; ni++) {
+                    int hd = hds[hi], group = groups[gi], n = ns[ni], bad = 0;
+                    float *q = (float *)malloc(sizeof(float) * (size_t)group * hd), *K = (float *)malloc(sizeof(float) * (size_t)n * hd);
+                    float *V = (float *)malloc(sizeof(float) * (size_t)n * hd), *s1 = (float *)malloc(sizeof(float) * (size_t)group * lds);
+                    float *s2 = (float *)malloc(sizeof(float) * (size_t)group * lds), *o1 = (float *)malloc(sizeof(float) * (size_t)group * hd + 4);
+                    float *o2 = (float *)malloc(sizeof(float) * (size_t)group * hd + 4);
+                    for (i = 0; i < group * hd; i++) { q[i] = kern_rand(); o1[i] = o2[i] = kern_rand(); }
+                    o1[group * hd] = o2[group * hd] = 77.0f;
+                    for (i = 0; i < n * hd; i++) { K[i] = kern_rand(); V[i] = kern_rand(); }
+                    for (i = 0; i < group * lds; i++) s1[i] = s2[i] = -5.0f;
+                    k->att_scores(k, s1, lds, q, group, hd, K, n, 0.3f);
+                    gemma2__att_scores_generic(&gemma2__kernels_scalar, s2, lds, q, group, hd, K, n, 0.3f);
+                    for (i = 0; i < group * lds && !bad; i++)
+                        if (!kern_close(s1[i], s2[i], 1e-5f, 1e-5f * sqrtf((float)hd))) {
+                            CHECK(0, "%s att_scores hd %d group %d n %d at %d: %g vs %g", k->name, hd, group, n, i, s1[i], s2[i]);
+                            bad = 1;
+                        }
+                    k->att_values(k, o1, s1, lds, group, hd, V, n);
+                    gemma2__att_values_generic(&gemma2__kernels_scalar, o2, s1, lds, group, hd, V, n);
+                    for (i = 0; i <= group * hd && !bad; i++)
+                        if (!kern_close(o1[i], o2[i], 1e-5f, 1e-5f * (float)n)) {
+                            CHECK(0, "%s att_values hd %d group %d n %d at %d: %g vs %g", k->name, hd, group, n, i, o1[i], o2[i]);
+                            bad = 1;
+                        }
+                    free(q); free(K); free(V); free(s1); free(s2); free(o1); free(o2);
+                }
+        for (ni = 1; ni <= 70; ni += 23) {
+            float x1[80], x2[80], sum = 0;
+            int bad = 0;
+            for (i = 0; i < 80; i++) x1[i] = x2[i] = kern_rand() * (i % 7 == 0 ? 60.0f : 5.0f);
+            k->softmax(x1, ni);
+            gemma2__softmax_scalar(x2, ni);
+            for (i = 0; i < 80 && !bad; i++) {
+                if (i < ni) sum += x1[i];
+                if (!kern_close(x1[i], x2[i], 1e-5f, 1e-7f)) { CHECK(0, "%s softmax n %d at %d: %g vs %g", k->name, ni, i, x1[i], x2[i]); bad = 1; }
+            }
+            CHECK(fabsf(sum - 1.0f) < 1e-5f, "%s softmax n %d sums to %g", k->name, ni, sum);
+        }
+    }
+}
+
 void suite_kernels(void)
 {
     g2t_run("kernels/matmul", kern_test_matmul);
     g2t_run("kernels/matmul_consistent", kern_test_matmul_consistent);
     g2t_run("kernels/vector_ops", kern_test_vector_ops);
+    g2t_run("kernels/attention", kern_test_attention);
     g2t_run("kernels/pool", kern_test_pool);
     g2t_run("kernels/pooled_helpers", kern_test_pooled_helpers);
 }
