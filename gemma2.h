@@ -65,6 +65,7 @@
      A gemma2_model is read-only after gemma2_load and may be shared by any number
      of sessions on any threads. A gemma2_session is one sequence (its KV cache and
      position) and must be used by one thread at a time; it owns its worker threads.
+     Evaluating uses up to ~30 KB of the calling thread's stack (kernel scratch).
 */
 
 #ifndef GEMMA2_H_INCLUDED
@@ -2118,8 +2119,8 @@ GEMMA2__MATVECS(gemma2__matvecs_512dp, GEMMA2__T_AVX512BF16, gemma2__matvec_512d
    two weights (one 32-bit load straight from the row-major weights: no packing, no copy) and
    does 4 FMAs (f32) or 2 vdpbf16ps (bf16 compute: the pair is exactly its operand). That is
    14 loads per 48 FMAs, no horizontal sums and no shuffles: the FMA units, not the loads,
-   set the pace. The 12 rows' weights (12 x K bf16, <= 221 KB for K = 9216) stay in L2 while
-   the tokens pass 32 at a time; the weights come from DRAM once per call.
+   set the pace. (Blocking around the tile, below, keeps its operands in L1 and L2; the
+   weights come from DRAM once per call.)
 
    xt, prepared once per activation matrix by prep_xt (GEMMA2__XT_F32 or GEMMA2__XT_BF16):
      f32:  xt[k][Tp]  = x[t][k]                      (Tp = T rounded up to 16, zero padded)
