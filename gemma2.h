@@ -124,10 +124,14 @@ enum {
     GEMMA2_WEIGHTS_BF16 = 1  /* F32/F16 checkpoints converted to bf16 once at load (half the memory and bandwidth) */
 };
 
-/* Arithmetic precision of the matrix products (gemma2_options.compute). */
+/* Arithmetic precision of the matrix products (gemma2_options.compute). BF16 applies to bf16
+   weights on CPUs with bf16 dot products (AVX512_BF16; elsewhere it computes in float32).
+   Its cost, measured on the tiny reference models (tests: model/compute_bf16): next-token
+   KL divergence from the float32 references 6e-5..1.2e-3 on average (at most 9e-3), the same
+   top token at 118 of 120 positions, logits within 0.1-0.7 of the references. */
 enum {
     GEMMA2_COMPUTE_F32  = 0, /* activations in float32, weights widened in registers: matches the references */
-    GEMMA2_COMPUTE_BF16 = 1  /* activations rounded to bf16 where that doubles throughput (as transformers in bf16) */
+    GEMMA2_COMPUTE_BF16 = 1  /* activations rounded to bf16 before the weight products: ~1.8x faster prompts */
 };
 
 /* Kernel sets (gemma2_options.kernels). AUTO picks the best one the CPU has at run time. */

@@ -2,7 +2,7 @@
    9B) shapes, measured against this machine's own memory bandwidth and FLOP/s.
 
      make bench-model                         2B, 1 and 2 threads, f32 and bf16 compute
-     ./tests/bench_model [--9b] [--threads N] [--kernels-only] [--preload] [--data DIR]
+     ./tests/bench_model [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--data DIR]
 
    The models are written once into bench-data/ (gitignored) as ordinary Hugging Face folders
    (config.json + model.safetensors, bf16), by the small generator below; 2B is 5.2 GB, 9B is
@@ -396,6 +396,7 @@ static void bench_kernels(int nt, double bw, double peak32, double peakbf)
 /* ---------------------------------------------------------------- the model */
 
 static int bench_preload; /* --preload: weights read into anonymous huge pages instead of mapped */
+static int bench_max_ctx = 8192; /* --max-ctx: the longest context measured (the KV cache is sized for it) */
 
 /* Streaming read bandwidth measured again on a fresh 512 MB buffer (GB/s), or 0. */
 static double bench_read_again(int nt)
@@ -447,7 +448,7 @@ static void bench_model(const char *dir, const bench_shape *s, int nt, int compu
     m = gemma2_load(dir, &opt, err, sizeof err);
     load = bench_now() - t0;
     if (!m) { printf("load failed: %s\n", err); return; }
-    ss = gemma2__session_new(m, 8192 + 64, GEMMA2__CHUNK);
+    ss = gemma2__session_new(m, bench_max_ctx + 64, GEMMA2__CHUNK);
     if (!ss) { printf("session failed\n"); gemma2_free(m); return; }
     /* a KV cache full of plausible values, as after a real 8k-token prompt (untouched pages
        would all read the one shared zero page and flatter long-context decode) */
@@ -485,6 +486,7 @@ static void bench_model(const char *dir, const bench_shape *s, int nt, int compu
            peakbf > 0 ? 100.0 * (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9 / peakbf : 0.0);
     for (ci = 0; ci < 4; ci++) {
         double dt = 1e30;
+        if (ctxs[ci] > bench_max_ctx) { dts[ci] = 0; continue; }
         int32_t tok = 1234;
         int rep;
         for (rep = 0; rep < 3; rep++) { /* best of 3 runs of ndec tokens */
@@ -505,7 +507,7 @@ static void bench_model(const char *dir, const bench_shape *s, int nt, int compu
     again = bench_read_again(nt);
     if (again > *bw) *bw = again;
     for (ci = 0; ci < 4; ci++)
-        printf("  decode @ctx %-5d %6.2f tok/s  %5.1f GB/s of weights = %3.0f%% of read bandwidth (ceiling %.2f tok/s)\n", ctxs[ci], 1.0 / dts[ci],
+        if (dts[ci] > 0) printf("  decode @ctx %-5d %6.2f tok/s  %5.1f GB/s of weights = %3.0f%% of read bandwidth (ceiling %.2f tok/s)\n", ctxs[ci], 1.0 / dts[ci],
                wbytes / dts[ci] / 1e9, 100.0 * wbytes / dts[ci] / 1e9 / *bw, *bw * 1e9 / wbytes);
     printf("  read bandwidth measured again after this configuration %.1f GB/s; best of the run %.1f GB/s\n", again, *bw);
     printf("  peak RSS %.2f GB (weights %.2f GB)\n", rss, wbytes / 1e9);
@@ -526,7 +528,12 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--kernels-only")) kernels_only = 1;
         else if (!strcmp(argv[i], "--data") && i + 1 < argc) data = argv[++i];
         else if (!strcmp(argv[i], "--preload")) bench_preload = 1;
-        else { fprintf(stderr, "usage: %s [--9b] [--threads N] [--kernels-only] [--preload] [--data DIR]\n", argv[0]); return 2; }
+        else if (!strcmp(argv[i], "--max-ctx") && i + 1 < argc) bench_max_ctx = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--only-9b")) want9 = 2;
+        else {
+            fprintf(stderr, "usage: %s [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--data DIR]\n", argv[0]);
+            return 2;
+        }
     }
     if (getenv("BENCH_9B")) want9 = 1;
     snprintf(d2, sizeof d2, "%s/%s", data, bench_2b.name);
@@ -551,8 +558,8 @@ int main(int argc, char **argv)
     for (nt = 1; nt <= 2; nt++) if (!only_nt || nt == only_nt) bench_kernels(nt, bw[nt], pk32[nt], pkbf[nt]);
     fflush(stdout);
     if (kernels_only) return 0;
-    if (bench_ensure_model(d2, &bench_2b) != 0) { fprintf(stderr, "cannot write %s\n", d2); return 1; }
-    for (nt = 2; nt >= 1; nt--) {
+    if (want9 != 2 && bench_ensure_model(d2, &bench_2b) != 0) { fprintf(stderr, "cannot write %s\n", d2); return 1; }
+    for (nt = 2; nt >= 1 && want9 != 2; nt--) {
         int c;
         if (only_nt && nt != only_nt) continue;
         for (c = 0; c < 2; c++) bench_model(d2, &bench_2b, nt, c, &bw[nt], pk32[nt], pkbf[nt]);
