@@ -2514,9 +2514,10 @@ static GEMMA2__T_AVX512 void gemma2__prep_xt_avx512(void *xt, const float *x, in
 }
 
 /* ---- attention ----
-   Scores: 4 keys x 2 query heads at a time in 8 accumulators, over head_dim in steps of 16
-   (masked tail): each key row is loaded once for both heads (grouped-query attention) and 4
-   rows stream at once; one horizontal sum per score. Values: the heads' output rows live in
+   Scores: 8 keys x 2 query heads (or 16 keys x 1) at a time in 16 accumulators, over
+   head_dim in steps of 16 (masked tail): each key row is loaded once for both heads
+   (grouped-query attention) and 8 rows stream at once; the 16 horizontal sums are done
+   together by a shuffle tree. Values: the heads' output rows live in
    registers (2 heads x 128 dims = 16 accumulators) while all n value rows stream past once,
    each weighted by its broadcast probability: no load/store of the output per key. */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc_512(float *s, int lds, const float *q, int hd, const float *K, int a, const int NA,
@@ -2538,17 +2539,59 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc_512(float *s, int lds
         s[(size_t)g * lds + a + i] = _mm512_reduce_add_ps(acc[g][i]) * scale;
 }
 
+/* The 16 horizontal sums of 16 accumulators at once: lane i of the result is the sum of all
+   lanes of a[i]. Four rounds of shuffle-and-add (15 adds in all) instead of 16 separate
+   reductions of ~8 dependent operations each. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__hsum16_512(const __m512 a[16])
+{
+    __m512 t[8], u[4], v0, v1;
+    int i;
+    GEMMA2__UNROLL for (i = 0; i < 8; i++) /* per 128-bit block: [a0+a2, b0+b2, a1+a3, b1+b3] of a = a[2i], b = a[2i+1] */
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    GEMMA2__UNROLL for (i = 0; i < 4; i++) /* per block: the block sums of a[4i .. 4i+3] */
+        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]))),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]))));
+    v0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xdd));
+    v1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x88), _mm512_shuffle_f32x4(v0, v1, 0xdd));
+}
+
+/* 16 scores at once: keys a..a+16/NG of NG (1 or 2) query heads, accumulator g * (16/NG) + key. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc16_512(float *s, int lds, const float *q, int hd, const float *K, int a, const int NG,
+                                                               float scale)
+{
+    const int NA = 16 / NG;
+    __m512 acc[16], r;
+    int g, i, d;
+    GEMMA2__UNROLL for (i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+    for (d = 0; d < hd; d += 16) {
+        __mmask16 m = (__mmask16)(hd - d >= 16 ? 0xffffu : (1u << (hd - d)) - 1);
+        __m512 qv[2];
+        GEMMA2__UNROLL for (g = 0; g < NG; g++) qv[g] = _mm512_maskz_loadu_ps(m, q + (size_t)g * hd + d);
+        _Pragma("GCC unroll 16") for (i = 0; i < NA; i++) {
+            __m512 kv = _mm512_maskz_loadu_ps(m, K + (size_t)(a + i) * hd + d);
+            GEMMA2__UNROLL for (g = 0; g < NG; g++) acc[g * NA + i] = _mm512_fmadd_ps(qv[g], kv, acc[g * NA + i]);
+        }
+    }
+    r = _mm512_mul_ps(gemma2__hsum16_512(acc), _mm512_set1_ps(scale));
+    if (NG == 1) _mm512_storeu_ps(s + a, r);
+    else {
+        _mm256_storeu_ps(s + a, _mm512_castps512_ps256(r));
+        _mm256_storeu_ps(s + lds + a, _mm512_extractf32x8_ps(r, 1));
+    }
+}
+
 static GEMMA2__T_AVX512 void gemma2__att_scores_avx512(const gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd,
                                                        const float *K, int n, float scale)
 {
     int g = 0, a;
     (void)k;
     for (; g + 2 <= group; g += 2) {
-        for (a = 0; a + 4 <= n; a += 4) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 4, 2, scale);
+        for (a = 0; a + 8 <= n; a += 8) gemma2__att_sc16_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 2, scale);
         for (; a < n; a++) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, 2, scale);
     }
     for (; g < group; g++) {
-        for (a = 0; a + 4 <= n; a += 4) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 4, 1, scale);
+        for (a = 0; a + 16 <= n; a += 16) gemma2__att_sc16_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, scale);
         for (; a < n; a++) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, 1, scale);
     }
 }

@@ -336,14 +336,14 @@ static void kern_test_pooled_helpers(void)
    groups of 1-6 heads, key counts around the 4-key steps; softmax of wide-ranging scores. */
 static void kern_test_attention(void)
 {
-    static const int hds[] = {1, 10, 16, 17, 130, 256}, groups[] = {1, 2, 3, 6}, ns[] = {1, 3, 4, 5, 37};
+    static const int hds[] = {1, 10, 16, 17, 130, 256}, groups[] = {1, 2, 3, 6}, ns[] = {1, 3, 8, 9, 16, 17, 37};
     int s_, hi, gi, ni, i, lds = 40;
     for (s_ = 0; s_ < KERN_N_SETS; s_++) {
         const gemma2__kernels *k = gemma2__kernels_select(kern_sets[s_]);
         if (!k) continue;
         for (hi = 0; hi < 6; hi++)
             for (gi = 0; gi < 4; gi++)
-                for (ni = 0; ni < 5; ni++) {
+                for (ni = 0; ni < 7; ni++) {
                     int hd = hds[hi], group = groups[gi], n = ns[ni], bad = 0;
                     float *q = (float *)malloc(sizeof(float) * (size_t)group * hd), *K = (float *)malloc(sizeof(float) * (size_t)n * hd);
                     float *V = (float *)malloc(sizeof(float) * (size_t)n * hd), *s1 = (float *)malloc(sizeof(float) * (size_t)group * lds);
