@@ -111,6 +111,9 @@ static void kern_test_matmul(void)
             kern_check_matmul(k, GEMMA2__DT_BF16, 21, 1100, 53, 0, 21, 0, xtm);
             kern_check_matmul(k, GEMMA2__DT_BF16, 21, 1100, 53, 3, 20, 1, xtm);
             kern_check_matmul(k, GEMMA2__DT_F32, 18, 1031, 50, 1, 18, 0, xtm);
+            /* more tokens than one prefill block (128) */
+            kern_check_matmul(k, GEMMA2__DT_BF16, 30, 71, 150, 0, 30, 0, xtm);
+            kern_check_matmul(k, GEMMA2__DT_BF16, 30, 71, 150, 1, 29, 1, xtm);
         }
     }
     CHECK(n_sets >= 1, "no kernel set at all");
