@@ -17,10 +17,18 @@ static const int kern_sets[] = {GEMMA2_KERNELS_SCALAR, GEMMA2_KERNELS_AVX2, GEMM
 
 /* Fills a's activation copies as the forward pass would: xb (bf16 copy) when asked for, and
    for T >= 2 with a set that has prep_xt, the transposed xt (bf16 pairs if bf16 activations
-   were asked for and the set uses them). Returns the xt buffer to free (or NULL). */
+   were asked for and the set uses them); for T == 1 in float32 with a set that has
+   to_bf16x3, the three-part split x3. Returns the buffer to free (or NULL). */
 static void *kern_prepare(const gemma2__kernels *k, gemma2__matmul_args *a, int use_xb, int use_xt)
 {
     void *xt = NULL;
+    if (use_xt && k->to_bf16x3 && a->T == 1 && a->w->dtype == GEMMA2__DT_BF16 && !(use_xb && k->wants_bf16_x)) {
+        uint16_t *x3 = (uint16_t *)malloc(gemma2__x3_size(a->w->cols) * sizeof(uint16_t));
+        k->to_bf16x3(x3, a->x, a->w->cols);
+        a->x3 = x3;
+        a->xb = NULL;
+        return x3;
+    }
     if (use_xt && k->prep_xt && a->T >= 2 && a->w->dtype == GEMMA2__DT_BF16) {
         int kind = use_xb && k->wants_bf16_x ? GEMMA2__XT_BF16 : GEMMA2__XT_F32;
         xt = malloc(gemma2__xt_size(a->T, a->w->cols));
@@ -384,6 +392,23 @@ static void kern_test_attention(void)
             }
             CHECK(fabsf(sum - 1.0f) < 1e-5f, "%s softmax n %d sums to %g", k->name, ni, sum);
         }
+        /* the exact three-part bf16 split: bit-exact with the reference, and exact */
+        if (k->to_bf16x3)
+            for (ni = 1; ni <= 100; ni += 33) {
+                float x[100];
+                uint16_t a3[384], b3[384];
+                int bad = 0;
+                for (i = 0; i < ni; i++) x[i] = kern_rand() * (i % 3 == 0 ? 1e30f : i % 3 == 1 ? 1e-25f : 1.0f); /* within 2^-100 .. 2^127 */
+                memset(a3, 0xee, sizeof a3);
+                k->to_bf16x3(a3, x, ni);
+                gemma2__to_bf16x3_scalar(b3, x, ni);
+                CHECK(!memcmp(a3, b3, gemma2__x3_size(ni) * sizeof(uint16_t)), "%s to_bf16x3 n %d differs from the reference", k->name, ni);
+                for (i = 0; i < ni && !bad; i++) {
+                    const uint16_t *blk = b3 + (size_t)(i / 32) * 96 + i % 32;
+                    float back = gemma2__bf16_to_f32(blk[0]) + gemma2__bf16_to_f32(blk[32]) + gemma2__bf16_to_f32(blk[64]);
+                    if (back != x[i]) { CHECK(0, "to_bf16x3: %.9g split into parts summing to %.9g", x[i], back); bad = 1; }
+                }
+            }
     }
 }
 
