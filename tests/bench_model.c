@@ -358,13 +358,23 @@ static void bench_kernels(int nt, double bw, double peak32, double peakbf)
     m.data = w; m.dtype = GEMMA2__DT_BF16; m.rows = V; m.cols = H;
     memset(&a, 0, sizeof a);
     a.y = y; a.ldy = V; a.x = x; a.xb = NULL; a.T = 1; a.w = &m;
-    for (mode = 0; mode < 2; mode++) {
+    /* mode 0: f32 with FMAs; 2: f32 on the exact bf16 split (what the model's default decode uses
+       where to_bf16x3 exists); 1: bf16 dot products on bf16 activations (GEMMA2_COMPUTE_BF16) */
+    for (mode = 0; mode < 3; mode++) {
         double best = 1e30;
-        if (mode == 1 && !k->wants_bf16_x) continue;
-        a.xb = mode ? xb : NULL;
+        uint16_t *x3 = NULL;
+        if ((mode == 1 && !k->wants_bf16_x) || (mode == 2 && !k->to_bf16x3)) continue;
+        a.xb = mode == 1 ? xb : NULL;
+        if (mode == 2) {
+            x3 = (uint16_t *)malloc(gemma2__x3_size(H) * sizeof(uint16_t));
+            k->to_bf16x3(x3, x, H);
+        }
+        a.x3 = x3;
         for (r = 0; r < 5; r++) { double t0 = bench_now(); gemma2__matmul(p, k, &a); if (bench_now() - t0 < best) best = bench_now() - t0; }
         printf("  kernel %-12s %d thr  decode matvec 256000x2304 bf16 (%s): %6.1f GB/s = %3.0f%% of read bandwidth\n", k->name, nt,
-               mode ? "bf16 dot" : "f32", (double)V * H * 2 / best / 1e9, 100.0 * (double)V * H * 2 / best / 1e9 / bw);
+               mode == 1 ? "bf16 dot" : mode == 2 ? "f32, bf16x3" : "f32, FMA", (double)V * H * 2 / best / 1e9, 100.0 * (double)V * H * 2 / best / 1e9 / bw);
+        a.x3 = NULL;
+        free(x3);
     }
     /* prefill: gate projection 9216 x 2304 for 128 tokens (the activations' transposition, which
        the forward pass does once per matrix input, inside the timing) */
