@@ -1925,7 +1925,7 @@ static const gemma2__kernels gemma2__kernels_scalar = {
    copy, xt, made once per input matrix) and broadcasts each row's two bf16 weights with one
    32-bit load from the weights as they are stored: no packing, no copy. That is 14 loads per
    48 FMAs (f32) or 24 vdpbf16ps (GEMMA2_COMPUTE_BF16), no horizontal sums and no shuffles
-   in the loop: it runs at ~85-94% of the FMA or vdpbf16ps peak measured on this machine.
+   in the loop: it runs at ~82-94% of the FMA or vdpbf16ps peak measured on this machine.
    Blocks of 48 rows x 512 columns x 128 tokens keep the xt slice in L2 and the weights in
    L1 while the tiles pass over them.
 
