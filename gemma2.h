@@ -2029,6 +2029,12 @@ static int gemma2__x86_features(void)
 
 /* ======================= AVX-512 ======================= */
 
+/* Mask of the first min(max(left, 0), 16) lanes: the tail of a loop over 16-lane steps. */
+static inline __mmask16 gemma2__mask16(int left)
+{
+    return (__mmask16)(left >= 16 ? 0xffffu : left <= 0 ? 0u : (1u << left) - 1);
+}
+
 /* ---- decode: one token at a time ----------------------------------------------------
 
    R = 8 rows at once: a single core's read rate is limited by how many cache-line misses it
@@ -2091,7 +2097,7 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matvec_512bh(const gemma2__m
     }
     if (k < K) { /* 1..31 columns left: masked loads read zeros past the end */
         int n = K - k;
-        __mmask16 m0 = (__mmask16)(n >= 16 ? 0xffffu : (1u << n) - 1), m1 = (__mmask16)(n > 16 ? (1u << (n - 16)) - 1 : 0u);
+        __mmask16 m0 = gemma2__mask16(n), m1 = gemma2__mask16(n - 16);
         __mmask32 mw = (__mmask32)((1u << n) - 1);
         __m512 x0 = _mm512_maskz_loadu_ps(m0, x + k), x1 = _mm512_maskz_loadu_ps(m1, x + k + 16);
         __m512 xe = _mm512_permutex2var_ps(x0, ie, x1), xo = _mm512_permutex2var_ps(x0, io, x1);
@@ -2534,7 +2540,7 @@ static GEMMA2__T_AVX512 void gemma2__to_bf16x3_avx512(uint16_t *dst, const float
 {
     int i, b;
     for (i = 0; i < n || (i & 31); i += 16) { /* whole 32-column blocks: the padding gets zeros */
-        __mmask16 m = (__mmask16)(n - i >= 16 ? 0xffffu : n - i <= 0 ? 0u : (1u << (n - i)) - 1);
+        __mmask16 m = gemma2__mask16(n - i);
         uint16_t *blk = dst + (size_t)(i / 32) * 96 + (i & 16);
         __m512 r = _mm512_maskz_loadu_ps(m, x + i);
         for (b = 0; b < 3; b++) {
@@ -2624,7 +2630,7 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc_512(float *s, int lds
     int g, i, d;
     GEMMA2__UNROLL for (g = 0; g < NG; g++) GEMMA2__UNROLL for (i = 0; i < NA; i++) acc[g][i] = _mm512_setzero_ps();
     for (d = 0; d < hd; d += 16) {
-        __mmask16 m = (__mmask16)(hd - d >= 16 ? 0xffffu : (1u << (hd - d)) - 1);
+        __mmask16 m = gemma2__mask16(hd - d);
         __m512 qv[2];
         GEMMA2__UNROLL for (g = 0; g < NG; g++) qv[g] = _mm512_maskz_loadu_ps(m, q + (size_t)g * hd + d);
         GEMMA2__UNROLL for (i = 0; i < NA; i++) {
@@ -2662,7 +2668,7 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc16_512(float *s, int l
     int g, i, d;
     GEMMA2__UNROLL for (i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
     for (d = 0; d < hd; d += 16) {
-        __mmask16 m = (__mmask16)(hd - d >= 16 ? 0xffffu : (1u << (hd - d)) - 1);
+        __mmask16 m = gemma2__mask16(hd - d);
         __m512 qv[2];
         GEMMA2__UNROLL for (g = 0; g < NG; g++) qv[g] = _mm512_maskz_loadu_ps(m, q + (size_t)g * hd + d);
         _Pragma("GCC unroll 16") for (i = 0; i < NA; i++) {
@@ -2726,7 +2732,7 @@ static GEMMA2__T_AVX512 void gemma2__att_values_avx512(const gemma2__kernels *k,
             else gemma2__att_v_512(o, sg, lds, hd, V, n, d, 8, 1, (__mmask16)0xffff);
         }
         for (; d < hd; d += 16) {
-            __mmask16 m = (__mmask16)(hd - d >= 16 ? 0xffffu : (1u << (hd - d)) - 1);
+            __mmask16 m = gemma2__mask16(hd - d);
             if (group - g >= 2) gemma2__att_v_512(o, sg, lds, hd, V, n, d, 1, 2, m);
             else gemma2__att_v_512(o, sg, lds, hd, V, n, d, 1, 1, m);
         }
@@ -2739,20 +2745,20 @@ static GEMMA2__T_AVX512 void gemma2__softmax_avx512(float *x, int n)
     float mx;
     int i;
     for (i = 0; i < n; i += 16) {
-        __mmask16 m = (__mmask16)(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1);
+        __mmask16 m = gemma2__mask16(n - i);
         mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, x + i));
     }
     mx = _mm512_reduce_max_ps(mv);
     mv = _mm512_set1_ps(mx);
     for (i = 0; i < n; i += 16) {
-        __mmask16 m = (__mmask16)(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1);
+        __mmask16 m = gemma2__mask16(n - i);
         __m512 e = gemma2__exp_512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mv));
         sv = _mm512_add_ps(sv, _mm512_maskz_mov_ps(m, e));
         _mm512_mask_storeu_ps(x + i, m, e);
     }
     inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sv));
     for (i = 0; i < n; i += 16) {
-        __mmask16 m = (__mmask16)(n - i >= 16 ? 0xffffu : (1u << (n - i)) - 1);
+        __mmask16 m = gemma2__mask16(n - i);
         _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
     }
 }
