@@ -134,6 +134,18 @@ enum {
     GEMMA2_COMPUTE_BF16 = 1  /* activations rounded to bf16 before the weight products: ~1.8x faster prompts */
 };
 
+/* Number format of the KV cache (gemma2_options.kv_cache). The cache holds, per layer, each
+   position's keys and values (2B: 8 KB per position per layer in float32); at long contexts
+   decoding reads it all for every token next to the weights (2B at 8k positions: 1.3 GB in
+   float32 beside 5.2 GB of weights), and it sets the memory a long sequence needs.
+   Sliding-window layers keep only the last W (+ chunk) positions in either format. */
+enum {
+    GEMMA2_KV_F32  = 0, /* float32: exact, matches the references */
+    GEMMA2_KV_BF16 = 1  /* bf16 (keys after RoPE, values; rounded to nearest even): half the memory and
+                           traffic; scores and sums stay float32. Cost on the reference models
+                           (tests: model/kv_bf16): see the README */
+};
+
 /* Kernel sets (gemma2_options.kernels). AUTO picks the best one the CPU has at run time. */
 enum {
     GEMMA2_KERNELS_AUTO   = 0,
@@ -162,6 +174,7 @@ typedef struct gemma2_options {
                                    Otherwise this file (.json or SentencePiece .model), used as given. */
     gemma2_progress_fn progress;/* optional load progress */
     void *progress_user;
+    int kv_cache;               /* GEMMA2_KV_*: number format of the sessions' KV caches */
 } gemma2_options;
 
 /* The architecture, as read from config.json. */
@@ -1749,6 +1762,8 @@ typedef struct gemma2__kernels {
        decode kernel that uses bf16 dot products: per 32 columns, 32 hi then 32 mid then 32 lo,
        zero padded to whole blocks (gemma2__x3_size(n) elements) */
     void (*to_bf16x3)(uint16_t *dst, const float *x, int n);
+    /* dst[i] = float(src[i]): bf16 widened, exact (the bf16 KV cache) */
+    void (*from_bf16)(float *dst, const uint16_t *src, int n);
 } gemma2__kernels;
 
 /* A transposed activation matrix: its rows in a layout (columns, or column pairs), where
@@ -1868,6 +1883,12 @@ static void gemma2__to_bf16_scalar(uint16_t *dst, const float *src, int n)
     for (i = 0; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]);
 }
 
+static void gemma2__from_bf16_scalar(float *dst, const uint16_t *src, int n)
+{
+    int i;
+    for (i = 0; i < n; i++) dst[i] = gemma2__bf16_to_f32(src[i]);
+}
+
 /* The exact three-way split of x into bf16 parts (the reference of to_bf16x3): hi = bf16(x),
    mid = bf16(x - hi), lo = bf16(x - hi - mid). Each subtraction is exact in float32 (the
    operands are within a factor of 2^-8 of each other), and 3 x 8 significant bits cover a
@@ -1897,7 +1918,7 @@ static const gemma2__kernels gemma2__kernels_scalar = {
     "scalar", GEMMA2_KERNELS_SCALAR, 0,
     gemma2__matmul_scalar, gemma2__dot_scalar, gemma2__axpy_scalar,
     gemma2__rmsnorm_scalar, gemma2__gelu_mul_scalar, gemma2__softcap_scalar, gemma2__to_bf16_scalar, NULL,
-    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL
+    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL, gemma2__from_bf16_scalar
 };
 
 /* ===========================================================================
@@ -2534,6 +2555,16 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m256i gemma2__to_bf16_512(__m512 f)
     return _mm512_cvtepi32_epi16(r);
 }
 
+static GEMMA2__T_AVX512 void gemma2__from_bf16_avx512(float *dst, const uint16_t *src, int n)
+{
+    int i = 0;
+    for (; i < n; i += 16) {
+        __mmask16 m = gemma2__mask16(n - i);
+        __m256i h = _mm256_maskz_loadu_epi16(m, src + i);
+        _mm512_mask_storeu_ps(dst + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    }
+}
+
 static GEMMA2__T_AVX512 void gemma2__to_bf16_avx512(uint16_t *dst, const float *src, int n)
 {
     int i = 0;
@@ -2777,14 +2808,15 @@ static const gemma2__kernels gemma2__kernels_avx512 = {
     "avx512", GEMMA2_KERNELS_AVX512, 0,
     gemma2__matmul_avx512, gemma2__dot_avx512, gemma2__axpy_avx512,
     gemma2__rmsnorm_avx512, gemma2__gelu_mul_avx512, gemma2__softcap_avx512, gemma2__to_bf16_avx512, gemma2__prep_xt_avx512,
-    gemma2__att_scores_avx512, gemma2__att_values_avx512, gemma2__softmax_avx512, NULL
+    gemma2__att_scores_avx512, gemma2__att_values_avx512, gemma2__softmax_avx512, NULL, gemma2__from_bf16_avx512
 };
 
 static const gemma2__kernels gemma2__kernels_avx512bf16 = {
     "avx512-bf16", GEMMA2_KERNELS_AVX512, 1,
     gemma2__matmul_avx512bf16, gemma2__dot_avx512, gemma2__axpy_avx512,
     gemma2__rmsnorm_avx512, gemma2__gelu_mul_avx512, gemma2__softcap_avx512, gemma2__to_bf16_avx512, gemma2__prep_xt_avx512,
-    gemma2__att_scores_avx512, gemma2__att_values_avx512, gemma2__softmax_avx512, gemma2__to_bf16x3_avx512
+    gemma2__att_scores_avx512, gemma2__att_values_avx512, gemma2__softmax_avx512, gemma2__to_bf16x3_avx512,
+    gemma2__from_bf16_avx512
 };
 
 /* ======================= AVX2 + FMA =======================
@@ -2967,6 +2999,14 @@ static GEMMA2__T_AVX2 void gemma2__softcap_avx2(float *x, int n, float cap)
     for (; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
 }
 
+static GEMMA2__T_AVX2 void gemma2__from_bf16_avx2(float *dst, const uint16_t *src, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i))), 16)));
+    for (; i < n; i++) dst[i] = gemma2__bf16_to_f32(src[i]);
+}
+
 static GEMMA2__T_AVX2 void gemma2__to_bf16_avx2(uint16_t *dst, const float *src, int n)
 {
     int i = 0;
@@ -2987,7 +3027,7 @@ static const gemma2__kernels gemma2__kernels_avx2 = {
     "avx2", GEMMA2_KERNELS_AVX2, 0,
     gemma2__matmul_avx2, gemma2__dot_avx2, gemma2__axpy_avx2,
     gemma2__rmsnorm_avx2, gemma2__gelu_mul_avx2, gemma2__softcap_avx2, gemma2__to_bf16_avx2, NULL,
-    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL
+    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL, gemma2__from_bf16_avx2
 };
 
 #endif /* GEMMA2__X86 */
@@ -3106,6 +3146,13 @@ static void gemma2__rmsnorm_neon(float *out, const float *x, const float *w1, in
     for (; i < n; i++) out[i] = x[i] * scale * w1[i];
 }
 
+static void gemma2__from_bf16_neon(float *dst, const uint16_t *src, int n)
+{
+    int i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(src + i), 16)));
+    for (; i < n; i++) dst[i] = gemma2__bf16_to_f32(src[i]);
+}
+
 static void gemma2__to_bf16_neon(uint16_t *dst, const float *src, int n)
 {
     int i = 0;
@@ -3124,7 +3171,7 @@ static const gemma2__kernels gemma2__kernels_neon = {
     "neon", GEMMA2_KERNELS_NEON, 0,
     gemma2__matmul_neon, gemma2__dot_neon, gemma2__axpy_neon,
     gemma2__rmsnorm_neon, gemma2__gelu_mul_scalar, gemma2__softcap_scalar, gemma2__to_bf16_neon, NULL,
-    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL
+    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL, gemma2__from_bf16_neon
 };
 #endif /* NEON */
 
@@ -3586,7 +3633,8 @@ GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options
     if (err && err_size) err[0] = 0;
     if (!model_dir) { gemma2__fail(err, err_size, 0, "gemma2_load: model_dir is NULL"); return NULL; }
     if (opt && (opt->n_threads < 0 || opt->weights < 0 || opt->weights > GEMMA2_WEIGHTS_BF16 || opt->compute < 0 ||
-                opt->compute > GEMMA2_COMPUTE_BF16 || opt->kernels < 0 || opt->kernels > GEMMA2_KERNELS_NEON)) {
+                opt->compute > GEMMA2_COMPUTE_BF16 || opt->kernels < 0 || opt->kernels > GEMMA2_KERNELS_NEON || opt->kv_cache < 0 ||
+                opt->kv_cache > GEMMA2_KV_BF16)) {
         gemma2__fail(err, err_size, 0, "gemma2_load: an option is out of range (n_threads, weights, compute or kernels)");
         return NULL;
     }
@@ -3674,9 +3722,12 @@ struct gemma2_session {
        contiguous, so attention streams them with no page crossing per key). Global layers keep every
        position (slots = n_ctx); sliding-window layers keep a ring of the last W + CHUNK - 1
        positions (position p lives in slot p % slots), enough for every query of a chunk
-       to see its W keys. Stored as float32: exact, and attention is a small part of the
-       time next to the weight matrices. */
+       to see its W keys. Stored as float32 in k, v (GEMMA2_KV_F32: exact), or as bf16 in
+       kb, vb (GEMMA2_KV_BF16: half the bytes; k[l], v[l] are then NULL). */
     float **k, **v;
+    uint16_t **kb, **vb;     /* NULL unless GEMMA2_KV_BF16 */
+    float *kvtmp;            /* GEMMA2_KV_BF16: [n_threads][GEMMA2__KV_BLK][hd] cached rows widened for the
+                                attention kernels, a few at a time (they stay in L1) */
     int *slots;
     /* Scratch for one chunk of C <= GEMMA2__CHUNK tokens. */
     float *x;                /* [C][H]   the residual stream */
@@ -3743,6 +3794,32 @@ typedef struct gemma2__att_job {
     int layer, pos0, C;
 } gemma2__att_job;
 
+/* The attention kernels over n cached rows of one kv head from slot s0 on (no wrap): scores
+   into sc (row stride n_ctx), or weighted values added to out. A bf16 cache is widened
+   GEMMA2__KV_BLK rows at a time into the task's scratch, which stays in L1 while the kernel
+   reads it: the memory traffic is the bf16 bytes, the arithmetic unchanged. */
+#define GEMMA2__KV_BLK 16
+
+static void gemma2__att_rows(gemma2_session *s, int layer, int kvh, int s0, int n, float *sc, const float *q, float *out, int group,
+                             float scale, float *tmp)
+{
+    const gemma2__kernels *kern = s->m->kern;
+    const int hd = s->m->cfg.head_dim;
+    const size_t base = ((size_t)kvh * (size_t)s->slots[layer] + (size_t)s0) * (size_t)hd;
+    int a;
+    if (!s->kb) {
+        if (q) kern->att_scores(kern, sc, s->n_ctx, q, group, hd, s->k[layer] + base, n, scale);
+        else kern->att_values(kern, out, sc, s->n_ctx, group, hd, s->v[layer] + base, n);
+        return;
+    }
+    for (a = 0; a < n; a += GEMMA2__KV_BLK) {
+        int nb = GEMMA2__MIN(GEMMA2__KV_BLK, n - a);
+        kern->from_bf16(tmp, (q ? s->kb[layer] : s->vb[layer]) + base + (size_t)a * (size_t)hd, nb * hd);
+        if (q) kern->att_scores(kern, sc + a, s->n_ctx, q, group, hd, tmp, nb, scale);
+        else kern->att_values(kern, out, sc + a, s->n_ctx, group, hd, tmp, nb);
+    }
+}
+
 /* Work items are (token, kv head) pairs: the query heads that share a kv head are scored
    together, so each cached key and value row is read once per group rather than once per
    query head (grouped-query attention exists to save exactly this memory traffic). */
@@ -3756,7 +3833,7 @@ static void gemma2__att_task(void *ctx, int task, int n_tasks)
     int group = nH / nKV, slots = s->slots[j->layer];
     int sliding = s->m->layers[j->layer].sliding, i, g;
     float *scores = s->scores + (size_t)task * (size_t)group * (size_t)s->n_ctx;
-    const float *K = s->k[j->layer], *V = s->v[j->layer];
+    float *tmp = s->kvtmp ? s->kvtmp + (size_t)task * GEMMA2__KV_BLK * (size_t)hd : NULL;
     /* scores are scaled by query_pre_attn_scalar^-1/2 (not head_dim^-1/2: they differ for 27B) */
     float scale = 1.0f / sqrtf(c->query_pre_attn_scalar), cap = c->attn_logit_softcapping;
     for (i = task; i < j->C * nKV; i += n_tasks) {
@@ -3766,17 +3843,16 @@ static void gemma2__att_task(void *ctx, int task, int n_tasks)
         float *out = s->att + (size_t)t * nH * hd + (size_t)h0 * hd;
         /* positions lo..p sit in slots lo % slots onwards, wrapping at most once (a ring) */
         int s0 = lo % slots, n0 = GEMMA2__MIN(n, slots - s0);
-        const float *Kh = K + (size_t)kvh * slots * hd, *Vh = V + (size_t)kvh * slots * hd;
-        kern->att_scores(kern, scores, s->n_ctx, q, group, hd, Kh + (size_t)s0 * hd, n0, scale);
-        if (n > n0) kern->att_scores(kern, scores + n0, s->n_ctx, q, group, hd, Kh, n - n0, scale);
+        gemma2__att_rows(s, j->layer, kvh, s0, n0, scores, q, NULL, group, scale, tmp);
+        if (n > n0) gemma2__att_rows(s, j->layer, kvh, 0, n - n0, scores + n0, q, NULL, group, scale, tmp);
         for (g = 0; g < group; g++) {
             float *sc = scores + (size_t)g * s->n_ctx;
             if (cap > 0) kern->softcap(sc, n, cap); /* softcap before the causal mask (keys past p are never scored) */
             kern->softmax(sc, n);
         }
         memset(out, 0, (size_t)group * hd * sizeof(float));
-        kern->att_values(kern, out, scores, s->n_ctx, group, hd, Vh + (size_t)s0 * hd, n0);
-        if (n > n0) kern->att_values(kern, out, scores + n0, s->n_ctx, group, hd, Vh, n - n0);
+        gemma2__att_rows(s, j->layer, kvh, s0, n0, scores, NULL, out, group, scale, tmp);
+        if (n > n0) gemma2__att_rows(s, j->layer, kvh, 0, n - n0, scores + n0, NULL, out, group, scale, tmp);
     }
 }
 
@@ -3837,8 +3913,13 @@ static void gemma2__forward(gemma2_session *s, const int32_t *ids, int C, int po
             for (h = 0; h < nKV; h++) gemma2__rope(s->kk + (size_t)t * kvd + (size_t)h * hd, s->rope + (size_t)t * hd, hd);
             for (h = 0; h < nKV; h++) {
                 size_t at = ((size_t)h * s->slots[l] + (size_t)slot) * hd;
-                memcpy(s->k[l] + at, s->kk + (size_t)t * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
-                memcpy(s->v[l] + at, s->vv + (size_t)t * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
+                if (s->kb) {
+                    kern->to_bf16(s->kb[l] + at, s->kk + (size_t)t * kvd + (size_t)h * hd, hd);
+                    kern->to_bf16(s->vb[l] + at, s->vv + (size_t)t * kvd + (size_t)h * hd, hd);
+                } else {
+                    memcpy(s->k[l] + at, s->kk + (size_t)t * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
+                    memcpy(s->v[l] + at, s->vv + (size_t)t * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
+                }
             }
         }
         aj.s = s;
@@ -3891,7 +3972,8 @@ GEMMA2_DEF void gemma2_session_free(gemma2_session *s)
     int l;
     if (!s) return;
     if (s->k) for (l = 0; l < s->m->cfg.num_hidden_layers; l++) { GEMMA2_FREE(s->k[l]); GEMMA2_FREE(s->v[l]); }
-    GEMMA2_FREE(s->k); GEMMA2_FREE(s->v); GEMMA2_FREE(s->slots);
+    if (s->kb) for (l = 0; l < s->m->cfg.num_hidden_layers; l++) { GEMMA2_FREE(s->kb[l]); GEMMA2_FREE(s->vb[l]); }
+    GEMMA2_FREE(s->k); GEMMA2_FREE(s->v); GEMMA2_FREE(s->kb); GEMMA2_FREE(s->vb); GEMMA2_FREE(s->kvtmp); GEMMA2_FREE(s->slots);
     GEMMA2_FREE(s->tokens);
     GEMMA2_FREE(s->x); GEMMA2_FREE(s->xn); GEMMA2_FREE(s->q); GEMMA2_FREE(s->kk); GEMMA2_FREE(s->vv);
     GEMMA2_FREE(s->att); GEMMA2_FREE(s->o); GEMMA2_FREE(s->g); GEMMA2_FREE(s->u);
@@ -3925,6 +4007,12 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
     s->k = (float **)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(float *));
     s->v = (float **)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(float *));
     s->slots = (int *)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(int));
+    if (m->opt.kv_cache == GEMMA2_KV_BF16) {
+        s->kb = (uint16_t **)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(uint16_t *));
+        s->vb = (uint16_t **)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(uint16_t *));
+        s->kvtmp = (float *)gemma2__calloc((size_t)nt * GEMMA2__KV_BLK * (size_t)c->head_dim, sizeof(float));
+        if (!s->kb || !s->vb || !s->kvtmp) { gemma2_session_free(s); return NULL; }
+    }
     s->x = (float *)gemma2__calloc(C * H, sizeof(float));
     s->xn = (float *)gemma2__calloc(C * H, sizeof(float));
     s->q = (float *)gemma2__calloc(C * qd, sizeof(float));
@@ -3951,9 +4039,15 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
         s->slots[l] = slots;
         /* Not zeroed: a slot is always written before it is read, and untouched pages of a
            large cache cost no RSS until the sequence grows into them. */
-        s->k[l] = (float *)gemma2__malloc_n((size_t)slots * kvd, sizeof(float));
-        s->v[l] = (float *)gemma2__malloc_n((size_t)slots * kvd, sizeof(float));
-        if (!s->k[l] || !s->v[l]) { gemma2_session_free(s); return NULL; }
+        if (s->kb) {
+            s->kb[l] = (uint16_t *)gemma2__malloc_n((size_t)slots * kvd, sizeof(uint16_t));
+            s->vb[l] = (uint16_t *)gemma2__malloc_n((size_t)slots * kvd, sizeof(uint16_t));
+            if (!s->kb[l] || !s->vb[l]) { gemma2_session_free(s); return NULL; }
+        } else {
+            s->k[l] = (float *)gemma2__malloc_n((size_t)slots * kvd, sizeof(float));
+            s->v[l] = (float *)gemma2__malloc_n((size_t)slots * kvd, sizeof(float));
+            if (!s->k[l] || !s->v[l]) { gemma2_session_free(s); return NULL; }
+        }
     }
     /* inv_freq in float32, as both references build it */
     for (i = 0; i < c->head_dim / 2; i++) s->inv_freq[i] = (float)(1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->head_dim));

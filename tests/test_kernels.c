@@ -261,6 +261,15 @@ static void kern_test_vector_ops(void)
             k->to_bf16(h1, y1, n);
             gemma2__to_bf16_scalar(h2, y1, n);
             for (i = 0; i <= n && !bad; i++) if (h1[i] != h2[i]) { CHECK(0, "%s to_bf16 n %d at %d: %04x vs %04x", k->name, n, i, h1[i], h2[i]); bad = 1; }
+
+            /* and back (the bf16 KV cache): exact, every bit pattern the loop above made, nothing past n written */
+            y1[n] = y2[n] = -7.0f; bad = 0;
+            k->from_bf16(y1, h1, n);
+            gemma2__from_bf16_scalar(y2, h1, n);
+            for (i = 0; i <= n && !bad; i++)
+                if (memcmp(&y1[i], &y2[i], 4) != 0 || (i < n && gemma2__f32_to_bf16(y1[i]) != h1[i])) {
+                    CHECK(0, "%s from_bf16 n %d at %d: %g vs %g", k->name, n, i, y1[i], y2[i]); bad = 1;
+                }
             free(a); free(b); free(y1); free(y2); free(h1); free(h2);
         }
     }

@@ -239,7 +239,11 @@ static void mdl_bf16_stats(const float *ref, const float *got, int V, double *kl
     *top_same = mdl_argmax(ref, V) == mdl_argmax(got, V);
 }
 
-static void test_model_compute_bf16(void)
+/* The lossy options against the float32 references, on every kernel set, in one call and a
+   token at a time: GEMMA2_COMPUTE_BF16 (lossy only where the set has bf16 dot products and
+   the weights are bf16), GEMMA2_KV_BF16 (lossy everywhere: the cached keys and values are
+   rounded to bf16 whatever the kernels). */
+static void mdl_lossy(int compute, int kv_cache)
 {
     static const char *names[] = {"tiny-gqa", "tiny-27b-style", "quant-a", "tiny-mha-f32-sharded"};
     int ni, kset, mode;
@@ -256,7 +260,8 @@ static void test_model_compute_bf16(void)
             CHECK(mdl_load_ref(names[ni], &r) && r.logits, "%s: reference files", names[ni]);
             memset(&opt, 0, sizeof opt);
             opt.kernels = kset;
-            opt.compute = GEMMA2_COMPUTE_BF16;
+            opt.compute = compute;
+            opt.kv_cache = kv_cache;
             snprintf(dir, sizeof dir, "%s%s", g2t_path("models/"), names[ni]);
             m = gemma2_load(dir, &opt, err, sizeof err);
             CHECK(m != NULL, "%s: load: %s", names[ni], err);
@@ -283,8 +288,12 @@ static void test_model_compute_bf16(void)
                 }
                 printf("      %s %s mode %d: KL mean %.2e max %.2e, top-1 %d/%d, max |logit diff| %.3g\n", names[ni], ks->name, mode,
                        kl_sum / r.T, kl_max, same, r.T, worst);
-                if (!ks->wants_bf16_x || ni == 3) { /* no bf16 dot products, or F32 weights: float32 throughout */
+                if (kv_cache == GEMMA2_KV_F32 && (!ks->wants_bf16_x || ni == 3)) { /* no bf16 dot products, or F32 weights: float32 throughout */
                     CHECK(worst <= 1e-3, "%s (%s, compute bf16 without bf16 kernels): max |logit diff| %g", names[ni], ks->name, worst);
+                } else if (kv_cache == GEMMA2_KV_BF16) {
+                    /* measured (every set): KL mean 1.5e-5..6.0e-4, max <= 3.4e-3, top-1 all; bounds about 4x above */
+                    CHECK(kl_sum / r.T <= 2.5e-3 && kl_max <= 1.5e-2, "%s (%s, kv bf16, mode %d): KL mean %g max %g", names[ni], ks->name, mode, kl_sum / r.T, kl_max);
+                    CHECK(same * 10 >= r.T * 9, "%s (%s, kv bf16, mode %d): top-1 agreement %d/%d", names[ni], ks->name, mode, same, r.T);
                 } else {
                     /* measured (AVX512_BF16): KL mean 6e-5..1.2e-3, max <= 9.1e-3, top-1 >= 30/32; bounds about 4x above */
                     CHECK(kl_sum / r.T <= 5e-3 && kl_max <= 4e-2, "%s (%s, mode %d): KL mean %g max %g", names[ni], ks->name, mode, kl_sum / r.T, kl_max);
@@ -298,6 +307,9 @@ static void test_model_compute_bf16(void)
         }
 }
 
+static void test_model_compute_bf16(void) { mdl_lossy(GEMMA2_COMPUTE_BF16, GEMMA2_KV_F32); }
+static void test_model_kv_bf16(void) { mdl_lossy(GEMMA2_COMPUTE_F32, GEMMA2_KV_BF16); }
+
 static void suite_model_long(void);
 
 void suite_model(void)
@@ -308,6 +320,7 @@ void suite_model(void)
     g2t_run("model/tiny-realvocab", test_model_realvocab);
     g2t_run("model/quant-a", test_model_quant_a);
     g2t_run("model/compute_bf16", test_model_compute_bf16);
+    g2t_run("model/kv_bf16", test_model_kv_bf16);
     suite_model_long();
 }
 
@@ -339,6 +352,34 @@ static void test_model_long_odd(void)
         else for (i = 0; i < 300; i++) CHECK(gemma2_eval(s, ids + i, 1, out + (size_t)i * 97) == 0, "eval %d", i);
         for (i = 0; i < 300 * 97; i++) worst = GEMMA2__MAX(worst, fabsf(out[i] - ref[i]));
         CHECK(worst < 1e-3f, "long-odd mode %d: max logit diff %g", mode, worst);
+        gemma2_session_free(s);
+    }
+    /* The bf16 KV cache through the same wrapping rings (head_dim 10: the widening's tails) */
+    gemma2_free(m);
+    {
+        gemma2_options o;
+        memset(&o, 0, sizeof o);
+        o.kv_cache = GEMMA2_KV_BF16;
+        m = gemma2_load(g2t_path("models/long-odd"), &o, err, sizeof err);
+        CHECK(m != NULL, "load: %s", err);
+    }
+    for (mode = 0; mode < 2 && n == 300 && m; mode++) {
+        gemma2_session *s = gemma2_session_new(m, 0);
+        double kl, kl_sum = 0, kl_max = 0;
+        int same = 0, ts;
+        CHECK(s && s->kb && !s->k[0], "bf16 cache");
+        if (!s) break;
+        if (mode == 0) CHECK(gemma2_eval(s, ids, 300, out) == 0, "eval");
+        else for (i = 0; i < 300; i++) CHECK(gemma2_eval(s, ids + i, 1, out + (size_t)i * 97) == 0, "eval %d", i);
+        for (i = 0; i < 300; i++) {
+            mdl_bf16_stats(ref + (size_t)i * 97, out + (size_t)i * 97, 97, &kl, &ts);
+            kl_sum += kl;
+            kl_max = GEMMA2__MAX(kl_max, kl);
+            same += ts;
+        }
+        printf("      long-odd kv bf16 mode %d: KL mean %.2e max %.2e, top-1 %d/300\n", mode, kl_sum / 300, kl_max, same);
+        /* measured: KL mean 2.4e-3, max 3.9e-2, top-1 292/300; bounds about 4x above */
+        CHECK(kl_sum / 300 <= 1e-2 && kl_max <= 0.15 && same >= 270, "long-odd kv bf16 mode %d: KL mean %g max %g, top-1 %d/300", mode, kl_sum / 300, kl_max, same);
         gemma2_session_free(s);
     }
     free(out);
