@@ -544,6 +544,14 @@ GEMMA2_DEF int gemma2_chat_turns(const gemma2_chat *c);
 #define GEMMA2__MIN(a, b) ((a) < (b) ? (a) : (b))
 #define GEMMA2__MAX(a, b) ((a) > (b) ? (a) : (b))
 
+#if defined(__GNUC__) || defined(__clang__)
+#define GEMMA2__MAYBE_UNUSED __attribute__((unused)) /* helpers some builds have no caller for */
+#define GEMMA2__PREFETCH(p) __builtin_prefetch(p)
+#else
+#define GEMMA2__MAYBE_UNUSED
+#define GEMMA2__PREFETCH(p) ((void)0)
+#endif
+
 /* Writes a one-line reason into err; returns code so callers can `return gemma2__fail(...)`. */
 static int gemma2__fail(char *err, size_t err_size, int code, const char *fmt, ...)
 {
@@ -1770,7 +1778,7 @@ typedef struct gemma2__kernels {
    (row j, token t) is stored (gemma2__xt_off), and its bytes: K rows of 4-byte values for T
    rounded up to 32 (either layout). */
 static int gemma2__xt_rows(int K, int kind) { return kind == GEMMA2__XT_BF16 ? (K + 1) / 2 : K; }
-static size_t gemma2__xt_off(int rows, int j, int t) { return ((size_t)(t >> 5) * (size_t)rows + (size_t)j) * 32 + (size_t)(t & 31); }
+static GEMMA2__MAYBE_UNUSED size_t gemma2__xt_off(int rows, int j, int t) { return ((size_t)(t >> 5) * (size_t)rows + (size_t)j) * 32 + (size_t)(t & 31); }
 static size_t gemma2__xt_size(int T, int K) { return (size_t)K * (size_t)((T + 31) & ~31) * 4; }
 static size_t gemma2__x3_size(int n) { return (size_t)(n + 31) / 32 * 96; }
 
@@ -1894,11 +1902,6 @@ static void gemma2__from_bf16_scalar(float *dst, const uint16_t *src, int n)
    operands are within a factor of 2^-8 of each other), and 3 x 8 significant bits cover a
    float's 24: hi + mid + lo == x for every float of magnitude 2^-100 .. 2^127 (below that
    the parts would be subnormal, which vdpbf16ps reads as zero: an error under 2^-120). */
-#if defined(__GNUC__) || defined(__clang__)
-#define GEMMA2__MAYBE_UNUSED __attribute__((unused)) /* helpers some builds have no caller for */
-#else
-#define GEMMA2__MAYBE_UNUSED
-#endif
 static GEMMA2__MAYBE_UNUSED void gemma2__to_bf16x3_scalar(uint16_t *dst, const float *x, int n)
 {
     int i, b;
@@ -2700,6 +2703,13 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__hsum16_512(const __m512 a[
     return _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x88), _mm512_shuffle_f32x4(v0, v1, 0xdd));
 }
 
+/* Decoding at long contexts streams the whole cache once per token, 1 KB per key row, and a
+   single stream does not keep enough cache misses in flight: the rows GEMMA2__ATT_PF keys
+   ahead (values: twice that) are prefetched, one prefetch per line read. Measured on one
+   core over 52 kv heads x 8192 positions (2.2 GB, scores + softmax + values): 14 -> 22 GB/s;
+   the distance hardly matters between 8 and 32 keys. */
+#define GEMMA2__ATT_PF 16
+
 /* 16 scores at once: keys a..a+16/NG of NG (1 or 2) query heads, accumulator g * (16/NG) + key. */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc16_512(float *s, int lds, const float *q, int hd, const float *K, int a, const int NG,
                                                                float scale)
@@ -2714,6 +2724,7 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc16_512(float *s, int l
         GEMMA2__UNROLL for (g = 0; g < NG; g++) qv[g] = _mm512_maskz_loadu_ps(m, q + (size_t)g * hd + d);
         _Pragma("GCC unroll 16") for (i = 0; i < NA; i++) {
             __m512 kv = _mm512_maskz_loadu_ps(m, K + (size_t)(a + i) * hd + d);
+            _mm_prefetch((const char *)(K + (size_t)(a + i + GEMMA2__ATT_PF) * hd + d), _MM_HINT_T0);
             GEMMA2__UNROLL for (g = 0; g < NG; g++) acc[g * NA + i] = _mm512_fmadd_ps(qv[g], kv, acc[g * NA + i]);
         }
     }
@@ -2753,6 +2764,7 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_v_512(float *out, const 
         GEMMA2__UNROLL for (g = 0; g < NG; g++) sv[g] = _mm512_set1_ps(s[(size_t)g * lds + a]);
         GEMMA2__UNROLL for (v = 0; v < NV; v++) {
             __m512 vv = _mm512_maskz_loadu_ps(v == NV - 1 ? ml : (__mmask16)0xffff, V + (size_t)a * hd + d + 16 * v);
+            _mm_prefetch((const char *)(V + (size_t)(a + 2 * GEMMA2__ATT_PF) * hd + d + 16 * v), _MM_HINT_T0);
             GEMMA2__UNROLL for (g = 0; g < NG; g++) acc[g][v] = _mm512_fmadd_ps(sv[g], vv, acc[g][v]);
         }
     }
@@ -3813,8 +3825,11 @@ static void gemma2__att_rows(gemma2_session *s, int layer, int kvh, int s0, int 
         return;
     }
     for (a = 0; a < n; a += GEMMA2__KV_BLK) {
-        int nb = GEMMA2__MIN(GEMMA2__KV_BLK, n - a);
-        kern->from_bf16(tmp, (q ? s->kb[layer] : s->vb[layer]) + base + (size_t)a * (size_t)hd, nb * hd);
+        int nb = GEMMA2__MIN(GEMMA2__KV_BLK, n - a), e;
+        const uint16_t *src = (q ? s->kb[layer] : s->vb[layer]) + base + (size_t)a * (size_t)hd;
+        /* the block after this one, one prefetch per 64-byte line (as in the f32 kernels) */
+        for (e = 0; e < GEMMA2__MIN(GEMMA2__KV_BLK, n - a - nb) * hd; e += 32) GEMMA2__PREFETCH(src + (size_t)nb * hd + e);
+        kern->from_bf16(tmp, src, nb * hd);
         if (q) kern->att_scores(kern, sc + a, s->n_ctx, q, group, hd, tmp, nb, scale);
         else kern->att_values(kern, out, sc + a, s->n_ctx, group, hd, tmp, nb);
     }
@@ -4245,11 +4260,6 @@ static uint32_t gemma2__tok_hash(const char *s, size_t n)
 static size_t gemma2__tok_len(const gemma2__tokenizer *t, int32_t id) { return t->off[id + 1] - t->off[id] - 1; }
 static const char *gemma2__tok_str(const gemma2__tokenizer *t, int32_t id) { return t->arena + t->off[id]; }
 
-#if defined(__GNUC__) || defined(__clang__)
-#define GEMMA2__PREFETCH(p) __builtin_prefetch(p)
-#else
-#define GEMMA2__PREFETCH(p) ((void)0)
-#endif
 
 /* The id of piece s[0, n) whose hash is h, or -1. */
 static int32_t gemma2__tok_find_h(const gemma2__tokenizer *t, const char *s, size_t n, uint32_t h)

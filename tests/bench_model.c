@@ -2,7 +2,7 @@
    9B) shapes, measured against this machine's own memory bandwidth and FLOP/s.
 
      make bench-model                         2B, 1 and 2 threads, f32 and bf16 compute
-     ./tests/bench_model [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--data DIR]
+     ./tests/bench_model [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--data DIR]
 
    The models are written once into bench-data/ (gitignored) as ordinary Hugging Face folders
    (config.json + model.safetensors, bf16), by the small generator below; 2B is 5.2 GB, 9B is
@@ -11,7 +11,8 @@
    decode tokens/s at context 0 / 1k / 4k / 8k (best of 3 runs of 8 tokens), achieved weight
    bandwidth, peak RSS; and as fractions of the same run's measured streaming-read bandwidth
    (the best of plain and decode-pattern reads) and FMA peak. Weights are mapped (the default)
-   or, with --preload, read into anonymous huge pages (gemma2_options.preload).
+   or, with --preload, read into anonymous huge pages (gemma2_options.preload). --kv-bf16 runs
+   every configuration with GEMMA2_KV_BF16 (the KV cache in bf16: decode at long contexts).
    Decode at context N sets the session position directly over a KV cache filled with synthetic
    values: the work per token is the same as after a real N-token prompt, without spending
    minutes prefilling it. Peak RSS therefore includes the whole 8k-token KV cache. */
@@ -407,6 +408,7 @@ static void bench_kernels(int nt, double bw, double peak32, double peakbf)
 
 static int bench_preload; /* --preload: weights read into anonymous huge pages instead of mapped */
 static int bench_max_ctx = 8192; /* --max-ctx: the longest context measured (the KV cache is sized for it) */
+static int bench_kv = GEMMA2_KV_F32; /* --kv-bf16 */
 
 /* Streaming read bandwidth measured again on a fresh 512 MB buffer (GB/s), or 0. */
 static double bench_read_again(int nt)
@@ -454,6 +456,7 @@ static void bench_model(const char *dir, const bench_shape *s, int nt, int compu
     opt.compute = compute;
     opt.no_tokenizer = 1;
     opt.preload = bench_preload;
+    opt.kv_cache = bench_kv;
     t0 = bench_now();
     m = gemma2_load(dir, &opt, err, sizeof err);
     load = bench_now() - t0;
@@ -466,7 +469,11 @@ static void bench_model(const char *dir, const bench_shape *s, int nt, int compu
         size_t kvd = (size_t)s->nKV * s->hd, e, n;
         for (i = 0; i < s->L; i++) {
             n = (size_t)ss->slots[i] * kvd;
-            for (e = 0; e < n; e++) { ss->k[i][e] = (float)((e * 2654435761u) % 2001) * 1e-3f - 1.0f; ss->v[i][e] = ss->k[i][e] * 0.5f; }
+            for (e = 0; e < n; e++) {
+                float kv = (float)((e * 2654435761u) % 2001) * 1e-3f - 1.0f;
+                if (ss->kb) { ss->kb[i][e] = gemma2__f32_to_bf16(kv); ss->vb[i][e] = gemma2__f32_to_bf16(kv * 0.5f); }
+                else { ss->k[i][e] = kv; ss->v[i][e] = kv * 0.5f; }
+            }
         }
     }
     ids = (int32_t *)malloc(sizeof(int32_t) * (size_t)P);
@@ -489,7 +496,8 @@ static void bench_model(const char *dir, const bench_shape *s, int nt, int compu
         gemma2_eval(ss, ids, P, NULL);
         if (bench_now() - t0 < pre) pre = bench_now() - t0;
     }
-    printf("%s  %d thread%s  compute %s  kernels %s\n", s->name, nt, nt > 1 ? "s" : " ", compute ? "bf16" : "f32 ", gemma2_model_kernels(m));
+    printf("%s  %d thread%s  compute %s  kernels %s%s\n", s->name, nt, nt > 1 ? "s" : " ", compute ? "bf16" : "f32 ", gemma2_model_kernels(m),
+           bench_kv == GEMMA2_KV_BF16 ? "  KV cache bf16" : "");
     printf("  load %.3f s   time to first token (512-token prompt, cold) %.2f s\n", load, ttft);
     printf("  prefill pp512 %.1f tok/s  %.0f GFLOP/s = %.0f%% of f32 FMA peak, %.0f%% of bf16-dot peak\n", P / pre,
            (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9, 100.0 * (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9 / peak32,
@@ -540,8 +548,9 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--preload")) bench_preload = 1;
         else if (!strcmp(argv[i], "--max-ctx") && i + 1 < argc) bench_max_ctx = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only-9b")) want9 = 2;
+        else if (!strcmp(argv[i], "--kv-bf16")) bench_kv = GEMMA2_KV_BF16;
         else {
-            fprintf(stderr, "usage: %s [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--data DIR]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--data DIR]\n", argv[0]);
             return 2;
         }
     }
