@@ -142,8 +142,9 @@ enum {
 enum {
     GEMMA2_KV_F32  = 0, /* float32: exact, matches the references */
     GEMMA2_KV_BF16 = 1  /* bf16 (keys after RoPE, values; rounded to nearest even): half the memory and
-                           traffic; scores and sums stay float32. Cost on the reference models
-                           (tests: model/kv_bf16): see the README */
+                           traffic; scores and sums stay float32. Cost on the reference models (tests:
+                           model/kv_bf16, model/long-odd): next-token KL 1.5e-5..6e-4 on average (2.4e-3
+                           over 300 tokens), the same top token at 140/140 (292/300) positions */
 };
 
 /* Kernel sets (gemma2_options.kernels). AUTO picks the best one the CPU has at run time. */

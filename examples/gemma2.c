@@ -53,7 +53,7 @@ typedef struct cli_opts {
     const char *model, *prompt, *prompt_file, *tokenizer, *system;
     const char *stops[CLI_MAX_STOPS];
     int n_stops;
-    int raw, interactive, n_predict, n_threads, n_ctx, ignore_eos, seed_given, no_mmap;
+    int raw, interactive, n_predict, n_threads, n_ctx, ignore_eos, seed_given, no_mmap, kv_bf16, compute_bf16;
     gemma2_sampler_params sp;
 } cli_opts;
 
@@ -67,9 +67,12 @@ static void cli_usage(FILE *o)
         "  -f, --file FILE         read the prompt from a file\n"
         "  -i, --interactive       multi-turn chat on the terminal (/reset, /undo, /regen, /quit)\n"
         "      --raw               no chat template: <bos> + the prompt as plain text, continued\n"
+        "                          (special tokens written in it, e.g. <start_of_turn>, are matched)\n"
         "      --no-mmap           read the weights into memory instead of mapping them (slower load;\n"
         "                          faster decoding where file-backed pages stream slowly, e.g. in VMs)\n"
-        "                          (special tokens written in it, e.g. <start_of_turn>, are matched)\n"
+        "      --kv-bf16           KV cache in bf16: half its memory, faster at long contexts (not exact)\n"
+        "      --compute-bf16      bf16 activations in the matrix products (AVX512_BF16 CPUs): ~1.8x\n"
+        "                          faster prompts (not exact)\n"
         "      --system TEXT       a system prompt (folded into the first user turn)\n"
         "      --tokenizer FILE    tokenizer.json or tokenizer.model (default: the model folder's)\n"
         "  -n, --n-predict N       most tokens to generate (default -1: until end of turn or context full)\n"
@@ -130,6 +133,8 @@ static int cli_parse(int argc, char **argv, cli_opts *o, FILE *out, FILE *err)
         else if (!strcmp(a, "-i") || !strcmp(a, "--interactive")) { o->interactive = 1; takes = 0; }
         else if (!strcmp(a, "--raw")) { o->raw = 1; takes = 0; }
         else if (!strcmp(a, "--no-mmap")) { o->no_mmap = 1; takes = 0; }
+        else if (!strcmp(a, "--kv-bf16")) { o->kv_bf16 = 1; takes = 0; }
+        else if (!strcmp(a, "--compute-bf16")) { o->compute_bf16 = 1; takes = 0; }
         else if (!strcmp(a, "--ignore-eos")) { o->ignore_eos = 1; takes = 0; }
         else if (!v && a[0] == '-') { fprintf(err, "gemma2: error: %s needs a value (see --help)\n", a); return 1; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model = v;
@@ -287,15 +292,17 @@ static int cli_main(int argc, char **argv, FILE *in, FILE *out, FILE *err)
     mo.n_threads = o.n_threads;
     mo.tokenizer_path = o.tokenizer;
     mo.preload = o.no_mmap;
+    mo.kv_cache = o.kv_bf16 ? GEMMA2_KV_BF16 : GEMMA2_KV_F32;
+    mo.compute = o.compute_bf16 ? GEMMA2_COMPUTE_BF16 : GEMMA2_COMPUTE_F32;
     mo.progress = cli_progress;
     mo.progress_user = err;
     t0 = cli_now();
     m = gemma2_load(o.model, &mo, emsg, sizeof emsg);
     fprintf(err, "\r");
     if (!m) { fprintf(err, "gemma2: error: %s\n", emsg); goto done; }
-    fprintf(err, "loaded %s in %.2f s: %d layers, vocab %d, %.2f GB of weights, kernels %s\n", o.model, cli_now() - t0,
+    fprintf(err, "loaded %s in %.2f s: %d layers, vocab %d, %.2f GB of weights, kernels %s%s%s\n", o.model, cli_now() - t0,
             gemma2_model_config(m)->num_hidden_layers, gemma2_vocab_size(m), (double)gemma2_model_weight_bytes(m) / 1e9,
-            gemma2_model_kernels(m));
+            gemma2_model_kernels(m), o.compute_bf16 ? ", compute bf16" : "", o.kv_bf16 ? ", KV cache bf16" : "");
     if (o.n_ctx > gemma2_model_config(m)->max_position_embeddings) o.n_ctx = gemma2_model_config(m)->max_position_embeddings;
     s = gemma2_session_new(m, o.n_ctx);
     if (!s) { fprintf(err, "gemma2: error: cannot create a session of %d tokens (out of memory?)\n", o.n_ctx); goto done; }

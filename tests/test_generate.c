@@ -575,6 +575,11 @@ static void test_generate_cli(void)
         rc = gen_cli(a, 11, NULL, out, sizeof out, err, sizeof err);
         CHECK(rc == 0 && !strcmp(out, want), "raw: rc %d out [%s] err [%s]", rc, out, err);
     }
+    {   /* the lossy speed options are passed through (their accuracy: model/kv_bf16, model/compute_bf16) */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "--kv-bf16", "--compute-bf16", "-p", "Write a hello world program"};
+        rc = gen_cli(a, 12, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && out[0] && strstr(err, "compute bf16, KV cache bf16") != NULL, "bf16 options: rc %d out [%s] err [%s]", rc, out, err);
+    }
     {   /* interactive: two turns, /reset, /quit; stdout holds the replies, one per line */
         const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "4", "-i"};
         rc = gen_cli(a, 9, "Hello\nAgain\n/reset\n/quit\nnot read\n", out, sizeof out, err, sizeof err);
