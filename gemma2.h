@@ -3739,7 +3739,7 @@ struct gemma2_session {
        kb, vb (GEMMA2_KV_BF16: half the bytes; k[l], v[l] are then NULL). */
     float **k, **v;
     uint16_t **kb, **vb;     /* NULL unless GEMMA2_KV_BF16 */
-    float *kvtmp;            /* GEMMA2_KV_BF16: [n_threads][GEMMA2__KV_BLK][hd] cached rows widened for the
+    float *kvtmp;            /* GEMMA2_KV_BF16: [n_threads][KV_BLK + KV_PAD][hd] cached rows widened for the
                                 attention kernels, a few at a time (they stay in L1) */
     int *slots;
     /* Scratch for one chunk of C <= GEMMA2__CHUNK tokens. */
@@ -3812,6 +3812,14 @@ typedef struct gemma2__att_job {
    GEMMA2__KV_BLK rows at a time into the task's scratch, which stays in L1 while the kernel
    reads it: the memory traffic is the bf16 bytes, the arithmetic unchanged. */
 #define GEMMA2__KV_BLK 16
+/* Rows of padding after each task's scratch: the AVX-512 attention kernels prefetch up to
+   2 x GEMMA2__ATT_PF rows past the rows they read, and those prefetches must land in memory no
+   other thread writes (the next task's scratch would bounce between the cores: measured 2x
+   slower decode at 8k positions with 2 threads). */
+#define GEMMA2__KV_PAD 32
+#if defined(GEMMA2__ATT_PF) && GEMMA2__KV_PAD < 2 * GEMMA2__ATT_PF
+#error "GEMMA2__KV_PAD must cover the attention kernels' prefetch distance"
+#endif
 
 static void gemma2__att_rows(gemma2_session *s, int layer, int kvh, int s0, int n, float *sc, const float *q, float *out, int group,
                              float scale, float *tmp)
@@ -3849,7 +3857,7 @@ static void gemma2__att_task(void *ctx, int task, int n_tasks)
     int group = nH / nKV, slots = s->slots[j->layer];
     int sliding = s->m->layers[j->layer].sliding, i, g;
     float *scores = s->scores + (size_t)task * (size_t)group * (size_t)s->n_ctx;
-    float *tmp = s->kvtmp ? s->kvtmp + (size_t)task * GEMMA2__KV_BLK * (size_t)hd : NULL;
+    float *tmp = s->kvtmp ? s->kvtmp + (size_t)task * (GEMMA2__KV_BLK + GEMMA2__KV_PAD) * (size_t)hd : NULL;
     /* scores are scaled by query_pre_attn_scalar^-1/2 (not head_dim^-1/2: they differ for 27B) */
     float scale = 1.0f / sqrtf(c->query_pre_attn_scalar), cap = c->attn_logit_softcapping;
     for (i = task; i < j->C * nKV; i += n_tasks) {
@@ -4026,7 +4034,7 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
     if (m->opt.kv_cache == GEMMA2_KV_BF16) {
         s->kb = (uint16_t **)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(uint16_t *));
         s->vb = (uint16_t **)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(uint16_t *));
-        s->kvtmp = (float *)gemma2__calloc((size_t)nt * GEMMA2__KV_BLK * (size_t)c->head_dim, sizeof(float));
+        s->kvtmp = (float *)gemma2__calloc((size_t)nt * (GEMMA2__KV_BLK + GEMMA2__KV_PAD) * (size_t)c->head_dim, sizeof(float));
         if (!s->kb || !s->vb || !s->kvtmp) { gemma2_session_free(s); return NULL; }
     }
     s->x = (float *)gemma2__calloc(C * H, sizeof(float));
