@@ -1773,6 +1773,10 @@ typedef struct gemma2__kernels {
     void (*to_bf16x3)(uint16_t *dst, const float *x, int n);
     /* dst[i] = float(src[i]): bf16 widened, exact (the bf16 KV cache) */
     void (*from_bf16)(float *dst, const uint16_t *src, int n);
+    /* NULL, or att_scores / att_values reading bf16 cached rows directly (GEMMA2_KV_BF16); without
+       them the rows are widened with from_bf16 a few at a time for att_scores / att_values */
+    void (*att_scores_bf16)(const struct gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd, const uint16_t *K, int n, float scale);
+    void (*att_values_bf16)(const struct gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd, const uint16_t *V, int n);
 } gemma2__kernels;
 
 /* A transposed activation matrix: its rows in a layout (columns, or column pairs), where
@@ -1922,7 +1926,7 @@ static const gemma2__kernels gemma2__kernels_scalar = {
     "scalar", GEMMA2_KERNELS_SCALAR, 0,
     gemma2__matmul_scalar, gemma2__dot_scalar, gemma2__axpy_scalar,
     gemma2__rmsnorm_scalar, gemma2__gelu_mul_scalar, gemma2__softcap_scalar, gemma2__to_bf16_scalar, NULL,
-    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL, gemma2__from_bf16_scalar
+    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL, gemma2__from_bf16_scalar, NULL, NULL
 };
 
 /* ===========================================================================
@@ -2667,9 +2671,20 @@ static GEMMA2__T_AVX512 void gemma2__prep_xt_avx512(void *xt, const float *x, in
    (grouped-query attention) and 8 rows stream at once; the 16 horizontal sums are done
    together by a shuffle tree. Values: the heads' output rows live in
    registers (2 heads x 128 dims = 16 accumulators) while all n value rows stream past once,
-   each weighted by its broadcast probability: no load/store of the output per key. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc_512(float *s, int lds, const float *q, int hd, const float *K, int a, const int NA,
-                                                             const int NG, float scale)
+   each weighted by its broadcast probability: no load/store of the output per key.
+   The same kernels read a bf16 cache (GEMMA2_KV_BF16; BF = 1): each row segment is widened in
+   registers as it is loaded, so only the bf16 bytes come from memory. */
+
+/* 16 elements (masked) of a cached row at element offset off: float32, or bf16 widened. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__ldrow_512(const void *p, size_t off, __mmask16 m, const int BF)
+{
+    if (BF) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + off)), 16));
+    return _mm512_maskz_loadu_ps(m, (const float *)p + off);
+}
+#define GEMMA2__PFROW(p, off, BF) _mm_prefetch((const char *)(p) + (off) * ((BF) ? 2 : 4), _MM_HINT_T0)
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc_512(float *s, int lds, const float *q, int hd, const void *K, int a, const int NA,
+                                                             const int NG, float scale, const int BF)
 {
     __m512 acc[2][4];
     int g, i, d;
@@ -2679,7 +2694,7 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc_512(float *s, int lds
         __m512 qv[2];
         GEMMA2__UNROLL for (g = 0; g < NG; g++) qv[g] = _mm512_maskz_loadu_ps(m, q + (size_t)g * hd + d);
         GEMMA2__UNROLL for (i = 0; i < NA; i++) {
-            __m512 kv = _mm512_maskz_loadu_ps(m, K + (size_t)(a + i) * hd + d);
+            __m512 kv = gemma2__ldrow_512(K, (size_t)(a + i) * hd + d, m, BF);
             GEMMA2__UNROLL for (g = 0; g < NG; g++) acc[g][i] = _mm512_fmadd_ps(qv[g], kv, acc[g][i]);
         }
     }
@@ -2712,8 +2727,8 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__hsum16_512(const __m512 a[
 #define GEMMA2__ATT_PF 16
 
 /* 16 scores at once: keys a..a+16/NG of NG (1 or 2) query heads, accumulator g * (16/NG) + key. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc16_512(float *s, int lds, const float *q, int hd, const float *K, int a, const int NG,
-                                                               float scale)
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc16_512(float *s, int lds, const float *q, int hd, const void *K, int a, const int NG,
+                                                               float scale, const int BF)
 {
     const int NA = 16 / NG;
     __m512 acc[16], r;
@@ -2724,8 +2739,8 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc16_512(float *s, int l
         __m512 qv[2];
         GEMMA2__UNROLL for (g = 0; g < NG; g++) qv[g] = _mm512_maskz_loadu_ps(m, q + (size_t)g * hd + d);
         _Pragma("GCC unroll 16") for (i = 0; i < NA; i++) {
-            __m512 kv = _mm512_maskz_loadu_ps(m, K + (size_t)(a + i) * hd + d);
-            _mm_prefetch((const char *)(K + (size_t)(a + i + GEMMA2__ATT_PF) * hd + d), _MM_HINT_T0);
+            __m512 kv = gemma2__ldrow_512(K, (size_t)(a + i) * hd + d, m, BF);
+            GEMMA2__PFROW(K, (size_t)(a + i + GEMMA2__ATT_PF) * hd + d, BF);
             GEMMA2__UNROLL for (g = 0; g < NG; g++) acc[g * NA + i] = _mm512_fmadd_ps(qv[g], kv, acc[g * NA + i]);
         }
     }
@@ -2737,24 +2752,37 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc16_512(float *s, int l
     }
 }
 
-static GEMMA2__T_AVX512 void gemma2__att_scores_avx512(const gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd,
-                                                       const float *K, int n, float scale)
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_scores_512(float *s, int lds, const float *q, int group, int hd, const void *K, int n,
+                                                                 float scale, const int BF)
 {
     int g = 0, a;
-    (void)k;
     for (; g + 2 <= group; g += 2) {
-        for (a = 0; a + 8 <= n; a += 8) gemma2__att_sc16_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 2, scale);
-        for (; a < n; a++) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, 2, scale);
+        for (a = 0; a + 8 <= n; a += 8) gemma2__att_sc16_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 2, scale, BF);
+        for (; a < n; a++) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, 2, scale, BF);
     }
     for (; g < group; g++) {
-        for (a = 0; a + 16 <= n; a += 16) gemma2__att_sc16_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, scale);
-        for (; a < n; a++) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, 1, scale);
+        for (a = 0; a + 16 <= n; a += 16) gemma2__att_sc16_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, scale, BF);
+        for (; a < n; a++) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, 1, scale, BF);
     }
 }
 
+static GEMMA2__T_AVX512 void gemma2__att_scores_avx512(const gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd,
+                                                       const float *K, int n, float scale)
+{
+    (void)k;
+    gemma2__att_scores_512(s, lds, q, group, hd, K, n, scale, 0);
+}
+
+static GEMMA2__T_AVX512 void gemma2__att_scores_bf16_avx512(const gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd,
+                                                            const uint16_t *K, int n, float scale)
+{
+    (void)k;
+    gemma2__att_scores_512(s, lds, q, group, hd, K, n, scale, 1);
+}
+
 /* out[g][d .. d + 16 NV) += sum_a s[g][a] V[a][d ..], the last vector masked by ml. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_v_512(float *out, const float *s, int lds, int hd, const float *V, int n, int d,
-                                                            const int NV, const int NG, __mmask16 ml)
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_v_512(float *out, const float *s, int lds, int hd, const void *V, int n, int d,
+                                                            const int NV, const int NG, __mmask16 ml, const int BF)
 {
     __m512 acc[2][8];
     int g, v, a;
@@ -2764,8 +2792,8 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_v_512(float *out, const 
         __m512 sv[2];
         GEMMA2__UNROLL for (g = 0; g < NG; g++) sv[g] = _mm512_set1_ps(s[(size_t)g * lds + a]);
         GEMMA2__UNROLL for (v = 0; v < NV; v++) {
-            __m512 vv = _mm512_maskz_loadu_ps(v == NV - 1 ? ml : (__mmask16)0xffff, V + (size_t)a * hd + d + 16 * v);
-            _mm_prefetch((const char *)(V + (size_t)(a + 2 * GEMMA2__ATT_PF) * hd + d + 16 * v), _MM_HINT_T0);
+            __m512 vv = gemma2__ldrow_512(V, (size_t)a * hd + d + 16 * v, v == NV - 1 ? ml : (__mmask16)0xffff, BF);
+            GEMMA2__PFROW(V, (size_t)(a + 2 * GEMMA2__ATT_PF) * hd + d + 16 * v, BF);
             GEMMA2__UNROLL for (g = 0; g < NG; g++) acc[g][v] = _mm512_fmadd_ps(sv[g], vv, acc[g][v]);
         }
     }
@@ -2773,24 +2801,37 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_v_512(float *out, const 
         _mm512_mask_storeu_ps(out + (size_t)g * hd + d + 16 * v, v == NV - 1 ? ml : (__mmask16)0xffff, acc[g][v]);
 }
 
-static GEMMA2__T_AVX512 void gemma2__att_values_avx512(const gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd,
-                                                       const float *V, int n)
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_values_512(float *out, const float *s, int lds, int group, int hd, const void *V, int n,
+                                                                 const int BF)
 {
     int g, d;
-    (void)k;
     for (g = 0; g < group; g += 2) {
         float *o = out + (size_t)g * hd;
         const float *sg = s + (size_t)g * lds;
         for (d = 0; d + 128 <= hd; d += 128) {
-            if (group - g >= 2) gemma2__att_v_512(o, sg, lds, hd, V, n, d, 8, 2, (__mmask16)0xffff);
-            else gemma2__att_v_512(o, sg, lds, hd, V, n, d, 8, 1, (__mmask16)0xffff);
+            if (group - g >= 2) gemma2__att_v_512(o, sg, lds, hd, V, n, d, 8, 2, (__mmask16)0xffff, BF);
+            else gemma2__att_v_512(o, sg, lds, hd, V, n, d, 8, 1, (__mmask16)0xffff, BF);
         }
         for (; d < hd; d += 16) {
             __mmask16 m = gemma2__mask16(hd - d);
-            if (group - g >= 2) gemma2__att_v_512(o, sg, lds, hd, V, n, d, 1, 2, m);
-            else gemma2__att_v_512(o, sg, lds, hd, V, n, d, 1, 1, m);
+            if (group - g >= 2) gemma2__att_v_512(o, sg, lds, hd, V, n, d, 1, 2, m, BF);
+            else gemma2__att_v_512(o, sg, lds, hd, V, n, d, 1, 1, m, BF);
         }
     }
+}
+
+static GEMMA2__T_AVX512 void gemma2__att_values_avx512(const gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd,
+                                                       const float *V, int n)
+{
+    (void)k;
+    gemma2__att_values_512(out, s, lds, group, hd, V, n, 0);
+}
+
+static GEMMA2__T_AVX512 void gemma2__att_values_bf16_avx512(const gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd,
+                                                            const uint16_t *V, int n)
+{
+    (void)k;
+    gemma2__att_values_512(out, s, lds, group, hd, V, n, 1);
 }
 
 static GEMMA2__T_AVX512 void gemma2__softmax_avx512(float *x, int n)
@@ -2821,7 +2862,8 @@ static const gemma2__kernels gemma2__kernels_avx512 = {
     "avx512", GEMMA2_KERNELS_AVX512, 0,
     gemma2__matmul_avx512, gemma2__dot_avx512, gemma2__axpy_avx512,
     gemma2__rmsnorm_avx512, gemma2__gelu_mul_avx512, gemma2__softcap_avx512, gemma2__to_bf16_avx512, gemma2__prep_xt_avx512,
-    gemma2__att_scores_avx512, gemma2__att_values_avx512, gemma2__softmax_avx512, NULL, gemma2__from_bf16_avx512
+    gemma2__att_scores_avx512, gemma2__att_values_avx512, gemma2__softmax_avx512, NULL, gemma2__from_bf16_avx512,
+    gemma2__att_scores_bf16_avx512, gemma2__att_values_bf16_avx512
 };
 
 static const gemma2__kernels gemma2__kernels_avx512bf16 = {
@@ -2829,7 +2871,7 @@ static const gemma2__kernels gemma2__kernels_avx512bf16 = {
     gemma2__matmul_avx512bf16, gemma2__dot_avx512, gemma2__axpy_avx512,
     gemma2__rmsnorm_avx512, gemma2__gelu_mul_avx512, gemma2__softcap_avx512, gemma2__to_bf16_avx512, gemma2__prep_xt_avx512,
     gemma2__att_scores_avx512, gemma2__att_values_avx512, gemma2__softmax_avx512, gemma2__to_bf16x3_avx512,
-    gemma2__from_bf16_avx512
+    gemma2__from_bf16_avx512, gemma2__att_scores_bf16_avx512, gemma2__att_values_bf16_avx512
 };
 
 /* ======================= AVX2 + FMA =======================
@@ -3040,7 +3082,7 @@ static const gemma2__kernels gemma2__kernels_avx2 = {
     "avx2", GEMMA2_KERNELS_AVX2, 0,
     gemma2__matmul_avx2, gemma2__dot_avx2, gemma2__axpy_avx2,
     gemma2__rmsnorm_avx2, gemma2__gelu_mul_avx2, gemma2__softcap_avx2, gemma2__to_bf16_avx2, NULL,
-    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL, gemma2__from_bf16_avx2
+    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL, gemma2__from_bf16_avx2, NULL, NULL
 };
 
 #endif /* GEMMA2__X86 */
@@ -3184,7 +3226,7 @@ static const gemma2__kernels gemma2__kernels_neon = {
     "neon", GEMMA2_KERNELS_NEON, 0,
     gemma2__matmul_neon, gemma2__dot_neon, gemma2__axpy_neon,
     gemma2__rmsnorm_neon, gemma2__gelu_mul_scalar, gemma2__softcap_scalar, gemma2__to_bf16_neon, NULL,
-    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL, gemma2__from_bf16_neon
+    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL, gemma2__from_bf16_neon, NULL, NULL
 };
 #endif /* NEON */
 
@@ -3831,6 +3873,11 @@ static void gemma2__att_rows(gemma2_session *s, int layer, int kvh, int s0, int 
     if (!s->kb) {
         if (q) kern->att_scores(kern, sc, s->n_ctx, q, group, hd, s->k[layer] + base, n, scale);
         else kern->att_values(kern, out, sc, s->n_ctx, group, hd, s->v[layer] + base, n);
+        return;
+    }
+    if (kern->att_scores_bf16) {
+        if (q) kern->att_scores_bf16(kern, sc, s->n_ctx, q, group, hd, s->kb[layer] + base, n, scale);
+        else kern->att_values_bf16(kern, out, sc, s->n_ctx, group, hd, s->vb[layer] + base, n);
         return;
     }
     for (a = 0; a < n; a += GEMMA2__KV_BLK) {

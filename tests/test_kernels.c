@@ -387,6 +387,30 @@ static void kern_test_attention(void)
                             CHECK(0, "%s att_values hd %d group %d n %d at %d: %g vs %g", k->name, hd, group, n, i, o1[i], o2[i]);
                             bad = 1;
                         }
+                    if (k->att_scores_bf16) { /* bf16 rows read directly == the reference on the widened rows */
+                        uint16_t *Kb = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)n * hd), *Vb = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)n * hd);
+                        gemma2__to_bf16_scalar(Kb, K, n * hd);
+                        gemma2__to_bf16_scalar(Vb, V, n * hd);
+                        gemma2__from_bf16_scalar(K, Kb, n * hd);
+                        gemma2__from_bf16_scalar(V, Vb, n * hd);
+                        for (i = 0; i < group * lds; i++) s1[i] = s2[i] = -5.0f;
+                        k->att_scores_bf16(k, s1, lds, q, group, hd, Kb, n, 0.3f);
+                        gemma2__att_scores_generic(&gemma2__kernels_scalar, s2, lds, q, group, hd, K, n, 0.3f);
+                        for (i = 0; i < group * lds && !bad; i++)
+                            if (!kern_close(s1[i], s2[i], 1e-5f, 1e-5f * sqrtf((float)hd))) {
+                                CHECK(0, "%s att_scores_bf16 hd %d group %d n %d at %d: %g vs %g", k->name, hd, group, n, i, s1[i], s2[i]);
+                                bad = 1;
+                            }
+                        for (i = 0; i < group * hd; i++) o1[i] = o2[i] = kern_rand();
+                        k->att_values_bf16(k, o1, s1, lds, group, hd, Vb, n);
+                        gemma2__att_values_generic(&gemma2__kernels_scalar, o2, s1, lds, group, hd, V, n);
+                        for (i = 0; i <= group * hd && !bad; i++)
+                            if (!kern_close(o1[i], o2[i], 1e-5f, 1e-5f * (float)n)) {
+                                CHECK(0, "%s att_values_bf16 hd %d group %d n %d at %d: %g vs %g", k->name, hd, group, n, i, o1[i], o2[i]);
+                                bad = 1;
+                            }
+                        free(Kb); free(Vb);
+                    }
                     free(q); free(K); free(V); free(s1); free(s2); free(o1); free(o2);
                 }
         for (ni = 1; ni <= 70; ni += 23) {
