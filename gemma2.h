@@ -3850,14 +3850,15 @@ typedef struct gemma2__att_job {
 } gemma2__att_job;
 
 /* The attention kernels over n cached rows of one kv head from slot s0 on (no wrap): scores
-   into sc (row stride n_ctx), or weighted values added to out. A bf16 cache is widened
-   GEMMA2__KV_BLK rows at a time into the task's scratch, which stays in L1 while the kernel
-   reads it: the memory traffic is the bf16 bytes, the arithmetic unchanged. */
+   into sc (row stride n_ctx), or weighted values added to out. A bf16 cache goes to the set's
+   bf16 kernels (AVX-512: widened in registers), or else is widened GEMMA2__KV_BLK rows at a
+   time into the task's scratch, which stays in L1 while the float32 kernel reads it. */
 #define GEMMA2__KV_BLK 16
 /* Rows of padding after each task's scratch: the AVX-512 attention kernels prefetch up to
-   2 x GEMMA2__ATT_PF rows past the rows they read, and those prefetches must land in memory no
-   other thread writes (the next task's scratch would bounce between the cores: measured 2x
-   slower decode at 8k positions with 2 threads). */
+   2 x GEMMA2__ATT_PF rows past the rows they read, and if they ever read the scratch those
+   prefetches must land in memory no other thread writes (the next task's scratch bounces
+   between the cores: when the AVX-512 kernels still went through the scratch, 2B decode at 8k
+   positions with 2 threads measured 4.0 tokens/s without the padding, 6.0 with it). */
 #define GEMMA2__KV_PAD 32
 #if defined(GEMMA2__ATT_PF) && GEMMA2__KV_PAD < 2 * GEMMA2__ATT_PF
 #error "GEMMA2__KV_PAD must cover the attention kernels' prefetch distance"
