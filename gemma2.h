@@ -3392,10 +3392,12 @@ typedef struct gemma2__block { struct gemma2__block *next; } gemma2__block;
 
 /* Where the float32 decode goes through the three-part bf16 split (to_bf16x3) instead of FMAs
    on widened weights: both read the same bytes, and which one keeps more of them in flight
-   depends on the shape. Measured on Zen 5, 1 GB of matrices per pass, 1 and 2 threads: on
-   the 2304 x 9216 down projection the split is 7-10% faster; on the 2304-column matrices
-   (q/k/v, gate/up, the output projection) FMAs are 5-8% faster. */
-#define GEMMA2__X3_MIN_COLS 4096
+   depends on the shape. Measured on Zen 5, 1 GB of matrices per pass, 1 and 2 threads: the
+   split is 7-10% faster on the 2304 x 9216 down projection of 2B and 0-7% faster on 9B's
+   3584-column matrices; FMAs are 5-8% faster on 2B's 2304-column ones (q/k/v, gate/up, the
+   output projection). In 2B's model, sessions alternating: 8.59 tokens/s with this rule,
+   8.25 with the split everywhere, 8.31 with FMAs everywhere (2 threads). */
+#define GEMMA2__X3_MIN_COLS 3072
 
 struct gemma2_model {
     gemma2_config cfg;
