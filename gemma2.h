@@ -3783,7 +3783,7 @@ struct gemma2_session {
        kb, vb (GEMMA2_KV_BF16: half the bytes; k[l], v[l] are then NULL). */
     float **k, **v;
     uint16_t **kb, **vb;     /* NULL unless GEMMA2_KV_BF16 */
-    float *kvtmp;            /* GEMMA2_KV_BF16: [n_threads][KV_BLK + KV_PAD][hd] cached rows widened for the
+    float *kvtmp;            /* GEMMA2_KV_BF16 without bf16 attention kernels: [n_threads][KV_BLK + KV_PAD][hd] rows widened for the
                                 attention kernels, a few at a time (they stay in L1) */
     int *slots;
     /* Scratch for one chunk of C <= GEMMA2__CHUNK tokens. */
@@ -4084,8 +4084,9 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
     if (m->opt.kv_cache == GEMMA2_KV_BF16) {
         s->kb = (uint16_t **)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(uint16_t *));
         s->vb = (uint16_t **)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(uint16_t *));
-        s->kvtmp = (float *)gemma2__calloc((size_t)nt * (GEMMA2__KV_BLK + GEMMA2__KV_PAD) * (size_t)c->head_dim, sizeof(float));
-        if (!s->kb || !s->vb || !s->kvtmp) { gemma2_session_free(s); return NULL; }
+        if (!m->kern->att_scores_bf16) /* scratch only for sets that widen through it */
+            s->kvtmp = (float *)gemma2__calloc((size_t)nt * (GEMMA2__KV_BLK + GEMMA2__KV_PAD) * (size_t)c->head_dim, sizeof(float));
+        if (!s->kb || !s->vb || (!m->kern->att_scores_bf16 && !s->kvtmp)) { gemma2_session_free(s); return NULL; }
     }
     s->x = (float *)gemma2__calloc(C * H, sizeof(float));
     s->xn = (float *)gemma2__calloc(C * H, sizeof(float));

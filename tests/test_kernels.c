@@ -352,6 +352,20 @@ static void kern_test_pooled_helpers(void)
     free(wb); free(x); free(y); free(yr); free(src); free(d1);
 }
 
+/* 1 (after one CHECK naming the first difference) if got[0..count) is not within 1e-5 relative,
+   abs_tol absolute, of want. */
+static int kern_att_differs(const gemma2__kernels *k, const char *what, int hd, int group, int n, const float *got, const float *want,
+                            int count, float abs_tol)
+{
+    int i;
+    for (i = 0; i < count; i++)
+        if (!kern_close(got[i], want[i], 1e-5f, abs_tol)) {
+            CHECK(0, "%s %s hd %d group %d n %d at %d: %g vs %g", k->name, what, hd, group, n, i, got[i], want[i]);
+            return 1;
+        }
+    return 0;
+}
+
 /* Attention pieces against the reference (dot/axpy of the scalar set): odd head sizes, query
    groups of 1-6 heads, key counts around the 4-key steps; softmax of wide-ranging scores. */
 static void kern_test_attention(void)
@@ -375,18 +389,10 @@ static void kern_test_attention(void)
                     for (i = 0; i < group * lds; i++) s1[i] = s2[i] = -5.0f;
                     k->att_scores(k, s1, lds, q, group, hd, K, n, 0.3f);
                     gemma2__att_scores_generic(&gemma2__kernels_scalar, s2, lds, q, group, hd, K, n, 0.3f);
-                    for (i = 0; i < group * lds && !bad; i++)
-                        if (!kern_close(s1[i], s2[i], 1e-5f, 1e-5f * sqrtf((float)hd))) {
-                            CHECK(0, "%s att_scores hd %d group %d n %d at %d: %g vs %g", k->name, hd, group, n, i, s1[i], s2[i]);
-                            bad = 1;
-                        }
+                    bad = kern_att_differs(k, "att_scores", hd, group, n, s1, s2, group * lds, 1e-5f * sqrtf((float)hd));
                     k->att_values(k, o1, s1, lds, group, hd, V, n);
                     gemma2__att_values_generic(&gemma2__kernels_scalar, o2, s1, lds, group, hd, V, n);
-                    for (i = 0; i <= group * hd && !bad; i++)
-                        if (!kern_close(o1[i], o2[i], 1e-5f, 1e-5f * (float)n)) {
-                            CHECK(0, "%s att_values hd %d group %d n %d at %d: %g vs %g", k->name, hd, group, n, i, o1[i], o2[i]);
-                            bad = 1;
-                        }
+                    bad = bad || kern_att_differs(k, "att_values", hd, group, n, o1, o2, group * hd + 1, 1e-5f * (float)n);
                     if (k->att_scores_bf16) { /* bf16 rows read directly == the reference on the widened rows */
                         uint16_t *Kb = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)n * hd), *Vb = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)n * hd);
                         gemma2__to_bf16_scalar(Kb, K, n * hd);
@@ -396,19 +402,11 @@ static void kern_test_attention(void)
                         for (i = 0; i < group * lds; i++) s1[i] = s2[i] = -5.0f;
                         k->att_scores_bf16(k, s1, lds, q, group, hd, Kb, n, 0.3f);
                         gemma2__att_scores_generic(&gemma2__kernels_scalar, s2, lds, q, group, hd, K, n, 0.3f);
-                        for (i = 0; i < group * lds && !bad; i++)
-                            if (!kern_close(s1[i], s2[i], 1e-5f, 1e-5f * sqrtf((float)hd))) {
-                                CHECK(0, "%s att_scores_bf16 hd %d group %d n %d at %d: %g vs %g", k->name, hd, group, n, i, s1[i], s2[i]);
-                                bad = 1;
-                            }
+                        bad = bad || kern_att_differs(k, "att_scores_bf16", hd, group, n, s1, s2, group * lds, 1e-5f * sqrtf((float)hd));
                         for (i = 0; i < group * hd; i++) o1[i] = o2[i] = kern_rand();
                         k->att_values_bf16(k, o1, s1, lds, group, hd, Vb, n);
                         gemma2__att_values_generic(&gemma2__kernels_scalar, o2, s1, lds, group, hd, V, n);
-                        for (i = 0; i <= group * hd && !bad; i++)
-                            if (!kern_close(o1[i], o2[i], 1e-5f, 1e-5f * (float)n)) {
-                                CHECK(0, "%s att_values_bf16 hd %d group %d n %d at %d: %g vs %g", k->name, hd, group, n, i, o1[i], o2[i]);
-                                bad = 1;
-                            }
+                        bad = bad || kern_att_differs(k, "att_values_bf16", hd, group, n, o1, o2, group * hd + 1, 1e-5f * (float)n);
                         free(Kb); free(Vb);
                     }
                     free(q); free(K); free(V); free(s1); free(s2); free(o1); free(o2);
