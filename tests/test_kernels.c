@@ -367,10 +367,10 @@ static int kern_att_differs(const gemma2__kernels *k, const char *what, int hd, 
 }
 
 /* Attention pieces against the reference (dot/axpy of the scalar set): odd head sizes, query
-   groups of 1-6 heads, key counts around the 4-key steps; softmax of wide-ranging scores. */
+   groups of 1-6 heads and blocks of queries (up to 32 rows), key counts around the 4-key steps; softmax of wide-ranging scores. */
 static void kern_test_attention(void)
 {
-    static const int hds[] = {1, 10, 16, 17, 130, 256}, groups[] = {1, 2, 3, 6}, ns[] = {1, 3, 8, 9, 16, 17, 37};
+    static const int hds[] = {1, 10, 16, 17, 130, 256}, groups[] = {1, 2, 3, 4, 6, 11, 32}, ns[] = {1, 3, 8, 9, 16, 17, 37};
     int s_, hi, gi, ni, i, lds = 40;
     for (s_ = 0; s_ < KERN_N_SETS; s_++) {
         const gemma2__kernels *k = gemma2__kernels_select(kern_sets[s_]);
