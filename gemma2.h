@@ -2666,12 +2666,13 @@ static GEMMA2__T_AVX512 void gemma2__prep_xt_avx512(void *xt, const float *x, in
 }
 
 /* ---- attention ----
-   Scores: 8 keys x 2 query heads (or 16 keys x 1) at a time in 16 accumulators, over
-   head_dim in steps of 16 (masked tail): each key row is loaded once for both heads
-   (grouped-query attention) and 8 rows stream at once; the 16 horizontal sums are done
-   together by a shuffle tree. Values: the heads' output rows live in
-   registers (2 heads x 128 dims = 16 accumulators) while all n value rows stream past once,
-   each weighted by its broadcast probability: no load/store of the output per key.
+   Scores: 8 keys x 2 query heads (16 keys x 1; 4 keys x 4 queries when a block of tokens
+   comes together) at a time in 16 accumulators, over head_dim in steps of 16 (masked tail):
+   each key row is loaded once for all those queries (grouped-query attention) and several
+   rows stream at once; the 16 horizontal sums are done together by a shuffle tree. Values:
+   the output rows live in registers (2 queries x 128 dims = 16 accumulators, or 4 x 64)
+   while all n value rows stream past once, each weighted by its broadcast probability: no
+   load/store of the output per key.
    The same kernels read a bf16 cache (GEMMA2_KV_BF16; BF = 1): each row segment is widened in
    registers as it is loaded, so only the bf16 bytes come from memory. */
 
