@@ -367,7 +367,8 @@ static int kern_att_differs(const gemma2__kernels *k, const char *what, int hd, 
 }
 
 /* Attention pieces against the reference (dot/axpy of the scalar set): odd head sizes, query
-   groups of 1-6 heads and blocks of queries (up to 32 rows), key counts around the 4-key steps; softmax of wide-ranging scores. */
+   groups of 1-6 heads and blocks of queries (up to 32 rows), key counts around the 4-key
+   steps; softmax of wide-ranging scores. */
 static void kern_test_attention(void)
 {
     static const int hds[] = {1, 10, 16, 17, 130, 256}, groups[] = {1, 2, 3, 4, 6, 11, 32}, ns[] = {1, 3, 8, 9, 16, 17, 37};
