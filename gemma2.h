@@ -1777,6 +1777,10 @@ typedef struct gemma2__kernels {
        them the rows are widened with from_bf16 a few at a time for att_scores / att_values */
     void (*att_scores_bf16)(const struct gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd, const uint16_t *K, int n, float scale);
     void (*att_values_bf16)(const struct gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd, const uint16_t *V, int n);
+    /* RoPE on n_heads consecutive heads of hd floats (hd even), rotate-half pairing: for
+       i < hd/2, (a, b) = (x[i], x[i + hd/2]) becomes (a cos_i - b sin_i, b cos_i + a sin_i),
+       with cs = cos[hd/2] then sin[hd/2] of this token's position */
+    void (*rope)(float *x, int n_heads, int hd, const float *cs);
 } gemma2__kernels;
 
 /* A transposed activation matrix: its rows in a layout (columns, or column pairs), where
@@ -1889,6 +1893,21 @@ static void gemma2__softcap_scalar(float *x, int n, float cap)
     for (i = 0; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
 }
 
+/* RoPE, "rotate half" layout (the Hugging Face one; Google's JAX code splits the same way): the
+   pair (x[i], x[i + hd/2]) turns by the angle pos * theta^(-2i/hd), for every head of the
+   token. The SIMD versions do the same multiplies and adds in the same order (no FMA), so
+   every kernel set gives the same bits as this one (unless the compiler contracts these). */
+static void gemma2__rope_scalar(float *x, int n_heads, int hd, const float *cs)
+{
+    int h, i, half = hd / 2;
+    for (h = 0; h < n_heads; h++, x += hd)
+        for (i = 0; i < half; i++) {
+            float a = x[i], b = x[i + half], co = cs[i], si = cs[half + i];
+            x[i] = a * co - b * si;
+            x[i + half] = b * co + a * si;
+        }
+}
+
 /* Activations to bf16 (for GEMMA2_COMPUTE_BF16: the xb copy matmul reads). */
 static void gemma2__to_bf16_scalar(uint16_t *dst, const float *src, int n)
 {
@@ -1926,7 +1945,8 @@ static const gemma2__kernels gemma2__kernels_scalar = {
     "scalar", GEMMA2_KERNELS_SCALAR, 0,
     gemma2__matmul_scalar, gemma2__dot_scalar, gemma2__axpy_scalar,
     gemma2__rmsnorm_scalar, gemma2__gelu_mul_scalar, gemma2__softcap_scalar, gemma2__to_bf16_scalar, NULL,
-    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL, gemma2__from_bf16_scalar, NULL, NULL
+    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL, gemma2__from_bf16_scalar, NULL, NULL,
+    gemma2__rope_scalar
 };
 
 /* ===========================================================================
@@ -2882,12 +2902,26 @@ static GEMMA2__T_AVX512 void gemma2__softmax_avx512(float *x, int n)
     }
 }
 
+/* RoPE, 16 pairs at a time (the scalar reference's operations, so the same bits). */
+static GEMMA2__T_AVX512 void gemma2__rope_avx512(float *x, int n_heads, int hd, const float *cs)
+{
+    int h, i, half = hd / 2;
+    for (h = 0; h < n_heads; h++, x += hd)
+        for (i = 0; i < half; i += 16) {
+            __mmask16 m = gemma2__mask16(half - i);
+            __m512 a = _mm512_maskz_loadu_ps(m, x + i), b = _mm512_maskz_loadu_ps(m, x + half + i);
+            __m512 co = _mm512_maskz_loadu_ps(m, cs + i), si = _mm512_maskz_loadu_ps(m, cs + half + i);
+            _mm512_mask_storeu_ps(x + i, m, _mm512_sub_ps(_mm512_mul_ps(a, co), _mm512_mul_ps(b, si)));
+            _mm512_mask_storeu_ps(x + half + i, m, _mm512_add_ps(_mm512_mul_ps(b, co), _mm512_mul_ps(a, si)));
+        }
+}
+
 static const gemma2__kernels gemma2__kernels_avx512 = {
     "avx512", GEMMA2_KERNELS_AVX512, 0,
     gemma2__matmul_avx512, gemma2__dot_avx512, gemma2__axpy_avx512,
     gemma2__rmsnorm_avx512, gemma2__gelu_mul_avx512, gemma2__softcap_avx512, gemma2__to_bf16_avx512, gemma2__prep_xt_avx512,
     gemma2__att_scores_avx512, gemma2__att_values_avx512, gemma2__softmax_avx512, NULL, gemma2__from_bf16_avx512,
-    gemma2__att_scores_bf16_avx512, gemma2__att_values_bf16_avx512
+    gemma2__att_scores_bf16_avx512, gemma2__att_values_bf16_avx512, gemma2__rope_avx512
 };
 
 static const gemma2__kernels gemma2__kernels_avx512bf16 = {
@@ -2895,7 +2929,7 @@ static const gemma2__kernels gemma2__kernels_avx512bf16 = {
     gemma2__matmul_avx512bf16, gemma2__dot_avx512, gemma2__axpy_avx512,
     gemma2__rmsnorm_avx512, gemma2__gelu_mul_avx512, gemma2__softcap_avx512, gemma2__to_bf16_avx512, gemma2__prep_xt_avx512,
     gemma2__att_scores_avx512, gemma2__att_values_avx512, gemma2__softmax_avx512, gemma2__to_bf16x3_avx512,
-    gemma2__from_bf16_avx512, gemma2__att_scores_bf16_avx512, gemma2__att_values_bf16_avx512
+    gemma2__from_bf16_avx512, gemma2__att_scores_bf16_avx512, gemma2__att_values_bf16_avx512, gemma2__rope_avx512
 };
 
 /* ======================= AVX2 + FMA =======================
@@ -3102,11 +3136,56 @@ static GEMMA2__T_AVX2 void gemma2__to_bf16_avx2(uint16_t *dst, const float *src,
     for (; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]);
 }
 
+/* Softmax: max, then exp and sum, then scale (8 lanes; the few left over in scalar code). */
+static GEMMA2__T_AVX2 void gemma2__softmax_avx2(float *x, int n)
+{
+    __m256 mv = _mm256_set1_ps(-INFINITY), sv = _mm256_setzero_ps(), b;
+    float mx, sum;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
+    b = _mm256_max_ps(mv, _mm256_permute2f128_ps(mv, mv, 1));
+    b = _mm256_max_ps(b, _mm256_shuffle_ps(b, b, 0x4e));
+    b = _mm256_max_ps(b, _mm256_shuffle_ps(b, b, 0xb1));
+    mx = _mm256_cvtss_f32(b);
+    for (; i < n; i++) if (x[i] > mx) mx = x[i];
+    mv = _mm256_set1_ps(mx);
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 e = gemma2__exp_256(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+        sv = _mm256_add_ps(sv, e);
+        _mm256_storeu_ps(x + i, e);
+    }
+    sum = gemma2__hsum_256(sv);
+    for (; i < n; i++) { x[i] = expf(x[i] - mx); sum += x[i]; }
+    sv = _mm256_set1_ps(1.0f / sum);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), sv));
+    for (; i < n; i++) x[i] *= 1.0f / sum;
+}
+
+/* RoPE, 8 pairs at a time (the scalar reference's operations, so the same bits). */
+static GEMMA2__T_AVX2 void gemma2__rope_avx2(float *x, int n_heads, int hd, const float *cs)
+{
+    int h, i, half = hd / 2;
+    for (h = 0; h < n_heads; h++, x += hd) {
+        for (i = 0; i + 8 <= half; i += 8) {
+            __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + half + i);
+            __m256 co = _mm256_loadu_ps(cs + i), si = _mm256_loadu_ps(cs + half + i);
+            _mm256_storeu_ps(x + i, _mm256_sub_ps(_mm256_mul_ps(a, co), _mm256_mul_ps(b, si)));
+            _mm256_storeu_ps(x + half + i, _mm256_add_ps(_mm256_mul_ps(b, co), _mm256_mul_ps(a, si)));
+        }
+        for (; i < half; i++) {
+            float a = x[i], b = x[i + half], co = cs[i], si = cs[half + i];
+            x[i] = a * co - b * si;
+            x[i + half] = b * co + a * si;
+        }
+    }
+}
+
 static const gemma2__kernels gemma2__kernels_avx2 = {
     "avx2", GEMMA2_KERNELS_AVX2, 0,
     gemma2__matmul_avx2, gemma2__dot_avx2, gemma2__axpy_avx2,
     gemma2__rmsnorm_avx2, gemma2__gelu_mul_avx2, gemma2__softcap_avx2, gemma2__to_bf16_avx2, NULL,
-    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL, gemma2__from_bf16_avx2, NULL, NULL
+    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_avx2, NULL, gemma2__from_bf16_avx2, NULL, NULL,
+    gemma2__rope_avx2
 };
 
 #endif /* GEMMA2__X86 */
@@ -3114,8 +3193,8 @@ static const gemma2__kernels gemma2__kernels_avx2 = {
 /* ======================= ARM64 NEON =======================
    Same design with 4 lanes and 32 registers: decode walks 8 rows at once; the prefill tile
    is 4 rows x 4 tokens (16 accumulators + 4 activation vectors + 1 weight vector). bf16 is
-   widened by vshll_n_u16(.., 16), the exact "shift into the top half". GELU and soft-capping
-   use the scalar code (tanhf) for now. */
+   widened by vshll_n_u16(.., 16), the exact "shift into the top half". exp (for GELU,
+   soft-capping and softmax) is the AVX-512 code's polynomial, 4 lanes wide. */
 #if !defined(GEMMA2_NO_SIMD) && defined(__aarch64__)
 #define GEMMA2__NEON 1
 #include <arm_neon.h>
@@ -3246,11 +3325,99 @@ static void gemma2__to_bf16_neon(uint16_t *dst, const float *src, int n)
     for (; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]);
 }
 
+/* exp(x) for 4 lanes: the same reduction and polynomial as gemma2__exp_512. */
+GEMMA2__ALWAYS_INLINE float32x4_t gemma2__exp_neon(float32x4_t x)
+{
+    float32x4_t n, r, p;
+    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.0f)), vdupq_n_f32(87.0f));
+    n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)));
+    r = vfmsq_f32(x, n, vdupq_n_f32(0.693359375f));
+    r = vfmsq_f32(r, n, vdupq_n_f32(-2.12194440e-4f));
+    p = vdupq_n_f32(1.3981999507e-3f);
+    p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
+    p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, vmulq_f32(r, r));
+    return vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(p), vshlq_n_s32(vcvtnq_s32_f32(n), 23)));
+}
+
+/* GELU (tanh form) as u / (1 + exp(-2z)), as in gemma2__gelu_512. */
+static void gemma2__gelu_mul_neon(float *g, const float *u, int n)
+{
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t v = vld1q_f32(g + i);
+        float32x4_t v3 = vmulq_f32(vmulq_f32(v, v), v);
+        float32x4_t z2 = vmulq_f32(vfmaq_f32(v, v3, vdupq_n_f32(0.044715f)), vdupq_n_f32(-1.5957691216057308f));
+        float32x4_t ge = vdivq_f32(v, vaddq_f32(vdupq_n_f32(1.0f), gemma2__exp_neon(z2)));
+        vst1q_f32(g + i, vmulq_f32(ge, vld1q_f32(u + i)));
+    }
+    for (; i < n; i++) g[i] = gemma2__gelu_tanh(g[i]) * u[i];
+}
+
+/* cap tanh(x / cap) with tanh(v) = sign(v) (1 - e) / (1 + e), e = exp(-2|v|). */
+static void gemma2__softcap_neon(float *x, int n, float cap)
+{
+    const float32x4_t c = vdupq_n_f32(cap), inv2 = vdupq_n_f32(-2.0f / cap), one = vdupq_n_f32(1.0f);
+    const uint32x4_t signbit = vdupq_n_u32(0x80000000u);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t v = vld1q_f32(x + i);
+        float32x4_t e = gemma2__exp_neon(vmulq_f32(vabsq_f32(v), inv2));
+        float32x4_t t = vdivq_f32(vsubq_f32(one, e), vaddq_f32(one, e));
+        uint32x4_t r = vorrq_u32(vreinterpretq_u32_f32(vmulq_f32(t, c)), vandq_u32(vreinterpretq_u32_f32(v), signbit));
+        vst1q_f32(x + i, vreinterpretq_f32_u32(r));
+    }
+    for (; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
+}
+
+static void gemma2__softmax_neon(float *x, int n)
+{
+    float32x4_t mv = vdupq_n_f32(-INFINITY), sv = vdupq_n_f32(0.0f);
+    float mx, sum;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) mv = vmaxq_f32(mv, vld1q_f32(x + i));
+    mx = vmaxvq_f32(mv);
+    for (; i < n; i++) if (x[i] > mx) mx = x[i];
+    mv = vdupq_n_f32(mx);
+    for (i = 0; i + 4 <= n; i += 4) {
+        float32x4_t e = gemma2__exp_neon(vsubq_f32(vld1q_f32(x + i), mv));
+        sv = vaddq_f32(sv, e);
+        vst1q_f32(x + i, e);
+    }
+    sum = vaddvq_f32(sv);
+    for (; i < n; i++) { x[i] = expf(x[i] - mx); sum += x[i]; }
+    sv = vdupq_n_f32(1.0f / sum);
+    for (i = 0; i + 4 <= n; i += 4) vst1q_f32(x + i, vmulq_f32(vld1q_f32(x + i), sv));
+    for (; i < n; i++) x[i] *= 1.0f / sum;
+}
+
+/* RoPE, 4 pairs at a time (the scalar reference's operations: vmulq/vsubq, never fused). */
+static void gemma2__rope_neon(float *x, int n_heads, int hd, const float *cs)
+{
+    int h, i, half = hd / 2;
+    for (h = 0; h < n_heads; h++, x += hd) {
+        for (i = 0; i + 4 <= half; i += 4) {
+            float32x4_t a = vld1q_f32(x + i), b = vld1q_f32(x + half + i);
+            float32x4_t co = vld1q_f32(cs + i), si = vld1q_f32(cs + half + i);
+            vst1q_f32(x + i, vsubq_f32(vmulq_f32(a, co), vmulq_f32(b, si)));
+            vst1q_f32(x + half + i, vaddq_f32(vmulq_f32(b, co), vmulq_f32(a, si)));
+        }
+        for (; i < half; i++) {
+            float a = x[i], b = x[i + half], co = cs[i], si = cs[half + i];
+            x[i] = a * co - b * si;
+            x[i + half] = b * co + a * si;
+        }
+    }
+}
+
 static const gemma2__kernels gemma2__kernels_neon = {
     "neon", GEMMA2_KERNELS_NEON, 0,
     gemma2__matmul_neon, gemma2__dot_neon, gemma2__axpy_neon,
-    gemma2__rmsnorm_neon, gemma2__gelu_mul_scalar, gemma2__softcap_scalar, gemma2__to_bf16_neon, NULL,
-    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL, gemma2__from_bf16_neon, NULL, NULL
+    gemma2__rmsnorm_neon, gemma2__gelu_mul_neon, gemma2__softcap_neon, gemma2__to_bf16_neon, NULL,
+    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_neon, NULL, gemma2__from_bf16_neon, NULL, NULL,
+    gemma2__rope_neon
 };
 #endif /* NEON */
 
@@ -3998,17 +4165,6 @@ static void gemma2__att_task(void *ctx, int task, int n_tasks)
     }
 }
 
-/* RoPE, "rotate half" layout: the pair (x[i], x[i + hd/2]) turns by angle p * theta^(-2i/hd). */
-static void gemma2__rope(float *x, const float *cs, int hd)
-{
-    int i, half = hd / 2;
-    for (i = 0; i < half; i++) {
-        float a = x[i], b = x[i + half], co = cs[i], si = cs[half + i];
-        x[i] = a * co - b * si;
-        x[i + half] = b * co + a * si;
-    }
-}
-
 /* The per-token steps between the matrix products, token by token (no token depends on
    another here): split over the pool for a chunk of tokens (in prefill they would otherwise
    leave the other threads idle for ~2-3% of the time), inline for one token. */
@@ -4030,8 +4186,8 @@ static void gemma2__step_token(gemma2_session *s, int l, int step, int pos0, int
     switch (step) {
     case GEMMA2__STEP_ROPE_KV: { /* rotate q and k, then store k and v in the cache */
         int slot = (pos0 + t) % s->slots[l];
-        for (h = 0; h < nH; h++) gemma2__rope(s->q + (size_t)t * qd + (size_t)h * hd, s->rope + (size_t)t * hd, hd);
-        for (h = 0; h < nKV; h++) gemma2__rope(s->kk + (size_t)t * kvd + (size_t)h * hd, s->rope + (size_t)t * hd, hd);
+        kern->rope(s->q + (size_t)t * qd, nH, hd, s->rope + (size_t)t * hd);
+        kern->rope(s->kk + (size_t)t * kvd, nKV, hd, s->rope + (size_t)t * hd);
         for (h = 0; h < nKV; h++) {
             size_t at = ((size_t)h * s->slots[l] + (size_t)slot) * hd;
             if (s->kb) {

@@ -272,6 +272,38 @@ static void kern_test_vector_ops(void)
                 }
             free(a); free(b); free(y1); free(y2); free(h1); free(h2);
         }
+        /* RoPE: every set against the reference, and the reference against the rotation worked
+           out in double precision; the float after the last head must stay untouched */
+        {
+            static const int hds[] = {2, 8, 10, 34, 64, 256};
+            int hi, nh;
+            for (hi = 0; hi < (int)(sizeof hds / sizeof hds[0]); hi++)
+                for (nh = 1; nh <= 3; nh += 2) {
+                    int hd = hds[hi], half = hds[hi] / 2, n = nh * hds[hi], pos = 1000 + 37 * hi, bad = 0, h;
+                    float x1[3 * 256 + 1], x2[3 * 256 + 1], x0[3 * 256], cs[256];
+                    for (i = 0; i < half; i++) {
+                        double ang = (double)(float)pos * (double)(float)pow(10000.0, -2.0 * i / hd);
+                        cs[i] = (float)cos(ang);
+                        cs[half + i] = (float)sin(ang);
+                    }
+                    for (i = 0; i < n; i++) x0[i] = x1[i] = x2[i] = kern_rand() * 4.0f;
+                    x1[n] = x2[n] = -7.0f;
+                    k->rope(x1, nh, hd, cs);
+                    gemma2__rope_scalar(x2, nh, hd, cs);
+                    for (i = 0; i <= n && !bad; i++)
+                        if (!kern_close(x1[i], x2[i], 1e-6f, 1e-6f)) { CHECK(0, "%s rope hd %d heads %d at %d: %g vs %g", k->name, hd, nh, i, x1[i], x2[i]); bad = 1; }
+                    for (h = 0; h < nh && !bad && s == 0; h++)
+                        for (i = 0; i < half && !bad; i++) {
+                            const float *o = x0 + h * hd;
+                            double re = (double)o[i] * cs[i] - (double)o[half + i] * cs[half + i];
+                            double im = (double)o[half + i] * cs[i] + (double)o[i] * cs[half + i];
+                            if (fabs(re - x2[h * hd + i]) > 1e-5 || fabs(im - x2[h * hd + half + i]) > 1e-5) {
+                                CHECK(0, "rope reference hd %d head %d pair %d: (%g, %g) vs (%g, %g)", hd, h, i, x2[h * hd + i], x2[h * hd + half + i], re, im);
+                                bad = 1;
+                            }
+                        }
+                }
+        }
     }
 }
 
