@@ -62,8 +62,9 @@ bench-model: tests/bench_model
 bench: bench-model
 .PHONY: bench-model
 
-# --- ARM64: the NEON kernels, cross-built statically and run under qemu-user ---
-#     (apt-get install gcc-aarch64-linux-gnu qemu-user; skipped with a note when absent)
+# --- ARM64: the NEON kernels, cross-built statically and run under qemu-user, twice: on
+#     qemu's default CPU, which has BF16 (the neon-bf16 set: BFDOT), and as a Cortex-A72
+#     (plain NEON). (apt-get install gcc-aarch64-linux-gnu qemu-user; skipped with a note when absent)
 ARM64_CC   ?= aarch64-linux-gnu-gcc
 QEMU_ARM64 ?= qemu-aarch64
 
@@ -72,7 +73,8 @@ tests/gemma2_test_arm64: $(TEST_SRC)
 
 test-arm64:
 	@if command -v $(ARM64_CC) >/dev/null 2>&1 && command -v $(QEMU_ARM64) >/dev/null 2>&1; then \
-	  $(MAKE) --no-print-directory tests/gemma2_test_arm64 && echo "== arm64 (NEON) under qemu" && $(QEMU_ARM64) ./tests/gemma2_test_arm64; \
+	  $(MAKE) --no-print-directory tests/gemma2_test_arm64 && echo "== arm64 (NEON + BF16) under qemu" && $(QEMU_ARM64) ./tests/gemma2_test_arm64 && \
+	  echo "== arm64 (NEON, Cortex-A72: no BF16) under qemu" && $(QEMU_ARM64) -cpu cortex-a72 ./tests/gemma2_test_arm64; \
 	else echo "== arm64: skipped ($(ARM64_CC) or $(QEMU_ARM64) not installed)"; fi
 
 test: test-arm64

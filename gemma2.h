@@ -51,7 +51,7 @@
        2.5  Config (config.json)
        2.6  Thread pool
        2.7  Kernels: scalar reference
-       2.8  Kernels: SIMD (x86-64 AVX2 / AVX-512, ARM64 NEON) and dispatch
+       2.8  Kernels: SIMD (x86-64 AVX2 / AVX-512, ARM64 NEON / BF16) and dispatch
        2.9  Model loading
        2.10 The forward pass
        2.11 Sessions
@@ -153,7 +153,7 @@ enum {
     GEMMA2_KERNELS_SCALAR = 1, /* the plain-C reference */
     GEMMA2_KERNELS_AVX2   = 2, /* x86-64 AVX2 + FMA + F16C */
     GEMMA2_KERNELS_AVX512 = 3, /* x86-64 AVX-512 F/BW/VL (+ BF16 dot products when the CPU has them) */
-    GEMMA2_KERNELS_NEON   = 4  /* ARM64 */
+    GEMMA2_KERNELS_NEON   = 4  /* ARM64 NEON (+ BFDOT when the CPU has BF16) */
 };
 
 /* Called while loading; fraction in [0, 1]. Return nonzero to cancel the load. */
@@ -1950,7 +1950,7 @@ static const gemma2__kernels gemma2__kernels_scalar = {
 };
 
 /* ===========================================================================
-   2.8  Kernels: SIMD (x86-64 AVX2 / AVX-512, ARM64 NEON) and dispatch
+   2.8  Kernels: SIMD (x86-64 AVX2 / AVX-512, ARM64 NEON / BF16) and dispatch
    =========================================================================== */
 
 /* ---------------------------------------------------------------------------
@@ -3419,6 +3419,103 @@ static const gemma2__kernels gemma2__kernels_neon = {
     gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_neon, NULL, gemma2__from_bf16_neon, NULL, NULL,
     gemma2__rope_neon
 };
+
+/* ---- ARMv8.6 BF16 (FEAT_BF16): BFDOT for GEMMA2_COMPUTE_BF16 ----
+   BFDOT multiplies 4 pairs of bf16 numbers per instruction and adds each pair's two products
+   into one float lane: twice the multiply-adds of an FMA on widened weights, as vdpbf16ps
+   does on x86. Built where the compiler targets the feature (-march=armv8.6-a, Apple M2...) or,
+   with GCC on Linux, per function and used when the kernel reports HWCAP2_BF16 (Graviton 3,
+   Neoverse V1/N2; qemu's default CPU). Every output is one lane-wise sum over the columns in
+   the same order whatever the tile, so a token's results do not depend on the call's other
+   tokens. The columns past the last multiple of 8 go through one zero-padded block. */
+#if defined(__ARM_FEATURE_BF16_VECTOR_ARITHMETIC)
+#define GEMMA2__NEON_BF16 1
+#define GEMMA2__T_NEONBF16
+#elif defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10 && defined(__linux__)
+#define GEMMA2__NEON_BF16 2
+#define GEMMA2__T_NEONBF16 __attribute__((target("arch=armv8.2-a+bf16")))
+#include <sys/auxv.h>
+#endif
+
+#if defined(GEMMA2__NEON_BF16)
+static int gemma2__neon_has_bf16(void)
+{
+#if GEMMA2__NEON_BF16 == 1
+    return 1;
+#else
+    return (getauxval(AT_HWCAP2) & (1ul << 14)) != 0; /* HWCAP2_BF16 */
+#endif
+}
+
+/* RR rows x TT tokens of outputs (RR x TT <= 16 accumulators; 8 x 1 for decode). */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_NEONBF16 void gemma2__tile_neonbf(const gemma2__matmul_args *a, int r, int t, const int RR, const int TT)
+{
+    const int K = a->w->cols;
+    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
+    const uint16_t *x0 = a->xb + (size_t)t * (size_t)K;
+    float32x4_t acc[8][4];
+    int i, j, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < RR; i++) GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vdupq_n_f32(0.0f);
+    for (; k + 8 <= K; k += 8) {
+        bfloat16x8_t xv[4];
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = vreinterpretq_bf16_u16(vld1q_u16(x0 + (size_t)j * K + k));
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            bfloat16x8_t wv = vreinterpretq_bf16_u16(vld1q_u16(w0 + (size_t)i * K + k));
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vbfdotq_f32(acc[i][j], wv, xv[j]);
+        }
+    }
+    if (k < K) {
+        uint16_t pad[8];
+        bfloat16x8_t xv[4];
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) {
+            memset(pad, 0, sizeof pad);
+            memcpy(pad, x0 + (size_t)j * K + k, (size_t)(K - k) * sizeof(uint16_t));
+            xv[j] = vreinterpretq_bf16_u16(vld1q_u16(pad));
+        }
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            bfloat16x8_t wv;
+            memset(pad, 0, sizeof pad);
+            memcpy(pad, w0 + (size_t)i * K + k, (size_t)(K - k) * sizeof(uint16_t));
+            wv = vreinterpretq_bf16_u16(vld1q_u16(pad));
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vbfdotq_f32(acc[i][j], wv, xv[j]);
+        }
+    }
+    GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (i = 0; i < RR; i++)
+        a->y[(size_t)(t + j) * a->ldy + r + i] = vaddvq_f32(acc[i][j]);
+}
+
+#define GEMMA2__TILE_NBF(a, r, t, RR, TT, dummy) gemma2__tile_neonbf(a, r, t, RR, TT)
+
+/* BF16 weights with bf16 activations (xb) through BFDOT; everything else as the NEON set. */
+static GEMMA2__T_NEONBF16 void gemma2__matmul_neonbf16(const gemma2__matmul_args *a, int r0, int r1)
+{
+    int rb, r, t;
+    if (a->w->dtype != GEMMA2__DT_BF16 || !a->xb) {
+        gemma2__matmul_neon(a, r0, r1);
+        return;
+    }
+    if (a->T == 1) {
+        for (r = r0; r + 8 <= r1; r += 8) gemma2__tile_neonbf(a, r, 0, 8, 1);
+        for (; r < r1; r++) gemma2__tile_neonbf(a, r, 0, 1, 1);
+        return;
+    }
+    for (rb = r0; rb < r1; rb += 16) {
+        int re = GEMMA2__MIN(rb + 16, r1);
+        for (t = 0; t + 4 <= a->T; t += 4) GEMMA2__ROWS_TILED(GEMMA2__TILE_NBF, rb, re, t, 4, 0);
+        if (a->T - t == 3) GEMMA2__ROWS_TILED(GEMMA2__TILE_NBF, rb, re, t, 3, 0);
+        else if (a->T - t == 2) GEMMA2__ROWS_TILED(GEMMA2__TILE_NBF, rb, re, t, 2, 0);
+        else if (a->T - t == 1) GEMMA2__ROWS_TILED(GEMMA2__TILE_NBF, rb, re, t, 1, 0);
+    }
+}
+
+static const gemma2__kernels gemma2__kernels_neonbf16 = {
+    "neon-bf16", GEMMA2_KERNELS_NEON, 1,
+    gemma2__matmul_neonbf16, gemma2__dot_neon, gemma2__axpy_neon,
+    gemma2__rmsnorm_neon, gemma2__gelu_mul_neon, gemma2__softcap_neon, gemma2__to_bf16_neon, NULL,
+    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_neon, NULL, gemma2__from_bf16_neon, NULL, NULL,
+    gemma2__rope_neon
+};
+#endif /* GEMMA2__NEON_BF16 */
 #endif /* NEON */
 
 /* Picks the kernel set: `want` is a GEMMA2_KERNELS_* value (AUTO = the best this CPU runs).
@@ -3438,7 +3535,12 @@ static const gemma2__kernels *gemma2__kernels_select(int want)
     }
 #endif
 #if defined(GEMMA2__NEON)
-    if (want == GEMMA2_KERNELS_AUTO || want == GEMMA2_KERNELS_NEON) return &gemma2__kernels_neon;
+    if (want == GEMMA2_KERNELS_AUTO || want == GEMMA2_KERNELS_NEON) {
+#if defined(GEMMA2__NEON_BF16)
+        if (gemma2__neon_has_bf16()) return &gemma2__kernels_neonbf16;
+#endif
+        return &gemma2__kernels_neon;
+    }
 #endif
     if (want == GEMMA2_KERNELS_AUTO || want == GEMMA2_KERNELS_SCALAR) return &gemma2__kernels_scalar;
     return NULL;
