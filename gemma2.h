@@ -1986,8 +1986,9 @@ static const gemma2__kernels gemma2__kernels_scalar = {
    the columns, in one accumulator lane. So chunking a prompt never changes its results as
    long as each chunk has at least two tokens. One token alone goes through the decode
    kernel, whose 16 lanes sum interleaved columns: a different order, so results agree to
-   rounding (~1e-6 relative), not to the bit. (AVX2, NEON and F32 weights use row-dot tiles
-   with the same order as decode, bit-identical.)
+   rounding (~1e-6 relative), not to the bit. F32 weights take the same tile, their weights
+   broadcast as floats. (AVX2 and NEON use row-dot tiles with the same order as decode,
+   bit-identical.)
 
    Tails: masked loads read zeros past the last column, so any K works without touching
    memory past a row; odd K reads the last weight as 16 bits. Rows and tokens left over
@@ -2359,6 +2360,37 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__xtile_512dp(const gemma2
         _mm512_store_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v, acc[i][v]);
 }
 
+/* The same tile for F32 weights (checkpoints kept as stored): each row's two weights are
+   broadcast as floats, straight from memory into the FMAs; no widening. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__xtile_512f(const gemma2__matmul_args *a, const float *xt, float *buf, int r, int j0, int j1,
+                                                             int tail, const int MR, const int NR)
+{
+    const int K = a->w->cols;
+    const float *w = (const float *)a->w->data + (size_t)r * (size_t)K;
+    __m512 acc[GEMMA2__MR][2];
+    int i, v, j;
+    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
+        acc[i][v] = j0 ? _mm512_load_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v) : _mm512_setzero_ps();
+    for (j = j0; j < j1 + tail; j++) {
+        __m512 xe[2], xo[2];
+        const int odd = j < j1; /* the odd last column has no partner */
+        _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) {
+            xe[v] = _mm512_loadu_ps(xt + (size_t)(2 * j) * 32 + 16 * v);
+            if (odd) xo[v] = _mm512_loadu_ps(xt + (size_t)(2 * j + 1) * 32 + 16 * v);
+        }
+        _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) {
+            __m512 we = _mm512_set1_ps(w[(size_t)i * K + 2 * j]);
+            _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) acc[i][v] = _mm512_fmadd_ps(xe[v], we, acc[i][v]);
+            if (odd) {
+                __m512 wo = _mm512_set1_ps(w[(size_t)i * K + 2 * j + 1]);
+                _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) acc[i][v] = _mm512_fmadd_ps(xo[v], wo, acc[i][v]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
+        _mm512_store_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v, acc[i][v]);
+}
+
 /* Tiles of one block: rows [rb, re) in 12s, 4s and 1s, tokens [0, tc) in 32s then 16s. */
 #define GEMMA2__XT_TILES(TILE, MR_, XT_T)                                                                \
     for (t = 0; t < tc; t += 32) {                                                                     \
@@ -2394,9 +2426,10 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__xtile_512dp(const gemma2
     }
 GEMMA2__XT_DRIVER(gemma2__matmul_512_xt, GEMMA2__T_AVX512, gemma2__xtile_512, float)
 GEMMA2__XT_DRIVER(gemma2__matmul_512_xtdp, GEMMA2__T_AVX512BF16, gemma2__xtile_512dp, uint32_t)
+GEMMA2__XT_DRIVER(gemma2__matmul_512_xtf, GEMMA2__T_AVX512, gemma2__xtile_512f, float)
 
-/* ---- prefill with F32 weights: row-dot register tiles ----
-   F32 checkpoints kept as stored (GEMMA2_WEIGHTS_AUTO) take 4 rows x 6 tokens per tile: 24
+/* ---- prefill with F32 weights and no xt: row-dot register tiles ----
+   F32 matrices called without transposed activations take 4 rows x 6 tokens per tile: 24
    accumulators, each holding 16 partial sums of one (row, token) output, reduced once at the
    end. A 16-row block of weights stays in L2 while the tokens pass 6 at a time. */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__tile_512(const gemma2__matmul_args *a, int r, int t, const int RR, const int TT)
@@ -2447,13 +2480,14 @@ static GEMMA2__T_AVX512 void gemma2__matmul_512_f32w(const gemma2__matmul_args *
     }
 }
 
-/* Dispatch: F32 weights: matrix-vector for one token, row-dot tiles for more. BF16 weights:
-   the transposed-activation tiles when the caller prepared xt (T >= 2), otherwise token by
-   token. */
+/* Dispatch: one token: matrix-vector. More: the transposed-activation tiles when the caller
+   prepared xt (float32 xt for F32 weights), otherwise row-dot tiles (F32 weights) or token by
+   token (BF16). */
 static GEMMA2__T_AVX512 void gemma2__matmul_avx512(const gemma2__matmul_args *a, int r0, int r1)
 {
     if (a->w->dtype == GEMMA2__DT_F32) {
         if (a->T == 1) gemma2__matvecs_512f(a, r0, r1);
+        else if (a->xt && a->xt_kind == GEMMA2__XT_F32) gemma2__matmul_512_xtf(a, r0, r1);
         else gemma2__matmul_512_f32w(a, r0, r1);
     } else if (a->T > 1 && a->xt && a->xt_kind == GEMMA2__XT_F32) {
         gemma2__matmul_512_xt(a, r0, r1);
@@ -4114,7 +4148,7 @@ static void gemma2__forward_matmul(gemma2_session *s, const float *x, int T, int
     const gemma2__kernels *k = s->m->kern;
     int bf = s->m->opt.compute == GEMMA2_COMPUTE_BF16 && k->wants_bf16_x, xt = T > 1 && k->prep_xt, done = 0, i;
     int x3 = T == 1 && !bf && k->to_bf16x3 && w[0]->cols > s->m->x3_min_cols;
-    int kind = bf ? GEMMA2__XT_BF16 : GEMMA2__XT_F32;
+    int made = -1; /* the layout s->xt holds, once made */
     for (i = 0; i < n; i++) {
         memset(&a[i], 0, sizeof a[i]);
         a[i].y = y[i];
@@ -4122,13 +4156,20 @@ static void gemma2__forward_matmul(gemma2_session *s, const float *x, int T, int
         a[i].x = x;
         a[i].T = T;
         a[i].w = w[i];
-        if (w[i]->dtype != GEMMA2__DT_BF16 || !(xt || bf || x3)) continue;
-        if (!done && xt) gemma2__prep_xt(s->pool, k, s->xt, x, T, w[i]->cols, kind);
-        else if (!done && x3) k->to_bf16x3(s->xb, x, w[i]->cols);
+        if (xt) { /* bf16 pairs for bf16 weights under GEMMA2_COMPUTE_BF16; floats otherwise (F32 weights too) */
+            int kind = bf && w[i]->dtype == GEMMA2__DT_BF16 ? GEMMA2__XT_BF16 : GEMMA2__XT_F32;
+            if (made < 0) {
+                made = kind;
+                gemma2__prep_xt(s->pool, k, s->xt, x, T, w[i]->cols, kind);
+            }
+            if (made == kind) { a[i].xt = s->xt; a[i].xt_kind = kind; }
+            continue;
+        }
+        if (w[i]->dtype != GEMMA2__DT_BF16 || !(bf || x3)) continue;
+        if (!done && x3) k->to_bf16x3(s->xb, x, w[i]->cols);
         else if (!done) k->to_bf16(s->xb, x, T * w[i]->cols);
         done = 1;
-        if (xt) { a[i].xt = s->xt; a[i].xt_kind = kind; }
-        else if (x3) a[i].x3 = s->xb;
+        if (x3) a[i].x3 = s->xb;
         else a[i].xb = s->xb;
     }
     gemma2__matmul_n(s->pool, k, a, n);

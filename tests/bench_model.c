@@ -377,6 +377,38 @@ static void bench_kernels(int nt, double bw, double peak32, double peakbf)
         a.x3 = NULL;
         free(x3);
     }
+    /* F32 weights (checkpoints kept as stored, GEMMA2_WEIGHTS_AUTO): the same bytes as floats, 128000 x
+       2304 for decode (GB/s to compare with the bf16 line above) and the gate shape for 128 tokens */
+    {
+        float *wf = (float *)malloc((size_t)V / 2 * H * 4);
+        void *xt_f32 = malloc(gemma2__xt_size(T, H));
+        if (wf && xt_f32) {
+            double best = 1e30;
+            for (i = 0; i < (size_t)V / 2 * H; i++) wf[i] = gemma2__bf16_to_f32(w[i]);
+            m.data = wf; m.dtype = GEMMA2__DT_F32; m.rows = V / 2; m.cols = H;
+            a.xb = NULL; a.x3 = NULL; a.xt = NULL; a.T = 1; a.ldy = V;
+            for (r = 0; r < 5; r++) { double t0 = bench_now(); gemma2__matmul(p, k, &a); if (bench_now() - t0 < best) best = bench_now() - t0; }
+            printf("  kernel %-12s %d thr  decode matvec 128000x2304 f32 weights:   %6.1f GB/s = %3.0f%% of read bandwidth\n", k->name, nt,
+                   (double)V / 2 * H * 4 / best / 1e9, 100.0 * (double)V / 2 * H * 4 / best / 1e9 / bw);
+            m.rows = I; a.T = T; a.ldy = I; best = 1e30;
+            for (r = 0; r < 5; r++) {
+                double t0 = bench_now();
+                if (k->prep_xt) { /* as the forward pass: float32 xt, made inside the timing */
+                    a.xt = xt_f32;
+                    a.xt_kind = GEMMA2__XT_F32;
+                    gemma2__prep_xt(p, k, xt_f32, x, T, H, GEMMA2__XT_F32);
+                }
+                gemma2__matmul(p, k, &a);
+                if (bench_now() - t0 < best) best = bench_now() - t0;
+            }
+            a.xt = NULL;
+            printf("  kernel %-12s %d thr  prefill 9216x2304 f32 weights x %d tokens: %6.1f GFLOP/s = %3.0f%% of f32 FMA peak\n", k->name, nt, T,
+                   2.0 * I * H * T / best / 1e9, 100.0 * 2.0 * I * H * T / best / 1e9 / peak32);
+            m.data = w; m.dtype = GEMMA2__DT_BF16; a.T = 1; a.ldy = V;
+        }
+        free(wf);
+        free(xt_f32);
+    }
     /* prefill: gate projection 9216 x 2304 for 128 tokens (the activations' transposition, which
        the forward pass does once per matrix input, inside the timing) */
     m.rows = I; m.cols = H;

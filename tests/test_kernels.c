@@ -29,8 +29,8 @@ static void *kern_prepare(const gemma2__kernels *k, gemma2__matmul_args *a, int 
         a->xb = NULL;
         return x3;
     }
-    if (use_xt && k->prep_xt && a->T >= 2 && a->w->dtype == GEMMA2__DT_BF16) {
-        int kind = use_xb && k->wants_bf16_x ? GEMMA2__XT_BF16 : GEMMA2__XT_F32;
+    if (use_xt && k->prep_xt && a->T >= 2) {
+        int kind = use_xb && k->wants_bf16_x && a->w->dtype == GEMMA2__DT_BF16 ? GEMMA2__XT_BF16 : GEMMA2__XT_F32;
         xt = malloc(gemma2__xt_size(a->T, a->w->cols));
         /* in two calls, the second starting at a row that is not a multiple of 16 */
         k->prep_xt(xt, a->x, a->T, a->w->cols, kind, 0, gemma2__xt_rows(a->w->cols, kind) / 3);
@@ -145,7 +145,7 @@ static void kern_test_matmul_consistent(void)
         for (dt = 0; dt < GEMMA2__DT_COUNT; dt++)
             for (ki = 0; ki < (int)(sizeof Ks / sizeof Ks[0]); ki++)
                 for (xbm = 0; xbm < 2; xbm++) {
-                    int K = Ks[ki], bad = 0, split = k->prep_xt && dt == GEMMA2__DT_BF16;
+                    int K = Ks[ki], bad = 0, split = k->prep_xt != NULL;
                     size_t i, nw = (size_t)rows * K;
                     float *wf = (float *)malloc(nw * sizeof(float)), *x = (float *)malloc((size_t)T * K * sizeof(float));
                     uint16_t *wb = (uint16_t *)malloc(nw * sizeof(uint16_t)), *xb = (uint16_t *)malloc((size_t)T * K * sizeof(uint16_t));
