@@ -147,13 +147,16 @@ enum {
                            over 300 tokens), the same top token at 140/140 (292/300) positions */
 };
 
-/* Kernel sets (gemma2_options.kernels). AUTO picks the best one the CPU has at run time. */
+/* Kernel sets (gemma2_options.kernels). AUTO picks the best one the CPU has at run time; the
+   others force exactly that set (tests and benchmarks run every one the machine has). */
 enum {
-    GEMMA2_KERNELS_AUTO   = 0,
-    GEMMA2_KERNELS_SCALAR = 1, /* the plain-C reference */
-    GEMMA2_KERNELS_AVX2   = 2, /* x86-64 AVX2 + FMA + F16C */
-    GEMMA2_KERNELS_AVX512 = 3, /* x86-64 AVX-512 F/BW/VL (+ BF16 dot products when the CPU has them) */
-    GEMMA2_KERNELS_NEON   = 4  /* ARM64 NEON (+ BFDOT when the CPU has BF16) */
+    GEMMA2_KERNELS_AUTO        = 0,
+    GEMMA2_KERNELS_SCALAR      = 1, /* the plain-C reference */
+    GEMMA2_KERNELS_AVX2        = 2, /* x86-64 AVX2 + FMA + F16C */
+    GEMMA2_KERNELS_AVX512      = 3, /* x86-64 AVX-512 F/DQ/BW/VL */
+    GEMMA2_KERNELS_NEON        = 4, /* ARM64 NEON */
+    GEMMA2_KERNELS_AVX512_BF16 = 5, /* AVX-512 plus bf16 dot products (vdpbf16ps, AVX512_BF16) */
+    GEMMA2_KERNELS_NEON_BF16   = 6  /* NEON plus bf16 dot products (BFDOT, FEAT_BF16) */
 };
 
 /* Called while loading; fraction in [0, 1]. Return nonzero to cancel the load. */
@@ -2959,7 +2962,7 @@ static const gemma2__kernels gemma2__kernels_avx512 = {
 };
 
 static const gemma2__kernels gemma2__kernels_avx512bf16 = {
-    "avx512-bf16", GEMMA2_KERNELS_AVX512, 1,
+    "avx512-bf16", GEMMA2_KERNELS_AVX512_BF16, 1,
     gemma2__matmul_avx512bf16, gemma2__dot_avx512, gemma2__axpy_avx512,
     gemma2__rmsnorm_avx512, gemma2__gelu_mul_avx512, gemma2__softcap_avx512, gemma2__to_bf16_avx512, gemma2__prep_xt_avx512,
     gemma2__att_scores_avx512, gemma2__att_values_avx512, gemma2__softmax_avx512, gemma2__to_bf16x3_avx512,
@@ -3543,7 +3546,7 @@ static GEMMA2__T_NEONBF16 void gemma2__matmul_neonbf16(const gemma2__matmul_args
 }
 
 static const gemma2__kernels gemma2__kernels_neonbf16 = {
-    "neon-bf16", GEMMA2_KERNELS_NEON, 1,
+    "neon-bf16", GEMMA2_KERNELS_NEON_BF16, 1,
     gemma2__matmul_neonbf16, gemma2__dot_neon, gemma2__axpy_neon,
     gemma2__rmsnorm_neon, gemma2__gelu_mul_neon, gemma2__softcap_neon, gemma2__to_bf16_neon, NULL,
     gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_neon, NULL, gemma2__from_bf16_neon, NULL, NULL,
@@ -3556,27 +3559,20 @@ static const gemma2__kernels gemma2__kernels_neonbf16 = {
    Returns NULL if the CPU (or this build) cannot run the one asked for. */
 static const gemma2__kernels *gemma2__kernels_select(int want)
 {
+    const int any = want == GEMMA2_KERNELS_AUTO;
 #if defined(GEMMA2__X86)
     int f = gemma2__x86_features();
-    if (want == GEMMA2_KERNELS_AUTO || want == GEMMA2_KERNELS_AVX512) {
-        if (f & GEMMA2__CPU_AVX512BF16) return &gemma2__kernels_avx512bf16;
-        if (f & GEMMA2__CPU_AVX512) return &gemma2__kernels_avx512;
-        if (want == GEMMA2_KERNELS_AVX512) return NULL;
-    }
-    if (want == GEMMA2_KERNELS_AUTO || want == GEMMA2_KERNELS_AVX2) {
-        if (f & GEMMA2__CPU_AVX2) return &gemma2__kernels_avx2;
-        if (want == GEMMA2_KERNELS_AVX2) return NULL;
-    }
+    if ((any || want == GEMMA2_KERNELS_AVX512_BF16) && (f & GEMMA2__CPU_AVX512BF16)) return &gemma2__kernels_avx512bf16;
+    if ((any || want == GEMMA2_KERNELS_AVX512) && (f & GEMMA2__CPU_AVX512)) return &gemma2__kernels_avx512;
+    if ((any || want == GEMMA2_KERNELS_AVX2) && (f & GEMMA2__CPU_AVX2)) return &gemma2__kernels_avx2;
+#endif
+#if defined(GEMMA2__NEON_BF16)
+    if ((any || want == GEMMA2_KERNELS_NEON_BF16) && gemma2__neon_has_bf16()) return &gemma2__kernels_neonbf16;
 #endif
 #if defined(GEMMA2__NEON)
-    if (want == GEMMA2_KERNELS_AUTO || want == GEMMA2_KERNELS_NEON) {
-#if defined(GEMMA2__NEON_BF16)
-        if (gemma2__neon_has_bf16()) return &gemma2__kernels_neonbf16;
+    if (any || want == GEMMA2_KERNELS_NEON) return &gemma2__kernels_neon;
 #endif
-        return &gemma2__kernels_neon;
-    }
-#endif
-    if (want == GEMMA2_KERNELS_AUTO || want == GEMMA2_KERNELS_SCALAR) return &gemma2__kernels_scalar;
+    if (any || want == GEMMA2_KERNELS_SCALAR) return &gemma2__kernels_scalar;
     return NULL;
 }
 
@@ -4017,7 +4013,7 @@ GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options
     if (err && err_size) err[0] = 0;
     if (!model_dir) { gemma2__fail(err, err_size, 0, "gemma2_load: model_dir is NULL"); return NULL; }
     if (opt && (opt->n_threads < 0 || opt->weights < 0 || opt->weights > GEMMA2_WEIGHTS_BF16 || opt->compute < 0 ||
-                opt->compute > GEMMA2_COMPUTE_BF16 || opt->kernels < 0 || opt->kernels > GEMMA2_KERNELS_NEON || opt->kv_cache < 0 ||
+                opt->compute > GEMMA2_COMPUTE_BF16 || opt->kernels < 0 || opt->kernels > GEMMA2_KERNELS_NEON_BF16 || opt->kv_cache < 0 ||
                 opt->kv_cache > GEMMA2_KV_BF16)) {
         gemma2__fail(err, err_size, 0, "gemma2_load: an option is out of range (n_threads, weights, compute or kernels)");
         return NULL;

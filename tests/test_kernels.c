@@ -12,7 +12,8 @@ static float kern_rand(void) /* uniform in [-1, 1) */
     return (float)((double)(kern_rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 
-static const int kern_sets[] = {GEMMA2_KERNELS_SCALAR, GEMMA2_KERNELS_AVX2, GEMMA2_KERNELS_AVX512, GEMMA2_KERNELS_NEON};
+static const int kern_sets[] = {GEMMA2_KERNELS_SCALAR, GEMMA2_KERNELS_AVX2, GEMMA2_KERNELS_AVX512, GEMMA2_KERNELS_NEON,
+                                GEMMA2_KERNELS_AVX512_BF16, GEMMA2_KERNELS_NEON_BF16};
 #define KERN_N_SETS ((int)(sizeof kern_sets / sizeof kern_sets[0]))
 
 /* Fills a's activation copies as the forward pass would: xb (bf16 copy) when asked for, and
@@ -126,6 +127,19 @@ static void kern_test_matmul(void)
     }
     CHECK(n_sets >= 1, "no kernel set at all");
     CHECK(gemma2__kernels_select(GEMMA2_KERNELS_AUTO) != NULL, "AUTO must always find a kernel set");
+    { /* a forced set is exactly that set; AUTO is the first the CPU has in order of preference */
+        static const int best_first[] = {GEMMA2_KERNELS_AVX512_BF16, GEMMA2_KERNELS_AVX512, GEMMA2_KERNELS_AVX2,
+                                         GEMMA2_KERNELS_NEON_BF16, GEMMA2_KERNELS_NEON, GEMMA2_KERNELS_SCALAR};
+        const gemma2__kernels *best = NULL;
+        int b;
+        for (b = 0; b < (int)(sizeof best_first / sizeof best_first[0]); b++) {
+            const gemma2__kernels *k = gemma2__kernels_select(best_first[b]);
+            if (!k) continue;
+            CHECK(k->id == best_first[b], "asked for set %d, got %s (%d)", best_first[b], k->name, k->id);
+            if (!best) best = k;
+        }
+        CHECK(gemma2__kernels_select(GEMMA2_KERNELS_AUTO) == best, "AUTO picked %s, not the best set", gemma2__kernels_select(GEMMA2_KERNELS_AUTO)->name);
+    }
     CHECK(gemma2__kernels_select(GEMMA2_KERNELS_SCALAR) == &gemma2__kernels_scalar, "SCALAR is always there");
     CHECK(gemma2__kernels_select(99) == NULL, "unknown kernel set");
 }

@@ -211,7 +211,7 @@ static const char *mdl_fixtures[] = {"tiny-gqa", "tiny-27b-style", "tiny-mha-f32
 static void mdl_all_kernels(const char *name)
 {
     int k;
-    for (k = GEMMA2_KERNELS_SCALAR; k <= GEMMA2_KERNELS_NEON; k++)
+    for (k = GEMMA2_KERNELS_SCALAR; k <= GEMMA2_KERNELS_NEON_BF16; k++)
         if (gemma2__kernels_select(k)) mdl_run_fixture(name, k);
 }
 
@@ -248,7 +248,7 @@ static void mdl_lossy(int compute, int kv_cache)
     static const char *names[] = {"tiny-gqa", "tiny-27b-style", "quant-a", "tiny-mha-f32-sharded"};
     int ni, kset, mode;
     for (ni = 0; ni < 4; ni++)
-        for (kset = GEMMA2_KERNELS_SCALAR; kset <= GEMMA2_KERNELS_NEON; kset++) {
+        for (kset = GEMMA2_KERNELS_SCALAR; kset <= GEMMA2_KERNELS_NEON_BF16; kset++) {
             const gemma2__kernels *ks = gemma2__kernels_select(kset);
             char dir[256], err[256];
             gemma2_options opt;
