@@ -4135,9 +4135,11 @@ struct gemma2_session {
 
 /* y[i] = W[i] x for the chunk, for n <= 3 matrices of the same width that read the same x,
    rows split over the session's threads (gemma2__matmul_n). The activations are put in the
-   form the kernels read once here: rounded to bf16 for GEMMA2_COMPUTE_BF16 (kernels whose
-   bf16 dot products do twice the arithmetic per instruction) and, for several tokens,
-   transposed (kernel sets with prep_xt). F32 matrices read x as it is. */
+   form the kernels read once here: for several tokens, transposed (kernel sets with
+   prep_xt; in bf16 pairs for bf16 weights under GEMMA2_COMPUTE_BF16, else in floats, F32
+   weights included); otherwise rounded to bf16 for GEMMA2_COMPUTE_BF16 (kernels whose bf16
+   dot products do twice the arithmetic per instruction) or, for one token, split in three
+   bf16 parts (to_bf16x3). F32 matrices without xt read x as it is. */
 static void gemma2__forward_matmul(gemma2_session *s, const float *x, int T, int n, const gemma2__mat *const *w, float *const *y, const int *ldy)
 {
     gemma2__matmul_args a[GEMMA2__MM_MAX];
@@ -4152,7 +4154,7 @@ static void gemma2__forward_matmul(gemma2_session *s, const float *x, int T, int
         a[i].x = x;
         a[i].T = T;
         a[i].w = w[i];
-        if (xt) { /* bf16 pairs for bf16 weights under GEMMA2_COMPUTE_BF16; floats otherwise (F32 weights too) */
+        if (xt) {
             int kind = bf && w[i]->dtype == GEMMA2__DT_BF16 ? GEMMA2__XT_BF16 : GEMMA2__XT_F32;
             if (made < 0) {
                 made = kind;
