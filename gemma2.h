@@ -12,7 +12,10 @@
      In exactly ONE C or C++ file:
          #define GEMMA2_IMPLEMENTATION
          #include "gemma2.h"
-     Everywhere else just #include "gemma2.h".
+     Everywhere else just #include "gemma2.h". On Linux and the BSDs, include it there before
+     any system header (or build in a mode that shows them, such as gcc's default gnu17):
+     strict -std=c99 hides MAP_ANONYMOUS and madvise, and gemma2.h asks for _DEFAULT_SOURCE
+     to get them. Without them it still works, only without 2 MiB pages for the weights.
 
          char err[256];
          gemma2_model *m = gemma2_load("gemma-2-2b-it", NULL, err, sizeof err);
@@ -70,6 +73,14 @@
 
 #ifndef GEMMA2_H_INCLUDED
 #define GEMMA2_H_INCLUDED
+
+/* The implementation maps files and memory with MAP_ANONYMOUS and madvise(MADV_HUGEPAGE),
+   which glibc and the BSDs declare only when the build asks for more than ISO C (compilers'
+   default gnu modes do; -std=c99 does not). This only takes effect when it comes before the
+   first system header of the translation unit. */
+#if defined(GEMMA2_IMPLEMENTATION) && !defined(_WIN32) && !defined(_DEFAULT_SOURCE) && !defined(_GNU_SOURCE)
+#define _DEFAULT_SOURCE 1
+#endif
 
 /* ===========================================================================
    1.1  Versions, linkage, result codes
