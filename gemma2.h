@@ -48,19 +48,17 @@
        1.5  Sampling, generation and chat
      Part 2  Implementation (under GEMMA2_IMPLEMENTATION)
        2.1  Platform: allocation, errors, small helpers
-       2.2  JSON reader
-       2.3  Files: mapping and reading
-       2.4  Safetensors
-       2.5  Config (config.json)
-       2.6  Thread pool
-       2.7  Kernels: scalar reference
-       2.8  Kernels: SIMD (x86-64 AVX2 / AVX-512, ARM64 NEON / BF16) and dispatch
-       2.9  Model loading
-       2.10 The forward pass
-       2.11 Sessions
-       2.12 Tokenizer
-       2.13 Sampler
-       2.14 Generation and chat
+       2.2  Internal interfaces: weight formats, the kernel contract, prototypes
+       2.3  Kernels: scalar reference, and the weight-format table
+       2.4  The model: weights and sessions
+       2.5  The forward pass (a plain reference, then the fast one as named steps)
+       2.6  Sessions
+       2.7  Sampler
+       2.8  Generation and chat
+       2.9  Tokenizer
+       2.10 Loading: JSON, files, safetensors, config, weights
+       2.11 Thread pool
+       2.12 Kernels: SIMD sets (x86-64 AVX2 / AVX-512, ARM64 NEON / BF16) and their selection
      License
 
    THREADS AND STATE
@@ -132,7 +130,11 @@ GEMMA2_DEF const char *gemma2_error_string(int code);
 /* How weights are held in memory (gemma2_options.weights). */
 enum {
     GEMMA2_WEIGHTS_AUTO = 0, /* as stored: BF16 used in place from the mapping, F32 kept F32 (exact), F16 widened to F32 */
-    GEMMA2_WEIGHTS_BF16 = 1  /* F32/F16 checkpoints converted to bf16 once at load (half the memory and bandwidth) */
+    GEMMA2_WEIGHTS_BF16 = 1, /* F32/F16 checkpoints converted to bf16 once at load (half the memory and bandwidth) */
+    GEMMA2_WEIGHTS_F16  = 2, /* F16 checkpoints kept as F16, used in place (exact, half the memory of widening them);
+                                no kernel set has F16 products yet, so they run the scalar reference: slow.
+                                Other dtypes as AUTO */
+    GEMMA2_WEIGHTS_COUNT     /* one past the last value */
 };
 
 /* Arithmetic precision of the matrix products (gemma2_options.compute). BF16 applies to bf16
@@ -142,7 +144,8 @@ enum {
    top token at 118 of 120 positions, logits within 0.1-0.7 of the references. */
 enum {
     GEMMA2_COMPUTE_F32  = 0, /* activations in float32, weights widened in registers: matches the references */
-    GEMMA2_COMPUTE_BF16 = 1  /* activations rounded to bf16 before the weight products: ~1.8x faster prompts */
+    GEMMA2_COMPUTE_BF16 = 1, /* activations rounded to bf16 before the weight products: ~1.8x faster prompts */
+    GEMMA2_COMPUTE_COUNT     /* one past the last value */
 };
 
 /* Number format of the KV cache (gemma2_options.kv_cache). The cache holds, per layer, each
@@ -152,10 +155,11 @@ enum {
    Sliding-window layers keep only the last W (+ chunk) positions in either format. */
 enum {
     GEMMA2_KV_F32  = 0, /* float32: exact, matches the references */
-    GEMMA2_KV_BF16 = 1  /* bf16 (keys after RoPE, values; rounded to nearest even): half the memory and
+    GEMMA2_KV_BF16 = 1, /* bf16 (keys after RoPE, values; rounded to nearest even): half the memory and
                            traffic; scores and sums stay float32. Cost on the reference models (tests:
                            model/kv_bf16, model/long-odd): next-token KL 1.5e-5..6e-4 on average (2.4e-3
                            over 300 tokens), the same top token at 140/140 (292/300) positions */
+    GEMMA2_KV_COUNT     /* one past the last value */
 };
 
 /* Kernel sets (gemma2_options.kernels). AUTO picks the best one the CPU has at run time; the
@@ -167,7 +171,8 @@ enum {
     GEMMA2_KERNELS_AVX512      = 3, /* x86-64 AVX-512 F/DQ/BW/VL */
     GEMMA2_KERNELS_NEON        = 4, /* ARM64 NEON */
     GEMMA2_KERNELS_AVX512_BF16 = 5, /* AVX-512 plus bf16 dot products (vdpbf16ps, AVX512_BF16) */
-    GEMMA2_KERNELS_NEON_BF16   = 6  /* NEON plus bf16 dot products (BFDOT, FEAT_BF16) */
+    GEMMA2_KERNELS_NEON_BF16   = 6, /* NEON plus bf16 dot products (BFDOT, FEAT_BF16) */
+    GEMMA2_KERNELS_COUNT            /* one past the last value */
 };
 
 /* Called while loading; fraction in [0, 1]. Return nonzero to cancel the load. */
@@ -663,17 +668,248 @@ static float gemma2__f16_to_f32(uint16_t h)
     return f;
 }
 
-/* ===========================================================================
-   2.2  JSON reader
-   ===========================================================================
-   Parses a whole JSON text into a flat array of nodes (a DOM without pointers).
-   Strings are kept as spans of the source text (still escaped); numbers too.
-   Every node knows its first child and next sibling, so walking is cheap; an
-   object's children alternate key, value. Depth is bounded (no stack overflow on
-   hostile input) and every byte is checked (no reads past the end). tokenizer.json
-   is 17.5 MB with ~2.2 M nodes: the parser is a single pass with no per-node
-   allocation. */
+GEMMA2_DEF const char *gemma2_error_string(int code)
+{
+    switch (code) {
+    case GEMMA2_OK: return "ok";
+    case GEMMA2_ERROR_INVALID_ARGUMENT: return "invalid argument";
+    case GEMMA2_ERROR_OUT_OF_MEMORY: return "out of memory";
+    case GEMMA2_ERROR_IO: return "cannot read file";
+    case GEMMA2_ERROR_FORMAT: return "malformed file";
+    case GEMMA2_ERROR_UNSUPPORTED: return "unsupported";
+    case GEMMA2_ERROR_BAD_TOKEN: return "token id out of range";
+    case GEMMA2_ERROR_CONTEXT_FULL: return "context full";
+    case GEMMA2_ERROR_NO_TOKENIZER: return "model has no tokenizer";
+    case GEMMA2_ERROR_NO_WEIGHTS: return "model was loaded without weights";
+    case GEMMA2_ERROR_CHAT_FORMAT: return "bad chat message order or role";
+    case GEMMA2_ERROR_CANCELLED: return "cancelled";
+    default: return "unknown error";
+    }
+}
 
+/* ===========================================================================
+   2.2  Internal interfaces: weight formats, the kernel contract, prototypes
+   ===========================================================================
+   Everything below talks to the kernels through this section. Two independent axes:
+
+     weight format   how a matrix is stored (F32, BF16, F16, ...): gemma2__wformats[]
+     kernel set      which instructions run (scalar, AVX2, AVX-512, NEON, ...): gemma2__kernels
+
+   A kernel set offers one matrix product per weight format; a set that has none for a
+   format leaves the slot NULL and the format's scalar reference product runs instead, so a
+   format that no set knows yet is computed correctly (slowly), never misread as another. */
+
+/* ---- weight formats ----------------------------------------------------------------------
+
+   A matrix is row-major W[rows][cols] and is applied as y = W x (PyTorch's Linear layout:
+   each output is the dot product of one row with the input). A row is a sequence of blocks
+   of `block` elements, `block_bytes` bytes each; a partial last block still takes a whole
+   block's bytes. Plain number formats are blocks of one element. */
+enum { GEMMA2__WF_F32, GEMMA2__WF_BF16, GEMMA2__WF_F16, GEMMA2__WF_COUNT };
+
+typedef struct gemma2__mat {
+    const void *data; /* rows x gemma2__row_bytes(format, cols) bytes */
+    int format;       /* GEMMA2__WF_* */
+    int rows, cols;
+} gemma2__mat;
+
+/* Activation layouts ("packs"). Some kernels want the activations in another form than
+   float32 rows; which one is the kernel set's own decision (its pack_kind), the forward pass
+   only calls gemma2__pack. The layouts are shared by the sets, so they are defined once here
+   and have a scalar reference (gemma2__pack_ref) that the tests hold every set's pack to:
+     NONE     x as it is: float32 [T][K]
+     BF16     x rounded to bf16, [T][K] (bf16 dot products: GEMMA2_COMPUTE_BF16)
+     XT_F32   x transposed: row j holds column j of every token (prefill register tiles)
+     XT_BF16  the same over column pairs: row j holds bf16 columns 2j and 2j+1 per token
+     X3       one token split exactly into three bf16 parts, x = hi + mid + lo, per 32
+              columns 32 hi then 32 mid then 32 lo, zero padded (float32 decode on bf16
+              dot products)
+   Transposed layouts store (row j, token t) at gemma2__xt_off: tokens in runs of 32, each run
+   holding every row, 4 bytes per value, tokens past T zero. */
+enum { GEMMA2__PACK_NONE, GEMMA2__PACK_BF16, GEMMA2__PACK_XT_F32, GEMMA2__PACK_XT_BF16, GEMMA2__PACK_X3, GEMMA2__PACK_COUNT };
+
+static GEMMA2__MAYBE_UNUSED size_t gemma2__xt_off(int rows, int j, int t) { return ((size_t)(t >> 5) * (size_t)rows + (size_t)j) * 32 + (size_t)(t & 31); }
+static size_t gemma2__x3_elems(int K) { return (size_t)(K + 31) / 32 * 96; }
+
+/* Rows of a layout: the unit in which gemma2__pack splits it over threads. */
+static int gemma2__pack_rows(int kind, int T, int K)
+{
+    switch (kind) {
+    case GEMMA2__PACK_BF16: return T;
+    case GEMMA2__PACK_XT_F32: return K;
+    case GEMMA2__PACK_XT_BF16: return (K + 1) / 2;
+    case GEMMA2__PACK_X3: return 1;
+    default: return 0;
+    }
+}
+
+/* Bytes of a layout for T tokens of K columns (a buffer of gemma2__pack_bytes_max holds any). */
+static size_t gemma2__pack_bytes(int kind, int T, int K)
+{
+    switch (kind) {
+    case GEMMA2__PACK_BF16: return (size_t)T * (size_t)K * 2;
+    case GEMMA2__PACK_XT_F32:
+    case GEMMA2__PACK_XT_BF16: return (size_t)K * (size_t)((T + 31) & ~31) * 4;
+    case GEMMA2__PACK_X3: return gemma2__x3_elems(K) * 2;
+    default: return 0;
+    }
+}
+
+static size_t gemma2__pack_bytes_max(int T, int K)
+{
+    size_t b = 0;
+    int kind;
+    for (kind = 1; kind < GEMMA2__PACK_COUNT; kind++) b = GEMMA2__MAX(b, gemma2__pack_bytes(kind, T, K));
+    return b;
+}
+
+/* One matrix product Y[t][r] = sum_k W[r][k] X[t][k], t < T, over rows [r0, r1) so that
+   threads can split it. */
+typedef struct gemma2__matmul_args {
+    float *y;            /* [T][ldy] */
+    int ldy;
+    const float *x;      /* [T][w->cols] float32 activations, always given */
+    int T;
+    const gemma2__mat *w;
+    const void *xp;      /* x in the layout xp_kind, made by the set's pack, or NULL */
+    int xp_kind;         /* GEMMA2__PACK_* */
+} gemma2__matmul_args;
+
+typedef void (*gemma2__matmul_fn)(const gemma2__matmul_args *a, int r0, int r1);
+
+/* A weight format: one row of the table gemma2__wformats (section 2.3). */
+typedef struct gemma2__wformat {
+    const char *name;
+    int block;            /* elements per block along a row */
+    int block_bytes;      /* bytes per block */
+    /* dst[0 .. n) = elements k0 .. k0+n-1 of a row, widened to float (k0 a multiple of block):
+       for lookups (the embedding), the reference forward pass and the tests */
+    void (*to_float)(float *dst, const void *row, int k0, int n);
+    /* the scalar reference product: what a kernel set's matmul for this format must compute */
+    gemma2__matmul_fn matmul_ref;
+} gemma2__wformat;
+
+static const gemma2__wformat *gemma2__wformat_of(int format); /* its row of gemma2__wformats */
+static size_t gemma2__row_bytes(int format, int cols);
+static const uint8_t *gemma2__mat_row(const gemma2__mat *w, int r);
+
+/* ---- the kernel contract -------------------------------------------------------------------
+
+   A kernel set is a struct of function pointers and a few numbers, filled by a named init
+   function (gemma2__kernels_init_scalar, _avx2, _avx512, _avx512bf16, _neon, _neonbf16). Each
+   init starts from the set below it (scalar, then AVX2 or AVX-512, then +BF16) and sets only
+   what it changes, so every entry always holds something that works.
+
+   Required (the scalar set fills them all; a SIMD set may keep them):
+     dot, axpy, rmsnorm, gelu_mul, softcap, softmax, rope, to_bf16, from_bf16,
+     att_scores, att_values          as documented beside each entry below; results may differ
+                                     from the scalar ones by float32 rounding, except rope,
+                                     to_bf16 and from_bf16, which must give the same bits.
+   Per weight format (matmul[GEMMA2__WF_*]):
+     NULL                            the format's reference product runs (gemma2__wformats).
+     a function                      computes rows [r0, r1) of y for any T >= 1; it must accept
+                                     xp_kind NONE (read x) and any layout its own pack_kind
+                                     asks for. Its result for one output must not depend on the
+                                     other tokens of a call of two or more tokens, nor on how
+                                     rows are split (so chunking and thread counts never change
+                                     results); a lone token may take another summation order.
+   Optional:
+     pack_kind, pack                 the activation layout matmul[format] wants and the function
+                                     that writes it (rows [j0, j1) of gemma2__pack_rows); NULL
+                                     pack_kind means NONE everywhere. Every layout is
+                                     bit-identical to gemma2__pack_ref's.
+     att_scores_bf16, att_values_bf16
+                                     attention straight from a bf16 KV cache; NULL: the rows are
+                                     widened with from_bf16 a few at a time into scratch.
+   Numbers (the scalar init sets defaults):
+     split_rows[2]                   matmul rows go to threads in multiples of this, for one
+                                     token [0] and for several [1] (whole register tiles)
+     pack_unit                       pack rows go to threads in multiples of this
+     att_prefetch_rows               how many rows past the ones they read the attention
+                                     kernels prefetch (the scratch they may read is padded)
+     x3_min_cols                     set-specific: the X3 layout for matrices wider than this
+
+   Adding an instruction set:
+     1. an id GEMMA2_KERNELS_* before GEMMA2_KERNELS_COUNT (public enum);
+     2. its kernels in section 2.12 under an #if for the compiler and architecture, with
+        per-function target attributes so that one build runs on every CPU of the family;
+     3. gemma2__kernels_init_NAME: call the init of the set below, then set what changes;
+     4. a row in gemma2__kernel_sets (section 2.12) with the run-time CPU check. Selection,
+        the tests and the benchmark iterate that list: nothing else changes. If this machine
+        cannot run the set, add an emulated run to the Makefile's cross section.
+   Adding a weight format:
+     1. an id GEMMA2__WF_* before GEMMA2__WF_COUNT;
+     2. its row in gemma2__wformats (section 2.3): block, bytes, to_float, reference product;
+     3. the loader's rule for when a tensor becomes this format (gemma2__bind_mat, 2.10);
+     4. optionally, per kernel set, a matmul[GEMMA2__WF_NEW] (and a pack_kind case).
+     The fixture suite then runs the format on every kernel set. */
+typedef struct gemma2__kernels {
+    const char *name;
+    int id;                                        /* GEMMA2_KERNELS_* */
+    gemma2__matmul_fn matmul[GEMMA2__WF_COUNT];    /* NULL: the format's reference product */
+    /* the layout matmul[format] wants for T tokens of K columns (GEMMA2__PACK_*); compute_bf16:
+       GEMMA2_COMPUTE_BF16 was asked for. NULL: always GEMMA2__PACK_NONE */
+    int (*pack_kind)(const struct gemma2__kernels *k, int format, int T, int K, int compute_bf16);
+    void (*pack)(void *xp, int kind, const float *x, int T, int K, int j0, int j1);
+    float (*dot)(const float *a, const float *b, int n);            /* sum a[i] b[i] */
+    void (*axpy)(float *y, float a, const float *x, int n);         /* y += a x */
+    /* out = x / sqrt(mean(x^2) + eps) * w1 where w1 = 1 + weight (precomputed) */
+    void (*rmsnorm)(float *out, const float *x, const float *w1, int n, float eps);
+    /* g[i] = gelu_tanh(g[i]) * u[i] */
+    void (*gelu_mul)(float *g, const float *u, int n);
+    /* x[i] = cap * tanh(x[i] / cap) (attention-score and final-logit soft-capping) */
+    void (*softcap)(float *x, int n, float cap);
+    /* x[i] = exp(x[i] - max x) / sum_j exp(x[j] - max x) */
+    void (*softmax)(float *x, int n);
+    /* RoPE on n_heads consecutive heads of hd floats (hd even), rotate-half pairing: for
+       i < hd/2, (a, b) = (x[i], x[i + hd/2]) becomes (a cos_i - b sin_i, b cos_i + a sin_i),
+       with cs = cos[hd/2] then sin[hd/2] of this token's position */
+    void (*rope)(float *x, int n_heads, int hd, const float *cs);
+    /* dst[i] = bf16(src[i]), round to nearest even, bit-exact with gemma2__f32_to_bf16 */
+    void (*to_bf16)(uint16_t *dst, const float *src, int n);
+    /* dst[i] = float(src[i]): bf16 widened, exact (the bf16 KV cache) */
+    void (*from_bf16)(float *dst, const uint16_t *src, int n);
+    /* Attention, for `group` query heads q[g] (hd floats each) that share one kv head, over
+       n consecutive cached rows of hd floats (K, V):
+         att_scores: s[g * lds + a] = scale * (q[g] . K[a])
+         att_values: out[g] += sum_a s[g * lds + a] V[a] */
+    void (*att_scores)(const struct gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd, const float *K, int n, float scale);
+    void (*att_values)(const struct gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd, const float *V, int n);
+    /* the same reading bf16 cached rows (GEMMA2_KV_BF16), or NULL */
+    void (*att_scores_bf16)(const struct gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd, const uint16_t *K, int n, float scale);
+    void (*att_values_bf16)(const struct gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd, const uint16_t *V, int n);
+    int split_rows[2];
+    int pack_unit;
+    int att_prefetch_rows;
+    int x3_min_cols;
+} gemma2__kernels;
+
+/* The matrix product a set runs for a format: its own, or the format's reference. */
+static gemma2__matmul_fn gemma2__matmul_for(const gemma2__kernels *k, int format);
+/* Fills k with the set `want` (GEMMA2_KERNELS_*; AUTO: the best this CPU runs). Returns 0, or
+   GEMMA2_ERROR_UNSUPPORTED if this CPU or build cannot run it (section 2.12). */
+static int gemma2__kernels_select(int want, gemma2__kernels *k);
+
+/* ---- thread pool (section 2.11) ----------------------------------------------------------- */
+
+typedef struct gemma2__pool gemma2__pool;
+/* fn(ctx, task, n_tasks) runs once for every task in [0, n_tasks), spread over the pool's
+   threads (the caller's included); gemma2__pool_run returns when all have finished. */
+typedef void (*gemma2__task_fn)(void *ctx, int task, int n_tasks);
+static gemma2__pool *gemma2__pool_new(int n_threads);
+static void gemma2__pool_free(gemma2__pool *p);
+static int gemma2__pool_size(const gemma2__pool *p);
+static void gemma2__pool_run(gemma2__pool *p, gemma2__task_fn fn, void *ctx, int n_tasks);
+static int gemma2__cpu_count(void);
+
+/* ---- files, JSON and the tokenizer (sections 2.9, 2.10) ------------------------------------ */
+
+typedef struct gemma2__file gemma2__file;
+static void gemma2__file_close(gemma2__file *f);
+
+/* The JSON reader's document: a flat array of nodes (a DOM without pointers). Strings are
+   spans of the source text (still escaped); numbers too. Every node knows its first child
+   and next sibling; an object's children alternate key, value. */
 enum { GEMMA2__JNULL, GEMMA2__JFALSE, GEMMA2__JTRUE, GEMMA2__JNUMBER, GEMMA2__JSTRING, GEMMA2__JARRAY, GEMMA2__JOBJECT };
 
 typedef struct gemma2__jnode {
@@ -693,1119 +929,26 @@ typedef struct gemma2__json {
     int32_t n, cap;
 } gemma2__json;
 
-#define GEMMA2__JSON_MAX_DEPTH 128
+static int gemma2__json_parse(gemma2__json *j, const char *text, size_t size, char *err, size_t err_size);
+static void gemma2__json_free(gemma2__json *j);
+static int32_t gemma2__json_get(const gemma2__json *j, int32_t obj, const char *key);
+static int gemma2__json_is(const gemma2__json *j, int32_t node, int type);
+static int gemma2__json_number(const gemma2__json *j, int32_t node, double *out);
+static int gemma2__json_int(const gemma2__json *j, int32_t node, int *out);
+static int64_t gemma2__json_unescape(const gemma2__json *j, int32_t node, char *out);
+static int gemma2__json_streq(const gemma2__json *j, int32_t node, const char *s);
+static int gemma2__utf8_put(char *out, uint32_t cp);
 
-static void gemma2__json_free(gemma2__json *j)
-{
-    GEMMA2_FREE(j->nodes);
-    j->nodes = NULL;
-    j->n = j->cap = 0;
-}
-
-static int32_t gemma2__json_new(gemma2__json *j, int type, size_t start)
-{
-    gemma2__jnode *nd;
-    if (j->n == j->cap) {
-        int32_t cap = j->cap ? j->cap : 64;
-        void *p;
-        if (cap > INT32_MAX / 2) return -1;
-        cap *= 2;
-        p = GEMMA2_REALLOC(j->nodes, (size_t)cap * sizeof(gemma2__jnode));
-        if (!p) return -1;
-        j->nodes = (gemma2__jnode *)p;
-        j->cap = cap;
-    }
-    nd = &j->nodes[j->n];
-    nd->start = (uint32_t)start;
-    nd->len = 0;
-    nd->next = nd->child = -1;
-    nd->count = 0;
-    nd->type = (uint8_t)type;
-    nd->escaped = 0;
-    return j->n++;
-}
-
-static size_t gemma2__json_ws(const char *s, size_t i, size_t n)
-{
-    while (i < n && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) i++;
-    return i;
-}
-
-/* Links node id as the next child of the innermost open container. */
-static void gemma2__json_link(gemma2__json *j, int32_t parent, int32_t *last, int32_t id)
-{
-    if (*last < 0) j->nodes[parent].child = id; else j->nodes[*last].next = id;
-    j->nodes[parent].count++;
-    *last = id;
-}
-
-/* Parses the text; returns 0, or -1 with a reason (with byte offset) in err. */
-static int gemma2__json_parse(gemma2__json *j, const char *text, size_t size, char *err, size_t err_size)
-{
-    /* Iterative: an explicit stack of open containers and of the last child linked in each. */
-    int32_t stack[GEMMA2__JSON_MAX_DEPTH], last[GEMMA2__JSON_MAX_DEPTH];
-    int depth = 0, expect_key = 0, just_opened = 0;
-    size_t i = 0;
-    memset(j, 0, sizeof *j);
-    j->text = text;
-    j->size = size;
-    if (size >= 0xffffffffu) return gemma2__fail(err, err_size, -1, "JSON text too large (%zu bytes)", size);
-    for (;;) {
-        int32_t id;
-        char c;
-        i = gemma2__json_ws(text, i, size);
-        if (i >= size) return gemma2__fail(err, err_size, -1, "unexpected end of JSON at byte %zu", i);
-        c = text[i];
-        if (just_opened && (c == ']' || c == '}')) goto close; /* empty container */
-        just_opened = 0;
-        if (expect_key && c != '"') return gemma2__fail(err, err_size, -1, "expected a string key at byte %zu", i);
-        if (c == '{' || c == '[') {
-            if (depth == GEMMA2__JSON_MAX_DEPTH) return gemma2__fail(err, err_size, -1, "JSON nested too deeply at byte %zu", i);
-            id = gemma2__json_new(j, c == '{' ? GEMMA2__JOBJECT : GEMMA2__JARRAY, i);
-            if (id < 0) return gemma2__fail(err, err_size, -1, "out of memory parsing JSON");
-            if (depth > 0) gemma2__json_link(j, stack[depth - 1], &last[depth - 1], id);
-            stack[depth] = id;
-            last[depth] = -1;
-            depth++;
-            i++;
-            expect_key = (c == '{');
-            just_opened = 1;
-            continue;
-        }
-        if (c == '"') {
-            size_t k = i + 1;
-            int esc = 0;
-            while (k < size && text[k] != '"') {
-                unsigned char ch = (unsigned char)text[k];
-                if (ch < 0x20) return gemma2__fail(err, err_size, -1, "control character in JSON string at byte %zu", k);
-                if (ch == '\\') { esc = 1; k += 2; } else k++;
-            }
-            if (k >= size) return gemma2__fail(err, err_size, -1, "unterminated JSON string at byte %zu", i);
-            id = gemma2__json_new(j, GEMMA2__JSTRING, i + 1);
-            if (id < 0) return gemma2__fail(err, err_size, -1, "out of memory parsing JSON");
-            j->nodes[id].len = (uint32_t)(k - i - 1);
-            j->nodes[id].escaped = (uint8_t)esc;
-            i = k + 1;
-        } else {
-            int type;
-            size_t k = i;
-            if (c == 't' && size - i >= 4 && !memcmp(text + i, "true", 4)) { type = GEMMA2__JTRUE; k += 4; }
-            else if (c == 'f' && size - i >= 5 && !memcmp(text + i, "false", 5)) { type = GEMMA2__JFALSE; k += 5; }
-            else if (c == 'n' && size - i >= 4 && !memcmp(text + i, "null", 4)) { type = GEMMA2__JNULL; k += 4; }
-            else if (c == '-' || (c >= '0' && c <= '9')) {
-                /* the exact grammar is checked when the number is read (gemma2__json_number) */
-                type = GEMMA2__JNUMBER;
-                k++;
-                while (k < size && ((text[k] >= '0' && text[k] <= '9') || text[k] == '.' || text[k] == 'e' ||
-                                    text[k] == 'E' || text[k] == '+' || text[k] == '-')) k++;
-            } else return gemma2__fail(err, err_size, -1, "unexpected character 0x%02x in JSON at byte %zu", (unsigned char)c, i);
-            id = gemma2__json_new(j, type, i);
-            if (id < 0) return gemma2__fail(err, err_size, -1, "out of memory parsing JSON");
-            j->nodes[id].len = (uint32_t)(k - i);
-            i = k;
-        }
-        if (depth > 0) {
-            gemma2__json_link(j, stack[depth - 1], &last[depth - 1], id);
-            if (expect_key) {
-                i = gemma2__json_ws(text, i, size);
-                if (i >= size || text[i] != ':') return gemma2__fail(err, err_size, -1, "expected ':' at byte %zu", i);
-                i++;
-                expect_key = 0;
-                continue;
-            }
-        }
-        /* After a complete value: a comma, the end of its container(s), or the end of the text. */
-        for (;;) {
-            if (depth == 0) {
-                i = gemma2__json_ws(text, i, size);
-                if (i != size) return gemma2__fail(err, err_size, -1, "trailing characters after JSON at byte %zu", i);
-                return 0;
-            }
-            i = gemma2__json_ws(text, i, size);
-            if (i >= size) return gemma2__fail(err, err_size, -1, "unexpected end of JSON at byte %zu", i);
-            c = text[i];
-            if (c == ',') {
-                i++;
-                expect_key = (j->nodes[stack[depth - 1]].type == GEMMA2__JOBJECT);
-                break;
-            }
-        close:
-            if ((c == ']' && j->nodes[stack[depth - 1]].type == GEMMA2__JARRAY) ||
-                (c == '}' && j->nodes[stack[depth - 1]].type == GEMMA2__JOBJECT)) {
-                gemma2__jnode *open = &j->nodes[stack[depth - 1]];
-                open->len = (uint32_t)(i + 1 - open->start);
-                i++;
-                depth--;
-                just_opened = 0;
-                expect_key = 0;
-                continue;
-            }
-            return gemma2__fail(err, err_size, -1, "expected ',' or a matching bracket at byte %zu", i);
-        }
-    }
-}
-
-/* Member of an object by key (keys compared raw: config keys never need escapes). -1 if absent. */
-static int32_t gemma2__json_get(const gemma2__json *j, int32_t obj, const char *key)
-{
-    size_t kl = strlen(key);
-    int32_t c;
-    if (obj < 0 || j->nodes[obj].type != GEMMA2__JOBJECT) return -1;
-    for (c = j->nodes[obj].child; c >= 0 && j->nodes[c].next >= 0; c = j->nodes[j->nodes[c].next].next) {
-        const gemma2__jnode *k = &j->nodes[c];
-        if (k->len == kl && !memcmp(j->text + k->start, key, kl)) return k->next;
-    }
-    return -1;
-}
-
-static int gemma2__json_is(const gemma2__json *j, int32_t node, int type)
-{
-    return node >= 0 && j->nodes[node].type == type;
-}
-
-/* Number -> double. Own parser (strtod depends on the C locale's decimal point).
-   Returns 0 if the node is not a well-formed JSON number. */
-static int gemma2__json_number(const gemma2__json *j, int32_t node, double *out)
-{
-    const char *s;
-    size_t n, i = 0;
-    double mant = 0, v;
-    int neg = 0, exp10 = 0, eneg = 0, e = 0, digits = 0;
-    if (!gemma2__json_is(j, node, GEMMA2__JNUMBER)) return 0;
-    s = j->text + j->nodes[node].start;
-    n = j->nodes[node].len;
-    if (i < n && s[i] == '-') { neg = 1; i++; }
-    while (i < n && s[i] >= '0' && s[i] <= '9') { mant = mant * 10 + (s[i] - '0'); i++; digits++; }
-    if (i < n && s[i] == '.') {
-        i++;
-        while (i < n && s[i] >= '0' && s[i] <= '9') { mant = mant * 10 + (s[i] - '0'); exp10--; i++; digits++; }
-    }
-    if (!digits) return 0;
-    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
-        i++;
-        if (i < n && (s[i] == '+' || s[i] == '-')) { eneg = s[i] == '-'; i++; }
-        if (i >= n) return 0;
-        while (i < n && s[i] >= '0' && s[i] <= '9') { if (e < 10000) e = e * 10 + (s[i] - '0'); i++; }
-        exp10 += eneg ? -e : e;
-    }
-    if (i != n) return 0;
-    /* Divide by an exact power of ten rather than multiply by an inexact one: 1e-06 and 0.02 come out right. */
-    v = mant;
-    if (exp10 < 0) v = v / pow(10.0, -exp10); else if (exp10 > 0) v = v * pow(10.0, exp10);
-    *out = neg ? -v : v;
-    return 1;
-}
-
-/* Integer member: returns 1 and stores it if node is an integral number within int range. */
-static int gemma2__json_int(const gemma2__json *j, int32_t node, int *out)
-{
-    double d;
-    if (!gemma2__json_number(j, node, &d)) return 0;
-    if (d != floor(d) || d < INT_MIN || d > INT_MAX) return 0;
-    *out = (int)d;
-    return 1;
-}
-
-/* Appends the UTF-8 encoding of code point cp to out; returns bytes written (1..4). */
-static int gemma2__utf8_put(char *out, uint32_t cp)
-{
-    if (cp < 0x80) { out[0] = (char)cp; return 1; }
-    if (cp < 0x800) { out[0] = (char)(0xc0 | (cp >> 6)); out[1] = (char)(0x80 | (cp & 0x3f)); return 2; }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xe0 | (cp >> 12)); out[1] = (char)(0x80 | ((cp >> 6) & 0x3f)); out[2] = (char)(0x80 | (cp & 0x3f));
-        return 3;
-    }
-    out[0] = (char)(0xf0 | (cp >> 18)); out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f)); out[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
-}
-
-static int gemma2__hex4(const char *s, uint32_t *v)
-{
-    int k;
-    *v = 0;
-    for (k = 0; k < 4; k++) {
-        char c = s[k];
-        *v <<= 4;
-        if (c >= '0' && c <= '9') *v |= (uint32_t)(c - '0');
-        else if (c >= 'a' && c <= 'f') *v |= (uint32_t)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F') *v |= (uint32_t)(c - 'A' + 10);
-        else return 0;
-    }
-    return 1;
-}
-
-/* Decodes a string node into out (at most its raw length bytes are needed: unescaping
-   never grows the text). Returns the decoded length, or -1 on a bad escape. A lone
-   surrogate \uD800 is written as U+FFFD (JSON allows it, UTF-8 cannot hold it). */
-static int64_t gemma2__json_unescape(const gemma2__json *j, int32_t node, char *out)
-{
-    const char *s = j->text + j->nodes[node].start;
-    size_t n = j->nodes[node].len, i = 0, o = 0;
-    if (!j->nodes[node].escaped) { memcpy(out, s, n); return (int64_t)n; }
-    while (i < n) {
-        char c = s[i];
-        if (c != '\\') { out[o++] = c; i++; continue; }
-        if (i + 1 >= n) return -1;
-        c = s[i + 1];
-        i += 2;
-        switch (c) {
-        case '"': out[o++] = '"'; break;
-        case '\\': out[o++] = '\\'; break;
-        case '/': out[o++] = '/'; break;
-        case 'b': out[o++] = '\b'; break;
-        case 'f': out[o++] = '\f'; break;
-        case 'n': out[o++] = '\n'; break;
-        case 'r': out[o++] = '\r'; break;
-        case 't': out[o++] = '\t'; break;
-        case 'u': {
-            uint32_t cp, lo;
-            if (i + 4 > n || !gemma2__hex4(s + i, &cp)) return -1;
-            i += 4;
-            if (cp >= 0xd800 && cp < 0xdc00 && i + 6 <= n && s[i] == '\\' && s[i + 1] == 'u' &&
-                gemma2__hex4(s + i + 2, &lo) && lo >= 0xdc00 && lo < 0xe000) {
-                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-                i += 6;
-            } else if (cp >= 0xd800 && cp < 0xe000) cp = 0xfffd;
-            /* \uXXXX is 6 bytes and yields at most 3; a surrogate pair is 12 and yields 4 */
-            o += (size_t)gemma2__utf8_put(out + o, cp);
-            break;
-        }
-        default: return -1;
-        }
-    }
-    return (int64_t)o;
-}
-
-/* String member compared to a C string (exact bytes after unescaping). */
-static int gemma2__json_streq(const gemma2__json *j, int32_t node, const char *s)
-{
-    char buf[256];
-    size_t sl = strlen(s);
-    int64_t n;
-    if (!gemma2__json_is(j, node, GEMMA2__JSTRING) || j->nodes[node].len >= sizeof buf) return 0;
-    n = gemma2__json_unescape(j, node, buf);
-    return n == (int64_t)sl && !memcmp(buf, s, sl);
-}
+typedef struct gemma2__tokenizer gemma2__tokenizer;
+/* Reads tokenizer.json (Hugging Face) or tokenizer.model (SentencePiece), chosen by content. */
+static int gemma2__tokenizer_load(gemma2__tokenizer **out, const char *path, char *err, size_t err_size);
+static void gemma2__tokenizer_free(gemma2__tokenizer *t);
 
 /* ===========================================================================
-   2.3  Files: mapping and reading
-   =========================================================================== */
-
-/* A file's bytes, mapped read-only where the OS allows (so multi-GB weights cost no copy
-   and no RSS until touched, and pages are shared between processes), else read into memory. */
-typedef struct gemma2__file {
-    const uint8_t *data;
-    size_t size;
-    int mapped;     /* 1: data is a mapping, 0: data is an allocation */
-#ifdef GEMMA2__WINDOWS
-    void *hfile, *hmap;
-#endif
-} gemma2__file;
-
-#if !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
-#ifndef WIN32_LEAN_AND_MEAN
-#define WIN32_LEAN_AND_MEAN
-#endif
-#include <windows.h>
-#elif !defined(GEMMA2_NO_MMAP) && (defined(__unix__) || defined(__APPLE__))
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <fcntl.h>
-#include <unistd.h>
-#define GEMMA2__POSIX_MMAP 1
-#endif
-
-/* Reads a whole file with stdio (the fallback, and for small files). */
-static int gemma2__file_read(gemma2__file *f, const char *path, char *err, size_t err_size)
-{
-    FILE *fp = fopen(path, "rb");
-    long n;
-    uint8_t *buf;
-    memset(f, 0, sizeof *f);
-    if (!fp) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
-    if (fseek(fp, 0, SEEK_END) != 0 || (n = ftell(fp)) < 0 || fseek(fp, 0, SEEK_SET) != 0) {
-        fclose(fp);
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot determine size", path);
-    }
-    buf = (uint8_t *)GEMMA2_MALLOC((size_t)n + 1);
-    if (!buf) { fclose(fp); return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (%ld bytes)", path, n); }
-    if (n > 0 && fread(buf, 1, (size_t)n, fp) != (size_t)n) {
-        fclose(fp);
-        GEMMA2_FREE(buf);
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: read error", path);
-    }
-    fclose(fp);
-    buf[n] = 0; /* a terminator past the end: harmless, and handy for text */
-    f->data = buf;
-    f->size = (size_t)n;
-    return 0;
-}
-
-#if defined(GEMMA2__POSIX_MMAP)
-/* Maps a whole file read-only at a 2 MiB-aligned address. Why: where the page cache holds
-   the file in large folios, the kernel can then map them with 2 MiB page-table entries,
-   and streaming multi-GB weights through fewer TLB entries is measurably faster (4 KiB
-   pages also stop the hardware prefetcher at every page boundary). The slack around the
-   aligned window is returned at once. */
-static void *gemma2__mmap_aligned(int fd, size_t size)
-{
-#if defined(MAP_ANONYMOUS) || defined(MAP_ANON)
-#ifndef MAP_ANONYMOUS
-#define MAP_ANONYMOUS MAP_ANON
-#endif
-    const size_t align = (size_t)2 << 20;
-    uint8_t *r, *a;
-    void *p;
-    if (size < align || size > (size_t)-1 - 2 * align) return mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
-    r = (uint8_t *)mmap(NULL, size + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if ((void *)r == MAP_FAILED) return mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
-    a = (uint8_t *)(((uintptr_t)r + align - 1) & ~(uintptr_t)(align - 1));
-    p = mmap(a, size, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0);
-    if (p == MAP_FAILED) { munmap(r, size + align); return mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0); }
-    if (a > r) munmap(r, (size_t)(a - r));
-    if (r + size + align > a + size) munmap(a + size, (size_t)(r + size + align - (a + size)));
-#ifdef MADV_HUGEPAGE
-    madvise(p, size, MADV_HUGEPAGE); /* a hint; ignored where file THP is not supported */
-#endif
-    return p;
-#else /* strict ISO mode hides MAP_ANONYMOUS: plain mapping */
-    return mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
-#endif
-}
-#endif
-
-/* Maps a file read-only (or reads it under GEMMA2_NO_MMAP). */
-static int gemma2__file_map(gemma2__file *f, const char *path, char *err, size_t err_size)
-{
-#if defined(GEMMA2__POSIX_MMAP)
-    struct stat st;
-    void *p;
-    int fd = open(path, O_RDONLY);
-    memset(f, 0, sizeof *f);
-    if (fd < 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
-    if (fstat(fd, &st) != 0) { close(fd); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot stat", path); }
-    if (st.st_size == 0) { close(fd); return gemma2__file_read(f, path, err, err_size); }
-    p = gemma2__mmap_aligned(fd, (size_t)st.st_size);
-    close(fd); /* the mapping keeps the file alive */
-    if (p == MAP_FAILED) return gemma2__file_read(f, path, err, err_size);
-    f->data = (const uint8_t *)p;
-    f->size = (size_t)st.st_size;
-    f->mapped = 1;
-    return 0;
-#elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
-    LARGE_INTEGER sz;
-    HANDLE h, m;
-    void *p;
-    memset(f, 0, sizeof *f);
-    h = CreateFileA(path, GENERIC_READ, FILE_SHARE_READ, NULL, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
-    if (h == INVALID_HANDLE_VALUE) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
-    if (!GetFileSizeEx(h, &sz) || sz.QuadPart == 0) { CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
-    m = CreateFileMappingA(h, NULL, PAGE_READONLY, 0, 0, NULL);
-    if (!m) { CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
-    p = MapViewOfFile(m, FILE_MAP_READ, 0, 0, 0);
-    if (!p) { CloseHandle(m); CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
-    f->data = (const uint8_t *)p;
-    f->size = (size_t)sz.QuadPart;
-    f->mapped = 1;
-    f->hfile = h;
-    f->hmap = m;
-    return 0;
-#else
-    return gemma2__file_read(f, path, err, err_size);
-#endif
-}
-
-/* Reads a whole file into fresh anonymous memory, 2 MiB-aligned and advised for huge pages
-   (gemma2_options.preload). Falls back to an ordinary allocation where there is no mmap. */
-static int gemma2__file_preload(gemma2__file *f, const char *path, char *err, size_t err_size)
-{
-#if defined(GEMMA2__POSIX_MMAP) && (defined(MAP_ANONYMOUS) || defined(MAP_ANON))
-#ifndef MAP_ANONYMOUS
-#define MAP_ANONYMOUS MAP_ANON
-#endif
-    const size_t align = (size_t)2 << 20, page = 4096;
-    struct stat st;
-    uint8_t *r, *a;
-    size_t size, len, done = 0, keep;
-    FILE *fp;
-    memset(f, 0, sizeof *f);
-    if (stat(path, &st) != 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
-    size = (size_t)st.st_size;
-    if (size < align || (uint64_t)st.st_size > (uint64_t)((size_t)-1 - 2 * align)) return gemma2__file_read(f, path, err, err_size);
-    len = size + align;
-    r = (uint8_t *)mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if ((void *)r == MAP_FAILED) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (%zu bytes)", path, size);
-    a = (uint8_t *)(((uintptr_t)r + align - 1) & ~(uintptr_t)(align - 1));
-    keep = (size + page - 1) & ~(page - 1);
-    if (a > r) munmap(r, (size_t)(a - r));
-    if (r + len > a + keep) munmap(a + keep, (size_t)(r + len - (a + keep)));
-#ifdef MADV_HUGEPAGE
-    madvise(a, keep, MADV_HUGEPAGE);
-#endif
-    fp = fopen(path, "rb");
-    while (fp && done < size) {
-        size_t want = GEMMA2__MIN(size - done, (size_t)64 << 20), got = fread(a + done, 1, want, fp);
-        done += got;
-        if (got != want) break;
-    }
-    if (fp) fclose(fp);
-    if (done != size) {
-        munmap(a, keep);
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: read error", path);
-    }
-    mprotect(a, keep, PROT_READ); /* weights are read-only from here on */
-    f->data = a;
-    f->size = size;
-    f->mapped = 1; /* released with munmap, like a file mapping */
-    return 0;
-#else
-    return gemma2__file_read(f, path, err, err_size);
-#endif
-}
-
-static void gemma2__file_close(gemma2__file *f)
-{
-    if (!f->data) return;
-    if (!f->mapped) GEMMA2_FREE((void *)f->data);
-#if defined(GEMMA2__POSIX_MMAP)
-    else munmap((void *)f->data, f->size);
-#elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
-    else { UnmapViewOfFile(f->data); CloseHandle(f->hmap); CloseHandle(f->hfile); }
-#endif
-    memset(f, 0, sizeof *f);
-}
-
-static int gemma2__file_exists(const char *path)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return 0;
-    fclose(fp);
-    return 1;
-}
-
-/* ===========================================================================
-   2.4  Safetensors
-   =========================================================================== */
-
-/* A safetensors file is: an 8-byte little-endian header length N, N bytes of JSON
-   ({"name": {"dtype": "BF16", "shape": [r, c], "data_offsets": [begin, end]}, ...,
-   "__metadata__": {...}}), then the tensor bytes; offsets are relative to the end of the
-   header. Nothing in it is trusted: every span is checked against the file size and
-   against shape x dtype size before a pointer into the file is handed out. */
-
-enum { GEMMA2__ST_F32, GEMMA2__ST_BF16, GEMMA2__ST_F16 };
-
-typedef struct gemma2__tensor {
-    char *name;
-    int dtype;              /* GEMMA2__ST_* */
-    int ndim;
-    int64_t shape[4];
-    const uint8_t *data;    /* inside the file's mapping */
-    uint64_t nbytes;
-    int file;               /* index into the model's files */
-} gemma2__tensor;
-
-typedef struct gemma2__tensors {
-    gemma2__tensor *t;
-    int n, cap;
-} gemma2__tensors;
-
-static void gemma2__tensors_free(gemma2__tensors *ts)
-{
-    int i;
-    for (i = 0; i < ts->n; i++) GEMMA2_FREE(ts->t[i].name);
-    GEMMA2_FREE(ts->t);
-    memset(ts, 0, sizeof *ts);
-}
-
-static const gemma2__tensor *gemma2__tensors_find(const gemma2__tensors *ts, const char *name)
-{
-    int i;
-    for (i = 0; i < ts->n; i++)
-        if (!strcmp(ts->t[i].name, name)) return &ts->t[i];
-    return NULL;
-}
-
-/* Adds every tensor of one mapped safetensors file (path is for messages only). */
-static int gemma2__safetensors_read(gemma2__tensors *ts, const gemma2__file *f, int file_index, const char *path,
-                                    char *err, size_t err_size)
-{
-    uint64_t hlen = 0, data_size;
-    const uint8_t *data;
-    gemma2__json j;
-    char jerr[160];
-    int32_t c;
-    int k, rc = 0;
-    if (f->size < 8) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: too short for a safetensors file (%zu bytes)", path, f->size);
-    for (k = 7; k >= 0; k--) hlen = (hlen << 8) | f->data[k];
-    if (hlen < 2 || hlen > f->size - 8 || hlen > 100u * 1024 * 1024)
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: header length %llu does not fit the file size %zu",
-                            path, (unsigned long long)hlen, f->size);
-    data = f->data + 8 + hlen;
-    data_size = f->size - 8 - hlen;
-    if (gemma2__json_parse(&j, (const char *)f->data + 8, (size_t)hlen, jerr, sizeof jerr) != 0) {
-        gemma2__json_free(&j);
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: bad header: %s", path, jerr);
-    }
-    if (!gemma2__json_is(&j, 0, GEMMA2__JOBJECT)) {
-        gemma2__json_free(&j);
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: header is not a JSON object", path);
-    }
-    for (c = j.nodes[0].child; c >= 0 && rc == 0; c = j.nodes[j.nodes[c].next].next) {
-        int32_t v = j.nodes[c].next, dt, sh, off, e;
-        gemma2__tensor t;
-        uint64_t begin = 0, end = 0, elems = 1, esize;
-        double d;
-        int64_t nl;
-        memset(&t, 0, sizeof t);
-        t.name = (char *)GEMMA2_MALLOC(j.nodes[c].len + 1);
-        if (!t.name) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", path); break; }
-        nl = gemma2__json_unescape(&j, c, t.name);
-        if (nl < 0) { GEMMA2_FREE(t.name); rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: bad tensor name", path); break; }
-        t.name[nl] = 0;
-        if (!strcmp(t.name, "__metadata__")) { GEMMA2_FREE(t.name); continue; }
-#define GEMMA2__ST_BAD(...) do { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, __VA_ARGS__); GEMMA2_FREE(t.name); goto next; } while (0)
-        if (!gemma2__json_is(&j, v, GEMMA2__JOBJECT)) GEMMA2__ST_BAD("%s: tensor %s: entry is not an object", path, t.name);
-        dt = gemma2__json_get(&j, v, "dtype");
-        sh = gemma2__json_get(&j, v, "shape");
-        off = gemma2__json_get(&j, v, "data_offsets");
-        if (gemma2__json_streq(&j, dt, "F32")) { t.dtype = GEMMA2__ST_F32; esize = 4; }
-        else if (gemma2__json_streq(&j, dt, "BF16")) { t.dtype = GEMMA2__ST_BF16; esize = 2; }
-        else if (gemma2__json_streq(&j, dt, "F16")) { t.dtype = GEMMA2__ST_F16; esize = 2; }
-        else GEMMA2__ST_BAD("%s: tensor %s: unsupported or missing dtype (BF16, F16, F32 are supported)", path, t.name);
-        if (!gemma2__json_is(&j, sh, GEMMA2__JARRAY) || j.nodes[sh].count > 4)
-            GEMMA2__ST_BAD("%s: tensor %s: shape must be an array of at most 4 sizes", path, t.name);
-        for (e = j.nodes[sh].child; e >= 0; e = j.nodes[e].next) {
-            if (!gemma2__json_number(&j, e, &d) || d < 0 || d != floor(d) || d > 9007199254740992.0)
-                GEMMA2__ST_BAD("%s: tensor %s: bad shape entry", path, t.name);
-            t.shape[t.ndim++] = (int64_t)d;
-            if (!gemma2__mul_ok(elems, (uint64_t)d, &elems)) GEMMA2__ST_BAD("%s: tensor %s: shape overflows", path, t.name);
-        }
-        if (!gemma2__json_is(&j, off, GEMMA2__JARRAY) || j.nodes[off].count != 2)
-            GEMMA2__ST_BAD("%s: tensor %s: data_offsets must be [begin, end]", path, t.name);
-        e = j.nodes[off].child;
-        if (!gemma2__json_number(&j, e, &d) || d < 0 || d != floor(d) || d > 1e18) GEMMA2__ST_BAD("%s: tensor %s: bad data_offsets", path, t.name);
-        begin = (uint64_t)d;
-        if (!gemma2__json_number(&j, j.nodes[e].next, &d) || d < 0 || d != floor(d) || d > 1e18) GEMMA2__ST_BAD("%s: tensor %s: bad data_offsets", path, t.name);
-        end = (uint64_t)d;
-        if (begin > end || end > data_size)
-            GEMMA2__ST_BAD("%s: tensor %s: data_offsets [%llu, %llu] outside the %llu data bytes", path, t.name,
-                           (unsigned long long)begin, (unsigned long long)end, (unsigned long long)data_size);
-        if (!gemma2__mul_ok(elems, esize, &t.nbytes) || t.nbytes != end - begin)
-            GEMMA2__ST_BAD("%s: tensor %s: %llu bytes of data but its shape needs %llu", path, t.name,
-                           (unsigned long long)(end - begin), (unsigned long long)(elems * esize));
-        if (gemma2__tensors_find(ts, t.name)) GEMMA2__ST_BAD("%s: tensor %s appears twice", path, t.name);
-        t.data = data + begin;
-        t.file = file_index;
-        if (ts->n == ts->cap) {
-            int cap = ts->cap ? ts->cap * 2 : 256;
-            void *p = GEMMA2_REALLOC(ts->t, (size_t)cap * sizeof *ts->t);
-            if (!p) { GEMMA2_FREE(t.name); rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", path); break; }
-            ts->t = (gemma2__tensor *)p;
-            ts->cap = cap;
-        }
-        ts->t[ts->n++] = t;
-#undef GEMMA2__ST_BAD
-    next:;
-    }
-    gemma2__json_free(&j);
-    return rc;
-}
-
-/* ===========================================================================
-   2.5  Config (config.json)
-   =========================================================================== */
-
-/* Reads a Gemma 2 config.json. Unknown keys are ignored; missing optional keys take
-   transformers' Gemma2Config defaults; impossible values are errors naming the field. */
-
-static int gemma2__cfg_int(const gemma2__json *j, const char *key, int def, int lo, int hi, int *out,
-                           const char *path, char *err, size_t err_size)
-{
-    int32_t n = gemma2__json_get(j, 0, key);
-    int v = def;
-    if (n >= 0 && !gemma2__json_is(j, n, GEMMA2__JNULL) && !gemma2__json_int(j, n, &v))
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"%s\" must be an integer", path, key);
-    if (n < 0 && def < lo) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"%s\" is missing", path, key);
-    if (v < lo || v > hi) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"%s\" = %d is out of range [%d, %d]", path, key, v, lo, hi);
-    *out = v;
-    return 0;
-}
-
-/* A float that may be null (null = 0 = "off" for the softcaps). */
-static int gemma2__cfg_float(const gemma2__json *j, const char *key, double def, double lo, double hi, float *out,
-                             const char *path, char *err, size_t err_size)
-{
-    int32_t n = gemma2__json_get(j, 0, key);
-    double v = def;
-    if (n >= 0 && gemma2__json_is(j, n, GEMMA2__JNULL)) v = 0;
-    else if (n >= 0 && !gemma2__json_number(j, n, &v))
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"%s\" must be a number", path, key);
-    if (!(v >= lo && v <= hi)) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"%s\" = %g is out of range", path, key, v);
-    *out = (float)v;
-    return 0;
-}
-
-/* eos_token_id: an int or a list of ints; appended to cfg->eos_token_ids without duplicates. */
-static int gemma2__cfg_eos(gemma2_config *cfg, const gemma2__json *j, int32_t n, const char *path, char *err, size_t err_size)
-{
-    int32_t e = n;
-    int single = gemma2__json_is(j, n, GEMMA2__JNUMBER);
-    if (n < 0 || gemma2__json_is(j, n, GEMMA2__JNULL)) return 0;
-    if (!single && !gemma2__json_is(j, n, GEMMA2__JARRAY))
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"eos_token_id\" must be an integer or a list", path);
-    if (!single) e = j->nodes[n].child;
-    for (; e >= 0; e = single ? -1 : j->nodes[e].next) {
-        int v, k, dup = 0;
-        if (!gemma2__json_int(j, e, &v) || v < 0 || v >= cfg->vocab_size)
-            return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"eos_token_id\" holds an id outside the vocabulary", path);
-        for (k = 0; k < cfg->n_eos; k++) dup |= cfg->eos_token_ids[k] == v;
-        if (!dup && cfg->n_eos < (int)(sizeof cfg->eos_token_ids / sizeof cfg->eos_token_ids[0])) cfg->eos_token_ids[cfg->n_eos++] = v;
-    }
-    return 0;
-}
-
-static int gemma2__config_parse(gemma2_config *cfg, const char *text, size_t size, const char *path, char *err, size_t err_size)
-{
-    gemma2__json j;
-    char jerr[160];
-    int32_t n;
-    int rc = 0, mpe;
-    memset(cfg, 0, sizeof *cfg);
-    if (gemma2__json_parse(&j, text, size, jerr, sizeof jerr) != 0 || !gemma2__json_is(&j, 0, GEMMA2__JOBJECT)) {
-        gemma2__json_free(&j);
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: not a JSON object: %s", path, jerr);
-    }
-    n = gemma2__json_get(&j, 0, "model_type");
-    if (!gemma2__json_streq(&j, n, "gemma2")) {
-        char got[64] = "missing";
-        if (gemma2__json_is(&j, n, GEMMA2__JSTRING) && j.nodes[n].len < sizeof got) {
-            int64_t l = gemma2__json_unescape(&j, n, got);
-            got[l < 0 ? 0 : l] = 0;
-        }
-        gemma2__json_free(&j);
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: model_type is \"%s\", expected \"gemma2\"", path, got);
-    }
-    /* The upper bounds keep every size product far from overflow (V x H < 2^40 elements). */
-    if ((rc = gemma2__cfg_int(&j, "vocab_size", -1, 1, 1 << 22, &cfg->vocab_size, path, err, err_size)) ||
-        (rc = gemma2__cfg_int(&j, "hidden_size", -1, 1, 1 << 16, &cfg->hidden_size, path, err, err_size)) ||
-        (rc = gemma2__cfg_int(&j, "intermediate_size", -1, 1, 1 << 18, &cfg->intermediate_size, path, err, err_size)) ||
-        (rc = gemma2__cfg_int(&j, "num_hidden_layers", -1, 1, 1024, &cfg->num_hidden_layers, path, err, err_size)) ||
-        (rc = gemma2__cfg_int(&j, "num_attention_heads", -1, 1, 1024, &cfg->num_attention_heads, path, err, err_size)) ||
-        (rc = gemma2__cfg_int(&j, "num_key_value_heads", cfg->num_attention_heads, 1, 1024, &cfg->num_key_value_heads, path, err, err_size)) ||
-        (rc = gemma2__cfg_int(&j, "head_dim", cfg->hidden_size / cfg->num_attention_heads, 2, 4096, &cfg->head_dim, path, err, err_size)) ||
-        (rc = gemma2__cfg_int(&j, "max_position_embeddings", 8192, 1, 1 << 24, &cfg->max_position_embeddings, path, err, err_size)) ||
-        (rc = gemma2__cfg_int(&j, "bos_token_id", 2, 0, cfg->vocab_size - 1, &cfg->bos_token_id, path, err, err_size)) ||
-        (rc = gemma2__cfg_int(&j, "pad_token_id", 0, 0, cfg->vocab_size - 1, &cfg->pad_token_id, path, err, err_size)))
-        goto done;
-    mpe = cfg->max_position_embeddings;
-    n = gemma2__json_get(&j, 0, "sliding_window");
-    if ((rc = gemma2__cfg_int(&j, n >= 0 ? "sliding_window" : "sliding_window_size", 4096, 1, 1 << 24, &cfg->sliding_window, path, err, err_size)) ||
-        (rc = gemma2__cfg_float(&j, "query_pre_attn_scalar", cfg->head_dim, 1e-6, 1e9, &cfg->query_pre_attn_scalar, path, err, err_size)) ||
-        (rc = gemma2__cfg_float(&j, "attn_logit_softcapping", 50.0, 0, 1e9, &cfg->attn_logit_softcapping, path, err, err_size)) ||
-        (rc = gemma2__cfg_float(&j, "final_logit_softcapping", 30.0, 0, 1e9, &cfg->final_logit_softcapping, path, err, err_size)) ||
-        (rc = gemma2__cfg_float(&j, "rms_norm_eps", 1e-6, 0, 1, &cfg->rms_norm_eps, path, err, err_size)) ||
-        (rc = gemma2__cfg_float(&j, "rope_theta", 10000.0, 1.0, 1e12, &cfg->rope_theta, path, err, err_size)))
-        goto done;
-    (void)mpe;
-    if (cfg->num_attention_heads % cfg->num_key_value_heads != 0) {
-        rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
-                          path, cfg->num_attention_heads, cfg->num_key_value_heads);
-        goto done;
-    }
-    if (cfg->head_dim % 2) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: head_dim (%d) must be even for RoPE", path, cfg->head_dim); goto done; }
-    /* The activation: Gemma 2 uses the tanh approximation of GELU under either key name. */
-    n = gemma2__json_get(&j, 0, "hidden_activation");
-    if (n < 0 || gemma2__json_is(&j, n, GEMMA2__JNULL)) n = gemma2__json_get(&j, 0, "hidden_act");
-    if (n >= 0 && !gemma2__json_streq(&j, n, "gelu_pytorch_tanh") && !gemma2__json_streq(&j, n, "gelu_tanh")) {
-        rc = gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: hidden_activation must be \"gelu_pytorch_tanh\"", path);
-        goto done;
-    }
-    n = gemma2__json_get(&j, 0, "eos_token_id");
-    if (n < 0) { cfg->eos_token_ids[0] = 1 < cfg->vocab_size ? 1 : 0; cfg->n_eos = 1; }
-    else rc = gemma2__cfg_eos(cfg, &j, n, path, err, err_size);
-done:
-    gemma2__json_free(&j);
-    return rc;
-}
-
-/* ===========================================================================
-   2.6  Thread pool
-   =========================================================================== */
-
-/* The pool runs one parallel step at a time: fn(ctx, task, n_tasks) for every task,
-   spread over the session's threads (the calling thread works too), then returns.
-   Sessions own their pool, so a shared model never needs locks.
-
-   Design (why it looks like this):
-   - Workers are created once, in gemma2__pool_new, and live until gemma2__pool_free:
-     a forward pass issues hundreds of parallel steps per token, so creating threads per
-     step (tens of microseconds each) would cost more than small steps take to compute.
-   - The whole state of a step lives in ONE 64-bit word, `work`: a 16-bit generation, the
-     number of tasks (24 bits) and the next unclaimed task (24 bits). A thread claims a
-     task with a compare-and-swap that bumps the index only if the generation and count
-     are those it read, so a late worker can never claim a task of a step that has
-     already finished, nor mix up one step's function with another's task number. fn and
-     ctx are written before the word is published (release) and read after a successful
-     claim (acquire); the step cannot end while a claimed task is unfinished, so they are
-     stable while read.
-   - Tasks are handed out dynamically (whoever is free takes the next one), so a worker
-     that wakes late or is preempted only means the others take more tasks; the caller
-     also works, and finishes the step alone if nobody else shows up.
-   - Between steps, workers spin briefly (steps follow each other within microseconds
-     during a forward pass), then sleep on a condition variable so an idle session costs
-     no CPU. The publisher takes the mutex only if someone may be asleep. */
-typedef void (*gemma2__task_fn)(void *ctx, int task, int n_tasks);
-
-#if defined(GEMMA2__WINDOWS)
-#ifndef WIN32_LEAN_AND_MEAN
-#define WIN32_LEAN_AND_MEAN
-#endif
-#include <windows.h>   /* threads, GetSystemInfo */
-#if !defined(GEMMA2_NO_THREADS)
-#define GEMMA2__THREADS_WIN32 1
-#endif
-#else
-#if defined(__unix__) || defined(__APPLE__)
-#include <unistd.h>    /* sysconf */
-#endif
-#if !defined(GEMMA2_NO_THREADS)
-#include <pthread.h>
-#include <sched.h>
-#define GEMMA2__THREADS_PTHREAD 1
-#endif
-#endif
-
-/* Atomics: GCC/Clang builtins (C and C++ alike), Interlocked* on MSVC. All are sequentially
-   consistent, which the sleep/wake handshake below relies on; the cost is irrelevant here. */
-#if defined(_MSC_VER) && !defined(__clang__)
-#include <intrin.h>
-#define GEMMA2__LOAD64(p) ((uint64_t)InterlockedCompareExchange64((volatile LONG64 *)(p), 0, 0))
-#define GEMMA2__STORE64(p, v) ((void)InterlockedExchange64((volatile LONG64 *)(p), (LONG64)(v)))
-#define GEMMA2__CAS64(p, expect, desired) \
-    ((uint64_t)InterlockedCompareExchange64((volatile LONG64 *)(p), (LONG64)(desired), (LONG64)(expect)) == (uint64_t)(expect))
-#define GEMMA2__LOAD32(p) ((int)InterlockedCompareExchange((volatile LONG *)(p), 0, 0))
-#define GEMMA2__STORE32(p, v) ((void)InterlockedExchange((volatile LONG *)(p), (LONG)(v)))
-#define GEMMA2__ADD32(p, v) ((int)InterlockedExchangeAdd((volatile LONG *)(p), (LONG)(v)))
-#define GEMMA2__PAUSE() YieldProcessor()
-#else
-#define GEMMA2__LOAD64(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
-#define GEMMA2__STORE64(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
-#define GEMMA2__CAS64(p, expect, desired) \
-    __atomic_compare_exchange_n((p), &(expect), (desired), 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)
-#define GEMMA2__LOAD32(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
-#define GEMMA2__STORE32(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
-#define GEMMA2__ADD32(p, v) __atomic_fetch_add((p), (v), __ATOMIC_SEQ_CST)
-#if defined(__x86_64__) || defined(__i386__)
-#define GEMMA2__PAUSE() __builtin_ia32_pause()
-#elif defined(__aarch64__)
-#define GEMMA2__PAUSE() __asm__ __volatile__("yield")
-#else
-#define GEMMA2__PAUSE() ((void)0)
-#endif
-#endif
-
-/* How long idle threads spin before sleeping (iterations of a pause instruction, each a
-   few to ~100 cycles): long enough to bridge the gap between two matrix products in a
-   forward pass, short enough that a session between tokens goes quiet within ~0.1 ms. */
-#ifndef GEMMA2_POOL_SPIN
-#define GEMMA2_POOL_SPIN 20000
-#endif
-
-#define GEMMA2__WORK_GEN(w) ((uint32_t)((w) >> 48))
-#define GEMMA2__WORK_N(w) ((int)(((w) >> 24) & 0xffffffu))
-#define GEMMA2__WORK_NEXT(w) ((int)((w) & 0xffffffu))
-#define GEMMA2__WORK_MAX_TASKS 0xffffff
-
-typedef struct gemma2__pool {
-    int n_threads;               /* including the caller */
-    uint64_t work;               /* gen:16 | n_tasks:24 | next:24, see above */
-    int done;                    /* tasks finished in the current step */
-    int sleepers;                /* workers that may be waiting on `wake` */
-    int stop;
-    gemma2__task_fn fn;
-    void *ctx;
-#if defined(GEMMA2__THREADS_PTHREAD)
-    pthread_mutex_t mu;
-    pthread_cond_t wake;
-    pthread_t *threads;
-#elif defined(GEMMA2__THREADS_WIN32)
-    CRITICAL_SECTION mu;
-    CONDITION_VARIABLE wake;
-    HANDLE *threads;
-#endif
-    int n_started;               /* worker threads actually running */
-} gemma2__pool;
-
-/* Claims and runs tasks of the step `w` was read from until none are left. */
-static void gemma2__pool_drain(gemma2__pool *p, uint64_t w)
-{
-    for (;;) {
-        uint32_t gen = GEMMA2__WORK_GEN(w);
-        int i = GEMMA2__WORK_NEXT(w), n = GEMMA2__WORK_N(w);
-        if (i >= n) return;
-        if (GEMMA2__CAS64(&p->work, w, w + 1)) {
-            p->fn(p->ctx, i, n);
-            GEMMA2__ADD32(&p->done, 1);
-        }
-        w = GEMMA2__LOAD64(&p->work);
-        if (GEMMA2__WORK_GEN(w) != gen) return; /* that step is over (another one began) */
-    }
-}
-
-#if defined(GEMMA2__THREADS_PTHREAD) || defined(GEMMA2__THREADS_WIN32)
-static void gemma2__pool_worker(gemma2__pool *p)
-{
-    uint32_t seen = GEMMA2__WORK_GEN(GEMMA2__LOAD64(&p->work));
-    for (;;) {
-        uint64_t w = GEMMA2__LOAD64(&p->work);
-        int spin = 0;
-        while (GEMMA2__WORK_GEN(w) == seen && !GEMMA2__LOAD32(&p->stop)) {
-            if (++spin < GEMMA2_POOL_SPIN) { GEMMA2__PAUSE(); w = GEMMA2__LOAD64(&p->work); continue; }
-            /* sleep: announce first, then re-check under the mutex (the publisher stores
-               the word before reading `sleepers`, so one of us sees the other) */
-            GEMMA2__ADD32(&p->sleepers, 1);
-#if defined(GEMMA2__THREADS_PTHREAD)
-            pthread_mutex_lock(&p->mu);
-            while (GEMMA2__WORK_GEN(GEMMA2__LOAD64(&p->work)) == seen && !GEMMA2__LOAD32(&p->stop))
-                pthread_cond_wait(&p->wake, &p->mu);
-            pthread_mutex_unlock(&p->mu);
-#else
-            EnterCriticalSection(&p->mu);
-            while (GEMMA2__WORK_GEN(GEMMA2__LOAD64(&p->work)) == seen && !GEMMA2__LOAD32(&p->stop))
-                SleepConditionVariableCS(&p->wake, &p->mu, INFINITE);
-            LeaveCriticalSection(&p->mu);
-#endif
-            GEMMA2__ADD32(&p->sleepers, -1);
-            w = GEMMA2__LOAD64(&p->work);
-            spin = 0;
-        }
-        if (GEMMA2__LOAD32(&p->stop)) return;
-        seen = GEMMA2__WORK_GEN(w);
-        gemma2__pool_drain(p, w);
-    }
-}
-#endif
-
-#if defined(GEMMA2__THREADS_PTHREAD)
-static void *gemma2__pool_thread(void *arg) { gemma2__pool_worker((gemma2__pool *)arg); return NULL; }
-#elif defined(GEMMA2__THREADS_WIN32)
-static DWORD WINAPI gemma2__pool_thread(LPVOID arg) { gemma2__pool_worker((gemma2__pool *)arg); return 0; }
-#endif
-
-static void gemma2__pool_free(gemma2__pool *p)
-{
-    if (!p) return;
-#if defined(GEMMA2__THREADS_PTHREAD) || defined(GEMMA2__THREADS_WIN32)
-    {
-        int i;
-        GEMMA2__STORE32(&p->stop, 1);
-#if defined(GEMMA2__THREADS_PTHREAD)
-        pthread_mutex_lock(&p->mu);
-        pthread_cond_broadcast(&p->wake);
-        pthread_mutex_unlock(&p->mu);
-        for (i = 0; i < p->n_started; i++) pthread_join(p->threads[i], NULL);
-        pthread_cond_destroy(&p->wake);
-        pthread_mutex_destroy(&p->mu);
-#else
-        EnterCriticalSection(&p->mu);
-        WakeAllConditionVariable(&p->wake);
-        LeaveCriticalSection(&p->mu);
-        for (i = 0; i < p->n_started; i++) { WaitForSingleObject(p->threads[i], INFINITE); CloseHandle(p->threads[i]); }
-        DeleteCriticalSection(&p->mu);
-#endif
-        GEMMA2_FREE(p->threads);
-    }
-#endif
-    GEMMA2_FREE(p);
-}
-
-/* n_threads counts the caller: 1 = no worker threads. NULL if out of memory. If the OS
-   refuses some threads, the pool simply runs with fewer. */
-static gemma2__pool *gemma2__pool_new(int n_threads)
-{
-    gemma2__pool *p = (gemma2__pool *)gemma2__calloc(1, sizeof *p);
-    if (!p) return NULL;
-    p->n_threads = n_threads < 1 ? 1 : n_threads;
-#if defined(GEMMA2__THREADS_PTHREAD) || defined(GEMMA2__THREADS_WIN32)
-    if (p->n_threads > 1) {
-        int i;
-#if defined(GEMMA2__THREADS_PTHREAD)
-        p->threads = (pthread_t *)gemma2__calloc((size_t)p->n_threads - 1, sizeof *p->threads);
-        if (!p->threads) { GEMMA2_FREE(p); return NULL; }
-        if (pthread_mutex_init(&p->mu, NULL) != 0) { GEMMA2_FREE(p->threads); GEMMA2_FREE(p); return NULL; }
-        if (pthread_cond_init(&p->wake, NULL) != 0) {
-            pthread_mutex_destroy(&p->mu); GEMMA2_FREE(p->threads); GEMMA2_FREE(p); return NULL;
-        }
-        for (i = 0; i < p->n_threads - 1; i++) {
-            if (pthread_create(&p->threads[i], NULL, gemma2__pool_thread, p) != 0) break;
-            p->n_started++;
-        }
-#else
-        p->threads = (HANDLE *)gemma2__calloc((size_t)p->n_threads - 1, sizeof *p->threads);
-        if (!p->threads) { GEMMA2_FREE(p); return NULL; }
-        InitializeCriticalSection(&p->mu);
-        InitializeConditionVariable(&p->wake);
-        for (i = 0; i < p->n_threads - 1; i++) {
-            p->threads[i] = CreateThread(NULL, 0, gemma2__pool_thread, p, 0, NULL);
-            if (!p->threads[i]) break;
-            p->n_started++;
-        }
-#endif
-        p->n_threads = p->n_started + 1;
-    }
-#else
-    p->n_threads = 1; /* GEMMA2_NO_THREADS: everything inline */
-#endif
-    return p;
-}
-
-static int gemma2__pool_size(const gemma2__pool *p) { return p->n_threads; }
-
-/* Runs fn(ctx, t, n_tasks) for t = 0 .. n_tasks-1, each exactly once, and returns when all
-   have finished. Not reentrant: call it from the pool's owner only, never from a task. */
-static void gemma2__pool_run(gemma2__pool *p, gemma2__task_fn fn, void *ctx, int n_tasks)
-{
-    uint64_t w;
-    int t;
-    if (n_tasks <= 0) return;
-    if (p->n_threads <= 1 || n_tasks == 1 || n_tasks > GEMMA2__WORK_MAX_TASKS) {
-        for (t = 0; t < n_tasks; t++) fn(ctx, t, n_tasks);
-        return;
-    }
-    p->fn = fn;
-    p->ctx = ctx;
-    GEMMA2__STORE32(&p->done, 0);
-    w = GEMMA2__LOAD64(&p->work);
-    w = ((uint64_t)((GEMMA2__WORK_GEN(w) + 1) & 0xffffu) << 48) | ((uint64_t)n_tasks << 24);
-    GEMMA2__STORE64(&p->work, w); /* publish: fn, ctx and done are visible to whoever sees this */
-    if (GEMMA2__LOAD32(&p->sleepers) > 0) {
-#if defined(GEMMA2__THREADS_PTHREAD)
-        pthread_mutex_lock(&p->mu);
-        pthread_cond_broadcast(&p->wake);
-        pthread_mutex_unlock(&p->mu);
-#elif defined(GEMMA2__THREADS_WIN32)
-        EnterCriticalSection(&p->mu);
-        WakeAllConditionVariable(&p->wake);
-        LeaveCriticalSection(&p->mu);
-#endif
-    }
-    gemma2__pool_drain(p, w);
-    /* every task is claimed; wait for the ones other threads are still running */
-    for (t = 0; GEMMA2__LOAD32(&p->done) < n_tasks; t++) {
-        GEMMA2__PAUSE();
-#if defined(GEMMA2__THREADS_PTHREAD)
-        if (t > GEMMA2_POOL_SPIN) sched_yield(); /* oversubscribed machine: let the worker run */
-#elif defined(GEMMA2__THREADS_WIN32)
-        if (t > GEMMA2_POOL_SPIN) SwitchToThread();
-#endif
-    }
-}
-
-/* Number of online CPUs, or 1 if unknown. */
-static int gemma2__cpu_count(void)
-{
-#if defined(GEMMA2__WINDOWS)
-    SYSTEM_INFO si;
-    GetSystemInfo(&si);
-    return si.dwNumberOfProcessors > 0 ? (int)si.dwNumberOfProcessors : 1;
-#elif defined(_SC_NPROCESSORS_ONLN)
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)(n > 1024 ? 1024 : n) : 1;
-#else
-    return 1;
-#endif
-}
-
-/* ===========================================================================
-   2.7  Kernels: scalar reference
-   =========================================================================== */
-
-/* Weight storage types. A matrix is row-major W[rows][cols] and is applied as y = W x
-   (PyTorch's Linear layout: each output is the dot product of one row with the input).
-   Quantized types will join this list; a kernel set handles every type it lists. */
-enum { GEMMA2__DT_F32 = 0, GEMMA2__DT_BF16 = 1, GEMMA2__DT_COUNT };
-
-typedef struct gemma2__mat {
-    const void *data; /* rows * cols elements of dtype */
-    int dtype;        /* GEMMA2__DT_* */
-    int rows, cols;
-} gemma2__mat;
-
-/* Layouts of the transposed activations some prefill kernels read (see section 2.8). */
-enum { GEMMA2__XT_NONE = 0, GEMMA2__XT_F32 = 1, GEMMA2__XT_BF16 = 2 };
-
-/* One matrix product Y[t][r] = sum_k W[r][k] X[t][k], t < T, over a range of rows so that
-   threads can split it. Activations X are float32; with GEMMA2_COMPUTE_BF16 the caller
-   also hands a bf16 copy (xb) that kernels with bf16 dot products use instead. Kernel sets
-   with a prep_xt function also take, for T >= 2, the activations transposed by it (xt). */
-typedef struct gemma2__matmul_args {
-    float *y;            /* [T][ldy] */
-    int ldy;
-    const float *x;      /* [T][w->cols] */
-    const uint16_t *xb;  /* [T][w->cols] bf16 copy of x, or NULL */
-    int T;
-    const gemma2__mat *w;
-    const void *xt;      /* x transposed by the set's prep_xt, or NULL */
-    int xt_kind;         /* GEMMA2__XT_* of xt */
-    const uint16_t *x3;  /* T == 1: x split exactly into three bf16 parts by the set's to_bf16x3, or NULL */
-} gemma2__matmul_args;
-
-/* A kernel set: one function per hot operation. The scalar set below is the reference
-   that every SIMD set is tested against. */
-typedef struct gemma2__kernels {
-    const char *name;
-    int id;               /* GEMMA2_KERNELS_* */
-    int wants_bf16_x;     /* matmul reads xb (bf16 activations) when given */
-    void (*matmul)(const gemma2__matmul_args *a, int r0, int r1);
-    float (*dot)(const float *a, const float *b, int n);            /* sum a[i] b[i] */
-    void (*axpy)(float *y, float a, const float *x, int n);         /* y += a x */
-    /* out = x / sqrt(mean(x^2) + eps) * w1 where w1 = 1 + weight (precomputed) */
-    void (*rmsnorm)(float *out, const float *x, const float *w1, int n, float eps);
-    /* g[i] = gelu_tanh(g[i]) * u[i] */
-    void (*gelu_mul)(float *g, const float *u, int n);
-    /* x[i] = cap * tanh(x[i] / cap) (attention-score and final-logit soft-capping) */
-    void (*softcap)(float *x, int n, float cap);
-    /* dst[i] = bf16(src[i]), round to nearest even, bit-exact with gemma2__f32_to_bf16 */
-    void (*to_bf16)(uint16_t *dst, const float *src, int n);
-    /* NULL, or: x [T][K] into the layout `kind` (GEMMA2__XT_*) that matmul reads as xt,
-       rows [j0, j1) of it (so that threads can split it: gemma2__prep_xt); the whole is
-       gemma2__xt_rows(K, kind) rows, gemma2__xt_size(T, K) bytes */
-    void (*prep_xt)(void *xt, const float *x, int T, int K, int kind, int j0, int j1);
-    /* Attention, for `group` query heads q[g] (hd floats each) that share one kv head, over
-       n consecutive cached rows of hd floats (K, V):
-         att_scores: s[g * lds + a] = scale * (q[g] . K[a])
-         att_values: out[g] += sum_a s[g * lds + a] V[a]
-       and softmax: x[i] = exp(x[i] - max x) / sum_j exp(x[j] - max x). */
-    void (*att_scores)(const struct gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd, const float *K, int n, float scale);
-    void (*att_values)(const struct gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd, const float *V, int n);
-    void (*softmax)(float *x, int n);
-    /* NULL, or: x (n floats) split exactly into bf16 parts, x = hi + mid + lo, for the float32
-       decode kernel that uses bf16 dot products: per 32 columns, 32 hi then 32 mid then 32 lo,
-       zero padded to whole blocks (gemma2__x3_size(n) elements) */
-    void (*to_bf16x3)(uint16_t *dst, const float *x, int n);
-    /* dst[i] = float(src[i]): bf16 widened, exact (the bf16 KV cache) */
-    void (*from_bf16)(float *dst, const uint16_t *src, int n);
-    /* NULL, or att_scores / att_values reading bf16 cached rows directly (GEMMA2_KV_BF16); without
-       them the rows are widened with from_bf16 a few at a time for att_scores / att_values */
-    void (*att_scores_bf16)(const struct gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd, const uint16_t *K, int n, float scale);
-    void (*att_values_bf16)(const struct gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd, const uint16_t *V, int n);
-    /* RoPE on n_heads consecutive heads of hd floats (hd even), rotate-half pairing: for
-       i < hd/2, (a, b) = (x[i], x[i + hd/2]) becomes (a cos_i - b sin_i, b cos_i + a sin_i),
-       with cs = cos[hd/2] then sin[hd/2] of this token's position */
-    void (*rope)(float *x, int n_heads, int hd, const float *cs);
-} gemma2__kernels;
-
-/* A transposed activation matrix: its rows in a layout (columns, or column pairs), where
-   (row j, token t) is stored (gemma2__xt_off), and its bytes: K rows of 4-byte values for T
-   rounded up to 32 (either layout). */
-static int gemma2__xt_rows(int K, int kind) { return kind == GEMMA2__XT_BF16 ? (K + 1) / 2 : K; }
-static GEMMA2__MAYBE_UNUSED size_t gemma2__xt_off(int rows, int j, int t) { return ((size_t)(t >> 5) * (size_t)rows + (size_t)j) * 32 + (size_t)(t & 31); }
-static size_t gemma2__xt_size(int T, int K) { return (size_t)K * (size_t)((T + 31) & ~31) * 4; }
-static size_t gemma2__x3_size(int n) { return (size_t)(n + 31) / 32 * 96; }
-
-/* --- the scalar reference ------------------------------------------------ */
+   2.3  Kernels: scalar reference, and the weight-format table
+   ===========================================================================
+   Plain C, one operation at a time: the definition every SIMD kernel set is tested
+   against, and what runs under GEMMA2_NO_SIMD. */
 
 /* Attention from the set's own dot and axpy: the reference (with the scalar set) and the
    portable version for sets without a kernel of their own. Each key row is read once for
@@ -1848,33 +991,6 @@ static void gemma2__axpy_scalar(float *y, float a, const float *x, int n)
     for (i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-/* Element k of a weight row, widened to float. */
-static float gemma2__w_at(const gemma2__mat *w, size_t idx)
-{
-    if (w->dtype == GEMMA2__DT_BF16) return gemma2__bf16_to_f32(((const uint16_t *)w->data)[idx]);
-    return ((const float *)w->data)[idx];
-}
-
-static void gemma2__matmul_scalar(const gemma2__matmul_args *a, int r0, int r1)
-{
-    const gemma2__mat *w = a->w;
-    int K = w->cols, r, t, k;
-    for (r = r0; r < r1; r++) {
-        size_t row = (size_t)r * (size_t)K;
-        for (t = 0; t < a->T; t++) {
-            const float *x = a->x + (size_t)t * K;
-            float s = 0;
-            if (w->dtype == GEMMA2__DT_BF16) {
-                const uint16_t *wr = (const uint16_t *)w->data + row;
-                for (k = 0; k < K; k++) s += gemma2__bf16_to_f32(wr[k]) * x[k];
-            } else {
-                const float *wr = (const float *)w->data + row;
-                for (k = 0; k < K; k++) s += wr[k] * x[k];
-            }
-            a->y[(size_t)t * a->ldy + r] = s;
-        }
-    }
-}
 
 /* RMSNorm as Gemma defines it: the weight is stored as w and applied as (1 + w); here w1
    already holds 1 + w (computed once at load, in float32 as the references do). */
@@ -1935,15 +1051,95 @@ static void gemma2__from_bf16_scalar(float *dst, const uint16_t *src, int n)
     for (i = 0; i < n; i++) dst[i] = gemma2__bf16_to_f32(src[i]);
 }
 
-/* The exact three-way split of x into bf16 parts (the reference of to_bf16x3): hi = bf16(x),
-   mid = bf16(x - hi), lo = bf16(x - hi - mid). Each subtraction is exact in float32 (the
-   operands are within a factor of 2^-8 of each other), and 3 x 8 significant bits cover a
-   float's 24: hi + mid + lo == x for every float of magnitude 2^-100 .. 2^127 (below that
-   the parts would be subnormal, which vdpbf16ps reads as zero: an error under 2^-120). */
-static GEMMA2__MAYBE_UNUSED void gemma2__to_bf16x3_scalar(uint16_t *dst, const float *x, int n)
+
+/* ---- weight formats: widening and the reference product ---- */
+
+static void gemma2__to_float_f32(float *dst, const void *row, int k0, int n) { memcpy(dst, (const float *)row + k0, (size_t)n * sizeof(float)); }
+
+static void gemma2__to_float_bf16(float *dst, const void *row, int k0, int n)
+{
+    const uint16_t *p = (const uint16_t *)row + k0;
+    int i;
+    for (i = 0; i < n; i++) dst[i] = gemma2__bf16_to_f32(p[i]);
+}
+
+static void gemma2__to_float_f16(float *dst, const void *row, int k0, int n)
+{
+    const uint16_t *p = (const uint16_t *)row + k0;
+    int i;
+    for (i = 0; i < n; i++) dst[i] = gemma2__f16_to_f32(p[i]);
+}
+
+/* The reference product for formats whose elements widen exactly to float: each output is
+   the plain sequential sum over the columns of w[k] * x[k], in float32. The row is widened
+   256 columns at a time (a multiple of every block size) into a stack buffer. */
+#define GEMMA2__REF_COLS 256
+static void gemma2__matmul_ref_widen(const gemma2__matmul_args *a, int r0, int r1)
+{
+    const gemma2__mat *w = a->w;
+    void (*to_float)(float *, const void *, int, int) = gemma2__wformat_of(w->format)->to_float;
+    float buf[GEMMA2__REF_COLS];
+    int K = w->cols, r, t, k0, k;
+    for (r = r0; r < r1; r++) {
+        const uint8_t *row = gemma2__mat_row(w, r);
+        for (t = 0; t < a->T; t++) a->y[(size_t)t * a->ldy + r] = 0;
+        for (k0 = 0; k0 < K; k0 += GEMMA2__REF_COLS) {
+            int n = GEMMA2__MIN(GEMMA2__REF_COLS, K - k0);
+            to_float(buf, row, k0, n);
+            for (t = 0; t < a->T; t++) {
+                const float *x = a->x + (size_t)t * K + k0;
+                float s = a->y[(size_t)t * a->ldy + r];
+                for (k = 0; k < n; k++) s += buf[k] * x[k];
+                a->y[(size_t)t * a->ldy + r] = s;
+            }
+        }
+    }
+}
+
+/* The weight formats. A new format is a row here (see "Adding a weight format" in 2.2). */
+static const gemma2__wformat gemma2__wformats[GEMMA2__WF_COUNT] = {
+    /* name    block  bytes  to_float               reference product */
+    {"f32",    1,     4,     gemma2__to_float_f32,  gemma2__matmul_ref_widen},
+    {"bf16",   1,     2,     gemma2__to_float_bf16, gemma2__matmul_ref_widen},
+    {"f16",    1,     2,     gemma2__to_float_f16,  gemma2__matmul_ref_widen},
+};
+
+static const gemma2__wformat *gemma2__wformat_of(int format) { return &gemma2__wformats[format]; }
+
+static size_t gemma2__row_bytes(int format, int cols)
+{
+    const gemma2__wformat *f = &gemma2__wformats[format];
+    return (size_t)((cols + f->block - 1) / f->block) * (size_t)f->block_bytes;
+}
+
+static const uint8_t *gemma2__mat_row(const gemma2__mat *w, int r)
+{
+    return (const uint8_t *)w->data + (size_t)r * gemma2__row_bytes(w->format, w->cols);
+}
+
+/* Row r of w widened to float (w->cols floats). */
+static void gemma2__mat_row_float(const gemma2__mat *w, int r, float *dst)
+{
+    gemma2__wformats[w->format].to_float(dst, gemma2__mat_row(w, r), 0, w->cols);
+}
+
+static gemma2__matmul_fn gemma2__matmul_for(const gemma2__kernels *k, int format)
+{
+    GEMMA2_ASSERT(format >= 0 && format < GEMMA2__WF_COUNT);
+    return k->matmul[format] ? k->matmul[format] : gemma2__wformats[format].matmul_ref;
+}
+
+/* ---- activation layouts: the reference of every kernel set's pack ---- */
+
+/* The exact three-way split of x into bf16 parts: hi = bf16(x), mid = bf16(x - hi),
+   lo = bf16(x - hi - mid). Each subtraction is exact in float32 (the operands are within a
+   factor of 2^-8 of each other), and 3 x 8 significant bits cover a float's 24: hi + mid + lo
+   == x for every float of magnitude 2^-100 .. 2^127 (below that the parts would be
+   subnormal, which vdpbf16ps reads as zero: an error under 2^-120). */
+static void gemma2__to_bf16x3_scalar(uint16_t *dst, const float *x, int n)
 {
     int i, b;
-    memset(dst, 0, gemma2__x3_size(n) * sizeof(uint16_t));
+    memset(dst, 0, gemma2__x3_elems(n) * sizeof(uint16_t));
     for (i = 0; i < n; i++) {
         uint16_t *blk = dst + (size_t)(i / 32) * 96;
         float r = x[i];
@@ -1955,1757 +1151,71 @@ static GEMMA2__MAYBE_UNUSED void gemma2__to_bf16x3_scalar(uint16_t *dst, const f
     }
 }
 
-static const gemma2__kernels gemma2__kernels_scalar = {
-    "scalar", GEMMA2_KERNELS_SCALAR, 0,
-    gemma2__matmul_scalar, gemma2__dot_scalar, gemma2__axpy_scalar,
-    gemma2__rmsnorm_scalar, gemma2__gelu_mul_scalar, gemma2__softcap_scalar, gemma2__to_bf16_scalar, NULL,
-    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_scalar, NULL, gemma2__from_bf16_scalar, NULL, NULL,
-    gemma2__rope_scalar
-};
-
-/* ===========================================================================
-   2.8  Kernels: SIMD (x86-64 AVX2 / AVX-512, ARM64 NEON / BF16) and dispatch
-   =========================================================================== */
-
-/* ---------------------------------------------------------------------------
-   Why the matrix products look the way they do
-
-   Everything that matters for speed is y = W x with W in bf16 (or f32) and x in f32.
-
-   Decode (T == 1) is bound by memory bandwidth: every weight byte is used for exactly one
-   multiply-add, and a 2B model streams ~5 GB of weights per token. The kernel's only job is
-   to keep the memory system saturated: it walks 8 rows at once (8 sequential streams keep
-   enough cache-line misses in flight for one core), prefetches each stream 1 KB ahead in
-   software, uses 8 independent accumulators, reads each weight byte exactly once, widens
-   bf16 to f32 in registers (bf16 is the top half of an f32) and reduces across lanes only
-   once per row. Threads take many small slabs of rows (section 2.9) so that neither waits.
-   Fewer instructions per weight byte leave room for more misses in flight, so where the CPU
-   has bf16 dot products the float32 decode can use them too, on x split exactly into three
-   bf16 parts (gemma2__matvec_512x3: still float32 arithmetic); it pays on the wide down
-   projection only (GEMMA2__X3_MIN_COLS).
-
-   Prefill (T > 1, AVX-512) reuses each loaded weight for many tokens, which turns the
-   product compute-bound. The AVX-512 tile turns the problem around: 16 tokens sit across
-   the lanes of a register, and the tile holds 12 rows x 32 tokens of outputs in 24
-   accumulators. Per pair of columns it loads 2 registers of activations (from a transposed
-   copy, xt, made once per input matrix) and broadcasts each row's two bf16 weights with one
-   32-bit load from the weights as they are stored: no packing, no copy. That is 14 loads per
-   48 FMAs (f32) or 24 vdpbf16ps (GEMMA2_COMPUTE_BF16), no horizontal sums and no shuffles
-   in the loop: it runs at ~82-94% of the FMA or vdpbf16ps peak measured on this machine.
-   Blocks of 48 rows x 512 columns x 128 tokens keep the xt slice in L2 and the weights in
-   L1 while the tiles pass over them.
-
-   Consistency. In every path a given output is computed by the same sequence of operations
-   whatever other tokens share the call: the prefill tile sums each output sequentially over
-   the columns, in one accumulator lane. So chunking a prompt never changes its results as
-   long as each chunk has at least two tokens. One token alone goes through the decode
-   kernel, whose 16 lanes sum interleaved columns: a different order, so results agree to
-   rounding (~1e-6 relative), not to the bit. F32 weights take the same tile, their weights
-   broadcast as floats. (AVX2 and NEON use row-dot tiles with the same order as decode,
-   bit-identical.)
-
-   Tails: masked loads read zeros past the last column, so any K works without touching
-   memory past a row; odd K reads the last weight as 16 bits. Rows and tokens left over
-   after whole tiles get smaller tiles (the tile function is instantiated per shape, so
-   every shape keeps its accumulators in registers).
-   --------------------------------------------------------------------------- */
-
-/* Shared by the SIMD sets: tile functions take their shape as constant arguments and are
-   force-inlined into each call site, and their small loops fully unrolled, so that every
-   shape gets its own copy with the accumulator arrays held in registers. */
-#if defined(__GNUC__) || defined(__clang__)
-#define GEMMA2__ALWAYS_INLINE static inline __attribute__((always_inline))
-#define GEMMA2__UNROLL _Pragma("GCC unroll 8")
-#define GEMMA2__ALIGN64 __attribute__((aligned(64)))
-#else
-#define GEMMA2__ALWAYS_INLINE static inline
-#define GEMMA2__UNROLL
-#define GEMMA2__ALIGN64
-#endif
-
-/* Rows [r0, r1) of one token tile of TT tokens: 4-row tiles, then single rows. */
-#define GEMMA2__ROWS_TILED(TILE, r0, r1, t, TT, ...)                      \
-    do {                                                                   \
-        int r_ = (r0);                                                     \
-        for (; r_ + 4 <= (r1); r_ += 4) TILE(a, r_, t, 4, TT, __VA_ARGS__); \
-        for (; r_ < (r1); r_++) TILE(a, r_, t, 1, TT, __VA_ARGS__);         \
-    } while (0)
-
-#if !defined(GEMMA2_NO_SIMD) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define GEMMA2__X86 1
-/* g++ 12 reports -Wmaybe-uninitialized inside its own AVX-512 intrinsics (they start from
-   _mm512_undefined_*(), a deliberate self-initialization); silence that for the header. */
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
-#include <immintrin.h>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-
-/* Per-function targets: this one file runs on any x86-64; what runs is picked at run time. */
-#define GEMMA2__T_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define GEMMA2__T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
-#define GEMMA2__T_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
-
-/* ---- CPU features (asked each time a kernel set is selected: no global caches) ---- */
-
-static void gemma2__cpuid(unsigned leaf, unsigned sub, unsigned r[4])
+/* Rows [j0, j1) of layout `kind` (GEMMA2__PACK_*) for x [T][K], element by element. */
+static void gemma2__pack_ref(void *xp, int kind, const float *x, int T, int K, int j0, int j1)
 {
-    unsigned a, b, c, d;
-    __asm__ __volatile__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(leaf), "c"(sub));
-    r[0] = a; r[1] = b; r[2] = c; r[3] = d;
-}
-
-/* XCR0: which register files the OS saves on context switch (AVX needs YMM, AVX-512 ZMM too). */
-static uint64_t gemma2__xgetbv0(void)
-{
-    unsigned lo, hi;
-    __asm__ __volatile__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    return ((uint64_t)hi << 32) | lo;
-}
-
-enum { GEMMA2__CPU_AVX2 = 1, GEMMA2__CPU_AVX512 = 2, GEMMA2__CPU_AVX512BF16 = 4 };
-
-static int gemma2__x86_features(void)
-{
-    unsigned r[4], max_leaf, l1c, l7b, l71a = 0;
-    uint64_t xcr0;
-    int f = 0;
-    gemma2__cpuid(0, 0, r);
-    max_leaf = r[0];
-    if (max_leaf < 7) return 0;
-    gemma2__cpuid(1, 0, r);
-    l1c = r[2];
-    if (!(l1c & (1u << 27)) || !(l1c & (1u << 28))) return 0; /* OSXSAVE, AVX */
-    xcr0 = gemma2__xgetbv0();
-    if ((xcr0 & 6) != 6) return 0;
-    gemma2__cpuid(7, 0, r);
-    l7b = r[1];
-    if (r[0] >= 1) { gemma2__cpuid(7, 1, r); l71a = r[0]; }
-    if ((l7b & (1u << 5)) && (l1c & (1u << 12)) && (l1c & (1u << 29))) f |= GEMMA2__CPU_AVX2; /* AVX2 FMA F16C */
-    if ((f & GEMMA2__CPU_AVX2) && (xcr0 & 0xe0) == 0xe0 && (l7b & (1u << 16)) && (l7b & (1u << 17)) &&
-        (l7b & (1u << 30)) && (l7b & (1u << 31))) {                               /* F DQ BW VL */
-        f |= GEMMA2__CPU_AVX512;
-        if (l71a & (1u << 5)) f |= GEMMA2__CPU_AVX512BF16;
-    }
-    return f;
-}
-
-/* ======================= AVX-512 ======================= */
-
-/* Mask of the first min(max(left, 0), 16) lanes: the tail of a loop over 16-lane steps. */
-static inline __mmask16 gemma2__mask16(int left)
-{
-    return (__mmask16)(left >= 16 ? 0xffffu : left <= 0 ? 0u : (1u << left) - 1);
-}
-
-/* ---- decode: one token at a time ----------------------------------------------------
-
-   R = 8 rows at once: a single core's read rate is limited by how many cache-line misses it
-   keeps in flight, and 8 concurrent sequential streams measured ~25% faster than 4 (16 gained
-   nothing more). On top of the hardware prefetchers, each row stream is prefetched
-   GEMMA2__PF bytes ahead in software: with 8 streams the hardware ones start too late at
-   every page, and this measured 10-20% more bandwidth on one core (1024 was the best of
-   512..4096). */
-#define GEMMA2__PF 1024
-
-/* F32 weights (F32 checkpoints kept as stored). */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matvec_512f(const gemma2__matmul_args *a, const float *x, float *y, int r, const int R)
-{
-    const int K = a->w->cols;
-    const float *w0 = (const float *)a->w->data + (size_t)r * (size_t)K;
-    __m512 acc[8];
-    int i, k = 0;
-    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_setzero_ps();
-    for (; k + 16 <= K; k += 16) {
-        __m512 xv = _mm512_loadu_ps(x + k);
-        GEMMA2__UNROLL for (i = 0; i < R; i++) {
-            const float *p = w0 + (size_t)i * K + k;
-            _mm_prefetch((const char *)p + GEMMA2__PF, _MM_HINT_T0);
-            acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(p), xv, acc[i]);
-        }
-    }
-    if (k < K) {
-        __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
-        __m512 xv = _mm512_maskz_loadu_ps(m, x + k);
-        GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + (size_t)i * K + k), xv, acc[i]);
-    }
-    GEMMA2__UNROLL for (i = 0; i < R; i++) y[r + i] = _mm512_reduce_add_ps(acc[i]);
-}
-
-/* BF16 weights, f32 activations. One 64-byte load holds 32 weights; seen as 16 32-bit lanes,
-   lane l holds columns 2l and 2l+1 of the block (little-endian: 2l in the low half). Shifting
-   a lane left by 16 gives column 2l as a float, masking off its low half gives column 2l+1:
-   two one-cycle integer ops widen a whole load, exactly. x is split to match, its even and
-   odd columns gathered by two permutes per 32 columns, shared by the 8 rows. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matvec_512bh(const gemma2__matmul_args *a, const float *x, float *y, int r, const int R)
-{
-    const int K = a->w->cols;
-    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
-    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
-    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
-    __m512 acc[8];
-    int i, k = 0;
-    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_setzero_ps();
-    for (; k + 32 <= K; k += 32) {
-        __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
-        __m512 xe = _mm512_permutex2var_ps(x0, ie, x1), xo = _mm512_permutex2var_ps(x0, io, x1);
-        GEMMA2__UNROLL for (i = 0; i < R; i++) {
-            const uint16_t *p = w0 + (size_t)i * K + k;
-            __m512i wv = _mm512_loadu_si512((const void *)p);
-            _mm_prefetch((const char *)p + GEMMA2__PF, _MM_HINT_T0);
-            acc[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(wv, 16)), xe, acc[i]);
-            acc[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(wv, hi)), xo, acc[i]);
-        }
-    }
-    if (k < K) { /* 1..31 columns left: masked loads read zeros past the end */
-        int n = K - k;
-        __mmask16 m0 = gemma2__mask16(n), m1 = gemma2__mask16(n - 16);
-        __mmask32 mw = (__mmask32)((1u << n) - 1);
-        __m512 x0 = _mm512_maskz_loadu_ps(m0, x + k), x1 = _mm512_maskz_loadu_ps(m1, x + k + 16);
-        __m512 xe = _mm512_permutex2var_ps(x0, ie, x1), xo = _mm512_permutex2var_ps(x0, io, x1);
-        GEMMA2__UNROLL for (i = 0; i < R; i++) {
-            __m512i wv = _mm512_maskz_loadu_epi16(mw, w0 + (size_t)i * K + k);
-            acc[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(wv, 16)), xe, acc[i]);
-            acc[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(wv, hi)), xo, acc[i]);
-        }
-    }
-    GEMMA2__UNROLL for (i = 0; i < R; i++) y[r + i] = _mm512_reduce_add_ps(acc[i]);
-}
-
-/* BF16 weights with vdpbf16ps on bf16 activations (GEMMA2_COMPUTE_BF16): the weights are used
-   as loaded, 32 multiply-adds per instruction. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__matvec_512dp(const gemma2__matmul_args *a, const uint16_t *xb, float *y, int r, const int R)
-{
-    const int K = a->w->cols;
-    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
-    __m512 acc[8];
-    int i, k = 0;
-    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_setzero_ps();
-    for (; k + 32 <= K; k += 32) {
-        __m512i xv = _mm512_loadu_si512((const void *)(xb + k));
-        GEMMA2__UNROLL for (i = 0; i < R; i++) {
-            const uint16_t *p = w0 + (size_t)i * K + k;
-            _mm_prefetch((const char *)p + GEMMA2__PF, _MM_HINT_T0);
-            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512((const void *)p), (__m512bh)xv);
-        }
-    }
-    if (k < K) {
-        __mmask32 m = (__mmask32)((1u << (K - k)) - 1);
-        __m512i xv = _mm512_maskz_loadu_epi16(m, xb + k);
-        GEMMA2__UNROLL for (i = 0; i < R; i++)
-            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_maskz_loadu_epi16(m, w0 + (size_t)i * K + k), (__m512bh)xv);
-    }
-    GEMMA2__UNROLL for (i = 0; i < R; i++) y[r + i] = _mm512_reduce_add_ps(acc[i]);
-}
-
-/* Float32 decode with bf16 dot products (the default GEMMA2_COMPUTE_F32 on CPUs with
-   AVX512_BF16). x comes split exactly into three bf16 parts (to_bf16x3), so that three
-   vdpbf16ps per 32 weights compute w*hi + w*mid + w*lo = w*x: products of bf16 numbers are
-   exact in float32 and the sums are float32 additions, as with FMAs on widened weights (the
-   measured difference is at the float32 rounding level, ~1e-8 of the sum of |terms|). The
-   point is the instruction count: 1 load + 3 dot products per 64 weight bytes instead of
-   1 load + 2 widening ops + 2 FMAs, which leaves room for more cache misses in flight (on
-   the 2304 x 9216 down projection: 46 vs 37 GB/s). */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__matvec_512x3(const gemma2__matmul_args *a, const uint16_t *x3, float *y, int r, const int R)
-{
-    const int K = a->w->cols;
-    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
-    __m512 acc[8];
-    int i, k = 0;
-    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_setzero_ps();
-    for (; k + 32 <= K; k += 32) {
-        const uint16_t *xp = x3 + (size_t)k * 3;
-        __m512i h = _mm512_loadu_si512((const void *)xp), md = _mm512_loadu_si512((const void *)(xp + 32));
-        __m512i lo = _mm512_loadu_si512((const void *)(xp + 64));
-        GEMMA2__UNROLL for (i = 0; i < R; i++) {
-            const uint16_t *p = w0 + (size_t)i * K + k;
-            __m512i wv = _mm512_loadu_si512((const void *)p);
-            _mm_prefetch((const char *)p + GEMMA2__PF, _MM_HINT_T0);
-            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)wv, (__m512bh)lo); /* smallest first */
-            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)wv, (__m512bh)md);
-            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)wv, (__m512bh)h);
-        }
-    }
-    if (k < K) { /* the padded last block: masked weights, x parts are zero past K */
-        const uint16_t *xp = x3 + (size_t)k * 3;
-        __mmask32 m = (__mmask32)((1u << (K - k)) - 1);
-        __m512i h = _mm512_loadu_si512((const void *)xp), md = _mm512_loadu_si512((const void *)(xp + 32));
-        __m512i lo = _mm512_loadu_si512((const void *)(xp + 64));
-        GEMMA2__UNROLL for (i = 0; i < R; i++) {
-            __m512i wv = _mm512_maskz_loadu_epi16(m, w0 + (size_t)i * K + k);
-            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)wv, (__m512bh)lo);
-            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)wv, (__m512bh)md);
-            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)wv, (__m512bh)h);
-        }
-    }
-    GEMMA2__UNROLL for (i = 0; i < R; i++) y[r + i] = _mm512_reduce_add_ps(acc[i]);
-}
-
-/* Each token of the call in turn through a matrix-vector kernel (decode; also any call that
-   brings no transposed activations). */
-#define GEMMA2__MATVECS(NAME, TARGET, KERNEL, XT, XSRC)                                          \
-    static TARGET void NAME(const gemma2__matmul_args *a, int r0, int r1)                        \
-    {                                                                                            \
-        int t, r;                                                                                \
-        for (t = 0; t < a->T; t++) {                                                             \
-            const XT *x = XSRC + (size_t)t * (size_t)a->w->cols;                                 \
-            float *y = a->y + (size_t)t * (size_t)a->ldy;                                        \
-            for (r = r0; r + 8 <= r1; r += 8) KERNEL(a, x, y, r, 8);                             \
-            for (; r < r1; r++) KERNEL(a, x, y, r, 1);                                           \
-        }                                                                                        \
-    }
-GEMMA2__MATVECS(gemma2__matvecs_512f, GEMMA2__T_AVX512, gemma2__matvec_512f, float, a->x)
-GEMMA2__MATVECS(gemma2__matvecs_512bh, GEMMA2__T_AVX512, gemma2__matvec_512bh, float, a->x)
-GEMMA2__MATVECS(gemma2__matvecs_512dp, GEMMA2__T_AVX512BF16, gemma2__matvec_512dp, uint16_t, a->xb)
-GEMMA2__MATVECS(gemma2__matvecs_512x3, GEMMA2__T_AVX512BF16, gemma2__matvec_512x3, uint16_t, a->x3)
-
-/* ---- prefill: many tokens, bf16 weights ------------------------------------------------
-
-   With many tokens each weight can serve several of them, and the product becomes bound by
-   arithmetic; what matters then is how many multiply-adds each loaded register feeds. The
-   tile puts 16 tokens across the lanes of a register and keeps 12 rows x 32 tokens of
-   outputs in 24 accumulators. Per pair of columns it loads the 32 tokens' activations (2
-   registers, from the transposed copy xt) and, for each of the 12 rows, broadcasts that row's
-   two weights (one 32-bit load straight from the row-major weights: no packing, no copy) and
-   does 4 FMAs (f32) or 2 vdpbf16ps (bf16 compute: the pair is exactly its operand). That is
-   14 loads per 48 FMAs, no horizontal sums and no shuffles: the FMA units, not the loads,
-   set the pace. (Blocking around the tile, below, keeps its operands in L1 and L2; the
-   weights come from DRAM once per call.)
-
-   xt, prepared once per activation matrix by prep_xt (GEMMA2__XT_F32 or GEMMA2__XT_BF16), in
-   blocks of 32 tokens, each block a [rows][32] matrix (gemma2__xt_off):
-     f32:  xt[t / 32][k][t % 32] = x[t][k]                                   (rows = K)
-     bf16: xt[t / 32][j][t % 32] = bf16(x[t][2j]) | bf16(x[t][2j+1]) << 16   (rows = ceil(K/2);
-           a zero high half if K is odd)
-   zero padded up to a multiple of 16 tokens. A tile reads its 32 tokens' activations for
-   successive columns from one contiguous run of memory (128 bytes per column): the plain
-   [K][T] transpose made it read 128 bytes every T * 4 bytes, a stride that maps the reads
-   onto a few L1 sets and defeats the prefetchers once T is large (measured with 512-token
-   calls, 2 threads: +7% on the 9216 x 2304 gate projection, +12-15% on the 2304 x 9216 down
-   projection; at the forward pass's 128-token chunks the difference is within noise).
-
-   Each output is the plain sequential sum over k, one FMA per column (f32; even column then
-   odd) or one vdpbf16ps per pair, in one accumulator lane: a token's result does not depend
-   on which other tokens share the call, as long as there are at least two (one token goes
-   through the matrix-vector kernel, which sums 16 interleaved partial sums: the results then
-   differ in the last bits, as any two summation orders do). */
-
-#define GEMMA2__MR 12
-
-/* Two bf16 weights as one 32-bit value (rows start at any element: an unaligned load). */
-GEMMA2__ALWAYS_INLINE int gemma2__ld_pair(const uint16_t *p) { int v; memcpy(&v, p, 4); return v; }
-
-/* Blocking. A tile reads a slice of xt for its 32 tokens at every step; over all K that is
-   more than L2 holds (K x 128 tokens x 4 bytes = 1.2 MB for K = 2304), so the loops around
-   the tiles cut the work into blocks: GEMMA2__XT_RB rows x GEMMA2__XT_KC column pairs x up to
-   128 tokens. A block's xt slice (KC pairs x 128 tokens, 128-256 KB) stays in L2 while the
-   block's 4 row tiles pass over it, and its weights (48 rows x 512 columns, 48 KB) are read
-   from DRAM once. Partial sums wait between column blocks in a small buffer on the stack,
-   laid out like the accumulators (rows x tokens); only when a row block is complete are they
-   written to y, transposed. */
-#define GEMMA2__XT_RB 48  /* rows per block: 4 tiles of 12 */
-#define GEMMA2__XT_KC 256 /* column pairs per block */
-#define GEMMA2__XT_TC 128 /* tokens per block */
-
-/* One tile: rows r..r+MR of the block (acc rows at buf + (r - rb) * TC), the first 16*NR
-   tokens of the 32-token block of xt at `xt`, column pairs [j0, j1) plus, if `tail`, the odd
-   last column. Continues from the partial sums in buf unless j0 == 0. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__xtile_512(const gemma2__matmul_args *a, const float *xt, float *buf, int r, int j0, int j1,
-                                                            int tail, const int MR, const int NR)
-{
-    const int K = a->w->cols;
-    const uint16_t *w = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
-    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
-    __m512 acc[GEMMA2__MR][2];
-    int i, v, j;
-    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
-        acc[i][v] = j0 ? _mm512_load_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v) : _mm512_setzero_ps();
-    for (j = j0; j < j1; j++) {
-        __m512 xe[2], xo[2];
-        _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) {
-            xe[v] = _mm512_loadu_ps(xt + (size_t)(2 * j) * 32 + 16 * v);
-            xo[v] = _mm512_loadu_ps(xt + (size_t)(2 * j + 1) * 32 + 16 * v);
-        }
-        _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) {
-            __m512i wv = _mm512_set1_epi32(gemma2__ld_pair(w + (size_t)i * K + 2 * j));
-            __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(wv, 16)), wo = _mm512_castsi512_ps(_mm512_and_si512(wv, hi));
-            _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) {
-                acc[i][v] = _mm512_fmadd_ps(xe[v], we, acc[i][v]);
-                acc[i][v] = _mm512_fmadd_ps(xo[v], wo, acc[i][v]);
-            }
-        }
-    }
-    if (tail) { /* the last column alone: its weight read as 16 bits, nothing past the row */
-        __m512 xe[2];
-        _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) xe[v] = _mm512_loadu_ps(xt + (size_t)(2 * j) * 32 + 16 * v);
-        _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) {
-            __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_set1_epi32((int)w[(size_t)i * K + 2 * j]), 16));
-            _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) acc[i][v] = _mm512_fmadd_ps(xe[v], we, acc[i][v]);
-        }
-    }
-    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
-        _mm512_store_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v, acc[i][v]);
-}
-
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__xtile_512dp(const gemma2__matmul_args *a, const uint32_t *xt, float *buf, int r, int j0,
-                                                                  int j1, int tail, const int MR, const int NR)
-{
-    const int K = a->w->cols;
-    const uint16_t *w = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
-    __m512 acc[GEMMA2__MR][2];
-    int i, v, j;
-    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
-        acc[i][v] = j0 ? _mm512_load_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v) : _mm512_setzero_ps();
-    for (j = j0; j < j1 + tail; j++) {
-        __m512i xv[2];
-        _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) xv[v] = _mm512_loadu_si512((const void *)(xt + (size_t)j * 32 + 16 * v));
-        _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) {
-            /* the odd last column: its weight read as 16 bits, nothing past the row */
-            __m512i wv = _mm512_set1_epi32(j < j1 ? gemma2__ld_pair(w + (size_t)i * K + 2 * j) : (int)w[(size_t)i * K + 2 * j]);
-            _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], (__m512bh)xv[v], (__m512bh)wv);
-        }
-    }
-    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
-        _mm512_store_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v, acc[i][v]);
-}
-
-/* The same tile for F32 weights (checkpoints kept as stored): each row's two weights are
-   broadcast as floats, straight from memory into the FMAs; no widening. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__xtile_512f(const gemma2__matmul_args *a, const float *xt, float *buf, int r, int j0, int j1,
-                                                             int tail, const int MR, const int NR)
-{
-    const int K = a->w->cols;
-    const float *w = (const float *)a->w->data + (size_t)r * (size_t)K;
-    __m512 acc[GEMMA2__MR][2];
-    int i, v, j;
-    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
-        acc[i][v] = j0 ? _mm512_load_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v) : _mm512_setzero_ps();
-    for (j = j0; j < j1 + tail; j++) {
-        __m512 xe[2], xo[2];
-        const int odd = j < j1; /* the odd last column has no partner */
-        _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) {
-            xe[v] = _mm512_loadu_ps(xt + (size_t)(2 * j) * 32 + 16 * v);
-            if (odd) xo[v] = _mm512_loadu_ps(xt + (size_t)(2 * j + 1) * 32 + 16 * v);
-        }
-        _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) {
-            __m512 we = _mm512_set1_ps(w[(size_t)i * K + 2 * j]);
-            _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) acc[i][v] = _mm512_fmadd_ps(xe[v], we, acc[i][v]);
-            if (odd) {
-                __m512 wo = _mm512_set1_ps(w[(size_t)i * K + 2 * j + 1]);
-                _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) acc[i][v] = _mm512_fmadd_ps(xo[v], wo, acc[i][v]);
-            }
-        }
-    }
-    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
-        _mm512_store_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v, acc[i][v]);
-}
-
-/* Tiles of one block: rows [rb, re) in 12s, 4s and 1s, tokens [0, tc) in 32s then 16s. */
-#define GEMMA2__XT_TILES(TILE, MR_, XT_T)                                                                \
-    for (t = 0; t < tc; t += 32) {                                                                     \
-        const XT_T *xtb = (const XT_T *)a->xt + gemma2__xt_off(xrows, 0, t0 + t);                       \
-        if (tc - t > 16) TILE(a, xtb, buf + (size_t)(r - rb) * GEMMA2__XT_TC + t, r, j0, j1, tail, MR_, 2); \
-        else TILE(a, xtb, buf + (size_t)(r - rb) * GEMMA2__XT_TC + t, r, j0, j1, tail, MR_, 1);        \
-    }
-
-#define GEMMA2__XT_DRIVER(NAME, TARGET, TILE, XT_T)                                                       \
-    static TARGET void NAME(const gemma2__matmul_args *a, int r0, int r1)                                \
-    {                                                                                                    \
-        GEMMA2__ALIGN64 float buf[GEMMA2__XT_RB * GEMMA2__XT_TC];                                         \
-        const int K = a->w->cols, np = K / 2, odd = K & 1;                                               \
-        const int xrows = gemma2__xt_rows(K, a->xt_kind);                                                \
-        int t0, rb, r, j0, t, i;                                                                         \
-        for (t0 = 0; t0 < a->T; t0 += GEMMA2__XT_TC) {                                                   \
-            int tc = GEMMA2__MIN(GEMMA2__XT_TC, a->T - t0);                                              \
-            for (rb = r0; rb < r1; rb += GEMMA2__XT_RB) {                                                \
-                int re = GEMMA2__MIN(rb + GEMMA2__XT_RB, r1);                                            \
-                for (j0 = 0; j0 < np || (j0 == 0 && odd); j0 += GEMMA2__XT_KC) {                          \
-                    int j1 = GEMMA2__MIN(j0 + GEMMA2__XT_KC, np), tail = odd && j1 == np;                 \
-                    r = rb;                                                                              \
-                    for (; r + GEMMA2__MR <= re; r += GEMMA2__MR) GEMMA2__XT_TILES(TILE, GEMMA2__MR, XT_T) \
-                    for (; r + 4 <= re; r += 4) GEMMA2__XT_TILES(TILE, 4, XT_T)                          \
-                    for (; r < re; r++) GEMMA2__XT_TILES(TILE, 1, XT_T)                                  \
-                }                                                                                        \
-                for (t = 0; t < tc; t++) {                                                               \
-                    float *y = a->y + (size_t)(t0 + t) * (size_t)a->ldy;                                 \
-                    for (i = rb; i < re; i++) y[i] = buf[(size_t)(i - rb) * GEMMA2__XT_TC + t];           \
-                }                                                                                        \
-            }                                                                                            \
-        }                                                                                                \
-    }
-GEMMA2__XT_DRIVER(gemma2__matmul_512_xt, GEMMA2__T_AVX512, gemma2__xtile_512, float)
-GEMMA2__XT_DRIVER(gemma2__matmul_512_xtdp, GEMMA2__T_AVX512BF16, gemma2__xtile_512dp, uint32_t)
-GEMMA2__XT_DRIVER(gemma2__matmul_512_xtf, GEMMA2__T_AVX512, gemma2__xtile_512f, float)
-
-/* ---- prefill with F32 weights and no xt: row-dot register tiles ----
-   F32 matrices called without transposed activations take 4 rows x 6 tokens per tile: 24
-   accumulators, each holding 16 partial sums of one (row, token) output, reduced once at the
-   end. A 16-row block of weights stays in L2 while the tokens pass 6 at a time. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__tile_512(const gemma2__matmul_args *a, int r, int t, const int RR, const int TT)
-{
-    const int K = a->w->cols;
-    const float *w0 = (const float *)a->w->data + (size_t)r * (size_t)K;
-    const float *x0 = a->x + (size_t)t * (size_t)K;
-    __m512 acc[4][6];
-    int i, j, k = 0;
-    GEMMA2__UNROLL for (i = 0; i < RR; i++) GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm512_setzero_ps();
-    for (; k + 16 <= K; k += 16) {
-        __m512 xv[6];
-        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = _mm512_loadu_ps(x0 + (size_t)j * K + k);
-        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
-            __m512 wv = _mm512_loadu_ps(w0 + (size_t)i * K + k);
-            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
-        }
-    }
-    if (k < K) {
-        __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
-        __m512 xv[6];
-        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = _mm512_maskz_loadu_ps(m, x0 + (size_t)j * K + k);
-        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
-            __m512 wv = _mm512_maskz_loadu_ps(m, w0 + (size_t)i * K + k);
-            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
-        }
-    }
-    GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (i = 0; i < RR; i++)
-        a->y[(size_t)(t + j) * a->ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
-}
-
-#define GEMMA2__TILE_F(a, r, t, RR, TT, dummy) gemma2__tile_512(a, r, t, RR, TT)
-
-static GEMMA2__T_AVX512 void gemma2__matmul_512_f32w(const gemma2__matmul_args *a, int r0, int r1)
-{
-    int rb, t;
-    for (rb = r0; rb < r1; rb += 16) {
-        int re = GEMMA2__MIN(rb + 16, r1);
-        for (t = 0; t + 6 <= a->T; t += 6) GEMMA2__ROWS_TILED(GEMMA2__TILE_F, rb, re, t, 6, 0);
-        switch (a->T - t) {
-        case 5: GEMMA2__ROWS_TILED(GEMMA2__TILE_F, rb, re, t, 5, 0); break;
-        case 4: GEMMA2__ROWS_TILED(GEMMA2__TILE_F, rb, re, t, 4, 0); break;
-        case 3: GEMMA2__ROWS_TILED(GEMMA2__TILE_F, rb, re, t, 3, 0); break;
-        case 2: GEMMA2__ROWS_TILED(GEMMA2__TILE_F, rb, re, t, 2, 0); break;
-        case 1: GEMMA2__ROWS_TILED(GEMMA2__TILE_F, rb, re, t, 1, 0); break;
-        default: break;
-        }
-    }
-}
-
-/* Dispatch: one token: matrix-vector. More: the transposed-activation tiles when the caller
-   prepared xt (float32 xt for F32 weights), otherwise row-dot tiles (F32 weights) or token by
-   token (BF16). */
-static GEMMA2__T_AVX512 void gemma2__matmul_avx512(const gemma2__matmul_args *a, int r0, int r1)
-{
-    if (a->w->dtype == GEMMA2__DT_F32) {
-        if (a->T == 1) gemma2__matvecs_512f(a, r0, r1);
-        else if (a->xt && a->xt_kind == GEMMA2__XT_F32) gemma2__matmul_512_xtf(a, r0, r1);
-        else gemma2__matmul_512_f32w(a, r0, r1);
-    } else if (a->T > 1 && a->xt && a->xt_kind == GEMMA2__XT_F32) {
-        gemma2__matmul_512_xt(a, r0, r1);
-    } else {
-        gemma2__matvecs_512bh(a, r0, r1);
-    }
-}
-
-/* The same, plus vdpbf16ps when the caller gave bf16 activations (xb or a bf16 xt) or the
-   exact three-part split of x (x3, float32 decode). */
-static GEMMA2__T_AVX512BF16 void gemma2__matmul_avx512bf16(const gemma2__matmul_args *a, int r0, int r1)
-{
-    if (a->w->dtype == GEMMA2__DT_BF16 && a->T > 1 && a->xt && a->xt_kind == GEMMA2__XT_BF16) gemma2__matmul_512_xtdp(a, r0, r1);
-    else if (a->w->dtype == GEMMA2__DT_BF16 && a->xb && !a->xt) gemma2__matvecs_512dp(a, r0, r1);
-    else if (a->w->dtype == GEMMA2__DT_BF16 && a->x3 && a->T == 1) gemma2__matvecs_512x3(a, r0, r1);
-    else gemma2__matmul_avx512(a, r0, r1);
-}
-
-static GEMMA2__T_AVX512 float gemma2__dot_avx512(const float *a, const float *b, int n)
-{
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
-    }
-    for (; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-}
-
-static GEMMA2__T_AVX512 void gemma2__axpy_avx512(float *y, float a, const float *x, int n)
-{
-    __m512 av = _mm512_set1_ps(a);
-    int i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
-    if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
-    }
-}
-
-static GEMMA2__T_AVX512 void gemma2__rmsnorm_avx512(float *out, const float *x, const float *w1, int n, float eps)
-{
-    float scale = 1.0f / sqrtf(gemma2__dot_avx512(x, x, n) / (float)n + eps);
-    __m512 sv = _mm512_set1_ps(scale);
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), sv), _mm512_loadu_ps(w1 + i)));
-    if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), sv), _mm512_maskz_loadu_ps(m, w1 + i)));
-    }
-}
-
-/* exp(x) for 16 lanes: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 polynomial (rel. error
-   ~2e-7), 2^n put straight into the exponent field. Inputs are clamped to [-87, 87], where
-   the result is a normal float; callers only need the saturated ends to be huge or tiny. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__exp_512(__m512 x)
-{
-    __m512 n, r, p;
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(87.0f));
-    n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    p = _mm512_set1_ps(1.3981999507e-3f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23)));
-}
-
-/* gelu_tanh(u) = u (1 + tanh(z)) / 2 = u / (1 + exp(-2z)), z = sqrt(2/pi) (u + 0.044715 u^3):
-   one exp and one division, no tanh. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__gelu_512(__m512 u)
-{
-    __m512 u3 = _mm512_mul_ps(_mm512_mul_ps(u, u), u);
-    __m512 z2 = _mm512_mul_ps(_mm512_fmadd_ps(u3, _mm512_set1_ps(0.044715f), u), _mm512_set1_ps(-1.5957691216057308f));
-    return _mm512_div_ps(u, _mm512_add_ps(_mm512_set1_ps(1.0f), gemma2__exp_512(z2)));
-}
-
-static GEMMA2__T_AVX512 void gemma2__gelu_mul_avx512(float *g, const float *u, int n)
-{
-    int i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(g + i, _mm512_mul_ps(gemma2__gelu_512(_mm512_loadu_ps(g + i)), _mm512_loadu_ps(u + i)));
-    if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(gemma2__gelu_512(_mm512_maskz_loadu_ps(m, g + i)), _mm512_maskz_loadu_ps(m, u + i)));
-    }
-}
-
-/* cap tanh(x / cap) with tanh(v) = sign(v) (1 - e) / (1 + e), e = exp(-2|v|): no cancellation
-   for large |v| and no overflow. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__softcap_512(__m512 x, __m512 cap, __m512 inv2)
-{
-    __m512 sign = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u)));
-    __m512 ax = _mm512_abs_ps(x);
-    __m512 e = gemma2__exp_512(_mm512_mul_ps(ax, inv2));
-    __m512 t = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(_mm512_mul_ps(t, cap)), _mm512_castps_si512(sign)));
-}
-
-static GEMMA2__T_AVX512 void gemma2__softcap_avx512(float *x, int n, float cap)
-{
-    __m512 c = _mm512_set1_ps(cap), inv2 = _mm512_set1_ps(-2.0f / cap);
-    int i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, gemma2__softcap_512(_mm512_loadu_ps(x + i), c, inv2));
-    if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(x + i, m, gemma2__softcap_512(_mm512_maskz_loadu_ps(m, x + i), c, inv2));
-    }
-}
-
-/* Round to nearest even in integer arithmetic (bit-exact with the scalar; vcvtneps2bf16 would
-   flush subnormals), NaNs kept quiet. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m256i gemma2__to_bf16_512(__m512 f)
-{
-    __m512i u = _mm512_castps_si512(f);
-    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
-    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-    return _mm512_cvtepi32_epi16(r);
-}
-
-static GEMMA2__T_AVX512 void gemma2__from_bf16_avx512(float *dst, const uint16_t *src, int n)
-{
-    int i = 0;
-    for (; i < n; i += 16) {
-        __mmask16 m = gemma2__mask16(n - i);
-        __m256i h = _mm256_maskz_loadu_epi16(m, src + i);
-        _mm512_mask_storeu_ps(dst + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
-    }
-}
-
-static GEMMA2__T_AVX512 void gemma2__to_bf16_avx512(uint16_t *dst, const float *src, int n)
-{
-    int i = 0;
-    for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i *)(dst + i), gemma2__to_bf16_512(_mm512_loadu_ps(src + i)));
-    if (i < n) {
-        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        _mm256_mask_storeu_epi16(dst + i, m, gemma2__to_bf16_512(_mm512_maskz_loadu_ps(m, src + i)));
-    }
-}
-
-/* to_bf16x3: 16 columns at a time, each part rounded with gemma2__to_bf16_512 (bit-exact with
-   the scalar reference) and subtracted in float32. */
-static GEMMA2__T_AVX512 void gemma2__to_bf16x3_avx512(uint16_t *dst, const float *x, int n)
-{
-    int i, b;
-    for (i = 0; i < n || (i & 31); i += 16) { /* whole 32-column blocks: the padding gets zeros */
-        __mmask16 m = gemma2__mask16(n - i);
-        uint16_t *blk = dst + (size_t)(i / 32) * 96 + (i & 16);
-        __m512 r = _mm512_maskz_loadu_ps(m, x + i);
-        for (b = 0; b < 3; b++) {
-            __m256i h = gemma2__to_bf16_512(r);
-            _mm256_storeu_si256((__m256i *)(blk + 32 * b), h);
-            r = _mm512_sub_ps(r, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
-        }
-    }
-}
-
-/* Transposes 16 x 16 32-bit elements in registers: r[i] holds row i, on return r[j] holds
-   column j. Unpack 32-bit, unpack 64-bit, then two 128-bit lane shuffles: the textbook
-   4-stage network, 64 shuffles for 256 elements. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__transpose16_512(__m512i r[16])
-{
-    __m512i t[16], u[16];
-    int i, c;
-    GEMMA2__UNROLL for (i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    /* u[4g + c], 128-bit lane L: rows 4g..4g+3 of column 4L + c */
-    GEMMA2__UNROLL for (i = 0; i < 4; i++) {
-        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    GEMMA2__UNROLL for (c = 0; c < 4; c++) {
-        __m512i a = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), b = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
-        __m512i a2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88), b2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
-        r[c] = _mm512_shuffle_i32x4(a, a2, 0x88);
-        r[8 + c] = _mm512_shuffle_i32x4(a, a2, 0xdd);
-        r[4 + c] = _mm512_shuffle_i32x4(b, b2, 0x88);
-        r[12 + c] = _mm512_shuffle_i32x4(b, b2, 0xdd);
-    }
-}
-
-/* prep_xt for the prefill tiles: rows [j0, j1) of xt (columns of x for GEMMA2__XT_F32, column
-   pairs for GEMMA2__XT_BF16), 16 tokens x 16 rows at a time through the register transpose;
-   the ragged edges (and the zero padding up to a multiple of 16 tokens) element by element. */
-static GEMMA2__T_AVX512 void gemma2__prep_xt_avx512(void *xt, const float *x, int T, int K, int kind, int j0, int j1)
-{
-    const int Tp = (T + 15) & ~15, rows = gemma2__xt_rows(K, kind);
-    const int bf = kind == GEMMA2__XT_BF16, per = bf ? 32 : 16; /* x columns per 16 xt rows */
-    uint32_t *o = (uint32_t *)xt;
-    int t, j, i;
-    for (t = 0; t < Tp; t += 16)
-        for (j = j0; j < j1; j += 16) {
-            if (t + 16 <= T && j + 16 <= j1 && (j + 16) * (per / 16) <= K) {
-                __m512i v[16];
-                GEMMA2__UNROLL for (i = 0; i < 16; i++) {
-                    const float *xr = x + (size_t)(t + i) * (size_t)K + (size_t)j * (size_t)(per / 16);
-                    if (bf) v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(gemma2__to_bf16_512(_mm512_loadu_ps(xr))),
-                                                      gemma2__to_bf16_512(_mm512_loadu_ps(xr + 16)), 1);
-                    else v[i] = _mm512_castps_si512(_mm512_loadu_ps(xr));
+    int j, t, rows = gemma2__pack_rows(kind, T, K), Tp = (T + 31) & ~31;
+    uint32_t *o = (uint32_t *)xp;
+    switch (kind) {
+    case GEMMA2__PACK_BF16:
+        for (t = j0; t < j1; t++) gemma2__to_bf16_scalar((uint16_t *)xp + (size_t)t * K, x + (size_t)t * K, K);
+        break;
+    case GEMMA2__PACK_X3: gemma2__to_bf16x3_scalar((uint16_t *)xp, x, K); break;
+    case GEMMA2__PACK_XT_F32:
+    case GEMMA2__PACK_XT_BF16:
+        for (j = j0; j < j1; j++)
+            for (t = 0; t < Tp; t++) {
+                uint32_t v = 0;
+                if (t < T) {
+                    const float *xr = x + (size_t)t * K;
+                    if (kind == GEMMA2__PACK_XT_F32) memcpy(&v, xr + j, 4);
+                    else v = (uint32_t)gemma2__f32_to_bf16(xr[2 * j]) | (2 * j + 1 < K ? (uint32_t)gemma2__f32_to_bf16(xr[2 * j + 1]) << 16 : 0u);
                 }
-                gemma2__transpose16_512(v);
-                GEMMA2__UNROLL for (i = 0; i < 16; i++) _mm512_storeu_si512((void *)(o + gemma2__xt_off(rows, j + i, t)), v[i]);
-            } else {
-                int jj, tt, je = GEMMA2__MIN(j + 16, j1);
-                for (jj = j; jj < je; jj++)
-                    for (tt = t; tt < t + 16; tt++) {
-                        uint32_t val = 0;
-                        if (tt < T) {
-                            const float *xr = x + (size_t)tt * (size_t)K;
-                            if (!bf) memcpy(&val, xr + jj, 4);
-                            else val = (uint32_t)gemma2__f32_to_bf16(xr[2 * jj]) | (2 * jj + 1 < K ? (uint32_t)gemma2__f32_to_bf16(xr[2 * jj + 1]) << 16 : 0u);
-                        }
-                        o[gemma2__xt_off(rows, jj, tt)] = val;
-                    }
+                o[gemma2__xt_off(rows, j, t)] = v;
             }
-        }
-}
-
-/* ---- attention ----
-   Scores: 8 keys x 2 query heads (16 keys x 1; 4 keys x 4 queries when a block of tokens
-   comes together) at a time in 16 accumulators, over head_dim in steps of 16 (masked tail):
-   each key row is loaded once for all those queries (grouped-query attention) and several
-   rows stream at once; the 16 horizontal sums are done together by a shuffle tree. Values:
-   the output rows live in registers (2 queries x 128 dims = 16 accumulators, or 4 x 64)
-   while all n value rows stream past once, each weighted by its broadcast probability: no
-   load/store of the output per key.
-   The same kernels read a bf16 cache (GEMMA2_KV_BF16; BF = 1): each row segment is widened in
-   registers as it is loaded, so only the bf16 bytes come from memory. */
-
-/* 16 elements (masked) of a cached row at element offset off: float32, or bf16 widened. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__ldrow_512(const void *p, size_t off, __mmask16 m, const int BF)
-{
-    if (BF) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + off)), 16));
-    return _mm512_maskz_loadu_ps(m, (const float *)p + off);
-}
-#define GEMMA2__PFROW(p, off, BF) _mm_prefetch((const char *)(p) + (off) * ((BF) ? 2 : 4), _MM_HINT_T0)
-
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc_512(float *s, int lds, const float *q, int hd, const void *K, int a, const int NA,
-                                                             const int NG, float scale, const int BF)
-{
-    __m512 acc[2][4];
-    int g, i, d;
-    GEMMA2__UNROLL for (g = 0; g < NG; g++) GEMMA2__UNROLL for (i = 0; i < NA; i++) acc[g][i] = _mm512_setzero_ps();
-    for (d = 0; d < hd; d += 16) {
-        __mmask16 m = gemma2__mask16(hd - d);
-        __m512 qv[2];
-        GEMMA2__UNROLL for (g = 0; g < NG; g++) qv[g] = _mm512_maskz_loadu_ps(m, q + (size_t)g * hd + d);
-        GEMMA2__UNROLL for (i = 0; i < NA; i++) {
-            __m512 kv = gemma2__ldrow_512(K, (size_t)(a + i) * hd + d, m, BF);
-            GEMMA2__UNROLL for (g = 0; g < NG; g++) acc[g][i] = _mm512_fmadd_ps(qv[g], kv, acc[g][i]);
-        }
-    }
-    GEMMA2__UNROLL for (g = 0; g < NG; g++) GEMMA2__UNROLL for (i = 0; i < NA; i++)
-        s[(size_t)g * lds + a + i] = _mm512_reduce_add_ps(acc[g][i]) * scale;
-}
-
-/* The 16 horizontal sums of 16 accumulators at once: lane i of the result is the sum of all
-   lanes of a[i]. Four rounds of shuffle-and-add (15 adds in all) instead of 16 separate
-   reductions of ~8 dependent operations each. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__hsum16_512(const __m512 a[16])
-{
-    __m512 t[8], u[4], v0, v1;
-    int i;
-    GEMMA2__UNROLL for (i = 0; i < 8; i++) /* per 128-bit block: [a0+a2, b0+b2, a1+a3, b1+b3] of a = a[2i], b = a[2i+1] */
-        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
-    GEMMA2__UNROLL for (i = 0; i < 4; i++) /* per block: the block sums of a[4i .. 4i+3] */
-        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]))),
-                             _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]))));
-    v0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xdd));
-    v1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xdd));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x88), _mm512_shuffle_f32x4(v0, v1, 0xdd));
-}
-
-/* Decoding at long contexts streams the whole cache once per token, 1 KB per key row, and a
-   single stream does not keep enough cache misses in flight: the rows GEMMA2__ATT_PF keys
-   ahead (values: twice that) are prefetched, one prefetch per line read. Measured on one
-   core over 52 kv heads x 8192 positions (2.2 GB, scores + softmax + values): 14 -> 22 GB/s;
-   the distance hardly matters between 8 and 32 keys. */
-#define GEMMA2__ATT_PF 16
-
-/* 16 scores at once: keys a..a+16/NG of NG (1, 2 or 4) queries, accumulator g * (16/NG) + key.
-   More queries per key row means fewer row loads per FMA: 4 queries x 4 keys load 8 registers
-   per 16 FMAs, 2 x 8 load 10 (when a block of tokens is scored together, section 2.10, the
-   key rows come from L2 and their loads set the pace). */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc16_512(float *s, int lds, const float *q, int hd, const void *K, int a, const int NG,
-                                                               float scale, const int BF)
-{
-    const int NA = 16 / NG;
-    __m512 acc[16], r;
-    int g, i, d;
-    GEMMA2__UNROLL for (i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
-    for (d = 0; d < hd; d += 16) {
-        __mmask16 m = gemma2__mask16(hd - d);
-        __m512 qv[4];
-        GEMMA2__UNROLL for (g = 0; g < NG; g++) qv[g] = _mm512_maskz_loadu_ps(m, q + (size_t)g * hd + d);
-        _Pragma("GCC unroll 16") for (i = 0; i < NA; i++) {
-            __m512 kv = gemma2__ldrow_512(K, (size_t)(a + i) * hd + d, m, BF);
-            GEMMA2__PFROW(K, (size_t)(a + i + GEMMA2__ATT_PF) * hd + d, BF);
-            GEMMA2__UNROLL for (g = 0; g < NG; g++) acc[g * NA + i] = _mm512_fmadd_ps(qv[g], kv, acc[g * NA + i]);
-        }
-    }
-    r = _mm512_mul_ps(gemma2__hsum16_512(acc), _mm512_set1_ps(scale));
-    if (NG == 1) _mm512_storeu_ps(s + a, r);
-    else if (NG == 2) {
-        _mm256_storeu_ps(s + a, _mm512_castps512_ps256(r));
-        _mm256_storeu_ps(s + lds + a, _mm512_extractf32x8_ps(r, 1));
-    } else {
-        _mm_storeu_ps(s + a, _mm512_castps512_ps128(r));
-        _mm_storeu_ps(s + lds + a, _mm512_extractf32x4_ps(r, 1));
-        _mm_storeu_ps(s + 2 * (size_t)lds + a, _mm512_extractf32x4_ps(r, 2));
-        _mm_storeu_ps(s + 3 * (size_t)lds + a, _mm512_extractf32x4_ps(r, 3));
+        break;
+    default: break;
     }
 }
 
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_scores_512(float *s, int lds, const float *q, int group, int hd, const void *K, int n,
-                                                                 float scale, const int BF)
+/* ---- the scalar set: the base every other set starts from ---- */
+
+static void gemma2__kernels_init_scalar(gemma2__kernels *k)
 {
-    int g = 0, a;
-    for (; g + 4 <= group; g += 4) {
-        for (a = 0; a + 4 <= n; a += 4) gemma2__att_sc16_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 4, scale, BF);
-        for (; a < n; a++) {
-            gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, 2, scale, BF);
-            gemma2__att_sc_512(s + (size_t)(g + 2) * lds, lds, q + (size_t)(g + 2) * hd, hd, K, a, 1, 2, scale, BF);
-        }
-    }
-    for (; g + 2 <= group; g += 2) {
-        for (a = 0; a + 8 <= n; a += 8) gemma2__att_sc16_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 2, scale, BF);
-        for (; a < n; a++) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, 2, scale, BF);
-    }
-    for (; g < group; g++) {
-        for (a = 0; a + 16 <= n; a += 16) gemma2__att_sc16_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, scale, BF);
-        for (; a < n; a++) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, 1, scale, BF);
-    }
-}
-
-static GEMMA2__T_AVX512 void gemma2__att_scores_avx512(const gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd,
-                                                       const float *K, int n, float scale)
-{
-    (void)k;
-    gemma2__att_scores_512(s, lds, q, group, hd, K, n, scale, 0);
-}
-
-static GEMMA2__T_AVX512 void gemma2__att_scores_bf16_avx512(const gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd,
-                                                            const uint16_t *K, int n, float scale)
-{
-    (void)k;
-    gemma2__att_scores_512(s, lds, q, group, hd, K, n, scale, 1);
-}
-
-/* out[g][d .. d + 16 NV) += sum_a s[g][a] V[a][d ..], the last vector masked by ml; NG x NV <= 16
-   accumulators (2 x 8, or 4 x 4 when a block of tokens brings many queries: half the value-row
-   loads per FMA). */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_v_512(float *out, const float *s, int lds, int hd, const void *V, int n, int d,
-                                                            const int NV, const int NG, __mmask16 ml, const int BF)
-{
-    __m512 acc[4][8];
-    int g, v, a;
-    GEMMA2__UNROLL for (g = 0; g < NG; g++) GEMMA2__UNROLL for (v = 0; v < NV; v++)
-        acc[g][v] = _mm512_maskz_loadu_ps(v == NV - 1 ? ml : (__mmask16)0xffff, out + (size_t)g * hd + d + 16 * v);
-    for (a = 0; a < n; a++) {
-        __m512 sv[4];
-        GEMMA2__UNROLL for (g = 0; g < NG; g++) sv[g] = _mm512_set1_ps(s[(size_t)g * lds + a]);
-        GEMMA2__UNROLL for (v = 0; v < NV; v++) {
-            __m512 vv = gemma2__ldrow_512(V, (size_t)a * hd + d + 16 * v, v == NV - 1 ? ml : (__mmask16)0xffff, BF);
-            GEMMA2__PFROW(V, (size_t)(a + 2 * GEMMA2__ATT_PF) * hd + d + 16 * v, BF);
-            GEMMA2__UNROLL for (g = 0; g < NG; g++) acc[g][v] = _mm512_fmadd_ps(sv[g], vv, acc[g][v]);
-        }
-    }
-    GEMMA2__UNROLL for (g = 0; g < NG; g++) GEMMA2__UNROLL for (v = 0; v < NV; v++)
-        _mm512_mask_storeu_ps(out + (size_t)g * hd + d + 16 * v, v == NV - 1 ? ml : (__mmask16)0xffff, acc[g][v]);
-}
-
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_values_512(float *out, const float *s, int lds, int group, int hd, const void *V, int n,
-                                                                 const int BF)
-{
-    int g = 0, d;
-    for (; g + 4 <= group; g += 4) {
-        float *o = out + (size_t)g * hd;
-        const float *sg = s + (size_t)g * lds;
-        for (d = 0; d + 64 <= hd; d += 64) gemma2__att_v_512(o, sg, lds, hd, V, n, d, 4, 4, (__mmask16)0xffff, BF);
-        for (; d < hd; d += 16) gemma2__att_v_512(o, sg, lds, hd, V, n, d, 1, 4, gemma2__mask16(hd - d), BF);
-    }
-    for (; g < group; g += 2) {
-        float *o = out + (size_t)g * hd;
-        const float *sg = s + (size_t)g * lds;
-        for (d = 0; d + 128 <= hd; d += 128) {
-            if (group - g >= 2) gemma2__att_v_512(o, sg, lds, hd, V, n, d, 8, 2, (__mmask16)0xffff, BF);
-            else gemma2__att_v_512(o, sg, lds, hd, V, n, d, 8, 1, (__mmask16)0xffff, BF);
-        }
-        for (; d < hd; d += 16) {
-            __mmask16 m = gemma2__mask16(hd - d);
-            if (group - g >= 2) gemma2__att_v_512(o, sg, lds, hd, V, n, d, 1, 2, m, BF);
-            else gemma2__att_v_512(o, sg, lds, hd, V, n, d, 1, 1, m, BF);
-        }
-    }
-}
-
-static GEMMA2__T_AVX512 void gemma2__att_values_avx512(const gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd,
-                                                       const float *V, int n)
-{
-    (void)k;
-    gemma2__att_values_512(out, s, lds, group, hd, V, n, 0);
-}
-
-static GEMMA2__T_AVX512 void gemma2__att_values_bf16_avx512(const gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd,
-                                                            const uint16_t *V, int n)
-{
-    (void)k;
-    gemma2__att_values_512(out, s, lds, group, hd, V, n, 1);
-}
-
-static GEMMA2__T_AVX512 void gemma2__softmax_avx512(float *x, int n)
-{
-    __m512 mv = _mm512_set1_ps(-INFINITY), sv = _mm512_setzero_ps(), inv;
-    float mx;
-    int i;
-    for (i = 0; i < n; i += 16) {
-        __mmask16 m = gemma2__mask16(n - i);
-        mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, x + i));
-    }
-    mx = _mm512_reduce_max_ps(mv);
-    mv = _mm512_set1_ps(mx);
-    for (i = 0; i < n; i += 16) {
-        __mmask16 m = gemma2__mask16(n - i);
-        __m512 e = gemma2__exp_512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mv));
-        sv = _mm512_add_ps(sv, _mm512_maskz_mov_ps(m, e));
-        _mm512_mask_storeu_ps(x + i, m, e);
-    }
-    inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sv));
-    for (i = 0; i < n; i += 16) {
-        __mmask16 m = gemma2__mask16(n - i);
-        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
-    }
-}
-
-/* RoPE, 16 pairs at a time (the scalar reference's operations, so the same bits). */
-static GEMMA2__T_AVX512 void gemma2__rope_avx512(float *x, int n_heads, int hd, const float *cs)
-{
-    int h, i, half = hd / 2;
-    for (h = 0; h < n_heads; h++, x += hd)
-        for (i = 0; i < half; i += 16) {
-            __mmask16 m = gemma2__mask16(half - i);
-            __m512 a = _mm512_maskz_loadu_ps(m, x + i), b = _mm512_maskz_loadu_ps(m, x + half + i);
-            __m512 co = _mm512_maskz_loadu_ps(m, cs + i), si = _mm512_maskz_loadu_ps(m, cs + half + i);
-            _mm512_mask_storeu_ps(x + i, m, _mm512_sub_ps(_mm512_mul_ps(a, co), _mm512_mul_ps(b, si)));
-            _mm512_mask_storeu_ps(x + half + i, m, _mm512_add_ps(_mm512_mul_ps(b, co), _mm512_mul_ps(a, si)));
-        }
-}
-
-static const gemma2__kernels gemma2__kernels_avx512 = {
-    "avx512", GEMMA2_KERNELS_AVX512, 0,
-    gemma2__matmul_avx512, gemma2__dot_avx512, gemma2__axpy_avx512,
-    gemma2__rmsnorm_avx512, gemma2__gelu_mul_avx512, gemma2__softcap_avx512, gemma2__to_bf16_avx512, gemma2__prep_xt_avx512,
-    gemma2__att_scores_avx512, gemma2__att_values_avx512, gemma2__softmax_avx512, NULL, gemma2__from_bf16_avx512,
-    gemma2__att_scores_bf16_avx512, gemma2__att_values_bf16_avx512, gemma2__rope_avx512
-};
-
-static const gemma2__kernels gemma2__kernels_avx512bf16 = {
-    "avx512-bf16", GEMMA2_KERNELS_AVX512_BF16, 1,
-    gemma2__matmul_avx512bf16, gemma2__dot_avx512, gemma2__axpy_avx512,
-    gemma2__rmsnorm_avx512, gemma2__gelu_mul_avx512, gemma2__softcap_avx512, gemma2__to_bf16_avx512, gemma2__prep_xt_avx512,
-    gemma2__att_scores_avx512, gemma2__att_values_avx512, gemma2__softmax_avx512, gemma2__to_bf16x3_avx512,
-    gemma2__from_bf16_avx512, gemma2__att_scores_bf16_avx512, gemma2__att_values_bf16_avx512, gemma2__rope_avx512
-};
-
-/* ======================= AVX2 + FMA =======================
-   Row-dot design with 8 lanes and 16 registers: decode walks 8 rows at once; the prefill
-   tile is 4 rows x 3 tokens (12 accumulators + 3 activation vectors + 1 weight vector),
-   each accumulator holding 8 partial sums of one output, reduced at the end. The last K % 8 columns go
-   through small zero-padded copies (AVX2 has no 16-bit masked loads). */
-
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 __m256 gemma2__w8_256(const void *row, int bf16, int k)
-{
-    if (bf16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + k))), 16));
-    return _mm256_loadu_ps((const float *)row + k);
-}
-
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 float gemma2__hsum_256(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__tile_256(const gemma2__matmul_args *a, int r, int t, const int RR,
-                                                         const int TT, const int bf16)
-{
-    const int K = a->w->cols;
-    const size_t esz = bf16 ? 2 : 4;
-    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
-    const float *x0 = a->x + (size_t)t * (size_t)K;
-    __m256 acc[4][3];
-    int i, j, k = 0;
-    GEMMA2__UNROLL for (i = 0; i < RR; i++) GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm256_setzero_ps();
-    for (; k + 8 <= K; k += 8) {
-        __m256 xv[3];
-        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = _mm256_loadu_ps(x0 + (size_t)j * K + k);
-        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
-            __m256 wv = gemma2__w8_256(w0 + (size_t)i * K * esz, bf16, k);
-            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
-        }
-    }
-    if (k < K) {
-        float xt[3][8], wt[8];
-        int n = K - k, e;
-        GEMMA2__UNROLL for (j = 0; j < TT; j++) for (e = 0; e < 8; e++) xt[j][e] = e < n ? x0[(size_t)j * K + k + e] : 0.0f;
-        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
-            __m256 wv;
-            for (e = 0; e < 8; e++) wt[e] = e < n ? gemma2__w_at(a->w, (size_t)(r + i) * K + k + e) : 0.0f;
-            wv = _mm256_loadu_ps(wt);
-            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xt[j]), acc[i][j]);
-        }
-    }
-    GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (i = 0; i < RR; i++)
-        a->y[(size_t)(t + j) * a->ldy + r + i] = gemma2__hsum_256(acc[i][j]);
-}
-
-/* Decode: 8 rows at once (8 sequential streams in flight, see gemma2__matvec_512), with the
-   tile's arithmetic per row, zero-padded tail included. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__matvec_256(const gemma2__matmul_args *a, int r, const int R, const int bf16)
-{
-    const int K = a->w->cols;
-    const size_t esz = bf16 ? 2 : 4;
-    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
-    __m256 acc[8];
-    int i, k = 0;
-    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm256_setzero_ps();
-    for (; k + 8 <= K; k += 8) {
-        __m256 xv = _mm256_loadu_ps(a->x + k);
-        GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm256_fmadd_ps(gemma2__w8_256(w0 + (size_t)i * K * esz, bf16, k), xv, acc[i]);
-    }
-    if (k < K) {
-        float xt[8], wt[8];
-        int n = K - k, e;
-        for (e = 0; e < 8; e++) xt[e] = e < n ? a->x[k + e] : 0.0f;
-        GEMMA2__UNROLL for (i = 0; i < R; i++) {
-            for (e = 0; e < 8; e++) wt[e] = e < n ? gemma2__w_at(a->w, (size_t)(r + i) * K + k + e) : 0.0f;
-            acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(wt), _mm256_loadu_ps(xt), acc[i]);
-        }
-    }
-    GEMMA2__UNROLL for (i = 0; i < R; i++) a->y[r + i] = gemma2__hsum_256(acc[i]);
-}
-
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__matmul_256_impl(const gemma2__matmul_args *a, int r0, int r1, const int bf16)
-{
-    int rb, t;
-    if (a->T == 1) {
-        int r = r0;
-        for (; r + 8 <= r1; r += 8) gemma2__matvec_256(a, r, 8, bf16);
-        for (; r < r1; r++) gemma2__matvec_256(a, r, 1, bf16);
-        return;
-    }
-    for (rb = r0; rb < r1; rb += 16) {
-        int re = GEMMA2__MIN(rb + 16, r1);
-        for (t = 0; t + 3 <= a->T; t += 3) GEMMA2__ROWS_TILED(gemma2__tile_256, rb, re, t, 3, bf16);
-        if (a->T - t == 2) GEMMA2__ROWS_TILED(gemma2__tile_256, rb, re, t, 2, bf16);
-        else if (a->T - t == 1) GEMMA2__ROWS_TILED(gemma2__tile_256, rb, re, t, 1, bf16);
-    }
-}
-
-static GEMMA2__T_AVX2 void gemma2__matmul_256_bf16w(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_256_impl(a, r0, r1, 1); }
-static GEMMA2__T_AVX2 void gemma2__matmul_256_f32w(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_256_impl(a, r0, r1, 0); }
-
-static GEMMA2__T_AVX2 void gemma2__matmul_avx2(const gemma2__matmul_args *a, int r0, int r1)
-{
-    if (a->w->dtype == GEMMA2__DT_BF16) gemma2__matmul_256_bf16w(a, r0, r1);
-    else gemma2__matmul_256_f32w(a, r0, r1);
-}
-
-static GEMMA2__T_AVX2 float gemma2__dot_avx2(const float *a, const float *b, int n)
-{
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    float s;
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-    }
-    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    s = gemma2__hsum_256(_mm256_add_ps(s0, s1));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-static GEMMA2__T_AVX2 void gemma2__axpy_avx2(float *y, float a, const float *x, int n)
-{
-    __m256 av = _mm256_set1_ps(a);
-    int i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += a * x[i];
-}
-
-static GEMMA2__T_AVX2 void gemma2__rmsnorm_avx2(float *out, const float *x, const float *w1, int n, float eps)
-{
-    float scale = 1.0f / sqrtf(gemma2__dot_avx2(x, x, n) / (float)n + eps);
-    __m256 sv = _mm256_set1_ps(scale);
-    int i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), sv), _mm256_loadu_ps(w1 + i)));
-    for (; i < n; i++) out[i] = x[i] * scale * w1[i];
-}
-
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 __m256 gemma2__exp_256(__m256 x)
-{
-    __m256 n, r, p;
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(87.0f));
-    n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    p = _mm256_set1_ps(1.3981999507e-3f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)));
-}
-
-static GEMMA2__T_AVX2 void gemma2__gelu_mul_avx2(float *g, const float *u, int n)
-{
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 v = _mm256_loadu_ps(g + i);
-        __m256 v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
-        __m256 z2 = _mm256_mul_ps(_mm256_fmadd_ps(v3, _mm256_set1_ps(0.044715f), v), _mm256_set1_ps(-1.5957691216057308f));
-        __m256 ge = _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), gemma2__exp_256(z2)));
-        _mm256_storeu_ps(g + i, _mm256_mul_ps(ge, _mm256_loadu_ps(u + i)));
-    }
-    for (; i < n; i++) g[i] = gemma2__gelu_tanh(g[i]) * u[i];
-}
-
-static GEMMA2__T_AVX2 void gemma2__softcap_avx2(float *x, int n, float cap)
-{
-    __m256 c = _mm256_set1_ps(cap), inv2 = _mm256_set1_ps(-2.0f / cap), one = _mm256_set1_ps(1.0f);
-    __m256 signbit = _mm256_set1_ps(-0.0f);
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i);
-        __m256 e = gemma2__exp_256(_mm256_mul_ps(_mm256_andnot_ps(signbit, v), inv2));
-        __m256 t = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
-        _mm256_storeu_ps(x + i, _mm256_or_ps(_mm256_mul_ps(t, c), _mm256_and_ps(v, signbit)));
-    }
-    for (; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
-}
-
-static GEMMA2__T_AVX2 void gemma2__from_bf16_avx2(float *dst, const uint16_t *src, int n)
-{
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i))), 16)));
-    for (; i < n; i++) dst[i] = gemma2__bf16_to_f32(src[i]);
-}
-
-static GEMMA2__T_AVX2 void gemma2__to_bf16_avx2(uint16_t *dst, const float *src, int n)
-{
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256i u = _mm256_castps_si256(_mm256_loadu_ps(src + i));
-        __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-        __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
-        __m256i qn = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
-        r = _mm256_blendv_epi8(r, qn, nan);
-        r = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08); /* lanes 0 and 2 hold the 8 results */
-        _mm_storeu_si128((__m128i *)(dst + i), _mm256_castsi256_si128(r));
-    }
-    for (; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]);
-}
-
-/* Softmax: max, then exp and sum, then scale (8 lanes; the few left over in scalar code). */
-static GEMMA2__T_AVX2 void gemma2__softmax_avx2(float *x, int n)
-{
-    __m256 mv = _mm256_set1_ps(-INFINITY), sv = _mm256_setzero_ps(), b;
-    float mx, sum;
-    int i = 0;
-    for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
-    b = _mm256_max_ps(mv, _mm256_permute2f128_ps(mv, mv, 1));
-    b = _mm256_max_ps(b, _mm256_shuffle_ps(b, b, 0x4e));
-    b = _mm256_max_ps(b, _mm256_shuffle_ps(b, b, 0xb1));
-    mx = _mm256_cvtss_f32(b);
-    for (; i < n; i++) if (x[i] > mx) mx = x[i];
-    mv = _mm256_set1_ps(mx);
-    for (i = 0; i + 8 <= n; i += 8) {
-        __m256 e = gemma2__exp_256(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
-        sv = _mm256_add_ps(sv, e);
-        _mm256_storeu_ps(x + i, e);
-    }
-    sum = gemma2__hsum_256(sv);
-    for (; i < n; i++) { x[i] = expf(x[i] - mx); sum += x[i]; }
-    sv = _mm256_set1_ps(1.0f / sum);
-    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), sv));
-    for (; i < n; i++) x[i] *= 1.0f / sum;
-}
-
-/* RoPE, 8 pairs at a time (the scalar reference's operations, so the same bits). */
-static GEMMA2__T_AVX2 void gemma2__rope_avx2(float *x, int n_heads, int hd, const float *cs)
-{
-    int h, i, half = hd / 2;
-    for (h = 0; h < n_heads; h++, x += hd) {
-        for (i = 0; i + 8 <= half; i += 8) {
-            __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + half + i);
-            __m256 co = _mm256_loadu_ps(cs + i), si = _mm256_loadu_ps(cs + half + i);
-            _mm256_storeu_ps(x + i, _mm256_sub_ps(_mm256_mul_ps(a, co), _mm256_mul_ps(b, si)));
-            _mm256_storeu_ps(x + half + i, _mm256_add_ps(_mm256_mul_ps(b, co), _mm256_mul_ps(a, si)));
-        }
-        for (; i < half; i++) {
-            float a = x[i], b = x[i + half], co = cs[i], si = cs[half + i];
-            x[i] = a * co - b * si;
-            x[i + half] = b * co + a * si;
-        }
-    }
-}
-
-static const gemma2__kernels gemma2__kernels_avx2 = {
-    "avx2", GEMMA2_KERNELS_AVX2, 0,
-    gemma2__matmul_avx2, gemma2__dot_avx2, gemma2__axpy_avx2,
-    gemma2__rmsnorm_avx2, gemma2__gelu_mul_avx2, gemma2__softcap_avx2, gemma2__to_bf16_avx2, NULL,
-    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_avx2, NULL, gemma2__from_bf16_avx2, NULL, NULL,
-    gemma2__rope_avx2
-};
-
-#endif /* GEMMA2__X86 */
-
-/* ======================= ARM64 NEON =======================
-   Same design with 4 lanes and 32 registers: decode walks 8 rows at once; the prefill tile
-   is 4 rows x 4 tokens (16 accumulators + 4 activation vectors + 1 weight vector). bf16 is
-   widened by vshll_n_u16(.., 16), the exact "shift into the top half". exp (for GELU,
-   soft-capping and softmax) is the AVX-512 code's polynomial, 4 lanes wide. */
-#if !defined(GEMMA2_NO_SIMD) && defined(__aarch64__)
-#define GEMMA2__NEON 1
-#include <arm_neon.h>
-
-GEMMA2__ALWAYS_INLINE float32x4_t gemma2__w4_neon(const void *row, int bf16, int k)
-{
-    if (bf16) return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16((const uint16_t *)row + k), 16));
-    return vld1q_f32((const float *)row + k);
-}
-
-GEMMA2__ALWAYS_INLINE void gemma2__matvec_neon(const gemma2__matmul_args *a, int r, const int R, const int bf16)
-{
-    const int K = a->w->cols;
-    const size_t esz = bf16 ? 2 : 4;
-    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
-    float32x4_t acc[8];
-    int i, k = 0;
-    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = vdupq_n_f32(0.0f);
-    for (; k + 4 <= K; k += 4) {
-        float32x4_t xv = vld1q_f32(a->x + k);
-        GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = vfmaq_f32(acc[i], gemma2__w4_neon(w0 + (size_t)i * K * esz, bf16, k), xv);
-    }
-    GEMMA2__UNROLL for (i = 0; i < R; i++) {
-        float sum = vaddvq_f32(acc[i]);
-        int e;
-        for (e = k; e < K; e++) sum += gemma2__w_at(a->w, (size_t)(r + i) * K + e) * a->x[e];
-        a->y[r + i] = sum;
-    }
-}
-
-GEMMA2__ALWAYS_INLINE void gemma2__tile_neon(const gemma2__matmul_args *a, int r, int t, const int RR, const int TT, const int bf16)
-{
-    const int K = a->w->cols;
-    const size_t esz = bf16 ? 2 : 4;
-    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
-    const float *x0 = a->x + (size_t)t * (size_t)K;
-    float32x4_t acc[4][4];
-    int i, j, k = 0;
-    GEMMA2__UNROLL for (i = 0; i < RR; i++) GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vdupq_n_f32(0.0f);
-    for (; k + 4 <= K; k += 4) {
-        float32x4_t xv[4];
-        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = vld1q_f32(x0 + (size_t)j * K + k);
-        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
-            float32x4_t wv = gemma2__w4_neon(w0 + (size_t)i * K * esz, bf16, k);
-            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vfmaq_f32(acc[i][j], wv, xv[j]);
-        }
-    }
-    GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (i = 0; i < RR; i++) {
-        float sum = vaddvq_f32(acc[i][j]);
-        int e;
-        for (e = k; e < K; e++) sum += gemma2__w_at(a->w, (size_t)(r + i) * K + e) * x0[(size_t)j * K + e];
-        a->y[(size_t)(t + j) * a->ldy + r + i] = sum;
-    }
-}
-
-GEMMA2__ALWAYS_INLINE void gemma2__matmul_neon_impl(const gemma2__matmul_args *a, int r0, int r1, const int bf16)
-{
-    int rb, t, r;
-    if (a->T == 1) {
-        for (r = r0; r + 8 <= r1; r += 8) gemma2__matvec_neon(a, r, 8, bf16);
-        for (; r < r1; r++) gemma2__matvec_neon(a, r, 1, bf16);
-        return;
-    }
-    for (rb = r0; rb < r1; rb += 16) {
-        int re = GEMMA2__MIN(rb + 16, r1);
-        for (t = 0; t + 4 <= a->T; t += 4) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 4, bf16);
-        if (a->T - t == 3) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 3, bf16);
-        else if (a->T - t == 2) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 2, bf16);
-        else if (a->T - t == 1) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 1, bf16);
-    }
-}
-
-static void gemma2__matmul_neon(const gemma2__matmul_args *a, int r0, int r1)
-{
-    if (a->w->dtype == GEMMA2__DT_BF16) gemma2__matmul_neon_impl(a, r0, r1, 1);
-    else gemma2__matmul_neon_impl(a, r0, r1, 0);
-}
-
-static float gemma2__dot_neon(const float *a, const float *b, int n)
-{
-    float32x4_t s0 = vdupq_n_f32(0.0f), s1 = vdupq_n_f32(0.0f);
-    float s;
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
-        s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
-    }
-    s = vaddvq_f32(vaddq_f32(s0, s1));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-static void gemma2__axpy_neon(float *y, float a, const float *x, int n)
-{
-    float32x4_t av = vdupq_n_f32(a);
-    int i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_f32(vld1q_f32(y + i), av, vld1q_f32(x + i)));
-    for (; i < n; i++) y[i] += a * x[i];
-}
-
-static void gemma2__rmsnorm_neon(float *out, const float *x, const float *w1, int n, float eps)
-{
-    float scale = 1.0f / sqrtf(gemma2__dot_neon(x, x, n) / (float)n + eps);
-    float32x4_t sv = vdupq_n_f32(scale);
-    int i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(out + i, vmulq_f32(vmulq_f32(vld1q_f32(x + i), sv), vld1q_f32(w1 + i)));
-    for (; i < n; i++) out[i] = x[i] * scale * w1[i];
-}
-
-static void gemma2__from_bf16_neon(float *dst, const uint16_t *src, int n)
-{
-    int i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(src + i), 16)));
-    for (; i < n; i++) dst[i] = gemma2__bf16_to_f32(src[i]);
-}
-
-static void gemma2__to_bf16_neon(uint16_t *dst, const float *src, int n)
-{
-    int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        uint32x4_t u = vreinterpretq_u32_f32(vld1q_f32(src + i));
-        uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
-        uint32x4_t r = vshrq_n_u32(vaddq_u32(u, vaddq_u32(lsb, vdupq_n_u32(0x7fff))), 16);
-        uint32x4_t nan = vcgtq_u32(vandq_u32(u, vdupq_n_u32(0x7fffffff)), vdupq_n_u32(0x7f800000));
-        r = vbslq_u32(nan, vorrq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(0x40)), r);
-        vst1_u16(dst + i, vmovn_u32(r));
-    }
-    for (; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]);
-}
-
-/* exp(x) for 4 lanes: the same reduction and polynomial as gemma2__exp_512. */
-GEMMA2__ALWAYS_INLINE float32x4_t gemma2__exp_neon(float32x4_t x)
-{
-    float32x4_t n, r, p;
-    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.0f)), vdupq_n_f32(87.0f));
-    n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)));
-    r = vfmsq_f32(x, n, vdupq_n_f32(0.693359375f));
-    r = vfmsq_f32(r, n, vdupq_n_f32(-2.12194440e-4f));
-    p = vdupq_n_f32(1.3981999507e-3f);
-    p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
-    p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
-    p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
-    p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
-    p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, vmulq_f32(r, r));
-    return vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(p), vshlq_n_s32(vcvtnq_s32_f32(n), 23)));
-}
-
-/* GELU (tanh form) as u / (1 + exp(-2z)), as in gemma2__gelu_512. */
-static void gemma2__gelu_mul_neon(float *g, const float *u, int n)
-{
-    int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        float32x4_t v = vld1q_f32(g + i);
-        float32x4_t v3 = vmulq_f32(vmulq_f32(v, v), v);
-        float32x4_t z2 = vmulq_f32(vfmaq_f32(v, v3, vdupq_n_f32(0.044715f)), vdupq_n_f32(-1.5957691216057308f));
-        float32x4_t ge = vdivq_f32(v, vaddq_f32(vdupq_n_f32(1.0f), gemma2__exp_neon(z2)));
-        vst1q_f32(g + i, vmulq_f32(ge, vld1q_f32(u + i)));
-    }
-    for (; i < n; i++) g[i] = gemma2__gelu_tanh(g[i]) * u[i];
-}
-
-/* cap tanh(x / cap) with tanh(v) = sign(v) (1 - e) / (1 + e), e = exp(-2|v|). */
-static void gemma2__softcap_neon(float *x, int n, float cap)
-{
-    const float32x4_t c = vdupq_n_f32(cap), inv2 = vdupq_n_f32(-2.0f / cap), one = vdupq_n_f32(1.0f);
-    const uint32x4_t signbit = vdupq_n_u32(0x80000000u);
-    int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        float32x4_t v = vld1q_f32(x + i);
-        float32x4_t e = gemma2__exp_neon(vmulq_f32(vabsq_f32(v), inv2));
-        float32x4_t t = vdivq_f32(vsubq_f32(one, e), vaddq_f32(one, e));
-        uint32x4_t r = vorrq_u32(vreinterpretq_u32_f32(vmulq_f32(t, c)), vandq_u32(vreinterpretq_u32_f32(v), signbit));
-        vst1q_f32(x + i, vreinterpretq_f32_u32(r));
-    }
-    for (; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
-}
-
-static void gemma2__softmax_neon(float *x, int n)
-{
-    float32x4_t mv = vdupq_n_f32(-INFINITY), sv = vdupq_n_f32(0.0f);
-    float mx, sum;
-    int i = 0;
-    for (; i + 4 <= n; i += 4) mv = vmaxq_f32(mv, vld1q_f32(x + i));
-    mx = vmaxvq_f32(mv);
-    for (; i < n; i++) if (x[i] > mx) mx = x[i];
-    mv = vdupq_n_f32(mx);
-    for (i = 0; i + 4 <= n; i += 4) {
-        float32x4_t e = gemma2__exp_neon(vsubq_f32(vld1q_f32(x + i), mv));
-        sv = vaddq_f32(sv, e);
-        vst1q_f32(x + i, e);
-    }
-    sum = vaddvq_f32(sv);
-    for (; i < n; i++) { x[i] = expf(x[i] - mx); sum += x[i]; }
-    sv = vdupq_n_f32(1.0f / sum);
-    for (i = 0; i + 4 <= n; i += 4) vst1q_f32(x + i, vmulq_f32(vld1q_f32(x + i), sv));
-    for (; i < n; i++) x[i] *= 1.0f / sum;
-}
-
-/* RoPE, 4 pairs at a time (the scalar reference's operations: vmulq/vsubq, never fused). */
-static void gemma2__rope_neon(float *x, int n_heads, int hd, const float *cs)
-{
-    int h, i, half = hd / 2;
-    for (h = 0; h < n_heads; h++, x += hd) {
-        for (i = 0; i + 4 <= half; i += 4) {
-            float32x4_t a = vld1q_f32(x + i), b = vld1q_f32(x + half + i);
-            float32x4_t co = vld1q_f32(cs + i), si = vld1q_f32(cs + half + i);
-            vst1q_f32(x + i, vsubq_f32(vmulq_f32(a, co), vmulq_f32(b, si)));
-            vst1q_f32(x + half + i, vaddq_f32(vmulq_f32(b, co), vmulq_f32(a, si)));
-        }
-        for (; i < half; i++) {
-            float a = x[i], b = x[i + half], co = cs[i], si = cs[half + i];
-            x[i] = a * co - b * si;
-            x[i + half] = b * co + a * si;
-        }
-    }
-}
-
-static const gemma2__kernels gemma2__kernels_neon = {
-    "neon", GEMMA2_KERNELS_NEON, 0,
-    gemma2__matmul_neon, gemma2__dot_neon, gemma2__axpy_neon,
-    gemma2__rmsnorm_neon, gemma2__gelu_mul_neon, gemma2__softcap_neon, gemma2__to_bf16_neon, NULL,
-    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_neon, NULL, gemma2__from_bf16_neon, NULL, NULL,
-    gemma2__rope_neon
-};
-
-/* ---- ARMv8.6 BF16 (FEAT_BF16): BFDOT for GEMMA2_COMPUTE_BF16 ----
-   BFDOT multiplies 4 pairs of bf16 numbers per instruction and adds each pair's two products
-   into one float lane: twice the multiply-adds of an FMA on widened weights, as vdpbf16ps
-   does on x86. Built where the compiler targets the feature (-march=armv8.6-a, Apple M2...) or,
-   with GCC on Linux, per function and used when the kernel reports HWCAP2_BF16 (Graviton 3,
-   Neoverse V1/N2; qemu's default CPU). Every output is one lane-wise sum over the columns in
-   the same order whatever the tile, so a token's results do not depend on the call's other
-   tokens. The columns past the last multiple of 8 go through one zero-padded block. */
-#if defined(__ARM_FEATURE_BF16_VECTOR_ARITHMETIC)
-#define GEMMA2__NEON_BF16 1
-#define GEMMA2__T_NEONBF16
-#elif defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10 && defined(__linux__)
-#define GEMMA2__NEON_BF16 2
-#define GEMMA2__T_NEONBF16 __attribute__((target("arch=armv8.2-a+bf16")))
-#include <sys/auxv.h>
-#endif
-
-#if defined(GEMMA2__NEON_BF16)
-static int gemma2__neon_has_bf16(void)
-{
-#if GEMMA2__NEON_BF16 == 1
-    return 1;
-#else
-    return (getauxval(AT_HWCAP2) & (1ul << 14)) != 0; /* HWCAP2_BF16 */
-#endif
-}
-
-/* RR rows x TT tokens of outputs (RR x TT <= 16 accumulators; 8 x 1 for decode). */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_NEONBF16 void gemma2__tile_neonbf(const gemma2__matmul_args *a, int r, int t, const int RR, const int TT)
-{
-    const int K = a->w->cols;
-    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
-    const uint16_t *x0 = a->xb + (size_t)t * (size_t)K;
-    float32x4_t acc[8][4];
-    int i, j, k = 0;
-    GEMMA2__UNROLL for (i = 0; i < RR; i++) GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vdupq_n_f32(0.0f);
-    for (; k + 8 <= K; k += 8) {
-        bfloat16x8_t xv[4];
-        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = vreinterpretq_bf16_u16(vld1q_u16(x0 + (size_t)j * K + k));
-        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
-            bfloat16x8_t wv = vreinterpretq_bf16_u16(vld1q_u16(w0 + (size_t)i * K + k));
-            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vbfdotq_f32(acc[i][j], wv, xv[j]);
-        }
-    }
-    if (k < K) {
-        uint16_t pad[8];
-        bfloat16x8_t xv[4];
-        GEMMA2__UNROLL for (j = 0; j < TT; j++) {
-            memset(pad, 0, sizeof pad);
-            memcpy(pad, x0 + (size_t)j * K + k, (size_t)(K - k) * sizeof(uint16_t));
-            xv[j] = vreinterpretq_bf16_u16(vld1q_u16(pad));
-        }
-        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
-            bfloat16x8_t wv;
-            memset(pad, 0, sizeof pad);
-            memcpy(pad, w0 + (size_t)i * K + k, (size_t)(K - k) * sizeof(uint16_t));
-            wv = vreinterpretq_bf16_u16(vld1q_u16(pad));
-            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vbfdotq_f32(acc[i][j], wv, xv[j]);
-        }
-    }
-    GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (i = 0; i < RR; i++)
-        a->y[(size_t)(t + j) * a->ldy + r + i] = vaddvq_f32(acc[i][j]);
-}
-
-#define GEMMA2__TILE_NBF(a, r, t, RR, TT, dummy) gemma2__tile_neonbf(a, r, t, RR, TT)
-
-/* BF16 weights with bf16 activations (xb) through BFDOT; everything else as the NEON set. */
-static GEMMA2__T_NEONBF16 void gemma2__matmul_neonbf16(const gemma2__matmul_args *a, int r0, int r1)
-{
-    int rb, r, t;
-    if (a->w->dtype != GEMMA2__DT_BF16 || !a->xb) {
-        gemma2__matmul_neon(a, r0, r1);
-        return;
-    }
-    if (a->T == 1) {
-        for (r = r0; r + 8 <= r1; r += 8) gemma2__tile_neonbf(a, r, 0, 8, 1);
-        for (; r < r1; r++) gemma2__tile_neonbf(a, r, 0, 1, 1);
-        return;
-    }
-    for (rb = r0; rb < r1; rb += 16) {
-        int re = GEMMA2__MIN(rb + 16, r1);
-        for (t = 0; t + 4 <= a->T; t += 4) GEMMA2__ROWS_TILED(GEMMA2__TILE_NBF, rb, re, t, 4, 0);
-        if (a->T - t == 3) GEMMA2__ROWS_TILED(GEMMA2__TILE_NBF, rb, re, t, 3, 0);
-        else if (a->T - t == 2) GEMMA2__ROWS_TILED(GEMMA2__TILE_NBF, rb, re, t, 2, 0);
-        else if (a->T - t == 1) GEMMA2__ROWS_TILED(GEMMA2__TILE_NBF, rb, re, t, 1, 0);
-    }
-}
-
-static const gemma2__kernels gemma2__kernels_neonbf16 = {
-    "neon-bf16", GEMMA2_KERNELS_NEON_BF16, 1,
-    gemma2__matmul_neonbf16, gemma2__dot_neon, gemma2__axpy_neon,
-    gemma2__rmsnorm_neon, gemma2__gelu_mul_neon, gemma2__softcap_neon, gemma2__to_bf16_neon, NULL,
-    gemma2__att_scores_generic, gemma2__att_values_generic, gemma2__softmax_neon, NULL, gemma2__from_bf16_neon, NULL, NULL,
-    gemma2__rope_neon
-};
-#endif /* GEMMA2__NEON_BF16 */
-#endif /* NEON */
-
-/* Picks the kernel set: `want` is a GEMMA2_KERNELS_* value (AUTO = the best this CPU runs).
-   Returns NULL if the CPU (or this build) cannot run the one asked for. */
-static const gemma2__kernels *gemma2__kernels_select(int want)
-{
-    const int any = want == GEMMA2_KERNELS_AUTO;
-#if defined(GEMMA2__X86)
-    int f = gemma2__x86_features();
-    if ((any || want == GEMMA2_KERNELS_AVX512_BF16) && (f & GEMMA2__CPU_AVX512BF16)) return &gemma2__kernels_avx512bf16;
-    if ((any || want == GEMMA2_KERNELS_AVX512) && (f & GEMMA2__CPU_AVX512)) return &gemma2__kernels_avx512;
-    if ((any || want == GEMMA2_KERNELS_AVX2) && (f & GEMMA2__CPU_AVX2)) return &gemma2__kernels_avx2;
-#endif
-#if defined(GEMMA2__NEON_BF16)
-    if ((any || want == GEMMA2_KERNELS_NEON_BF16) && gemma2__neon_has_bf16()) return &gemma2__kernels_neonbf16;
-#endif
-#if defined(GEMMA2__NEON)
-    if (any || want == GEMMA2_KERNELS_NEON) return &gemma2__kernels_neon;
-#endif
-    if (any || want == GEMMA2_KERNELS_SCALAR) return &gemma2__kernels_scalar;
-    return NULL;
-}
-
-/* ---- helpers for the forward pass and the loader ---- */
-
-
-/* y = W x for all rows of W, for up to GEMMA2__MM_MAX matrices at once (q, k and v read the
-   same input, so do gate and up: one dispatch and one wait instead of three), split across
-   the pool. Tasks are contiguous slabs of rows, in multiples of 16 rows (decode: whole 8-row
-   groups and cache lines of y) or 48 (prefill: whole row blocks), many per thread: with 2
-   threads on a busy machine, a thread that starts late or runs slow is balanced by the other
-   (measured: 32 tasks per thread gave 5-10% more decode speed than 4), and the per-task
-   cost is one atomic increment. */
-#define GEMMA2__MM_MAX 3
-
-typedef struct gemma2__matmul_job {
-    const gemma2__kernels *k;
-    const gemma2__matmul_args *a;
-    int n, chunk[GEMMA2__MM_MAX], first[GEMMA2__MM_MAX + 1]; /* matrix i owns tasks first[i] .. first[i + 1] - 1 */
-} gemma2__matmul_job;
-
-static void gemma2__matmul_task(void *ctx, int task, int n_tasks)
-{
-    const gemma2__matmul_job *j = (const gemma2__matmul_job *)ctx;
-    int i = 0, r0, r1;
-    (void)n_tasks;
-    while (i + 1 < j->n && task >= j->first[i + 1]) i++;
-    r0 = (task - j->first[i]) * j->chunk[i];
-    r1 = GEMMA2__MIN(r0 + j->chunk[i], j->a[i].w->rows);
-    if (r0 < r1) j->k->matmul(&j->a[i], r0, r1);
-}
-
-static GEMMA2__MAYBE_UNUSED void gemma2__matmul_n(gemma2__pool *p, const gemma2__kernels *k, const gemma2__matmul_args *a, int n)
-{
-    gemma2__matmul_job j;
-    int nt = p ? gemma2__pool_size(p) : 1, i;
-    if (nt <= 1) {
-        for (i = 0; i < n; i++) k->matmul(&a[i], 0, a[i].w->rows);
-        return;
-    }
-    j.k = k; j.a = a; j.n = n; j.first[0] = 0;
-    for (i = 0; i < n; i++) {
-        int rows = a[i].w->rows, unit = a[i].T > 1 ? 48 : 16, per = a[i].T > 1 ? 8 : 32;
-        int chunk = (rows + nt * per - 1) / (nt * per);
-        chunk = GEMMA2__MAX(a[i].T > 1 ? 48 : 64, (chunk + unit - 1) / unit * unit);
-        j.chunk[i] = chunk;
-        j.first[i + 1] = j.first[i] + (rows + chunk - 1) / chunk;
-    }
-    gemma2__pool_run(p, gemma2__matmul_task, &j, j.first[n]);
-}
-
-static GEMMA2__MAYBE_UNUSED void gemma2__matmul(gemma2__pool *p, const gemma2__kernels *k, const gemma2__matmul_args *a)
-{
-    gemma2__matmul_n(p, k, a, 1);
-}
-
-/* The activations' transposition for the prefill kernels (prep_xt), its rows split over the
-   pool in runs of 16 (whole register transposes). */
-typedef struct gemma2__prep_job {
-    const gemma2__kernels *k;
-    void *xt;
-    const float *x;
-    int T, K, kind, rows, per;
-} gemma2__prep_job;
-
-static void gemma2__prep_task(void *ctx, int task, int n_tasks)
-{
-    const gemma2__prep_job *j = (const gemma2__prep_job *)ctx;
-    int j0 = task * j->per, j1 = GEMMA2__MIN(j0 + j->per, j->rows);
-    (void)n_tasks;
-    if (j0 < j1) j->k->prep_xt(j->xt, j->x, j->T, j->K, j->kind, j0, j1);
-}
-
-static GEMMA2__MAYBE_UNUSED void gemma2__prep_xt(gemma2__pool *p, const gemma2__kernels *k, void *xt, const float *x, int T, int K, int kind)
-{
-    gemma2__prep_job j;
-    int nt = p ? gemma2__pool_size(p) : 1;
-    j.k = k; j.xt = xt; j.x = x; j.T = T; j.K = K; j.kind = kind;
-    j.rows = gemma2__xt_rows(K, kind);
-    j.per = GEMMA2__MAX(64, ((j.rows + 2 * nt - 1) / (2 * nt) + 15) & ~15);
-    if (nt <= 1 || j.rows <= j.per) { k->prep_xt(xt, x, T, K, kind, 0, j.rows); return; }
-    gemma2__pool_run(p, gemma2__prep_task, &j, (j.rows + j.per - 1) / j.per);
-}
-
-/* F32 -> BF16 once at load (GEMMA2_WEIGHTS_BF16), in 1M-element chunks over the pool. */
-typedef struct gemma2__convert_job {
-    uint16_t *dst;
-    const float *src;
-    size_t n;
-} gemma2__convert_job;
-
-#define GEMMA2__CONVERT_CHUNK ((size_t)1 << 20)
-
-static void gemma2__convert_task(void *ctx, int task, int n_tasks)
-{
-    const gemma2__convert_job *j = (const gemma2__convert_job *)ctx;
-    size_t i0 = (size_t)task * GEMMA2__CONVERT_CHUNK, i1 = GEMMA2__MIN(i0 + GEMMA2__CONVERT_CHUNK, j->n), i;
-    (void)n_tasks;
-    for (i = i0; i < i1; i++) j->dst[i] = gemma2__f32_to_bf16(j->src[i]);
-}
-
-static GEMMA2__MAYBE_UNUSED void gemma2__convert_f32_to_bf16(gemma2__pool *p, uint16_t *dst, const float *src, size_t n)
-{
-    gemma2__convert_job j;
-    size_t n_tasks = (n + GEMMA2__CONVERT_CHUNK - 1) / GEMMA2__CONVERT_CHUNK;
-    j.dst = dst; j.src = src; j.n = n;
-    if (n == 0) return;
-    if (!p || n_tasks > (size_t)INT_MAX) { size_t i; for (i = 0; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]); return; }
-    gemma2__pool_run(p, gemma2__convert_task, &j, (int)n_tasks);
+    int f;
+    memset(k, 0, sizeof *k);
+    k->name = "scalar";
+    k->id = GEMMA2_KERNELS_SCALAR;
+    for (f = 0; f < GEMMA2__WF_COUNT; f++) k->matmul[f] = NULL; /* the reference products */
+    k->dot = gemma2__dot_scalar;
+    k->axpy = gemma2__axpy_scalar;
+    k->rmsnorm = gemma2__rmsnorm_scalar;
+    k->gelu_mul = gemma2__gelu_mul_scalar;
+    k->softcap = gemma2__softcap_scalar;
+    k->softmax = gemma2__softmax_scalar;
+    k->rope = gemma2__rope_scalar;
+    k->to_bf16 = gemma2__to_bf16_scalar;
+    k->from_bf16 = gemma2__from_bf16_scalar;
+    k->att_scores = gemma2__att_scores_generic;
+    k->att_values = gemma2__att_values_generic;
+    /* Threads take matrix rows in multiples of 16 for one token (whole 8-row decode groups and
+       64-byte lines of y) and 48 for several (whole prefill row blocks); sets with other tile
+       shapes change these. */
+    k->split_rows[0] = 16;
+    k->split_rows[1] = 48;
+    k->pack_unit = 16;
+    k->att_prefetch_rows = 0;
+    k->x3_min_cols = INT_MAX;
 }
 
 /* ===========================================================================
-   2.9  Model loading
-   =========================================================================== */
+   2.4  The model: weights and sessions
+   ===========================================================================
+   Shapes, with the 2B numbers: V = 256000 vocabulary, H = 2304 hidden, I = 9216
+   feed-forward, L = 26 layers, nH = 8 query heads, nKV = 4 kv heads, hd = 256 per head,
+   W = 4096 sliding window. */
 
-/* The tokenizer lives in section 2.12; the model only holds it. */
-typedef struct gemma2__tokenizer gemma2__tokenizer;
-/* Reads tokenizer.json (Hugging Face) or tokenizer.model (SentencePiece), chosen by content. */
-static int gemma2__tokenizer_load(gemma2__tokenizer **out, const char *path, char *err, size_t err_size);
-static void gemma2__tokenizer_free(gemma2__tokenizer *t);
-
-/* One decoder layer's weights. Shapes: H hidden, nH heads, nKV kv heads, hd head_dim, I intermediate. */
+/* One decoder layer's weights. */
 typedef struct gemma2__layer {
     const float *attn_norm;      /* [H] input_layernorm, stored as 1 + w */
     const float *post_attn_norm; /* [H] post_attention_layernorm, 1 + w */
@@ -3724,15 +1234,6 @@ typedef struct gemma2__layer {
 /* A block of memory the model owns (converted weights, norm vectors). */
 typedef struct gemma2__block { struct gemma2__block *next; } gemma2__block;
 
-/* Where the float32 decode goes through the three-part bf16 split (to_bf16x3) instead of FMAs
-   on widened weights: both read the same bytes, and which one keeps more of them in flight
-   depends on the shape. Measured on Zen 5, 1 GB of matrices per pass, 1 and 2 threads: the
-   split is 7-10% faster on the 2304 x 9216 down projection of 2B and 0-7% faster on 9B's
-   3584-column matrices; FMAs are 5-8% faster on 2B's 2304-column ones (q/k/v, gate/up, the
-   output projection). In 2B's model, sessions alternating: 8.59 tokens/s with this rule,
-   8.25 with the split everywhere, 8.31 with FMAs everywhere (2 threads). */
-#define GEMMA2__X3_MIN_COLS 3072
-
 struct gemma2_model {
     gemma2_config cfg;
     gemma2_options opt;            /* as given, defaults filled in */
@@ -3744,358 +1245,10 @@ struct gemma2_model {
     int n_files;
     gemma2__block *owned;          /* allocations freed with the model */
     size_t weight_bytes;
-    const gemma2__kernels *kern;
-    int x3_min_cols;               /* decode uses the set's to_bf16x3 split for matrices wider than
-                                      this (GEMMA2__X3_MIN_COLS; the tests lower it to cover the path) */
+    gemma2__kernels kern;          /* the kernel set, chosen at load (gemma2_options.kernels) */
     gemma2__tokenizer *tok;        /* NULL when loaded without a tokenizer */
     gemma2__pool *load_pool;       /* threads for converting weights, only during gemma2_load */
 };
-
-static void *gemma2__own(gemma2_model *m, size_t bytes)
-{
-    /* Owned blocks are chained through a header; the payload is 64-byte aligned for SIMD loads. */
-    uint8_t *raw = (uint8_t *)GEMMA2_MALLOC(bytes + 64 + sizeof(gemma2__block));
-    gemma2__block *b;
-    uint8_t *payload;
-    if (!raw) return NULL;
-    b = (gemma2__block *)raw;
-    b->next = m->owned;
-    m->owned = b;
-    payload = raw + sizeof(gemma2__block);
-    payload += (64 - ((uintptr_t)payload & 63)) & 63;
-    return payload;
-}
-
-GEMMA2_DEF const char *gemma2_error_string(int code)
-{
-    switch (code) {
-    case GEMMA2_OK: return "ok";
-    case GEMMA2_ERROR_INVALID_ARGUMENT: return "invalid argument";
-    case GEMMA2_ERROR_OUT_OF_MEMORY: return "out of memory";
-    case GEMMA2_ERROR_IO: return "cannot read file";
-    case GEMMA2_ERROR_FORMAT: return "malformed file";
-    case GEMMA2_ERROR_UNSUPPORTED: return "unsupported";
-    case GEMMA2_ERROR_BAD_TOKEN: return "token id out of range";
-    case GEMMA2_ERROR_CONTEXT_FULL: return "context full";
-    case GEMMA2_ERROR_NO_TOKENIZER: return "model has no tokenizer";
-    case GEMMA2_ERROR_NO_WEIGHTS: return "model was loaded without weights";
-    case GEMMA2_ERROR_CHAT_FORMAT: return "bad chat message order or role";
-    case GEMMA2_ERROR_CANCELLED: return "cancelled";
-    default: return "unknown error";
-    }
-}
-
-/* Maps model.safetensors, or every shard named by model.safetensors.index.json. */
-static int gemma2__open_weights(gemma2_model *m, const char *dir, gemma2__tensors *ts, char *err, size_t err_size)
-{
-    char *index_path = gemma2__path_join(dir, "model.safetensors.index.json");
-    char **names = NULL;
-    int n_names = 0, rc = 0, i;
-    if (!index_path) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
-    if (gemma2__file_exists(index_path)) {
-        gemma2__file f;
-        gemma2__json j;
-        char jerr[160];
-        int32_t wm, c;
-        if ((rc = gemma2__file_read(&f, index_path, err, err_size)) != 0) { GEMMA2_FREE(index_path); return rc; }
-        if (gemma2__json_parse(&j, (const char *)f.data, f.size, jerr, sizeof jerr) != 0) {
-            rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: %s", index_path, jerr);
-            goto index_done;
-        }
-        wm = gemma2__json_get(&j, 0, "weight_map");
-        if (!gemma2__json_is(&j, wm, GEMMA2__JOBJECT) || j.nodes[wm].count == 0) {
-            rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: no \"weight_map\" object", index_path);
-            goto index_done;
-        }
-        names = (char **)gemma2__calloc((size_t)j.nodes[wm].count / 2, sizeof(char *));
-        if (!names) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto index_done; }
-        /* The distinct shard files, each checked to stay inside the folder. */
-        for (c = j.nodes[wm].child; c >= 0; c = j.nodes[j.nodes[c].next].next) {
-            int32_t v = j.nodes[c].next;
-            char name[512];
-            int64_t l;
-            int dup = 0, k;
-            if (!gemma2__json_is(&j, v, GEMMA2__JSTRING) || j.nodes[v].len >= sizeof name ||
-                (l = gemma2__json_unescape(&j, v, name)) <= 0) {
-                rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: weight_map values must be file names", index_path);
-                goto index_done;
-            }
-            name[l] = 0;
-            if ((int64_t)strlen(name) != l || strchr(name, '/') || strchr(name, '\\') || strchr(name, ':') || !strcmp(name, "..") || !strcmp(name, ".")) {
-                rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: shard name \"%s\" must be a plain file name in the model folder", index_path, name);
-                goto index_done;
-            }
-            for (k = 0; k < n_names; k++) dup |= !strcmp(names[k], name);
-            if (!dup) {
-                if (!(names[n_names] = gemma2__strdup(name))) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto index_done; }
-                n_names++;
-            }
-        }
-    index_done:
-        gemma2__json_free(&j);
-        gemma2__file_close(&f);
-    } else {
-        names = (char **)gemma2__calloc(1, sizeof(char *));
-        if (!names || !(names[0] = gemma2__strdup("model.safetensors"))) rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
-        else n_names = 1;
-    }
-    GEMMA2_FREE(index_path);
-    if (rc == 0) {
-        m->files = (gemma2__file *)gemma2__calloc((size_t)n_names, sizeof(gemma2__file));
-        if (!m->files) rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
-    }
-    for (i = 0; i < n_names && rc == 0; i++) {
-        char *path = gemma2__path_join(dir, names[i]);
-        if (!path) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); break; }
-        rc = m->opt.preload ? gemma2__file_preload(&m->files[i], path, err, err_size)
-                            : gemma2__file_map(&m->files[i], path, err, err_size);
-        if (rc == 0) {
-            m->n_files = i + 1;
-            rc = gemma2__safetensors_read(ts, &m->files[i], i, path, err, err_size);
-        }
-        GEMMA2_FREE(path);
-    }
-    for (i = 0; i < n_names; i++) GEMMA2_FREE(names ? names[i] : NULL);
-    GEMMA2_FREE(names);
-    return rc;
-}
-
-static int gemma2__progress(gemma2_model *m, float f, char *err, size_t err_size)
-{
-    if (m->opt.progress && m->opt.progress(m->opt.progress_user, f))
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_CANCELLED, "loading cancelled by the progress callback");
-    return 0;
-}
-
-/* Finds a tensor and checks its shape: [d0] when d1 == 0, else [d0, d1]. */
-static int gemma2__want(const gemma2__tensors *ts, const char *name, int64_t d0, int64_t d1, const gemma2__tensor **out,
-                        const gemma2_model *m, char *err, size_t err_size)
-{
-    const gemma2__tensor *t = gemma2__tensors_find(ts, name);
-    int nd = d1 ? 2 : 1;
-    (void)m;
-    if (!t) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "tensor %s is missing from the checkpoint", name);
-    if (t->ndim != nd || t->shape[0] != d0 || (nd == 2 && t->shape[1] != d1)) {
-        if (nd == 2)
-            return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "tensor %s has shape [%lld%s%lld], expected [%lld, %lld]", name,
-                                (long long)t->shape[0], t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL,
-                                (long long)d0, (long long)d1);
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "tensor %s has %d dimensions or size %lld, expected [%lld]", name,
-                            t->ndim, (long long)t->shape[0], (long long)d0);
-    }
-    *out = t;
-    return 0;
-}
-
-/* A norm vector: widened to float32 and stored as 1 + w (Gemma's RMSNorm scale). */
-static int gemma2__bind_norm(gemma2_model *m, const gemma2__tensors *ts, const char *name, const float **out, char *err, size_t err_size)
-{
-    const gemma2__tensor *t;
-    int H = m->cfg.hidden_size, i, rc;
-    float *w;
-    if ((rc = gemma2__want(ts, name, H, 0, &t, m, err, err_size)) != 0) return rc;
-    if (!(w = (float *)gemma2__own(m, (size_t)H * sizeof(float)))) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
-    for (i = 0; i < H; i++) {
-        float v;
-        uint16_t h;
-        if (t->dtype == GEMMA2__ST_F32) memcpy(&v, t->data + 4 * (size_t)i, 4);
-        else {
-            memcpy(&h, t->data + 2 * (size_t)i, 2);
-            v = t->dtype == GEMMA2__ST_BF16 ? gemma2__bf16_to_f32(h) : gemma2__f16_to_f32(h);
-        }
-        w[i] = 1.0f + v;
-    }
-    m->weight_bytes += (size_t)H * sizeof(float);
-    *out = w;
-    return 0;
-}
-
-/* A weight matrix: BF16 (and F32 unless converting) used in place from the mapping;
-   F16, misaligned data, and F32 under GEMMA2_WEIGHTS_BF16 become an owned copy. */
-static int gemma2__bind_mat(gemma2_model *m, const gemma2__tensors *ts, const char *name, int rows, int cols, gemma2__mat *out,
-                            char *err, size_t err_size)
-{
-    const gemma2__tensor *t;
-    size_t n = (size_t)rows * (size_t)cols, i;
-    int rc, want_bf16 = m->opt.weights == GEMMA2_WEIGHTS_BF16;
-    if ((rc = gemma2__want(ts, name, rows, cols, &t, m, err, err_size)) != 0) return rc;
-    out->rows = rows;
-    out->cols = cols;
-    if (t->dtype == GEMMA2__ST_BF16 && ((uintptr_t)t->data & 1) == 0) {
-        out->data = t->data;
-        out->dtype = GEMMA2__DT_BF16;
-        m->weight_bytes += n * 2;
-        return 0;
-    }
-    if (t->dtype == GEMMA2__ST_F32 && !want_bf16 && ((uintptr_t)t->data & 3) == 0) {
-        out->data = t->data;
-        out->dtype = GEMMA2__DT_F32;
-        m->weight_bytes += n * 4;
-        return 0;
-    }
-    if (want_bf16 || t->dtype == GEMMA2__ST_BF16) {
-        uint16_t *dst = (uint16_t *)gemma2__own(m, n * 2);
-        if (!dst) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "tensor %s: out of memory converting to bf16", name);
-        if (t->dtype == GEMMA2__ST_F32 && ((uintptr_t)t->data & 3) == 0)
-            gemma2__convert_f32_to_bf16(m->load_pool, dst, (const float *)t->data, n);
-        else for (i = 0; i < n; i++) {
-            float v;
-            uint16_t h;
-            if (t->dtype == GEMMA2__ST_F32) { memcpy(&v, t->data + 4 * i, 4); dst[i] = gemma2__f32_to_bf16(v); }
-            else if (t->dtype == GEMMA2__ST_F16) { memcpy(&h, t->data + 2 * i, 2); dst[i] = gemma2__f32_to_bf16(gemma2__f16_to_f32(h)); }
-            else memcpy(&dst[i], t->data + 2 * i, 2);
-        }
-        out->data = dst;
-        out->dtype = GEMMA2__DT_BF16;
-        m->weight_bytes += n * 2;
-    } else {
-        float *dst = (float *)gemma2__own(m, n * 4);
-        if (!dst) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "tensor %s: out of memory converting to f32", name);
-        for (i = 0; i < n; i++) {
-            uint16_t h;
-            if (t->dtype == GEMMA2__ST_F16) { memcpy(&h, t->data + 2 * i, 2); dst[i] = gemma2__f16_to_f32(h); }
-            else memcpy(&dst[i], t->data + 4 * i, 4);
-        }
-        out->data = dst;
-        out->dtype = GEMMA2__DT_F32;
-        m->weight_bytes += n * 4;
-    }
-    return 0;
-}
-
-static int gemma2__bind_weights(gemma2_model *m, const gemma2__tensors *ts, char *err, size_t err_size)
-{
-    const gemma2_config *c = &m->cfg;
-    int H = c->hidden_size, I = c->intermediate_size, qd = c->num_attention_heads * c->head_dim;
-    int kvd = c->num_key_value_heads * c->head_dim, l, rc;
-    char name[128];
-    if ((rc = gemma2__bind_mat(m, ts, "model.embed_tokens.weight", c->vocab_size, H, &m->embed, err, err_size)) ||
-        (rc = gemma2__bind_norm(m, ts, "model.norm.weight", &m->final_norm, err, err_size)))
-        return rc;
-    m->layers = (gemma2__layer *)gemma2__own(m, (size_t)c->num_hidden_layers * sizeof(gemma2__layer));
-    if (!m->layers) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
-    for (l = 0; l < c->num_hidden_layers; l++) {
-        gemma2__layer *L = &m->layers[l];
-#define GEMMA2__N(s) (snprintf(name, sizeof name, "model.layers.%d." s, l), name)
-        if ((rc = gemma2__bind_norm(m, ts, GEMMA2__N("input_layernorm.weight"), &L->attn_norm, err, err_size)) ||
-            (rc = gemma2__bind_norm(m, ts, GEMMA2__N("post_attention_layernorm.weight"), &L->post_attn_norm, err, err_size)) ||
-            (rc = gemma2__bind_norm(m, ts, GEMMA2__N("pre_feedforward_layernorm.weight"), &L->pre_ffw_norm, err, err_size)) ||
-            (rc = gemma2__bind_norm(m, ts, GEMMA2__N("post_feedforward_layernorm.weight"), &L->post_ffw_norm, err, err_size)) ||
-            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.q_proj.weight"), qd, H, &L->wq, err, err_size)) ||
-            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.k_proj.weight"), kvd, H, &L->wk, err, err_size)) ||
-            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.v_proj.weight"), kvd, H, &L->wv, err, err_size)) ||
-            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.o_proj.weight"), H, qd, &L->wo, err, err_size)) ||
-            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("mlp.gate_proj.weight"), I, H, &L->wgate, err, err_size)) ||
-            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("mlp.up_proj.weight"), I, H, &L->wup, err, err_size)) ||
-            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("mlp.down_proj.weight"), H, I, &L->wdown, err, err_size)))
-            return rc;
-#undef GEMMA2__N
-        /* Gemma 2 alternates local and global attention, starting with local on layer 0. */
-        L->sliding = (l % 2) == 0;
-        if ((rc = gemma2__progress(m, 0.1f + 0.9f * (float)(l + 1) / (float)c->num_hidden_layers, err, err_size))) return rc;
-    }
-    return 0;
-}
-
-GEMMA2_DEF void gemma2_free(gemma2_model *m)
-{
-    int i;
-    if (!m) return;
-    if (m->tok) gemma2__tokenizer_free(m->tok);
-    for (i = 0; i < m->n_files; i++) gemma2__file_close(&m->files[i]);
-    GEMMA2_FREE(m->files);
-    while (m->owned) {
-        gemma2__block *b = m->owned;
-        m->owned = b->next;
-        GEMMA2_FREE(b);
-    }
-    GEMMA2_FREE(m);
-}
-
-static int gemma2__read_generation_config(gemma2_config *cfg, const char *dir); /* in 2.14 */
-
-GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options *opt, char *err, size_t err_size)
-{
-    gemma2_model *m;
-    gemma2__tensors ts;
-    gemma2__file cf;
-    char *path = NULL;
-    int rc;
-    if (err && err_size) err[0] = 0;
-    if (!model_dir) { gemma2__fail(err, err_size, 0, "gemma2_load: model_dir is NULL"); return NULL; }
-    if (opt && (opt->n_threads < 0 || opt->weights < 0 || opt->weights > GEMMA2_WEIGHTS_BF16 || opt->compute < 0 ||
-                opt->compute > GEMMA2_COMPUTE_BF16 || opt->kernels < 0 || opt->kernels > GEMMA2_KERNELS_NEON_BF16 || opt->kv_cache < 0 ||
-                opt->kv_cache > GEMMA2_KV_BF16)) {
-        gemma2__fail(err, err_size, 0, "gemma2_load: an option is out of range (n_threads, weights, compute or kernels)");
-        return NULL;
-    }
-    m = (gemma2_model *)gemma2__calloc(1, sizeof *m);
-    if (!m) { gemma2__fail(err, err_size, 0, "out of memory"); return NULL; }
-    memset(&ts, 0, sizeof ts);
-    if (opt) m->opt = *opt;
-    if (m->opt.n_threads == 0) m->opt.n_threads = gemma2__cpu_count();
-
-    /* config.json */
-    if (!(path = gemma2__path_join(model_dir, "config.json"))) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto fail; }
-    if ((rc = gemma2__file_read(&cf, path, err, err_size)) != 0) goto fail;
-    rc = gemma2__config_parse(&m->cfg, (const char *)cf.data, cf.size, path, err, err_size);
-    gemma2__file_close(&cf);
-    if (rc) goto fail;
-    /* generation_config.json's eos ids (section 2.14) */
-    if ((rc = gemma2__read_generation_config(&m->cfg, model_dir)) != 0) { gemma2__fail(err, err_size, rc, "%s/generation_config.json: malformed (eos_token_id)", model_dir); goto fail; }
-    GEMMA2_FREE(path);
-    path = NULL;
-
-    /* The tokenizer: an explicit file, else tokenizer.json (what transformers reads), else tokenizer.model. */
-    if (!m->opt.no_tokenizer) {
-        if (m->opt.tokenizer_path) path = gemma2__strdup(m->opt.tokenizer_path);
-        else {
-            path = gemma2__path_join(model_dir, "tokenizer.json");
-            if (path && !gemma2__file_exists(path)) {
-                GEMMA2_FREE(path);
-                path = gemma2__path_join(model_dir, "tokenizer.model");
-                if (path && !gemma2__file_exists(path)) { GEMMA2_FREE(path); path = NULL; if (m->opt.tokenizer_only) {
-                    rc = gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: no tokenizer.json or tokenizer.model", model_dir); goto fail; } goto no_tok; }
-            }
-        }
-        if (!path) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto fail; }
-        if ((rc = gemma2__tokenizer_load(&m->tok, path, err, err_size)) != 0) goto fail;
-        GEMMA2_FREE(path);
-        path = NULL;
-    }
-no_tok:
-    if (m->opt.tokenizer_only) return m;
-
-    m->kern = gemma2__kernels_select(m->opt.kernels);
-    m->x3_min_cols = GEMMA2__X3_MIN_COLS;
-    if (!m->kern) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "gemma2_load: the kernel set asked for (%d) is not available on this CPU or build", m->opt.kernels); goto fail; }
-    if ((rc = gemma2__progress(m, 0.0f, err, err_size)) != 0) goto fail;
-    if ((rc = gemma2__open_weights(m, model_dir, &ts, err, err_size)) != 0) goto fail;
-    if ((rc = gemma2__progress(m, 0.1f, err, err_size)) != 0) goto fail;
-    if (m->opt.weights == GEMMA2_WEIGHTS_BF16) m->load_pool = gemma2__pool_new(m->opt.n_threads);
-    rc = gemma2__bind_weights(m, &ts, err, err_size);
-    gemma2__pool_free(m->load_pool);
-    m->load_pool = NULL;
-    if (rc != 0) goto fail;
-    gemma2__tensors_free(&ts);
-    m->has_weights = 1;
-    return m;
-fail:
-    (void)rc;
-    GEMMA2_FREE(path);
-    gemma2__tensors_free(&ts);
-    gemma2_free(m);
-    return NULL;
-}
-
-GEMMA2_DEF int gemma2_vocab_size(const gemma2_model *m) { return m ? m->cfg.vocab_size : GEMMA2_ERROR_INVALID_ARGUMENT; }
-GEMMA2_DEF const gemma2_config *gemma2_model_config(const gemma2_model *m) { return m ? &m->cfg : NULL; }
-GEMMA2_DEF size_t gemma2_model_weight_bytes(const gemma2_model *m) { return m ? m->weight_bytes : 0; }
-GEMMA2_DEF const char *gemma2_model_kernels(const gemma2_model *m) { return m && m->kern ? m->kern->name : "none"; }
-
-/* ===========================================================================
-   2.10 The forward pass
-   =========================================================================== */
 
 /* How many tokens one pass through the layers handles at once. Prompts are cut into
    chunks of this size: each weight matrix is then read once per chunk instead of once per
@@ -4117,7 +1270,7 @@ struct gemma2_session {
        kb, vb (GEMMA2_KV_BF16: half the bytes; k[l], v[l] are then NULL). */
     float **k, **v;
     uint16_t **kb, **vb;     /* NULL unless GEMMA2_KV_BF16 */
-    float *kvtmp;            /* GEMMA2_KV_BF16 without bf16 attention kernels: [n_threads][KV_BLK + KV_PAD][hd] rows widened for the
+    float *kvtmp;            /* GEMMA2_KV_BF16 without bf16 attention kernels: [n_threads][KV_BLK + pad][hd] rows widened for the
                                 attention kernels, a few at a time (they stay in L1) */
     int *slots;
     /* Scratch for one chunk of C <= GEMMA2__CHUNK tokens. */
@@ -4133,10 +1286,8 @@ struct gemma2_session {
     float *scores;           /* [n_threads][ATT_QB * nH/nKV][n_ctx] attention scores of one work item (block of
                                 tokens x query-head group) per thread */
     float *attq;             /* [n_threads][2][ATT_QB * nH/nKV][hd] a work item's queries and outputs, packed */
-    uint16_t *xb;            /* [C][max(H, I, nH*hd)] bf16 activations (GEMMA2_COMPUTE_BF16), or for
-                                one token x split in three bf16 parts (to_bf16x3) */
-    void *xt;                /* gemma2__xt_size(C, max(H, I, nH*hd)) bytes: activations transposed
-                                for the prefill kernels (kernel sets with prep_xt), else NULL */
+    void *xp;                /* gemma2__pack_bytes_max(C, max(H, I, nH*hd)) bytes: the activations of a
+                                matrix product in the layout the kernel set asks for (gemma2__pack) */
     float *logits;           /* [V] logits of the last evaluated token */
     int has_logits;
     gemma2__pool *pool;
@@ -4144,20 +1295,200 @@ struct gemma2_session {
     void *trace_user;
 };
 
-/* y[i] = W[i] x for the chunk, for n <= 3 matrices of the same width that read the same x,
-   rows split over the session's threads (gemma2__matmul_n). The activations are put in the
-   form the kernels read once here: for several tokens, transposed (kernel sets with
-   prep_xt; in bf16 pairs for bf16 weights under GEMMA2_COMPUTE_BF16, else in floats, F32
-   weights included); otherwise rounded to bf16 for GEMMA2_COMPUTE_BF16 (kernels whose bf16
-   dot products do twice the arithmetic per instruction) or, for one token, split in three
-   bf16 parts (to_bf16x3). F32 matrices without xt read x as it is. */
-static void gemma2__forward_matmul(gemma2_session *s, const float *x, int T, int n, const gemma2__mat *const *w, float *const *y, const int *ldy)
+/* ===========================================================================
+   2.5  The forward pass
+   ===========================================================================
+   Gemma 2, token ids in, next-token logits out. Per token, with the 2B numbers:
+
+     x = embed_tokens[id] * sqrt(H)                       [H = 2304]
+     26 times (layers alternate: even ones see the last W = 4096 positions, odd ones all):
+       h = RMSNorm(x) (1 + input_layernorm)
+       q, k, v = h Wq, h Wk, h Wv                         [8 x 256], [4 x 256], [4 x 256]
+       q, k = RoPE(q, k, position); k, v into the cache
+       a = softmax(softcap50(q k^T / sqrt(256)) + causal/window mask) v, per query head,
+           query head h reading kv head h / 2 (grouped-query attention)
+       x = x + RMSNorm(a Wo) (1 + post_attention_layernorm)
+       h = RMSNorm(x) (1 + pre_feedforward_layernorm)
+       x = x + RMSNorm((gelu_tanh(h Wgate) * (h Wup)) Wdown) (1 + post_feedforward_layernorm)
+                                                          [I = 9216 between]
+     logits = softcap30(RMSNorm(x) (1 + norm) embed_tokens^T)   [V = 256000, tied embedding]
+
+   First the same model in its plainest form (one token, scalar kernels, no threads): read it
+   to learn the model, and the tests hold the fast version to it on every fixture. Then the
+   fast version: a chunk of tokens per pass (each weight read once per chunk), matrix products
+   through the kernel set on the thread pool, a ring-buffer KV cache for the sliding-window
+   layers. Its steps are named as in the list above. */
+
+/* ---- the plain forward pass ---- */
+
+/* y[r] = W[r] . x, one row widened to float at a time (row: w->cols floats of scratch). */
+static void gemma2__ref_matvec(const gemma2__mat *w, const float *x, float *y, float *row)
+{
+    int r, k;
+    for (r = 0; r < w->rows; r++) {
+        float s = 0;
+        gemma2__mat_row_float(w, r, row);
+        for (k = 0; k < w->cols; k++) s += row[k] * x[k];
+        y[r] = s;
+    }
+}
+
+/* Logits (V floats) for token id at position pos, given the keys and values of positions
+   0..pos-1 in kc, vc ([L][n_ctx][nKV * hd] each, n_ctx > pos); this token's keys and values
+   are stored there too. Uses the scalar reference kernels whatever the model's kernel set,
+   and reads weights in any format through its to_float. Returns 0 or GEMMA2_ERROR_OUT_OF_MEMORY. */
+static GEMMA2__MAYBE_UNUSED int gemma2__forward_reference(const gemma2_model *m, float *kc, float *vc, int n_ctx, int32_t id, int pos, float *logits)
+{
+    const gemma2_config *c = &m->cfg;
+    int H = c->hidden_size, I = c->intermediate_size, hd = c->head_dim, nH = c->num_attention_heads, nKV = c->num_key_value_heads;
+    int qd = nH * hd, kvd = nKV * hd, V = c->vocab_size, widest = GEMMA2__MAX(GEMMA2__MAX(H, I), qd), l, h, i, p;
+    float eps = c->rms_norm_eps, scale = 1.0f / sqrtf(c->query_pre_attn_scalar), *x, *xn, *q, *att, *o, *g, *u, *sc, *row, *cs;
+    float *buf = (float *)gemma2__calloc((size_t)H * 3 + (size_t)qd * 2 + (size_t)I * 2 + (size_t)pos + 1 + (size_t)widest + (size_t)hd, sizeof(float));
+    if (!buf) return GEMMA2_ERROR_OUT_OF_MEMORY;
+    x = buf; xn = x + H; o = xn + H; q = o + H; att = q + qd; g = att + qd; u = g + I; sc = u + I; row = sc + pos + 1; cs = row + widest;
+
+    /* embedding, scaled by sqrt(H) in float32 */
+    gemma2__mat_row_float(&m->embed, id, x);
+    for (i = 0; i < H; i++) x[i] *= (float)sqrt((double)H);
+    /* RoPE angles of this position: theta^(-2i/hd) in float32, then cos and sin */
+    for (i = 0; i < hd / 2; i++) {
+        float ang = (float)pos * (float)(1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)hd));
+        cs[i] = (float)cos((double)ang);
+        cs[hd / 2 + i] = (float)sin((double)ang);
+    }
+    for (l = 0; l < c->num_hidden_layers; l++) {
+        const gemma2__layer *L = &m->layers[l];
+        float *K = kc + (size_t)l * n_ctx * kvd, *Vc = vc + (size_t)l * n_ctx * kvd;
+        int lo = L->sliding ? GEMMA2__MAX(0, pos - c->sliding_window + 1) : 0; /* the first key this layer sees */
+        /* attention block */
+        gemma2__rmsnorm_scalar(xn, x, L->attn_norm, H, eps);
+        gemma2__ref_matvec(&L->wq, xn, q, row);
+        gemma2__ref_matvec(&L->wk, xn, K + (size_t)pos * kvd, row);
+        gemma2__ref_matvec(&L->wv, xn, Vc + (size_t)pos * kvd, row);
+        gemma2__rope_scalar(q, nH, hd, cs);
+        gemma2__rope_scalar(K + (size_t)pos * kvd, nKV, hd, cs);
+        for (h = 0; h < nH; h++) {
+            int kvh = h / (nH / nKV);
+            for (p = lo; p <= pos; p++) sc[p - lo] = gemma2__dot_scalar(q + (size_t)h * hd, K + (size_t)p * kvd + (size_t)kvh * hd, hd) * scale;
+            if (c->attn_logit_softcapping > 0) gemma2__softcap_scalar(sc, pos - lo + 1, c->attn_logit_softcapping);
+            gemma2__softmax_scalar(sc, pos - lo + 1);
+            memset(att + (size_t)h * hd, 0, (size_t)hd * sizeof(float));
+            for (p = lo; p <= pos; p++) gemma2__axpy_scalar(att + (size_t)h * hd, sc[p - lo], Vc + (size_t)p * kvd + (size_t)kvh * hd, hd);
+        }
+        gemma2__ref_matvec(&L->wo, att, o, row);
+        gemma2__rmsnorm_scalar(o, o, L->post_attn_norm, H, eps);
+        for (i = 0; i < H; i++) x[i] += o[i];
+        /* feed-forward block */
+        gemma2__rmsnorm_scalar(xn, x, L->pre_ffw_norm, H, eps);
+        gemma2__ref_matvec(&L->wgate, xn, g, row);
+        gemma2__ref_matvec(&L->wup, xn, u, row);
+        gemma2__gelu_mul_scalar(g, u, I);
+        gemma2__ref_matvec(&L->wdown, g, o, row);
+        gemma2__rmsnorm_scalar(o, o, L->post_ffw_norm, H, eps);
+        for (i = 0; i < H; i++) x[i] += o[i];
+    }
+    /* final norm, the tied output projection, the final softcap */
+    gemma2__rmsnorm_scalar(xn, x, m->final_norm, H, eps);
+    gemma2__ref_matvec(&m->embed, xn, logits, row);
+    if (c->final_logit_softcapping > 0) gemma2__softcap_scalar(logits, V, c->final_logit_softcapping);
+    GEMMA2_FREE(buf);
+    return 0;
+}
+
+/* ---- the fast forward pass: matrix products ---- */
+
+/* y = W x for all rows of W, for up to GEMMA2__MM_MAX matrices at once (q, k and v read the
+   same input, so do gate and up: one dispatch and one wait instead of three), split across
+   the pool. Tasks are contiguous slabs of rows, in multiples of the set's split_rows (whole
+   register tiles, whole cache lines of y), many per thread: with 2
+   threads on a busy machine, a thread that starts late or runs slow is balanced by the other
+   (measured: 32 tasks per thread gave 5-10% more decode speed than 4), and the per-task
+   cost is one atomic increment. */
+#define GEMMA2__MM_MAX 3
+#define GEMMA2__TASKS_DECODE 32  /* tasks per thread */
+#define GEMMA2__TASKS_PREFILL 8
+
+typedef struct gemma2__matmul_job {
+    const gemma2__kernels *k;
+    const gemma2__matmul_args *a;
+    int n, chunk[GEMMA2__MM_MAX], first[GEMMA2__MM_MAX + 1]; /* matrix i owns tasks first[i] .. first[i + 1] - 1 */
+} gemma2__matmul_job;
+
+static void gemma2__matmul_task(void *ctx, int task, int n_tasks)
+{
+    const gemma2__matmul_job *j = (const gemma2__matmul_job *)ctx;
+    int i = 0, r0, r1;
+    (void)n_tasks;
+    while (i + 1 < j->n && task >= j->first[i + 1]) i++;
+    r0 = (task - j->first[i]) * j->chunk[i];
+    r1 = GEMMA2__MIN(r0 + j->chunk[i], j->a[i].w->rows);
+    if (r0 < r1) gemma2__matmul_for(j->k, j->a[i].w->format)(&j->a[i], r0, r1);
+}
+
+static GEMMA2__MAYBE_UNUSED void gemma2__matmul_n(gemma2__pool *p, const gemma2__kernels *k, const gemma2__matmul_args *a, int n)
+{
+    gemma2__matmul_job j;
+    int nt = p ? gemma2__pool_size(p) : 1, i;
+    if (nt <= 1) {
+        for (i = 0; i < n; i++) gemma2__matmul_for(k, a[i].w->format)(&a[i], 0, a[i].w->rows);
+        return;
+    }
+    j.k = k; j.a = a; j.n = n; j.first[0] = 0;
+    for (i = 0; i < n; i++) {
+        int rows = a[i].w->rows, several = a[i].T > 1, unit = k->split_rows[several];
+        int per = several ? GEMMA2__TASKS_PREFILL : GEMMA2__TASKS_DECODE, chunk = (rows + nt * per - 1) / (nt * per);
+        chunk = GEMMA2__MAX(several ? unit : 4 * unit, (chunk + unit - 1) / unit * unit);
+        j.chunk[i] = chunk;
+        j.first[i + 1] = j.first[i] + (rows + chunk - 1) / chunk;
+    }
+    gemma2__pool_run(p, gemma2__matmul_task, &j, j.first[n]);
+}
+
+
+/* Packs the activations x of a[0..n) (matrices of the same width reading the same x) into
+   buf in the layout the kernel set asks for, rows split over the pool, and points each a[i]
+   at it. Matrices of another format than a[0], whose set wants another layout, read x as it
+   is (every matmul accepts GEMMA2__PACK_NONE). The forward pass, the tests and the benchmark
+   all prepare products through this one helper. */
+typedef struct gemma2__pack_job {
+    const gemma2__kernels *k;
+    void *xp;
+    const float *x;
+    int kind, T, K, rows, per;
+} gemma2__pack_job;
+
+static void gemma2__pack_task(void *ctx, int task, int n_tasks)
+{
+    const gemma2__pack_job *j = (const gemma2__pack_job *)ctx;
+    int j0 = task * j->per, j1 = GEMMA2__MIN(j0 + j->per, j->rows);
+    (void)n_tasks;
+    if (j0 < j1) j->k->pack(j->xp, j->kind, j->x, j->T, j->K, j0, j1);
+}
+
+static void gemma2__pack(gemma2__pool *p, const gemma2__kernels *k, gemma2__matmul_args *a, int n, void *buf, int compute_bf16)
+{
+    gemma2__pack_job j;
+    int i, nt = p ? gemma2__pool_size(p) : 1, unit = GEMMA2__MAX(1, k->pack_unit);
+    j.kind = k->pack_kind ? k->pack_kind(k, a[0].w->format, a[0].T, a[0].w->cols, compute_bf16) : GEMMA2__PACK_NONE;
+    for (i = 0; i < n; i++) {
+        int kind = i == 0 ? j.kind : k->pack_kind ? k->pack_kind(k, a[i].w->format, a[i].T, a[i].w->cols, compute_bf16) : GEMMA2__PACK_NONE;
+        a[i].xp = kind == j.kind && kind != GEMMA2__PACK_NONE ? buf : NULL;
+        a[i].xp_kind = a[i].xp ? kind : GEMMA2__PACK_NONE;
+    }
+    if (j.kind == GEMMA2__PACK_NONE) return;
+    j.k = k; j.xp = buf; j.x = a[0].x; j.T = a[0].T; j.K = a[0].w->cols;
+    j.rows = gemma2__pack_rows(j.kind, j.T, j.K);
+    j.per = GEMMA2__MAX(4 * unit, ((j.rows + 2 * nt - 1) / (2 * nt) + unit - 1) / unit * unit);
+    if (nt <= 1 || j.rows <= j.per) { k->pack(buf, j.kind, j.x, j.T, j.K, 0, j.rows); return; }
+    gemma2__pool_run(p, gemma2__pack_task, &j, (j.rows + j.per - 1) / j.per);
+}
+
+/* y[i] = x W[i]^T for the chunk's T tokens, for n <= 3 matrices of the same width that read
+   the same x (q, k, v; gate, up): packed once, then one dispatch over the pool. */
+static void gemma2__matmuls(gemma2_session *s, const float *x, int T, int n, const gemma2__mat *const *w, float *const *y, const int *ldy)
 {
     gemma2__matmul_args a[GEMMA2__MM_MAX];
-    const gemma2__kernels *k = s->m->kern;
-    int bf = s->m->opt.compute == GEMMA2_COMPUTE_BF16 && k->wants_bf16_x, xt = T > 1 && k->prep_xt, done = 0, i;
-    int x3 = T == 1 && !bf && k->to_bf16x3 && w[0]->cols > s->m->x3_min_cols;
-    int made = -1; /* the layout s->xt holds, once made */
+    int i;
     for (i = 0; i < n; i++) {
         memset(&a[i], 0, sizeof a[i]);
         a[i].y = y[i];
@@ -4165,30 +1496,17 @@ static void gemma2__forward_matmul(gemma2_session *s, const float *x, int T, int
         a[i].x = x;
         a[i].T = T;
         a[i].w = w[i];
-        if (xt) {
-            int kind = bf && w[i]->dtype == GEMMA2__DT_BF16 ? GEMMA2__XT_BF16 : GEMMA2__XT_F32;
-            if (made < 0) {
-                made = kind;
-                gemma2__prep_xt(s->pool, k, s->xt, x, T, w[i]->cols, kind);
-            }
-            if (made == kind) { a[i].xt = s->xt; a[i].xt_kind = kind; }
-            continue;
-        }
-        if (w[i]->dtype != GEMMA2__DT_BF16 || !(bf || x3)) continue;
-        if (!done && x3) k->to_bf16x3(s->xb, x, w[i]->cols);
-        else if (!done) k->to_bf16(s->xb, x, T * w[i]->cols);
-        done = 1;
-        if (x3) a[i].x3 = s->xb;
-        else a[i].xb = s->xb;
     }
-    gemma2__matmul_n(s->pool, k, a, n);
+    gemma2__pack(s->pool, &s->m->kern, a, n, s->xp, s->m->opt.compute == GEMMA2_COMPUTE_BF16);
+    gemma2__matmul_n(s->pool, &s->m->kern, a, n);
 }
 
-/* One matrix. */
-static void gemma2__forward_matmul1(gemma2_session *s, float *y, int ldy, const float *x, int T, const gemma2__mat *w)
+static void gemma2__matmul1(gemma2_session *s, float *y, int ldy, const float *x, int T, const gemma2__mat *w)
 {
-    gemma2__forward_matmul(s, x, T, 1, &w, &y, &ldy);
+    gemma2__matmuls(s, x, T, 1, &w, &y, &ldy);
 }
+
+/* ---- the fast forward pass: attention ---- */
 
 /* Attention of C queries (positions pos0..pos0+C-1) over the cache of one layer.
 
@@ -4220,20 +1538,18 @@ typedef struct gemma2__att_job {
    registers), or else is widened GEMMA2__KV_BLK rows at a time into the task's scratch, which
    stays in L1 while the float32 kernel reads it. */
 #define GEMMA2__KV_BLK 16
-/* Rows of padding after each task's scratch: the AVX-512 attention kernels prefetch up to
-   2 x GEMMA2__ATT_PF rows past the rows they read, and if they ever read the scratch those
-   prefetches must land in memory no other thread writes (the next task's scratch bounces
-   between the cores: when the AVX-512 kernels still went through the scratch, 2B decode at 8k
-   positions with 2 threads measured 4.0 tokens/s without the padding, 6.0 with it). */
-#define GEMMA2__KV_PAD 32
-#if defined(GEMMA2__ATT_PF) && GEMMA2__KV_PAD < 2 * GEMMA2__ATT_PF
-#error "GEMMA2__KV_PAD must cover the attention kernels' prefetch distance"
-#endif
+
+/* Rows of one task's scratch: the block, then padding as far as the set's attention kernels
+   prefetch past the rows they read (att_prefetch_rows), so that those prefetches land in
+   memory no other thread writes (a neighbour's scratch would bounce between the cores: when
+   the AVX-512 kernels still read through the scratch, 2B decode at 8k positions with 2
+   threads measured 4.0 tokens/s without the padding, 6.0 with it). */
+static int gemma2__kvtmp_rows(const gemma2__kernels *k) { return GEMMA2__KV_BLK + GEMMA2__MAX(k->att_prefetch_rows, 16); }
 
 static void gemma2__att_rows(gemma2_session *s, int layer, int kvh, int s0, int n, float *sc, int lds, const float *q, float *out, int nq,
                              float scale, float *tmp)
 {
-    const gemma2__kernels *kern = s->m->kern;
+    const gemma2__kernels *kern = &s->m->kern;
     const int hd = s->m->cfg.head_dim;
     const size_t base = ((size_t)kvh * (size_t)s->slots[layer] + (size_t)s0) * (size_t)hd;
     int a;
@@ -4276,14 +1592,14 @@ static void gemma2__att_task(void *ctx, int task, int n_tasks)
     const gemma2__att_job *j = (const gemma2__att_job *)ctx;
     gemma2_session *s = j->s;
     const gemma2_config *c = &s->m->cfg;
-    const gemma2__kernels *kern = s->m->kern;
+    const gemma2__kernels *kern = &s->m->kern;
     int nH = c->num_attention_heads, nKV = c->num_key_value_heads, hd = c->head_dim, qd = nH * hd;
     int group = nH / nKV, W = s->m->layers[j->layer].sliding ? c->sliding_window : 0;
     int nb = (j->C + GEMMA2__ATT_QB - 1) / GEMMA2__ATT_QB, i, t, g;
     size_t per = (size_t)GEMMA2__ATT_QB * (size_t)group * (size_t)hd, gh = (size_t)group * (size_t)hd * sizeof(float);
     float *scores = s->scores + (size_t)task * GEMMA2__ATT_QB * (size_t)group * (size_t)s->n_ctx;
     float *qp = s->attq + (size_t)task * 2 * per, *op = qp + per;
-    float *tmp = s->kvtmp ? s->kvtmp + (size_t)task * (GEMMA2__KV_BLK + GEMMA2__KV_PAD) * (size_t)hd : NULL;
+    float *tmp = s->kvtmp ? s->kvtmp + (size_t)task * (size_t)gemma2__kvtmp_rows(kern) * (size_t)hd : NULL;
     /* scores are scaled by query_pre_attn_scalar^-1/2 (not head_dim^-1/2: they differ for 27B) */
     float scale = 1.0f / sqrtf(c->query_pre_attn_scalar), cap = c->attn_logit_softcapping;
     for (i = task; i < nb * nKV; i += n_tasks) {
@@ -4317,92 +1633,56 @@ static void gemma2__att_task(void *ctx, int task, int n_tasks)
     }
 }
 
-/* The per-token steps between the matrix products, token by token (no token depends on
-   another here): split over the pool for a chunk of tokens (in prefill they would otherwise
-   leave the other threads idle for ~2-3% of the time), inline for one token. */
-enum { GEMMA2__STEP_ROPE_KV, GEMMA2__STEP_POST_ATT, GEMMA2__STEP_GELU, GEMMA2__STEP_POST_FFW };
+/* ---- the fast forward pass: steps token by token ----
+   Between the matrix products every step works on each token alone: for a chunk of tokens
+   they are split over the pool (in prefill they would otherwise leave the other threads idle
+   for ~2-3% of the time), for one token they run inline. */
+
+typedef void (*gemma2__token_step)(gemma2_session *s, int layer, int pos0, int t);
 
 typedef struct gemma2__step_job {
     gemma2_session *s;
-    int layer, step, pos0, C;
+    gemma2__token_step fn;
+    int layer, pos0, C;
 } gemma2__step_job;
-
-static void gemma2__step_token(gemma2_session *s, int l, int step, int pos0, int t)
-{
-    const gemma2_config *c = &s->m->cfg;
-    const gemma2__kernels *kern = s->m->kern;
-    const gemma2__layer *L = &s->m->layers[l];
-    int H = c->hidden_size, I = c->intermediate_size, hd = c->head_dim, nH = c->num_attention_heads, nKV = c->num_key_value_heads;
-    int qd = nH * hd, kvd = nKV * hd, h, i;
-    float eps = c->rms_norm_eps, *x = s->x + (size_t)t * H, *o = s->o + (size_t)t * H;
-    switch (step) {
-    case GEMMA2__STEP_ROPE_KV: { /* rotate q and k, then store k and v in the cache */
-        int slot = (pos0 + t) % s->slots[l];
-        kern->rope(s->q + (size_t)t * qd, nH, hd, s->rope + (size_t)t * hd);
-        kern->rope(s->kk + (size_t)t * kvd, nKV, hd, s->rope + (size_t)t * hd);
-        for (h = 0; h < nKV; h++) {
-            size_t at = ((size_t)h * s->slots[l] + (size_t)slot) * hd;
-            if (s->kb) {
-                kern->to_bf16(s->kb[l] + at, s->kk + (size_t)t * kvd + (size_t)h * hd, hd);
-                kern->to_bf16(s->vb[l] + at, s->vv + (size_t)t * kvd + (size_t)h * hd, hd);
-            } else {
-                memcpy(s->k[l] + at, s->kk + (size_t)t * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
-                memcpy(s->v[l] + at, s->vv + (size_t)t * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
-            }
-        }
-        break;
-    }
-    case GEMMA2__STEP_POST_ATT: /* x += post_norm(o), then the feed-forward block's input h = pre_norm(x) */
-        kern->rmsnorm(o, o, L->post_attn_norm, H, eps);
-        for (i = 0; i < H; i++) x[i] += o[i];
-        kern->rmsnorm(s->xn + (size_t)t * H, x, L->pre_ffw_norm, H, eps);
-        break;
-    case GEMMA2__STEP_GELU: kern->gelu_mul(s->g + (size_t)t * I, s->u + (size_t)t * I, I); break;
-    default: /* GEMMA2__STEP_POST_FFW: x += post_norm(o) */
-        kern->rmsnorm(o, o, L->post_ffw_norm, H, eps);
-        for (i = 0; i < H; i++) x[i] += o[i];
-        break;
-    }
-}
 
 static void gemma2__step_task(void *ctx, int task, int n_tasks)
 {
     const gemma2__step_job *j = (const gemma2__step_job *)ctx;
     int t;
-    for (t = task; t < j->C; t += n_tasks) gemma2__step_token(j->s, j->layer, j->step, j->pos0, t);
+    for (t = task; t < j->C; t += n_tasks) j->fn(j->s, j->layer, j->pos0, t);
 }
 
-static void gemma2__steps(gemma2_session *s, int layer, int step, int pos0, int C)
+static void gemma2__each_token(gemma2_session *s, int layer, int pos0, int C, gemma2__token_step fn)
 {
     gemma2__step_job j;
     if (C == 1 || gemma2__pool_size(s->pool) <= 1) {
         int t;
-        for (t = 0; t < C; t++) gemma2__step_token(s, layer, step, pos0, t);
+        for (t = 0; t < C; t++) fn(s, layer, pos0, t);
         return;
     }
-    j.s = s; j.layer = layer; j.step = step; j.pos0 = pos0; j.C = C;
+    j.s = s; j.fn = fn; j.layer = layer; j.pos0 = pos0; j.C = C;
     gemma2__pool_run(s->pool, gemma2__step_task, &j, gemma2__pool_size(s->pool));
 }
 
-/* The model, for C tokens at positions pos0..pos0+C-1. Writes the logits of the tokens
-   t >= first_logit into logits[(t - first_logit) * V] (none if first_logit >= C). */
-static void gemma2__forward(gemma2_session *s, const int32_t *ids, int C, int pos0, float *logits, int first_logit)
+/* x = embed_tokens[id] * sqrt(H), the factor in float32 as the references compute it (not
+   rounded to bf16 as Hugging Face does when it runs in bf16: sqrt(3072) would be 55.5). */
+static void gemma2__embed(gemma2_session *s, const int32_t *ids, int C)
 {
     const gemma2_model *m = s->m;
-    const gemma2_config *c = &m->cfg;
-    const gemma2__kernels *kern = m->kern;
-    int H = c->hidden_size, I = c->intermediate_size, hd = c->head_dim, nH = c->num_attention_heads;
-    int nKV = c->num_key_value_heads, qd = nH * hd, kvd = nKV * hd, V = c->vocab_size, t, l, i;
-    float eps = c->rms_norm_eps, normalizer = (float)sqrt((double)H);
-
-    /* Embedding, scaled by sqrt(H) (in float32, as the references compute it). */
+    int H = m->cfg.hidden_size, t, i;
+    float normalizer = (float)sqrt((double)H);
     for (t = 0; t < C; t++) {
         float *x = s->x + (size_t)t * H;
-        for (i = 0; i < H; i++) x[i] = gemma2__w_at(&m->embed, (size_t)ids[t] * H + i) * normalizer;
+        gemma2__mat_row_float(&m->embed, ids[t], x);
+        for (i = 0; i < H; i++) x[i] *= normalizer;
     }
-    if (s->trace) s->trace(s->trace_user, 0, pos0, C, s->x);
+}
 
-    /* cos/sin of every token's position, shared by all layers. */
+/* cos and sin of each token's RoPE angles pos * theta^(-2i/hd), shared by all layers. */
+static void gemma2__rope_angles(gemma2_session *s, int pos0, int C)
+{
+    int hd = s->m->cfg.head_dim, t, i;
     for (t = 0; t < C; t++) {
         float *cs = s->rope + (size_t)t * hd;
         for (i = 0; i < hd / 2; i++) {
@@ -4411,54 +1691,163 @@ static void gemma2__forward(gemma2_session *s, const int32_t *ids, int C, int po
             cs[hd / 2 + i] = (float)sin((double)ang);
         }
     }
+}
 
-    for (l = 0; l < c->num_hidden_layers; l++) {
-        const gemma2__layer *L = &m->layers[l];
-        gemma2__att_job aj;
+/* xn = RMSNorm(x) (1 + input_layernorm): the attention block's input. */
+static void gemma2__input_norm(gemma2_session *s, int l, int pos0, int t)
+{
+    int H = s->m->cfg.hidden_size;
+    (void)pos0;
+    s->m->kern.rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)t * H, s->m->layers[l].attn_norm, H, s->m->cfg.rms_norm_eps);
+}
 
-        /* --- attention block: x = x + post_norm(attention(pre_norm(x))) --- */
-        for (t = 0; t < C; t++) kern->rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)t * H, L->attn_norm, H, eps);
-        {
-            const gemma2__mat *w[3] = {&L->wq, &L->wk, &L->wv};
-            float *y[3] = {s->q, s->kk, s->vv};
-            int ld[3] = {qd, kvd, kvd};
-            gemma2__forward_matmul(s, s->xn, C, 3, w, y, ld);
+/* q, k, v = xn Wq^T, xn Wk^T, xn Wv^T: one pass over the three matrices. */
+static void gemma2__qkv_proj(gemma2_session *s, int l, int C)
+{
+    const gemma2__layer *L = &s->m->layers[l];
+    const gemma2__mat *w[3] = {&L->wq, &L->wk, &L->wv};
+    float *y[3] = {s->q, s->kk, s->vv};
+    int ld[3] = {L->wq.rows, L->wk.rows, L->wv.rows};
+    gemma2__matmuls(s, s->xn, C, 3, w, y, ld);
+}
+
+/* Rotate q and k by the token's position (RoPE, rotate-half pairing), then store k and v in
+   the layer's cache: slot pos % slots (a ring on sliding-window layers). */
+static void gemma2__rope_and_cache(gemma2_session *s, int l, int pos0, int t)
+{
+    const gemma2_config *c = &s->m->cfg;
+    const gemma2__kernels *kern = &s->m->kern;
+    int hd = c->head_dim, nH = c->num_attention_heads, nKV = c->num_key_value_heads, qd = nH * hd, kvd = nKV * hd, h;
+    int slot = (pos0 + t) % s->slots[l];
+    kern->rope(s->q + (size_t)t * qd, nH, hd, s->rope + (size_t)t * hd);
+    kern->rope(s->kk + (size_t)t * kvd, nKV, hd, s->rope + (size_t)t * hd);
+    for (h = 0; h < nKV; h++) {
+        size_t at = ((size_t)h * s->slots[l] + (size_t)slot) * hd;
+        if (s->kb) {
+            kern->to_bf16(s->kb[l] + at, s->kk + (size_t)t * kvd + (size_t)h * hd, hd);
+            kern->to_bf16(s->vb[l] + at, s->vv + (size_t)t * kvd + (size_t)h * hd, hd);
+        } else {
+            memcpy(s->k[l] + at, s->kk + (size_t)t * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
+            memcpy(s->v[l] + at, s->vv + (size_t)t * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
         }
-        gemma2__steps(s, l, GEMMA2__STEP_ROPE_KV, pos0, C); /* rotate q and k by position; k, v into the cache */
-        aj.s = s;
-        aj.layer = l;
-        aj.pos0 = pos0;
-        aj.C = C;
-        gemma2__pool_run(s->pool, gemma2__att_task, &aj, gemma2__pool_size(s->pool));
-        gemma2__forward_matmul1(s, s->o, H, s->att, C, &L->wo);
-        gemma2__steps(s, l, GEMMA2__STEP_POST_ATT, pos0, C); /* x += post_attn_norm(o); also h = pre_ffw_norm(x) */
-
-        /* --- feed-forward block: x = x + post_norm(down(gelu(gate(h)) * up(h))), h = pre_norm(x) --- */
-        {
-            const gemma2__mat *w[2] = {&L->wgate, &L->wup};
-            float *y[2] = {s->g, s->u};
-            int ld[2] = {I, I};
-            gemma2__forward_matmul(s, s->xn, C, 2, w, y, ld);
-        }
-        gemma2__steps(s, l, GEMMA2__STEP_GELU, pos0, C); /* g = gelu_tanh(g) * u */
-        gemma2__forward_matmul1(s, s->o, H, s->g, C, &L->wdown);
-        gemma2__steps(s, l, GEMMA2__STEP_POST_FFW, pos0, C); /* x += post_ffw_norm(o) */
-        if (s->trace) s->trace(s->trace_user, l + 1, pos0, C, s->x);
-    }
-
-    /* --- output: final norm, tied projection onto the embedding, final softcap --- */
-    if (first_logit < C) {
-        int n = C - first_logit;
-        float cap = c->final_logit_softcapping;
-        for (t = 0; t < n; t++) kern->rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)(first_logit + t) * H, m->final_norm, H, eps);
-        gemma2__forward_matmul1(s, logits, V, s->xn, n, &m->embed);
-        if (cap > 0)
-            for (t = 0; t < n; t++) kern->softcap(logits + (size_t)t * V, V, cap);
     }
 }
 
+/* att = attention of the chunk's queries over the layer's cache (above). */
+static void gemma2__attention(gemma2_session *s, int l, int pos0, int C)
+{
+    gemma2__att_job j;
+    j.s = s; j.layer = l; j.pos0 = pos0; j.C = C;
+    gemma2__pool_run(s->pool, gemma2__att_task, &j, gemma2__pool_size(s->pool));
+}
+
+/* o = att Wo^T: the heads, concatenated, projected back to H. */
+static void gemma2__o_proj(gemma2_session *s, int l, int C)
+{
+    gemma2__matmul1(s, s->o, s->m->cfg.hidden_size, s->att, C, &s->m->layers[l].wo);
+}
+
+/* x += RMSNorm(o) (1 + post_attention_layernorm): Gemma 2 norms a sublayer's output too,
+   not only its input, before adding it to the residual stream. */
+static void gemma2__post_attention_norm_residual(gemma2_session *s, int l, int pos0, int t)
+{
+    int H = s->m->cfg.hidden_size, i;
+    float *x = s->x + (size_t)t * H, *o = s->o + (size_t)t * H;
+    (void)pos0;
+    s->m->kern.rmsnorm(o, o, s->m->layers[l].post_attn_norm, H, s->m->cfg.rms_norm_eps);
+    for (i = 0; i < H; i++) x[i] += o[i];
+}
+
+/* xn = RMSNorm(x) (1 + pre_feedforward_layernorm): the feed-forward block's input. */
+static void gemma2__pre_feedforward_norm(gemma2_session *s, int l, int pos0, int t)
+{
+    int H = s->m->cfg.hidden_size;
+    (void)pos0;
+    s->m->kern.rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)t * H, s->m->layers[l].pre_ffw_norm, H, s->m->cfg.rms_norm_eps);
+}
+
+/* g, u = xn Wgate^T, xn Wup^T: one pass over both matrices. */
+static void gemma2__gate_up_proj(gemma2_session *s, int l, int C)
+{
+    const gemma2__layer *L = &s->m->layers[l];
+    const gemma2__mat *w[2] = {&L->wgate, &L->wup};
+    float *y[2] = {s->g, s->u};
+    int ld[2] = {L->wgate.rows, L->wup.rows};
+    gemma2__matmuls(s, s->xn, C, 2, w, y, ld);
+}
+
+/* g = gelu_tanh(g) * u: the gated feed-forward (GeGLU). */
+static void gemma2__gelu_gate(gemma2_session *s, int l, int pos0, int t)
+{
+    int I = s->m->cfg.intermediate_size;
+    (void)l; (void)pos0;
+    s->m->kern.gelu_mul(s->g + (size_t)t * I, s->u + (size_t)t * I, I);
+}
+
+/* o = g Wdown^T: back from I to H. */
+static void gemma2__down_proj(gemma2_session *s, int l, int C)
+{
+    gemma2__matmul1(s, s->o, s->m->cfg.hidden_size, s->g, C, &s->m->layers[l].wdown);
+}
+
+/* x += RMSNorm(o) (1 + post_feedforward_layernorm). */
+static void gemma2__post_feedforward_norm_residual(gemma2_session *s, int l, int pos0, int t)
+{
+    int H = s->m->cfg.hidden_size, i;
+    float *x = s->x + (size_t)t * H, *o = s->o + (size_t)t * H;
+    (void)pos0;
+    s->m->kern.rmsnorm(o, o, s->m->layers[l].post_ffw_norm, H, s->m->cfg.rms_norm_eps);
+    for (i = 0; i < H; i++) x[i] += o[i];
+}
+
+/* One decoder layer for the chunk's C tokens at positions pos0.. */
+static void gemma2__layer_forward(gemma2_session *s, int l, int pos0, int C)
+{
+    /* attention block */
+    gemma2__each_token(s, l, pos0, C, gemma2__input_norm);
+    gemma2__qkv_proj(s, l, C);
+    gemma2__each_token(s, l, pos0, C, gemma2__rope_and_cache);
+    gemma2__attention(s, l, pos0, C);
+    gemma2__o_proj(s, l, C);
+    gemma2__each_token(s, l, pos0, C, gemma2__post_attention_norm_residual);
+    /* feed-forward block */
+    gemma2__each_token(s, l, pos0, C, gemma2__pre_feedforward_norm);
+    gemma2__gate_up_proj(s, l, C);
+    gemma2__each_token(s, l, pos0, C, gemma2__gelu_gate);
+    gemma2__down_proj(s, l, C);
+    gemma2__each_token(s, l, pos0, C, gemma2__post_feedforward_norm_residual);
+}
+
+/* logits = softcap(RMSNorm(x) (1 + norm) embed_tokens^T) for n tokens from token `first` on:
+   the output projection is the embedding matrix itself (tied weights). */
+static void gemma2__output_logits(gemma2_session *s, int first, int n, float *logits)
+{
+    const gemma2_model *m = s->m;
+    int H = m->cfg.hidden_size, V = m->cfg.vocab_size, t;
+    float cap = m->cfg.final_logit_softcapping;
+    for (t = 0; t < n; t++) m->kern.rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)(first + t) * H, m->final_norm, H, m->cfg.rms_norm_eps);
+    gemma2__matmul1(s, logits, V, s->xn, n, &m->embed);
+    if (cap > 0)
+        for (t = 0; t < n; t++) m->kern.softcap(logits + (size_t)t * V, V, cap);
+}
+
+/* The model, for C tokens at positions pos0..pos0+C-1. Writes the logits of the tokens
+   t >= first_logit into logits[(t - first_logit) * V] (none if first_logit >= C). */
+static void gemma2__forward(gemma2_session *s, const int32_t *ids, int C, int pos0, float *logits, int first_logit)
+{
+    int l;
+    gemma2__embed(s, ids, C);
+    if (s->trace) s->trace(s->trace_user, 0, pos0, C, s->x);
+    gemma2__rope_angles(s, pos0, C);
+    for (l = 0; l < s->m->cfg.num_hidden_layers; l++) {
+        gemma2__layer_forward(s, l, pos0, C);
+        if (s->trace) s->trace(s->trace_user, l + 1, pos0, C, s->x);
+    }
+    if (first_logit < C) gemma2__output_logits(s, first_logit, C - first_logit, logits);
+}
+
 /* ===========================================================================
-   2.11 Sessions
+   2.6  Sessions
    =========================================================================== */
 
 GEMMA2_DEF void gemma2_session_free(gemma2_session *s)
@@ -4471,7 +1860,7 @@ GEMMA2_DEF void gemma2_session_free(gemma2_session *s)
     GEMMA2_FREE(s->tokens);
     GEMMA2_FREE(s->x); GEMMA2_FREE(s->xn); GEMMA2_FREE(s->q); GEMMA2_FREE(s->kk); GEMMA2_FREE(s->vv);
     GEMMA2_FREE(s->att); GEMMA2_FREE(s->o); GEMMA2_FREE(s->g); GEMMA2_FREE(s->u);
-    GEMMA2_FREE(s->rope); GEMMA2_FREE(s->inv_freq); GEMMA2_FREE(s->scores); GEMMA2_FREE(s->attq); GEMMA2_FREE(s->xb); GEMMA2_FREE(s->xt);
+    GEMMA2_FREE(s->rope); GEMMA2_FREE(s->inv_freq); GEMMA2_FREE(s->scores); GEMMA2_FREE(s->attq); GEMMA2_FREE(s->xp);
     GEMMA2_FREE(s->logits);
     if (s->pool) gemma2__pool_free(s->pool);
     GEMMA2_FREE(s);
@@ -4504,9 +1893,9 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
     if (m->opt.kv_cache == GEMMA2_KV_BF16) {
         s->kb = (uint16_t **)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(uint16_t *));
         s->vb = (uint16_t **)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(uint16_t *));
-        if (!m->kern->att_scores_bf16) /* scratch only for sets that widen through it */
-            s->kvtmp = (float *)gemma2__calloc((size_t)nt * (GEMMA2__KV_BLK + GEMMA2__KV_PAD) * (size_t)c->head_dim, sizeof(float));
-        if (!s->kb || !s->vb || (!m->kern->att_scores_bf16 && !s->kvtmp)) { gemma2_session_free(s); return NULL; }
+        if (!m->kern.att_scores_bf16) /* scratch only for sets that widen through it */
+            s->kvtmp = (float *)gemma2__calloc((size_t)nt * (size_t)gemma2__kvtmp_rows(&m->kern) * (size_t)c->head_dim, sizeof(float));
+        if (!s->kb || !s->vb || (!m->kern.att_scores_bf16 && !s->kvtmp)) { gemma2_session_free(s); return NULL; }
     }
     s->x = (float *)gemma2__calloc(C * H, sizeof(float));
     s->xn = (float *)gemma2__calloc(C * H, sizeof(float));
@@ -4523,11 +1912,10 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
                                         sizeof(float));
     s->attq = (float *)gemma2__calloc((size_t)nt * 2 * GEMMA2__ATT_QB * (size_t)(c->num_attention_heads / c->num_key_value_heads) * (size_t)c->head_dim,
                                       sizeof(float));
-    s->xb = (uint16_t *)gemma2__calloc(GEMMA2__MAX(C * widest, gemma2__x3_size((int)widest)), sizeof(uint16_t)); /* also holds x3 */
-    if (m->kern->prep_xt) s->xt = gemma2__calloc(gemma2__xt_size((int)C, (int)widest), 1);
+    s->xp = gemma2__calloc(gemma2__pack_bytes_max((int)C, (int)widest), 1);
     s->logits = (float *)gemma2__calloc((size_t)c->vocab_size, sizeof(float));
     if (!s->pool || !s->tokens || !s->k || !s->v || !s->slots || !s->x || !s->xn || !s->q || !s->kk || !s->vv || !s->att ||
-        !s->o || !s->g || !s->u || !s->rope || !s->inv_freq || !s->scores || !s->attq || !s->xb || (m->kern->prep_xt && !s->xt) || !s->logits) {
+        !s->o || !s->g || !s->u || !s->rope || !s->inv_freq || !s->scores || !s->attq || !s->xp || !s->logits) {
         gemma2_session_free(s);
         return NULL;
     }
@@ -4619,7 +2007,862 @@ GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos)
 }
 
 /* ===========================================================================
-   2.12 Tokenizer
+   2.7  Sampler
+   =========================================================================== */
+
+/* The PRNG is xoshiro256** (Blackman and Vigna), seeded through splitmix64: fast, good
+   statistics, and fully specified integer arithmetic, so a seed means the same stream on every
+   platform (rand() does not). */
+static uint64_t gemma2__splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t gemma2__rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t gemma2__xoshiro_next(uint64_t st[4])
+{
+    uint64_t r = gemma2__rotl64(st[1] * 5, 7) * 9, t = st[1] << 17;
+    st[2] ^= st[0];
+    st[3] ^= st[1];
+    st[1] ^= st[2];
+    st[0] ^= st[3];
+    st[2] ^= t;
+    st[3] = gemma2__rotl64(st[3], 45);
+    return r;
+}
+
+/* Uniform double in [0, 1) from the top 53 bits. */
+static double gemma2__rand01(uint64_t st[4])
+{
+    return (double)(gemma2__xoshiro_next(st) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+#define GEMMA2__NBUCKET 4096 /* top-p buckets: 32 nats / 4096 = 0.0078 nats wide */
+
+struct gemma2_sampler {
+    gemma2_sampler_params p;     /* logit_bias points at `bias` below */
+    int V;
+    gemma2_logit_bias *bias;
+    uint64_t rng[4];
+    float *w;                    /* [V] working logits */
+    int32_t *cand;               /* [V] candidate ids */
+    double *e;                   /* [V] exp(w - max) of the candidates */
+    int32_t *count;              /* [V] occurrences in the penalty window; all zero between calls */
+    int32_t *tmp;                /* [V] top-p: bucket of each candidate, then the cut bucket's ids */
+    double *bucket_mass;         /* [GEMMA2__NBUCKET] */
+};
+
+GEMMA2_DEF void gemma2_sampler_seed(gemma2_sampler *smp, uint64_t seed)
+{
+    uint64_t x = seed;
+    int k;
+    if (!smp) return;
+    for (k = 0; k < 4; k++) smp->rng[k] = gemma2__splitmix64(&x);
+}
+
+GEMMA2_DEF void gemma2_sampler_free(gemma2_sampler *smp)
+{
+    if (!smp) return;
+    GEMMA2_FREE(smp->bias);
+    GEMMA2_FREE(smp->w);
+    GEMMA2_FREE(smp->cand);
+    GEMMA2_FREE(smp->e);
+    GEMMA2_FREE(smp->count);
+    GEMMA2_FREE(smp->tmp);
+    GEMMA2_FREE(smp->bucket_mass);
+    GEMMA2_FREE(smp);
+}
+
+GEMMA2_DEF gemma2_sampler *gemma2_sampler_new(int vocab_size, const gemma2_sampler_params *p)
+{
+    gemma2_sampler *smp;
+    if (vocab_size <= 0) return NULL;
+    if (p && (p->n_logit_bias < 0 || (p->n_logit_bias > 0 && !p->logit_bias) || p->penalty_last_n < 0)) return NULL;
+    smp = (gemma2_sampler *)gemma2__calloc(1, sizeof *smp);
+    if (!smp) return NULL;
+    if (p) smp->p = *p;
+    smp->V = vocab_size;
+    smp->w = (float *)gemma2__calloc((size_t)vocab_size, sizeof(float));
+    smp->cand = (int32_t *)gemma2__calloc((size_t)vocab_size, sizeof(int32_t));
+    smp->e = (double *)gemma2__calloc((size_t)vocab_size, sizeof(double));
+    smp->count = (int32_t *)gemma2__calloc((size_t)vocab_size, sizeof(int32_t));
+    smp->tmp = (int32_t *)gemma2__calloc((size_t)vocab_size, sizeof(int32_t));
+    smp->bucket_mass = (double *)gemma2__calloc(GEMMA2__NBUCKET, sizeof(double));
+    if (smp->p.n_logit_bias > 0) {
+        smp->bias = (gemma2_logit_bias *)gemma2__calloc((size_t)smp->p.n_logit_bias, sizeof(gemma2_logit_bias));
+        if (smp->bias) memcpy(smp->bias, smp->p.logit_bias, (size_t)smp->p.n_logit_bias * sizeof(gemma2_logit_bias));
+    }
+    if (!smp->w || !smp->cand || !smp->e || !smp->count || !smp->tmp || !smp->bucket_mass || (smp->p.n_logit_bias > 0 && !smp->bias)) {
+        gemma2_sampler_free(smp);
+        return NULL;
+    }
+    smp->p.logit_bias = smp->bias;
+    gemma2_sampler_seed(smp, smp->p.seed);
+    return smp;
+}
+
+/* The candidate order used everywhere: higher logit first, ties to the lower id. A total order,
+   so partial selections and sorts give the same result on every platform (qsort is not stable
+   and differs between C libraries). */
+static int gemma2__cand_before(const float *w, int32_t a, int32_t b)
+{
+    return w[a] > w[b] || (w[a] == w[b] && a < b);
+}
+
+/* Sift-down in a heap whose root is the element that comes LAST in candidate order
+   (a "min-heap" of the best so far). */
+static void gemma2__heap_down(const float *w, int32_t *h, int n, int i)
+{
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        int32_t t;
+        if (l < n && gemma2__cand_before(w, h[m], h[l])) m = l;
+        if (r < n && gemma2__cand_before(w, h[m], h[r])) m = r;
+        if (m == i) return;
+        t = h[i]; h[i] = h[m]; h[m] = t;
+        i = m;
+    }
+}
+
+/* Sorts h[0..n) into candidate order (best first): heapsort, O(n log n), no recursion. */
+static void gemma2__cand_sort(const float *w, int32_t *h, int n)
+{
+    int i;
+    for (i = n / 2 - 1; i >= 0; i--) gemma2__heap_down(w, h, n, i);
+    for (i = n - 1; i > 0; i--) {
+        int32_t t = h[0]; h[0] = h[i]; h[i] = t; /* the worst goes to the back */
+        gemma2__heap_down(w, h, i, 0);
+    }
+}
+
+/* Steps 1-3: bias and penalties, into smp->w. */
+static void gemma2__sampler_adjust(gemma2_sampler *smp, const float *logits, const int32_t *hist, int n_hist)
+{
+    const gemma2_sampler_params *p = &smp->p;
+    float *w = smp->w;
+    int V = smp->V, k;
+    memcpy(w, logits, (size_t)V * sizeof(float));
+    for (k = 0; k < p->n_logit_bias; k++) {
+        int32_t id = p->logit_bias[k].token;
+        if (id >= 0 && id < V) w[id] += p->logit_bias[k].bias;
+    }
+    if (hist && n_hist > 0 && ((p->repetition_penalty > 0 && p->repetition_penalty != 1.0f) ||
+                               p->frequency_penalty != 0 || p->presence_penalty != 0)) {
+        int start = (p->penalty_last_n > 0 && n_hist > p->penalty_last_n) ? n_hist - p->penalty_last_n : 0;
+        for (k = start; k < n_hist; k++)
+            if (hist[k] >= 0 && hist[k] < V) smp->count[hist[k]]++;
+        /* each distinct token once; resetting its count marks it done and leaves count all zero */
+        for (k = start; k < n_hist; k++) {
+            int32_t id = hist[k];
+            int c;
+            if (id < 0 || id >= V || smp->count[id] == 0) continue;
+            c = smp->count[id];
+            smp->count[id] = 0;
+            if (p->repetition_penalty > 0 && p->repetition_penalty != 1.0f)
+                w[id] = w[id] > 0 ? w[id] / p->repetition_penalty : w[id] * p->repetition_penalty;
+            w[id] -= (float)c * p->frequency_penalty + p->presence_penalty;
+        }
+    }
+}
+
+GEMMA2_DEF int gemma2_sampler_sample(gemma2_sampler *smp, const float *logits, const int32_t *history, int n_history)
+{
+    const gemma2_sampler_params *p;
+    float *w, maxw = -INFINITY;
+    int V, i, n = 0, best = -1, sorted = 0;
+    double Z = 0, total, u, acc;
+    if (!smp || !logits || n_history < 0 || (n_history > 0 && !history)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    p = &smp->p;
+    V = smp->V;
+    w = smp->w;
+    gemma2__sampler_adjust(smp, logits, history, n_history);
+
+    /* 4. greedy; also finds the maximum. NaN counts as -inf. */
+    for (i = 0; i < V; i++) {
+        if (w[i] != w[i]) { w[i] = -INFINITY; continue; }
+        if (w[i] > maxw) { maxw = w[i]; best = i; }
+    }
+    if (best < 0) return GEMMA2_ERROR_INVALID_ARGUMENT; /* everything -inf */
+    if (!(p->temperature > 0)) return best;
+
+    /* 5. temperature (after this w is in "scaled logit" units; the order is unchanged) */
+    if (p->temperature != 1.0f) {
+        float inv = 1.0f / p->temperature;
+        for (i = 0; i < V; i++) w[i] *= inv;
+        maxw *= inv;
+    }
+
+    /* 6. top-k: a partial selection with a heap of the k best, then a sort of those k */
+    if (p->top_k > 0 && p->top_k < V) {
+        int k = p->top_k;
+        for (i = 0; i < V; i++) {
+            if (w[i] == -INFINITY) continue;
+            if (n < k) {
+                int j = n++;
+                smp->cand[j] = i;
+                /* sift up */
+                while (j > 0 && gemma2__cand_before(w, smp->cand[(j - 1) / 2], smp->cand[j])) {
+                    int32_t t = smp->cand[j]; smp->cand[j] = smp->cand[(j - 1) / 2]; smp->cand[(j - 1) / 2] = t;
+                    j = (j - 1) / 2;
+                }
+            } else if (gemma2__cand_before(w, i, smp->cand[0])) {
+                smp->cand[0] = i;
+                gemma2__heap_down(w, smp->cand, n, 0);
+            }
+        }
+        gemma2__cand_sort(w, smp->cand, n);
+        sorted = 1;
+        for (i = 0; i < n; i++) { smp->e[i] = exp((double)w[smp->cand[i]] - (double)maxw); Z += smp->e[i]; }
+    } else {
+        for (i = 0; i < V; i++) {
+            if (w[i] == -INFINITY) continue;
+            smp->cand[n] = i;
+            smp->e[n] = exp((double)w[i] - (double)maxw);
+            Z += smp->e[n];
+            n++;
+        }
+    }
+
+    /* 7. top-p: the smallest best-first prefix with mass >= top_p. */
+    if (p->top_p > 0 && p->top_p < 1 && n > 1) {
+        double need = (double)p->top_p * Z;
+        if (!sorted) {
+            /* No sort of the vocabulary: bucket the candidates by how far below the best they
+               are (GEMMA2__NBUCKET buckets over 32 nats; beyond that the probability is < 1e-14
+               of the best), find the bucket where the running mass reaches top_p, keep every
+               token of the buckets above it, and sort only that one bucket's tokens to cut it
+               exactly. Kept tokens stay in id order, the cut bucket in candidate order: a fixed
+               order for the draw. */
+            double *bm = smp->bucket_mass, acc0 = 0;
+            int32_t *bi = smp->tmp;
+            int B, j = 0, nm = 0;
+            memset(bm, 0, sizeof(double) * GEMMA2__NBUCKET);
+            for (i = 0; i < n; i++) {
+                double d = ((double)maxw - (double)w[smp->cand[i]]) * (GEMMA2__NBUCKET / 32.0);
+                int b = d < GEMMA2__NBUCKET - 1 ? (int)d : GEMMA2__NBUCKET - 1;
+                bi[i] = b;
+                bm[b] += smp->e[i];
+            }
+            for (B = 0; B < GEMMA2__NBUCKET - 1 && acc0 + bm[B] < need; B++) acc0 += bm[B];
+            for (i = 0; i < n; i++) {
+                int b = bi[i];
+                if (b < B) { smp->cand[j] = smp->cand[i]; smp->e[j] = smp->e[i]; j++; }
+                else if (b == B) bi[nm++] = smp->cand[i]; /* nm <= i: entry i was read already */
+            }
+            gemma2__cand_sort(w, bi, nm);
+            for (i = 0; i < nm && (acc0 < need || j == 0); i++) {
+                smp->cand[j] = bi[i];
+                smp->e[j] = exp((double)w[bi[i]] - (double)maxw);
+                acc0 += smp->e[j++];
+            }
+            n = j;
+        } else {
+            acc = 0;
+            for (i = 0; i < n; i++) {
+                acc += smp->e[i];
+                if (acc >= need) { n = i + 1; break; }
+            }
+        }
+    }
+
+    /* 8. min-p: p >= min_p * p_max, i.e. e >= min_p (the best has e = 1) */
+    if (p->min_p > 0 && n > 1) {
+        int j = 0;
+        for (i = 0; i < n; i++)
+            if (smp->e[i] >= (double)p->min_p) { smp->cand[j] = smp->cand[i]; smp->e[j] = smp->e[i]; j++; }
+        n = j; /* never 0: the best token has e == 1 >= min_p when min_p <= 1 */
+        if (n == 0) return best;
+    }
+
+    /* 9. draw: walk the cumulative distribution in candidate order */
+    total = 0;
+    for (i = 0; i < n; i++) total += smp->e[i];
+    u = gemma2__rand01(smp->rng) * total;
+    acc = 0;
+    for (i = 0; i < n; i++) {
+        acc += smp->e[i];
+        if (u < acc) return smp->cand[i];
+    }
+    return smp->cand[n - 1]; /* rounding at the very top */
+}
+
+
+/* ===========================================================================
+   2.8  Generation and chat
+   =========================================================================== */
+
+/* Generation needs the session's model (eos ids, vocabulary, tokenizer). */
+static const gemma2_model *gemma2__gen_model(const gemma2_session *s) { return s->m; }
+
+/* --- small growable id vector (per call or per turn, never per token) ------ */
+
+typedef struct gemma2__ids { int32_t *v; int n, cap; } gemma2__ids;
+
+static int gemma2__ids_reserve(gemma2__ids *a, int extra)
+{
+    if (extra < 0 || a->n > INT_MAX - extra) return GEMMA2_ERROR_OUT_OF_MEMORY;
+    if (a->n + extra > a->cap) {
+        int cap = a->cap ? a->cap : 64;
+        void *p;
+        while (cap < a->n + extra) cap = cap > INT_MAX / 2 ? INT_MAX : cap * 2;
+        p = GEMMA2_REALLOC(a->v, (size_t)cap * sizeof(int32_t));
+        if (!p) return GEMMA2_ERROR_OUT_OF_MEMORY;
+        a->v = (int32_t *)p;
+        a->cap = cap;
+    }
+    return 0;
+}
+
+static int gemma2__ids_push(gemma2__ids *a, int32_t id)
+{
+    int rc = gemma2__ids_reserve(a, 1);
+    if (rc) return rc;
+    a->v[a->n++] = id;
+    return 0;
+}
+
+/* Appends the ids of text (flags as gemma2_tokenize). */
+static int gemma2__ids_tokenize(gemma2__ids *a, const gemma2_model *m, const char *text, size_t len, int flags)
+{
+    int32_t dummy;
+    int need = gemma2_tokenize(m, text, len, &dummy, 0, flags), rc;
+    if (need < 0) return need;
+    if ((rc = gemma2__ids_reserve(a, need)) != 0) return rc;
+    need = gemma2_tokenize(m, text, len, a->v + a->n, need, flags);
+    if (need < 0) return need;
+    a->n += need;
+    return 0;
+}
+
+/* --- Python str.strip() ----------------------------------------------------- */
+
+/* str.isspace() code points: what Jinja's |trim (Python's str.strip()) removes. Not U+200B, not U+FEFF. */
+static int gemma2__py_isspace(uint32_t c)
+{
+    return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+}
+
+/* Decodes one well-formed UTF-8 sequence at s[0..n); returns its length, or 0 if it is not one
+   (invalid bytes are never whitespace, so trimming stops there). */
+static int gemma2__utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
+{
+    unsigned char c = s[0];
+    int len, k;
+    uint32_t v;
+    if (c < 0x80) { *cp = c; return 1; }
+    if (c >= 0xc2 && c <= 0xdf) { len = 2; v = c & 0x1f; }
+    else if (c >= 0xe0 && c <= 0xef) { len = 3; v = c & 0x0f; }
+    else if (c >= 0xf0 && c <= 0xf4) { len = 4; v = c & 0x07; }
+    else return 0;
+    if ((size_t)len > n) return 0;
+    for (k = 1; k < len; k++) {
+        if ((s[k] & 0xc0) != 0x80) return 0;
+        v = (v << 6) | (s[k] & 0x3f);
+    }
+    if ((len == 3 && (v < 0x800 || (v >= 0xd800 && v < 0xe000))) || (len == 4 && (v < 0x10000 || v > 0x10ffff))) return 0;
+    *cp = v;
+    return len;
+}
+
+/* Trims s[0..n) like Python's str.strip(): sets *b, *e to the kept span. */
+static void gemma2__py_strip(const char *s, size_t n, size_t *b, size_t *e)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0, j = n;
+    uint32_t cp;
+    int len;
+    while (i < n && (len = gemma2__utf8_decode(u + i, n - i, &cp)) > 0 && gemma2__py_isspace(cp)) i += (size_t)len;
+    while (j > i) {
+        size_t k = j - 1;
+        while (k > i && j - k < 4 && (u[k] & 0xc0) == 0x80) k--; /* back to a lead byte */
+        len = gemma2__utf8_decode(u + k, j - k, &cp);
+        if (len <= 0 || k + (size_t)len != j || !gemma2__py_isspace(cp)) break;
+        j = k;
+    }
+    *b = i;
+    *e = j;
+}
+
+/* --- chat format -------------------------------------------------------------- */
+
+/* One turn after validation: the role as written and its content (with a folded system prompt). */
+typedef struct gemma2__turn {
+    const char *role;       /* "user" or "model" */
+    const char *prefix;     /* system content to fold in front (first user turn), or NULL */
+    const char *content;
+} gemma2__turn;
+
+/* Checks the roles and maps them to turns (at most n_msgs). Returns the number of turns or
+   GEMMA2_ERROR_CHAT_FORMAT / INVALID_ARGUMENT. */
+static int gemma2__chat_turns(const gemma2_message *msgs, int n_msgs, gemma2__turn *turns)
+{
+    int i = 0, t = 0;
+    const char *sys = NULL;
+    if (n_msgs < 0 || (n_msgs > 0 && !msgs)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (n_msgs > 0 && msgs[0].role && !strcmp(msgs[0].role, "system")) {
+        if (n_msgs < 2) return GEMMA2_ERROR_CHAT_FORMAT; /* nothing to fold it into */
+        sys = msgs[0].content ? msgs[0].content : "";
+        i = 1;
+    }
+    for (; i < n_msgs; i++, t++) {
+        const char *r = msgs[i].role;
+        if (!r) return GEMMA2_ERROR_INVALID_ARGUMENT;
+        if (t % 2 == 0) {
+            if (strcmp(r, "user")) return GEMMA2_ERROR_CHAT_FORMAT;
+            turns[t].role = "user";
+        } else {
+            if (strcmp(r, "assistant") && strcmp(r, "model")) return GEMMA2_ERROR_CHAT_FORMAT;
+            turns[t].role = "model";
+        }
+        turns[t].prefix = t == 0 ? sys : NULL;
+        turns[t].content = msgs[i].content ? msgs[i].content : "";
+    }
+    return t;
+}
+
+/* role + "\n" + [strip(prefix) + "\n\n"] + strip(content), in a fresh allocation, NUL-terminated.
+   (Gemma 3's template writes the system text + "\n\n" before the first user content; we trim the
+   system text too, and leave it out when it is empty.) */
+static char *gemma2__turn_text(const gemma2__turn *t, size_t *len_out)
+{
+    size_t rl = strlen(t->role), pl = t->prefix ? strlen(t->prefix) : 0, cl = strlen(t->content), b, e, n;
+    char *buf = (char *)GEMMA2_MALLOC(rl + 1 + pl + 2 + cl + 1);
+    if (!buf) return NULL;
+    memcpy(buf, t->role, rl);
+    buf[rl] = '\n';
+    n = rl + 1;
+    if (t->prefix) {
+        gemma2__py_strip(t->prefix, pl, &b, &e);
+        if (e > b) {
+            memcpy(buf + n, t->prefix + b, e - b);
+            memcpy(buf + n + (e - b), "\n\n", 2);
+            n += e - b + 2;
+        }
+    }
+    gemma2__py_strip(t->content, cl, &b, &e);
+    memcpy(buf + n, t->content + b, e - b);
+    n += e - b;
+    buf[n] = 0;
+    *len_out = n;
+    return buf;
+}
+
+/* Looks up a marker written as text ("<start_of_turn>") as its single id. */
+static int gemma2__marker_id(const gemma2_model *m, const char *marker)
+{
+    int32_t ids[4];
+    int n = gemma2_tokenize(m, marker, strlen(marker), ids, 4, GEMMA2_TOKENIZE_SPECIAL);
+    if (n < 0) return n;
+    return n == 1 ? ids[0] : GEMMA2_ERROR_UNSUPPORTED;
+}
+
+typedef struct gemma2__chat_ids { int32_t bos, sot, eot; } gemma2__chat_ids;
+
+static int gemma2__chat_markers(const gemma2_model *m, gemma2__chat_ids *c)
+{
+    int sot, eot;
+    memset(c, 0, sizeof *c);
+    if (!m) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if ((sot = gemma2__marker_id(m, "<start_of_turn>")) < 0) return sot;
+    if ((eot = gemma2__marker_id(m, "<end_of_turn>")) < 0) return eot;
+    c->bos = gemma2_model_config(m)->bos_token_id;
+    c->sot = sot;
+    c->eot = eot;
+    return 0;
+}
+
+/* Appends <start_of_turn> E(role\n strip(content)) <end_of_turn> E("\n"); or, for the generation
+   prompt (t == NULL), <start_of_turn> E("model\n"). Content is tokenized with flags 0: marker
+   strings in it stay text. */
+static int gemma2__chat_append_turn(gemma2__ids *a, const gemma2_model *m, const gemma2__chat_ids *c, const gemma2__turn *t)
+{
+    int rc;
+    if ((rc = gemma2__ids_push(a, c->sot)) != 0) return rc;
+    if (!t) return gemma2__ids_tokenize(a, m, "model\n", 6, 0);
+    {
+        size_t len;
+        char *text = gemma2__turn_text(t, &len);
+        if (!text) return GEMMA2_ERROR_OUT_OF_MEMORY;
+        rc = gemma2__ids_tokenize(a, m, text, len, 0);
+        GEMMA2_FREE(text);
+    }
+    if (rc) return rc;
+    if ((rc = gemma2__ids_push(a, c->eot)) != 0) return rc;
+    return gemma2__ids_tokenize(a, m, "\n", 1, 0);
+}
+
+GEMMA2_DEF int gemma2_chat_tokenize(const gemma2_model *m, const gemma2_message *msgs, int n_msgs,
+                                    int add_generation_prompt, int32_t *ids, int max_ids)
+{
+    gemma2__turn *turns;
+    gemma2__chat_ids c = {0, 0, 0};
+    gemma2__ids a;
+    int n, i, rc;
+    if (!m || max_ids < 0 || (max_ids > 0 && !ids)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if ((rc = gemma2__chat_markers(m, &c)) != 0) return rc;
+    turns = (gemma2__turn *)gemma2__calloc((size_t)(n_msgs > 0 ? n_msgs : 1), sizeof *turns);
+    if (!turns) return GEMMA2_ERROR_OUT_OF_MEMORY;
+    n = gemma2__chat_turns(msgs, n_msgs, turns);
+    if (n < 0) { GEMMA2_FREE(turns); return n; }
+    memset(&a, 0, sizeof a);
+    rc = gemma2__ids_push(&a, c.bos);
+    for (i = 0; i < n && !rc; i++) rc = gemma2__chat_append_turn(&a, m, &c, &turns[i]);
+    if (!rc && add_generation_prompt) rc = gemma2__chat_append_turn(&a, m, &c, NULL);
+    GEMMA2_FREE(turns);
+    if (rc) { GEMMA2_FREE(a.v); return rc; }
+    if (max_ids > 0) memcpy(ids, a.v, (size_t)GEMMA2__MIN(a.n, max_ids) * sizeof(int32_t));
+    GEMMA2_FREE(a.v);
+    return a.n;
+}
+
+/* Appends s to out (bounded by cap), counting every byte. */
+static void gemma2__put(char *out, size_t cap, size_t *n, const char *s, size_t len)
+{
+    if (*n < cap) memcpy(out + *n, s, GEMMA2__MIN(len, cap - *n));
+    *n += len;
+}
+
+GEMMA2_DEF int gemma2_chat_render(const gemma2_message *msgs, int n_msgs, int add_generation_prompt,
+                                  char *out, size_t cap)
+{
+    gemma2__turn *turns;
+    size_t n = 0;
+    int nt, i;
+    if (cap > 0 && !out) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    turns = (gemma2__turn *)gemma2__calloc((size_t)(n_msgs > 0 ? n_msgs : 1), sizeof *turns);
+    if (!turns) return GEMMA2_ERROR_OUT_OF_MEMORY;
+    nt = gemma2__chat_turns(msgs, n_msgs, turns);
+    if (nt < 0) { GEMMA2_FREE(turns); return nt; }
+    gemma2__put(out, cap, &n, "<bos>", 5);
+    for (i = 0; i < nt; i++) {
+        size_t len;
+        char *text = gemma2__turn_text(&turns[i], &len);
+        if (!text) { GEMMA2_FREE(turns); return GEMMA2_ERROR_OUT_OF_MEMORY; }
+        gemma2__put(out, cap, &n, "<start_of_turn>", 15);
+        gemma2__put(out, cap, &n, text, len);
+        gemma2__put(out, cap, &n, "<end_of_turn>\n", 14);
+        GEMMA2_FREE(text);
+    }
+    if (add_generation_prompt) gemma2__put(out, cap, &n, "<start_of_turn>model\n", 21);
+    GEMMA2_FREE(turns);
+    if (n > (size_t)INT_MAX) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (n < cap) out[n] = 0;
+    return (int)n;
+}
+
+/* --- streaming text: stop strings ------------------------------------------------ */
+
+/* Text pieces come from the tokenizer's incremental detokenizer (gemma2_detok: whole UTF-8
+   characters only, invalid bytes as U+FFFD the way the tokenizer format's reference does). Here
+   they wait in `hold` while they could still be the start of a stop string. The buffer is
+   allocated once per generation and grows only if a piece is unusually long. */
+typedef struct gemma2__stream {
+    char *hold;              /* decoded text not yet delivered */
+    size_t nhold, hold_cap;
+    const char *const *stops;
+    int n_stops;
+    size_t max_stop;
+} gemma2__stream;
+
+/* Makes room for `extra` more bytes (and a NUL). */
+static int gemma2__stream_reserve(gemma2__stream *st, size_t extra)
+{
+    size_t need = st->nhold + extra + 1;
+    if (need > st->hold_cap) {
+        void *p = GEMMA2_REALLOC(st->hold, need);
+        if (!p) return GEMMA2_ERROR_OUT_OF_MEMORY;
+        st->hold = (char *)p;
+        st->hold_cap = need;
+    }
+    return 0;
+}
+
+static void gemma2__stream_free(gemma2__stream *st)
+{
+    GEMMA2_FREE(st->hold);
+    memset(st, 0, sizeof *st);
+}
+
+/* Appends the text that token id completes (id < 0: the end of the stream) to hold. A model
+   loaded without a tokenizer streams no text. */
+static int gemma2__stream_push(gemma2__stream *st, gemma2_detok *dt, int32_t id)
+{
+    int n, rc;
+    for (;;) {
+        size_t avail = st->hold_cap - st->nhold - 1;
+        n = id >= 0 ? gemma2_detok_push(dt, id, st->hold + st->nhold, avail) : gemma2_detok_flush(dt, st->hold + st->nhold, avail);
+        if (n == GEMMA2_ERROR_NO_TOKENIZER) return 0;
+        if (n < 0) return n;
+        if ((size_t)n <= avail) break;
+        if ((rc = gemma2__stream_reserve(st, (size_t)n)) != 0) return rc; /* nothing was consumed: retry */
+    }
+    st->nhold += (size_t)n;
+    return 0;
+}
+
+/* Finds the first complete stop string in hold: returns its offset, or -1. Also reports in
+   *keep how many trailing bytes could still begin a stop string. */
+static long gemma2__stream_match(const gemma2__stream *st, size_t *keep)
+{
+    long best = -1;
+    size_t h = st->nhold, k;
+    int i;
+    *keep = 0;
+    for (i = 0; i < st->n_stops; i++) {
+        const char *sp = st->stops[i];
+        size_t sl = strlen(sp), off;
+        if (sl == 0) continue;
+        for (off = 0; off + sl <= h; off++) {
+            if (best >= 0 && (long)off >= best) break;
+            if (!memcmp(st->hold + off, sp, sl)) { best = (long)off; break; }
+        }
+        /* longest proper prefix of sp that ends hold */
+        for (k = GEMMA2__MIN(sl - 1, h); k > *keep; k--)
+            if (!memcmp(st->hold + h - k, sp, k)) { *keep = k; break; }
+    }
+    return best;
+}
+
+/* --- generation ---------------------------------------------------------------- */
+
+GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_prompt,
+                               const gemma2_generate_params *params, gemma2_generate_result *res)
+{
+    gemma2_generate_params p;
+    gemma2_generate_result r;
+    const gemma2_model *m;
+    const gemma2_config *cfg;
+    gemma2_sampler *smp = NULL;
+    gemma2__stream st;
+    gemma2_detok dt;
+    int rc = 0, i, stopped = 0;
+    memset(&r, 0, sizeof r);
+    r.stop_id = -1;
+    memset(&st, 0, sizeof st);
+    if (res) *res = r;
+    if (!s || n_prompt < 0 || (n_prompt > 0 && !prompt)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (params) p = *params; else memset(&p, 0, sizeof p);
+    if (p.n_stop_strings < 0 || (p.n_stop_strings > 0 && !p.stop_strings) || p.n_stop_ids < 0 ||
+        (p.n_stop_ids > 0 && !p.stop_ids) || p.sampler.penalty_last_n < 0 || p.sampler.n_logit_bias < 0 ||
+        (p.sampler.n_logit_bias > 0 && !p.sampler.logit_bias)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    for (i = 0; i < p.n_stop_strings; i++) {
+        if (!p.stop_strings[i]) return GEMMA2_ERROR_INVALID_ARGUMENT;
+        st.max_stop = GEMMA2__MAX(st.max_stop, strlen(p.stop_strings[i]));
+    }
+    st.stops = p.stop_strings;
+    st.n_stops = p.n_stop_strings;
+    m = gemma2__gen_model(s);
+    cfg = gemma2_model_config(m);
+    if (n_prompt == 0 && (gemma2_session_pos(s) == 0 || !gemma2_logits(s))) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (n_prompt > gemma2_session_n_ctx(s) - gemma2_session_pos(s)) return GEMMA2_ERROR_CONTEXT_FULL;
+
+    smp = gemma2_sampler_new(gemma2_vocab_size(m), &p.sampler);
+    if (!smp || gemma2__stream_reserve(&st, st.max_stop + 512) != 0) { rc = GEMMA2_ERROR_OUT_OF_MEMORY; goto done; }
+    gemma2_detok_init(&dt, m, GEMMA2_DETOKENIZE_SKIP_CONTROL);
+    if (n_prompt > 0 && (rc = gemma2_eval(s, prompt, n_prompt, NULL)) != 0) goto done;
+    r.n_prompt = n_prompt;
+
+    while (!stopped) {
+        int32_t tok;
+        int is_stop = 0;
+        size_t keep, emit;
+        long at;
+        if (p.max_new_tokens > 0 && r.n_generated >= p.max_new_tokens) { r.stop_reason = GEMMA2_STOP_MAX_TOKENS; break; }
+        tok = gemma2_sampler_sample(smp, gemma2_logits(s), gemma2_session_tokens(s), gemma2_session_pos(s));
+        if (tok < 0) { rc = tok; break; }
+        if (!p.ignore_eos)
+            for (i = 0; i < cfg->n_eos; i++) is_stop |= cfg->eos_token_ids[i] == tok;
+        for (i = 0; i < p.n_stop_ids; i++) is_stop |= p.stop_ids[i] == tok;
+        if (is_stop) { r.stop_reason = GEMMA2_STOP_EOS; r.stop_id = tok; break; }
+        if (gemma2_session_pos(s) >= gemma2_session_n_ctx(s)) { r.stop_reason = GEMMA2_STOP_CONTEXT_FULL; break; }
+        if ((rc = gemma2_eval(s, &tok, 1, NULL)) != 0) break;
+        r.n_generated++;
+
+        if ((rc = gemma2__stream_push(&st, &dt, tok)) != 0) break;
+        at = gemma2__stream_match(&st, &keep);
+        if (at >= 0) { emit = (size_t)at; stopped = 1; r.stop_reason = GEMMA2_STOP_STRING; }
+        else emit = st.nhold - keep;
+        if (p.on_token && p.on_token(p.user, tok, st.hold, emit) != 0 && !stopped) {
+            stopped = 1;
+            r.stop_reason = GEMMA2_STOP_CALLBACK;
+        }
+        if (r.stop_reason == GEMMA2_STOP_STRING) st.nhold = 0;
+        else { memmove(st.hold, st.hold + emit, st.nhold - emit); st.nhold -= emit; }
+    }
+    /* Deliver what was held back: an incomplete character (as U+FFFD) and the start of a stop
+       string that never completed. */
+    if (r.stop_reason != GEMMA2_STOP_STRING && rc == 0) {
+        rc = gemma2__stream_push(&st, &dt, -1);
+        if (rc == 0 && st.nhold && p.on_token) p.on_token(p.user, -1, st.hold, st.nhold);
+    }
+done:
+    gemma2_sampler_free(smp);
+    gemma2__stream_free(&st);
+    if (res) *res = r;
+    return rc;
+}
+
+/* --- scoring --------------------------------------------------------------------- */
+
+/* log softmax(row)[id], in double. */
+static float gemma2__logprob(const float *row, int V, int32_t id, int *is_argmax)
+{
+    double mx = -INFINITY, sum = 0;
+    int i, best = 0;
+    for (i = 0; i < V; i++) if (row[i] > mx) { mx = row[i]; best = i; }
+    for (i = 0; i < V; i++) sum += exp((double)row[i] - mx);
+    if (is_argmax) *is_argmax = best == id;
+    return (float)((double)row[id] - mx - log(sum));
+}
+
+GEMMA2_DEF int gemma2_score(gemma2_session *s, const int32_t *prompt, int n_prompt,
+                            const int32_t *cont, int n_cont, float *logprobs, int *greedy)
+{
+    enum { CHUNK = 32 }; /* rows per batch: 32 x 256000 floats = 32 MB */
+    const gemma2_model *m;
+    float *rows;
+    int V, pos0, j, rc = 0, chunk;
+    if (!s || n_prompt < 0 || n_cont < 0 || (n_prompt > 0 && !prompt) || (n_cont > 0 && (!cont || !logprobs)))
+        return GEMMA2_ERROR_INVALID_ARGUMENT;
+    m = gemma2__gen_model(s);
+    V = gemma2_vocab_size(m);
+    pos0 = gemma2_session_pos(s);
+    if (n_prompt == 0 && n_cont > 0 && (pos0 == 0 || !gemma2_logits(s))) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (n_prompt > gemma2_session_n_ctx(s) - pos0 || n_cont > gemma2_session_n_ctx(s) - pos0 - n_prompt)
+        return GEMMA2_ERROR_CONTEXT_FULL;
+    for (j = 0; j < n_cont; j++) if (cont[j] < 0 || cont[j] >= V) return GEMMA2_ERROR_BAD_TOKEN;
+    if (n_prompt > 0 && (rc = gemma2_eval(s, prompt, n_prompt, NULL)) != 0) return rc;
+    if (n_cont == 0) return 0;
+    logprobs[0] = gemma2__logprob(gemma2_logits(s), V, cont[0], greedy);
+    chunk = GEMMA2__MIN(n_cont, CHUNK);
+    rows = (float *)gemma2__calloc((size_t)chunk * (size_t)V, sizeof(float));
+    if (!rows) { gemma2_session_rewind(s, pos0); return GEMMA2_ERROR_OUT_OF_MEMORY; }
+    for (j = 0; j < n_cont; j += chunk) {
+        int c = GEMMA2__MIN(chunk, n_cont - j), r;
+        if ((rc = gemma2_eval(s, cont + j, c, rows)) != 0) break;
+        /* row r predicts the token after cont[j + r] */
+        for (r = 0; r < c && j + r + 1 < n_cont; r++)
+            logprobs[j + r + 1] = gemma2__logprob(rows + (size_t)r * V, V, cont[j + r + 1], greedy ? &greedy[j + r + 1] : NULL);
+    }
+    GEMMA2_FREE(rows);
+    if (rc) gemma2_session_rewind(s, pos0);
+    return rc;
+}
+
+/* --- multi-turn chat ----------------------------------------------------------------- */
+
+struct gemma2_chat {
+    gemma2_session *s;
+    const gemma2_model *m;
+    char *system;          /* NULL: none */
+    gemma2__chat_ids ids;
+    int n, cap;            /* exchanges so far */
+    int *turn_pos;         /* [n] session position where exchange k's tokens begin */
+    int *reply_pos;        /* [n] position where its reply begins (after <start_of_turn>model\n) */
+};
+
+GEMMA2_DEF gemma2_chat *gemma2_chat_new(gemma2_session *s, const char *system)
+{
+    gemma2_chat *c;
+    if (!s || gemma2_session_pos(s) != 0) return NULL;
+    c = (gemma2_chat *)gemma2__calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->s = s;
+    c->m = gemma2__gen_model(s);
+    if (gemma2__chat_markers(c->m, &c->ids) != 0 || (system && !(c->system = gemma2__strdup(system)))) {
+        gemma2_chat_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+GEMMA2_DEF void gemma2_chat_free(gemma2_chat *c)
+{
+    if (!c) return;
+    GEMMA2_FREE(c->system);
+    GEMMA2_FREE(c->turn_pos);
+    GEMMA2_FREE(c->reply_pos);
+    GEMMA2_FREE(c);
+}
+
+GEMMA2_DEF int gemma2_chat_turns(const gemma2_chat *c) { return c ? c->n : 0; }
+
+GEMMA2_DEF int gemma2_chat_say(gemma2_chat *c, const char *user_content, const gemma2_generate_params *p,
+                               gemma2_generate_result *res)
+{
+    gemma2__ids a;
+    gemma2__turn t;
+    int rc, start;
+    if (res) memset(res, 0, sizeof *res);
+    if (!c || !user_content) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (c->n == c->cap) {
+        int cap = c->cap ? c->cap * 2 : 16;
+        int *tp = (int *)GEMMA2_REALLOC(c->turn_pos, (size_t)cap * sizeof(int)), *rp;
+        if (!tp) return GEMMA2_ERROR_OUT_OF_MEMORY;
+        c->turn_pos = tp;
+        rp = (int *)GEMMA2_REALLOC(c->reply_pos, (size_t)cap * sizeof(int));
+        if (!rp) return GEMMA2_ERROR_OUT_OF_MEMORY;
+        c->reply_pos = rp;
+        c->cap = cap;
+    }
+    memset(&a, 0, sizeof a);
+    t.role = "user";
+    t.content = user_content;
+    t.prefix = (c->n == 0) ? c->system : NULL;
+    /* the previous reply's sampled <end_of_turn> was not kept: close it, then the new turn */
+    if (c->n == 0) rc = gemma2__ids_push(&a, c->ids.bos);
+    else if ((rc = gemma2__ids_push(&a, c->ids.eot)) == 0) rc = gemma2__ids_tokenize(&a, c->m, "\n", 1, 0);
+    if (!rc) rc = gemma2__chat_append_turn(&a, c->m, &c->ids, &t);
+    if (!rc) rc = gemma2__chat_append_turn(&a, c->m, &c->ids, NULL);
+    if (rc) { GEMMA2_FREE(a.v); return rc; }
+    start = gemma2_session_pos(c->s);
+    rc = gemma2_generate(c->s, a.v, a.n, p, res);
+    if (gemma2_session_pos(c->s) >= start + a.n) { /* the turn is in (even if generation failed later) */
+        c->turn_pos[c->n] = start;
+        c->reply_pos[c->n] = start + a.n;
+        c->n++;
+    }
+    GEMMA2_FREE(a.v);
+    return rc;
+}
+
+GEMMA2_DEF int gemma2_chat_regenerate(gemma2_chat *c, const gemma2_generate_params *p, gemma2_generate_result *res)
+{
+    int rc, rp;
+    if (res) memset(res, 0, sizeof *res);
+    if (!c || c->n == 0) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    rp = c->reply_pos[c->n - 1];
+    /* a rewind recomputes the logits of the position before it: the reply's first token's */
+    if ((rc = gemma2_session_rewind(c->s, rp)) != 0) return rc;
+    return gemma2_generate(c->s, NULL, 0, p, res);
+}
+
+GEMMA2_DEF int gemma2_chat_undo(gemma2_chat *c)
+{
+    int rc;
+    if (!c || c->n == 0) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if ((rc = gemma2_session_rewind(c->s, c->turn_pos[c->n - 1])) != 0) return rc;
+    c->n--;
+    return 0;
+}
+
+GEMMA2_DEF int gemma2_chat_reset(gemma2_chat *c)
+{
+    int rc;
+    if (!c) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if ((rc = gemma2_session_rewind(c->s, 0)) != 0) return rc;
+    c->n = 0;
+    return 0;
+}
+
+
+/* ===========================================================================
+   2.9  Tokenizer
    =========================================================================== */
 
 /* Two file formats, one engine. Both describe the same kind of model: a vocabulary of byte strings ("pieces"), a
@@ -5433,17 +3676,6 @@ static int gemma2__tokenizer_load_mem(gemma2__tokenizer **out, const uint8_t *da
     return 0;
 }
 
-static int gemma2__tokenizer_load(gemma2__tokenizer **out, const char *path, char *err, size_t err_size)
-{
-    gemma2__file f;
-    int rc;
-    *out = NULL;
-    if ((rc = gemma2__file_map(&f, path, err, err_size)) != 0) return rc;
-    rc = gemma2__tokenizer_load_mem(out, f.data, f.size, path, err, err_size);
-    gemma2__file_close(&f);
-    return rc;
-}
-
 /* ---- encoding ------------------------------------------------------------ */
 
 typedef struct gemma2__sym { uint32_t start, len; int32_t id, prev, next; } gemma2__sym;
@@ -5954,298 +4186,749 @@ GEMMA2_DEF int32_t gemma2_token_bos(const gemma2_model *m) { return m && m->tok 
 GEMMA2_DEF int32_t gemma2_token_eos(const gemma2_model *m) { return m && m->tok ? m->tok->eos : -1; }
 
 /* ===========================================================================
-   2.13 Sampler
+   2.10 Loading: JSON, files, safetensors, config, weights
    =========================================================================== */
 
-/* The PRNG is xoshiro256** (Blackman and Vigna), seeded through splitmix64: fast, good
-   statistics, and fully specified integer arithmetic, so a seed means the same stream on every
-   platform (rand() does not). */
-static uint64_t gemma2__splitmix64(uint64_t *x)
+/* ---- JSON reader --------------------------------------------------------------------------- */
+
+/* Parses a whole JSON text into a flat array of nodes (a DOM without pointers).
+   Strings are kept as spans of the source text (still escaped); numbers too.
+   Every node knows its first child and next sibling, so walking is cheap; an
+   object's children alternate key, value. Depth is bounded (no stack overflow on
+   hostile input) and every byte is checked (no reads past the end). tokenizer.json
+   is 17.5 MB with ~2.2 M nodes: the parser is a single pass with no per-node
+   allocation. */
+
+#define GEMMA2__JSON_MAX_DEPTH 128
+
+static void gemma2__json_free(gemma2__json *j)
 {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    GEMMA2_FREE(j->nodes);
+    j->nodes = NULL;
+    j->n = j->cap = 0;
 }
 
-static uint64_t gemma2__rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t gemma2__xoshiro_next(uint64_t st[4])
+static int32_t gemma2__json_new(gemma2__json *j, int type, size_t start)
 {
-    uint64_t r = gemma2__rotl64(st[1] * 5, 7) * 9, t = st[1] << 17;
-    st[2] ^= st[0];
-    st[3] ^= st[1];
-    st[1] ^= st[2];
-    st[0] ^= st[3];
-    st[2] ^= t;
-    st[3] = gemma2__rotl64(st[3], 45);
-    return r;
+    gemma2__jnode *nd;
+    if (j->n == j->cap) {
+        int32_t cap = j->cap ? j->cap : 64;
+        void *p;
+        if (cap > INT32_MAX / 2) return -1;
+        cap *= 2;
+        p = GEMMA2_REALLOC(j->nodes, (size_t)cap * sizeof(gemma2__jnode));
+        if (!p) return -1;
+        j->nodes = (gemma2__jnode *)p;
+        j->cap = cap;
+    }
+    nd = &j->nodes[j->n];
+    nd->start = (uint32_t)start;
+    nd->len = 0;
+    nd->next = nd->child = -1;
+    nd->count = 0;
+    nd->type = (uint8_t)type;
+    nd->escaped = 0;
+    return j->n++;
 }
 
-/* Uniform double in [0, 1) from the top 53 bits. */
-static double gemma2__rand01(uint64_t st[4])
+static size_t gemma2__json_ws(const char *s, size_t i, size_t n)
 {
-    return (double)(gemma2__xoshiro_next(st) >> 11) * (1.0 / 9007199254740992.0);
+    while (i < n && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) i++;
+    return i;
 }
 
-#define GEMMA2__NBUCKET 4096 /* top-p buckets: 32 nats / 4096 = 0.0078 nats wide */
+/* Links node id as the next child of the innermost open container. */
+static void gemma2__json_link(gemma2__json *j, int32_t parent, int32_t *last, int32_t id)
+{
+    if (*last < 0) j->nodes[parent].child = id; else j->nodes[*last].next = id;
+    j->nodes[parent].count++;
+    *last = id;
+}
 
-struct gemma2_sampler {
-    gemma2_sampler_params p;     /* logit_bias points at `bias` below */
-    int V;
-    gemma2_logit_bias *bias;
-    uint64_t rng[4];
-    float *w;                    /* [V] working logits */
-    int32_t *cand;               /* [V] candidate ids */
-    double *e;                   /* [V] exp(w - max) of the candidates */
-    int32_t *count;              /* [V] occurrences in the penalty window; all zero between calls */
-    int32_t *tmp;                /* [V] top-p: bucket of each candidate, then the cut bucket's ids */
-    double *bucket_mass;         /* [GEMMA2__NBUCKET] */
+/* Parses the text; returns 0, or -1 with a reason (with byte offset) in err. */
+static int gemma2__json_parse(gemma2__json *j, const char *text, size_t size, char *err, size_t err_size)
+{
+    /* Iterative: an explicit stack of open containers and of the last child linked in each. */
+    int32_t stack[GEMMA2__JSON_MAX_DEPTH], last[GEMMA2__JSON_MAX_DEPTH];
+    int depth = 0, expect_key = 0, just_opened = 0;
+    size_t i = 0;
+    memset(j, 0, sizeof *j);
+    j->text = text;
+    j->size = size;
+    if (size >= 0xffffffffu) return gemma2__fail(err, err_size, -1, "JSON text too large (%zu bytes)", size);
+    for (;;) {
+        int32_t id;
+        char c;
+        i = gemma2__json_ws(text, i, size);
+        if (i >= size) return gemma2__fail(err, err_size, -1, "unexpected end of JSON at byte %zu", i);
+        c = text[i];
+        if (just_opened && (c == ']' || c == '}')) goto close; /* empty container */
+        just_opened = 0;
+        if (expect_key && c != '"') return gemma2__fail(err, err_size, -1, "expected a string key at byte %zu", i);
+        if (c == '{' || c == '[') {
+            if (depth == GEMMA2__JSON_MAX_DEPTH) return gemma2__fail(err, err_size, -1, "JSON nested too deeply at byte %zu", i);
+            id = gemma2__json_new(j, c == '{' ? GEMMA2__JOBJECT : GEMMA2__JARRAY, i);
+            if (id < 0) return gemma2__fail(err, err_size, -1, "out of memory parsing JSON");
+            if (depth > 0) gemma2__json_link(j, stack[depth - 1], &last[depth - 1], id);
+            stack[depth] = id;
+            last[depth] = -1;
+            depth++;
+            i++;
+            expect_key = (c == '{');
+            just_opened = 1;
+            continue;
+        }
+        if (c == '"') {
+            size_t k = i + 1;
+            int esc = 0;
+            while (k < size && text[k] != '"') {
+                unsigned char ch = (unsigned char)text[k];
+                if (ch < 0x20) return gemma2__fail(err, err_size, -1, "control character in JSON string at byte %zu", k);
+                if (ch == '\\') { esc = 1; k += 2; } else k++;
+            }
+            if (k >= size) return gemma2__fail(err, err_size, -1, "unterminated JSON string at byte %zu", i);
+            id = gemma2__json_new(j, GEMMA2__JSTRING, i + 1);
+            if (id < 0) return gemma2__fail(err, err_size, -1, "out of memory parsing JSON");
+            j->nodes[id].len = (uint32_t)(k - i - 1);
+            j->nodes[id].escaped = (uint8_t)esc;
+            i = k + 1;
+        } else {
+            int type;
+            size_t k = i;
+            if (c == 't' && size - i >= 4 && !memcmp(text + i, "true", 4)) { type = GEMMA2__JTRUE; k += 4; }
+            else if (c == 'f' && size - i >= 5 && !memcmp(text + i, "false", 5)) { type = GEMMA2__JFALSE; k += 5; }
+            else if (c == 'n' && size - i >= 4 && !memcmp(text + i, "null", 4)) { type = GEMMA2__JNULL; k += 4; }
+            else if (c == '-' || (c >= '0' && c <= '9')) {
+                /* the exact grammar is checked when the number is read (gemma2__json_number) */
+                type = GEMMA2__JNUMBER;
+                k++;
+                while (k < size && ((text[k] >= '0' && text[k] <= '9') || text[k] == '.' || text[k] == 'e' ||
+                                    text[k] == 'E' || text[k] == '+' || text[k] == '-')) k++;
+            } else return gemma2__fail(err, err_size, -1, "unexpected character 0x%02x in JSON at byte %zu", (unsigned char)c, i);
+            id = gemma2__json_new(j, type, i);
+            if (id < 0) return gemma2__fail(err, err_size, -1, "out of memory parsing JSON");
+            j->nodes[id].len = (uint32_t)(k - i);
+            i = k;
+        }
+        if (depth > 0) {
+            gemma2__json_link(j, stack[depth - 1], &last[depth - 1], id);
+            if (expect_key) {
+                i = gemma2__json_ws(text, i, size);
+                if (i >= size || text[i] != ':') return gemma2__fail(err, err_size, -1, "expected ':' at byte %zu", i);
+                i++;
+                expect_key = 0;
+                continue;
+            }
+        }
+        /* After a complete value: a comma, the end of its container(s), or the end of the text. */
+        for (;;) {
+            if (depth == 0) {
+                i = gemma2__json_ws(text, i, size);
+                if (i != size) return gemma2__fail(err, err_size, -1, "trailing characters after JSON at byte %zu", i);
+                return 0;
+            }
+            i = gemma2__json_ws(text, i, size);
+            if (i >= size) return gemma2__fail(err, err_size, -1, "unexpected end of JSON at byte %zu", i);
+            c = text[i];
+            if (c == ',') {
+                i++;
+                expect_key = (j->nodes[stack[depth - 1]].type == GEMMA2__JOBJECT);
+                break;
+            }
+        close:
+            if ((c == ']' && j->nodes[stack[depth - 1]].type == GEMMA2__JARRAY) ||
+                (c == '}' && j->nodes[stack[depth - 1]].type == GEMMA2__JOBJECT)) {
+                gemma2__jnode *open = &j->nodes[stack[depth - 1]];
+                open->len = (uint32_t)(i + 1 - open->start);
+                i++;
+                depth--;
+                just_opened = 0;
+                expect_key = 0;
+                continue;
+            }
+            return gemma2__fail(err, err_size, -1, "expected ',' or a matching bracket at byte %zu", i);
+        }
+    }
+}
+
+/* Member of an object by key (keys compared raw: config keys never need escapes). -1 if absent. */
+static int32_t gemma2__json_get(const gemma2__json *j, int32_t obj, const char *key)
+{
+    size_t kl = strlen(key);
+    int32_t c;
+    if (obj < 0 || j->nodes[obj].type != GEMMA2__JOBJECT) return -1;
+    for (c = j->nodes[obj].child; c >= 0 && j->nodes[c].next >= 0; c = j->nodes[j->nodes[c].next].next) {
+        const gemma2__jnode *k = &j->nodes[c];
+        if (k->len == kl && !memcmp(j->text + k->start, key, kl)) return k->next;
+    }
+    return -1;
+}
+
+static int gemma2__json_is(const gemma2__json *j, int32_t node, int type)
+{
+    return node >= 0 && j->nodes[node].type == type;
+}
+
+/* Number -> double. Own parser (strtod depends on the C locale's decimal point).
+   Returns 0 if the node is not a well-formed JSON number. */
+static int gemma2__json_number(const gemma2__json *j, int32_t node, double *out)
+{
+    const char *s;
+    size_t n, i = 0;
+    double mant = 0, v;
+    int neg = 0, exp10 = 0, eneg = 0, e = 0, digits = 0;
+    if (!gemma2__json_is(j, node, GEMMA2__JNUMBER)) return 0;
+    s = j->text + j->nodes[node].start;
+    n = j->nodes[node].len;
+    if (i < n && s[i] == '-') { neg = 1; i++; }
+    while (i < n && s[i] >= '0' && s[i] <= '9') { mant = mant * 10 + (s[i] - '0'); i++; digits++; }
+    if (i < n && s[i] == '.') {
+        i++;
+        while (i < n && s[i] >= '0' && s[i] <= '9') { mant = mant * 10 + (s[i] - '0'); exp10--; i++; digits++; }
+    }
+    if (!digits) return 0;
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < n && (s[i] == '+' || s[i] == '-')) { eneg = s[i] == '-'; i++; }
+        if (i >= n) return 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9') { if (e < 10000) e = e * 10 + (s[i] - '0'); i++; }
+        exp10 += eneg ? -e : e;
+    }
+    if (i != n) return 0;
+    /* Divide by an exact power of ten rather than multiply by an inexact one: 1e-06 and 0.02 come out right. */
+    v = mant;
+    if (exp10 < 0) v = v / pow(10.0, -exp10); else if (exp10 > 0) v = v * pow(10.0, exp10);
+    *out = neg ? -v : v;
+    return 1;
+}
+
+/* Integer member: returns 1 and stores it if node is an integral number within int range. */
+static int gemma2__json_int(const gemma2__json *j, int32_t node, int *out)
+{
+    double d;
+    if (!gemma2__json_number(j, node, &d)) return 0;
+    if (d != floor(d) || d < INT_MIN || d > INT_MAX) return 0;
+    *out = (int)d;
+    return 1;
+}
+
+/* Appends the UTF-8 encoding of code point cp to out; returns bytes written (1..4). */
+static int gemma2__utf8_put(char *out, uint32_t cp)
+{
+    if (cp < 0x80) { out[0] = (char)cp; return 1; }
+    if (cp < 0x800) { out[0] = (char)(0xc0 | (cp >> 6)); out[1] = (char)(0x80 | (cp & 0x3f)); return 2; }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xe0 | (cp >> 12)); out[1] = (char)(0x80 | ((cp >> 6) & 0x3f)); out[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (char)(0xf0 | (cp >> 18)); out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f)); out[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+static int gemma2__hex4(const char *s, uint32_t *v)
+{
+    int k;
+    *v = 0;
+    for (k = 0; k < 4; k++) {
+        char c = s[k];
+        *v <<= 4;
+        if (c >= '0' && c <= '9') *v |= (uint32_t)(c - '0');
+        else if (c >= 'a' && c <= 'f') *v |= (uint32_t)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') *v |= (uint32_t)(c - 'A' + 10);
+        else return 0;
+    }
+    return 1;
+}
+
+/* Decodes a string node into out (at most its raw length bytes are needed: unescaping
+   never grows the text). Returns the decoded length, or -1 on a bad escape. A lone
+   surrogate \uD800 is written as U+FFFD (JSON allows it, UTF-8 cannot hold it). */
+static int64_t gemma2__json_unescape(const gemma2__json *j, int32_t node, char *out)
+{
+    const char *s = j->text + j->nodes[node].start;
+    size_t n = j->nodes[node].len, i = 0, o = 0;
+    if (!j->nodes[node].escaped) { memcpy(out, s, n); return (int64_t)n; }
+    while (i < n) {
+        char c = s[i];
+        if (c != '\\') { out[o++] = c; i++; continue; }
+        if (i + 1 >= n) return -1;
+        c = s[i + 1];
+        i += 2;
+        switch (c) {
+        case '"': out[o++] = '"'; break;
+        case '\\': out[o++] = '\\'; break;
+        case '/': out[o++] = '/'; break;
+        case 'b': out[o++] = '\b'; break;
+        case 'f': out[o++] = '\f'; break;
+        case 'n': out[o++] = '\n'; break;
+        case 'r': out[o++] = '\r'; break;
+        case 't': out[o++] = '\t'; break;
+        case 'u': {
+            uint32_t cp, lo;
+            if (i + 4 > n || !gemma2__hex4(s + i, &cp)) return -1;
+            i += 4;
+            if (cp >= 0xd800 && cp < 0xdc00 && i + 6 <= n && s[i] == '\\' && s[i + 1] == 'u' &&
+                gemma2__hex4(s + i + 2, &lo) && lo >= 0xdc00 && lo < 0xe000) {
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                i += 6;
+            } else if (cp >= 0xd800 && cp < 0xe000) cp = 0xfffd;
+            /* \uXXXX is 6 bytes and yields at most 3; a surrogate pair is 12 and yields 4 */
+            o += (size_t)gemma2__utf8_put(out + o, cp);
+            break;
+        }
+        default: return -1;
+        }
+    }
+    return (int64_t)o;
+}
+
+/* String member compared to a C string (exact bytes after unescaping). */
+static int gemma2__json_streq(const gemma2__json *j, int32_t node, const char *s)
+{
+    char buf[256];
+    size_t sl = strlen(s);
+    int64_t n;
+    if (!gemma2__json_is(j, node, GEMMA2__JSTRING) || j->nodes[node].len >= sizeof buf) return 0;
+    n = gemma2__json_unescape(j, node, buf);
+    return n == (int64_t)sl && !memcmp(buf, s, sl);
+}
+
+/* ---- files: mapping and reading ------------------------------------------------------------ */
+
+/* A file's bytes, mapped read-only where the OS allows (so multi-GB weights cost no copy
+   and no RSS until touched, and pages are shared between processes), else read into memory. */
+struct gemma2__file {
+    const uint8_t *data;
+    size_t size;
+    int mapped;     /* 1: data is a mapping, 0: data is an allocation */
+#ifdef GEMMA2__WINDOWS
+    void *hfile, *hmap;
+#endif
 };
 
-GEMMA2_DEF void gemma2_sampler_seed(gemma2_sampler *smp, uint64_t seed)
-{
-    uint64_t x = seed;
-    int k;
-    if (!smp) return;
-    for (k = 0; k < 4; k++) smp->rng[k] = gemma2__splitmix64(&x);
-}
+#if !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
+#elif !defined(GEMMA2_NO_MMAP) && (defined(__unix__) || defined(__APPLE__))
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <unistd.h>
+#define GEMMA2__POSIX_MMAP 1
+#endif
 
-GEMMA2_DEF void gemma2_sampler_free(gemma2_sampler *smp)
+/* Reads a whole file with stdio (the fallback, and for small files). */
+static int gemma2__file_read(gemma2__file *f, const char *path, char *err, size_t err_size)
 {
-    if (!smp) return;
-    GEMMA2_FREE(smp->bias);
-    GEMMA2_FREE(smp->w);
-    GEMMA2_FREE(smp->cand);
-    GEMMA2_FREE(smp->e);
-    GEMMA2_FREE(smp->count);
-    GEMMA2_FREE(smp->tmp);
-    GEMMA2_FREE(smp->bucket_mass);
-    GEMMA2_FREE(smp);
-}
-
-GEMMA2_DEF gemma2_sampler *gemma2_sampler_new(int vocab_size, const gemma2_sampler_params *p)
-{
-    gemma2_sampler *smp;
-    if (vocab_size <= 0) return NULL;
-    if (p && (p->n_logit_bias < 0 || (p->n_logit_bias > 0 && !p->logit_bias) || p->penalty_last_n < 0)) return NULL;
-    smp = (gemma2_sampler *)gemma2__calloc(1, sizeof *smp);
-    if (!smp) return NULL;
-    if (p) smp->p = *p;
-    smp->V = vocab_size;
-    smp->w = (float *)gemma2__calloc((size_t)vocab_size, sizeof(float));
-    smp->cand = (int32_t *)gemma2__calloc((size_t)vocab_size, sizeof(int32_t));
-    smp->e = (double *)gemma2__calloc((size_t)vocab_size, sizeof(double));
-    smp->count = (int32_t *)gemma2__calloc((size_t)vocab_size, sizeof(int32_t));
-    smp->tmp = (int32_t *)gemma2__calloc((size_t)vocab_size, sizeof(int32_t));
-    smp->bucket_mass = (double *)gemma2__calloc(GEMMA2__NBUCKET, sizeof(double));
-    if (smp->p.n_logit_bias > 0) {
-        smp->bias = (gemma2_logit_bias *)gemma2__calloc((size_t)smp->p.n_logit_bias, sizeof(gemma2_logit_bias));
-        if (smp->bias) memcpy(smp->bias, smp->p.logit_bias, (size_t)smp->p.n_logit_bias * sizeof(gemma2_logit_bias));
+    FILE *fp = fopen(path, "rb");
+    long n;
+    uint8_t *buf;
+    memset(f, 0, sizeof *f);
+    if (!fp) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
+    if (fseek(fp, 0, SEEK_END) != 0 || (n = ftell(fp)) < 0 || fseek(fp, 0, SEEK_SET) != 0) {
+        fclose(fp);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot determine size", path);
     }
-    if (!smp->w || !smp->cand || !smp->e || !smp->count || !smp->tmp || !smp->bucket_mass || (smp->p.n_logit_bias > 0 && !smp->bias)) {
-        gemma2_sampler_free(smp);
-        return NULL;
+    buf = (uint8_t *)GEMMA2_MALLOC((size_t)n + 1);
+    if (!buf) { fclose(fp); return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (%ld bytes)", path, n); }
+    if (n > 0 && fread(buf, 1, (size_t)n, fp) != (size_t)n) {
+        fclose(fp);
+        GEMMA2_FREE(buf);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: read error", path);
     }
-    smp->p.logit_bias = smp->bias;
-    gemma2_sampler_seed(smp, smp->p.seed);
-    return smp;
+    fclose(fp);
+    buf[n] = 0; /* a terminator past the end: harmless, and handy for text */
+    f->data = buf;
+    f->size = (size_t)n;
+    return 0;
 }
 
-/* The candidate order used everywhere: higher logit first, ties to the lower id. A total order,
-   so partial selections and sorts give the same result on every platform (qsort is not stable
-   and differs between C libraries). */
-static int gemma2__cand_before(const float *w, int32_t a, int32_t b)
+#if defined(GEMMA2__POSIX_MMAP)
+/* Maps a whole file read-only at a 2 MiB-aligned address. Why: where the page cache holds
+   the file in large folios, the kernel can then map them with 2 MiB page-table entries,
+   and streaming multi-GB weights through fewer TLB entries is measurably faster (4 KiB
+   pages also stop the hardware prefetcher at every page boundary). The slack around the
+   aligned window is returned at once. */
+static void *gemma2__mmap_aligned(int fd, size_t size)
 {
-    return w[a] > w[b] || (w[a] == w[b] && a < b);
+#if defined(MAP_ANONYMOUS) || defined(MAP_ANON)
+#ifndef MAP_ANONYMOUS
+#define MAP_ANONYMOUS MAP_ANON
+#endif
+    const size_t align = (size_t)2 << 20;
+    uint8_t *r, *a;
+    void *p;
+    if (size < align || size > (size_t)-1 - 2 * align) return mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    r = (uint8_t *)mmap(NULL, size + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if ((void *)r == MAP_FAILED) return mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+    a = (uint8_t *)(((uintptr_t)r + align - 1) & ~(uintptr_t)(align - 1));
+    p = mmap(a, size, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0);
+    if (p == MAP_FAILED) { munmap(r, size + align); return mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0); }
+    if (a > r) munmap(r, (size_t)(a - r));
+    if (r + size + align > a + size) munmap(a + size, (size_t)(r + size + align - (a + size)));
+#ifdef MADV_HUGEPAGE
+    madvise(p, size, MADV_HUGEPAGE); /* a hint; ignored where file THP is not supported */
+#endif
+    return p;
+#else /* strict ISO mode hides MAP_ANONYMOUS: plain mapping */
+    return mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+#endif
+}
+#endif
+
+/* Maps a file read-only (or reads it under GEMMA2_NO_MMAP). */
+static int gemma2__file_map(gemma2__file *f, const char *path, char *err, size_t err_size)
+{
+#if defined(GEMMA2__POSIX_MMAP)
+    struct stat st;
+    void *p;
+    int fd = open(path, O_RDONLY);
+    memset(f, 0, sizeof *f);
+    if (fd < 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
+    if (fstat(fd, &st) != 0) { close(fd); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot stat", path); }
+    if (st.st_size == 0) { close(fd); return gemma2__file_read(f, path, err, err_size); }
+    p = gemma2__mmap_aligned(fd, (size_t)st.st_size);
+    close(fd); /* the mapping keeps the file alive */
+    if (p == MAP_FAILED) return gemma2__file_read(f, path, err, err_size);
+    f->data = (const uint8_t *)p;
+    f->size = (size_t)st.st_size;
+    f->mapped = 1;
+    return 0;
+#elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
+    LARGE_INTEGER sz;
+    HANDLE h, m;
+    void *p;
+    memset(f, 0, sizeof *f);
+    h = CreateFileA(path, GENERIC_READ, FILE_SHARE_READ, NULL, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
+    if (h == INVALID_HANDLE_VALUE) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
+    if (!GetFileSizeEx(h, &sz) || sz.QuadPart == 0) { CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
+    m = CreateFileMappingA(h, NULL, PAGE_READONLY, 0, 0, NULL);
+    if (!m) { CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
+    p = MapViewOfFile(m, FILE_MAP_READ, 0, 0, 0);
+    if (!p) { CloseHandle(m); CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
+    f->data = (const uint8_t *)p;
+    f->size = (size_t)sz.QuadPart;
+    f->mapped = 1;
+    f->hfile = h;
+    f->hmap = m;
+    return 0;
+#else
+    return gemma2__file_read(f, path, err, err_size);
+#endif
 }
 
-/* Sift-down in a heap whose root is the element that comes LAST in candidate order
-   (a "min-heap" of the best so far). */
-static void gemma2__heap_down(const float *w, int32_t *h, int n, int i)
+/* Reads a whole file into fresh anonymous memory, 2 MiB-aligned and advised for huge pages
+   (gemma2_options.preload). Falls back to an ordinary allocation where there is no mmap. */
+static int gemma2__file_preload(gemma2__file *f, const char *path, char *err, size_t err_size)
 {
-    for (;;) {
-        int l = 2 * i + 1, r = l + 1, m = i;
-        int32_t t;
-        if (l < n && gemma2__cand_before(w, h[m], h[l])) m = l;
-        if (r < n && gemma2__cand_before(w, h[m], h[r])) m = r;
-        if (m == i) return;
-        t = h[i]; h[i] = h[m]; h[m] = t;
-        i = m;
+#if defined(GEMMA2__POSIX_MMAP) && (defined(MAP_ANONYMOUS) || defined(MAP_ANON))
+#ifndef MAP_ANONYMOUS
+#define MAP_ANONYMOUS MAP_ANON
+#endif
+    const size_t align = (size_t)2 << 20, page = 4096;
+    struct stat st;
+    uint8_t *r, *a;
+    size_t size, len, done = 0, keep;
+    FILE *fp;
+    memset(f, 0, sizeof *f);
+    if (stat(path, &st) != 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
+    size = (size_t)st.st_size;
+    if (size < align || (uint64_t)st.st_size > (uint64_t)((size_t)-1 - 2 * align)) return gemma2__file_read(f, path, err, err_size);
+    len = size + align;
+    r = (uint8_t *)mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if ((void *)r == MAP_FAILED) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (%zu bytes)", path, size);
+    a = (uint8_t *)(((uintptr_t)r + align - 1) & ~(uintptr_t)(align - 1));
+    keep = (size + page - 1) & ~(page - 1);
+    if (a > r) munmap(r, (size_t)(a - r));
+    if (r + len > a + keep) munmap(a + keep, (size_t)(r + len - (a + keep)));
+#ifdef MADV_HUGEPAGE
+    madvise(a, keep, MADV_HUGEPAGE);
+#endif
+    fp = fopen(path, "rb");
+    while (fp && done < size) {
+        size_t want = GEMMA2__MIN(size - done, (size_t)64 << 20), got = fread(a + done, 1, want, fp);
+        done += got;
+        if (got != want) break;
     }
+    if (fp) fclose(fp);
+    if (done != size) {
+        munmap(a, keep);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: read error", path);
+    }
+    mprotect(a, keep, PROT_READ); /* weights are read-only from here on */
+    f->data = a;
+    f->size = size;
+    f->mapped = 1; /* released with munmap, like a file mapping */
+    return 0;
+#else
+    return gemma2__file_read(f, path, err, err_size);
+#endif
 }
 
-/* Sorts h[0..n) into candidate order (best first): heapsort, O(n log n), no recursion. */
-static void gemma2__cand_sort(const float *w, int32_t *h, int n)
+static void gemma2__file_close(gemma2__file *f)
+{
+    if (!f->data) return;
+    if (!f->mapped) GEMMA2_FREE((void *)f->data);
+#if defined(GEMMA2__POSIX_MMAP)
+    else munmap((void *)f->data, f->size);
+#elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
+    else { UnmapViewOfFile(f->data); CloseHandle(f->hmap); CloseHandle(f->hfile); }
+#endif
+    memset(f, 0, sizeof *f);
+}
+
+static int gemma2__file_exists(const char *path)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return 0;
+    fclose(fp);
+    return 1;
+}
+
+/* ---- safetensors --------------------------------------------------------------------------- */
+
+/* A safetensors file is: an 8-byte little-endian header length N, N bytes of JSON
+   ({"name": {"dtype": "BF16", "shape": [r, c], "data_offsets": [begin, end]}, ...,
+   "__metadata__": {...}}), then the tensor bytes; offsets are relative to the end of the
+   header. Nothing in it is trusted: every span is checked against the file size and
+   against shape x dtype size before a pointer into the file is handed out. */
+
+enum { GEMMA2__ST_F32, GEMMA2__ST_BF16, GEMMA2__ST_F16 };
+
+typedef struct gemma2__tensor {
+    char *name;
+    int dtype;              /* GEMMA2__ST_* */
+    int ndim;
+    int64_t shape[4];
+    const uint8_t *data;    /* inside the file's mapping */
+    uint64_t nbytes;
+    int file;               /* index into the model's files */
+} gemma2__tensor;
+
+typedef struct gemma2__tensors {
+    gemma2__tensor *t;
+    int n, cap;
+} gemma2__tensors;
+
+static void gemma2__tensors_free(gemma2__tensors *ts)
 {
     int i;
-    for (i = n / 2 - 1; i >= 0; i--) gemma2__heap_down(w, h, n, i);
-    for (i = n - 1; i > 0; i--) {
-        int32_t t = h[0]; h[0] = h[i]; h[i] = t; /* the worst goes to the back */
-        gemma2__heap_down(w, h, i, 0);
-    }
+    for (i = 0; i < ts->n; i++) GEMMA2_FREE(ts->t[i].name);
+    GEMMA2_FREE(ts->t);
+    memset(ts, 0, sizeof *ts);
 }
 
-/* Steps 1-3: bias and penalties, into smp->w. */
-static void gemma2__sampler_adjust(gemma2_sampler *smp, const float *logits, const int32_t *hist, int n_hist)
+static const gemma2__tensor *gemma2__tensors_find(const gemma2__tensors *ts, const char *name)
 {
-    const gemma2_sampler_params *p = &smp->p;
-    float *w = smp->w;
-    int V = smp->V, k;
-    memcpy(w, logits, (size_t)V * sizeof(float));
-    for (k = 0; k < p->n_logit_bias; k++) {
-        int32_t id = p->logit_bias[k].token;
-        if (id >= 0 && id < V) w[id] += p->logit_bias[k].bias;
-    }
-    if (hist && n_hist > 0 && ((p->repetition_penalty > 0 && p->repetition_penalty != 1.0f) ||
-                               p->frequency_penalty != 0 || p->presence_penalty != 0)) {
-        int start = (p->penalty_last_n > 0 && n_hist > p->penalty_last_n) ? n_hist - p->penalty_last_n : 0;
-        for (k = start; k < n_hist; k++)
-            if (hist[k] >= 0 && hist[k] < V) smp->count[hist[k]]++;
-        /* each distinct token once; resetting its count marks it done and leaves count all zero */
-        for (k = start; k < n_hist; k++) {
-            int32_t id = hist[k];
-            int c;
-            if (id < 0 || id >= V || smp->count[id] == 0) continue;
-            c = smp->count[id];
-            smp->count[id] = 0;
-            if (p->repetition_penalty > 0 && p->repetition_penalty != 1.0f)
-                w[id] = w[id] > 0 ? w[id] / p->repetition_penalty : w[id] * p->repetition_penalty;
-            w[id] -= (float)c * p->frequency_penalty + p->presence_penalty;
-        }
-    }
+    int i;
+    for (i = 0; i < ts->n; i++)
+        if (!strcmp(ts->t[i].name, name)) return &ts->t[i];
+    return NULL;
 }
 
-GEMMA2_DEF int gemma2_sampler_sample(gemma2_sampler *smp, const float *logits, const int32_t *history, int n_history)
+/* Adds every tensor of one mapped safetensors file (path is for messages only). */
+static int gemma2__safetensors_read(gemma2__tensors *ts, const gemma2__file *f, int file_index, const char *path,
+                                    char *err, size_t err_size)
 {
-    const gemma2_sampler_params *p;
-    float *w, maxw = -INFINITY;
-    int V, i, n = 0, best = -1, sorted = 0;
-    double Z = 0, total, u, acc;
-    if (!smp || !logits || n_history < 0 || (n_history > 0 && !history)) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    p = &smp->p;
-    V = smp->V;
-    w = smp->w;
-    gemma2__sampler_adjust(smp, logits, history, n_history);
-
-    /* 4. greedy; also finds the maximum. NaN counts as -inf. */
-    for (i = 0; i < V; i++) {
-        if (w[i] != w[i]) { w[i] = -INFINITY; continue; }
-        if (w[i] > maxw) { maxw = w[i]; best = i; }
+    uint64_t hlen = 0, data_size;
+    const uint8_t *data;
+    gemma2__json j;
+    char jerr[160];
+    int32_t c;
+    int k, rc = 0;
+    if (f->size < 8) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: too short for a safetensors file (%zu bytes)", path, f->size);
+    for (k = 7; k >= 0; k--) hlen = (hlen << 8) | f->data[k];
+    if (hlen < 2 || hlen > f->size - 8 || hlen > 100u * 1024 * 1024)
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: header length %llu does not fit the file size %zu",
+                            path, (unsigned long long)hlen, f->size);
+    data = f->data + 8 + hlen;
+    data_size = f->size - 8 - hlen;
+    if (gemma2__json_parse(&j, (const char *)f->data + 8, (size_t)hlen, jerr, sizeof jerr) != 0) {
+        gemma2__json_free(&j);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: bad header: %s", path, jerr);
     }
-    if (best < 0) return GEMMA2_ERROR_INVALID_ARGUMENT; /* everything -inf */
-    if (!(p->temperature > 0)) return best;
-
-    /* 5. temperature (after this w is in "scaled logit" units; the order is unchanged) */
-    if (p->temperature != 1.0f) {
-        float inv = 1.0f / p->temperature;
-        for (i = 0; i < V; i++) w[i] *= inv;
-        maxw *= inv;
+    if (!gemma2__json_is(&j, 0, GEMMA2__JOBJECT)) {
+        gemma2__json_free(&j);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: header is not a JSON object", path);
     }
-
-    /* 6. top-k: a partial selection with a heap of the k best, then a sort of those k */
-    if (p->top_k > 0 && p->top_k < V) {
-        int k = p->top_k;
-        for (i = 0; i < V; i++) {
-            if (w[i] == -INFINITY) continue;
-            if (n < k) {
-                int j = n++;
-                smp->cand[j] = i;
-                /* sift up */
-                while (j > 0 && gemma2__cand_before(w, smp->cand[(j - 1) / 2], smp->cand[j])) {
-                    int32_t t = smp->cand[j]; smp->cand[j] = smp->cand[(j - 1) / 2]; smp->cand[(j - 1) / 2] = t;
-                    j = (j - 1) / 2;
-                }
-            } else if (gemma2__cand_before(w, i, smp->cand[0])) {
-                smp->cand[0] = i;
-                gemma2__heap_down(w, smp->cand, n, 0);
-            }
+    for (c = j.nodes[0].child; c >= 0 && rc == 0; c = j.nodes[j.nodes[c].next].next) {
+        int32_t v = j.nodes[c].next, dt, sh, off, e;
+        gemma2__tensor t;
+        uint64_t begin = 0, end = 0, elems = 1, esize;
+        double d;
+        int64_t nl;
+        memset(&t, 0, sizeof t);
+        t.name = (char *)GEMMA2_MALLOC(j.nodes[c].len + 1);
+        if (!t.name) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", path); break; }
+        nl = gemma2__json_unescape(&j, c, t.name);
+        if (nl < 0) { GEMMA2_FREE(t.name); rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: bad tensor name", path); break; }
+        t.name[nl] = 0;
+        if (!strcmp(t.name, "__metadata__")) { GEMMA2_FREE(t.name); continue; }
+#define GEMMA2__ST_BAD(...) do { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, __VA_ARGS__); GEMMA2_FREE(t.name); goto next; } while (0)
+        if (!gemma2__json_is(&j, v, GEMMA2__JOBJECT)) GEMMA2__ST_BAD("%s: tensor %s: entry is not an object", path, t.name);
+        dt = gemma2__json_get(&j, v, "dtype");
+        sh = gemma2__json_get(&j, v, "shape");
+        off = gemma2__json_get(&j, v, "data_offsets");
+        if (gemma2__json_streq(&j, dt, "F32")) { t.dtype = GEMMA2__ST_F32; esize = 4; }
+        else if (gemma2__json_streq(&j, dt, "BF16")) { t.dtype = GEMMA2__ST_BF16; esize = 2; }
+        else if (gemma2__json_streq(&j, dt, "F16")) { t.dtype = GEMMA2__ST_F16; esize = 2; }
+        else GEMMA2__ST_BAD("%s: tensor %s: unsupported or missing dtype (BF16, F16, F32 are supported)", path, t.name);
+        if (!gemma2__json_is(&j, sh, GEMMA2__JARRAY) || j.nodes[sh].count > 4)
+            GEMMA2__ST_BAD("%s: tensor %s: shape must be an array of at most 4 sizes", path, t.name);
+        for (e = j.nodes[sh].child; e >= 0; e = j.nodes[e].next) {
+            if (!gemma2__json_number(&j, e, &d) || d < 0 || d != floor(d) || d > 9007199254740992.0)
+                GEMMA2__ST_BAD("%s: tensor %s: bad shape entry", path, t.name);
+            t.shape[t.ndim++] = (int64_t)d;
+            if (!gemma2__mul_ok(elems, (uint64_t)d, &elems)) GEMMA2__ST_BAD("%s: tensor %s: shape overflows", path, t.name);
         }
-        gemma2__cand_sort(w, smp->cand, n);
-        sorted = 1;
-        for (i = 0; i < n; i++) { smp->e[i] = exp((double)w[smp->cand[i]] - (double)maxw); Z += smp->e[i]; }
-    } else {
-        for (i = 0; i < V; i++) {
-            if (w[i] == -INFINITY) continue;
-            smp->cand[n] = i;
-            smp->e[n] = exp((double)w[i] - (double)maxw);
-            Z += smp->e[n];
-            n++;
+        if (!gemma2__json_is(&j, off, GEMMA2__JARRAY) || j.nodes[off].count != 2)
+            GEMMA2__ST_BAD("%s: tensor %s: data_offsets must be [begin, end]", path, t.name);
+        e = j.nodes[off].child;
+        if (!gemma2__json_number(&j, e, &d) || d < 0 || d != floor(d) || d > 1e18) GEMMA2__ST_BAD("%s: tensor %s: bad data_offsets", path, t.name);
+        begin = (uint64_t)d;
+        if (!gemma2__json_number(&j, j.nodes[e].next, &d) || d < 0 || d != floor(d) || d > 1e18) GEMMA2__ST_BAD("%s: tensor %s: bad data_offsets", path, t.name);
+        end = (uint64_t)d;
+        if (begin > end || end > data_size)
+            GEMMA2__ST_BAD("%s: tensor %s: data_offsets [%llu, %llu] outside the %llu data bytes", path, t.name,
+                           (unsigned long long)begin, (unsigned long long)end, (unsigned long long)data_size);
+        if (!gemma2__mul_ok(elems, esize, &t.nbytes) || t.nbytes != end - begin)
+            GEMMA2__ST_BAD("%s: tensor %s: %llu bytes of data but its shape needs %llu", path, t.name,
+                           (unsigned long long)(end - begin), (unsigned long long)(elems * esize));
+        if (gemma2__tensors_find(ts, t.name)) GEMMA2__ST_BAD("%s: tensor %s appears twice", path, t.name);
+        t.data = data + begin;
+        t.file = file_index;
+        if (ts->n == ts->cap) {
+            int cap = ts->cap ? ts->cap * 2 : 256;
+            void *p = GEMMA2_REALLOC(ts->t, (size_t)cap * sizeof *ts->t);
+            if (!p) { GEMMA2_FREE(t.name); rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", path); break; }
+            ts->t = (gemma2__tensor *)p;
+            ts->cap = cap;
         }
+        ts->t[ts->n++] = t;
+#undef GEMMA2__ST_BAD
+    next:;
     }
-
-    /* 7. top-p: the smallest best-first prefix with mass >= top_p. */
-    if (p->top_p > 0 && p->top_p < 1 && n > 1) {
-        double need = (double)p->top_p * Z;
-        if (!sorted) {
-            /* No sort of the vocabulary: bucket the candidates by how far below the best they
-               are (GEMMA2__NBUCKET buckets over 32 nats; beyond that the probability is < 1e-14
-               of the best), find the bucket where the running mass reaches top_p, keep every
-               token of the buckets above it, and sort only that one bucket's tokens to cut it
-               exactly. Kept tokens stay in id order, the cut bucket in candidate order: a fixed
-               order for the draw. */
-            double *bm = smp->bucket_mass, acc0 = 0;
-            int32_t *bi = smp->tmp;
-            int B, j = 0, nm = 0;
-            memset(bm, 0, sizeof(double) * GEMMA2__NBUCKET);
-            for (i = 0; i < n; i++) {
-                double d = ((double)maxw - (double)w[smp->cand[i]]) * (GEMMA2__NBUCKET / 32.0);
-                int b = d < GEMMA2__NBUCKET - 1 ? (int)d : GEMMA2__NBUCKET - 1;
-                bi[i] = b;
-                bm[b] += smp->e[i];
-            }
-            for (B = 0; B < GEMMA2__NBUCKET - 1 && acc0 + bm[B] < need; B++) acc0 += bm[B];
-            for (i = 0; i < n; i++) {
-                int b = bi[i];
-                if (b < B) { smp->cand[j] = smp->cand[i]; smp->e[j] = smp->e[i]; j++; }
-                else if (b == B) bi[nm++] = smp->cand[i]; /* nm <= i: entry i was read already */
-            }
-            gemma2__cand_sort(w, bi, nm);
-            for (i = 0; i < nm && (acc0 < need || j == 0); i++) {
-                smp->cand[j] = bi[i];
-                smp->e[j] = exp((double)w[bi[i]] - (double)maxw);
-                acc0 += smp->e[j++];
-            }
-            n = j;
-        } else {
-            acc = 0;
-            for (i = 0; i < n; i++) {
-                acc += smp->e[i];
-                if (acc >= need) { n = i + 1; break; }
-            }
-        }
-    }
-
-    /* 8. min-p: p >= min_p * p_max, i.e. e >= min_p (the best has e = 1) */
-    if (p->min_p > 0 && n > 1) {
-        int j = 0;
-        for (i = 0; i < n; i++)
-            if (smp->e[i] >= (double)p->min_p) { smp->cand[j] = smp->cand[i]; smp->e[j] = smp->e[i]; j++; }
-        n = j; /* never 0: the best token has e == 1 >= min_p when min_p <= 1 */
-        if (n == 0) return best;
-    }
-
-    /* 9. draw: walk the cumulative distribution in candidate order */
-    total = 0;
-    for (i = 0; i < n; i++) total += smp->e[i];
-    u = gemma2__rand01(smp->rng) * total;
-    acc = 0;
-    for (i = 0; i < n; i++) {
-        acc += smp->e[i];
-        if (u < acc) return smp->cand[i];
-    }
-    return smp->cand[n - 1]; /* rounding at the very top */
+    gemma2__json_free(&j);
+    return rc;
 }
 
+/* ---- config.json and generation_config.json ------------------------------------------------ */
 
-/* ===========================================================================
-   2.14 Generation and chat
-   =========================================================================== */
+/* Reads a Gemma 2 config.json. Unknown keys are ignored; missing optional keys take
+   transformers' Gemma2Config defaults; impossible values are errors naming the field. */
 
-/* Generation needs the session's model (eos ids, vocabulary, tokenizer). */
-static const gemma2_model *gemma2__gen_model(const gemma2_session *s) { return s->m; }
+static int gemma2__cfg_int(const gemma2__json *j, const char *key, int def, int lo, int hi, int *out,
+                           const char *path, char *err, size_t err_size)
+{
+    int32_t n = gemma2__json_get(j, 0, key);
+    int v = def;
+    if (n >= 0 && !gemma2__json_is(j, n, GEMMA2__JNULL) && !gemma2__json_int(j, n, &v))
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"%s\" must be an integer", path, key);
+    if (n < 0 && def < lo) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"%s\" is missing", path, key);
+    if (v < lo || v > hi) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"%s\" = %d is out of range [%d, %d]", path, key, v, lo, hi);
+    *out = v;
+    return 0;
+}
 
-/* --- generation_config.json ------------------------------------------------ */
+/* A float that may be null (null = 0 = "off" for the softcaps). */
+static int gemma2__cfg_float(const gemma2__json *j, const char *key, double def, double lo, double hi, float *out,
+                             const char *path, char *err, size_t err_size)
+{
+    int32_t n = gemma2__json_get(j, 0, key);
+    double v = def;
+    if (n >= 0 && gemma2__json_is(j, n, GEMMA2__JNULL)) v = 0;
+    else if (n >= 0 && !gemma2__json_number(j, n, &v))
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"%s\" must be a number", path, key);
+    if (!(v >= lo && v <= hi)) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"%s\" = %g is out of range", path, key, v);
+    *out = (float)v;
+    return 0;
+}
+
+/* eos_token_id: an int or a list of ints; appended to cfg->eos_token_ids without duplicates. */
+static int gemma2__cfg_eos(gemma2_config *cfg, const gemma2__json *j, int32_t n, const char *path, char *err, size_t err_size)
+{
+    int32_t e = n;
+    int single = gemma2__json_is(j, n, GEMMA2__JNUMBER);
+    if (n < 0 || gemma2__json_is(j, n, GEMMA2__JNULL)) return 0;
+    if (!single && !gemma2__json_is(j, n, GEMMA2__JARRAY))
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"eos_token_id\" must be an integer or a list", path);
+    if (!single) e = j->nodes[n].child;
+    for (; e >= 0; e = single ? -1 : j->nodes[e].next) {
+        int v, k, dup = 0;
+        if (!gemma2__json_int(j, e, &v) || v < 0 || v >= cfg->vocab_size)
+            return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"eos_token_id\" holds an id outside the vocabulary", path);
+        for (k = 0; k < cfg->n_eos; k++) dup |= cfg->eos_token_ids[k] == v;
+        if (!dup && cfg->n_eos < (int)(sizeof cfg->eos_token_ids / sizeof cfg->eos_token_ids[0])) cfg->eos_token_ids[cfg->n_eos++] = v;
+    }
+    return 0;
+}
+
+static int gemma2__config_parse(gemma2_config *cfg, const char *text, size_t size, const char *path, char *err, size_t err_size)
+{
+    gemma2__json j;
+    char jerr[160];
+    int32_t n;
+    int rc = 0, mpe;
+    memset(cfg, 0, sizeof *cfg);
+    if (gemma2__json_parse(&j, text, size, jerr, sizeof jerr) != 0 || !gemma2__json_is(&j, 0, GEMMA2__JOBJECT)) {
+        gemma2__json_free(&j);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: not a JSON object: %s", path, jerr);
+    }
+    n = gemma2__json_get(&j, 0, "model_type");
+    if (!gemma2__json_streq(&j, n, "gemma2")) {
+        char got[64] = "missing";
+        if (gemma2__json_is(&j, n, GEMMA2__JSTRING) && j.nodes[n].len < sizeof got) {
+            int64_t l = gemma2__json_unescape(&j, n, got);
+            got[l < 0 ? 0 : l] = 0;
+        }
+        gemma2__json_free(&j);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: model_type is \"%s\", expected \"gemma2\"", path, got);
+    }
+    /* The upper bounds keep every size product far from overflow (V x H < 2^40 elements). */
+    if ((rc = gemma2__cfg_int(&j, "vocab_size", -1, 1, 1 << 22, &cfg->vocab_size, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "hidden_size", -1, 1, 1 << 16, &cfg->hidden_size, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "intermediate_size", -1, 1, 1 << 18, &cfg->intermediate_size, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "num_hidden_layers", -1, 1, 1024, &cfg->num_hidden_layers, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "num_attention_heads", -1, 1, 1024, &cfg->num_attention_heads, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "num_key_value_heads", cfg->num_attention_heads, 1, 1024, &cfg->num_key_value_heads, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "head_dim", cfg->hidden_size / cfg->num_attention_heads, 2, 4096, &cfg->head_dim, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "max_position_embeddings", 8192, 1, 1 << 24, &cfg->max_position_embeddings, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "bos_token_id", 2, 0, cfg->vocab_size - 1, &cfg->bos_token_id, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "pad_token_id", 0, 0, cfg->vocab_size - 1, &cfg->pad_token_id, path, err, err_size)))
+        goto done;
+    mpe = cfg->max_position_embeddings;
+    n = gemma2__json_get(&j, 0, "sliding_window");
+    if ((rc = gemma2__cfg_int(&j, n >= 0 ? "sliding_window" : "sliding_window_size", 4096, 1, 1 << 24, &cfg->sliding_window, path, err, err_size)) ||
+        (rc = gemma2__cfg_float(&j, "query_pre_attn_scalar", cfg->head_dim, 1e-6, 1e9, &cfg->query_pre_attn_scalar, path, err, err_size)) ||
+        (rc = gemma2__cfg_float(&j, "attn_logit_softcapping", 50.0, 0, 1e9, &cfg->attn_logit_softcapping, path, err, err_size)) ||
+        (rc = gemma2__cfg_float(&j, "final_logit_softcapping", 30.0, 0, 1e9, &cfg->final_logit_softcapping, path, err, err_size)) ||
+        (rc = gemma2__cfg_float(&j, "rms_norm_eps", 1e-6, 0, 1, &cfg->rms_norm_eps, path, err, err_size)) ||
+        (rc = gemma2__cfg_float(&j, "rope_theta", 10000.0, 1.0, 1e12, &cfg->rope_theta, path, err, err_size)))
+        goto done;
+    (void)mpe;
+    if (cfg->num_attention_heads % cfg->num_key_value_heads != 0) {
+        rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
+                          path, cfg->num_attention_heads, cfg->num_key_value_heads);
+        goto done;
+    }
+    if (cfg->head_dim % 2) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: head_dim (%d) must be even for RoPE", path, cfg->head_dim); goto done; }
+    /* The activation: Gemma 2 uses the tanh approximation of GELU under either key name. */
+    n = gemma2__json_get(&j, 0, "hidden_activation");
+    if (n < 0 || gemma2__json_is(&j, n, GEMMA2__JNULL)) n = gemma2__json_get(&j, 0, "hidden_act");
+    if (n >= 0 && !gemma2__json_streq(&j, n, "gelu_pytorch_tanh") && !gemma2__json_streq(&j, n, "gelu_tanh")) {
+        rc = gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: hidden_activation must be \"gelu_pytorch_tanh\"", path);
+        goto done;
+    }
+    n = gemma2__json_get(&j, 0, "eos_token_id");
+    if (n < 0) { cfg->eos_token_ids[0] = 1 < cfg->vocab_size ? 1 : 0; cfg->n_eos = 1; }
+    else rc = gemma2__cfg_eos(cfg, &j, n, path, err, err_size);
+done:
+    gemma2__json_free(&j);
+    return rc;
+}
 
 /* Adds generation_config.json's eos_token_id (an int or a list) to cfg's eos ids, keeping the
    ones config.json gave and skipping duplicates (gemma-2-*-it: config.json says 1, and
@@ -6275,568 +4958,2404 @@ static int gemma2__read_generation_config(gemma2_config *cfg, const char *dir)
     return rc;
 }
 
-/* --- small growable id vector (per call or per turn, never per token) ------ */
+/* F32 -> BF16 once at load (GEMMA2_WEIGHTS_BF16), in 1M-element chunks over the pool. */
+typedef struct gemma2__convert_job {
+    uint16_t *dst;
+    const float *src;
+    size_t n;
+} gemma2__convert_job;
 
-typedef struct gemma2__ids { int32_t *v; int n, cap; } gemma2__ids;
+#define GEMMA2__CONVERT_CHUNK ((size_t)1 << 20)
 
-static int gemma2__ids_reserve(gemma2__ids *a, int extra)
+static void gemma2__convert_task(void *ctx, int task, int n_tasks)
 {
-    if (extra < 0 || a->n > INT_MAX - extra) return GEMMA2_ERROR_OUT_OF_MEMORY;
-    if (a->n + extra > a->cap) {
-        int cap = a->cap ? a->cap : 64;
-        void *p;
-        while (cap < a->n + extra) cap = cap > INT_MAX / 2 ? INT_MAX : cap * 2;
-        p = GEMMA2_REALLOC(a->v, (size_t)cap * sizeof(int32_t));
-        if (!p) return GEMMA2_ERROR_OUT_OF_MEMORY;
-        a->v = (int32_t *)p;
-        a->cap = cap;
-    }
-    return 0;
+    const gemma2__convert_job *j = (const gemma2__convert_job *)ctx;
+    size_t i0 = (size_t)task * GEMMA2__CONVERT_CHUNK, i1 = GEMMA2__MIN(i0 + GEMMA2__CONVERT_CHUNK, j->n), i;
+    (void)n_tasks;
+    for (i = i0; i < i1; i++) j->dst[i] = gemma2__f32_to_bf16(j->src[i]);
 }
 
-static int gemma2__ids_push(gemma2__ids *a, int32_t id)
+static GEMMA2__MAYBE_UNUSED void gemma2__convert_f32_to_bf16(gemma2__pool *p, uint16_t *dst, const float *src, size_t n)
 {
-    int rc = gemma2__ids_reserve(a, 1);
-    if (rc) return rc;
-    a->v[a->n++] = id;
-    return 0;
+    gemma2__convert_job j;
+    size_t n_tasks = (n + GEMMA2__CONVERT_CHUNK - 1) / GEMMA2__CONVERT_CHUNK;
+    j.dst = dst; j.src = src; j.n = n;
+    if (n == 0) return;
+    if (!p || n_tasks > (size_t)INT_MAX) { size_t i; for (i = 0; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]); return; }
+    gemma2__pool_run(p, gemma2__convert_task, &j, (int)n_tasks);
 }
 
-/* Appends the ids of text (flags as gemma2_tokenize). */
-static int gemma2__ids_tokenize(gemma2__ids *a, const gemma2_model *m, const char *text, size_t len, int flags)
+/* A tokenizer file, mapped for the parse (section 2.9 reads it from memory). */
+static int gemma2__tokenizer_load(gemma2__tokenizer **out, const char *path, char *err, size_t err_size)
 {
-    int32_t dummy;
-    int need = gemma2_tokenize(m, text, len, &dummy, 0, flags), rc;
-    if (need < 0) return need;
-    if ((rc = gemma2__ids_reserve(a, need)) != 0) return rc;
-    need = gemma2_tokenize(m, text, len, a->v + a->n, need, flags);
-    if (need < 0) return need;
-    a->n += need;
-    return 0;
-}
-
-/* --- Python str.strip() ----------------------------------------------------- */
-
-/* str.isspace() code points: what Jinja's |trim (Python's str.strip()) removes. Not U+200B, not U+FEFF. */
-static int gemma2__py_isspace(uint32_t c)
-{
-    return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
-           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
-}
-
-/* Decodes one well-formed UTF-8 sequence at s[0..n); returns its length, or 0 if it is not one
-   (invalid bytes are never whitespace, so trimming stops there). */
-static int gemma2__utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
-{
-    unsigned char c = s[0];
-    int len, k;
-    uint32_t v;
-    if (c < 0x80) { *cp = c; return 1; }
-    if (c >= 0xc2 && c <= 0xdf) { len = 2; v = c & 0x1f; }
-    else if (c >= 0xe0 && c <= 0xef) { len = 3; v = c & 0x0f; }
-    else if (c >= 0xf0 && c <= 0xf4) { len = 4; v = c & 0x07; }
-    else return 0;
-    if ((size_t)len > n) return 0;
-    for (k = 1; k < len; k++) {
-        if ((s[k] & 0xc0) != 0x80) return 0;
-        v = (v << 6) | (s[k] & 0x3f);
-    }
-    if ((len == 3 && (v < 0x800 || (v >= 0xd800 && v < 0xe000))) || (len == 4 && (v < 0x10000 || v > 0x10ffff))) return 0;
-    *cp = v;
-    return len;
-}
-
-/* Trims s[0..n) like Python's str.strip(): sets *b, *e to the kept span. */
-static void gemma2__py_strip(const char *s, size_t n, size_t *b, size_t *e)
-{
-    const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0, j = n;
-    uint32_t cp;
-    int len;
-    while (i < n && (len = gemma2__utf8_decode(u + i, n - i, &cp)) > 0 && gemma2__py_isspace(cp)) i += (size_t)len;
-    while (j > i) {
-        size_t k = j - 1;
-        while (k > i && j - k < 4 && (u[k] & 0xc0) == 0x80) k--; /* back to a lead byte */
-        len = gemma2__utf8_decode(u + k, j - k, &cp);
-        if (len <= 0 || k + (size_t)len != j || !gemma2__py_isspace(cp)) break;
-        j = k;
-    }
-    *b = i;
-    *e = j;
-}
-
-/* --- chat format -------------------------------------------------------------- */
-
-/* One turn after validation: the role as written and its content (with a folded system prompt). */
-typedef struct gemma2__turn {
-    const char *role;       /* "user" or "model" */
-    const char *prefix;     /* system content to fold in front (first user turn), or NULL */
-    const char *content;
-} gemma2__turn;
-
-/* Checks the roles and maps them to turns (at most n_msgs). Returns the number of turns or
-   GEMMA2_ERROR_CHAT_FORMAT / INVALID_ARGUMENT. */
-static int gemma2__chat_turns(const gemma2_message *msgs, int n_msgs, gemma2__turn *turns)
-{
-    int i = 0, t = 0;
-    const char *sys = NULL;
-    if (n_msgs < 0 || (n_msgs > 0 && !msgs)) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    if (n_msgs > 0 && msgs[0].role && !strcmp(msgs[0].role, "system")) {
-        if (n_msgs < 2) return GEMMA2_ERROR_CHAT_FORMAT; /* nothing to fold it into */
-        sys = msgs[0].content ? msgs[0].content : "";
-        i = 1;
-    }
-    for (; i < n_msgs; i++, t++) {
-        const char *r = msgs[i].role;
-        if (!r) return GEMMA2_ERROR_INVALID_ARGUMENT;
-        if (t % 2 == 0) {
-            if (strcmp(r, "user")) return GEMMA2_ERROR_CHAT_FORMAT;
-            turns[t].role = "user";
-        } else {
-            if (strcmp(r, "assistant") && strcmp(r, "model")) return GEMMA2_ERROR_CHAT_FORMAT;
-            turns[t].role = "model";
-        }
-        turns[t].prefix = t == 0 ? sys : NULL;
-        turns[t].content = msgs[i].content ? msgs[i].content : "";
-    }
-    return t;
-}
-
-/* role + "\n" + [strip(prefix) + "\n\n"] + strip(content), in a fresh allocation, NUL-terminated.
-   (Gemma 3's template writes the system text + "\n\n" before the first user content; we trim the
-   system text too, and leave it out when it is empty.) */
-static char *gemma2__turn_text(const gemma2__turn *t, size_t *len_out)
-{
-    size_t rl = strlen(t->role), pl = t->prefix ? strlen(t->prefix) : 0, cl = strlen(t->content), b, e, n;
-    char *buf = (char *)GEMMA2_MALLOC(rl + 1 + pl + 2 + cl + 1);
-    if (!buf) return NULL;
-    memcpy(buf, t->role, rl);
-    buf[rl] = '\n';
-    n = rl + 1;
-    if (t->prefix) {
-        gemma2__py_strip(t->prefix, pl, &b, &e);
-        if (e > b) {
-            memcpy(buf + n, t->prefix + b, e - b);
-            memcpy(buf + n + (e - b), "\n\n", 2);
-            n += e - b + 2;
-        }
-    }
-    gemma2__py_strip(t->content, cl, &b, &e);
-    memcpy(buf + n, t->content + b, e - b);
-    n += e - b;
-    buf[n] = 0;
-    *len_out = n;
-    return buf;
-}
-
-/* Looks up a marker written as text ("<start_of_turn>") as its single id. */
-static int gemma2__marker_id(const gemma2_model *m, const char *marker)
-{
-    int32_t ids[4];
-    int n = gemma2_tokenize(m, marker, strlen(marker), ids, 4, GEMMA2_TOKENIZE_SPECIAL);
-    if (n < 0) return n;
-    return n == 1 ? ids[0] : GEMMA2_ERROR_UNSUPPORTED;
-}
-
-typedef struct gemma2__chat_ids { int32_t bos, sot, eot; } gemma2__chat_ids;
-
-static int gemma2__chat_markers(const gemma2_model *m, gemma2__chat_ids *c)
-{
-    int sot, eot;
-    memset(c, 0, sizeof *c);
-    if (!m) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    if ((sot = gemma2__marker_id(m, "<start_of_turn>")) < 0) return sot;
-    if ((eot = gemma2__marker_id(m, "<end_of_turn>")) < 0) return eot;
-    c->bos = gemma2_model_config(m)->bos_token_id;
-    c->sot = sot;
-    c->eot = eot;
-    return 0;
-}
-
-/* Appends <start_of_turn> E(role\n strip(content)) <end_of_turn> E("\n"); or, for the generation
-   prompt (t == NULL), <start_of_turn> E("model\n"). Content is tokenized with flags 0: marker
-   strings in it stay text. */
-static int gemma2__chat_append_turn(gemma2__ids *a, const gemma2_model *m, const gemma2__chat_ids *c, const gemma2__turn *t)
-{
+    gemma2__file f;
     int rc;
-    if ((rc = gemma2__ids_push(a, c->sot)) != 0) return rc;
-    if (!t) return gemma2__ids_tokenize(a, m, "model\n", 6, 0);
-    {
-        size_t len;
-        char *text = gemma2__turn_text(t, &len);
-        if (!text) return GEMMA2_ERROR_OUT_OF_MEMORY;
-        rc = gemma2__ids_tokenize(a, m, text, len, 0);
-        GEMMA2_FREE(text);
+    *out = NULL;
+    if ((rc = gemma2__file_map(&f, path, err, err_size)) != 0) return rc;
+    rc = gemma2__tokenizer_load_mem(out, f.data, f.size, path, err, err_size);
+    gemma2__file_close(&f);
+    return rc;
+}
+
+/* ---- binding the weights, gemma2_load ------------------------------------------------------ */
+
+static void *gemma2__own(gemma2_model *m, size_t bytes)
+{
+    /* Owned blocks are chained through a header; the payload is 64-byte aligned for SIMD loads. */
+    uint8_t *raw = (uint8_t *)GEMMA2_MALLOC(bytes + 64 + sizeof(gemma2__block));
+    gemma2__block *b;
+    uint8_t *payload;
+    if (!raw) return NULL;
+    b = (gemma2__block *)raw;
+    b->next = m->owned;
+    m->owned = b;
+    payload = raw + sizeof(gemma2__block);
+    payload += (64 - ((uintptr_t)payload & 63)) & 63;
+    return payload;
+}
+
+
+/* Maps model.safetensors, or every shard named by model.safetensors.index.json. */
+static int gemma2__open_weights(gemma2_model *m, const char *dir, gemma2__tensors *ts, char *err, size_t err_size)
+{
+    char *index_path = gemma2__path_join(dir, "model.safetensors.index.json");
+    char **names = NULL;
+    int n_names = 0, rc = 0, i;
+    if (!index_path) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+    if (gemma2__file_exists(index_path)) {
+        gemma2__file f;
+        gemma2__json j;
+        char jerr[160];
+        int32_t wm, c;
+        if ((rc = gemma2__file_read(&f, index_path, err, err_size)) != 0) { GEMMA2_FREE(index_path); return rc; }
+        if (gemma2__json_parse(&j, (const char *)f.data, f.size, jerr, sizeof jerr) != 0) {
+            rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: %s", index_path, jerr);
+            goto index_done;
+        }
+        wm = gemma2__json_get(&j, 0, "weight_map");
+        if (!gemma2__json_is(&j, wm, GEMMA2__JOBJECT) || j.nodes[wm].count == 0) {
+            rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: no \"weight_map\" object", index_path);
+            goto index_done;
+        }
+        names = (char **)gemma2__calloc((size_t)j.nodes[wm].count / 2, sizeof(char *));
+        if (!names) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto index_done; }
+        /* The distinct shard files, each checked to stay inside the folder. */
+        for (c = j.nodes[wm].child; c >= 0; c = j.nodes[j.nodes[c].next].next) {
+            int32_t v = j.nodes[c].next;
+            char name[512];
+            int64_t l;
+            int dup = 0, k;
+            if (!gemma2__json_is(&j, v, GEMMA2__JSTRING) || j.nodes[v].len >= sizeof name ||
+                (l = gemma2__json_unescape(&j, v, name)) <= 0) {
+                rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: weight_map values must be file names", index_path);
+                goto index_done;
+            }
+            name[l] = 0;
+            if ((int64_t)strlen(name) != l || strchr(name, '/') || strchr(name, '\\') || strchr(name, ':') || !strcmp(name, "..") || !strcmp(name, ".")) {
+                rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: shard name \"%s\" must be a plain file name in the model folder", index_path, name);
+                goto index_done;
+            }
+            for (k = 0; k < n_names; k++) dup |= !strcmp(names[k], name);
+            if (!dup) {
+                if (!(names[n_names] = gemma2__strdup(name))) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto index_done; }
+                n_names++;
+            }
+        }
+    index_done:
+        gemma2__json_free(&j);
+        gemma2__file_close(&f);
+    } else {
+        names = (char **)gemma2__calloc(1, sizeof(char *));
+        if (!names || !(names[0] = gemma2__strdup("model.safetensors"))) rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+        else n_names = 1;
     }
-    if (rc) return rc;
-    if ((rc = gemma2__ids_push(a, c->eot)) != 0) return rc;
-    return gemma2__ids_tokenize(a, m, "\n", 1, 0);
-}
-
-GEMMA2_DEF int gemma2_chat_tokenize(const gemma2_model *m, const gemma2_message *msgs, int n_msgs,
-                                    int add_generation_prompt, int32_t *ids, int max_ids)
-{
-    gemma2__turn *turns;
-    gemma2__chat_ids c = {0, 0, 0};
-    gemma2__ids a;
-    int n, i, rc;
-    if (!m || max_ids < 0 || (max_ids > 0 && !ids)) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    if ((rc = gemma2__chat_markers(m, &c)) != 0) return rc;
-    turns = (gemma2__turn *)gemma2__calloc((size_t)(n_msgs > 0 ? n_msgs : 1), sizeof *turns);
-    if (!turns) return GEMMA2_ERROR_OUT_OF_MEMORY;
-    n = gemma2__chat_turns(msgs, n_msgs, turns);
-    if (n < 0) { GEMMA2_FREE(turns); return n; }
-    memset(&a, 0, sizeof a);
-    rc = gemma2__ids_push(&a, c.bos);
-    for (i = 0; i < n && !rc; i++) rc = gemma2__chat_append_turn(&a, m, &c, &turns[i]);
-    if (!rc && add_generation_prompt) rc = gemma2__chat_append_turn(&a, m, &c, NULL);
-    GEMMA2_FREE(turns);
-    if (rc) { GEMMA2_FREE(a.v); return rc; }
-    if (max_ids > 0) memcpy(ids, a.v, (size_t)GEMMA2__MIN(a.n, max_ids) * sizeof(int32_t));
-    GEMMA2_FREE(a.v);
-    return a.n;
-}
-
-/* Appends s to out (bounded by cap), counting every byte. */
-static void gemma2__put(char *out, size_t cap, size_t *n, const char *s, size_t len)
-{
-    if (*n < cap) memcpy(out + *n, s, GEMMA2__MIN(len, cap - *n));
-    *n += len;
-}
-
-GEMMA2_DEF int gemma2_chat_render(const gemma2_message *msgs, int n_msgs, int add_generation_prompt,
-                                  char *out, size_t cap)
-{
-    gemma2__turn *turns;
-    size_t n = 0;
-    int nt, i;
-    if (cap > 0 && !out) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    turns = (gemma2__turn *)gemma2__calloc((size_t)(n_msgs > 0 ? n_msgs : 1), sizeof *turns);
-    if (!turns) return GEMMA2_ERROR_OUT_OF_MEMORY;
-    nt = gemma2__chat_turns(msgs, n_msgs, turns);
-    if (nt < 0) { GEMMA2_FREE(turns); return nt; }
-    gemma2__put(out, cap, &n, "<bos>", 5);
-    for (i = 0; i < nt; i++) {
-        size_t len;
-        char *text = gemma2__turn_text(&turns[i], &len);
-        if (!text) { GEMMA2_FREE(turns); return GEMMA2_ERROR_OUT_OF_MEMORY; }
-        gemma2__put(out, cap, &n, "<start_of_turn>", 15);
-        gemma2__put(out, cap, &n, text, len);
-        gemma2__put(out, cap, &n, "<end_of_turn>\n", 14);
-        GEMMA2_FREE(text);
+    GEMMA2_FREE(index_path);
+    if (rc == 0) {
+        m->files = (gemma2__file *)gemma2__calloc((size_t)n_names, sizeof(gemma2__file));
+        if (!m->files) rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
     }
-    if (add_generation_prompt) gemma2__put(out, cap, &n, "<start_of_turn>model\n", 21);
-    GEMMA2_FREE(turns);
-    if (n > (size_t)INT_MAX) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    if (n < cap) out[n] = 0;
-    return (int)n;
+    for (i = 0; i < n_names && rc == 0; i++) {
+        char *path = gemma2__path_join(dir, names[i]);
+        if (!path) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); break; }
+        rc = m->opt.preload ? gemma2__file_preload(&m->files[i], path, err, err_size)
+                            : gemma2__file_map(&m->files[i], path, err, err_size);
+        if (rc == 0) {
+            m->n_files = i + 1;
+            rc = gemma2__safetensors_read(ts, &m->files[i], i, path, err, err_size);
+        }
+        GEMMA2_FREE(path);
+    }
+    for (i = 0; i < n_names; i++) GEMMA2_FREE(names ? names[i] : NULL);
+    GEMMA2_FREE(names);
+    return rc;
 }
 
-/* --- streaming text: stop strings ------------------------------------------------ */
-
-/* Text pieces come from the tokenizer's incremental detokenizer (gemma2_detok: whole UTF-8
-   characters only, invalid bytes as U+FFFD the way the tokenizer format's reference does). Here
-   they wait in `hold` while they could still be the start of a stop string. The buffer is
-   allocated once per generation and grows only if a piece is unusually long. */
-typedef struct gemma2__stream {
-    char *hold;              /* decoded text not yet delivered */
-    size_t nhold, hold_cap;
-    const char *const *stops;
-    int n_stops;
-    size_t max_stop;
-} gemma2__stream;
-
-/* Makes room for `extra` more bytes (and a NUL). */
-static int gemma2__stream_reserve(gemma2__stream *st, size_t extra)
+static int gemma2__progress(gemma2_model *m, float f, char *err, size_t err_size)
 {
-    size_t need = st->nhold + extra + 1;
-    if (need > st->hold_cap) {
-        void *p = GEMMA2_REALLOC(st->hold, need);
-        if (!p) return GEMMA2_ERROR_OUT_OF_MEMORY;
-        st->hold = (char *)p;
-        st->hold_cap = need;
+    if (m->opt.progress && m->opt.progress(m->opt.progress_user, f))
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_CANCELLED, "loading cancelled by the progress callback");
+    return 0;
+}
+
+/* Finds a tensor and checks its shape: [d0] when d1 == 0, else [d0, d1]. */
+static int gemma2__want(const gemma2__tensors *ts, const char *name, int64_t d0, int64_t d1, const gemma2__tensor **out,
+                        const gemma2_model *m, char *err, size_t err_size)
+{
+    const gemma2__tensor *t = gemma2__tensors_find(ts, name);
+    int nd = d1 ? 2 : 1;
+    (void)m;
+    if (!t) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "tensor %s is missing from the checkpoint", name);
+    if (t->ndim != nd || t->shape[0] != d0 || (nd == 2 && t->shape[1] != d1)) {
+        if (nd == 2)
+            return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "tensor %s has shape [%lld%s%lld], expected [%lld, %lld]", name,
+                                (long long)t->shape[0], t->ndim > 1 ? ", " : "", t->ndim > 1 ? (long long)t->shape[1] : 0LL,
+                                (long long)d0, (long long)d1);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "tensor %s has %d dimensions or size %lld, expected [%lld]", name,
+                            t->ndim, (long long)t->shape[0], (long long)d0);
+    }
+    *out = t;
+    return 0;
+}
+
+/* A norm vector: widened to float32 and stored as 1 + w (Gemma's RMSNorm scale). */
+static int gemma2__bind_norm(gemma2_model *m, const gemma2__tensors *ts, const char *name, const float **out, char *err, size_t err_size)
+{
+    const gemma2__tensor *t;
+    int H = m->cfg.hidden_size, i, rc;
+    float *w;
+    if ((rc = gemma2__want(ts, name, H, 0, &t, m, err, err_size)) != 0) return rc;
+    if (!(w = (float *)gemma2__own(m, (size_t)H * sizeof(float)))) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+    for (i = 0; i < H; i++) {
+        float v;
+        uint16_t h;
+        if (t->dtype == GEMMA2__ST_F32) memcpy(&v, t->data + 4 * (size_t)i, 4);
+        else {
+            memcpy(&h, t->data + 2 * (size_t)i, 2);
+            v = t->dtype == GEMMA2__ST_BF16 ? gemma2__bf16_to_f32(h) : gemma2__f16_to_f32(h);
+        }
+        w[i] = 1.0f + v;
+    }
+    m->weight_bytes += (size_t)H * sizeof(float);
+    *out = w;
+    return 0;
+}
+
+/* A weight matrix, in the format gemma2_options.weights asks for (section 2.2):
+     stored BF16                  BF16, used in place from the mapping
+     stored F32                   F32 in place; BF16 (a converted copy) under GEMMA2_WEIGHTS_BF16
+     stored F16                   F16 in place under GEMMA2_WEIGHTS_F16; else widened to F32, or
+                                  rounded to BF16 under GEMMA2_WEIGHTS_BF16 (copies)
+   Data that is not aligned to its element size in the file is copied (the kernels load whole
+   elements). The chosen format must be one this build knows (it is: the choice is made here). */
+static int gemma2__bind_mat(gemma2_model *m, const gemma2__tensors *ts, const char *name, int rows, int cols, gemma2__mat *out,
+                            char *err, size_t err_size)
+{
+    const gemma2__tensor *t;
+    size_t n = (size_t)rows * (size_t)cols, i, bytes;
+    int rc, fmt, esize = 2;
+    void *dst;
+    if ((rc = gemma2__want(ts, name, rows, cols, &t, m, err, err_size)) != 0) return rc;
+    switch (t->dtype) {
+    case GEMMA2__ST_F32: fmt = m->opt.weights == GEMMA2_WEIGHTS_BF16 ? GEMMA2__WF_BF16 : GEMMA2__WF_F32; esize = 4; break;
+    case GEMMA2__ST_F16: fmt = m->opt.weights == GEMMA2_WEIGHTS_BF16 ? GEMMA2__WF_BF16 : m->opt.weights == GEMMA2_WEIGHTS_F16 ? GEMMA2__WF_F16 : GEMMA2__WF_F32; break;
+    default: fmt = GEMMA2__WF_BF16; break;
+    }
+    GEMMA2_ASSERT(fmt >= 0 && fmt < GEMMA2__WF_COUNT);
+    out->rows = rows;
+    out->cols = cols;
+    out->format = fmt;
+    bytes = (size_t)rows * gemma2__row_bytes(fmt, cols);
+    m->weight_bytes += bytes;
+    /* in place: the stored dtype is the format, and aligned */
+    if (((t->dtype == GEMMA2__ST_BF16 && fmt == GEMMA2__WF_BF16) || (t->dtype == GEMMA2__ST_F32 && fmt == GEMMA2__WF_F32) ||
+         (t->dtype == GEMMA2__ST_F16 && fmt == GEMMA2__WF_F16)) && ((uintptr_t)t->data & (uintptr_t)(esize - 1)) == 0) {
+        out->data = t->data;
+        return 0;
+    }
+    if (!(dst = gemma2__own(m, bytes)))
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "tensor %s: out of memory converting to %s", name, gemma2__wformat_of(fmt)->name);
+    out->data = dst;
+    if (t->dtype == GEMMA2__ST_F32 && fmt == GEMMA2__WF_BF16 && ((uintptr_t)t->data & 3) == 0) {
+        gemma2__convert_f32_to_bf16(m->load_pool, (uint16_t *)dst, (const float *)t->data, n);
+        return 0;
+    }
+    for (i = 0; i < n; i++) { /* element by element: unaligned data, F16 */
+        float v;
+        uint16_t h = 0;
+        if (t->dtype == GEMMA2__ST_F32) memcpy(&v, t->data + 4 * i, 4);
+        else {
+            memcpy(&h, t->data + 2 * i, 2);
+            v = t->dtype == GEMMA2__ST_BF16 ? gemma2__bf16_to_f32(h) : gemma2__f16_to_f32(h);
+        }
+        if (fmt == GEMMA2__WF_F32) ((float *)dst)[i] = v;
+        else if (fmt == GEMMA2__WF_F16) ((uint16_t *)dst)[i] = h; /* only ever from F16 */
+        else ((uint16_t *)dst)[i] = t->dtype == GEMMA2__ST_BF16 ? h : gemma2__f32_to_bf16(v);
     }
     return 0;
 }
 
-static void gemma2__stream_free(gemma2__stream *st)
+static int gemma2__bind_weights(gemma2_model *m, const gemma2__tensors *ts, char *err, size_t err_size)
 {
-    GEMMA2_FREE(st->hold);
-    memset(st, 0, sizeof *st);
-}
-
-/* Appends the text that token id completes (id < 0: the end of the stream) to hold. A model
-   loaded without a tokenizer streams no text. */
-static int gemma2__stream_push(gemma2__stream *st, gemma2_detok *dt, int32_t id)
-{
-    int n, rc;
-    for (;;) {
-        size_t avail = st->hold_cap - st->nhold - 1;
-        n = id >= 0 ? gemma2_detok_push(dt, id, st->hold + st->nhold, avail) : gemma2_detok_flush(dt, st->hold + st->nhold, avail);
-        if (n == GEMMA2_ERROR_NO_TOKENIZER) return 0;
-        if (n < 0) return n;
-        if ((size_t)n <= avail) break;
-        if ((rc = gemma2__stream_reserve(st, (size_t)n)) != 0) return rc; /* nothing was consumed: retry */
+    const gemma2_config *c = &m->cfg;
+    int H = c->hidden_size, I = c->intermediate_size, qd = c->num_attention_heads * c->head_dim;
+    int kvd = c->num_key_value_heads * c->head_dim, l, rc;
+    char name[128];
+    if ((rc = gemma2__bind_mat(m, ts, "model.embed_tokens.weight", c->vocab_size, H, &m->embed, err, err_size)) ||
+        (rc = gemma2__bind_norm(m, ts, "model.norm.weight", &m->final_norm, err, err_size)))
+        return rc;
+    m->layers = (gemma2__layer *)gemma2__own(m, (size_t)c->num_hidden_layers * sizeof(gemma2__layer));
+    if (!m->layers) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+    for (l = 0; l < c->num_hidden_layers; l++) {
+        gemma2__layer *L = &m->layers[l];
+#define GEMMA2__N(s) (snprintf(name, sizeof name, "model.layers.%d." s, l), name)
+        if ((rc = gemma2__bind_norm(m, ts, GEMMA2__N("input_layernorm.weight"), &L->attn_norm, err, err_size)) ||
+            (rc = gemma2__bind_norm(m, ts, GEMMA2__N("post_attention_layernorm.weight"), &L->post_attn_norm, err, err_size)) ||
+            (rc = gemma2__bind_norm(m, ts, GEMMA2__N("pre_feedforward_layernorm.weight"), &L->pre_ffw_norm, err, err_size)) ||
+            (rc = gemma2__bind_norm(m, ts, GEMMA2__N("post_feedforward_layernorm.weight"), &L->post_ffw_norm, err, err_size)) ||
+            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.q_proj.weight"), qd, H, &L->wq, err, err_size)) ||
+            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.k_proj.weight"), kvd, H, &L->wk, err, err_size)) ||
+            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.v_proj.weight"), kvd, H, &L->wv, err, err_size)) ||
+            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.o_proj.weight"), H, qd, &L->wo, err, err_size)) ||
+            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("mlp.gate_proj.weight"), I, H, &L->wgate, err, err_size)) ||
+            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("mlp.up_proj.weight"), I, H, &L->wup, err, err_size)) ||
+            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("mlp.down_proj.weight"), H, I, &L->wdown, err, err_size)))
+            return rc;
+#undef GEMMA2__N
+        /* Gemma 2 alternates local and global attention, starting with local on layer 0. */
+        L->sliding = (l % 2) == 0;
+        if ((rc = gemma2__progress(m, 0.1f + 0.9f * (float)(l + 1) / (float)c->num_hidden_layers, err, err_size))) return rc;
     }
-    st->nhold += (size_t)n;
     return 0;
 }
 
-/* Finds the first complete stop string in hold: returns its offset, or -1. Also reports in
-   *keep how many trailing bytes could still begin a stop string. */
-static long gemma2__stream_match(const gemma2__stream *st, size_t *keep)
+GEMMA2_DEF void gemma2_free(gemma2_model *m)
 {
-    long best = -1;
-    size_t h = st->nhold, k;
     int i;
-    *keep = 0;
-    for (i = 0; i < st->n_stops; i++) {
-        const char *sp = st->stops[i];
-        size_t sl = strlen(sp), off;
-        if (sl == 0) continue;
-        for (off = 0; off + sl <= h; off++) {
-            if (best >= 0 && (long)off >= best) break;
-            if (!memcmp(st->hold + off, sp, sl)) { best = (long)off; break; }
-        }
-        /* longest proper prefix of sp that ends hold */
-        for (k = GEMMA2__MIN(sl - 1, h); k > *keep; k--)
-            if (!memcmp(st->hold + h - k, sp, k)) { *keep = k; break; }
+    if (!m) return;
+    if (m->tok) gemma2__tokenizer_free(m->tok);
+    for (i = 0; i < m->n_files; i++) gemma2__file_close(&m->files[i]);
+    GEMMA2_FREE(m->files);
+    while (m->owned) {
+        gemma2__block *b = m->owned;
+        m->owned = b->next;
+        GEMMA2_FREE(b);
     }
-    return best;
+    GEMMA2_FREE(m);
 }
 
-/* --- generation ---------------------------------------------------------------- */
 
-GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_prompt,
-                               const gemma2_generate_params *params, gemma2_generate_result *res)
+GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options *opt, char *err, size_t err_size)
 {
-    gemma2_generate_params p;
-    gemma2_generate_result r;
-    const gemma2_model *m;
-    const gemma2_config *cfg;
-    gemma2_sampler *smp = NULL;
-    gemma2__stream st;
-    gemma2_detok dt;
-    int rc = 0, i, stopped = 0;
-    memset(&r, 0, sizeof r);
-    r.stop_id = -1;
-    memset(&st, 0, sizeof st);
-    if (res) *res = r;
-    if (!s || n_prompt < 0 || (n_prompt > 0 && !prompt)) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    if (params) p = *params; else memset(&p, 0, sizeof p);
-    if (p.n_stop_strings < 0 || (p.n_stop_strings > 0 && !p.stop_strings) || p.n_stop_ids < 0 ||
-        (p.n_stop_ids > 0 && !p.stop_ids) || p.sampler.penalty_last_n < 0 || p.sampler.n_logit_bias < 0 ||
-        (p.sampler.n_logit_bias > 0 && !p.sampler.logit_bias)) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    for (i = 0; i < p.n_stop_strings; i++) {
-        if (!p.stop_strings[i]) return GEMMA2_ERROR_INVALID_ARGUMENT;
-        st.max_stop = GEMMA2__MAX(st.max_stop, strlen(p.stop_strings[i]));
-    }
-    st.stops = p.stop_strings;
-    st.n_stops = p.n_stop_strings;
-    m = gemma2__gen_model(s);
-    cfg = gemma2_model_config(m);
-    if (n_prompt == 0 && (gemma2_session_pos(s) == 0 || !gemma2_logits(s))) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    if (n_prompt > gemma2_session_n_ctx(s) - gemma2_session_pos(s)) return GEMMA2_ERROR_CONTEXT_FULL;
-
-    smp = gemma2_sampler_new(gemma2_vocab_size(m), &p.sampler);
-    if (!smp || gemma2__stream_reserve(&st, st.max_stop + 512) != 0) { rc = GEMMA2_ERROR_OUT_OF_MEMORY; goto done; }
-    gemma2_detok_init(&dt, m, GEMMA2_DETOKENIZE_SKIP_CONTROL);
-    if (n_prompt > 0 && (rc = gemma2_eval(s, prompt, n_prompt, NULL)) != 0) goto done;
-    r.n_prompt = n_prompt;
-
-    while (!stopped) {
-        int32_t tok;
-        int is_stop = 0;
-        size_t keep, emit;
-        long at;
-        if (p.max_new_tokens > 0 && r.n_generated >= p.max_new_tokens) { r.stop_reason = GEMMA2_STOP_MAX_TOKENS; break; }
-        tok = gemma2_sampler_sample(smp, gemma2_logits(s), gemma2_session_tokens(s), gemma2_session_pos(s));
-        if (tok < 0) { rc = tok; break; }
-        if (!p.ignore_eos)
-            for (i = 0; i < cfg->n_eos; i++) is_stop |= cfg->eos_token_ids[i] == tok;
-        for (i = 0; i < p.n_stop_ids; i++) is_stop |= p.stop_ids[i] == tok;
-        if (is_stop) { r.stop_reason = GEMMA2_STOP_EOS; r.stop_id = tok; break; }
-        if (gemma2_session_pos(s) >= gemma2_session_n_ctx(s)) { r.stop_reason = GEMMA2_STOP_CONTEXT_FULL; break; }
-        if ((rc = gemma2_eval(s, &tok, 1, NULL)) != 0) break;
-        r.n_generated++;
-
-        if ((rc = gemma2__stream_push(&st, &dt, tok)) != 0) break;
-        at = gemma2__stream_match(&st, &keep);
-        if (at >= 0) { emit = (size_t)at; stopped = 1; r.stop_reason = GEMMA2_STOP_STRING; }
-        else emit = st.nhold - keep;
-        if (p.on_token && p.on_token(p.user, tok, st.hold, emit) != 0 && !stopped) {
-            stopped = 1;
-            r.stop_reason = GEMMA2_STOP_CALLBACK;
-        }
-        if (r.stop_reason == GEMMA2_STOP_STRING) st.nhold = 0;
-        else { memmove(st.hold, st.hold + emit, st.nhold - emit); st.nhold -= emit; }
-    }
-    /* Deliver what was held back: an incomplete character (as U+FFFD) and the start of a stop
-       string that never completed. */
-    if (r.stop_reason != GEMMA2_STOP_STRING && rc == 0) {
-        rc = gemma2__stream_push(&st, &dt, -1);
-        if (rc == 0 && st.nhold && p.on_token) p.on_token(p.user, -1, st.hold, st.nhold);
-    }
-done:
-    gemma2_sampler_free(smp);
-    gemma2__stream_free(&st);
-    if (res) *res = r;
-    return rc;
-}
-
-/* --- scoring --------------------------------------------------------------------- */
-
-/* log softmax(row)[id], in double. */
-static float gemma2__logprob(const float *row, int V, int32_t id, int *is_argmax)
-{
-    double mx = -INFINITY, sum = 0;
-    int i, best = 0;
-    for (i = 0; i < V; i++) if (row[i] > mx) { mx = row[i]; best = i; }
-    for (i = 0; i < V; i++) sum += exp((double)row[i] - mx);
-    if (is_argmax) *is_argmax = best == id;
-    return (float)((double)row[id] - mx - log(sum));
-}
-
-GEMMA2_DEF int gemma2_score(gemma2_session *s, const int32_t *prompt, int n_prompt,
-                            const int32_t *cont, int n_cont, float *logprobs, int *greedy)
-{
-    enum { CHUNK = 32 }; /* rows per batch: 32 x 256000 floats = 32 MB */
-    const gemma2_model *m;
-    float *rows;
-    int V, pos0, j, rc = 0, chunk;
-    if (!s || n_prompt < 0 || n_cont < 0 || (n_prompt > 0 && !prompt) || (n_cont > 0 && (!cont || !logprobs)))
-        return GEMMA2_ERROR_INVALID_ARGUMENT;
-    m = gemma2__gen_model(s);
-    V = gemma2_vocab_size(m);
-    pos0 = gemma2_session_pos(s);
-    if (n_prompt == 0 && n_cont > 0 && (pos0 == 0 || !gemma2_logits(s))) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    if (n_prompt > gemma2_session_n_ctx(s) - pos0 || n_cont > gemma2_session_n_ctx(s) - pos0 - n_prompt)
-        return GEMMA2_ERROR_CONTEXT_FULL;
-    for (j = 0; j < n_cont; j++) if (cont[j] < 0 || cont[j] >= V) return GEMMA2_ERROR_BAD_TOKEN;
-    if (n_prompt > 0 && (rc = gemma2_eval(s, prompt, n_prompt, NULL)) != 0) return rc;
-    if (n_cont == 0) return 0;
-    logprobs[0] = gemma2__logprob(gemma2_logits(s), V, cont[0], greedy);
-    chunk = GEMMA2__MIN(n_cont, CHUNK);
-    rows = (float *)gemma2__calloc((size_t)chunk * (size_t)V, sizeof(float));
-    if (!rows) { gemma2_session_rewind(s, pos0); return GEMMA2_ERROR_OUT_OF_MEMORY; }
-    for (j = 0; j < n_cont; j += chunk) {
-        int c = GEMMA2__MIN(chunk, n_cont - j), r;
-        if ((rc = gemma2_eval(s, cont + j, c, rows)) != 0) break;
-        /* row r predicts the token after cont[j + r] */
-        for (r = 0; r < c && j + r + 1 < n_cont; r++)
-            logprobs[j + r + 1] = gemma2__logprob(rows + (size_t)r * V, V, cont[j + r + 1], greedy ? &greedy[j + r + 1] : NULL);
-    }
-    GEMMA2_FREE(rows);
-    if (rc) gemma2_session_rewind(s, pos0);
-    return rc;
-}
-
-/* --- multi-turn chat ----------------------------------------------------------------- */
-
-struct gemma2_chat {
-    gemma2_session *s;
-    const gemma2_model *m;
-    char *system;          /* NULL: none */
-    gemma2__chat_ids ids;
-    int n, cap;            /* exchanges so far */
-    int *turn_pos;         /* [n] session position where exchange k's tokens begin */
-    int *reply_pos;        /* [n] position where its reply begins (after <start_of_turn>model\n) */
-};
-
-GEMMA2_DEF gemma2_chat *gemma2_chat_new(gemma2_session *s, const char *system)
-{
-    gemma2_chat *c;
-    if (!s || gemma2_session_pos(s) != 0) return NULL;
-    c = (gemma2_chat *)gemma2__calloc(1, sizeof *c);
-    if (!c) return NULL;
-    c->s = s;
-    c->m = gemma2__gen_model(s);
-    if (gemma2__chat_markers(c->m, &c->ids) != 0 || (system && !(c->system = gemma2__strdup(system)))) {
-        gemma2_chat_free(c);
+    gemma2_model *m;
+    gemma2__tensors ts;
+    gemma2__file cf;
+    char *path = NULL;
+    int rc;
+    if (err && err_size) err[0] = 0;
+    if (!model_dir) { gemma2__fail(err, err_size, 0, "gemma2_load: model_dir is NULL"); return NULL; }
+    if (opt && (opt->n_threads < 0 || opt->weights < 0 || opt->weights >= GEMMA2_WEIGHTS_COUNT || opt->compute < 0 ||
+                opt->compute >= GEMMA2_COMPUTE_COUNT || opt->kernels < 0 || opt->kernels >= GEMMA2_KERNELS_COUNT || opt->kv_cache < 0 ||
+                opt->kv_cache >= GEMMA2_KV_COUNT)) {
+        gemma2__fail(err, err_size, 0, "gemma2_load: an option is out of range (n_threads, weights, compute, kernels or kv_cache)");
         return NULL;
     }
-    return c;
-}
+    m = (gemma2_model *)gemma2__calloc(1, sizeof *m);
+    if (!m) { gemma2__fail(err, err_size, 0, "out of memory"); return NULL; }
+    memset(&ts, 0, sizeof ts);
+    if (opt) m->opt = *opt;
+    if (m->opt.n_threads == 0) m->opt.n_threads = gemma2__cpu_count();
 
-GEMMA2_DEF void gemma2_chat_free(gemma2_chat *c)
-{
-    if (!c) return;
-    GEMMA2_FREE(c->system);
-    GEMMA2_FREE(c->turn_pos);
-    GEMMA2_FREE(c->reply_pos);
-    GEMMA2_FREE(c);
-}
+    /* config.json */
+    if (!(path = gemma2__path_join(model_dir, "config.json"))) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto fail; }
+    if ((rc = gemma2__file_read(&cf, path, err, err_size)) != 0) goto fail;
+    rc = gemma2__config_parse(&m->cfg, (const char *)cf.data, cf.size, path, err, err_size);
+    gemma2__file_close(&cf);
+    if (rc) goto fail;
+    /* generation_config.json's eos ids (below) */
+    if ((rc = gemma2__read_generation_config(&m->cfg, model_dir)) != 0) { gemma2__fail(err, err_size, rc, "%s/generation_config.json: malformed (eos_token_id)", model_dir); goto fail; }
+    GEMMA2_FREE(path);
+    path = NULL;
 
-GEMMA2_DEF int gemma2_chat_turns(const gemma2_chat *c) { return c ? c->n : 0; }
-
-GEMMA2_DEF int gemma2_chat_say(gemma2_chat *c, const char *user_content, const gemma2_generate_params *p,
-                               gemma2_generate_result *res)
-{
-    gemma2__ids a;
-    gemma2__turn t;
-    int rc, start;
-    if (res) memset(res, 0, sizeof *res);
-    if (!c || !user_content) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    if (c->n == c->cap) {
-        int cap = c->cap ? c->cap * 2 : 16;
-        int *tp = (int *)GEMMA2_REALLOC(c->turn_pos, (size_t)cap * sizeof(int)), *rp;
-        if (!tp) return GEMMA2_ERROR_OUT_OF_MEMORY;
-        c->turn_pos = tp;
-        rp = (int *)GEMMA2_REALLOC(c->reply_pos, (size_t)cap * sizeof(int));
-        if (!rp) return GEMMA2_ERROR_OUT_OF_MEMORY;
-        c->reply_pos = rp;
-        c->cap = cap;
+    /* The tokenizer: an explicit file, else tokenizer.json (what transformers reads), else tokenizer.model. */
+    if (!m->opt.no_tokenizer) {
+        if (m->opt.tokenizer_path) path = gemma2__strdup(m->opt.tokenizer_path);
+        else {
+            path = gemma2__path_join(model_dir, "tokenizer.json");
+            if (path && !gemma2__file_exists(path)) {
+                GEMMA2_FREE(path);
+                path = gemma2__path_join(model_dir, "tokenizer.model");
+                if (path && !gemma2__file_exists(path)) { GEMMA2_FREE(path); path = NULL; if (m->opt.tokenizer_only) {
+                    rc = gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: no tokenizer.json or tokenizer.model", model_dir); goto fail; } goto no_tok; }
+            }
+        }
+        if (!path) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto fail; }
+        if ((rc = gemma2__tokenizer_load(&m->tok, path, err, err_size)) != 0) goto fail;
+        GEMMA2_FREE(path);
+        path = NULL;
     }
-    memset(&a, 0, sizeof a);
-    t.role = "user";
-    t.content = user_content;
-    t.prefix = (c->n == 0) ? c->system : NULL;
-    /* the previous reply's sampled <end_of_turn> was not kept: close it, then the new turn */
-    if (c->n == 0) rc = gemma2__ids_push(&a, c->ids.bos);
-    else if ((rc = gemma2__ids_push(&a, c->ids.eot)) == 0) rc = gemma2__ids_tokenize(&a, c->m, "\n", 1, 0);
-    if (!rc) rc = gemma2__chat_append_turn(&a, c->m, &c->ids, &t);
-    if (!rc) rc = gemma2__chat_append_turn(&a, c->m, &c->ids, NULL);
-    if (rc) { GEMMA2_FREE(a.v); return rc; }
-    start = gemma2_session_pos(c->s);
-    rc = gemma2_generate(c->s, a.v, a.n, p, res);
-    if (gemma2_session_pos(c->s) >= start + a.n) { /* the turn is in (even if generation failed later) */
-        c->turn_pos[c->n] = start;
-        c->reply_pos[c->n] = start + a.n;
-        c->n++;
+no_tok:
+    if (m->opt.tokenizer_only) return m;
+
+    if (gemma2__kernels_select(m->opt.kernels, &m->kern) != 0) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "gemma2_load: the kernel set asked for (%d) is not available on this CPU or build", m->opt.kernels); goto fail; }
+    if ((rc = gemma2__progress(m, 0.0f, err, err_size)) != 0) goto fail;
+    if ((rc = gemma2__open_weights(m, model_dir, &ts, err, err_size)) != 0) goto fail;
+    if ((rc = gemma2__progress(m, 0.1f, err, err_size)) != 0) goto fail;
+    if (m->opt.weights != GEMMA2_WEIGHTS_AUTO) m->load_pool = gemma2__pool_new(m->opt.n_threads);
+    rc = gemma2__bind_weights(m, &ts, err, err_size);
+    gemma2__pool_free(m->load_pool);
+    m->load_pool = NULL;
+    if (rc != 0) goto fail;
+    gemma2__tensors_free(&ts);
+    m->has_weights = 1;
+    return m;
+fail:
+    (void)rc;
+    GEMMA2_FREE(path);
+    gemma2__tensors_free(&ts);
+    gemma2_free(m);
+    return NULL;
+}
+
+GEMMA2_DEF int gemma2_vocab_size(const gemma2_model *m) { return m ? m->cfg.vocab_size : GEMMA2_ERROR_INVALID_ARGUMENT; }
+GEMMA2_DEF const gemma2_config *gemma2_model_config(const gemma2_model *m) { return m ? &m->cfg : NULL; }
+GEMMA2_DEF size_t gemma2_model_weight_bytes(const gemma2_model *m) { return m ? m->weight_bytes : 0; }
+GEMMA2_DEF const char *gemma2_model_kernels(const gemma2_model *m) { return m && m->kern.name ? m->kern.name : "none"; }
+
+/* ===========================================================================
+   2.11 Thread pool
+   =========================================================================== */
+
+/* The pool runs one parallel step at a time: fn(ctx, task, n_tasks) for every task,
+   spread over the session's threads (the calling thread works too), then returns.
+   Sessions own their pool, so a shared model never needs locks.
+
+   Design (why it looks like this):
+   - Workers are created once, in gemma2__pool_new, and live until gemma2__pool_free:
+     a forward pass issues hundreds of parallel steps per token, so creating threads per
+     step (tens of microseconds each) would cost more than small steps take to compute.
+   - The whole state of a step lives in ONE 64-bit word, `work`: a 16-bit generation, the
+     number of tasks (24 bits) and the next unclaimed task (24 bits). A thread claims a
+     task with a compare-and-swap that bumps the index only if the generation and count
+     are those it read, so a late worker can never claim a task of a step that has
+     already finished, nor mix up one step's function with another's task number. fn and
+     ctx are written before the word is published (release) and read after a successful
+     claim (acquire); the step cannot end while a claimed task is unfinished, so they are
+     stable while read.
+   - Tasks are handed out dynamically (whoever is free takes the next one), so a worker
+     that wakes late or is preempted only means the others take more tasks; the caller
+     also works, and finishes the step alone if nobody else shows up.
+   - Between steps, workers spin briefly (steps follow each other within microseconds
+     during a forward pass), then sleep on a condition variable so an idle session costs
+     no CPU. The publisher takes the mutex only if someone may be asleep. */
+
+#if defined(GEMMA2__WINDOWS)
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>   /* threads, GetSystemInfo */
+#if !defined(GEMMA2_NO_THREADS)
+#define GEMMA2__THREADS_WIN32 1
+#endif
+#else
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>    /* sysconf */
+#endif
+#if !defined(GEMMA2_NO_THREADS)
+#include <pthread.h>
+#include <sched.h>
+#define GEMMA2__THREADS_PTHREAD 1
+#endif
+#endif
+
+/* Atomics: GCC/Clang builtins (C and C++ alike), Interlocked* on MSVC. All are sequentially
+   consistent, which the sleep/wake handshake below relies on; the cost is irrelevant here. */
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
+#define GEMMA2__LOAD64(p) ((uint64_t)InterlockedCompareExchange64((volatile LONG64 *)(p), 0, 0))
+#define GEMMA2__STORE64(p, v) ((void)InterlockedExchange64((volatile LONG64 *)(p), (LONG64)(v)))
+#define GEMMA2__CAS64(p, expect, desired) \
+    ((uint64_t)InterlockedCompareExchange64((volatile LONG64 *)(p), (LONG64)(desired), (LONG64)(expect)) == (uint64_t)(expect))
+#define GEMMA2__LOAD32(p) ((int)InterlockedCompareExchange((volatile LONG *)(p), 0, 0))
+#define GEMMA2__STORE32(p, v) ((void)InterlockedExchange((volatile LONG *)(p), (LONG)(v)))
+#define GEMMA2__ADD32(p, v) ((int)InterlockedExchangeAdd((volatile LONG *)(p), (LONG)(v)))
+#define GEMMA2__PAUSE() YieldProcessor()
+#else
+#define GEMMA2__LOAD64(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define GEMMA2__STORE64(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+#define GEMMA2__CAS64(p, expect, desired) \
+    __atomic_compare_exchange_n((p), &(expect), (desired), 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)
+#define GEMMA2__LOAD32(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define GEMMA2__STORE32(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+#define GEMMA2__ADD32(p, v) __atomic_fetch_add((p), (v), __ATOMIC_SEQ_CST)
+#if defined(__x86_64__) || defined(__i386__)
+#define GEMMA2__PAUSE() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define GEMMA2__PAUSE() __asm__ __volatile__("yield")
+#else
+#define GEMMA2__PAUSE() ((void)0)
+#endif
+#endif
+
+/* How long idle threads spin before sleeping (iterations of a pause instruction, each a
+   few to ~100 cycles): long enough to bridge the gap between two matrix products in a
+   forward pass, short enough that a session between tokens goes quiet within ~0.1 ms. */
+#ifndef GEMMA2_POOL_SPIN
+#define GEMMA2_POOL_SPIN 20000
+#endif
+
+#define GEMMA2__WORK_GEN(w) ((uint32_t)((w) >> 48))
+#define GEMMA2__WORK_N(w) ((int)(((w) >> 24) & 0xffffffu))
+#define GEMMA2__WORK_NEXT(w) ((int)((w) & 0xffffffu))
+#define GEMMA2__WORK_MAX_TASKS 0xffffff
+
+struct gemma2__pool {
+    int n_threads;               /* including the caller */
+    uint64_t work;               /* gen:16 | n_tasks:24 | next:24, see above */
+    int done;                    /* tasks finished in the current step */
+    int sleepers;                /* workers that may be waiting on `wake` */
+    int stop;
+    gemma2__task_fn fn;
+    void *ctx;
+#if defined(GEMMA2__THREADS_PTHREAD)
+    pthread_mutex_t mu;
+    pthread_cond_t wake;
+    pthread_t *threads;
+#elif defined(GEMMA2__THREADS_WIN32)
+    CRITICAL_SECTION mu;
+    CONDITION_VARIABLE wake;
+    HANDLE *threads;
+#endif
+    int n_started;               /* worker threads actually running */
+};
+
+/* Claims and runs tasks of the step `w` was read from until none are left. */
+static void gemma2__pool_drain(gemma2__pool *p, uint64_t w)
+{
+    for (;;) {
+        uint32_t gen = GEMMA2__WORK_GEN(w);
+        int i = GEMMA2__WORK_NEXT(w), n = GEMMA2__WORK_N(w);
+        if (i >= n) return;
+        if (GEMMA2__CAS64(&p->work, w, w + 1)) {
+            p->fn(p->ctx, i, n);
+            GEMMA2__ADD32(&p->done, 1);
+        }
+        w = GEMMA2__LOAD64(&p->work);
+        if (GEMMA2__WORK_GEN(w) != gen) return; /* that step is over (another one began) */
     }
-    GEMMA2_FREE(a.v);
-    return rc;
 }
 
-GEMMA2_DEF int gemma2_chat_regenerate(gemma2_chat *c, const gemma2_generate_params *p, gemma2_generate_result *res)
+#if defined(GEMMA2__THREADS_PTHREAD) || defined(GEMMA2__THREADS_WIN32)
+static void gemma2__pool_worker(gemma2__pool *p)
 {
-    int rc, rp;
-    if (res) memset(res, 0, sizeof *res);
-    if (!c || c->n == 0) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    rp = c->reply_pos[c->n - 1];
-    /* a rewind recomputes the logits of the position before it: the reply's first token's */
-    if ((rc = gemma2_session_rewind(c->s, rp)) != 0) return rc;
-    return gemma2_generate(c->s, NULL, 0, p, res);
+    uint32_t seen = GEMMA2__WORK_GEN(GEMMA2__LOAD64(&p->work));
+    for (;;) {
+        uint64_t w = GEMMA2__LOAD64(&p->work);
+        int spin = 0;
+        while (GEMMA2__WORK_GEN(w) == seen && !GEMMA2__LOAD32(&p->stop)) {
+            if (++spin < GEMMA2_POOL_SPIN) { GEMMA2__PAUSE(); w = GEMMA2__LOAD64(&p->work); continue; }
+            /* sleep: announce first, then re-check under the mutex (the publisher stores
+               the word before reading `sleepers`, so one of us sees the other) */
+            GEMMA2__ADD32(&p->sleepers, 1);
+#if defined(GEMMA2__THREADS_PTHREAD)
+            pthread_mutex_lock(&p->mu);
+            while (GEMMA2__WORK_GEN(GEMMA2__LOAD64(&p->work)) == seen && !GEMMA2__LOAD32(&p->stop))
+                pthread_cond_wait(&p->wake, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+#else
+            EnterCriticalSection(&p->mu);
+            while (GEMMA2__WORK_GEN(GEMMA2__LOAD64(&p->work)) == seen && !GEMMA2__LOAD32(&p->stop))
+                SleepConditionVariableCS(&p->wake, &p->mu, INFINITE);
+            LeaveCriticalSection(&p->mu);
+#endif
+            GEMMA2__ADD32(&p->sleepers, -1);
+            w = GEMMA2__LOAD64(&p->work);
+            spin = 0;
+        }
+        if (GEMMA2__LOAD32(&p->stop)) return;
+        seen = GEMMA2__WORK_GEN(w);
+        gemma2__pool_drain(p, w);
+    }
 }
+#endif
 
-GEMMA2_DEF int gemma2_chat_undo(gemma2_chat *c)
+#if defined(GEMMA2__THREADS_PTHREAD)
+static void *gemma2__pool_thread(void *arg) { gemma2__pool_worker((gemma2__pool *)arg); return NULL; }
+#elif defined(GEMMA2__THREADS_WIN32)
+static DWORD WINAPI gemma2__pool_thread(LPVOID arg) { gemma2__pool_worker((gemma2__pool *)arg); return 0; }
+#endif
+
+static void gemma2__pool_free(gemma2__pool *p)
 {
-    int rc;
-    if (!c || c->n == 0) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    if ((rc = gemma2_session_rewind(c->s, c->turn_pos[c->n - 1])) != 0) return rc;
-    c->n--;
-    return 0;
+    if (!p) return;
+#if defined(GEMMA2__THREADS_PTHREAD) || defined(GEMMA2__THREADS_WIN32)
+    {
+        int i;
+        GEMMA2__STORE32(&p->stop, 1);
+#if defined(GEMMA2__THREADS_PTHREAD)
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->mu);
+        for (i = 0; i < p->n_started; i++) pthread_join(p->threads[i], NULL);
+        pthread_cond_destroy(&p->wake);
+        pthread_mutex_destroy(&p->mu);
+#else
+        EnterCriticalSection(&p->mu);
+        WakeAllConditionVariable(&p->wake);
+        LeaveCriticalSection(&p->mu);
+        for (i = 0; i < p->n_started; i++) { WaitForSingleObject(p->threads[i], INFINITE); CloseHandle(p->threads[i]); }
+        DeleteCriticalSection(&p->mu);
+#endif
+        GEMMA2_FREE(p->threads);
+    }
+#endif
+    GEMMA2_FREE(p);
 }
 
-GEMMA2_DEF int gemma2_chat_reset(gemma2_chat *c)
+/* n_threads counts the caller: 1 = no worker threads. NULL if out of memory. If the OS
+   refuses some threads, the pool simply runs with fewer. */
+static gemma2__pool *gemma2__pool_new(int n_threads)
 {
-    int rc;
-    if (!c) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    if ((rc = gemma2_session_rewind(c->s, 0)) != 0) return rc;
-    c->n = 0;
-    return 0;
+    gemma2__pool *p = (gemma2__pool *)gemma2__calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->n_threads = n_threads < 1 ? 1 : n_threads;
+#if defined(GEMMA2__THREADS_PTHREAD) || defined(GEMMA2__THREADS_WIN32)
+    if (p->n_threads > 1) {
+        int i;
+#if defined(GEMMA2__THREADS_PTHREAD)
+        p->threads = (pthread_t *)gemma2__calloc((size_t)p->n_threads - 1, sizeof *p->threads);
+        if (!p->threads) { GEMMA2_FREE(p); return NULL; }
+        if (pthread_mutex_init(&p->mu, NULL) != 0) { GEMMA2_FREE(p->threads); GEMMA2_FREE(p); return NULL; }
+        if (pthread_cond_init(&p->wake, NULL) != 0) {
+            pthread_mutex_destroy(&p->mu); GEMMA2_FREE(p->threads); GEMMA2_FREE(p); return NULL;
+        }
+        for (i = 0; i < p->n_threads - 1; i++) {
+            if (pthread_create(&p->threads[i], NULL, gemma2__pool_thread, p) != 0) break;
+            p->n_started++;
+        }
+#else
+        p->threads = (HANDLE *)gemma2__calloc((size_t)p->n_threads - 1, sizeof *p->threads);
+        if (!p->threads) { GEMMA2_FREE(p); return NULL; }
+        InitializeCriticalSection(&p->mu);
+        InitializeConditionVariable(&p->wake);
+        for (i = 0; i < p->n_threads - 1; i++) {
+            p->threads[i] = CreateThread(NULL, 0, gemma2__pool_thread, p, 0, NULL);
+            if (!p->threads[i]) break;
+            p->n_started++;
+        }
+#endif
+        p->n_threads = p->n_started + 1;
+    }
+#else
+    p->n_threads = 1; /* GEMMA2_NO_THREADS: everything inline */
+#endif
+    return p;
 }
 
+static int gemma2__pool_size(const gemma2__pool *p) { return p->n_threads; }
+
+/* Runs fn(ctx, t, n_tasks) for t = 0 .. n_tasks-1, each exactly once, and returns when all
+   have finished. Not reentrant: call it from the pool's owner only, never from a task. */
+static void gemma2__pool_run(gemma2__pool *p, gemma2__task_fn fn, void *ctx, int n_tasks)
+{
+    uint64_t w;
+    int t;
+    if (n_tasks <= 0) return;
+    if (p->n_threads <= 1 || n_tasks == 1 || n_tasks > GEMMA2__WORK_MAX_TASKS) {
+        for (t = 0; t < n_tasks; t++) fn(ctx, t, n_tasks);
+        return;
+    }
+    p->fn = fn;
+    p->ctx = ctx;
+    GEMMA2__STORE32(&p->done, 0);
+    w = GEMMA2__LOAD64(&p->work);
+    w = ((uint64_t)((GEMMA2__WORK_GEN(w) + 1) & 0xffffu) << 48) | ((uint64_t)n_tasks << 24);
+    GEMMA2__STORE64(&p->work, w); /* publish: fn, ctx and done are visible to whoever sees this */
+    if (GEMMA2__LOAD32(&p->sleepers) > 0) {
+#if defined(GEMMA2__THREADS_PTHREAD)
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->mu);
+#elif defined(GEMMA2__THREADS_WIN32)
+        EnterCriticalSection(&p->mu);
+        WakeAllConditionVariable(&p->wake);
+        LeaveCriticalSection(&p->mu);
+#endif
+    }
+    gemma2__pool_drain(p, w);
+    /* every task is claimed; wait for the ones other threads are still running */
+    for (t = 0; GEMMA2__LOAD32(&p->done) < n_tasks; t++) {
+        GEMMA2__PAUSE();
+#if defined(GEMMA2__THREADS_PTHREAD)
+        if (t > GEMMA2_POOL_SPIN) sched_yield(); /* oversubscribed machine: let the worker run */
+#elif defined(GEMMA2__THREADS_WIN32)
+        if (t > GEMMA2_POOL_SPIN) SwitchToThread();
+#endif
+    }
+}
+
+/* Number of online CPUs, or 1 if unknown. */
+static int gemma2__cpu_count(void)
+{
+#if defined(GEMMA2__WINDOWS)
+    SYSTEM_INFO si;
+    GetSystemInfo(&si);
+    return si.dwNumberOfProcessors > 0 ? (int)si.dwNumberOfProcessors : 1;
+#elif defined(_SC_NPROCESSORS_ONLN)
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)(n > 1024 ? 1024 : n) : 1;
+#else
+    return 1;
+#endif
+}
+
+/* ===========================================================================
+   2.12 Kernels: SIMD sets (x86-64 AVX2 / AVX-512, ARM64 NEON / BF16) and their selection
+   =========================================================================== */
+
+/* ---------------------------------------------------------------------------
+   Why the matrix products look the way they do
+
+   Everything that matters for speed is y = W x with W in bf16 (or f32) and x in f32.
+
+   Decode (T == 1) is bound by memory bandwidth: every weight byte is used for exactly one
+   multiply-add, and a 2B model streams ~5 GB of weights per token. The kernel's only job is
+   to keep the memory system saturated: it walks 8 rows at once (8 sequential streams keep
+   enough cache-line misses in flight for one core), prefetches each stream 1 KB ahead in
+   software, uses 8 independent accumulators, reads each weight byte exactly once, widens
+   bf16 to f32 in registers (bf16 is the top half of an f32) and reduces across lanes only
+   once per row. Threads take many small slabs of rows (gemma2__matmul_n) so that neither waits.
+   Fewer instructions per weight byte leave room for more misses in flight, so where the CPU
+   has bf16 dot products the float32 decode can use them too, on x split exactly into three
+   bf16 parts (gemma2__matvec_512x3: still float32 arithmetic); it pays on the wide down
+   projection only (GEMMA2__X3_MIN_COLS).
+
+   Prefill (T > 1, AVX-512) reuses each loaded weight for many tokens, which turns the
+   product compute-bound. The AVX-512 tile turns the problem around: 16 tokens sit across
+   the lanes of a register, and the tile holds 12 rows x 32 tokens of outputs in 24
+   accumulators. Per pair of columns it loads 2 registers of activations (from a transposed
+   copy, xt, made once per input matrix) and broadcasts each row's two bf16 weights with one
+   32-bit load from the weights as they are stored: no packing, no copy. That is 14 loads per
+   48 FMAs (f32) or 24 vdpbf16ps (GEMMA2_COMPUTE_BF16), no horizontal sums and no shuffles
+   in the loop: it runs at ~82-94% of the FMA or vdpbf16ps peak measured on this machine.
+   Blocks of 48 rows x 512 columns x 128 tokens keep the xt slice in L2 and the weights in
+   L1 while the tiles pass over them.
+
+   Consistency. In every path a given output is computed by the same sequence of operations
+   whatever other tokens share the call: the prefill tile sums each output sequentially over
+   the columns, in one accumulator lane. So chunking a prompt never changes its results as
+   long as each chunk has at least two tokens. One token alone goes through the decode
+   kernel, whose 16 lanes sum interleaved columns: a different order, so results agree to
+   rounding (~1e-6 relative), not to the bit. F32 weights take the same tile, their weights
+   broadcast as floats. (AVX2 and NEON use row-dot tiles with the same order as decode,
+   bit-identical.)
+
+   Tails: masked loads read zeros past the last column, so any K works without touching
+   memory past a row; odd K reads the last weight as 16 bits. Rows and tokens left over
+   after whole tiles get smaller tiles (the tile function is instantiated per shape, so
+   every shape keeps its accumulators in registers).
+   --------------------------------------------------------------------------- */
+
+/* Shared by the SIMD sets: tile functions take their shape as constant arguments and are
+   force-inlined into each call site, and their small loops fully unrolled, so that every
+   shape gets its own copy with the accumulator arrays held in registers. */
+#if defined(__GNUC__) || defined(__clang__)
+#define GEMMA2__ALWAYS_INLINE static inline __attribute__((always_inline))
+#define GEMMA2__UNROLL _Pragma("GCC unroll 8")
+#define GEMMA2__ALIGN64 __attribute__((aligned(64)))
+#else
+#define GEMMA2__ALWAYS_INLINE static inline
+#define GEMMA2__UNROLL
+#define GEMMA2__ALIGN64
+#endif
+
+/* Rows [r0, r1) of one token tile of TT tokens: 4-row tiles, then single rows. */
+#define GEMMA2__ROWS_TILED(TILE, r0, r1, t, TT, ...)                      \
+    do {                                                                   \
+        int r_ = (r0);                                                     \
+        for (; r_ + 4 <= (r1); r_ += 4) TILE(a, r_, t, 4, TT, __VA_ARGS__); \
+        for (; r_ < (r1); r_++) TILE(a, r_, t, 1, TT, __VA_ARGS__);         \
+    } while (0)
+
+/* Element idx of an F32 or BF16 matrix, widened: the scalar column tails of the row-dot
+   kernels (AVX2, NEON), which handle those two formats. */
+static GEMMA2__MAYBE_UNUSED float gemma2__w_at(const gemma2__mat *w, size_t idx)
+{
+    if (w->format == GEMMA2__WF_BF16) return gemma2__bf16_to_f32(((const uint16_t *)w->data)[idx]);
+    return ((const float *)w->data)[idx];
+}
+
+#if !defined(GEMMA2_NO_SIMD) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define GEMMA2__X86 1
+/* g++ 12 reports -Wmaybe-uninitialized inside its own AVX-512 intrinsics (they start from
+   _mm512_undefined_*(), a deliberate self-initialization); silence that for the header. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+#include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+/* Per-function targets: this one file runs on any x86-64; what runs is picked at run time. */
+#define GEMMA2__T_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define GEMMA2__T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define GEMMA2__T_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")))
+
+/* ---- CPU features (asked each time a kernel set is selected: no global caches) ---- */
+
+static void gemma2__cpuid(unsigned leaf, unsigned sub, unsigned r[4])
+{
+    unsigned a, b, c, d;
+    __asm__ __volatile__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(leaf), "c"(sub));
+    r[0] = a; r[1] = b; r[2] = c; r[3] = d;
+}
+
+/* XCR0: which register files the OS saves on context switch (AVX needs YMM, AVX-512 ZMM too). */
+static uint64_t gemma2__xgetbv0(void)
+{
+    unsigned lo, hi;
+    __asm__ __volatile__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+enum { GEMMA2__CPU_AVX2 = 1, GEMMA2__CPU_AVX512 = 2, GEMMA2__CPU_AVX512BF16 = 4 };
+
+static int gemma2__x86_features(void)
+{
+    unsigned r[4], max_leaf, l1c, l7b, l71a = 0;
+    uint64_t xcr0;
+    int f = 0;
+    gemma2__cpuid(0, 0, r);
+    max_leaf = r[0];
+    if (max_leaf < 7) return 0;
+    gemma2__cpuid(1, 0, r);
+    l1c = r[2];
+    if (!(l1c & (1u << 27)) || !(l1c & (1u << 28))) return 0; /* OSXSAVE, AVX */
+    xcr0 = gemma2__xgetbv0();
+    if ((xcr0 & 6) != 6) return 0;
+    gemma2__cpuid(7, 0, r);
+    l7b = r[1];
+    if (r[0] >= 1) { gemma2__cpuid(7, 1, r); l71a = r[0]; }
+    if ((l7b & (1u << 5)) && (l1c & (1u << 12)) && (l1c & (1u << 29))) f |= GEMMA2__CPU_AVX2; /* AVX2 FMA F16C */
+    if ((f & GEMMA2__CPU_AVX2) && (xcr0 & 0xe0) == 0xe0 && (l7b & (1u << 16)) && (l7b & (1u << 17)) &&
+        (l7b & (1u << 30)) && (l7b & (1u << 31))) {                               /* F DQ BW VL */
+        f |= GEMMA2__CPU_AVX512;
+        if (l71a & (1u << 5)) f |= GEMMA2__CPU_AVX512BF16;
+    }
+    return f;
+}
+
+/* ======================= AVX-512 ======================= */
+
+/* Mask of the first min(max(left, 0), 16) lanes: the tail of a loop over 16-lane steps. */
+static inline __mmask16 gemma2__mask16(int left)
+{
+    return (__mmask16)(left >= 16 ? 0xffffu : left <= 0 ? 0u : (1u << left) - 1);
+}
+
+/* ---- decode: one token at a time ----------------------------------------------------
+
+   R = 8 rows at once: a single core's read rate is limited by how many cache-line misses it
+   keeps in flight, and 8 concurrent sequential streams measured ~25% faster than 4 (16 gained
+   nothing more). On top of the hardware prefetchers, each row stream is prefetched
+   GEMMA2__PF bytes ahead in software: with 8 streams the hardware ones start too late at
+   every page, and this measured 10-20% more bandwidth on one core (1024 was the best of
+   512..4096). */
+#define GEMMA2__PF 1024
+
+/* F32 weights (F32 checkpoints kept as stored). */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matvec_512f(const gemma2__matmul_args *a, const float *x, float *y, int r, const int R)
+{
+    const int K = a->w->cols;
+    const float *w0 = (const float *)a->w->data + (size_t)r * (size_t)K;
+    __m512 acc[8];
+    int i, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16) {
+        __m512 xv = _mm512_loadu_ps(x + k);
+        GEMMA2__UNROLL for (i = 0; i < R; i++) {
+            const float *p = w0 + (size_t)i * K + k;
+            _mm_prefetch((const char *)p + GEMMA2__PF, _MM_HINT_T0);
+            acc[i] = _mm512_fmadd_ps(_mm512_loadu_ps(p), xv, acc[i]);
+        }
+    }
+    if (k < K) {
+        __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+        __m512 xv = _mm512_maskz_loadu_ps(m, x + k);
+        GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w0 + (size_t)i * K + k), xv, acc[i]);
+    }
+    GEMMA2__UNROLL for (i = 0; i < R; i++) y[r + i] = _mm512_reduce_add_ps(acc[i]);
+}
+
+/* BF16 weights, f32 activations. One 64-byte load holds 32 weights; seen as 16 32-bit lanes,
+   lane l holds columns 2l and 2l+1 of the block (little-endian: 2l in the low half). Shifting
+   a lane left by 16 gives column 2l as a float, masking off its low half gives column 2l+1:
+   two one-cycle integer ops widen a whole load, exactly. x is split to match, its even and
+   odd columns gathered by two permutes per 32 columns, shared by the 8 rows. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matvec_512bh(const gemma2__matmul_args *a, const float *x, float *y, int r, const int R)
+{
+    const int K = a->w->cols;
+    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
+    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 acc[8];
+    int i, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_setzero_ps();
+    for (; k + 32 <= K; k += 32) {
+        __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+        __m512 xe = _mm512_permutex2var_ps(x0, ie, x1), xo = _mm512_permutex2var_ps(x0, io, x1);
+        GEMMA2__UNROLL for (i = 0; i < R; i++) {
+            const uint16_t *p = w0 + (size_t)i * K + k;
+            __m512i wv = _mm512_loadu_si512((const void *)p);
+            _mm_prefetch((const char *)p + GEMMA2__PF, _MM_HINT_T0);
+            acc[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(wv, 16)), xe, acc[i]);
+            acc[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(wv, hi)), xo, acc[i]);
+        }
+    }
+    if (k < K) { /* 1..31 columns left: masked loads read zeros past the end */
+        int n = K - k;
+        __mmask16 m0 = gemma2__mask16(n), m1 = gemma2__mask16(n - 16);
+        __mmask32 mw = (__mmask32)((1u << n) - 1);
+        __m512 x0 = _mm512_maskz_loadu_ps(m0, x + k), x1 = _mm512_maskz_loadu_ps(m1, x + k + 16);
+        __m512 xe = _mm512_permutex2var_ps(x0, ie, x1), xo = _mm512_permutex2var_ps(x0, io, x1);
+        GEMMA2__UNROLL for (i = 0; i < R; i++) {
+            __m512i wv = _mm512_maskz_loadu_epi16(mw, w0 + (size_t)i * K + k);
+            acc[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(wv, 16)), xe, acc[i]);
+            acc[i] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(wv, hi)), xo, acc[i]);
+        }
+    }
+    GEMMA2__UNROLL for (i = 0; i < R; i++) y[r + i] = _mm512_reduce_add_ps(acc[i]);
+}
+
+/* BF16 weights with vdpbf16ps on bf16 activations (GEMMA2_COMPUTE_BF16): the weights are used
+   as loaded, 32 multiply-adds per instruction. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__matvec_512dp(const gemma2__matmul_args *a, const uint16_t *xb, float *y, int r, const int R)
+{
+    const int K = a->w->cols;
+    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
+    __m512 acc[8];
+    int i, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_setzero_ps();
+    for (; k + 32 <= K; k += 32) {
+        __m512i xv = _mm512_loadu_si512((const void *)(xb + k));
+        GEMMA2__UNROLL for (i = 0; i < R; i++) {
+            const uint16_t *p = w0 + (size_t)i * K + k;
+            _mm_prefetch((const char *)p + GEMMA2__PF, _MM_HINT_T0);
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512((const void *)p), (__m512bh)xv);
+        }
+    }
+    if (k < K) {
+        __mmask32 m = (__mmask32)((1u << (K - k)) - 1);
+        __m512i xv = _mm512_maskz_loadu_epi16(m, xb + k);
+        GEMMA2__UNROLL for (i = 0; i < R; i++)
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_maskz_loadu_epi16(m, w0 + (size_t)i * K + k), (__m512bh)xv);
+    }
+    GEMMA2__UNROLL for (i = 0; i < R; i++) y[r + i] = _mm512_reduce_add_ps(acc[i]);
+}
+
+/* Float32 decode with bf16 dot products (the default GEMMA2_COMPUTE_F32 on CPUs with
+   AVX512_BF16). x comes split exactly into three bf16 parts (to_bf16x3), so that three
+   vdpbf16ps per 32 weights compute w*hi + w*mid + w*lo = w*x: products of bf16 numbers are
+   exact in float32 and the sums are float32 additions, as with FMAs on widened weights (the
+   measured difference is at the float32 rounding level, ~1e-8 of the sum of |terms|). The
+   point is the instruction count: 1 load + 3 dot products per 64 weight bytes instead of
+   1 load + 2 widening ops + 2 FMAs, which leaves room for more cache misses in flight (on
+   the 2304 x 9216 down projection: 46 vs 37 GB/s). */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__matvec_512x3(const gemma2__matmul_args *a, const uint16_t *x3, float *y, int r, const int R)
+{
+    const int K = a->w->cols;
+    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
+    __m512 acc[8];
+    int i, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm512_setzero_ps();
+    for (; k + 32 <= K; k += 32) {
+        const uint16_t *xp = x3 + (size_t)k * 3;
+        __m512i h = _mm512_loadu_si512((const void *)xp), md = _mm512_loadu_si512((const void *)(xp + 32));
+        __m512i lo = _mm512_loadu_si512((const void *)(xp + 64));
+        GEMMA2__UNROLL for (i = 0; i < R; i++) {
+            const uint16_t *p = w0 + (size_t)i * K + k;
+            __m512i wv = _mm512_loadu_si512((const void *)p);
+            _mm_prefetch((const char *)p + GEMMA2__PF, _MM_HINT_T0);
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)wv, (__m512bh)lo); /* smallest first */
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)wv, (__m512bh)md);
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)wv, (__m512bh)h);
+        }
+    }
+    if (k < K) { /* the padded last block: masked weights, x parts are zero past K */
+        const uint16_t *xp = x3 + (size_t)k * 3;
+        __mmask32 m = (__mmask32)((1u << (K - k)) - 1);
+        __m512i h = _mm512_loadu_si512((const void *)xp), md = _mm512_loadu_si512((const void *)(xp + 32));
+        __m512i lo = _mm512_loadu_si512((const void *)(xp + 64));
+        GEMMA2__UNROLL for (i = 0; i < R; i++) {
+            __m512i wv = _mm512_maskz_loadu_epi16(m, w0 + (size_t)i * K + k);
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)wv, (__m512bh)lo);
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)wv, (__m512bh)md);
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)wv, (__m512bh)h);
+        }
+    }
+    GEMMA2__UNROLL for (i = 0; i < R; i++) y[r + i] = _mm512_reduce_add_ps(acc[i]);
+}
+
+/* Each token of the call in turn through a matrix-vector kernel (decode; also any call that
+   brings no transposed activations). */
+#define GEMMA2__MATVECS(NAME, TARGET, KERNEL, XT, XSRC)                                          \
+    static TARGET void NAME(const gemma2__matmul_args *a, int r0, int r1)                        \
+    {                                                                                            \
+        int t, r;                                                                                \
+        for (t = 0; t < a->T; t++) {                                                             \
+            const XT *x = XSRC + (size_t)t * (size_t)a->w->cols;                                 \
+            float *y = a->y + (size_t)t * (size_t)a->ldy;                                        \
+            for (r = r0; r + 8 <= r1; r += 8) KERNEL(a, x, y, r, 8);                             \
+            for (; r < r1; r++) KERNEL(a, x, y, r, 1);                                           \
+        }                                                                                        \
+    }
+GEMMA2__MATVECS(gemma2__matvecs_512f, GEMMA2__T_AVX512, gemma2__matvec_512f, float, a->x)
+GEMMA2__MATVECS(gemma2__matvecs_512bh, GEMMA2__T_AVX512, gemma2__matvec_512bh, float, a->x)
+GEMMA2__MATVECS(gemma2__matvecs_512dp, GEMMA2__T_AVX512BF16, gemma2__matvec_512dp, uint16_t, (const uint16_t *)a->xp)
+GEMMA2__MATVECS(gemma2__matvecs_512x3, GEMMA2__T_AVX512BF16, gemma2__matvec_512x3, uint16_t, (const uint16_t *)a->xp)
+
+/* ---- prefill: many tokens, bf16 weights ------------------------------------------------
+
+   With many tokens each weight can serve several of them, and the product becomes bound by
+   arithmetic; what matters then is how many multiply-adds each loaded register feeds. The
+   tile puts 16 tokens across the lanes of a register and keeps 12 rows x 32 tokens of
+   outputs in 24 accumulators. Per pair of columns it loads the 32 tokens' activations (2
+   registers, from the transposed copy xt) and, for each of the 12 rows, broadcasts that row's
+   two weights (one 32-bit load straight from the row-major weights: no packing, no copy) and
+   does 4 FMAs (f32) or 2 vdpbf16ps (bf16 compute: the pair is exactly its operand). That is
+   14 loads per 48 FMAs, no horizontal sums and no shuffles: the FMA units, not the loads,
+   set the pace. (Blocking around the tile, below, keeps its operands in L1 and L2; the
+   weights come from DRAM once per call.)
+
+   xt, packed once per activation matrix (GEMMA2__PACK_XT_F32 or GEMMA2__PACK_XT_BF16), in
+   blocks of 32 tokens, each block a [rows][32] matrix (gemma2__xt_off):
+     f32:  xt[t / 32][k][t % 32] = x[t][k]                                   (rows = K)
+     bf16: xt[t / 32][j][t % 32] = bf16(x[t][2j]) | bf16(x[t][2j+1]) << 16   (rows = ceil(K/2);
+           a zero high half if K is odd)
+   zero padded up to a multiple of 16 tokens. A tile reads its 32 tokens' activations for
+   successive columns from one contiguous run of memory (128 bytes per column): the plain
+   [K][T] transpose made it read 128 bytes every T * 4 bytes, a stride that maps the reads
+   onto a few L1 sets and defeats the prefetchers once T is large (measured with 512-token
+   calls, 2 threads: +7% on the 9216 x 2304 gate projection, +12-15% on the 2304 x 9216 down
+   projection; at the forward pass's 128-token chunks the difference is within noise).
+
+   Each output is the plain sequential sum over k, one FMA per column (f32; even column then
+   odd) or one vdpbf16ps per pair, in one accumulator lane: a token's result does not depend
+   on which other tokens share the call, as long as there are at least two (one token goes
+   through the matrix-vector kernel, which sums 16 interleaved partial sums: the results then
+   differ in the last bits, as any two summation orders do). */
+
+#define GEMMA2__MR 12
+
+/* Two bf16 weights as one 32-bit value (rows start at any element: an unaligned load). */
+GEMMA2__ALWAYS_INLINE int gemma2__ld_pair(const uint16_t *p) { int v; memcpy(&v, p, 4); return v; }
+
+/* Blocking. A tile reads a slice of xt for its 32 tokens at every step; over all K that is
+   more than L2 holds (K x 128 tokens x 4 bytes = 1.2 MB for K = 2304), so the loops around
+   the tiles cut the work into blocks: GEMMA2__XT_RB rows x GEMMA2__XT_KC column pairs x up to
+   128 tokens. A block's xt slice (KC pairs x 128 tokens, 128-256 KB) stays in L2 while the
+   block's 4 row tiles pass over it, and its weights (48 rows x 512 columns, 48 KB) are read
+   from DRAM once. Partial sums wait between column blocks in a small buffer on the stack,
+   laid out like the accumulators (rows x tokens); only when a row block is complete are they
+   written to y, transposed. */
+#define GEMMA2__XT_RB 48  /* rows per block: 4 tiles of 12 */
+#define GEMMA2__XT_KC 256 /* column pairs per block */
+#define GEMMA2__XT_TC 128 /* tokens per block */
+
+/* One tile: rows r..r+MR of the block (acc rows at buf + (r - rb) * TC), the first 16*NR
+   tokens of the 32-token block of xt at `xt`, column pairs [j0, j1) plus, if `tail`, the odd
+   last column. Continues from the partial sums in buf unless j0 == 0. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__xtile_512(const gemma2__matmul_args *a, const float *xt, float *buf, int r, int j0, int j1,
+                                                            int tail, const int MR, const int NR)
+{
+    const int K = a->w->cols;
+    const uint16_t *w = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 acc[GEMMA2__MR][2];
+    int i, v, j;
+    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
+        acc[i][v] = j0 ? _mm512_load_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v) : _mm512_setzero_ps();
+    for (j = j0; j < j1; j++) {
+        __m512 xe[2], xo[2];
+        _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) {
+            xe[v] = _mm512_loadu_ps(xt + (size_t)(2 * j) * 32 + 16 * v);
+            xo[v] = _mm512_loadu_ps(xt + (size_t)(2 * j + 1) * 32 + 16 * v);
+        }
+        _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) {
+            __m512i wv = _mm512_set1_epi32(gemma2__ld_pair(w + (size_t)i * K + 2 * j));
+            __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(wv, 16)), wo = _mm512_castsi512_ps(_mm512_and_si512(wv, hi));
+            _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) {
+                acc[i][v] = _mm512_fmadd_ps(xe[v], we, acc[i][v]);
+                acc[i][v] = _mm512_fmadd_ps(xo[v], wo, acc[i][v]);
+            }
+        }
+    }
+    if (tail) { /* the last column alone: its weight read as 16 bits, nothing past the row */
+        __m512 xe[2];
+        _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) xe[v] = _mm512_loadu_ps(xt + (size_t)(2 * j) * 32 + 16 * v);
+        _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) {
+            __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_set1_epi32((int)w[(size_t)i * K + 2 * j]), 16));
+            _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) acc[i][v] = _mm512_fmadd_ps(xe[v], we, acc[i][v]);
+        }
+    }
+    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
+        _mm512_store_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v, acc[i][v]);
+}
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__xtile_512dp(const gemma2__matmul_args *a, const uint32_t *xt, float *buf, int r, int j0,
+                                                                  int j1, int tail, const int MR, const int NR)
+{
+    const int K = a->w->cols;
+    const uint16_t *w = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
+    __m512 acc[GEMMA2__MR][2];
+    int i, v, j;
+    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
+        acc[i][v] = j0 ? _mm512_load_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v) : _mm512_setzero_ps();
+    for (j = j0; j < j1 + tail; j++) {
+        __m512i xv[2];
+        _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) xv[v] = _mm512_loadu_si512((const void *)(xt + (size_t)j * 32 + 16 * v));
+        _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) {
+            /* the odd last column: its weight read as 16 bits, nothing past the row */
+            __m512i wv = _mm512_set1_epi32(j < j1 ? gemma2__ld_pair(w + (size_t)i * K + 2 * j) : (int)w[(size_t)i * K + 2 * j]);
+            _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) acc[i][v] = _mm512_dpbf16_ps(acc[i][v], (__m512bh)xv[v], (__m512bh)wv);
+        }
+    }
+    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
+        _mm512_store_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v, acc[i][v]);
+}
+
+/* The same tile for F32 weights (checkpoints kept as stored): each row's two weights are
+   broadcast as floats, straight from memory into the FMAs; no widening. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__xtile_512f(const gemma2__matmul_args *a, const float *xt, float *buf, int r, int j0, int j1,
+                                                             int tail, const int MR, const int NR)
+{
+    const int K = a->w->cols;
+    const float *w = (const float *)a->w->data + (size_t)r * (size_t)K;
+    __m512 acc[GEMMA2__MR][2];
+    int i, v, j;
+    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
+        acc[i][v] = j0 ? _mm512_load_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v) : _mm512_setzero_ps();
+    for (j = j0; j < j1 + tail; j++) {
+        __m512 xe[2], xo[2];
+        const int odd = j < j1; /* the odd last column has no partner */
+        _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) {
+            xe[v] = _mm512_loadu_ps(xt + (size_t)(2 * j) * 32 + 16 * v);
+            if (odd) xo[v] = _mm512_loadu_ps(xt + (size_t)(2 * j + 1) * 32 + 16 * v);
+        }
+        _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) {
+            __m512 we = _mm512_set1_ps(w[(size_t)i * K + 2 * j]);
+            _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) acc[i][v] = _mm512_fmadd_ps(xe[v], we, acc[i][v]);
+            if (odd) {
+                __m512 wo = _mm512_set1_ps(w[(size_t)i * K + 2 * j + 1]);
+                _Pragma("GCC unroll 2") for (v = 0; v < NR; v++) acc[i][v] = _mm512_fmadd_ps(xo[v], wo, acc[i][v]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 16") for (i = 0; i < MR; i++) _Pragma("GCC unroll 2") for (v = 0; v < NR; v++)
+        _mm512_store_ps(buf + (size_t)i * GEMMA2__XT_TC + 16 * v, acc[i][v]);
+}
+
+/* Tiles of one block: rows [rb, re) in 12s, 4s and 1s, tokens [0, tc) in 32s then 16s. */
+#define GEMMA2__XT_TILES(TILE, MR_, XT_T)                                                                \
+    for (t = 0; t < tc; t += 32) {                                                                     \
+        const XT_T *xtb = (const XT_T *)a->xp + gemma2__xt_off(xrows, 0, t0 + t);                       \
+        if (tc - t > 16) TILE(a, xtb, buf + (size_t)(r - rb) * GEMMA2__XT_TC + t, r, j0, j1, tail, MR_, 2); \
+        else TILE(a, xtb, buf + (size_t)(r - rb) * GEMMA2__XT_TC + t, r, j0, j1, tail, MR_, 1);        \
+    }
+
+#define GEMMA2__XT_DRIVER(NAME, TARGET, TILE, XT_T)                                                       \
+    static TARGET void NAME(const gemma2__matmul_args *a, int r0, int r1)                                \
+    {                                                                                                    \
+        GEMMA2__ALIGN64 float buf[GEMMA2__XT_RB * GEMMA2__XT_TC];                                         \
+        const int K = a->w->cols, np = K / 2, odd = K & 1;                                               \
+        const int xrows = gemma2__pack_rows(a->xp_kind, a->T, K);                                        \
+        int t0, rb, r, j0, t, i;                                                                         \
+        for (t0 = 0; t0 < a->T; t0 += GEMMA2__XT_TC) {                                                   \
+            int tc = GEMMA2__MIN(GEMMA2__XT_TC, a->T - t0);                                              \
+            for (rb = r0; rb < r1; rb += GEMMA2__XT_RB) {                                                \
+                int re = GEMMA2__MIN(rb + GEMMA2__XT_RB, r1);                                            \
+                for (j0 = 0; j0 < np || (j0 == 0 && odd); j0 += GEMMA2__XT_KC) {                          \
+                    int j1 = GEMMA2__MIN(j0 + GEMMA2__XT_KC, np), tail = odd && j1 == np;                 \
+                    r = rb;                                                                              \
+                    for (; r + GEMMA2__MR <= re; r += GEMMA2__MR) GEMMA2__XT_TILES(TILE, GEMMA2__MR, XT_T) \
+                    for (; r + 4 <= re; r += 4) GEMMA2__XT_TILES(TILE, 4, XT_T)                          \
+                    for (; r < re; r++) GEMMA2__XT_TILES(TILE, 1, XT_T)                                  \
+                }                                                                                        \
+                for (t = 0; t < tc; t++) {                                                               \
+                    float *y = a->y + (size_t)(t0 + t) * (size_t)a->ldy;                                 \
+                    for (i = rb; i < re; i++) y[i] = buf[(size_t)(i - rb) * GEMMA2__XT_TC + t];           \
+                }                                                                                        \
+            }                                                                                            \
+        }                                                                                                \
+    }
+GEMMA2__XT_DRIVER(gemma2__matmul_512_xt, GEMMA2__T_AVX512, gemma2__xtile_512, float)
+GEMMA2__XT_DRIVER(gemma2__matmul_512_xtdp, GEMMA2__T_AVX512BF16, gemma2__xtile_512dp, uint32_t)
+GEMMA2__XT_DRIVER(gemma2__matmul_512_xtf, GEMMA2__T_AVX512, gemma2__xtile_512f, float)
+
+/* ---- prefill with F32 weights and no xt: row-dot register tiles ----
+   F32 matrices called without transposed activations take 4 rows x 6 tokens per tile: 24
+   accumulators, each holding 16 partial sums of one (row, token) output, reduced once at the
+   end. A 16-row block of weights stays in L2 while the tokens pass 6 at a time. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__tile_512(const gemma2__matmul_args *a, int r, int t, const int RR, const int TT)
+{
+    const int K = a->w->cols;
+    const float *w0 = (const float *)a->w->data + (size_t)r * (size_t)K;
+    const float *x0 = a->x + (size_t)t * (size_t)K;
+    __m512 acc[4][6];
+    int i, j, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < RR; i++) GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16) {
+        __m512 xv[6];
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = _mm512_loadu_ps(x0 + (size_t)j * K + k);
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            __m512 wv = _mm512_loadu_ps(w0 + (size_t)i * K + k);
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+        }
+    }
+    if (k < K) {
+        __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+        __m512 xv[6];
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = _mm512_maskz_loadu_ps(m, x0 + (size_t)j * K + k);
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            __m512 wv = _mm512_maskz_loadu_ps(m, w0 + (size_t)i * K + k);
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+        }
+    }
+    GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (i = 0; i < RR; i++)
+        a->y[(size_t)(t + j) * a->ldy + r + i] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+#define GEMMA2__TILE_F(a, r, t, RR, TT, dummy) gemma2__tile_512(a, r, t, RR, TT)
+
+static GEMMA2__T_AVX512 void gemma2__matmul_512_f32w(const gemma2__matmul_args *a, int r0, int r1)
+{
+    int rb, t;
+    for (rb = r0; rb < r1; rb += 16) {
+        int re = GEMMA2__MIN(rb + 16, r1);
+        for (t = 0; t + 6 <= a->T; t += 6) GEMMA2__ROWS_TILED(GEMMA2__TILE_F, rb, re, t, 6, 0);
+        switch (a->T - t) {
+        case 5: GEMMA2__ROWS_TILED(GEMMA2__TILE_F, rb, re, t, 5, 0); break;
+        case 4: GEMMA2__ROWS_TILED(GEMMA2__TILE_F, rb, re, t, 4, 0); break;
+        case 3: GEMMA2__ROWS_TILED(GEMMA2__TILE_F, rb, re, t, 3, 0); break;
+        case 2: GEMMA2__ROWS_TILED(GEMMA2__TILE_F, rb, re, t, 2, 0); break;
+        case 1: GEMMA2__ROWS_TILED(GEMMA2__TILE_F, rb, re, t, 1, 0); break;
+        default: break;
+        }
+    }
+}
+
+/* Per weight format: one token: matrix-vector. More: the transposed-activation tiles when
+   they come packed (float32 xt, also for F32 weights), otherwise row-dot tiles (F32 weights)
+   or token by token (BF16). */
+static GEMMA2__T_AVX512 void gemma2__matmul_avx512_f32(const gemma2__matmul_args *a, int r0, int r1)
+{
+    if (a->T == 1) gemma2__matvecs_512f(a, r0, r1);
+    else if (a->xp_kind == GEMMA2__PACK_XT_F32) gemma2__matmul_512_xtf(a, r0, r1);
+    else gemma2__matmul_512_f32w(a, r0, r1);
+}
+
+static GEMMA2__T_AVX512 void gemma2__matmul_avx512_bf16(const gemma2__matmul_args *a, int r0, int r1)
+{
+    if (a->T > 1 && a->xp_kind == GEMMA2__PACK_XT_F32) gemma2__matmul_512_xt(a, r0, r1);
+    else gemma2__matvecs_512bh(a, r0, r1);
+}
+
+/* The same, plus vdpbf16ps on bf16 activations (rows or a bf16 xt) or on the exact
+   three-part split of x (X3: float32 decode). */
+static GEMMA2__T_AVX512BF16 void gemma2__matmul_avx512bf16_bf16(const gemma2__matmul_args *a, int r0, int r1)
+{
+    if (a->T > 1 && a->xp_kind == GEMMA2__PACK_XT_BF16) gemma2__matmul_512_xtdp(a, r0, r1);
+    else if (a->xp_kind == GEMMA2__PACK_BF16) gemma2__matvecs_512dp(a, r0, r1);
+    else if (a->T == 1 && a->xp_kind == GEMMA2__PACK_X3) gemma2__matvecs_512x3(a, r0, r1);
+    else gemma2__matmul_avx512_bf16(a, r0, r1);
+}
+
+/* Layouts. Several tokens: transposed, for the register tiles (bf16 pairs when bf16
+   arithmetic was asked for and the weights are bf16, else floats, F32 weights included).
+   One token: bf16 rows for bf16 arithmetic; in float32 the three-part split where it is
+   faster than FMAs on widened weights (x3_min_cols: see there). */
+static int gemma2__pack_kind_avx512(const gemma2__kernels *k, int format, int T, int K, int compute_bf16)
+{
+    int bf = compute_bf16 && k->id == GEMMA2_KERNELS_AVX512_BF16 && format == GEMMA2__WF_BF16;
+    if (format != GEMMA2__WF_F32 && format != GEMMA2__WF_BF16) return GEMMA2__PACK_NONE;
+    if (T > 1) return bf ? GEMMA2__PACK_XT_BF16 : GEMMA2__PACK_XT_F32;
+    if (bf) return GEMMA2__PACK_BF16;
+    if (k->id == GEMMA2_KERNELS_AVX512_BF16 && format == GEMMA2__WF_BF16 && K > k->x3_min_cols) return GEMMA2__PACK_X3;
+    return GEMMA2__PACK_NONE;
+}
+
+static GEMMA2__T_AVX512 float gemma2__dot_avx512(const float *a, const float *b, int n)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+static GEMMA2__T_AVX512 void gemma2__axpy_avx512(float *y, float a, const float *x, int n)
+{
+    __m512 av = _mm512_set1_ps(a);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+static GEMMA2__T_AVX512 void gemma2__rmsnorm_avx512(float *out, const float *x, const float *w1, int n, float eps)
+{
+    float scale = 1.0f / sqrtf(gemma2__dot_avx512(x, x, n) / (float)n + eps);
+    __m512 sv = _mm512_set1_ps(scale);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), sv), _mm512_loadu_ps(w1 + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), sv), _mm512_maskz_loadu_ps(m, w1 + i)));
+    }
+}
+
+/* exp(x) for 16 lanes: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 polynomial (rel. error
+   ~2e-7), 2^n put straight into the exponent field. Inputs are clamped to [-87, 87], where
+   the result is a normal float; callers only need the saturated ends to be huge or tiny. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__exp_512(__m512 x)
+{
+    __m512 n, r, p;
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(87.0f));
+    n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    p = _mm512_set1_ps(1.3981999507e-3f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23)));
+}
+
+/* gelu_tanh(u) = u (1 + tanh(z)) / 2 = u / (1 + exp(-2z)), z = sqrt(2/pi) (u + 0.044715 u^3):
+   one exp and one division, no tanh. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__gelu_512(__m512 u)
+{
+    __m512 u3 = _mm512_mul_ps(_mm512_mul_ps(u, u), u);
+    __m512 z2 = _mm512_mul_ps(_mm512_fmadd_ps(u3, _mm512_set1_ps(0.044715f), u), _mm512_set1_ps(-1.5957691216057308f));
+    return _mm512_div_ps(u, _mm512_add_ps(_mm512_set1_ps(1.0f), gemma2__exp_512(z2)));
+}
+
+static GEMMA2__T_AVX512 void gemma2__gelu_mul_avx512(float *g, const float *u, int n)
+{
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(g + i, _mm512_mul_ps(gemma2__gelu_512(_mm512_loadu_ps(g + i)), _mm512_loadu_ps(u + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(gemma2__gelu_512(_mm512_maskz_loadu_ps(m, g + i)), _mm512_maskz_loadu_ps(m, u + i)));
+    }
+}
+
+/* cap tanh(x / cap) with tanh(v) = sign(v) (1 - e) / (1 + e), e = exp(-2|v|): no cancellation
+   for large |v| and no overflow. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__softcap_512(__m512 x, __m512 cap, __m512 inv2)
+{
+    __m512 sign = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u)));
+    __m512 ax = _mm512_abs_ps(x);
+    __m512 e = gemma2__exp_512(_mm512_mul_ps(ax, inv2));
+    __m512 t = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(_mm512_mul_ps(t, cap)), _mm512_castps_si512(sign)));
+}
+
+static GEMMA2__T_AVX512 void gemma2__softcap_avx512(float *x, int n, float cap)
+{
+    __m512 c = _mm512_set1_ps(cap), inv2 = _mm512_set1_ps(-2.0f / cap);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, gemma2__softcap_512(_mm512_loadu_ps(x + i), c, inv2));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(x + i, m, gemma2__softcap_512(_mm512_maskz_loadu_ps(m, x + i), c, inv2));
+    }
+}
+
+/* Round to nearest even in integer arithmetic (bit-exact with the scalar; vcvtneps2bf16 would
+   flush subnormals), NaNs kept quiet. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m256i gemma2__to_bf16_512(__m512 f)
+{
+    __m512i u = _mm512_castps_si512(f);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(r);
+}
+
+static GEMMA2__T_AVX512 void gemma2__from_bf16_avx512(float *dst, const uint16_t *src, int n)
+{
+    int i = 0;
+    for (; i < n; i += 16) {
+        __mmask16 m = gemma2__mask16(n - i);
+        __m256i h = _mm256_maskz_loadu_epi16(m, src + i);
+        _mm512_mask_storeu_ps(dst + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    }
+}
+
+static GEMMA2__T_AVX512 void gemma2__to_bf16_avx512(uint16_t *dst, const float *src, int n)
+{
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm256_storeu_si256((__m256i *)(dst + i), gemma2__to_bf16_512(_mm512_loadu_ps(src + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm256_mask_storeu_epi16(dst + i, m, gemma2__to_bf16_512(_mm512_maskz_loadu_ps(m, src + i)));
+    }
+}
+
+/* to_bf16x3: 16 columns at a time, each part rounded with gemma2__to_bf16_512 (bit-exact with
+   the scalar reference) and subtracted in float32. */
+static GEMMA2__T_AVX512 void gemma2__to_bf16x3_avx512(uint16_t *dst, const float *x, int n)
+{
+    int i, b;
+    for (i = 0; i < n || (i & 31); i += 16) { /* whole 32-column blocks: the padding gets zeros */
+        __mmask16 m = gemma2__mask16(n - i);
+        uint16_t *blk = dst + (size_t)(i / 32) * 96 + (i & 16);
+        __m512 r = _mm512_maskz_loadu_ps(m, x + i);
+        for (b = 0; b < 3; b++) {
+            __m256i h = gemma2__to_bf16_512(r);
+            _mm256_storeu_si256((__m256i *)(blk + 32 * b), h);
+            r = _mm512_sub_ps(r, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+        }
+    }
+}
+
+/* Transposes 16 x 16 32-bit elements in registers: r[i] holds row i, on return r[j] holds
+   column j. Unpack 32-bit, unpack 64-bit, then two 128-bit lane shuffles: the textbook
+   4-stage network, 64 shuffles for 256 elements. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__transpose16_512(__m512i r[16])
+{
+    __m512i t[16], u[16];
+    int i, c;
+    GEMMA2__UNROLL for (i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    /* u[4g + c], 128-bit lane L: rows 4g..4g+3 of column 4L + c */
+    GEMMA2__UNROLL for (i = 0; i < 4; i++) {
+        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    GEMMA2__UNROLL for (c = 0; c < 4; c++) {
+        __m512i a = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), b = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
+        __m512i a2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88), b2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
+        r[c] = _mm512_shuffle_i32x4(a, a2, 0x88);
+        r[8 + c] = _mm512_shuffle_i32x4(a, a2, 0xdd);
+        r[4 + c] = _mm512_shuffle_i32x4(b, b2, 0x88);
+        r[12 + c] = _mm512_shuffle_i32x4(b, b2, 0xdd);
+    }
+}
+
+/* The transposed layouts for the prefill tiles: rows [j0, j1) of xt (columns of x for
+   GEMMA2__PACK_XT_F32, column pairs for GEMMA2__PACK_XT_BF16), 16 tokens x 16 rows at a time
+   through the register transpose;
+   the ragged edges (and the zero padding up to a multiple of 16 tokens) element by element. */
+static GEMMA2__T_AVX512 void gemma2__prep_xt_avx512(void *xt, const float *x, int T, int K, int kind, int j0, int j1)
+{
+    const int Tp = (T + 15) & ~15, rows = gemma2__pack_rows(kind, T, K);
+    const int bf = kind == GEMMA2__PACK_XT_BF16, per = bf ? 32 : 16; /* x columns per 16 xt rows */
+    uint32_t *o = (uint32_t *)xt;
+    int t, j, i;
+    for (t = 0; t < Tp; t += 16)
+        for (j = j0; j < j1; j += 16) {
+            if (t + 16 <= T && j + 16 <= j1 && (j + 16) * (per / 16) <= K) {
+                __m512i v[16];
+                GEMMA2__UNROLL for (i = 0; i < 16; i++) {
+                    const float *xr = x + (size_t)(t + i) * (size_t)K + (size_t)j * (size_t)(per / 16);
+                    if (bf) v[i] = _mm512_inserti64x4(_mm512_castsi256_si512(gemma2__to_bf16_512(_mm512_loadu_ps(xr))),
+                                                      gemma2__to_bf16_512(_mm512_loadu_ps(xr + 16)), 1);
+                    else v[i] = _mm512_castps_si512(_mm512_loadu_ps(xr));
+                }
+                gemma2__transpose16_512(v);
+                GEMMA2__UNROLL for (i = 0; i < 16; i++) _mm512_storeu_si512((void *)(o + gemma2__xt_off(rows, j + i, t)), v[i]);
+            } else {
+                int jj, tt, je = GEMMA2__MIN(j + 16, j1);
+                for (jj = j; jj < je; jj++)
+                    for (tt = t; tt < t + 16; tt++) {
+                        uint32_t val = 0;
+                        if (tt < T) {
+                            const float *xr = x + (size_t)tt * (size_t)K;
+                            if (!bf) memcpy(&val, xr + jj, 4);
+                            else val = (uint32_t)gemma2__f32_to_bf16(xr[2 * jj]) | (2 * jj + 1 < K ? (uint32_t)gemma2__f32_to_bf16(xr[2 * jj + 1]) << 16 : 0u);
+                        }
+                        o[gemma2__xt_off(rows, jj, tt)] = val;
+                    }
+            }
+        }
+}
+
+/* ---- attention ----
+   Scores: 8 keys x 2 query heads (16 keys x 1; 4 keys x 4 queries when a block of tokens
+   comes together) at a time in 16 accumulators, over head_dim in steps of 16 (masked tail):
+   each key row is loaded once for all those queries (grouped-query attention) and several
+   rows stream at once; the 16 horizontal sums are done together by a shuffle tree. Values:
+   the output rows live in registers (2 queries x 128 dims = 16 accumulators, or 4 x 64)
+   while all n value rows stream past once, each weighted by its broadcast probability: no
+   load/store of the output per key.
+   The same kernels read a bf16 cache (GEMMA2_KV_BF16; BF = 1): each row segment is widened in
+   registers as it is loaded, so only the bf16 bytes come from memory. */
+
+/* 16 elements (masked) of a cached row at element offset off: float32, or bf16 widened. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__ldrow_512(const void *p, size_t off, __mmask16 m, const int BF)
+{
+    if (BF) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + off)), 16));
+    return _mm512_maskz_loadu_ps(m, (const float *)p + off);
+}
+#define GEMMA2__PFROW(p, off, BF) _mm_prefetch((const char *)(p) + (off) * ((BF) ? 2 : 4), _MM_HINT_T0)
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc_512(float *s, int lds, const float *q, int hd, const void *K, int a, const int NA,
+                                                             const int NG, float scale, const int BF)
+{
+    __m512 acc[2][4];
+    int g, i, d;
+    GEMMA2__UNROLL for (g = 0; g < NG; g++) GEMMA2__UNROLL for (i = 0; i < NA; i++) acc[g][i] = _mm512_setzero_ps();
+    for (d = 0; d < hd; d += 16) {
+        __mmask16 m = gemma2__mask16(hd - d);
+        __m512 qv[2];
+        GEMMA2__UNROLL for (g = 0; g < NG; g++) qv[g] = _mm512_maskz_loadu_ps(m, q + (size_t)g * hd + d);
+        GEMMA2__UNROLL for (i = 0; i < NA; i++) {
+            __m512 kv = gemma2__ldrow_512(K, (size_t)(a + i) * hd + d, m, BF);
+            GEMMA2__UNROLL for (g = 0; g < NG; g++) acc[g][i] = _mm512_fmadd_ps(qv[g], kv, acc[g][i]);
+        }
+    }
+    GEMMA2__UNROLL for (g = 0; g < NG; g++) GEMMA2__UNROLL for (i = 0; i < NA; i++)
+        s[(size_t)g * lds + a + i] = _mm512_reduce_add_ps(acc[g][i]) * scale;
+}
+
+/* The 16 horizontal sums of 16 accumulators at once: lane i of the result is the sum of all
+   lanes of a[i]. Four rounds of shuffle-and-add (15 adds in all) instead of 16 separate
+   reductions of ~8 dependent operations each. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__hsum16_512(const __m512 a[16])
+{
+    __m512 t[8], u[4], v0, v1;
+    int i;
+    GEMMA2__UNROLL for (i = 0; i < 8; i++) /* per 128-bit block: [a0+a2, b0+b2, a1+a3, b1+b3] of a = a[2i], b = a[2i+1] */
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    GEMMA2__UNROLL for (i = 0; i < 4; i++) /* per block: the block sums of a[4i .. 4i+3] */
+        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]))),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[2 * i]), _mm512_castps_pd(t[2 * i + 1]))));
+    v0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xdd));
+    v1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x88), _mm512_shuffle_f32x4(v0, v1, 0xdd));
+}
+
+/* Decoding at long contexts streams the whole cache once per token, 1 KB per key row, and a
+   single stream does not keep enough cache misses in flight: the rows GEMMA2__ATT_PF keys
+   ahead (values: twice that) are prefetched, one prefetch per line read. Measured on one
+   core over 52 kv heads x 8192 positions (2.2 GB, scores + softmax + values): 14 -> 22 GB/s;
+   the distance hardly matters between 8 and 32 keys. */
+#define GEMMA2__ATT_PF 16
+
+/* 16 scores at once: keys a..a+16/NG of NG (1, 2 or 4) queries, accumulator g * (16/NG) + key.
+   More queries per key row means fewer row loads per FMA: 4 queries x 4 keys load 8 registers
+   per 16 FMAs, 2 x 8 load 10 (when a block of tokens is scored together, section 2.10, the
+   key rows come from L2 and their loads set the pace). */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc16_512(float *s, int lds, const float *q, int hd, const void *K, int a, const int NG,
+                                                               float scale, const int BF)
+{
+    const int NA = 16 / NG;
+    __m512 acc[16], r;
+    int g, i, d;
+    GEMMA2__UNROLL for (i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+    for (d = 0; d < hd; d += 16) {
+        __mmask16 m = gemma2__mask16(hd - d);
+        __m512 qv[4];
+        GEMMA2__UNROLL for (g = 0; g < NG; g++) qv[g] = _mm512_maskz_loadu_ps(m, q + (size_t)g * hd + d);
+        _Pragma("GCC unroll 16") for (i = 0; i < NA; i++) {
+            __m512 kv = gemma2__ldrow_512(K, (size_t)(a + i) * hd + d, m, BF);
+            GEMMA2__PFROW(K, (size_t)(a + i + GEMMA2__ATT_PF) * hd + d, BF);
+            GEMMA2__UNROLL for (g = 0; g < NG; g++) acc[g * NA + i] = _mm512_fmadd_ps(qv[g], kv, acc[g * NA + i]);
+        }
+    }
+    r = _mm512_mul_ps(gemma2__hsum16_512(acc), _mm512_set1_ps(scale));
+    if (NG == 1) _mm512_storeu_ps(s + a, r);
+    else if (NG == 2) {
+        _mm256_storeu_ps(s + a, _mm512_castps512_ps256(r));
+        _mm256_storeu_ps(s + lds + a, _mm512_extractf32x8_ps(r, 1));
+    } else {
+        _mm_storeu_ps(s + a, _mm512_castps512_ps128(r));
+        _mm_storeu_ps(s + lds + a, _mm512_extractf32x4_ps(r, 1));
+        _mm_storeu_ps(s + 2 * (size_t)lds + a, _mm512_extractf32x4_ps(r, 2));
+        _mm_storeu_ps(s + 3 * (size_t)lds + a, _mm512_extractf32x4_ps(r, 3));
+    }
+}
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_scores_512(float *s, int lds, const float *q, int group, int hd, const void *K, int n,
+                                                                 float scale, const int BF)
+{
+    int g = 0, a;
+    for (; g + 4 <= group; g += 4) {
+        for (a = 0; a + 4 <= n; a += 4) gemma2__att_sc16_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 4, scale, BF);
+        for (; a < n; a++) {
+            gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, 2, scale, BF);
+            gemma2__att_sc_512(s + (size_t)(g + 2) * lds, lds, q + (size_t)(g + 2) * hd, hd, K, a, 1, 2, scale, BF);
+        }
+    }
+    for (; g + 2 <= group; g += 2) {
+        for (a = 0; a + 8 <= n; a += 8) gemma2__att_sc16_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 2, scale, BF);
+        for (; a < n; a++) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, 2, scale, BF);
+    }
+    for (; g < group; g++) {
+        for (a = 0; a + 16 <= n; a += 16) gemma2__att_sc16_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, scale, BF);
+        for (; a < n; a++) gemma2__att_sc_512(s + (size_t)g * lds, lds, q + (size_t)g * hd, hd, K, a, 1, 1, scale, BF);
+    }
+}
+
+static GEMMA2__T_AVX512 void gemma2__att_scores_avx512(const gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd,
+                                                       const float *K, int n, float scale)
+{
+    (void)k;
+    gemma2__att_scores_512(s, lds, q, group, hd, K, n, scale, 0);
+}
+
+static GEMMA2__T_AVX512 void gemma2__att_scores_bf16_avx512(const gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd,
+                                                            const uint16_t *K, int n, float scale)
+{
+    (void)k;
+    gemma2__att_scores_512(s, lds, q, group, hd, K, n, scale, 1);
+}
+
+/* out[g][d .. d + 16 NV) += sum_a s[g][a] V[a][d ..], the last vector masked by ml; NG x NV <= 16
+   accumulators (2 x 8, or 4 x 4 when a block of tokens brings many queries: half the value-row
+   loads per FMA). */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_v_512(float *out, const float *s, int lds, int hd, const void *V, int n, int d,
+                                                            const int NV, const int NG, __mmask16 ml, const int BF)
+{
+    __m512 acc[4][8];
+    int g, v, a;
+    GEMMA2__UNROLL for (g = 0; g < NG; g++) GEMMA2__UNROLL for (v = 0; v < NV; v++)
+        acc[g][v] = _mm512_maskz_loadu_ps(v == NV - 1 ? ml : (__mmask16)0xffff, out + (size_t)g * hd + d + 16 * v);
+    for (a = 0; a < n; a++) {
+        __m512 sv[4];
+        GEMMA2__UNROLL for (g = 0; g < NG; g++) sv[g] = _mm512_set1_ps(s[(size_t)g * lds + a]);
+        GEMMA2__UNROLL for (v = 0; v < NV; v++) {
+            __m512 vv = gemma2__ldrow_512(V, (size_t)a * hd + d + 16 * v, v == NV - 1 ? ml : (__mmask16)0xffff, BF);
+            GEMMA2__PFROW(V, (size_t)(a + 2 * GEMMA2__ATT_PF) * hd + d + 16 * v, BF);
+            GEMMA2__UNROLL for (g = 0; g < NG; g++) acc[g][v] = _mm512_fmadd_ps(sv[g], vv, acc[g][v]);
+        }
+    }
+    GEMMA2__UNROLL for (g = 0; g < NG; g++) GEMMA2__UNROLL for (v = 0; v < NV; v++)
+        _mm512_mask_storeu_ps(out + (size_t)g * hd + d + 16 * v, v == NV - 1 ? ml : (__mmask16)0xffff, acc[g][v]);
+}
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_values_512(float *out, const float *s, int lds, int group, int hd, const void *V, int n,
+                                                                 const int BF)
+{
+    int g = 0, d;
+    for (; g + 4 <= group; g += 4) {
+        float *o = out + (size_t)g * hd;
+        const float *sg = s + (size_t)g * lds;
+        for (d = 0; d + 64 <= hd; d += 64) gemma2__att_v_512(o, sg, lds, hd, V, n, d, 4, 4, (__mmask16)0xffff, BF);
+        for (; d < hd; d += 16) gemma2__att_v_512(o, sg, lds, hd, V, n, d, 1, 4, gemma2__mask16(hd - d), BF);
+    }
+    for (; g < group; g += 2) {
+        float *o = out + (size_t)g * hd;
+        const float *sg = s + (size_t)g * lds;
+        for (d = 0; d + 128 <= hd; d += 128) {
+            if (group - g >= 2) gemma2__att_v_512(o, sg, lds, hd, V, n, d, 8, 2, (__mmask16)0xffff, BF);
+            else gemma2__att_v_512(o, sg, lds, hd, V, n, d, 8, 1, (__mmask16)0xffff, BF);
+        }
+        for (; d < hd; d += 16) {
+            __mmask16 m = gemma2__mask16(hd - d);
+            if (group - g >= 2) gemma2__att_v_512(o, sg, lds, hd, V, n, d, 1, 2, m, BF);
+            else gemma2__att_v_512(o, sg, lds, hd, V, n, d, 1, 1, m, BF);
+        }
+    }
+}
+
+static GEMMA2__T_AVX512 void gemma2__att_values_avx512(const gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd,
+                                                       const float *V, int n)
+{
+    (void)k;
+    gemma2__att_values_512(out, s, lds, group, hd, V, n, 0);
+}
+
+static GEMMA2__T_AVX512 void gemma2__att_values_bf16_avx512(const gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd,
+                                                            const uint16_t *V, int n)
+{
+    (void)k;
+    gemma2__att_values_512(out, s, lds, group, hd, V, n, 1);
+}
+
+static GEMMA2__T_AVX512 void gemma2__softmax_avx512(float *x, int n)
+{
+    __m512 mv = _mm512_set1_ps(-INFINITY), sv = _mm512_setzero_ps(), inv;
+    float mx;
+    int i;
+    for (i = 0; i < n; i += 16) {
+        __mmask16 m = gemma2__mask16(n - i);
+        mv = _mm512_max_ps(mv, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, x + i));
+    }
+    mx = _mm512_reduce_max_ps(mv);
+    mv = _mm512_set1_ps(mx);
+    for (i = 0; i < n; i += 16) {
+        __mmask16 m = gemma2__mask16(n - i);
+        __m512 e = gemma2__exp_512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mv));
+        sv = _mm512_add_ps(sv, _mm512_maskz_mov_ps(m, e));
+        _mm512_mask_storeu_ps(x + i, m, e);
+    }
+    inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sv));
+    for (i = 0; i < n; i += 16) {
+        __mmask16 m = gemma2__mask16(n - i);
+        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
+    }
+}
+
+/* RoPE, 16 pairs at a time (the scalar reference's operations, so the same bits). */
+static GEMMA2__T_AVX512 void gemma2__rope_avx512(float *x, int n_heads, int hd, const float *cs)
+{
+    int h, i, half = hd / 2;
+    for (h = 0; h < n_heads; h++, x += hd)
+        for (i = 0; i < half; i += 16) {
+            __mmask16 m = gemma2__mask16(half - i);
+            __m512 a = _mm512_maskz_loadu_ps(m, x + i), b = _mm512_maskz_loadu_ps(m, x + half + i);
+            __m512 co = _mm512_maskz_loadu_ps(m, cs + i), si = _mm512_maskz_loadu_ps(m, cs + half + i);
+            _mm512_mask_storeu_ps(x + i, m, _mm512_sub_ps(_mm512_mul_ps(a, co), _mm512_mul_ps(b, si)));
+            _mm512_mask_storeu_ps(x + half + i, m, _mm512_add_ps(_mm512_mul_ps(b, co), _mm512_mul_ps(a, si)));
+        }
+}
+
+/* Every layout pack_kind_avx512 asks for. */
+static GEMMA2__T_AVX512 void gemma2__pack_avx512(void *xp, int kind, const float *x, int T, int K, int j0, int j1)
+{
+    int t;
+    if (kind == GEMMA2__PACK_XT_F32 || kind == GEMMA2__PACK_XT_BF16) gemma2__prep_xt_avx512(xp, x, T, K, kind, j0, j1);
+    else if (kind == GEMMA2__PACK_BF16) for (t = j0; t < j1; t++) gemma2__to_bf16_avx512((uint16_t *)xp + (size_t)t * K, x + (size_t)t * K, K);
+    else gemma2__pack_ref(xp, kind, x, T, K, j0, j1);
+}
+
+static GEMMA2__T_AVX512BF16 void gemma2__pack_avx512bf16(void *xp, int kind, const float *x, int T, int K, int j0, int j1)
+{
+    if (kind == GEMMA2__PACK_X3) gemma2__to_bf16x3_avx512((uint16_t *)xp, x, K);
+    else gemma2__pack_avx512(xp, kind, x, T, K, j0, j1);
+}
+
+static void gemma2__kernels_init_avx512(gemma2__kernels *k)
+{
+    gemma2__kernels_init_scalar(k);
+    k->name = "avx512";
+    k->id = GEMMA2_KERNELS_AVX512;
+    k->matmul[GEMMA2__WF_F32] = gemma2__matmul_avx512_f32;
+    k->matmul[GEMMA2__WF_BF16] = gemma2__matmul_avx512_bf16;
+    k->pack_kind = gemma2__pack_kind_avx512;
+    k->pack = gemma2__pack_avx512;
+    k->dot = gemma2__dot_avx512;
+    k->axpy = gemma2__axpy_avx512;
+    k->rmsnorm = gemma2__rmsnorm_avx512;
+    k->gelu_mul = gemma2__gelu_mul_avx512;
+    k->softcap = gemma2__softcap_avx512;
+    k->softmax = gemma2__softmax_avx512;
+    k->rope = gemma2__rope_avx512;
+    k->to_bf16 = gemma2__to_bf16_avx512;
+    k->from_bf16 = gemma2__from_bf16_avx512;
+    k->att_scores = gemma2__att_scores_avx512;
+    k->att_values = gemma2__att_values_avx512;
+    k->att_scores_bf16 = gemma2__att_scores_bf16_avx512;
+    k->att_values_bf16 = gemma2__att_values_bf16_avx512;
+    k->split_rows[1] = GEMMA2__XT_RB; /* whole prefill row blocks */
+    k->att_prefetch_rows = 2 * GEMMA2__ATT_PF;
+}
+
+/* Where the float32 decode goes through the three-part bf16 split (X3) instead of FMAs on
+   widened weights: both read the same bytes, and which one keeps more of them in flight
+   depends on the shape. Measured on Zen 5, 1 GB of matrices per pass, 1 and 2 threads: the
+   split is 7-10% faster on the 2304 x 9216 down projection of 2B and 0-7% faster on 9B's
+   3584-column matrices; FMAs are 5-8% faster on 2B's 2304-column ones (q/k/v, gate/up, the
+   output projection). In 2B's model, sessions alternating: 8.59 tokens/s with this rule,
+   8.25 with the split everywhere, 8.31 with FMAs everywhere (2 threads). */
+static void gemma2__kernels_init_avx512bf16(gemma2__kernels *k)
+{
+    gemma2__kernels_init_avx512(k);
+    k->name = "avx512-bf16";
+    k->id = GEMMA2_KERNELS_AVX512_BF16;
+    k->matmul[GEMMA2__WF_BF16] = gemma2__matmul_avx512bf16_bf16;
+    k->pack = gemma2__pack_avx512bf16;
+    k->x3_min_cols = 3072;
+}
+
+/* ======================= AVX2 + FMA =======================
+   Row-dot design with 8 lanes and 16 registers: decode walks 8 rows at once; the prefill
+   tile is 4 rows x 3 tokens (12 accumulators + 3 activation vectors + 1 weight vector),
+   each accumulator holding 8 partial sums of one output, reduced at the end. The last K % 8 columns go
+   through small zero-padded copies (AVX2 has no 16-bit masked loads). */
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 __m256 gemma2__w8_256(const void *row, int bf16, int k)
+{
+    if (bf16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + k))), 16));
+    return _mm256_loadu_ps((const float *)row + k);
+}
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 float gemma2__hsum_256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__tile_256(const gemma2__matmul_args *a, int r, int t, const int RR,
+                                                         const int TT, const int bf16)
+{
+    const int K = a->w->cols;
+    const size_t esz = bf16 ? 2 : 4;
+    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
+    const float *x0 = a->x + (size_t)t * (size_t)K;
+    __m256 acc[4][3];
+    int i, j, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < RR; i++) GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm256_setzero_ps();
+    for (; k + 8 <= K; k += 8) {
+        __m256 xv[3];
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = _mm256_loadu_ps(x0 + (size_t)j * K + k);
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            __m256 wv = gemma2__w8_256(w0 + (size_t)i * K * esz, bf16, k);
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
+        }
+    }
+    if (k < K) {
+        float xt[3][8], wt[8];
+        int n = K - k, e;
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) for (e = 0; e < 8; e++) xt[j][e] = e < n ? x0[(size_t)j * K + k + e] : 0.0f;
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            __m256 wv;
+            for (e = 0; e < 8; e++) wt[e] = e < n ? gemma2__w_at(a->w, (size_t)(r + i) * K + k + e) : 0.0f;
+            wv = _mm256_loadu_ps(wt);
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xt[j]), acc[i][j]);
+        }
+    }
+    GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (i = 0; i < RR; i++)
+        a->y[(size_t)(t + j) * a->ldy + r + i] = gemma2__hsum_256(acc[i][j]);
+}
+
+/* Decode: 8 rows at once (8 sequential streams in flight, see gemma2__matvec_512), with the
+   tile's arithmetic per row, zero-padded tail included. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__matvec_256(const gemma2__matmul_args *a, int r, const int R, const int bf16)
+{
+    const int K = a->w->cols;
+    const size_t esz = bf16 ? 2 : 4;
+    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
+    __m256 acc[8];
+    int i, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm256_setzero_ps();
+    for (; k + 8 <= K; k += 8) {
+        __m256 xv = _mm256_loadu_ps(a->x + k);
+        GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = _mm256_fmadd_ps(gemma2__w8_256(w0 + (size_t)i * K * esz, bf16, k), xv, acc[i]);
+    }
+    if (k < K) {
+        float xt[8], wt[8];
+        int n = K - k, e;
+        for (e = 0; e < 8; e++) xt[e] = e < n ? a->x[k + e] : 0.0f;
+        GEMMA2__UNROLL for (i = 0; i < R; i++) {
+            for (e = 0; e < 8; e++) wt[e] = e < n ? gemma2__w_at(a->w, (size_t)(r + i) * K + k + e) : 0.0f;
+            acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(wt), _mm256_loadu_ps(xt), acc[i]);
+        }
+    }
+    GEMMA2__UNROLL for (i = 0; i < R; i++) a->y[r + i] = gemma2__hsum_256(acc[i]);
+}
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__matmul_256_impl(const gemma2__matmul_args *a, int r0, int r1, const int bf16)
+{
+    int rb, t;
+    if (a->T == 1) {
+        int r = r0;
+        for (; r + 8 <= r1; r += 8) gemma2__matvec_256(a, r, 8, bf16);
+        for (; r < r1; r++) gemma2__matvec_256(a, r, 1, bf16);
+        return;
+    }
+    for (rb = r0; rb < r1; rb += 16) {
+        int re = GEMMA2__MIN(rb + 16, r1);
+        for (t = 0; t + 3 <= a->T; t += 3) GEMMA2__ROWS_TILED(gemma2__tile_256, rb, re, t, 3, bf16);
+        if (a->T - t == 2) GEMMA2__ROWS_TILED(gemma2__tile_256, rb, re, t, 2, bf16);
+        else if (a->T - t == 1) GEMMA2__ROWS_TILED(gemma2__tile_256, rb, re, t, 1, bf16);
+    }
+}
+
+static GEMMA2__T_AVX2 void gemma2__matmul_256_bf16w(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_256_impl(a, r0, r1, 1); }
+static GEMMA2__T_AVX2 void gemma2__matmul_256_f32w(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_256_impl(a, r0, r1, 0); }
+
+
+static GEMMA2__T_AVX2 float gemma2__dot_avx2(const float *a, const float *b, int n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    float s;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s = gemma2__hsum_256(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static GEMMA2__T_AVX2 void gemma2__axpy_avx2(float *y, float a, const float *x, int n)
+{
+    __m256 av = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+static GEMMA2__T_AVX2 void gemma2__rmsnorm_avx2(float *out, const float *x, const float *w1, int n, float eps)
+{
+    float scale = 1.0f / sqrtf(gemma2__dot_avx2(x, x, n) / (float)n + eps);
+    __m256 sv = _mm256_set1_ps(scale);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), sv), _mm256_loadu_ps(w1 + i)));
+    for (; i < n; i++) out[i] = x[i] * scale * w1[i];
+}
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 __m256 gemma2__exp_256(__m256 x)
+{
+    __m256 n, r, p;
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(87.0f));
+    n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    p = _mm256_set1_ps(1.3981999507e-3f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)));
+}
+
+static GEMMA2__T_AVX2 void gemma2__gelu_mul_avx2(float *g, const float *u, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(g + i);
+        __m256 v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+        __m256 z2 = _mm256_mul_ps(_mm256_fmadd_ps(v3, _mm256_set1_ps(0.044715f), v), _mm256_set1_ps(-1.5957691216057308f));
+        __m256 ge = _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), gemma2__exp_256(z2)));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(ge, _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) g[i] = gemma2__gelu_tanh(g[i]) * u[i];
+}
+
+static GEMMA2__T_AVX2 void gemma2__softcap_avx2(float *x, int n, float cap)
+{
+    __m256 c = _mm256_set1_ps(cap), inv2 = _mm256_set1_ps(-2.0f / cap), one = _mm256_set1_ps(1.0f);
+    __m256 signbit = _mm256_set1_ps(-0.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 e = gemma2__exp_256(_mm256_mul_ps(_mm256_andnot_ps(signbit, v), inv2));
+        __m256 t = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+        _mm256_storeu_ps(x + i, _mm256_or_ps(_mm256_mul_ps(t, c), _mm256_and_ps(v, signbit)));
+    }
+    for (; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
+}
+
+static GEMMA2__T_AVX2 void gemma2__from_bf16_avx2(float *dst, const uint16_t *src, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i))), 16)));
+    for (; i < n; i++) dst[i] = gemma2__bf16_to_f32(src[i]);
+}
+
+static GEMMA2__T_AVX2 void gemma2__to_bf16_avx2(uint16_t *dst, const float *src, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i u = _mm256_castps_si256(_mm256_loadu_ps(src + i));
+        __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+        __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+        __m256i qn = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+        r = _mm256_blendv_epi8(r, qn, nan);
+        r = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08); /* lanes 0 and 2 hold the 8 results */
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_castsi256_si128(r));
+    }
+    for (; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]);
+}
+
+/* Softmax: max, then exp and sum, then scale (8 lanes; the few left over in scalar code). */
+static GEMMA2__T_AVX2 void gemma2__softmax_avx2(float *x, int n)
+{
+    __m256 mv = _mm256_set1_ps(-INFINITY), sv = _mm256_setzero_ps(), b;
+    float mx, sum;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + i));
+    b = _mm256_max_ps(mv, _mm256_permute2f128_ps(mv, mv, 1));
+    b = _mm256_max_ps(b, _mm256_shuffle_ps(b, b, 0x4e));
+    b = _mm256_max_ps(b, _mm256_shuffle_ps(b, b, 0xb1));
+    mx = _mm256_cvtss_f32(b);
+    for (; i < n; i++) if (x[i] > mx) mx = x[i];
+    mv = _mm256_set1_ps(mx);
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 e = gemma2__exp_256(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+        sv = _mm256_add_ps(sv, e);
+        _mm256_storeu_ps(x + i, e);
+    }
+    sum = gemma2__hsum_256(sv);
+    for (; i < n; i++) { x[i] = expf(x[i] - mx); sum += x[i]; }
+    sv = _mm256_set1_ps(1.0f / sum);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), sv));
+    for (; i < n; i++) x[i] *= 1.0f / sum;
+}
+
+/* RoPE, 8 pairs at a time (the scalar reference's operations, so the same bits). */
+static GEMMA2__T_AVX2 void gemma2__rope_avx2(float *x, int n_heads, int hd, const float *cs)
+{
+    int h, i, half = hd / 2;
+    for (h = 0; h < n_heads; h++, x += hd) {
+        for (i = 0; i + 8 <= half; i += 8) {
+            __m256 a = _mm256_loadu_ps(x + i), b = _mm256_loadu_ps(x + half + i);
+            __m256 co = _mm256_loadu_ps(cs + i), si = _mm256_loadu_ps(cs + half + i);
+            _mm256_storeu_ps(x + i, _mm256_sub_ps(_mm256_mul_ps(a, co), _mm256_mul_ps(b, si)));
+            _mm256_storeu_ps(x + half + i, _mm256_add_ps(_mm256_mul_ps(b, co), _mm256_mul_ps(a, si)));
+        }
+        for (; i < half; i++) {
+            float a = x[i], b = x[i + half], co = cs[i], si = cs[half + i];
+            x[i] = a * co - b * si;
+            x[i + half] = b * co + a * si;
+        }
+    }
+}
+
+static void gemma2__kernels_init_avx2(gemma2__kernels *k)
+{
+    gemma2__kernels_init_scalar(k);
+    k->name = "avx2";
+    k->id = GEMMA2_KERNELS_AVX2;
+    k->matmul[GEMMA2__WF_F32] = gemma2__matmul_256_f32w;
+    k->matmul[GEMMA2__WF_BF16] = gemma2__matmul_256_bf16w;
+    k->dot = gemma2__dot_avx2;
+    k->axpy = gemma2__axpy_avx2;
+    k->rmsnorm = gemma2__rmsnorm_avx2;
+    k->gelu_mul = gemma2__gelu_mul_avx2;
+    k->softcap = gemma2__softcap_avx2;
+    k->softmax = gemma2__softmax_avx2;
+    k->rope = gemma2__rope_avx2;
+    k->to_bf16 = gemma2__to_bf16_avx2;
+    k->from_bf16 = gemma2__from_bf16_avx2;
+}
+
+#endif /* GEMMA2__X86 */
+
+/* ======================= ARM64 NEON =======================
+   Same design with 4 lanes and 32 registers: decode walks 8 rows at once; the prefill tile
+   is 4 rows x 4 tokens (16 accumulators + 4 activation vectors + 1 weight vector). bf16 is
+   widened by vshll_n_u16(.., 16), the exact "shift into the top half". exp (for GELU,
+   soft-capping and softmax) is the AVX-512 code's polynomial, 4 lanes wide. */
+#if !defined(GEMMA2_NO_SIMD) && defined(__aarch64__)
+#define GEMMA2__NEON 1
+#include <arm_neon.h>
+
+GEMMA2__ALWAYS_INLINE float32x4_t gemma2__w4_neon(const void *row, int bf16, int k)
+{
+    if (bf16) return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16((const uint16_t *)row + k), 16));
+    return vld1q_f32((const float *)row + k);
+}
+
+GEMMA2__ALWAYS_INLINE void gemma2__matvec_neon(const gemma2__matmul_args *a, int r, const int R, const int bf16)
+{
+    const int K = a->w->cols;
+    const size_t esz = bf16 ? 2 : 4;
+    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
+    float32x4_t acc[8];
+    int i, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = vdupq_n_f32(0.0f);
+    for (; k + 4 <= K; k += 4) {
+        float32x4_t xv = vld1q_f32(a->x + k);
+        GEMMA2__UNROLL for (i = 0; i < R; i++) acc[i] = vfmaq_f32(acc[i], gemma2__w4_neon(w0 + (size_t)i * K * esz, bf16, k), xv);
+    }
+    GEMMA2__UNROLL for (i = 0; i < R; i++) {
+        float sum = vaddvq_f32(acc[i]);
+        int e;
+        for (e = k; e < K; e++) sum += gemma2__w_at(a->w, (size_t)(r + i) * K + e) * a->x[e];
+        a->y[r + i] = sum;
+    }
+}
+
+GEMMA2__ALWAYS_INLINE void gemma2__tile_neon(const gemma2__matmul_args *a, int r, int t, const int RR, const int TT, const int bf16)
+{
+    const int K = a->w->cols;
+    const size_t esz = bf16 ? 2 : 4;
+    const char *w0 = (const char *)a->w->data + (size_t)r * (size_t)K * esz;
+    const float *x0 = a->x + (size_t)t * (size_t)K;
+    float32x4_t acc[4][4];
+    int i, j, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < RR; i++) GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vdupq_n_f32(0.0f);
+    for (; k + 4 <= K; k += 4) {
+        float32x4_t xv[4];
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = vld1q_f32(x0 + (size_t)j * K + k);
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            float32x4_t wv = gemma2__w4_neon(w0 + (size_t)i * K * esz, bf16, k);
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vfmaq_f32(acc[i][j], wv, xv[j]);
+        }
+    }
+    GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+        float sum = vaddvq_f32(acc[i][j]);
+        int e;
+        for (e = k; e < K; e++) sum += gemma2__w_at(a->w, (size_t)(r + i) * K + e) * x0[(size_t)j * K + e];
+        a->y[(size_t)(t + j) * a->ldy + r + i] = sum;
+    }
+}
+
+GEMMA2__ALWAYS_INLINE void gemma2__matmul_neon_impl(const gemma2__matmul_args *a, int r0, int r1, const int bf16)
+{
+    int rb, t, r;
+    if (a->T == 1) {
+        for (r = r0; r + 8 <= r1; r += 8) gemma2__matvec_neon(a, r, 8, bf16);
+        for (; r < r1; r++) gemma2__matvec_neon(a, r, 1, bf16);
+        return;
+    }
+    for (rb = r0; rb < r1; rb += 16) {
+        int re = GEMMA2__MIN(rb + 16, r1);
+        for (t = 0; t + 4 <= a->T; t += 4) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 4, bf16);
+        if (a->T - t == 3) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 3, bf16);
+        else if (a->T - t == 2) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 2, bf16);
+        else if (a->T - t == 1) GEMMA2__ROWS_TILED(gemma2__tile_neon, rb, re, t, 1, bf16);
+    }
+}
+
+static void gemma2__matmul_neon_f32(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_neon_impl(a, r0, r1, 0); }
+static void gemma2__matmul_neon_bf16(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_neon_impl(a, r0, r1, 1); }
+
+static float gemma2__dot_neon(const float *a, const float *b, int n)
+{
+    float32x4_t s0 = vdupq_n_f32(0.0f), s1 = vdupq_n_f32(0.0f);
+    float s;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
+        s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+    }
+    s = vaddvq_f32(vaddq_f32(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void gemma2__axpy_neon(float *y, float a, const float *x, int n)
+{
+    float32x4_t av = vdupq_n_f32(a);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_f32(vld1q_f32(y + i), av, vld1q_f32(x + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+static void gemma2__rmsnorm_neon(float *out, const float *x, const float *w1, int n, float eps)
+{
+    float scale = 1.0f / sqrtf(gemma2__dot_neon(x, x, n) / (float)n + eps);
+    float32x4_t sv = vdupq_n_f32(scale);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(out + i, vmulq_f32(vmulq_f32(vld1q_f32(x + i), sv), vld1q_f32(w1 + i)));
+    for (; i < n; i++) out[i] = x[i] * scale * w1[i];
+}
+
+static void gemma2__from_bf16_neon(float *dst, const uint16_t *src, int n)
+{
+    int i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(src + i), 16)));
+    for (; i < n; i++) dst[i] = gemma2__bf16_to_f32(src[i]);
+}
+
+static void gemma2__to_bf16_neon(uint16_t *dst, const float *src, int n)
+{
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        uint32x4_t u = vreinterpretq_u32_f32(vld1q_f32(src + i));
+        uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+        uint32x4_t r = vshrq_n_u32(vaddq_u32(u, vaddq_u32(lsb, vdupq_n_u32(0x7fff))), 16);
+        uint32x4_t nan = vcgtq_u32(vandq_u32(u, vdupq_n_u32(0x7fffffff)), vdupq_n_u32(0x7f800000));
+        r = vbslq_u32(nan, vorrq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(0x40)), r);
+        vst1_u16(dst + i, vmovn_u32(r));
+    }
+    for (; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]);
+}
+
+/* exp(x) for 4 lanes: the same reduction and polynomial as gemma2__exp_512. */
+GEMMA2__ALWAYS_INLINE float32x4_t gemma2__exp_neon(float32x4_t x)
+{
+    float32x4_t n, r, p;
+    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.0f)), vdupq_n_f32(87.0f));
+    n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)));
+    r = vfmsq_f32(x, n, vdupq_n_f32(0.693359375f));
+    r = vfmsq_f32(r, n, vdupq_n_f32(-2.12194440e-4f));
+    p = vdupq_n_f32(1.3981999507e-3f);
+    p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(4.1665795894e-2f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
+    p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, vmulq_f32(r, r));
+    return vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(p), vshlq_n_s32(vcvtnq_s32_f32(n), 23)));
+}
+
+/* GELU (tanh form) as u / (1 + exp(-2z)), as in gemma2__gelu_512. */
+static void gemma2__gelu_mul_neon(float *g, const float *u, int n)
+{
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t v = vld1q_f32(g + i);
+        float32x4_t v3 = vmulq_f32(vmulq_f32(v, v), v);
+        float32x4_t z2 = vmulq_f32(vfmaq_f32(v, v3, vdupq_n_f32(0.044715f)), vdupq_n_f32(-1.5957691216057308f));
+        float32x4_t ge = vdivq_f32(v, vaddq_f32(vdupq_n_f32(1.0f), gemma2__exp_neon(z2)));
+        vst1q_f32(g + i, vmulq_f32(ge, vld1q_f32(u + i)));
+    }
+    for (; i < n; i++) g[i] = gemma2__gelu_tanh(g[i]) * u[i];
+}
+
+/* cap tanh(x / cap) with tanh(v) = sign(v) (1 - e) / (1 + e), e = exp(-2|v|). */
+static void gemma2__softcap_neon(float *x, int n, float cap)
+{
+    const float32x4_t c = vdupq_n_f32(cap), inv2 = vdupq_n_f32(-2.0f / cap), one = vdupq_n_f32(1.0f);
+    const uint32x4_t signbit = vdupq_n_u32(0x80000000u);
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t v = vld1q_f32(x + i);
+        float32x4_t e = gemma2__exp_neon(vmulq_f32(vabsq_f32(v), inv2));
+        float32x4_t t = vdivq_f32(vsubq_f32(one, e), vaddq_f32(one, e));
+        uint32x4_t r = vorrq_u32(vreinterpretq_u32_f32(vmulq_f32(t, c)), vandq_u32(vreinterpretq_u32_f32(v), signbit));
+        vst1q_f32(x + i, vreinterpretq_f32_u32(r));
+    }
+    for (; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
+}
+
+static void gemma2__softmax_neon(float *x, int n)
+{
+    float32x4_t mv = vdupq_n_f32(-INFINITY), sv = vdupq_n_f32(0.0f);
+    float mx, sum;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) mv = vmaxq_f32(mv, vld1q_f32(x + i));
+    mx = vmaxvq_f32(mv);
+    for (; i < n; i++) if (x[i] > mx) mx = x[i];
+    mv = vdupq_n_f32(mx);
+    for (i = 0; i + 4 <= n; i += 4) {
+        float32x4_t e = gemma2__exp_neon(vsubq_f32(vld1q_f32(x + i), mv));
+        sv = vaddq_f32(sv, e);
+        vst1q_f32(x + i, e);
+    }
+    sum = vaddvq_f32(sv);
+    for (; i < n; i++) { x[i] = expf(x[i] - mx); sum += x[i]; }
+    sv = vdupq_n_f32(1.0f / sum);
+    for (i = 0; i + 4 <= n; i += 4) vst1q_f32(x + i, vmulq_f32(vld1q_f32(x + i), sv));
+    for (; i < n; i++) x[i] *= 1.0f / sum;
+}
+
+/* RoPE, 4 pairs at a time (the scalar reference's operations: vmulq/vsubq, never fused). */
+static void gemma2__rope_neon(float *x, int n_heads, int hd, const float *cs)
+{
+    int h, i, half = hd / 2;
+    for (h = 0; h < n_heads; h++, x += hd) {
+        for (i = 0; i + 4 <= half; i += 4) {
+            float32x4_t a = vld1q_f32(x + i), b = vld1q_f32(x + half + i);
+            float32x4_t co = vld1q_f32(cs + i), si = vld1q_f32(cs + half + i);
+            vst1q_f32(x + i, vsubq_f32(vmulq_f32(a, co), vmulq_f32(b, si)));
+            vst1q_f32(x + half + i, vaddq_f32(vmulq_f32(b, co), vmulq_f32(a, si)));
+        }
+        for (; i < half; i++) {
+            float a = x[i], b = x[i + half], co = cs[i], si = cs[half + i];
+            x[i] = a * co - b * si;
+            x[i + half] = b * co + a * si;
+        }
+    }
+}
+
+static void gemma2__kernels_init_neon(gemma2__kernels *k)
+{
+    gemma2__kernels_init_scalar(k);
+    k->name = "neon";
+    k->id = GEMMA2_KERNELS_NEON;
+    k->matmul[GEMMA2__WF_F32] = gemma2__matmul_neon_f32;
+    k->matmul[GEMMA2__WF_BF16] = gemma2__matmul_neon_bf16;
+    k->dot = gemma2__dot_neon;
+    k->axpy = gemma2__axpy_neon;
+    k->rmsnorm = gemma2__rmsnorm_neon;
+    k->gelu_mul = gemma2__gelu_mul_neon;
+    k->softcap = gemma2__softcap_neon;
+    k->softmax = gemma2__softmax_neon;
+    k->rope = gemma2__rope_neon;
+    k->to_bf16 = gemma2__to_bf16_neon;
+    k->from_bf16 = gemma2__from_bf16_neon;
+}
+
+/* ---- ARMv8.6 BF16 (FEAT_BF16): BFDOT for GEMMA2_COMPUTE_BF16 ----
+   BFDOT multiplies 4 pairs of bf16 numbers per instruction and adds each pair's two products
+   into one float lane: twice the multiply-adds of an FMA on widened weights, as vdpbf16ps
+   does on x86. Built where the compiler targets the feature (-march=armv8.6-a, Apple M2...) or,
+   with GCC on Linux, per function and used when the kernel reports HWCAP2_BF16 (Graviton 3,
+   Neoverse V1/N2; qemu's default CPU). Every output is one lane-wise sum over the columns in
+   the same order whatever the tile, so a token's results do not depend on the call's other
+   tokens. The columns past the last multiple of 8 go through one zero-padded block. */
+#if defined(__ARM_FEATURE_BF16_VECTOR_ARITHMETIC)
+#define GEMMA2__NEON_BF16 1
+#define GEMMA2__T_NEONBF16
+#elif defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10 && defined(__linux__)
+#define GEMMA2__NEON_BF16 2
+#define GEMMA2__T_NEONBF16 __attribute__((target("arch=armv8.2-a+bf16")))
+#include <sys/auxv.h>
+#endif
+
+#if defined(GEMMA2__NEON_BF16)
+static int gemma2__neon_has_bf16(void)
+{
+#if GEMMA2__NEON_BF16 == 1
+    return 1;
+#else
+    return (getauxval(AT_HWCAP2) & (1ul << 14)) != 0; /* HWCAP2_BF16 */
+#endif
+}
+
+/* RR rows x TT tokens of outputs (RR x TT <= 16 accumulators; 8 x 1 for decode). */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_NEONBF16 void gemma2__tile_neonbf(const gemma2__matmul_args *a, int r, int t, const int RR, const int TT)
+{
+    const int K = a->w->cols;
+    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
+    const uint16_t *x0 = (const uint16_t *)a->xp + (size_t)t * (size_t)K;
+    float32x4_t acc[8][4];
+    int i, j, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < RR; i++) GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vdupq_n_f32(0.0f);
+    for (; k + 8 <= K; k += 8) {
+        bfloat16x8_t xv[4];
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) xv[j] = vreinterpretq_bf16_u16(vld1q_u16(x0 + (size_t)j * K + k));
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            bfloat16x8_t wv = vreinterpretq_bf16_u16(vld1q_u16(w0 + (size_t)i * K + k));
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vbfdotq_f32(acc[i][j], wv, xv[j]);
+        }
+    }
+    if (k < K) {
+        uint16_t pad[8];
+        bfloat16x8_t xv[4];
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) {
+            memset(pad, 0, sizeof pad);
+            memcpy(pad, x0 + (size_t)j * K + k, (size_t)(K - k) * sizeof(uint16_t));
+            xv[j] = vreinterpretq_bf16_u16(vld1q_u16(pad));
+        }
+        GEMMA2__UNROLL for (i = 0; i < RR; i++) {
+            bfloat16x8_t wv;
+            memset(pad, 0, sizeof pad);
+            memcpy(pad, w0 + (size_t)i * K + k, (size_t)(K - k) * sizeof(uint16_t));
+            wv = vreinterpretq_bf16_u16(vld1q_u16(pad));
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[i][j] = vbfdotq_f32(acc[i][j], wv, xv[j]);
+        }
+    }
+    GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (i = 0; i < RR; i++)
+        a->y[(size_t)(t + j) * a->ldy + r + i] = vaddvq_f32(acc[i][j]);
+}
+
+#define GEMMA2__TILE_NBF(a, r, t, RR, TT, dummy) gemma2__tile_neonbf(a, r, t, RR, TT)
+
+/* BF16 weights with bf16 activations (PACK_BF16) through BFDOT; float32 as the NEON set. */
+static GEMMA2__T_NEONBF16 void gemma2__matmul_neonbf16_bf16(const gemma2__matmul_args *a, int r0, int r1)
+{
+    int rb, r, t;
+    if (a->xp_kind != GEMMA2__PACK_BF16) {
+        gemma2__matmul_neon_bf16(a, r0, r1);
+        return;
+    }
+    if (a->T == 1) {
+        for (r = r0; r + 8 <= r1; r += 8) gemma2__tile_neonbf(a, r, 0, 8, 1);
+        for (; r < r1; r++) gemma2__tile_neonbf(a, r, 0, 1, 1);
+        return;
+    }
+    for (rb = r0; rb < r1; rb += 16) {
+        int re = GEMMA2__MIN(rb + 16, r1);
+        for (t = 0; t + 4 <= a->T; t += 4) GEMMA2__ROWS_TILED(GEMMA2__TILE_NBF, rb, re, t, 4, 0);
+        if (a->T - t == 3) GEMMA2__ROWS_TILED(GEMMA2__TILE_NBF, rb, re, t, 3, 0);
+        else if (a->T - t == 2) GEMMA2__ROWS_TILED(GEMMA2__TILE_NBF, rb, re, t, 2, 0);
+        else if (a->T - t == 1) GEMMA2__ROWS_TILED(GEMMA2__TILE_NBF, rb, re, t, 1, 0);
+    }
+}
+
+static int gemma2__pack_kind_neonbf16(const gemma2__kernels *k, int format, int T, int K, int compute_bf16)
+{
+    (void)k; (void)T; (void)K;
+    return compute_bf16 && format == GEMMA2__WF_BF16 ? GEMMA2__PACK_BF16 : GEMMA2__PACK_NONE;
+}
+
+static void gemma2__pack_neonbf16(void *xp, int kind, const float *x, int T, int K, int j0, int j1)
+{
+    int t;
+    if (kind != GEMMA2__PACK_BF16) { gemma2__pack_ref(xp, kind, x, T, K, j0, j1); return; }
+    for (t = j0; t < j1; t++) gemma2__to_bf16_neon((uint16_t *)xp + (size_t)t * K, x + (size_t)t * K, K);
+}
+
+static void gemma2__kernels_init_neonbf16(gemma2__kernels *k)
+{
+    gemma2__kernels_init_neon(k);
+    k->name = "neon-bf16";
+    k->id = GEMMA2_KERNELS_NEON_BF16;
+    k->matmul[GEMMA2__WF_BF16] = gemma2__matmul_neonbf16_bf16;
+    k->pack_kind = gemma2__pack_kind_neonbf16;
+    k->pack = gemma2__pack_neonbf16;
+}
+#endif /* GEMMA2__NEON_BF16 */
+#endif /* NEON */
+
+/* ---- the list of kernel sets, best first ----
+   Selection walks it for the first set this CPU runs (or the one asked for); the tests and the
+   benchmark walk it too. A set this build does not have keeps its row with init NULL. */
+
+typedef struct gemma2__kernel_set {
+    int id;                          /* GEMMA2_KERNELS_* */
+    int (*available)(void);          /* nonzero if this CPU runs it */
+    void (*init)(gemma2__kernels *k);
+} gemma2__kernel_set;
+
+#if defined(GEMMA2__X86)
+static int gemma2__has_avx512bf16(void) { return (gemma2__x86_features() & GEMMA2__CPU_AVX512BF16) != 0; }
+static int gemma2__has_avx512(void) { return (gemma2__x86_features() & GEMMA2__CPU_AVX512) != 0; }
+static int gemma2__has_avx2(void) { return (gemma2__x86_features() & GEMMA2__CPU_AVX2) != 0; }
+#define GEMMA2__SET_X86(f, init) f, init
+#else
+#define GEMMA2__SET_X86(f, init) NULL, NULL
+#endif
+#if defined(GEMMA2__NEON_BF16)
+#define GEMMA2__SET_NEON_BF16(f, init) f, init
+#else
+#define GEMMA2__SET_NEON_BF16(f, init) NULL, NULL
+#endif
+#if defined(GEMMA2__NEON)
+static int gemma2__has_neon(void) { return 1; } /* ARM64 always has it */
+#define GEMMA2__SET_NEON(f, init) f, init
+#else
+#define GEMMA2__SET_NEON(f, init) NULL, NULL
+#endif
+static int gemma2__has_scalar(void) { return 1; }
+
+static const gemma2__kernel_set gemma2__kernel_sets[] = {
+    {GEMMA2_KERNELS_AVX512_BF16, GEMMA2__SET_X86(gemma2__has_avx512bf16, gemma2__kernels_init_avx512bf16)},
+    {GEMMA2_KERNELS_AVX512, GEMMA2__SET_X86(gemma2__has_avx512, gemma2__kernels_init_avx512)},
+    {GEMMA2_KERNELS_AVX2, GEMMA2__SET_X86(gemma2__has_avx2, gemma2__kernels_init_avx2)},
+    {GEMMA2_KERNELS_NEON_BF16, GEMMA2__SET_NEON_BF16(gemma2__neon_has_bf16, gemma2__kernels_init_neonbf16)},
+    {GEMMA2_KERNELS_NEON, GEMMA2__SET_NEON(gemma2__has_neon, gemma2__kernels_init_neon)},
+    {GEMMA2_KERNELS_SCALAR, gemma2__has_scalar, gemma2__kernels_init_scalar},
+};
+#define GEMMA2__N_KERNEL_SETS ((int)(sizeof gemma2__kernel_sets / sizeof gemma2__kernel_sets[0]))
+
+static int gemma2__kernels_select(int want, gemma2__kernels *k)
+{
+    int i;
+    for (i = 0; i < GEMMA2__N_KERNEL_SETS; i++) {
+        const gemma2__kernel_set *ks = &gemma2__kernel_sets[i];
+        if ((want == GEMMA2_KERNELS_AUTO || want == ks->id) && ks->init && ks->available()) {
+            ks->init(k);
+            return 0;
+        }
+    }
+    return GEMMA2_ERROR_UNSUPPORTED;
+}
 
 #endif /* GEMMA2_IMPLEMENTATION_DONE */
 #endif /* GEMMA2_IMPLEMENTATION */

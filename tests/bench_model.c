@@ -1,4 +1,4 @@
-/* Speed benchmark (issue 5): random-weight checkpoints of the real Gemma-2 2B (and optionally
+/* Speed benchmark: random-weight checkpoints of the real Gemma-2 2B (and optionally
    9B) shapes, measured against this machine's own memory bandwidth and FLOP/s.
 
      make bench-model                         2B, 1 and 2 threads, f32 and bf16 compute
@@ -339,101 +339,84 @@ static double bench_peak(gemma2__pool *p, int kind)
 
 /* ---------------------------------------------------------------- kernel-level */
 
+/* One product as the forward pass runs it: pack (inside the timing), then the rows over the
+   pool. Returns the best of 5 runs in seconds, and the layout the set chose in *kind. */
+static double bench_matmul(gemma2__pool *p, const gemma2__kernels *k, gemma2__matmul_args *a, void *buf, int compute_bf16, int *kind)
+{
+    double best = 1e30;
+    int r;
+    for (r = 0; r < 5; r++) {
+        double t0 = bench_now();
+        gemma2__pack(p, k, a, 1, buf, compute_bf16);
+        gemma2__matmul_n(p, k, a, 1);
+        if (bench_now() - t0 < best) best = bench_now() - t0;
+    }
+    *kind = a->xp_kind;
+    return best;
+}
+
 static void bench_kernels(int nt, double bw, double peak32, double peakbf)
 {
-    const gemma2__kernels *k = gemma2__kernels_select(GEMMA2_KERNELS_AUTO);
+    gemma2__kernels k;
     gemma2__pool *p = gemma2__pool_new(nt);
-    int V = 256000, H = 2304, I = 9216, T = 128, r, mode;
+    int V = 256000, H = 2304, I = 9216, T = 128, mode, kind;
     size_t i;
     uint64_t rng = 12345;
     uint16_t *w = (uint16_t *)malloc((size_t)V * H * 2);
     float *x = (float *)malloc((size_t)T * I * 4), *y = (float *)malloc((size_t)T * V * 4);
-    uint16_t *xb = (uint16_t *)malloc((size_t)T * I * 2);
-    void *xt;
+    void *buf = malloc(gemma2__pack_bytes_max(T, I));
     gemma2__mat m;
     gemma2__matmul_args a;
+    gemma2__kernels_select(GEMMA2_KERNELS_AUTO, &k);
     bench_fill(w, (size_t)V * H, &rng);
     for (i = 0; i < (size_t)T * I; i++) x[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f;
-    k->to_bf16(xb, x, T * I);
     /* decode: the 256000 x 2304 output projection, 1.18 GB, far beyond the caches */
-    m.data = w; m.dtype = GEMMA2__DT_BF16; m.rows = V; m.cols = H;
+    m.data = w; m.format = GEMMA2__WF_BF16; m.rows = V; m.cols = H;
     memset(&a, 0, sizeof a);
-    a.y = y; a.ldy = V; a.x = x; a.xb = NULL; a.T = 1; a.w = &m;
-    /* mode 0: f32 with FMAs; 2: f32 on the exact bf16 split (what the model's default decode uses
-       where to_bf16x3 exists); 1: bf16 dot products on bf16 activations (GEMMA2_COMPUTE_BF16) */
+    a.y = y; a.ldy = V; a.x = x; a.T = 1; a.w = &m;
+    /* mode 0: f32 with FMAs; 1: bf16 dot products on bf16 activations (GEMMA2_COMPUTE_BF16);
+       2: f32 on the exact bf16 split (what the model's default decode uses on wide matrices) */
     for (mode = 0; mode < 3; mode++) {
-        double best = 1e30;
-        uint16_t *x3 = NULL;
-        if ((mode == 1 && !k->wants_bf16_x) || (mode == 2 && !k->to_bf16x3)) continue;
-        a.xb = mode == 1 ? xb : NULL;
-        if (mode == 2) {
-            x3 = (uint16_t *)malloc(gemma2__x3_size(H) * sizeof(uint16_t));
-            k->to_bf16x3(x3, x, H);
-        }
-        a.x3 = x3;
-        for (r = 0; r < 5; r++) { double t0 = bench_now(); gemma2__matmul(p, k, &a); if (bench_now() - t0 < best) best = bench_now() - t0; }
-        printf("  kernel %-12s %d thr  decode matvec 256000x2304 bf16 (%s): %6.1f GB/s = %3.0f%% of read bandwidth\n", k->name, nt,
+        gemma2__kernels kk = k;
+        double best;
+        kk.x3_min_cols = mode == 2 ? 0 : INT_MAX;
+        best = bench_matmul(p, &kk, &a, buf, mode == 1, &kind);
+        if ((mode == 1 && kind != GEMMA2__PACK_BF16) || (mode == 2 && kind != GEMMA2__PACK_X3)) continue; /* the set has no such path */
+        printf("  kernel %-12s %d thr  decode matvec 256000x2304 bf16 (%s): %6.1f GB/s = %3.0f%% of read bandwidth\n", k.name, nt,
                mode == 1 ? "bf16 dot" : mode == 2 ? "f32, bf16x3" : "f32, FMA", (double)V * H * 2 / best / 1e9, 100.0 * (double)V * H * 2 / best / 1e9 / bw);
-        a.x3 = NULL;
-        free(x3);
     }
     /* F32 weights (checkpoints kept as stored, GEMMA2_WEIGHTS_AUTO): the same bytes as floats, 128000 x
        2304 for decode (GB/s to compare with the bf16 line above) and the gate shape for 128 tokens */
     {
         float *wf = (float *)malloc((size_t)V / 2 * H * 4);
-        void *xt_f32 = malloc(gemma2__xt_size(T, H));
-        if (wf && xt_f32) {
-            double best = 1e30;
+        if (wf) {
+            double best;
             for (i = 0; i < (size_t)V / 2 * H; i++) wf[i] = gemma2__bf16_to_f32(w[i]);
-            m.data = wf; m.dtype = GEMMA2__DT_F32; m.rows = V / 2; m.cols = H;
-            a.xb = NULL; a.x3 = NULL; a.xt = NULL; a.T = 1; a.ldy = V;
-            for (r = 0; r < 5; r++) { double t0 = bench_now(); gemma2__matmul(p, k, &a); if (bench_now() - t0 < best) best = bench_now() - t0; }
-            printf("  kernel %-12s %d thr  decode matvec 128000x2304 f32 weights:   %6.1f GB/s = %3.0f%% of read bandwidth\n", k->name, nt,
+            m.data = wf; m.format = GEMMA2__WF_F32; m.rows = V / 2; m.cols = H;
+            a.T = 1; a.ldy = V;
+            best = bench_matmul(p, &k, &a, buf, 0, &kind);
+            printf("  kernel %-12s %d thr  decode matvec 128000x2304 f32 weights:   %6.1f GB/s = %3.0f%% of read bandwidth\n", k.name, nt,
                    (double)V / 2 * H * 4 / best / 1e9, 100.0 * (double)V / 2 * H * 4 / best / 1e9 / bw);
-            m.rows = I; a.T = T; a.ldy = I; best = 1e30;
-            for (r = 0; r < 5; r++) {
-                double t0 = bench_now();
-                if (k->prep_xt) { /* as the forward pass: float32 xt, made inside the timing */
-                    a.xt = xt_f32;
-                    a.xt_kind = GEMMA2__XT_F32;
-                    gemma2__prep_xt(p, k, xt_f32, x, T, H, GEMMA2__XT_F32);
-                }
-                gemma2__matmul(p, k, &a);
-                if (bench_now() - t0 < best) best = bench_now() - t0;
-            }
-            a.xt = NULL;
-            printf("  kernel %-12s %d thr  prefill 9216x2304 f32 weights x %d tokens: %6.1f GFLOP/s = %3.0f%% of f32 FMA peak\n", k->name, nt, T,
+            m.rows = I; a.T = T; a.ldy = I;
+            best = bench_matmul(p, &k, &a, buf, 0, &kind);
+            printf("  kernel %-12s %d thr  prefill 9216x2304 f32 weights x %d tokens: %6.1f GFLOP/s = %3.0f%% of f32 FMA peak\n", k.name, nt, T,
                    2.0 * I * H * T / best / 1e9, 100.0 * 2.0 * I * H * T / best / 1e9 / peak32);
-            m.data = w; m.dtype = GEMMA2__DT_BF16; a.T = 1; a.ldy = V;
         }
         free(wf);
-        free(xt_f32);
     }
-    /* prefill: gate projection 9216 x 2304 for 128 tokens (the activations' transposition, which
-       the forward pass does once per matrix input, inside the timing) */
-    m.rows = I; m.cols = H;
+    /* prefill: gate projection 9216 x 2304 for 128 tokens (the activations' packing, which the
+       forward pass does once per matrix input, inside the timing) */
+    m.data = w; m.format = GEMMA2__WF_BF16; m.rows = I; m.cols = H;
     a.ldy = I; a.T = T;
-    xt = k->prep_xt ? malloc(gemma2__xt_size(T, H)) : NULL;
     for (mode = 0; mode < 2; mode++) {
-        double best = 1e30, gf;
-        if (mode == 1 && !k->wants_bf16_x) continue;
-        a.xb = mode ? xb : NULL;
-        for (r = 0; r < 5; r++) {
-            double t0 = bench_now();
-            if (xt) {
-                a.xt_kind = mode ? GEMMA2__XT_BF16 : GEMMA2__XT_F32;
-                gemma2__prep_xt(p, k, xt, x, T, H, a.xt_kind);
-                a.xt = xt;
-            }
-            gemma2__matmul(p, k, &a);
-            if (bench_now() - t0 < best) best = bench_now() - t0;
-        }
+        double best = bench_matmul(p, &k, &a, buf, mode, &kind), gf;
+        if (mode == 1 && kind != GEMMA2__PACK_XT_BF16 && kind != GEMMA2__PACK_BF16) continue;
         gf = 2.0 * I * H * T / best / 1e9;
-        printf("  kernel %-12s %d thr  prefill 9216x2304 x %d tokens (%s): %6.1f GFLOP/s = %3.0f%% of %s peak\n", k->name, nt, T,
+        printf("  kernel %-12s %d thr  prefill 9216x2304 x %d tokens (%s): %6.1f GFLOP/s = %3.0f%% of %s peak\n", k.name, nt, T,
                mode ? "bf16 dot" : "f32", gf, 100.0 * gf / (mode ? peakbf : peak32), mode ? "bf16-dot" : "f32 FMA");
     }
     gemma2__pool_free(p);
-    free(w); free(x); free(y); free(xb); free(xt);
+    free(w); free(x); free(y); free(buf);
 }
 
 /* ---------------------------------------------------------------- the model */
@@ -589,8 +572,11 @@ int main(int argc, char **argv)
     if (getenv("BENCH_9B")) want9 = 1;
     snprintf(d2, sizeof d2, "%s/%s", data, bench_2b.name);
     snprintf(d9, sizeof d9, "%s/%s", data, bench_9b.name);
-    printf("gemma2.h %s benchmark, %d CPUs, kernels %s\n", GEMMA2_VERSION_STRING, gemma2__cpu_count(),
-           gemma2__kernels_select(GEMMA2_KERNELS_AUTO)->name);
+    {
+        gemma2__kernels k;
+        gemma2__kernels_select(GEMMA2_KERNELS_AUTO, &k);
+        printf("gemma2.h %s benchmark, %d CPUs, kernels %s\n", GEMMA2_VERSION_STRING, gemma2__cpu_count(), k.name);
+    }
     buf = (uint64_t *)malloc(bytes);
     if (!buf) return 1;
     memset(buf, 1, bytes);

@@ -12,69 +12,83 @@ static float kern_rand(void) /* uniform in [-1, 1) */
     return (float)((double)(kern_rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 
-static const int kern_sets[] = {GEMMA2_KERNELS_SCALAR, GEMMA2_KERNELS_AVX2, GEMMA2_KERNELS_AVX512, GEMMA2_KERNELS_NEON,
-                                GEMMA2_KERNELS_AVX512_BF16, GEMMA2_KERNELS_NEON_BF16};
-#define KERN_N_SETS ((int)(sizeof kern_sets / sizeof kern_sets[0]))
-
-/* Fills a's activation copies as the forward pass would: xb (bf16 copy) when asked for, and
-   for T >= 2 with a set that has prep_xt, the transposed xt (bf16 pairs if bf16 activations
-   were asked for and the set uses them); for T == 1 in float32 with a set that has
-   to_bf16x3, the three-part split x3. Returns the buffer to free (or NULL). */
-static void *kern_prepare(const gemma2__kernels *k, gemma2__matmul_args *a, int use_xb, int use_xt)
+/* The i-th kernel set of the library's list, if this machine runs it (into k). */
+static int kern_get(int i, gemma2__kernels *k)
 {
-    void *xt = NULL;
-    if (use_xt && k->to_bf16x3 && a->T == 1 && a->w->dtype == GEMMA2__DT_BF16 && !(use_xb && k->wants_bf16_x)) {
-        uint16_t *x3 = (uint16_t *)malloc(gemma2__x3_size(a->w->cols) * sizeof(uint16_t));
-        k->to_bf16x3(x3, a->x, a->w->cols);
-        a->x3 = x3;
-        a->xb = NULL;
-        return x3;
-    }
-    if (use_xt && k->prep_xt && a->T >= 2) {
-        int kind = use_xb && k->wants_bf16_x && a->w->dtype == GEMMA2__DT_BF16 ? GEMMA2__XT_BF16 : GEMMA2__XT_F32;
-        xt = malloc(gemma2__xt_size(a->T, a->w->cols));
-        /* in two calls, the second starting at a row that is not a multiple of 16 */
-        k->prep_xt(xt, a->x, a->T, a->w->cols, kind, 0, gemma2__xt_rows(a->w->cols, kind) / 3);
-        k->prep_xt(xt, a->x, a->T, a->w->cols, kind, gemma2__xt_rows(a->w->cols, kind) / 3, gemma2__xt_rows(a->w->cols, kind));
-        a->xt = xt;
-        a->xt_kind = kind;
-        a->xb = NULL;
-    }
-    return xt;
+    const gemma2__kernel_set *ks = &gemma2__kernel_sets[i];
+    if (!ks->init || !ks->available()) return 0;
+    ks->init(k);
+    return 1;
 }
 
-/* One matmul case against the reference: rows [r0, r1) of a rows x K matrix, T tokens. */
-static void kern_check_matmul(const gemma2__kernels *k, int dtype, int rows, int K, int T, int r0, int r1, int use_xb, int use_xt)
+/* Random weights in a format, and the same values widened to float (wf). F16 values are
+   drawn as bit patterns with exponents that keep them normal. */
+static void *kern_weights(int format, size_t n, float *wf)
+{
+    size_t i;
+    if (format == GEMMA2__WF_F32) {
+        float *w = (float *)malloc(n * sizeof(float));
+        for (i = 0; i < n; i++) w[i] = wf[i] = kern_rand();
+        return w;
+    } else {
+        uint16_t *w = (uint16_t *)malloc(n * sizeof(uint16_t));
+        for (i = 0; i < n; i++) {
+            if (format == GEMMA2__WF_BF16) { w[i] = gemma2__f32_to_bf16(kern_rand()); wf[i] = gemma2__bf16_to_f32(w[i]); }
+            else {
+                uint16_t h = (uint16_t)(((kern_rng >> 20) & 0x8000u) | ((uint16_t)(8 + (kern_rng >> 7) % 8) << 10) | ((kern_rng >> 30) & 0x3ffu));
+                (void)kern_rand();
+                w[i] = h;
+                wf[i] = gemma2__f16_to_f32(h);
+            }
+        }
+        return w;
+    }
+}
+
+/* Prepares a (one matrix) as the forward pass does, through gemma2__pack; a second time in
+   two pieces split at a row that is not a multiple of 16, to check that pieces compose.
+   Returns the layout (GEMMA2__PACK_*); buf must hold gemma2__pack_bytes_max. */
+static int kern_pack(const gemma2__kernels *k, gemma2__matmul_args *a, void *buf, int compute_bf16)
+{
+    gemma2__pack(NULL, k, a, 1, buf, compute_bf16);
+    if (a->xp_kind != GEMMA2__PACK_NONE) {
+        int rows = gemma2__pack_rows(a->xp_kind, a->T, a->w->cols), cut = rows / 3;
+        memset(buf, 0xa5, gemma2__pack_bytes(a->xp_kind, a->T, a->w->cols));
+        if (a->xp_kind == GEMMA2__PACK_X3) cut = 0;
+        if (cut > 0) k->pack(buf, a->xp_kind, a->x, a->T, a->w->cols, 0, cut);
+        k->pack(buf, a->xp_kind, a->x, a->T, a->w->cols, cut, rows);
+    }
+    return a->xp_kind;
+}
+
+/* One matmul case against the format's reference product: rows [r0, r1) of a rows x K matrix,
+   T tokens, packed as the set asks (compute_bf16 as GEMMA2_COMPUTE_BF16), or not packed at all
+   (use_pack 0: every matmul must accept GEMMA2__PACK_NONE). */
+static void kern_check_matmul(const gemma2__kernels *k, int format, int rows, int K, int T, int r0, int r1, int compute_bf16, int use_pack)
 {
     size_t nw = (size_t)rows * K, i;
-    int ldy = rows + 3, t, r, kk;
+    int ldy = rows + 3, t, r, kk, kind = GEMMA2__PACK_NONE, dp;
     float *wf = (float *)malloc(nw * sizeof(float));
-    uint16_t *wb = (uint16_t *)malloc(nw * sizeof(uint16_t));
+    void *w_data = kern_weights(format, nw, wf);
     float *x = (float *)malloc((size_t)T * K * sizeof(float));
     float *xr = (float *)malloc((size_t)T * K * sizeof(float));
-    uint16_t *xb = (uint16_t *)malloc((size_t)T * K * sizeof(uint16_t));
     float *y = (float *)malloc((size_t)T * ldy * sizeof(float));
     float *yr = (float *)malloc((size_t)T * ldy * sizeof(float));
+    void *buf = malloc(gemma2__pack_bytes_max(T, K));
     gemma2__mat w;
     gemma2__matmul_args a, ar;
-    void *xt;
     int bad = 0;
-    int dp = use_xb && k->wants_bf16_x && dtype == GEMMA2__DT_BF16; /* the kernel will use bf16 activations */
-    for (i = 0; i < nw; i++) { wb[i] = gemma2__f32_to_bf16(kern_rand()); wf[i] = dtype == GEMMA2__DT_BF16 ? gemma2__bf16_to_f32(wb[i]) : kern_rand(); }
-    for (i = 0; i < (size_t)T * K; i++) {
-        x[i] = kern_rand() * 2.0f;
-        xb[i] = gemma2__f32_to_bf16(x[i]);
-        xr[i] = dp ? gemma2__bf16_to_f32(xb[i]) : x[i];
-    }
+    for (i = 0; i < (size_t)T * K; i++) x[i] = kern_rand() * 2.0f;
     for (i = 0; i < (size_t)T * ldy; i++) y[i] = yr[i] = 12345.0f;
-    w.data = dtype == GEMMA2__DT_BF16 ? (const void *)wb : (const void *)wf;
-    w.dtype = dtype; w.rows = rows; w.cols = K;
+    w.data = w_data; w.format = format; w.rows = rows; w.cols = K;
     memset(&a, 0, sizeof a);
-    a.y = y; a.ldy = ldy; a.x = x; a.xb = use_xb ? xb : NULL; a.T = T; a.w = &w;
-    ar = a; ar.y = yr; ar.x = xr; ar.xb = NULL;
-    xt = kern_prepare(k, &a, use_xb, use_xt);
-    k->matmul(&a, r0, r1);
-    gemma2__matmul_scalar(&ar, r0, r1);
+    a.y = y; a.ldy = ldy; a.x = x; a.T = T; a.w = &w;
+    if (use_pack) kind = kern_pack(k, &a, buf, compute_bf16);
+    dp = kind == GEMMA2__PACK_BF16 || kind == GEMMA2__PACK_XT_BF16; /* the kernel will use bf16 activations */
+    for (i = 0; i < (size_t)T * K; i++) xr[i] = dp ? gemma2__bf16_to_f32(gemma2__f32_to_bf16(x[i])) : x[i];
+    ar = a; ar.y = yr; ar.x = xr; ar.xp = NULL; ar.xp_kind = GEMMA2__PACK_NONE;
+    gemma2__matmul_for(k, format)(&a, r0, r1);
+    gemma2__wformat_of(format)->matmul_ref(&ar, r0, r1);
     for (t = 0; t < T && !bad; t++)
         for (r = 0; r < ldy && !bad; r++) {
             float got = y[(size_t)t * ldy + r], want = yr[(size_t)t * ldy + r], mag = 0;
@@ -84,132 +98,195 @@ static void kern_check_matmul(const gemma2__kernels *k, int dtype, int rows, int
             }
             for (kk = 0; kk < K; kk++) mag += fabsf(wf[(size_t)r * K + kk] * xr[(size_t)t * K + kk]);
             if (!(fabsf(got - want) <= (dp ? 1e-4f : 1e-5f) * mag + 1e-6f)) {
-                CHECK(0, "%s dtype %d rows %d K %d T %d [%d,%d) xb %d xt %d: y[%d][%d] = %g, want %g", k->name, dtype, rows, K, T, r0,
-                      r1, use_xb, xt != NULL, t, r, got, want);
+                CHECK(0, "%s %s rows %d K %d T %d [%d,%d) compute_bf16 %d pack %d: y[%d][%d] = %g, want %g", k->name,
+                      gemma2__wformat_of(format)->name, rows, K, T, r0, r1, compute_bf16, kind, t, r, got, want);
                 bad = 1;
             }
         }
-    free(wf); free(wb); free(x); free(xr); free(xb); free(y); free(yr); free(xt);
+    free(wf); free(w_data); free(x); free(xr); free(y); free(yr); free(buf);
 }
 
 static void kern_test_matmul(void)
 {
     static const int Ks[] = {1, 7, 15, 16, 17, 31, 32, 33, 64, 100, 257};
-    int s, dt, ki, T, xbm, xtm, n_sets = 0;
-    for (s = 0; s < KERN_N_SETS; s++) {
-        const gemma2__kernels *k = gemma2__kernels_select(kern_sets[s]);
-        if (!k) continue;
+    int s, f, ki, T, cb, up, n_sets = 0;
+    for (s = 0; s < GEMMA2__N_KERNEL_SETS; s++) {
+        gemma2__kernels k;
+        if (!kern_get(s, &k)) continue;
         n_sets++;
-        for (dt = 0; dt < GEMMA2__DT_COUNT; dt++)
+        for (f = 0; f < GEMMA2__WF_COUNT; f++)
             for (ki = 0; ki < (int)(sizeof Ks / sizeof Ks[0]); ki++)
                 for (T = 1; T <= 9; T++)
-                    for (xbm = 0; xbm < 2; xbm++)
-                        for (xtm = 0; xtm < (k->prep_xt ? 2 : 1); xtm++) {
-                            kern_check_matmul(k, dt, 23, Ks[ki], T, 0, 23, xbm, xtm);
-                            kern_check_matmul(k, dt, 23, Ks[ki], T, 3, 19, xbm, xtm);
-                            kern_check_matmul(k, dt, 23, Ks[ki], T, 5, 6, xbm, xtm);
+                    for (cb = 0; cb < 2; cb++)
+                        for (up = 0; up < 2; up++) {
+                            kern_check_matmul(&k, f, 23, Ks[ki], T, 0, 23, cb, up);
+                            kern_check_matmul(&k, f, 23, Ks[ki], T, 3, 19, cb, up);
+                            kern_check_matmul(&k, f, 23, Ks[ki], T, 5, 6, cb, up);
                         }
-        for (xtm = 0; xtm < (k->prep_xt ? 2 : 1); xtm++) {
+        for (cb = 0; cb < 2; cb++) {
             /* bigger: several row blocks and tiles (16 / 12 / 4 / 1 rows), token tiles (6, 16, 32) plus tails */
-            kern_check_matmul(k, GEMMA2__DT_BF16, 70, 300, 14, 1, 69, 0, xtm);
-            kern_check_matmul(k, GEMMA2__DT_BF16, 70, 300, 13, 0, 70, 1, xtm);
-            kern_check_matmul(k, GEMMA2__DT_BF16, 61, 301, 33, 0, 61, 0, xtm);
-            kern_check_matmul(k, GEMMA2__DT_BF16, 61, 301, 47, 2, 59, 1, xtm);
-            kern_check_matmul(k, GEMMA2__DT_F32, 37, 129, 20, 2, 35, 0, xtm);
+            kern_check_matmul(&k, GEMMA2__WF_BF16, 70, 300, 14, 1, 69, cb, 1);
+            kern_check_matmul(&k, GEMMA2__WF_BF16, 70, 300, 13, 0, 70, cb, 1);
+            kern_check_matmul(&k, GEMMA2__WF_BF16, 61, 301, 33, 0, 61, cb, 1);
+            kern_check_matmul(&k, GEMMA2__WF_BF16, 61, 301, 47, 2, 59, cb, 1);
+            kern_check_matmul(&k, GEMMA2__WF_F32, 37, 129, 20, 2, 35, cb, 1);
             /* several column blocks (512) and token groups (48), with tails in both */
-            kern_check_matmul(k, GEMMA2__DT_BF16, 21, 1100, 53, 0, 21, 0, xtm);
-            kern_check_matmul(k, GEMMA2__DT_BF16, 21, 1100, 53, 3, 20, 1, xtm);
-            kern_check_matmul(k, GEMMA2__DT_F32, 18, 1031, 50, 1, 18, 0, xtm);
+            kern_check_matmul(&k, GEMMA2__WF_BF16, 21, 1100, 53, 0, 21, cb, 1);
+            kern_check_matmul(&k, GEMMA2__WF_BF16, 21, 1100, 53, 3, 20, cb, 1);
+            kern_check_matmul(&k, GEMMA2__WF_F32, 18, 1031, 50, 1, 18, cb, 1);
+            kern_check_matmul(&k, GEMMA2__WF_F16, 18, 1031, 50, 1, 18, cb, 1);
             /* more tokens than one prefill block (128) */
-            kern_check_matmul(k, GEMMA2__DT_BF16, 30, 71, 150, 0, 30, 0, xtm);
-            kern_check_matmul(k, GEMMA2__DT_BF16, 30, 71, 150, 1, 29, 1, xtm);
+            kern_check_matmul(&k, GEMMA2__WF_BF16, 30, 71, 150, 0, 30, cb, 1);
+            kern_check_matmul(&k, GEMMA2__WF_BF16, 30, 71, 150, 1, 29, cb, 1);
+        }
+        /* the X3 layout on every width where the set has it */
+        if (k.x3_min_cols < INT_MAX) {
+            gemma2__kernels k3 = k;
+            k3.x3_min_cols = 0;
+            for (ki = 0; ki < (int)(sizeof Ks / sizeof Ks[0]); ki++) kern_check_matmul(&k3, GEMMA2__WF_BF16, 37, Ks[ki], 1, 0, 37, 0, 1);
         }
     }
     CHECK(n_sets >= 1, "no kernel set at all");
-    CHECK(gemma2__kernels_select(GEMMA2_KERNELS_AUTO) != NULL, "AUTO must always find a kernel set");
-    { /* a forced set is exactly that set; AUTO is the first the CPU has in order of preference */
-        static const int best_first[] = {GEMMA2_KERNELS_AVX512_BF16, GEMMA2_KERNELS_AVX512, GEMMA2_KERNELS_AVX2,
-                                         GEMMA2_KERNELS_NEON_BF16, GEMMA2_KERNELS_NEON, GEMMA2_KERNELS_SCALAR};
-        const gemma2__kernels *best = NULL;
-        int b;
-        for (b = 0; b < (int)(sizeof best_first / sizeof best_first[0]); b++) {
-            const gemma2__kernels *k = gemma2__kernels_select(best_first[b]);
-            if (!k) continue;
-            CHECK(k->id == best_first[b], "asked for set %d, got %s (%d)", best_first[b], k->name, k->id);
-            if (!best) best = k;
-        }
-        CHECK(gemma2__kernels_select(GEMMA2_KERNELS_AUTO) == best, "AUTO picked %s, not the best set", gemma2__kernels_select(GEMMA2_KERNELS_AUTO)->name);
+}
+
+/* The list of kernel sets: every id once; a forced set is exactly that set; AUTO is the first
+   the CPU has in the list's order of preference; unknown ids fail. */
+static void kern_test_selection(void)
+{
+    int seen[GEMMA2_KERNELS_COUNT] = {0}, i, first = -1, best_id = -1;
+    gemma2__kernels k;
+    for (i = 0; i < GEMMA2__N_KERNEL_SETS; i++) {
+        int id = gemma2__kernel_sets[i].id;
+        CHECK(id > GEMMA2_KERNELS_AUTO && id < GEMMA2_KERNELS_COUNT, "set %d has id %d", i, id);
+        if (id > 0 && id < GEMMA2_KERNELS_COUNT) seen[id]++;
+        if (kern_get(i, &k)) {
+            CHECK(gemma2__kernels_select(id, &k) == 0 && k.id == id, "asked for set %d, got %s (%d)", id, k.name, k.id);
+            if (first < 0) { first = i; best_id = k.id; }
+        } else
+            CHECK(gemma2__kernels_select(id, &k) == GEMMA2_ERROR_UNSUPPORTED, "set %d is not available but can be selected", id);
     }
-    CHECK(gemma2__kernels_select(GEMMA2_KERNELS_SCALAR) == &gemma2__kernels_scalar, "SCALAR is always there");
-    CHECK(gemma2__kernels_select(99) == NULL, "unknown kernel set");
+    for (i = 1; i < GEMMA2_KERNELS_COUNT; i++) CHECK(seen[i] == 1, "kernel set id %d is listed %d times", i, seen[i]);
+    CHECK(first >= 0, "no kernel set at all");
+    CHECK(gemma2__kernels_select(GEMMA2_KERNELS_AUTO, &k) == 0 && first >= 0 && k.id == best_id, "AUTO picked %s, not the best set", k.name);
+    CHECK(gemma2__kernels_select(GEMMA2_KERNELS_SCALAR, &k) == 0 && k.id == GEMMA2_KERNELS_SCALAR, "SCALAR is always there");
+    CHECK(gemma2__kernels_select(99, &k) == GEMMA2_ERROR_UNSUPPORTED, "unknown kernel set");
+    CHECK(gemma2__kernels_select(GEMMA2_KERNELS_COUNT, &k) == GEMMA2_ERROR_UNSUPPORTED, "GEMMA2_KERNELS_COUNT is no set");
+    /* every set fills every required entry */
+    for (i = 0; i < GEMMA2__N_KERNEL_SETS; i++) {
+        if (!kern_get(i, &k)) continue;
+        CHECK(k.name && k.dot && k.axpy && k.rmsnorm && k.gelu_mul && k.softcap && k.softmax && k.rope && k.to_bf16 && k.from_bf16 &&
+              k.att_scores && k.att_values && k.split_rows[0] > 0 && k.split_rows[1] > 0 && k.pack_unit > 0,
+              "%s leaves a required entry empty", k.name);
+        CHECK(!k.pack_kind == !k.pack, "%s: pack_kind and pack come together", k.name);
+        CHECK(!k.att_scores_bf16 == !k.att_values_bf16, "%s: the bf16 attention kernels come together", k.name);
+    }
+}
+
+/* Every layout a set's pack produces is bit-identical to the reference layout, whatever the
+   row pieces it is made in. */
+static void kern_test_pack(void)
+{
+    static const int Ts[] = {1, 2, 5, 16, 17, 33, 40}, Ks[] = {1, 2, 15, 16, 17, 33, 100, 257};
+    int s, f, ti, ki, cb;
+    for (s = 0; s < GEMMA2__N_KERNEL_SETS; s++) {
+        gemma2__kernels k;
+        if (!kern_get(s, &k) || !k.pack_kind) continue;
+        k.x3_min_cols = 0; /* reach X3 on every width */
+        for (f = 0; f < GEMMA2__WF_COUNT; f++)
+            for (ti = 0; ti < (int)(sizeof Ts / sizeof Ts[0]); ti++)
+                for (ki = 0; ki < (int)(sizeof Ks / sizeof Ks[0]); ki++)
+                    for (cb = 0; cb < 2; cb++) {
+                        int T = Ts[ti], K = Ks[ki], kind = k.pack_kind(&k, f, T, K, cb), rows, cut, t, j;
+                        size_t bytes, i;
+                        float *x;
+                        uint8_t *p1, *p2;
+                        if (kind == GEMMA2__PACK_NONE) continue;
+                        CHECK(kind > 0 && kind < GEMMA2__PACK_COUNT, "%s: pack kind %d", k.name, kind);
+                        bytes = gemma2__pack_bytes(kind, T, K);
+                        x = (float *)malloc((size_t)T * K * sizeof(float));
+                        p1 = (uint8_t *)malloc(bytes); p2 = (uint8_t *)malloc(bytes);
+                        for (i = 0; i < (size_t)T * K; i++) x[i] = kern_rand() * (i % 5 == 0 ? 1e20f : 3.0f);
+                        memset(p1, 0xee, bytes); memset(p2, 0xee, bytes);
+                        rows = gemma2__pack_rows(kind, T, K);
+                        cut = kind == GEMMA2__PACK_X3 ? 0 : rows / 2 + 1 > rows ? rows : rows / 2 + 1;
+                        if (cut > 0) k.pack(p1, kind, x, T, K, 0, cut);
+                        k.pack(p1, kind, x, T, K, cut, rows);
+                        gemma2__pack_ref(p2, kind, x, T, K, 0, rows);
+                        if (kind == GEMMA2__PACK_XT_F32 || kind == GEMMA2__PACK_XT_BF16) {
+                            /* tokens are defined up to a multiple of 16 */
+                            int bad = 0;
+                            for (j = 0; j < rows && !bad; j++)
+                                for (t = 0; t < ((T + 15) & ~15) && !bad; t++) {
+                                    size_t o = gemma2__xt_off(rows, j, t) * 4;
+                                    if (memcmp(p1 + o, p2 + o, 4)) { CHECK(0, "%s pack %d T %d K %d: row %d token %d differs", k.name, kind, T, K, j, t); bad = 1; }
+                                }
+                        } else
+                            CHECK(!memcmp(p1, p2, bytes), "%s pack %d T %d K %d differs from the reference", k.name, kind, T, K);
+                        free(x); free(p1); free(p2);
+                    }
+    }
 }
 
 /* A token's outputs must not depend on which other tokens share the call, or results would
    change with the prompt's chunking. Bit-exact for every set and shape, with one documented
-   exception: in sets with transposed-activation prefill kernels (prep_xt), a token alone goes
-   through the matrix-vector kernel, which sums in another order than the prefill tile, so
-   there it is compared with a tolerance, and bit-exactness is asked of every call of >= 2 tokens. */
+   exception: a token alone may take another kernel (the matrix-vector one) that sums in
+   another order than the prefill tile; there it is compared with a tolerance, and
+   bit-exactness is asked of every call of >= 2 tokens. */
 static void kern_test_matmul_consistent(void)
 {
     static const int Ks[] = {5, 16, 33, 100, 2304 + 7};
-    int s, dt, ki, xbm, T = 7, rows = 37, t, r;
-    for (s = 0; s < KERN_N_SETS; s++) {
-        const gemma2__kernels *k = gemma2__kernels_select(kern_sets[s]);
-        if (!k) continue;
-        for (dt = 0; dt < GEMMA2__DT_COUNT; dt++)
+    int s, f, ki, cb, T = 7, rows = 37, t, r;
+    for (s = 0; s < GEMMA2__N_KERNEL_SETS; s++) {
+        gemma2__kernels k;
+        if (!kern_get(s, &k)) continue;
+        for (f = 0; f < GEMMA2__WF_COUNT; f++)
             for (ki = 0; ki < (int)(sizeof Ks / sizeof Ks[0]); ki++)
-                for (xbm = 0; xbm < 2; xbm++) {
-                    int K = Ks[ki], bad = 0, split = k->prep_xt != NULL;
+                for (cb = 0; cb < 2; cb++) {
+                    int K = Ks[ki], bad = 0, kind_all, kind_one;
                     size_t i, nw = (size_t)rows * K;
                     float *wf = (float *)malloc(nw * sizeof(float)), *x = (float *)malloc((size_t)T * K * sizeof(float));
-                    uint16_t *wb = (uint16_t *)malloc(nw * sizeof(uint16_t)), *xb = (uint16_t *)malloc((size_t)T * K * sizeof(uint16_t));
+                    void *w_data = kern_weights(f, nw, wf);
                     float *yall = (float *)malloc((size_t)T * rows * sizeof(float)), *y1 = (float *)malloc((size_t)2 * rows * sizeof(float));
                     float *x2 = (float *)malloc((size_t)2 * K * sizeof(float));
-                    uint16_t *xb2 = (uint16_t *)malloc((size_t)2 * K * sizeof(uint16_t));
-                    void *xt;
+                    void *buf = malloc(gemma2__pack_bytes_max(T, K));
                     gemma2__mat w;
                     gemma2__matmul_args a;
-                    for (i = 0; i < nw; i++) { wf[i] = kern_rand(); wb[i] = gemma2__f32_to_bf16(wf[i]); }
-                    for (i = 0; i < (size_t)T * K; i++) { x[i] = kern_rand(); xb[i] = gemma2__f32_to_bf16(x[i]); }
-                    w.data = dt == GEMMA2__DT_BF16 ? (const void *)wb : (const void *)wf;
-                    w.dtype = dt; w.rows = rows; w.cols = K;
+                    for (i = 0; i < (size_t)T * K; i++) x[i] = kern_rand();
+                    w.data = w_data; w.format = f; w.rows = rows; w.cols = K;
                     memset(&a, 0, sizeof a);
-                    a.y = yall; a.ldy = rows; a.x = x; a.xb = xbm ? xb : NULL; a.T = T; a.w = &w;
-                    xt = kern_prepare(k, &a, xbm, 1);
-                    k->matmul(&a, 0, rows);
-                    free(xt);
+                    a.y = yall; a.ldy = rows; a.x = x; a.T = T; a.w = &w;
+                    kind_all = kern_pack(&k, &a, buf, cb);
+                    gemma2__matmul_for(&k, f)(&a, 0, rows);
                     for (t = 0; t < T && !bad; t++) {
                         /* alone */
                         memset(&a, 0, sizeof a);
-                        a.y = y1; a.ldy = rows; a.x = x + (size_t)t * K; a.xb = xbm ? xb + (size_t)t * K : NULL; a.T = 1; a.w = &w;
-                        k->matmul(&a, 0, rows);
+                        a.y = y1; a.ldy = rows; a.x = x + (size_t)t * K; a.T = 1; a.w = &w;
+                        kind_one = kern_pack(&k, &a, buf, cb);
+                        gemma2__matmul_for(&k, f)(&a, 0, rows);
                         for (r = 0; r < rows && !bad; r++) {
                             float got = y1[r], want = yall[(size_t)t * rows + r];
-                            int same = split ? fabsf(got - want) <= (xbm && k->wants_bf16_x ? 1e-4f : 1e-5f) * sqrtf((float)K) * 2.0f
-                                             : memcmp(&got, &want, sizeof(float)) == 0;
+                            int same = kind_all != kind_one ? fabsf(got - want) <= (kind_all == GEMMA2__PACK_XT_BF16 ? 1e-4f : 1e-5f) * sqrtf((float)K) * 2.0f
+                                                            : memcmp(&got, &want, sizeof(float)) == 0;
                             if (!same) {
-                                CHECK(0, "%s dtype %d K %d xb %d: token %d row %d alone %.9g, in a batch %.9g", k->name, dt, K, xbm, t, r, got, want);
+                                CHECK(0, "%s %s K %d compute_bf16 %d: token %d row %d alone %.9g, in a batch %.9g", k.name, gemma2__wformat_of(f)->name, K, cb, t, r, got, want);
                                 bad = 1;
                             }
                         }
                         /* with another partner: token t first, then token (t + 3) % T */
                         memcpy(x2, x + (size_t)t * K, (size_t)K * sizeof(float));
                         memcpy(x2 + K, x + (size_t)((t + 3) % T) * K, (size_t)K * sizeof(float));
-                        memcpy(xb2, xb + (size_t)t * K, (size_t)K * sizeof(uint16_t));
-                        memcpy(xb2 + K, xb + (size_t)((t + 3) % T) * K, (size_t)K * sizeof(uint16_t));
                         memset(&a, 0, sizeof a);
-                        a.y = y1; a.ldy = rows; a.x = x2; a.xb = xbm ? xb2 : NULL; a.T = 2; a.w = &w;
-                        xt = kern_prepare(k, &a, xbm, 1);
-                        k->matmul(&a, 0, rows);
-                        free(xt);
+                        a.y = y1; a.ldy = rows; a.x = x2; a.T = 2; a.w = &w;
+                        kern_pack(&k, &a, buf, cb);
+                        gemma2__matmul_for(&k, f)(&a, 0, rows);
                         for (r = 0; r < rows && !bad; r++)
                             if (memcmp(&y1[r], &yall[(size_t)t * rows + r], sizeof(float)) != 0) {
-                                CHECK(0, "%s dtype %d K %d xb %d: token %d row %d in a pair %.9g, in a batch %.9g", k->name, dt, K, xbm, t, r,
+                                CHECK(0, "%s %s K %d compute_bf16 %d: token %d row %d in a pair %.9g, in a batch %.9g", k.name, gemma2__wformat_of(f)->name, K, cb, t, r,
                                       y1[r], yall[(size_t)t * rows + r]);
                                 bad = 1;
                             }
                     }
-                    free(wf); free(x); free(wb); free(xb); free(yall); free(y1); free(x2); free(xb2);
+                    free(wf); free(x); free(w_data); free(yall); free(y1); free(x2); free(buf);
                 }
     }
 }
@@ -223,9 +300,9 @@ static void kern_test_vector_ops(void)
 {
     static const int Ns[] = {1, 3, 8, 15, 16, 17, 33, 100, 2304, 2305};
     int s, ni, i;
-    for (s = 0; s < KERN_N_SETS; s++) {
-        const gemma2__kernels *k = gemma2__kernels_select(kern_sets[s]);
-        if (!k) continue;
+    for (s = 0; s < GEMMA2__N_KERNEL_SETS; s++) {
+        gemma2__kernels ks, *k = &ks;
+        if (!kern_get(s, &ks)) continue;
         for (ni = 0; ni < (int)(sizeof Ns / sizeof Ns[0]); ni++) {
             int n = Ns[ni], bad = 0;
             float *a = (float *)malloc((size_t)n * sizeof(float)), *b = (float *)malloc((size_t)n * sizeof(float));
@@ -369,33 +446,40 @@ static void kern_test_pool(void)
     gemma2__pool_free(NULL);
 }
 
-/* The pooled helpers the forward pass and the loader use. */
+/* The pooled helpers the forward pass and the loader use: pack + matmul over 3 threads equal
+   the same on one thread, bit for bit (rows and pack pieces split differently). */
 static void kern_test_pooled_helpers(void)
 {
-    const gemma2__kernels *k = gemma2__kernels_select(GEMMA2_KERNELS_AUTO);
+    gemma2__kernels k;
     gemma2__pool *p = gemma2__pool_new(3);
-    int rows = 1000, K = 77, T = 3, i, bad = 0;
+    int rows = 1000, K = 77, T = 3, i, bad = 0, cb;
     size_t n = ((size_t)1 << 21) + 5;
     uint16_t *wb = (uint16_t *)malloc((size_t)rows * K * sizeof(uint16_t));
     float *x = (float *)malloc((size_t)T * K * sizeof(float)), *y = (float *)malloc((size_t)T * rows * sizeof(float));
     float *yr = (float *)malloc((size_t)T * rows * sizeof(float)), *src = (float *)malloc(n * sizeof(float));
     uint16_t *d1 = (uint16_t *)malloc(n * sizeof(uint16_t));
+    void *buf = malloc(gemma2__pack_bytes_max(T, K));
     gemma2__mat w;
     gemma2__matmul_args a;
+    gemma2__kernels_select(GEMMA2_KERNELS_AUTO, &k);
     for (i = 0; i < rows * K; i++) wb[i] = gemma2__f32_to_bf16(kern_rand());
     for (i = 0; i < T * K; i++) x[i] = kern_rand();
-    w.data = wb; w.dtype = GEMMA2__DT_BF16; w.rows = rows; w.cols = K;
-    memset(&a, 0, sizeof a);
-    a.y = y; a.ldy = rows; a.x = x; a.xb = NULL; a.T = T; a.w = &w;
-    gemma2__matmul(p, k, &a);
-    a.y = yr;
-    gemma2__matmul_scalar(&a, 0, rows);
-    for (i = 0; i < T * rows && !bad; i++) if (!kern_close(y[i], yr[i], 1e-4f, 1e-4f)) { CHECK(0, "pooled matmul at %d: %g vs %g", i, y[i], yr[i]); bad = 1; }
+    w.data = wb; w.format = GEMMA2__WF_BF16; w.rows = rows; w.cols = K;
+    for (cb = 0; cb < 2; cb++) {
+        memset(&a, 0, sizeof a);
+        a.y = y; a.ldy = rows; a.x = x; a.T = T; a.w = &w;
+        gemma2__pack(p, &k, &a, 1, buf, cb);
+        gemma2__matmul_n(p, &k, &a, 1);
+        a.y = yr;
+        gemma2__pack(NULL, &k, &a, 1, buf, cb);
+        gemma2__matmul_n(NULL, &k, &a, 1);
+        for (i = 0; i < T * rows && !bad; i++) if (memcmp(&y[i], &yr[i], 4)) { CHECK(0, "pooled matmul at %d: %g vs %g", i, y[i], yr[i]); bad = 1; }
+    }
     for (i = 0; i < (int)n; i++) src[i] = kern_rand() * 100.0f;
     gemma2__convert_f32_to_bf16(p, d1, src, n);
     for (i = 0; i < (int)n; i++) if (d1[i] != gemma2__f32_to_bf16(src[i])) { CHECK(0, "convert at %d", i); break; }
     gemma2__pool_free(p);
-    free(wb); free(x); free(y); free(yr); free(src); free(d1);
+    free(wb); free(x); free(y); free(yr); free(src); free(d1); free(buf);
 }
 
 /* 1 (after one CHECK naming the first difference) if got[0..count) is not within 1e-5 relative,
@@ -419,9 +503,11 @@ static void kern_test_attention(void)
 {
     static const int hds[] = {1, 10, 16, 17, 130, 256}, groups[] = {1, 2, 3, 4, 6, 11, 32}, ns[] = {1, 3, 8, 9, 16, 17, 37};
     int s_, hi, gi, ni, i, lds = 40;
-    for (s_ = 0; s_ < KERN_N_SETS; s_++) {
-        const gemma2__kernels *k = gemma2__kernels_select(kern_sets[s_]);
-        if (!k) continue;
+    gemma2__kernels scalar;
+    gemma2__kernels_init_scalar(&scalar);
+    for (s_ = 0; s_ < GEMMA2__N_KERNEL_SETS; s_++) {
+        gemma2__kernels ks, *k = &ks;
+        if (!kern_get(s_, &ks)) continue;
         for (hi = 0; hi < 6; hi++)
             for (gi = 0; gi < 4; gi++)
                 for (ni = 0; ni < 7; ni++) {
@@ -435,10 +521,10 @@ static void kern_test_attention(void)
                     for (i = 0; i < n * hd; i++) { K[i] = kern_rand(); V[i] = kern_rand(); }
                     for (i = 0; i < group * lds; i++) s1[i] = s2[i] = -5.0f;
                     k->att_scores(k, s1, lds, q, group, hd, K, n, 0.3f);
-                    gemma2__att_scores_generic(&gemma2__kernels_scalar, s2, lds, q, group, hd, K, n, 0.3f);
+                    gemma2__att_scores_generic(&scalar, s2, lds, q, group, hd, K, n, 0.3f);
                     bad = kern_att_differs(k, "att_scores", hd, group, n, s1, s2, group * lds, 1e-5f * sqrtf((float)hd));
                     k->att_values(k, o1, s1, lds, group, hd, V, n);
-                    gemma2__att_values_generic(&gemma2__kernels_scalar, o2, s1, lds, group, hd, V, n);
+                    gemma2__att_values_generic(&scalar, o2, s1, lds, group, hd, V, n);
                     bad = bad || kern_att_differs(k, "att_values", hd, group, n, o1, o2, group * hd + 1, 1e-5f * (float)n);
                     if (k->att_scores_bf16) { /* bf16 rows read directly == the reference on the widened rows */
                         uint16_t *Kb = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)n * hd), *Vb = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)n * hd);
@@ -448,11 +534,11 @@ static void kern_test_attention(void)
                         gemma2__from_bf16_scalar(V, Vb, n * hd);
                         for (i = 0; i < group * lds; i++) s1[i] = s2[i] = -5.0f;
                         k->att_scores_bf16(k, s1, lds, q, group, hd, Kb, n, 0.3f);
-                        gemma2__att_scores_generic(&gemma2__kernels_scalar, s2, lds, q, group, hd, K, n, 0.3f);
+                        gemma2__att_scores_generic(&scalar, s2, lds, q, group, hd, K, n, 0.3f);
                         bad = bad || kern_att_differs(k, "att_scores_bf16", hd, group, n, s1, s2, group * lds, 1e-5f * sqrtf((float)hd));
                         for (i = 0; i < group * hd; i++) o1[i] = o2[i] = kern_rand();
                         k->att_values_bf16(k, o1, s1, lds, group, hd, Vb, n);
-                        gemma2__att_values_generic(&gemma2__kernels_scalar, o2, s1, lds, group, hd, V, n);
+                        gemma2__att_values_generic(&scalar, o2, s1, lds, group, hd, V, n);
                         bad = bad || kern_att_differs(k, "att_values_bf16", hd, group, n, o1, o2, group * hd + 1, 1e-5f * (float)n);
                         free(Kb); free(Vb);
                     }
@@ -470,28 +556,26 @@ static void kern_test_attention(void)
             }
             CHECK(fabsf(sum - 1.0f) < 1e-5f, "%s softmax n %d sums to %g", k->name, ni, sum);
         }
-        /* the exact three-part bf16 split: bit-exact with the reference, and exact */
-        if (k->to_bf16x3)
-            for (ni = 1; ni <= 100; ni += 33) {
-                float x[100];
-                uint16_t a3[384], b3[384];
-                int bad = 0;
-                for (i = 0; i < ni; i++) x[i] = kern_rand() * (i % 3 == 0 ? 1e30f : i % 3 == 1 ? 1e-25f : 1.0f); /* within 2^-100 .. 2^127 */
-                memset(a3, 0xee, sizeof a3);
-                k->to_bf16x3(a3, x, ni);
-                gemma2__to_bf16x3_scalar(b3, x, ni);
-                CHECK(!memcmp(a3, b3, gemma2__x3_size(ni) * sizeof(uint16_t)), "%s to_bf16x3 n %d differs from the reference", k->name, ni);
-                for (i = 0; i < ni && !bad; i++) {
-                    const uint16_t *blk = b3 + (size_t)(i / 32) * 96 + i % 32;
-                    float back = gemma2__bf16_to_f32(blk[0]) + gemma2__bf16_to_f32(blk[32]) + gemma2__bf16_to_f32(blk[64]);
-                    if (back != x[i]) { CHECK(0, "to_bf16x3: %.9g split into parts summing to %.9g", x[i], back); bad = 1; }
-                }
-            }
+    }
+    /* the exact three-part bf16 split (the reference layout the sets are held to): exact */
+    for (ni = 1; ni <= 100; ni += 33) {
+        float x[100];
+        uint16_t b3[384];
+        int bad = 0;
+        for (i = 0; i < ni; i++) x[i] = kern_rand() * (i % 3 == 0 ? 1e30f : i % 3 == 1 ? 1e-25f : 1.0f); /* within 2^-100 .. 2^127 */
+        gemma2__pack_ref(b3, GEMMA2__PACK_X3, x, 1, ni, 0, 1);
+        for (i = 0; i < ni && !bad; i++) {
+            const uint16_t *blk = b3 + (size_t)(i / 32) * 96 + i % 32;
+            float back = gemma2__bf16_to_f32(blk[0]) + gemma2__bf16_to_f32(blk[32]) + gemma2__bf16_to_f32(blk[64]);
+            if (back != x[i]) { CHECK(0, "x3 split: %.9g split into parts summing to %.9g", x[i], back); bad = 1; }
+        }
     }
 }
 
 void suite_kernels(void)
 {
+    g2t_run("kernels/selection", kern_test_selection);
+    g2t_run("kernels/pack", kern_test_pack);
     g2t_run("kernels/matmul", kern_test_matmul);
     g2t_run("kernels/matmul_consistent", kern_test_matmul_consistent);
     g2t_run("kernels/vector_ops", kern_test_vector_ops);

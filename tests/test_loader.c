@@ -418,20 +418,52 @@ static float *ldr_logits(const char *dir, int weights, int T, const int32_t *ids
     return out;
 }
 
-/* F16 checkpoints: tiny-gqa's bf16 weights are exact in f16, so the logits must still match. */
+/* F16 checkpoints: tiny-gqa's bf16 weights are exact in f16, so the logits must still match,
+   widened to F32 (the default) or kept as F16 on every kernel set. */
 static void test_loader_f16(void)
 {
     size_t sz;
     float *ref = (float *)g2t_read_file(g2t_path("models/tiny-gqa/logits.f32"), &sz), *got, worst = 0;
+    size_t wa = 0;
+    int k;
     int32_t ids[32] = {2, 184, 88, 249, 416, 283, 113, 49, 503, 133, 503, 108, 432, 182, 206, 316, 14, 500, 140, 219,
                        403, 104, 147, 191, 123, 254, 96, 147, 147, 253, 340, 345};
     int i;
     if (!ref || !ldr_tmpdir()) { CHECK(0, "setup"); free(ref); return; }
     CHECK(ldr_convert_model(g2t_path("models/tiny-gqa"), "F16") == 0, "convert");
-    got = ldr_logits(ldr_dir, GEMMA2_WEIGHTS_AUTO, 32, ids, NULL);
+    got = ldr_logits(ldr_dir, GEMMA2_WEIGHTS_AUTO, 32, ids, &wa);
     for (i = 0; got && i < 32 * 512; i++) worst = GEMMA2__MAX(worst, fabsf(got[i] - ref[i]));
     CHECK(got && worst < 1e-3f, "F16 checkpoint: max logit diff %g", worst);
     free(got);
+    /* GEMMA2_WEIGHTS_F16: the matrices stay F16 (a weight format no kernel set has products
+       for: every set runs the format's reference product), in half the bytes */
+    for (k = 0; k < GEMMA2__N_KERNEL_SETS; k++) {
+        gemma2_options opt;
+        gemma2_model *m;
+        gemma2_session *s;
+        char err[256];
+        const gemma2__kernel_set *ks = &gemma2__kernel_sets[k];
+        if (!ks->init || !ks->available()) continue;
+        memset(&opt, 0, sizeof opt);
+        opt.weights = GEMMA2_WEIGHTS_F16;
+        opt.kernels = ks->id;
+        opt.n_threads = 2;
+        m = gemma2_load(ldr_dir, &opt, err, sizeof err);
+        CHECK(m != NULL, "F16 kept: %s", err);
+        if (!m) continue;
+        CHECK(m->layers[0].wq.format == GEMMA2__WF_F16 && m->embed.format == GEMMA2__WF_F16, "F16 matrices must stay F16");
+        CHECK(gemma2_model_weight_bytes(m) < wa * 6 / 10, "F16 bytes %zu vs widened %zu", gemma2_model_weight_bytes(m), wa);
+        got = (float *)malloc(sizeof(float) * 32 * 512);
+        s = gemma2_session_new(m, 32);
+        CHECK(s && gemma2_eval(s, ids, 20, got) == 0, "eval"); /* prefill, then a token at a time */
+        for (i = 20; s && i < 32; i++) CHECK(gemma2_eval(s, ids + i, 1, got + (size_t)i * 512) == 0, "eval");
+        worst = 0;
+        for (i = 0; i < 32 * 512; i++) worst = GEMMA2__MAX(worst, fabsf(got[i] - ref[i]));
+        CHECK(worst < 1e-3f, "F16 kept (%s): max logit diff %g", gemma2_model_kernels(m), worst);
+        free(got);
+        gemma2_session_free(s);
+        gemma2_free(m);
+    }
     free(ref);
     ldr_cleanup();
 }

@@ -129,10 +129,10 @@ static void mdl_run_fixture(const char *name, int kernels)
     m = gemma2_load(dir, &opt, err, sizeof err);
     CHECK(m != NULL, "%s: load: %s", name, err);
     if (!m) { mdl_free_ref(&r); return; }
-    /* The fixtures' matrices are narrower than GEMMA2__X3_MIN_COLS: have the float32 decode take
+    /* The fixtures' matrices are narrower than the sets' x3_min_cols: have the float32 decode take
        the three-part bf16 split wherever the set has one, so that the suite covers it (the FMA
        decode kernel it replaces is the AVX-512 set's, covered there). */
-    m->x3_min_cols = 0;
+    m->kern.x3_min_cols = 0;
     V = gemma2_vocab_size(m);
     CHECK(r.logits == NULL || r.V == V, "%s: vocab %d vs reference %d", name, V, r.V);
     memset(&tj, 0, sizeof tj);
@@ -210,9 +210,9 @@ static const char *mdl_fixtures[] = {"tiny-gqa", "tiny-27b-style", "tiny-mha-f32
 
 static void mdl_all_kernels(const char *name)
 {
-    int k;
-    for (k = GEMMA2_KERNELS_SCALAR; k <= GEMMA2_KERNELS_NEON_BF16; k++)
-        if (gemma2__kernels_select(k)) mdl_run_fixture(name, k);
+    int i;
+    for (i = 0; i < GEMMA2__N_KERNEL_SETS; i++)
+        if (gemma2__kernel_sets[i].init && gemma2__kernel_sets[i].available()) mdl_run_fixture(name, gemma2__kernel_sets[i].id);
 }
 
 static void test_model_gqa(void) { mdl_all_kernels(mdl_fixtures[0]); }
@@ -248,15 +248,15 @@ static void mdl_lossy(int compute, int kv_cache)
     static const char *names[] = {"tiny-gqa", "tiny-27b-style", "quant-a", "tiny-mha-f32-sharded"};
     int ni, kset, mode;
     for (ni = 0; ni < 4; ni++)
-        for (kset = GEMMA2_KERNELS_SCALAR; kset <= GEMMA2_KERNELS_NEON_BF16; kset++) {
-            const gemma2__kernels *ks = gemma2__kernels_select(kset);
+        for (kset = 1; kset < GEMMA2_KERNELS_COUNT; kset++) {
+            gemma2__kernels kern, *ks = &kern;
             char dir[256], err[256];
             gemma2_options opt;
             gemma2_model *m;
             mdl_ref r;
             float *all;
             int V;
-            if (!ks) continue;
+            if (gemma2__kernels_select(kset, &kern) != 0) continue;
             CHECK(mdl_load_ref(names[ni], &r) && r.logits, "%s: reference files", names[ni]);
             memset(&opt, 0, sizeof opt);
             opt.kernels = kset;
@@ -288,7 +288,7 @@ static void mdl_lossy(int compute, int kv_cache)
                 }
                 printf("      %s %s mode %d: KL mean %.2e max %.2e, top-1 %d/%d, max |logit diff| %.3g\n", names[ni], ks->name, mode,
                        kl_sum / r.T, kl_max, same, r.T, worst);
-                if (kv_cache == GEMMA2_KV_F32 && (!ks->wants_bf16_x || ni == 3)) { /* no bf16 dot products, or F32 weights: float32 throughout */
+                if (kv_cache == GEMMA2_KV_F32 && (!ks->pack_kind || ks->pack_kind(ks, GEMMA2__WF_BF16, 1, 64, 1) != GEMMA2__PACK_BF16 || ni == 3)) { /* no bf16 dot products, or F32 weights: float32 throughout */
                     CHECK(worst <= 1e-3, "%s (%s, compute bf16 without bf16 kernels): max |logit diff| %g", names[ni], ks->name, worst);
                 } else if (kv_cache == GEMMA2_KV_BF16) {
                     /* measured (every set): KL mean 1.5e-5..6.0e-4, max <= 3.4e-3, top-1 all; bounds about 4x above */
@@ -312,6 +312,63 @@ static void test_model_kv_bf16(void) { mdl_lossy(GEMMA2_COMPUTE_F32, GEMMA2_KV_B
 
 static void suite_model_long(void);
 
+/* The plain reference forward pass (one token, scalar, no threads) against the references,
+   and the fast forward pass against it, token by token, on every fixture: the fast one on every
+   kernel set this machine runs (1e-3, the fixtures' tolerance). */
+static void test_model_reference_forward(void)
+{
+    int ni, i;
+    for (ni = 0; ni < (int)(sizeof mdl_fixtures / sizeof mdl_fixtures[0]); ni++) {
+        char dir[256], err[256];
+        gemma2_model *m;
+        mdl_ref r;
+        float *kc, *vc, *ref;
+        int V, t, L, kvd;
+        double worst_ref = 0;
+        CHECK(mdl_load_ref(mdl_fixtures[ni], &r), "%s: reference files", mdl_fixtures[ni]);
+        snprintf(dir, sizeof dir, "%s%s", g2t_path("models/"), mdl_fixtures[ni]);
+        m = gemma2_load(dir, NULL, err, sizeof err);
+        CHECK(m != NULL, "%s: %s", dir, err);
+        if (!m) { mdl_free_ref(&r); continue; }
+        V = gemma2_vocab_size(m);
+        L = m->cfg.num_hidden_layers;
+        kvd = m->cfg.num_key_value_heads * m->cfg.head_dim;
+        kc = (float *)malloc(sizeof(float) * (size_t)L * r.T * kvd);
+        vc = (float *)malloc(sizeof(float) * (size_t)L * r.T * kvd);
+        ref = (float *)malloc(sizeof(float) * (size_t)r.T * V);
+        for (t = 0; t < r.T; t++) {
+            CHECK(gemma2__forward_reference(m, kc, vc, r.T, r.ids[t], t, ref + (size_t)t * V) == 0, "reference forward");
+            if (r.logits)
+                for (i = 0; i < V; i++) worst_ref = GEMMA2__MAX(worst_ref, fabs((double)ref[(size_t)t * V + i] - r.logits[(size_t)t * V + i]));
+        }
+        CHECK(worst_ref <= 1e-3, "%s: reference forward vs the references: max |logit diff| %g", mdl_fixtures[ni], worst_ref);
+        gemma2_free(m);
+        for (i = 0; i < GEMMA2__N_KERNEL_SETS; i++) { /* the fast pass, prompt then a token at a time */
+            gemma2_options opt;
+            gemma2_session *s;
+            float *got;
+            double worst = 0;
+            size_t e;
+            if (!gemma2__kernel_sets[i].init || !gemma2__kernel_sets[i].available()) continue;
+            memset(&opt, 0, sizeof opt);
+            opt.kernels = gemma2__kernel_sets[i].id;
+            opt.n_threads = 2;
+            m = gemma2_load(dir, &opt, err, sizeof err);
+            s = m ? gemma2_session_new(m, r.T) : NULL;
+            got = (float *)malloc(sizeof(float) * (size_t)r.T * V);
+            CHECK(s && gemma2_eval(s, r.ids, r.P, got) == 0, "%s: eval", dir);
+            for (t = r.P; s && t < r.T; t++) CHECK(gemma2_eval(s, r.ids + t, 1, got + (size_t)t * V) == 0, "%s: eval", dir);
+            for (e = 0; e < (size_t)r.T * V; e++) worst = GEMMA2__MAX(worst, fabs((double)got[e] - ref[e]));
+            CHECK(worst <= 1e-3, "%s (%s): fast vs reference forward: max |logit diff| %g", mdl_fixtures[ni], m ? gemma2_model_kernels(m) : "?", worst);
+            free(got);
+            gemma2_session_free(s);
+            gemma2_free(m);
+        }
+        free(kc); free(vc); free(ref);
+        mdl_free_ref(&r);
+    }
+}
+
 void suite_model(void)
 {
     g2t_run("model/tiny-gqa", test_model_gqa);
@@ -319,6 +376,7 @@ void suite_model(void)
     g2t_run("model/tiny-mha-f32-sharded", test_model_mha);
     g2t_run("model/tiny-realvocab", test_model_realvocab);
     g2t_run("model/quant-a", test_model_quant_a);
+    g2t_run("model/reference-forward", test_model_reference_forward);
     g2t_run("model/compute_bf16", test_model_compute_bf16);
     g2t_run("model/kv_bf16", test_model_kv_bf16);
     suite_model_long();
