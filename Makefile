@@ -1,25 +1,56 @@
-# gemma2.h - build the examples and run the tests.
-#   make          the CLI (./gemma2) and the examples
-#   make test     the whole test suite: gcc -Werror, clang with ASan/UBSan, C++ build
-#   make bench    benchmarks (not part of the tests)
+# gemma2.h - build the CLI and the examples, run the tests and the benchmarks.
+#
+#   make                  the CLI (./gemma2) and the examples (examples/topk, tokenize, perplexity)
+#   make test             the test suite: gcc -O2 -Werror, clang with ASan + UBSan, C++;
+#                         then ARM64 under qemu (skipped with a note when the tools are missing)
+#   make test-native      only the three native suites
+#   make test-arm64       only the ARM64 suite under qemu
+#   make bench            bench-tokenizer, then bench-model (not part of the tests)
+#   make bench-model      speed benchmark on random-weight 2B checkpoints in bench-data/;
+#                         flags through BENCH_ARGS, e.g. make bench-model BENCH_ARGS=--preload
+#   make bench-tokenizer  tokenizer speed (against SentencePiece when libsentencepiece-dev is installed)
+#   make clean            remove every binary the above build
+#
+# Overridable: CC, CLANG, CXX, CFLAGS, ARM64_CC, QEMU_ARM64 (e.g. make test CC=clang CFLAGS=-O3).
 
-CC      ?= cc
-CLANG   ?= clang
-CXX     ?= g++
-WARN     = -Wall -Wextra -Werror
-CFLAGS  ?= -O2 -g
-STD      = -std=c99
-LDLIBS   = -lm -lpthread
-SAN      = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+CC         ?= cc
+CLANG      ?= clang
+CXX        ?= g++
+CFLAGS     ?= -O2 -g
+ARM64_CC   ?= aarch64-linux-gnu-gcc
+QEMU_ARM64 ?= qemu-aarch64
 
-TEST_SRC = tests/gemma2_test.c $(wildcard tests/test_*.c) tests/test.h gemma2.h
+# The cross tools are looked up while make reads this file, not in a recipe, so that make -n
+# runs nothing; without them the ARM64 binary is not built and its run prints a note.
+HAVE_ARM64 := $(and $(shell command -v $(ARM64_CC) 2>/dev/null),$(shell command -v $(QEMU_ARM64) 2>/dev/null))
+ARM64_TEST  = $(if $(HAVE_ARM64),tests/gemma2_test_arm64)
 
-EXAMPLES = examples/topk
+STD    = -std=c99
+WARN   = -Wall -Wextra -Werror
+LDLIBS = -lm -lpthread
+SAN    = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-all: $(EXAMPLES)
+EXAMPLES = examples/topk examples/tokenize examples/perplexity
+TESTS    = tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx
+BENCHES  = tests/bench_model tests/bench_tokenizer
+
+.PHONY: all test test-native test-arm64 bench bench-model bench-tokenizer clean
+
+# ---------------------------------------------------------------- build: the CLI and the examples
+# Each example defines GEMMA2_IMPLEMENTATION itself, so each compiles the whole library;
+# make -j builds them side by side.
+
+all: gemma2 $(EXAMPLES)
+
+gemma2: examples/gemma2.c gemma2.h
+	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ examples/gemma2.c $(LDLIBS)
 
 examples/%: examples/%.c gemma2.h
 	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ $< $(LDLIBS)
+
+# ---------------------------------------------------------------- test
+# The suite #includes the CLI (examples/gemma2.c, without its main) to test it in-process.
+TEST_SRC = tests/gemma2_test.c $(wildcard tests/test_*.c) tests/test.h gemma2.h examples/gemma2.c
 
 tests/gemma2_test: $(TEST_SRC)
 	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ tests/gemma2_test.c $(LDLIBS)
@@ -30,59 +61,65 @@ tests/gemma2_test_asan: $(TEST_SRC)
 tests/gemma2_test_cxx: $(TEST_SRC)
 	$(CXX) -x c++ -std=c++11 -O2 $(WARN) -o $@ tests/gemma2_test.c $(LDLIBS)
 
-test: tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx
+test-native: $(TESTS)
 	@echo "== gcc -O2" && ./tests/gemma2_test
 	@echo "== clang, ASan + UBSan" && ./tests/gemma2_test_asan
 	@echo "== C++" && ./tests/gemma2_test_cxx
 
-clean:
-	rm -f tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx gemma2 $(EXAMPLES)
+# The emulated run, the slowest, comes last: its recipe waits for test-native even under make -j
+# (which still cross-builds its binary alongside), and a serial make reaches the cross build only
+# after the native results are out.
+test: test-native $(ARM64_TEST)
+	$(run-arm64)
 
-.PHONY: all test clean bench
+# ---------------------------------------------------------------- bench
+# Not part of the tests: bench-model writes 5.2 GB of random weights into bench-data/ on its
+# first run. make bench runs the two in turn, never side by side, so neither disturbs the other.
 
-# --- tokenizer: example and benchmark (the benchmark compares with SentencePiece when libsentencepiece-dev is installed)
-all: examples/tokenize
-examples/tokenize: examples/tokenize.c gemma2.h
-	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ examples/tokenize.c $(LDLIBS)
-tests/bench_tokenizer: tests/bench_tokenizer.c gemma2.h
-	$(CXX) -x c++ -std=c++17 -O2 -DGEMMA2_BENCH_SPM -o $@ tests/bench_tokenizer.c -lsentencepiece $(LDLIBS) 2>/dev/null || \
-	$(CC) $(STD) -O2 -o $@ tests/bench_tokenizer.c $(LDLIBS)
-bench-tokenizer: tests/bench_tokenizer
-	./tests/bench_tokenizer tests/data 4
-bench: bench-tokenizer
-.PHONY: bench-tokenizer
-
-# --- speed benchmark (issue 5): random-weight 2B (and --9b) checkpoints in bench-data/ ---
 tests/bench_model: tests/bench_model.c gemma2.h
 	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ tests/bench_model.c $(LDLIBS)
 
+# With SentencePiece when its C++ library links, else on its own.
+tests/bench_tokenizer: tests/bench_tokenizer.c gemma2.h
+	$(CXX) -x c++ -std=c++17 -O2 -DGEMMA2_BENCH_SPM -o $@ tests/bench_tokenizer.c -lsentencepiece $(LDLIBS) 2>/dev/null || \
+	$(CC) $(STD) -O2 -o $@ tests/bench_tokenizer.c $(LDLIBS)
+
+RUN_BENCH_TOKENIZER = ./tests/bench_tokenizer tests/data 4
+RUN_BENCH_MODEL     = ./tests/bench_model $(BENCH_ARGS)
+
+bench: $(BENCHES)
+	$(RUN_BENCH_TOKENIZER)
+	$(RUN_BENCH_MODEL)
+
 bench-model: tests/bench_model
-	./tests/bench_model $(BENCH_ARGS)
+	$(RUN_BENCH_MODEL)
 
-bench: bench-model
-.PHONY: bench-model
+bench-tokenizer: tests/bench_tokenizer
+	$(RUN_BENCH_TOKENIZER)
 
-# --- ARM64: the NEON kernels, cross-built statically and run under qemu-user: the whole suite on
-#     qemu's default CPU, which has BF16 (so both the neon and neon-bf16 sets run), then the kernel
-#     tests as a Cortex-A72, where the run-time detection must not pick BFDOT.
-#     (apt-get install gcc-aarch64-linux-gnu qemu-user; skipped with a note when absent)
-ARM64_CC   ?= aarch64-linux-gnu-gcc
-QEMU_ARM64 ?= qemu-aarch64
+# ---------------------------------------------------------------- cross: ARM64 under qemu-user
+# The NEON kernels, cross-built statically: the whole suite on qemu's default CPU, which has
+# BF16 (so both the neon and neon-bf16 kernel sets run), then the kernel tests as a Cortex-A72,
+# where run-time detection must not pick BFDOT. Needs: apt-get install gcc-aarch64-linux-gnu
+# libc6-dev-arm64-cross qemu-user.
+ifneq ($(HAVE_ARM64),)
+define run-arm64
+@echo "== arm64 (NEON + BF16) under qemu" && $(QEMU_ARM64) ./tests/gemma2_test_arm64
+@echo "== arm64 kernels on a Cortex-A72 (no BF16) under qemu" && $(QEMU_ARM64) -cpu cortex-a72 ./tests/gemma2_test_arm64 kernels
+endef
+else
+define run-arm64
+@echo "== arm64: skipped ($(ARM64_CC) or $(QEMU_ARM64) not installed)"
+endef
+endif
 
 tests/gemma2_test_arm64: $(TEST_SRC)
 	$(ARM64_CC) $(STD) -O2 $(WARN) -static -o $@ tests/gemma2_test.c $(LDLIBS)
 
-test-arm64:
-	@if command -v $(ARM64_CC) >/dev/null 2>&1 && command -v $(QEMU_ARM64) >/dev/null 2>&1; then \
-	  $(MAKE) --no-print-directory tests/gemma2_test_arm64 && echo "== arm64 (NEON + BF16) under qemu" && $(QEMU_ARM64) ./tests/gemma2_test_arm64 && \
-	  echo "== arm64 kernels on a Cortex-A72 (no BF16) under qemu" && $(QEMU_ARM64) -cpu cortex-a72 ./tests/gemma2_test_arm64 kernels; \
-	else echo "== arm64: skipped ($(ARM64_CC) or $(QEMU_ARM64) not installed)"; fi
+test-arm64: $(ARM64_TEST)
+	$(run-arm64)
 
-test: test-arm64
-.PHONY: test-arm64
+# ---------------------------------------------------------------- clean
 
-# --- generation (issue 4): the CLI and the perplexity example; the tests compile the CLI in
-all: gemma2 examples/perplexity
-gemma2: examples/gemma2.c gemma2.h
-	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ examples/gemma2.c $(LDLIBS)
-tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx tests/gemma2_test_arm64: examples/gemma2.c
+clean:
+	rm -f gemma2 $(EXAMPLES) $(TESTS) tests/gemma2_test_arm64 $(BENCHES)
