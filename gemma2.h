@@ -61,6 +61,15 @@
        2.12 Kernels: SIMD sets (x86-64 AVX2 / AVX-512, ARM64 NEON / BF16) and their selection
      License
 
+   READING GUIDE
+     To learn the model, start at section 2.5: gemma2__forward_reference is Gemma 2 for one
+     token in ~60 lines of plain C (the 2B shapes are in the comment above it); the fast
+     forward pass below it has the same steps, one named function each (gemma2__layer_forward).
+     The kernels it calls are in 2.3 (scalar reference) and, for speed, 2.12 (SIMD). Section
+     2.2 is the contract between the two: weight formats and kernel sets as separate axes,
+     with the checklists for adding either. The tokenizer (2.9) and the loader (2.10) stand on
+     their own. Public declarations come first (Part 1), with their rules beside them.
+
    THREADS AND STATE
      The library keeps no global mutable state, never prints and never exits.
      A gemma2_model is read-only after gemma2_load and may be shared by any number
@@ -1038,7 +1047,7 @@ static void gemma2__rope_scalar(float *x, int n_heads, int hd, const float *cs)
         }
 }
 
-/* Activations to bf16 (for GEMMA2_COMPUTE_BF16: the xb copy matmul reads). */
+/* Floats to bf16 (the bf16 KV cache; the bf16 activation layouts). */
 static void gemma2__to_bf16_scalar(uint16_t *dst, const float *src, int n)
 {
     int i;
@@ -1429,6 +1438,7 @@ static GEMMA2__MAYBE_UNUSED void gemma2__matmul_n(gemma2__pool *p, const gemma2_
 {
     gemma2__matmul_job j;
     int nt = p ? gemma2__pool_size(p) : 1, i;
+    GEMMA2_ASSERT(n >= 1 && n <= GEMMA2__MM_MAX);
     if (nt <= 1) {
         for (i = 0; i < n; i++) gemma2__matmul_for(k, a[i].w->format)(&a[i], 0, a[i].w->rows);
         return;
@@ -1476,6 +1486,7 @@ static void gemma2__pack(gemma2__pool *p, const gemma2__kernels *k, gemma2__matm
         a[i].xp_kind = a[i].xp ? kind : GEMMA2__PACK_NONE;
     }
     if (j.kind == GEMMA2__PACK_NONE) return;
+    GEMMA2_ASSERT(j.kind < GEMMA2__PACK_COUNT && k->pack); /* the contract: pack_kind comes with pack */
     j.k = k; j.xp = buf; j.x = a[0].x; j.T = a[0].T; j.K = a[0].w->cols;
     j.rows = gemma2__pack_rows(j.kind, j.T, j.K);
     j.per = GEMMA2__MAX(4 * unit, ((j.rows + 2 * nt - 1) / (2 * nt) + unit - 1) / unit * unit);
@@ -1836,6 +1847,7 @@ static void gemma2__output_logits(gemma2_session *s, int first, int n, float *lo
 static void gemma2__forward(gemma2_session *s, const int32_t *ids, int C, int pos0, float *logits, int first_logit)
 {
     int l;
+    GEMMA2_ASSERT(C >= 1 && C <= GEMMA2__CHUNK && pos0 + C <= s->n_ctx); /* the scratch holds one chunk */
     gemma2__embed(s, ids, C);
     if (s->trace) s->trace(s->trace_user, 0, pos0, C, s->x);
     gemma2__rope_angles(s, pos0, C);
@@ -5627,7 +5639,7 @@ static int gemma2__cpu_count(void)
    Fewer instructions per weight byte leave room for more misses in flight, so where the CPU
    has bf16 dot products the float32 decode can use them too, on x split exactly into three
    bf16 parts (gemma2__matvec_512x3: still float32 arithmetic); it pays on the wide down
-   projection only (GEMMA2__X3_MIN_COLS).
+   projection only (x3_min_cols, in gemma2__kernels_init_avx512bf16).
 
    Prefill (T > 1, AVX-512) reuses each loaded weight for many tokens, which turns the
    product compute-bound. The AVX-512 tile turns the problem around: 16 tokens sit across
@@ -5857,7 +5869,7 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__matvec_512dp(const gemma
 }
 
 /* Float32 decode with bf16 dot products (the default GEMMA2_COMPUTE_F32 on CPUs with
-   AVX512_BF16). x comes split exactly into three bf16 parts (to_bf16x3), so that three
+   AVX512_BF16). x comes split exactly into three bf16 parts (GEMMA2__PACK_X3), so that three
    vdpbf16ps per 32 weights compute w*hi + w*mid + w*lo = w*x: products of bf16 numbers are
    exact in float32 and the sums are float32 additions, as with FMAs on widened weights (the
    measured difference is at the float32 rounding level, ~1e-8 of the sum of |terms|). The
@@ -5917,7 +5929,7 @@ GEMMA2__MATVECS(gemma2__matvecs_512bh, GEMMA2__T_AVX512, gemma2__matvec_512bh, f
 GEMMA2__MATVECS(gemma2__matvecs_512dp, GEMMA2__T_AVX512BF16, gemma2__matvec_512dp, uint16_t, (const uint16_t *)a->xp)
 GEMMA2__MATVECS(gemma2__matvecs_512x3, GEMMA2__T_AVX512BF16, gemma2__matvec_512x3, uint16_t, (const uint16_t *)a->xp)
 
-/* ---- prefill: many tokens, bf16 weights ------------------------------------------------
+/* ---- prefill: many tokens, transposed activations (bf16 and F32 weights) ----------------
 
    With many tokens each weight can serve several of them, and the product becomes bound by
    arithmetic; what matters then is how many multiply-adds each loaded register feeds. The
@@ -6318,7 +6330,7 @@ static GEMMA2__T_AVX512 void gemma2__to_bf16_avx512(uint16_t *dst, const float *
     }
 }
 
-/* to_bf16x3: 16 columns at a time, each part rounded with gemma2__to_bf16_512 (bit-exact with
+/* The X3 layout: 16 columns at a time, each part rounded with gemma2__to_bf16_512 (bit-exact with
    the scalar reference) and subtracted in float32. */
 static GEMMA2__T_AVX512 void gemma2__to_bf16x3_avx512(uint16_t *dst, const float *x, int n)
 {
@@ -6465,7 +6477,7 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__hsum16_512(const __m512 a[
 
 /* 16 scores at once: keys a..a+16/NG of NG (1, 2 or 4) queries, accumulator g * (16/NG) + key.
    More queries per key row means fewer row loads per FMA: 4 queries x 4 keys load 8 registers
-   per 16 FMAs, 2 x 8 load 10 (when a block of tokens is scored together, section 2.10, the
+   per 16 FMAs, 2 x 8 load 10 (when a block of tokens is scored together, gemma2__att_task, the
    key rows come from L2 and their loads set the pace). */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc16_512(float *s, int lds, const float *q, int hd, const void *K, int a, const int NG,
                                                                float scale, const int BF)
