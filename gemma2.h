@@ -734,7 +734,8 @@ typedef struct gemma2__mat {
               columns 32 hi then 32 mid then 32 lo, zero padded (float32 decode on bf16
               dot products)
    Transposed layouts store (row j, token t) at gemma2__xt_off: tokens in runs of 32, each run
-   holding every row, 4 bytes per value, tokens past T zero. */
+   holding every row, 4 bytes per value; tokens past T are zero up to a multiple of 16 (no
+   kernel reads further). */
 enum { GEMMA2__PACK_NONE, GEMMA2__PACK_BF16, GEMMA2__PACK_XT_F32, GEMMA2__PACK_XT_BF16, GEMMA2__PACK_X3, GEMMA2__PACK_COUNT };
 
 static GEMMA2__MAYBE_UNUSED size_t gemma2__xt_off(int rows, int j, int t) { return ((size_t)(t >> 5) * (size_t)rows + (size_t)j) * 32 + (size_t)(t & 31); }
@@ -1163,7 +1164,7 @@ static void gemma2__to_bf16x3_scalar(uint16_t *dst, const float *x, int n)
 /* Rows [j0, j1) of layout `kind` (GEMMA2__PACK_*) for x [T][K], element by element. */
 static void gemma2__pack_ref(void *xp, int kind, const float *x, int T, int K, int j0, int j1)
 {
-    int j, t, rows = gemma2__pack_rows(kind, T, K), Tp = (T + 31) & ~31;
+    int j, t, rows = gemma2__pack_rows(kind, T, K), Tp = (T + 15) & ~15;
     uint32_t *o = (uint32_t *)xp;
     switch (kind) {
     case GEMMA2__PACK_BF16:
@@ -1555,7 +1556,7 @@ typedef struct gemma2__att_job {
    memory no other thread writes (a neighbour's scratch would bounce between the cores: when
    the AVX-512 kernels still read through the scratch, 2B decode at 8k positions with 2
    threads measured 4.0 tokens/s without the padding, 6.0 with it). */
-static int gemma2__kvtmp_rows(const gemma2__kernels *k) { return GEMMA2__KV_BLK + GEMMA2__MAX(k->att_prefetch_rows, 16); }
+static int gemma2__kvtmp_rows(const gemma2__kernels *k) { return GEMMA2__KV_BLK + k->att_prefetch_rows; }
 
 static void gemma2__att_rows(gemma2_session *s, int layer, int kvh, int s0, int n, float *sc, int lds, const float *q, float *out, int nq,
                              float scale, float *tmp)
@@ -5312,7 +5313,7 @@ no_tok:
     if ((rc = gemma2__progress(m, 0.0f, err, err_size)) != 0) goto fail;
     if ((rc = gemma2__open_weights(m, model_dir, &ts, err, err_size)) != 0) goto fail;
     if ((rc = gemma2__progress(m, 0.1f, err, err_size)) != 0) goto fail;
-    if (m->opt.weights != GEMMA2_WEIGHTS_AUTO) m->load_pool = gemma2__pool_new(m->opt.n_threads);
+    if (m->opt.weights == GEMMA2_WEIGHTS_BF16) m->load_pool = gemma2__pool_new(m->opt.n_threads);
     rc = gemma2__bind_weights(m, &ts, err, err_size);
     gemma2__pool_free(m->load_pool);
     m->load_pool = NULL;

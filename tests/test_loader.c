@@ -223,6 +223,32 @@ static void test_loader_config_values(void)
     gemma2_free(m);
 }
 
+/* Option values: one past each enum's last value (its _COUNT) and negatives are refused with a
+   one-line reason before anything is read; the last value itself is accepted. */
+static void test_loader_option_ranges(void)
+{
+    static const char *fields[] = {"weights", "compute", "kv_cache", "kernels", "n_threads"};
+    const char *dir = g2t_path("models/tiny-gqa");
+    int f, v;
+    for (f = 0; f < 5; f++)
+        for (v = 0; v < 3; v++) {
+            gemma2_options opt;
+            gemma2_model *m;
+            char err[256];
+            int *field, count = f == 0 ? GEMMA2_WEIGHTS_COUNT : f == 1 ? GEMMA2_COMPUTE_COUNT : f == 2 ? GEMMA2_KV_COUNT : GEMMA2_KERNELS_COUNT;
+            memset(&opt, 0, sizeof opt);
+            field = f == 0 ? &opt.weights : f == 1 ? &opt.compute : f == 2 ? &opt.kv_cache : f == 3 ? &opt.kernels : &opt.n_threads;
+            if (f == 4 && v != 1) continue; /* n_threads: only a negative count is out of range */
+            *field = v == 0 ? count : v == 1 ? -1 : count - 1;
+            if (f == 3 && v == 2) *field = GEMMA2_KERNELS_SCALAR; /* the last set may not exist on this CPU */
+            err[0] = 0;
+            m = gemma2_load(dir, &opt, err, sizeof err);
+            if (v < 2) CHECK(m == NULL && strstr(err, "out of range") != NULL, "%s = %d: want an out-of-range error, got \"%s\"", fields[f], *field, err);
+            else CHECK(m != NULL, "%s = %d must load: %s", fields[f], *field, err);
+            gemma2_free(m);
+        }
+}
+
 static void test_loader_session_edges(void)
 {
     gemma2_model *m = ldr_load("tiny-gqa");
@@ -301,6 +327,7 @@ void suite_loader(void)
     g2t_run("loader/bad-files", test_loader_bad_files);
     g2t_run("loader/fuzz-header", test_loader_fuzz_header);
     g2t_run("loader/config-values", test_loader_config_values);
+    g2t_run("loader/option-ranges", test_loader_option_ranges);
     g2t_run("loader/session-edges", test_loader_session_edges);
     g2t_run("loader/rings", test_loader_rings);
     suite_loader_dtypes();
