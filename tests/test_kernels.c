@@ -21,12 +21,25 @@ static int kern_get(int i, gemma2__kernels *k)
     return 1;
 }
 
-/* Random weights in a format, and the same values widened to float (wf). F16 values are
-   drawn as bit patterns with exponents that keep them normal. */
-static void *kern_weights(int format, size_t n, float *wf)
+/* Random weights in a format, rows x cols, and the same values widened to float (wf). F16
+   values are drawn as bit patterns with exponents that keep them normal; Q8 rows are random
+   floats quantized (every 7th row scaled by 1e-3, so that block scales differ a lot). */
+static void *kern_weights(int format, int rows, int cols, float *wf)
 {
-    size_t i;
-    if (format == GEMMA2__WF_F32) {
+    size_t i, n = (size_t)rows * cols;
+    if (format == GEMMA2__WF_Q8) {
+        size_t rb = gemma2__row_bytes(GEMMA2__WF_Q8, cols);
+        uint8_t *w = (uint8_t *)malloc((size_t)rows * rb);
+        float *row = (float *)malloc((size_t)cols * sizeof(float));
+        int r, k;
+        for (r = 0; r < rows; r++) {
+            for (k = 0; k < cols; k++) row[k] = kern_rand() * (r % 7 == 3 ? 1e-3f : 1.0f) * (k % 32 == 5 ? 8.0f : 1.0f);
+            gemma2__q8_quantize_row(w + (size_t)r * rb, row, cols);
+            gemma2__to_float_q8(wf + (size_t)r * cols, w + (size_t)r * rb, 0, cols);
+        }
+        free(row);
+        return w;
+    } else if (format == GEMMA2__WF_F32) {
         float *w = (float *)malloc(n * sizeof(float));
         for (i = 0; i < n; i++) w[i] = wf[i] = kern_rand();
         return w;
@@ -69,7 +82,7 @@ static void kern_check_matmul(const gemma2__kernels *k, int format, int rows, in
     size_t nw = (size_t)rows * K, i;
     int ldy = rows + 3, t, r, kk, kind = GEMMA2__PACK_NONE, dp;
     float *wf = (float *)malloc(nw * sizeof(float));
-    void *w_data = kern_weights(format, nw, wf);
+    void *w_data = kern_weights(format, rows, K, wf);
     float *x = (float *)malloc((size_t)T * K * sizeof(float));
     float *xr = (float *)malloc((size_t)T * K * sizeof(float));
     float *y = (float *)malloc((size_t)T * ldy * sizeof(float));
@@ -79,6 +92,7 @@ static void kern_check_matmul(const gemma2__kernels *k, int format, int rows, in
     gemma2__matmul_args a, ar;
     int bad = 0;
     for (i = 0; i < (size_t)T * K; i++) x[i] = kern_rand() * 2.0f;
+    if (format == GEMMA2__WF_Q8 && T > 1) for (i = 0; i < (size_t)GEMMA2__MIN(K, 32); i++) x[(size_t)K + i] = 0; /* an all-zero block */
     for (i = 0; i < (size_t)T * ldy; i++) y[i] = yr[i] = 12345.0f;
     w.data = w_data; w.format = format; w.rows = rows; w.cols = K;
     memset(&a, 0, sizeof a);
@@ -87,6 +101,9 @@ static void kern_check_matmul(const gemma2__kernels *k, int format, int rows, in
     dp = kind == GEMMA2__PACK_BF16 || kind == GEMMA2__PACK_XT_BF16; /* the kernel will use bf16 activations */
     for (i = 0; i < (size_t)T * K; i++) xr[i] = dp ? gemma2__bf16_to_f32(gemma2__f32_to_bf16(x[i])) : x[i];
     ar = a; ar.y = yr; ar.x = xr; ar.xp = NULL; ar.xp_kind = GEMMA2__PACK_NONE;
+    /* Q8: the reference quantizes x itself (xr stays x); the tolerance below is on the sum of
+       |terms| of the quantized product, whose integer dots kernels must compute exactly (a
+       wrong quant or scale is off by far more than float32 summation order) */
     gemma2__matmul_for(k, format)(&a, r0, r1);
     gemma2__wformat_of(format)->matmul_ref(&ar, r0, r1);
     for (t = 0; t < T && !bad; t++)
@@ -139,6 +156,14 @@ static void kern_test_matmul(void)
             kern_check_matmul(&k, GEMMA2__WF_BF16, 30, 71, 150, 0, 30, cb, 1);
             kern_check_matmul(&k, GEMMA2__WF_BF16, 30, 71, 150, 1, 29, cb, 1);
         }
+        /* Q8: groups of 8 rows plus tails, many blocks, the fixtures' widths (72, 40, 48: partial blocks) */
+        for (up = 0; up < 2; up++) {
+            kern_check_matmul(&k, GEMMA2__WF_Q8, 70, 300, 3, 1, 69, 0, up);
+            kern_check_matmul(&k, GEMMA2__WF_Q8, 61, 2304 + 7, 2, 0, 61, 0, up);
+            kern_check_matmul(&k, GEMMA2__WF_Q8, 40, 72, 5, 0, 40, 0, up);
+            kern_check_matmul(&k, GEMMA2__WF_Q8, 33, 40, 1, 0, 33, 0, up);
+            kern_check_matmul(&k, GEMMA2__WF_Q8, 33, 48, 2, 8, 32, 0, up);
+        }
         /* the X3 layout on every width where the set has it */
         if (k.x3_min_cols < INT_MAX) {
             gemma2__kernels k3 = k;
@@ -147,6 +172,67 @@ static void kern_test_matmul(void)
         }
     }
     CHECK(n_sets >= 1, "no kernel set at all");
+}
+
+/* fp32 -> fp16 (the Q8 scales): every finite half survives the round trip; the midpoints
+   between neighbouring halves tie to the even one, and a float just beside a midpoint goes to
+   the nearer half; past the largest half (midpoint 65520 included) is infinity. */
+static void kern_test_f16(void)
+{
+    uint32_t h;
+    int bad = 0;
+    for (h = 0; h < 0x10000u && bad < 5; h++) {
+        uint16_t got;
+        float f = gemma2__f16_to_f32((uint16_t)h);
+        if ((h & 0x7c00u) == 0x7c00u && (h & 0x3ffu)) continue; /* NaN */
+        got = gemma2__f32_to_f16(f);
+        if (got != h) { CHECK(0, "f16 %04x -> %g -> %04x", (unsigned)h, f, (unsigned)got); bad++; }
+        if ((h & 0x7fffu) < 0x7c00u) { /* a finite half and the next one up in magnitude */
+            uint16_t up = (uint16_t)(h + 1);
+            int top = (h & 0x7fffu) == 0x7bffu; /* the next one up is infinity: the midpoint is 65520 */
+            float mid = top ? ((h & 0x8000u) ? -65520.0f : 65520.0f) : (float)(((double)f + (double)gemma2__f16_to_f32(up)) / 2);
+            uint16_t even = (h & 1u) ? up : (uint16_t)h;
+            uint16_t want_mid = top ? (uint16_t)((h & 0x8000u) | 0x7c00u) : even;
+            uint16_t lo = gemma2__f32_to_f16(nextafterf(mid, 0.0f)), hi = gemma2__f32_to_f16(nextafterf(mid, (h & 0x8000u) ? -INFINITY : INFINITY));
+            if (gemma2__f32_to_f16(mid) != want_mid || lo != h || hi != up) {
+                CHECK(0, "f16 midpoint after %04x: %04x (want %04x), below %04x, above %04x", (unsigned)h, gemma2__f32_to_f16(mid), want_mid, lo, hi);
+                bad++;
+            }
+        }
+    }
+    CHECK(gemma2__f32_to_f16(1e6f) == 0x7c00u && gemma2__f32_to_f16(-1e6f) == 0xfc00u, "overflow to infinity");
+    CHECK(gemma2__f32_to_f16(1e-9f) == 0 && gemma2__f32_to_f16(-1e-9f) == 0x8000u, "underflow to zero");
+}
+
+/* Q8 quantization as defined: d = absmax / 127 stored as fp16, round half away from zero, an
+   all-zero block has d = 0, a partial block is padded with zero quants. */
+static void kern_test_q8_quantize(void)
+{
+    float x[40], back[40];
+    uint8_t row[2 * GEMMA2__Q8_BYTES];
+    uint16_t h;
+    int i;
+    for (i = 0; i < 40; i++) x[i] = 0;
+    x[0] = 127.0f; x[1] = 0.5f; x[2] = -0.5f; x[3] = 1.5f; x[4] = -2.5f; x[5] = -127.0f; x[6] = 3.49f;
+    x[33] = 0; /* block 2: columns 32..39, all zero */
+    memset(row, 0xa5, sizeof row);
+    gemma2__q8_quantize_row(row, x, 40);
+    memcpy(&h, row, 2);
+    CHECK(h == 0x3c00u, "d of the first block: %04x, want 1.0", h);
+    CHECK((int8_t)row[2] == 127 && (int8_t)row[3] == 1 && (int8_t)row[4] == -1 && (int8_t)row[5] == 2 && (int8_t)row[6] == -3 &&
+          (int8_t)row[7] == -127 && (int8_t)row[8] == 3, "quants %d %d %d %d %d %d %d", (int8_t)row[2], (int8_t)row[3], (int8_t)row[4],
+          (int8_t)row[5], (int8_t)row[6], (int8_t)row[7], (int8_t)row[8]);
+    memcpy(&h, row + GEMMA2__Q8_BYTES, 2);
+    CHECK(h == 0, "all-zero block: d %04x", h);
+    for (i = 0; i < 32; i++) CHECK(row[GEMMA2__Q8_BYTES + 2 + i] == 0, "padding quant %d is %d", i, row[GEMMA2__Q8_BYTES + 2 + i]);
+    gemma2__to_float_q8(back, row, 32, 8);
+    for (i = 0; i < 8; i++) CHECK(back[i] == 0, "to_float of the zero block");
+    gemma2__to_float_q8(back, row, 0, 40);
+    CHECK(back[0] == 127.0f && back[4] == -3.0f && back[39] == 0, "to_float");
+    x[32] = 0.3f; /* a partial block: d = 0.3 / 127 rounded to fp16 */
+    gemma2__q8_quantize_row(row, x, 40);
+    memcpy(&h, row + GEMMA2__Q8_BYTES, 2);
+    CHECK(h == gemma2__f32_to_f16(0.3f / 127.0f) && (int8_t)row[GEMMA2__Q8_BYTES + 2] == 127 && row[GEMMA2__Q8_BYTES + 3] == 0, "partial block");
 }
 
 /* The list of kernel sets: every id once; a forced set is exactly that set; AUTO is the first
@@ -245,7 +331,7 @@ static void kern_test_matmul_consistent(void)
                     int K = Ks[ki], bad = 0, kind_all, kind_one;
                     size_t i, nw = (size_t)rows * K;
                     float *wf = (float *)malloc(nw * sizeof(float)), *x = (float *)malloc((size_t)T * K * sizeof(float));
-                    void *w_data = kern_weights(f, nw, wf);
+                    void *w_data = kern_weights(f, rows, K, wf);
                     float *yall = (float *)malloc((size_t)T * rows * sizeof(float)), *y1 = (float *)malloc((size_t)2 * rows * sizeof(float));
                     float *x2 = (float *)malloc((size_t)2 * K * sizeof(float));
                     void *buf = malloc(gemma2__pack_bytes_max(T, K));
@@ -575,6 +661,8 @@ static void kern_test_attention(void)
 void suite_kernels(void)
 {
     g2t_run("kernels/selection", kern_test_selection);
+    g2t_run("kernels/f16", kern_test_f16);
+    g2t_run("kernels/q8_quantize", kern_test_q8_quantize);
     g2t_run("kernels/pack", kern_test_pack);
     g2t_run("kernels/matmul", kern_test_matmul);
     g2t_run("kernels/matmul_consistent", kern_test_matmul_consistent);
