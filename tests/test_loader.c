@@ -228,6 +228,7 @@ static void test_loader_config_values(void)
 static void test_loader_option_ranges(void)
 {
     static const char *fields[] = {"weights", "compute", "kv_cache", "kernels", "n_threads"};
+    const int counts[] = {GEMMA2_WEIGHTS_COUNT, GEMMA2_COMPUTE_COUNT, GEMMA2_KV_COUNT, GEMMA2_KERNELS_COUNT, 0};
     const char *dir = g2t_path("models/tiny-gqa");
     int f, v;
     for (f = 0; f < 5; f++)
@@ -235,7 +236,7 @@ static void test_loader_option_ranges(void)
             gemma2_options opt;
             gemma2_model *m;
             char err[256];
-            int *field, count = f == 0 ? GEMMA2_WEIGHTS_COUNT : f == 1 ? GEMMA2_COMPUTE_COUNT : f == 2 ? GEMMA2_KV_COUNT : GEMMA2_KERNELS_COUNT;
+            int *field, count = counts[f];
             memset(&opt, 0, sizeof opt);
             field = f == 0 ? &opt.weights : f == 1 ? &opt.compute : f == 2 ? &opt.kv_cache : f == 3 ? &opt.kernels : &opt.n_threads;
             if (f == 4 && v != 1) continue; /* n_threads: only a negative count is out of range */
