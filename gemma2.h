@@ -148,6 +148,8 @@ enum {
                                 (llama.cpp's Q8_0). The matrix products quantize their activations the same way
                                 and use integer dot products (AVX512_VNNI). Cost on quant-a (tests: model/q8):
                                 next-token KL ~3e-3 on average, the same top token at ~88% of positions */
+    GEMMA2_WEIGHTS_Q4   = 4, /* every projection matrix quantized to 4 bits at load, the embedding (which is also
+                                the output projection) to Q8 as above; see GEMMA2__WF_Q4 in the implementation */
     GEMMA2_WEIGHTS_COUNT     /* one past the last value */
 };
 
@@ -743,7 +745,7 @@ GEMMA2_DEF const char *gemma2_error_string(int code)
    each output is the dot product of one row with the input). A row is a sequence of blocks
    of `block` elements, `block_bytes` bytes each; a partial last block still takes a whole
    block's bytes. Plain number formats are blocks of one element. */
-enum { GEMMA2__WF_F32, GEMMA2__WF_BF16, GEMMA2__WF_F16, GEMMA2__WF_Q8, GEMMA2__WF_COUNT };
+enum { GEMMA2__WF_F32, GEMMA2__WF_BF16, GEMMA2__WF_F16, GEMMA2__WF_Q8, GEMMA2__WF_Q4, GEMMA2__WF_COUNT };
 
 /* Q8 (llama.cpp's Q8_0): blocks of 32 weights along a row, each 34 bytes: the scale
    d = absmax / 127 as IEEE fp16 (2 bytes, little-endian), then the 32 quants
@@ -753,6 +755,19 @@ enum { GEMMA2__WF_F32, GEMMA2__WF_BF16, GEMMA2__WF_F16, GEMMA2__WF_Q8, GEMMA2__W
    are then at odd 2-byte offsets, which unaligned 32-byte loads take at full speed. */
 #define GEMMA2__Q8_BLOCK 32
 #define GEMMA2__Q8_BYTES 34
+
+/* Q4 (llama.cpp's Q4_1: a scale and a minimum): blocks of 32 weights along a row, each 20
+   bytes: d = (max - min) / 15 and m = min as IEEE fp16 (2 bytes each, little-endian), then
+   16 bytes of 4-bit quants q in 0..15, x ~ d q + m, with q = round((x - m) / d) computed
+   from the stored (fp16) d and m and clamped to 0..15. Byte i holds element i in its low
+   nibble and element i + 16 in its high nibble, so one 16-byte load, masked and shifted,
+   gives elements 0..15 and 16..31 in order. A partial last block has zero quants past its
+   end (the activations are zero there, so they add nothing), a constant block d = 0.
+   5 bits per weight. The minimum is worth its 0.5 bit: on quant-a (heavy-tailed weights
+   with outlier columns, like trained ones) symmetric 4-bit blocks (d only) score a mean
+   next-token KL of 0.32, this format 0.18 (tests: model/q4). */
+#define GEMMA2__Q4_BLOCK 32
+#define GEMMA2__Q4_BYTES 20
 
 typedef struct gemma2__mat {
     const void *data; /* rows x gemma2__row_bytes(format, cols) bytes */
@@ -773,8 +788,9 @@ typedef struct gemma2__mat {
               dot products)
      Q8       per token, its columns quantized in blocks of 32 as Q8 weights are (dx = absmax/127
               in float32, q = round-half-away(x / dx) as int8, zero padded), laid out per token
-              as nb = ceil(K/32) blocks of 32 int8 quants, then nb float32 scales: 36 nb bytes
-              per token (integer dot products on Q8 weights)
+              as nb = ceil(K/32) blocks of 32 int8 quants, then nb float32 scales dx, then nb
+              float32 block sums sx = dx * (sum of the block's quants), which Q4's minimum
+              multiplies: 40 nb bytes per token (integer dot products on Q8 and Q4 weights)
    Transposed layouts store (row j, token t) at gemma2__xt_off: tokens in runs of 32, each run
    holding every row, 4 bytes per value; tokens past T are zero up to a multiple of 16 (no
    kernel reads further). */
@@ -782,8 +798,9 @@ enum { GEMMA2__PACK_NONE, GEMMA2__PACK_BF16, GEMMA2__PACK_XT_F32, GEMMA2__PACK_X
 
 static GEMMA2__MAYBE_UNUSED size_t gemma2__xt_off(int rows, int j, int t) { return ((size_t)(t >> 5) * (size_t)rows + (size_t)j) * 32 + (size_t)(t & 31); }
 static size_t gemma2__x3_elems(int K) { return (size_t)(K + 31) / 32 * 96; }
-/* Bytes of one token in the Q8 layout: its quants, then its scales at q8_tok_bytes - 4 nb. */
-static size_t gemma2__q8_tok_bytes(int K) { return (size_t)(K + 31) / 32 * 36; }
+/* Bytes of one token in the Q8 layout: nb blocks of quants, then nb scales at 32 nb, then nb
+   block sums at 36 nb. */
+static size_t gemma2__q8_tok_bytes(int K) { return (size_t)(K + 31) / 32 * 40; }
 
 /* Rows of a layout: the unit in which gemma2__pack splits it over threads. */
 static int gemma2__pack_rows(int kind, int T, int K)
@@ -841,6 +858,9 @@ typedef struct gemma2__wformat {
     /* dst[0 .. n) = elements k0 .. k0+n-1 of a row, widened to float (k0 a multiple of block):
        for lookups (the embedding), the reference forward pass and the tests */
     void (*to_float)(float *dst, const void *row, int k0, int n);
+    /* a row of K floats into the format (gemma2__row_bytes(format, K) bytes): quantizing at
+       load and saving quantized checkpoints */
+    void (*from_float)(void *row, const float *x, int K);
     /* the scalar reference product: what a kernel set's matmul for this format must compute */
     gemma2__matmul_fn matmul_ref;
 } gemma2__wformat;
@@ -1126,6 +1146,14 @@ static void gemma2__to_float_f16(float *dst, const void *row, int k0, int n)
     for (i = 0; i < n; i++) dst[i] = gemma2__f16_to_f32(p[i]);
 }
 
+static void gemma2__from_float_f32(void *row, const float *x, int K) { memcpy(row, x, (size_t)K * sizeof(float)); }
+static void gemma2__from_float_bf16(void *row, const float *x, int K) { gemma2__to_bf16_scalar((uint16_t *)row, x, K); }
+static void gemma2__from_float_f16(void *row, const float *x, int K)
+{
+    int i;
+    for (i = 0; i < K; i++) ((uint16_t *)row)[i] = gemma2__f32_to_f16(x[i]);
+}
+
 /* The reference product for formats whose elements widen exactly to float: each output is
    the plain sequential sum over the columns of w[k] * x[k], in float32. The row is widened
    256 columns at a time (a multiple of every block size) into a stack buffer. */
@@ -1166,8 +1194,9 @@ static float gemma2__q8_quantize(int8_t *q, const float *x, int n)
 }
 
 /* One row of K floats into Q8 (gemma2__row_bytes(GEMMA2__WF_Q8, K) bytes). */
-static void gemma2__q8_quantize_row(uint8_t *dst, const float *x, int K)
+static void gemma2__q8_quantize_row(void *row, const float *x, int K)
 {
+    uint8_t *dst = (uint8_t *)row;
     int k0;
     for (k0 = 0; k0 < K; k0 += GEMMA2__Q8_BLOCK, dst += GEMMA2__Q8_BYTES) {
         uint16_t h = gemma2__f32_to_f16(gemma2__q8_quantize((int8_t *)(dst + 2), x + k0, GEMMA2__MIN(GEMMA2__Q8_BLOCK, K - k0)));
@@ -1187,12 +1216,24 @@ static void gemma2__to_float_q8(float *dst, const void *row, int k0, int n)
     }
 }
 
-/* Token t of the Q8 activation layout: T = 1 rows of K (GEMMA2__PACK_Q8). */
+/* The block sum of the Q8 layout: dx times the integer sum of the quants (exact in float). */
+static float gemma2__q8_block_sum(const int8_t *q, float d)
+{
+    int i, sum = 0;
+    for (i = 0; i < 32; i++) sum += q[i];
+    return d * (float)sum;
+}
+
+/* One token of the Q8 activation layout (GEMMA2__PACK_Q8). */
 static void gemma2__q8_pack_token(uint8_t *dst, const float *x, int K)
 {
     int nb = (K + 31) / 32, b;
-    float *d = (float *)(void *)(dst + (size_t)nb * 32);
-    for (b = 0; b < nb; b++) d[b] = gemma2__q8_quantize((int8_t *)dst + (size_t)b * 32, x + (size_t)b * 32, GEMMA2__MIN(32, K - b * 32));
+    float *d = (float *)(void *)(dst + (size_t)nb * 32), *sx = d + nb;
+    for (b = 0; b < nb; b++) {
+        int8_t *q = (int8_t *)dst + (size_t)b * 32;
+        d[b] = gemma2__q8_quantize(q, x + (size_t)b * 32, GEMMA2__MIN(32, K - b * 32));
+        sx[b] = gemma2__q8_block_sum(q, d[b]);
+    }
 }
 
 /* The reference product for Q8 weights: integer dot products on activations quantized like
@@ -1242,13 +1283,114 @@ static void gemma2__matmul_ref_q8(const gemma2__matmul_args *a, int r0, int r1)
     }
 }
 
+/* Q4 (layout beside GEMMA2__WF_Q4). One block of n <= 32 values into 20 bytes. */
+static void gemma2__q4_quantize_block(uint8_t *blk, const float *x, int n)
+{
+    float lo = x[0], hi = x[0], d, m, id;
+    uint16_t hd, hm;
+    uint8_t q[32];
+    int i;
+    for (i = 1; i < n; i++) { lo = GEMMA2__MIN(lo, x[i]); hi = GEMMA2__MAX(hi, x[i]); }
+    hd = gemma2__f32_to_f16((hi - lo) / 15.0f);
+    hm = gemma2__f32_to_f16(lo);
+    d = gemma2__f16_to_f32(hd);
+    m = gemma2__f16_to_f32(hm);
+    id = d != 0 ? 1.0f / d : 0.0f;
+    for (i = 0; i < 32; i++) {
+        int v = i < n ? (int)roundf((x[i] - m) * id) : 0;
+        q[i] = (uint8_t)(v < 0 ? 0 : v > 15 ? 15 : v);
+    }
+    memcpy(blk, &hd, 2);
+    memcpy(blk + 2, &hm, 2);
+    for (i = 0; i < 16; i++) blk[4 + i] = (uint8_t)(q[i] | q[i + 16] << 4);
+}
+
+static void gemma2__q4_quantize_row(void *row, const float *x, int K)
+{
+    uint8_t *dst = (uint8_t *)row;
+    int k0;
+    for (k0 = 0; k0 < K; k0 += GEMMA2__Q4_BLOCK, dst += GEMMA2__Q4_BYTES) gemma2__q4_quantize_block(dst, x + k0, GEMMA2__MIN(GEMMA2__Q4_BLOCK, K - k0));
+}
+
+/* Quant i (0..31) of a Q4 block. */
+static int gemma2__q4_quant(const uint8_t *blk, int i) { return i < 16 ? blk[4 + i] & 15 : blk[4 + i - 16] >> 4; }
+
+static void gemma2__to_float_q4(float *dst, const void *row, int k0, int n)
+{
+    const uint8_t *b = (const uint8_t *)row + (size_t)(k0 / GEMMA2__Q4_BLOCK) * GEMMA2__Q4_BYTES;
+    int i;
+    for (i = 0; i < n; i++) {
+        const uint8_t *blk = b + (size_t)(i / GEMMA2__Q4_BLOCK) * GEMMA2__Q4_BYTES;
+        uint16_t hd, hm;
+        memcpy(&hd, blk, 2);
+        memcpy(&hm, blk + 2, 2);
+        dst[i] = gemma2__f16_to_f32(hd) * (float)gemma2__q4_quant(blk, i % GEMMA2__Q4_BLOCK) + gemma2__f16_to_f32(hm);
+    }
+}
+
+/* The reference product for Q4 weights, on the Q8 activation layout (made here from x if it
+   comes unpacked). With x ~ dx qx per block, sum_k (dw qw + mw) x ~ dw dx idot + mw sx,
+   sx = dx sum(qx) the layout's block sum. Per token and row:
+     y = sum over blocks b, in order, of ((float)(dw_b * dx_b) * (float)idot_b + mw_b * sx_b)
+   in float32, each step rounded as written (a multiply, a multiply, an add, an add; no
+   fused multiply-add), idot_b the exact int32 dot of the 32 weight and activation quants. */
+static void gemma2__matmul_ref_q4(const gemma2__matmul_args *a, int r0, int r1)
+{
+    const gemma2__mat *w = a->w;
+    const int K = w->cols, nb = (K + 31) / 32;
+    const size_t rb = gemma2__row_bytes(GEMMA2__WF_Q4, K);
+    int8_t qbuf[8 * 32];
+    float dbuf[8], sbuf[8];
+    int t, r, b0, b, i;
+    for (t = 0; t < a->T; t++) {
+        float *y = a->y + (size_t)t * a->ldy;
+        const uint8_t *xp = a->xp_kind == GEMMA2__PACK_Q8 ? (const uint8_t *)a->xp + (size_t)t * gemma2__q8_tok_bytes(K) : NULL;
+        for (r = r0; r < r1; r++) y[r] = 0;
+        for (b0 = 0; b0 < nb; b0 += 8) {
+            int n = GEMMA2__MIN(8, nb - b0);
+            const int8_t *xq;
+            const float *xd, *xs;
+            if (xp) {
+                xq = (const int8_t *)xp + (size_t)b0 * 32;
+                xd = (const float *)(const void *)(xp + (size_t)nb * 32) + b0;
+                xs = xd + nb;
+            } else {
+                const float *x = a->x + (size_t)t * K;
+                for (b = 0; b < n; b++) {
+                    dbuf[b] = gemma2__q8_quantize(qbuf + b * 32, x + (size_t)(b0 + b) * 32, GEMMA2__MIN(32, K - (b0 + b) * 32));
+                    sbuf[b] = gemma2__q8_block_sum(qbuf + b * 32, dbuf[b]);
+                }
+                xq = qbuf; xd = dbuf; xs = sbuf;
+            }
+            for (r = r0; r < r1; r++) {
+                const uint8_t *blk = (const uint8_t *)w->data + (size_t)r * rb + (size_t)b0 * GEMMA2__Q4_BYTES;
+                float s = y[r];
+                for (b = 0; b < n; b++, blk += GEMMA2__Q4_BYTES) {
+                    int32_t idot = 0;
+                    uint16_t hd, hm;
+                    float scale, t1, t2;
+                    for (i = 0; i < 32; i++) idot += gemma2__q4_quant(blk, i) * (int32_t)xq[b * 32 + i];
+                    memcpy(&hd, blk, 2);
+                    memcpy(&hm, blk + 2, 2);
+                    scale = gemma2__f16_to_f32(hd) * xd[b];
+                    t1 = scale * (float)idot;
+                    t2 = gemma2__f16_to_f32(hm) * xs[b];
+                    s += t1 + t2;
+                }
+                y[r] = s;
+            }
+        }
+    }
+}
+
 /* The weight formats. A new format is a row here (see "Adding a weight format" in 2.2). */
 static const gemma2__wformat gemma2__wformats[GEMMA2__WF_COUNT] = {
-    /* name    block  bytes  to_float               reference product */
-    {"f32",    1,     4,     gemma2__to_float_f32,  gemma2__matmul_ref_widen},
-    {"bf16",   1,     2,     gemma2__to_float_bf16, gemma2__matmul_ref_widen},
-    {"f16",    1,     2,     gemma2__to_float_f16,  gemma2__matmul_ref_widen},
-    {"q8",     32,    34,    gemma2__to_float_q8,   gemma2__matmul_ref_q8},
+    /* name    block  bytes  to_float               from_float               reference product */
+    {"f32",    1,     4,     gemma2__to_float_f32,  gemma2__from_float_f32,  gemma2__matmul_ref_widen},
+    {"bf16",   1,     2,     gemma2__to_float_bf16, gemma2__from_float_bf16, gemma2__matmul_ref_widen},
+    {"f16",    1,     2,     gemma2__to_float_f16,  gemma2__from_float_f16,  gemma2__matmul_ref_widen},
+    {"q8",     32,    34,    gemma2__to_float_q8,   gemma2__q8_quantize_row, gemma2__matmul_ref_q8},
+    {"q4",     32,    20,    gemma2__to_float_q4,   gemma2__q4_quantize_row, gemma2__matmul_ref_q4},
 };
 
 static const gemma2__wformat *gemma2__wformat_of(int format) { return &gemma2__wformats[format]; }
@@ -5293,58 +5435,84 @@ static int gemma2__bind_norm(gemma2_model *m, const gemma2__tensors *ts, const c
     return 0;
 }
 
-/* Quantizing a stored matrix to Q8 at load: tasks of rows over the load pool, each row widened
-   to float32 (from F32, BF16 or F16, aligned or not) into a scratch row, then quantized. */
-typedef struct gemma2__q8_job {
+/* Quantizing a stored matrix at load (Q8, Q4): tasks of rows over the load pool, each row
+   widened to float32 (from F32, BF16 or F16, aligned or not) into a scratch row, then written
+   in the format by its from_float. */
+typedef struct gemma2__quant_job {
     uint8_t *dst;
     const uint8_t *src;
-    int dtype, rows, cols, per;
+    int dtype, format, rows, cols, per;
     int failed;                       /* a task could not allocate its scratch row */
-} gemma2__q8_job;
+} gemma2__quant_job;
 
-static void gemma2__q8_task(void *ctx, int task, int n_tasks)
+/* Row r of a stored tensor of `cols` elements of dtype (GEMMA2__ST_F32/BF16/F16) as floats. */
+static void gemma2__stored_row_float(float *row, const uint8_t *src, int dtype, size_t r, int cols)
 {
-    gemma2__q8_job *j = (gemma2__q8_job *)ctx;
-    int r0 = task * j->per, r1 = GEMMA2__MIN(r0 + j->per, j->rows), r, i;
-    size_t esize = j->dtype == GEMMA2__ST_F32 ? 4 : 2, rb = gemma2__row_bytes(GEMMA2__WF_Q8, j->cols);
+    size_t esize = dtype == GEMMA2__ST_F32 ? 4 : 2;
+    const uint8_t *p = src + r * (size_t)cols * esize;
+    int i;
+    for (i = 0; i < cols; i++) {
+        uint16_t h;
+        if (dtype == GEMMA2__ST_F32) memcpy(&row[i], p + 4 * (size_t)i, 4);
+        else {
+            memcpy(&h, p + 2 * (size_t)i, 2);
+            row[i] = dtype == GEMMA2__ST_BF16 ? gemma2__bf16_to_f32(h) : gemma2__f16_to_f32(h);
+        }
+    }
+}
+
+static void gemma2__quant_task(void *ctx, int task, int n_tasks)
+{
+    gemma2__quant_job *j = (gemma2__quant_job *)ctx;
+    int r0 = task * j->per, r1 = GEMMA2__MIN(r0 + j->per, j->rows), r;
+    const gemma2__wformat *f = gemma2__wformat_of(j->format);
+    size_t rb = gemma2__row_bytes(j->format, j->cols);
     float *row = (float *)gemma2__malloc_n((size_t)j->cols, sizeof(float));
     (void)n_tasks;
     if (!row) { j->failed = 1; return; }
     for (r = r0; r < r1; r++) {
-        const uint8_t *p = j->src + (size_t)r * (size_t)j->cols * esize;
-        for (i = 0; i < j->cols; i++) {
-            uint16_t h;
-            if (j->dtype == GEMMA2__ST_F32) memcpy(&row[i], p + 4 * (size_t)i, 4);
-            else {
-                memcpy(&h, p + 2 * (size_t)i, 2);
-                row[i] = j->dtype == GEMMA2__ST_BF16 ? gemma2__bf16_to_f32(h) : gemma2__f16_to_f32(h);
-            }
-        }
-        gemma2__q8_quantize_row(j->dst + (size_t)r * rb, row, j->cols);
+        gemma2__stored_row_float(row, j->src, j->dtype, (size_t)r, j->cols);
+        f->from_float(j->dst + (size_t)r * rb, row, j->cols);
     }
     GEMMA2_FREE(row);
 }
 
-static int gemma2__quantize_q8(gemma2__pool *p, uint8_t *dst, const gemma2__tensor *t, int rows, int cols)
+/* rows x cols stored elements at src into `format` at dst; on the pool if there is one. */
+static int gemma2__quantize(gemma2__pool *p, uint8_t *dst, int format, const uint8_t *src, int dtype, int rows, int cols)
 {
-    gemma2__q8_job j;
+    gemma2__quant_job j;
     int n_tasks;
-    j.dst = dst; j.src = t->data; j.dtype = t->dtype; j.rows = rows; j.cols = cols; j.failed = 0;
+    j.dst = dst; j.src = src; j.dtype = dtype; j.format = format; j.rows = rows; j.cols = cols; j.failed = 0;
     j.per = GEMMA2__MAX(1, (int)((1u << 18) / (unsigned)GEMMA2__MAX(cols, 1))); /* ~256K weights a task */
     n_tasks = (rows + j.per - 1) / j.per;
-    if (!p) { int i; for (i = 0; i < n_tasks; i++) gemma2__q8_task(&j, i, n_tasks); }
-    else gemma2__pool_run(p, gemma2__q8_task, &j, n_tasks);
+    if (!p) { int i; for (i = 0; i < n_tasks; i++) gemma2__quant_task(&j, i, n_tasks); }
+    else gemma2__pool_run(p, gemma2__quant_task, &j, n_tasks);
     return j.failed ? GEMMA2_ERROR_OUT_OF_MEMORY : 0;
 }
 
-/* A weight matrix, in the format gemma2_options.weights asks for (section 2.2):
+/* The format a matrix is held in, from gemma2_options.weights, the stored dtype and whether
+   it is the embedding (which is also the output projection, and stays Q8 under Q4: the
+   logits are the most sensitive product):
      stored BF16                  BF16, used in place from the mapping
      stored F32                   F32 in place; BF16 (a converted copy) under GEMMA2_WEIGHTS_BF16
      stored F16                   F16 in place under GEMMA2_WEIGHTS_F16; else widened to F32, or
                                   rounded to BF16 under GEMMA2_WEIGHTS_BF16 (copies)
      any, under GEMMA2_WEIGHTS_Q8  Q8 (a quantized copy), the embedding included
-   Data that is not aligned to its element size in the file is copied (the kernels load whole
-   elements). The chosen format must be one this build knows (it is: the choice is made here). */
+     any, under GEMMA2_WEIGHTS_Q4  Q4, the embedding Q8 */
+static int gemma2__weights_format(int weights, int dtype, int is_embed)
+{
+    if (weights == GEMMA2_WEIGHTS_Q8) return GEMMA2__WF_Q8;
+    if (weights == GEMMA2_WEIGHTS_Q4) return is_embed ? GEMMA2__WF_Q8 : GEMMA2__WF_Q4;
+    switch (dtype) {
+    case GEMMA2__ST_F32: return weights == GEMMA2_WEIGHTS_BF16 ? GEMMA2__WF_BF16 : GEMMA2__WF_F32;
+    case GEMMA2__ST_F16: return weights == GEMMA2_WEIGHTS_BF16 ? GEMMA2__WF_BF16 : weights == GEMMA2_WEIGHTS_F16 ? GEMMA2__WF_F16 : GEMMA2__WF_F32;
+    default: return GEMMA2__WF_BF16;
+    }
+}
+
+/* A weight matrix, in the format gemma2__weights_format chooses. Data that is not aligned to
+   its element size in the file is copied (the kernels load whole elements). The chosen format
+   must be one this build knows (it is: the choice is made here). */
 static int gemma2__bind_mat(gemma2_model *m, const gemma2__tensors *ts, const char *name, int rows, int cols, gemma2__mat *out,
                             char *err, size_t err_size)
 {
@@ -5353,12 +5521,8 @@ static int gemma2__bind_mat(gemma2_model *m, const gemma2__tensors *ts, const ch
     int rc, fmt, esize = 2;
     void *dst;
     if ((rc = gemma2__want(ts, name, rows, cols, &t, m, err, err_size)) != 0) return rc;
-    switch (t->dtype) {
-    case GEMMA2__ST_F32: fmt = m->opt.weights == GEMMA2_WEIGHTS_BF16 ? GEMMA2__WF_BF16 : GEMMA2__WF_F32; esize = 4; break;
-    case GEMMA2__ST_F16: fmt = m->opt.weights == GEMMA2_WEIGHTS_BF16 ? GEMMA2__WF_BF16 : m->opt.weights == GEMMA2_WEIGHTS_F16 ? GEMMA2__WF_F16 : GEMMA2__WF_F32; break;
-    default: fmt = GEMMA2__WF_BF16; break;
-    }
-    if (m->opt.weights == GEMMA2_WEIGHTS_Q8) fmt = GEMMA2__WF_Q8;
+    if (t->dtype == GEMMA2__ST_F32) esize = 4;
+    fmt = gemma2__weights_format(m->opt.weights, t->dtype, !strcmp(name, "model.embed_tokens.weight"));
     GEMMA2_ASSERT(fmt >= 0 && fmt < GEMMA2__WF_COUNT);
     out->rows = rows;
     out->cols = cols;
@@ -5374,9 +5538,9 @@ static int gemma2__bind_mat(gemma2_model *m, const gemma2__tensors *ts, const ch
     if (!(dst = gemma2__own(m, bytes)))
         return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "tensor %s: out of memory converting to %s", name, gemma2__wformat_of(fmt)->name);
     out->data = dst;
-    if (fmt == GEMMA2__WF_Q8) {
-        if (gemma2__quantize_q8(m->load_pool, (uint8_t *)dst, t, rows, cols) != 0)
-            return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "tensor %s: out of memory quantizing to q8", name);
+    if (fmt == GEMMA2__WF_Q8 || fmt == GEMMA2__WF_Q4) {
+        if (gemma2__quantize(m->load_pool, (uint8_t *)dst, fmt, t->data, t->dtype, rows, cols) != 0)
+            return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "tensor %s: out of memory quantizing to %s", name, gemma2__wformat_of(fmt)->name);
         return 0;
     }
     if (t->dtype == GEMMA2__ST_F32 && fmt == GEMMA2__WF_BF16 && ((uintptr_t)t->data & 3) == 0) {
@@ -5504,7 +5668,8 @@ no_tok:
     if ((rc = gemma2__progress(m, 0.0f, err, err_size)) != 0) goto fail;
     if ((rc = gemma2__open_weights(m, model_dir, &ts, err, err_size)) != 0) goto fail;
     if ((rc = gemma2__progress(m, 0.1f, err, err_size)) != 0) goto fail;
-    if (m->opt.weights == GEMMA2_WEIGHTS_BF16) m->load_pool = gemma2__pool_new(m->opt.n_threads);
+    if (m->opt.weights == GEMMA2_WEIGHTS_BF16 || m->opt.weights == GEMMA2_WEIGHTS_Q8 || m->opt.weights == GEMMA2_WEIGHTS_Q4)
+        m->load_pool = gemma2__pool_new(m->opt.n_threads);
     rc = gemma2__bind_weights(m, &ts, err, err_size);
     gemma2__pool_free(m->load_pool);
     m->load_pool = NULL;
@@ -6492,7 +6657,7 @@ static GEMMA2__T_AVX512BF16 void gemma2__matmul_avx512bf16_bf16(const gemma2__ma
 static int gemma2__pack_kind_avx512(const gemma2__kernels *k, int format, int T, int K, int compute_bf16)
 {
     int bf = compute_bf16 && k->id == GEMMA2_KERNELS_AVX512_BF16 && format == GEMMA2__WF_BF16;
-    if (format == GEMMA2__WF_Q8) return k->matmul[GEMMA2__WF_Q8] ? GEMMA2__PACK_Q8 : GEMMA2__PACK_NONE;
+    if (format == GEMMA2__WF_Q8 || format == GEMMA2__WF_Q4) return k->matmul[format] ? GEMMA2__PACK_Q8 : GEMMA2__PACK_NONE;
     if (format != GEMMA2__WF_F32 && format != GEMMA2__WF_BF16) return GEMMA2__PACK_NONE;
     if (T > 1) return bf ? GEMMA2__PACK_XT_BF16 : GEMMA2__PACK_XT_F32;
     if (bf) return GEMMA2__PACK_BF16;

@@ -22,20 +22,20 @@ static int kern_get(int i, gemma2__kernels *k)
 }
 
 /* Random weights in a format, rows x cols, and the same values widened to float (wf). F16
-   values are drawn as bit patterns with exponents that keep them normal; Q8 rows are random
-   floats quantized (every 7th row scaled by 1e-3, so that block scales differ a lot). */
+   values are drawn as bit patterns with exponents that keep them normal; Q8 and Q4 rows are
+   random floats quantized (every 7th row scaled by 1e-3, so that block scales differ a lot). */
 static void *kern_weights(int format, int rows, int cols, float *wf)
 {
     size_t i, n = (size_t)rows * cols;
-    if (format == GEMMA2__WF_Q8) {
-        size_t rb = gemma2__row_bytes(GEMMA2__WF_Q8, cols);
+    if (format == GEMMA2__WF_Q8 || format == GEMMA2__WF_Q4) {
+        size_t rb = gemma2__row_bytes(format, cols);
         uint8_t *w = (uint8_t *)malloc((size_t)rows * rb);
         float *row = (float *)malloc((size_t)cols * sizeof(float));
         int r, k;
         for (r = 0; r < rows; r++) {
             for (k = 0; k < cols; k++) row[k] = kern_rand() * (r % 7 == 3 ? 1e-3f : 1.0f) * (k % 32 == 5 ? 8.0f : 1.0f);
-            gemma2__q8_quantize_row(w + (size_t)r * rb, row, cols);
-            gemma2__to_float_q8(wf + (size_t)r * cols, w + (size_t)r * rb, 0, cols);
+            gemma2__wformat_of(format)->from_float(w + (size_t)r * rb, row, cols);
+            gemma2__wformat_of(format)->to_float(wf + (size_t)r * cols, w + (size_t)r * rb, 0, cols);
         }
         free(row);
         return w;
@@ -92,7 +92,7 @@ static void kern_check_matmul(const gemma2__kernels *k, int format, int rows, in
     gemma2__matmul_args a, ar;
     int bad = 0;
     for (i = 0; i < (size_t)T * K; i++) x[i] = kern_rand() * 2.0f;
-    if (format == GEMMA2__WF_Q8 && T > 1) for (i = 0; i < (size_t)GEMMA2__MIN(K, 32); i++) x[(size_t)K + i] = 0; /* an all-zero block */
+    if ((format == GEMMA2__WF_Q8 || format == GEMMA2__WF_Q4) && T > 1) for (i = 0; i < (size_t)GEMMA2__MIN(K, 32); i++) x[(size_t)K + i] = 0; /* an all-zero block */
     for (i = 0; i < (size_t)T * ldy; i++) y[i] = yr[i] = 12345.0f;
     w.data = w_data; w.format = format; w.rows = rows; w.cols = K;
     memset(&a, 0, sizeof a);
@@ -156,14 +156,18 @@ static void kern_test_matmul(void)
             kern_check_matmul(&k, GEMMA2__WF_BF16, 30, 71, 150, 0, 30, cb, 1);
             kern_check_matmul(&k, GEMMA2__WF_BF16, 30, 71, 150, 1, 29, cb, 1);
         }
-        /* Q8: groups of 8 rows plus tails, many blocks, the fixtures' widths (72, 40, 48: partial blocks) */
-        for (up = 0; up < 2; up++) {
-            kern_check_matmul(&k, GEMMA2__WF_Q8, 70, 300, 3, 1, 69, 0, up);
-            kern_check_matmul(&k, GEMMA2__WF_Q8, 61, 2304 + 7, 2, 0, 61, 0, up);
-            kern_check_matmul(&k, GEMMA2__WF_Q8, 40, 72, 5, 0, 40, 0, up);
-            kern_check_matmul(&k, GEMMA2__WF_Q8, 33, 40, 1, 0, 33, 0, up);
-            kern_check_matmul(&k, GEMMA2__WF_Q8, 33, 48, 2, 8, 32, 0, up);
-        }
+        /* Q8, Q4: groups of 8 rows plus tails, many blocks, the fixtures' widths (72, 40, 48:
+           partial blocks), token tiles and more tokens than one prefill block */
+        for (f = GEMMA2__WF_Q8; f <= GEMMA2__WF_Q4; f++)
+            for (up = 0; up < 2; up++) {
+                kern_check_matmul(&k, f, 70, 300, 3, 1, 69, 0, up);
+                kern_check_matmul(&k, f, 61, 2304 + 7, 2, 0, 61, 0, up);
+                kern_check_matmul(&k, f, 40, 72, 5, 0, 40, 0, up);
+                kern_check_matmul(&k, f, 33, 40, 1, 0, 33, 0, up);
+                kern_check_matmul(&k, f, 33, 48, 2, 8, 32, 0, up);
+                kern_check_matmul(&k, f, 45, 104, 37, 3, 44, 0, up);
+                kern_check_matmul(&k, f, 70, 520, 150, 0, 70, 0, up);
+            }
         /* the X3 layout on every width where the set has it */
         if (k.x3_min_cols < INT_MAX) {
             gemma2__kernels k3 = k;

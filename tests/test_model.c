@@ -310,12 +310,14 @@ static void mdl_lossy(int compute, int kv_cache)
 static void test_model_compute_bf16(void) { mdl_lossy(GEMMA2_COMPUTE_BF16, GEMMA2_KV_F32); }
 static void test_model_kv_bf16(void) { mdl_lossy(GEMMA2_COMPUTE_F32, GEMMA2_KV_BF16); }
 
-/* GEMMA2_WEIGHTS_Q8 on quant-a against the float32 references, on every kernel set: all T
-   tokens in one call and one token per call (KL and top-1 as above); then the results must not
-   depend on the thread count (1 vs 2 threads) nor on the chunking (one call vs chunks of 2 or
-   more tokens): bit-identical logits. The reference point (tests/data/models/README.md): Q8_0
-   with int8 activations, emulated in float32, KL 3.2e-3, top-1 56/64. */
-static float *mdl_q8_eval(const char *dir, int kernels, int n_threads, const mdl_ref *r, int mode, int generic_att, int *V)
+/* GEMMA2_WEIGHTS_Q8 and Q4 on quant-a against the float32 references, on every kernel set: all
+   T tokens in one call and one token per call (KL and top-1 as above); then the results must
+   not depend on the thread count (1 vs 2 threads) nor on the chunking (one call vs chunks of 2
+   or more tokens): bit-identical logits. The reference points (tests/data/models/README.md),
+   emulated in float32 with int8 activations: Q8_0 KL 3.2e-3, top-1 56/64; Q4_0 (8-bit
+   embedding) KL 0.32, Q4_1-style 0.18. The bounds: Q8 KL <= 5e-3 and top-1 >= 80%; Q4 KL
+   <= 0.47. */
+static float *mdl_q8_eval(const char *dir, int weights, int kernels, int n_threads, const mdl_ref *r, int mode, int generic_att, int *V)
 {
     static const int chunks[] = {2, 5, 3, 7, 2, 4, 11, 2, 6};
     char err[256];
@@ -326,11 +328,12 @@ static float *mdl_q8_eval(const char *dir, int kernels, int n_threads, const mdl
     memset(&opt, 0, sizeof opt);
     opt.kernels = kernels;
     opt.n_threads = n_threads;
-    opt.weights = GEMMA2_WEIGHTS_Q8;
+    opt.weights = weights;
     m = gemma2_load(dir, &opt, err, sizeof err);
-    CHECK(m != NULL, "%s: load q8: %s", dir, err);
+    CHECK(m != NULL, "%s: load quantized: %s", dir, err);
     if (!m) return NULL;
-    CHECK(m->embed.format == GEMMA2__WF_Q8 && m->layers[0].wdown.format == GEMMA2__WF_Q8, "q8: the matrices are Q8");
+    CHECK(m->embed.format == GEMMA2__WF_Q8 && m->layers[0].wdown.format == (weights == GEMMA2_WEIGHTS_Q4 ? GEMMA2__WF_Q4 : GEMMA2__WF_Q8) &&
+          m->layers[0].wq.format == m->layers[0].wdown.format, "the matrices are quantized as asked");
     *V = gemma2_vocab_size(m);
     if (generic_att) m->kern.att_scores = gemma2__att_scores_generic;
     s = gemma2_session_new(m, 0);
@@ -350,8 +353,11 @@ static float *mdl_q8_eval(const char *dir, int kernels, int n_threads, const mdl
     return all;
 }
 
-static void test_model_q8(void)
+static void mdl_quantized(int weights)
 {
+    const char *fname = weights == GEMMA2_WEIGHTS_Q4 ? "q4" : "q8";
+    const double kl_bound = weights == GEMMA2_WEIGHTS_Q4 ? 0.47 : 5e-3;
+    const int top1_pct = weights == GEMMA2_WEIGHTS_Q4 ? 0 : 80;
     char dir[256];
     mdl_ref r;
     int i, mode;
@@ -367,45 +373,48 @@ static void test_model_q8(void)
         for (mode = 0; mode < 2; mode++) {
             double kl_sum = 0, kl_max = 0, kl;
             int same = 0, ts, t;
-            float *all = mdl_q8_eval(dir, id, 2, &r, mode, 0, &V);
+            float *all = mdl_q8_eval(dir, weights, id, 2, &r, mode, 0, &V);
             if (!all) continue;
-            CHECK(V == r.V, "quant-a q8: vocab");
+            CHECK(V == r.V, "quant-a %s: vocab", fname);
             for (t = 0; t < r.T && V == r.V; t++) {
                 mdl_bf16_stats(r.logits + (size_t)t * V, all + (size_t)t * V, V, &kl, &ts);
                 kl_sum += kl;
                 kl_max = GEMMA2__MAX(kl_max, kl);
                 same += ts;
             }
-            printf("      quant-a q8 %s mode %d: KL mean %.2e max %.2e, top-1 %d/%d\n", kk.name, mode, kl_sum / r.T, kl_max, same, r.T);
-            CHECK(kl_sum / r.T <= 5e-3, "quant-a q8 (%s, mode %d): KL mean %g", kk.name, mode, kl_sum / r.T);
-            CHECK(same * 100 >= r.T * 80, "quant-a q8 (%s, mode %d): top-1 %d/%d", kk.name, mode, same, r.T);
+            printf("      quant-a %s %s mode %d: KL mean %.2e max %.2e, top-1 %d/%d\n", fname, kk.name, mode, kl_sum / r.T, kl_max, same, r.T);
+            CHECK(kl_sum / r.T <= kl_bound, "quant-a %s (%s, mode %d): KL mean %g", fname, kk.name, mode, kl_sum / r.T);
+            CHECK(same * 100 >= r.T * top1_pct, "quant-a %s (%s, mode %d): top-1 %d/%d", fname, kk.name, mode, same, r.T);
             free(all);
         }
         /* 1 vs 2 threads, one call vs chunks of 2+ tokens: the same bits. The AVX-512 attention
            scores sum in an order that depends on the chunk (with any weights, not only Q8), so
            the chunking comparison runs with the generic attention scores, which isolates the
            Q8 products; with the set's own, the chunked logits agree to 1e-3. */
-        one = mdl_q8_eval(dir, id, 1, &r, 0, 0, &V);
-        other = mdl_q8_eval(dir, id, 2, &r, 0, 0, &V);
-        CHECK(one && other && !memcmp(one, other, (size_t)r.T * V * sizeof(float)), "quant-a q8 (%s): 1 and 2 threads differ", kk.name);
+        one = mdl_q8_eval(dir, weights, id, 1, &r, 0, 0, &V);
+        other = mdl_q8_eval(dir, weights, id, 2, &r, 0, 0, &V);
+        CHECK(one && other && !memcmp(one, other, (size_t)r.T * V * sizeof(float)), "quant-a %s (%s): 1 and 2 threads differ", fname, kk.name);
         free(other);
-        other = mdl_q8_eval(dir, id, 2, &r, 2, 0, &V);
+        other = mdl_q8_eval(dir, weights, id, 2, &r, 2, 0, &V);
         if (one && other) {
             double worst = 0;
             size_t e;
             for (e = 0; e < (size_t)r.T * V; e++) worst = GEMMA2__MAX(worst, fabs((double)one[e] - other[e]));
-            CHECK(worst <= 1e-3, "quant-a q8 (%s): chunked vs one call: max |logit diff| %g", kk.name, worst);
+            CHECK(worst <= 1e-3, "quant-a %s (%s): chunked vs one call: max |logit diff| %g", fname, kk.name, worst);
         }
         free(one);
         free(other);
-        one = mdl_q8_eval(dir, id, 2, &r, 0, 1, &V);
-        other = mdl_q8_eval(dir, id, 2, &r, 2, 1, &V);
-        CHECK(one && other && !memcmp(one, other, (size_t)r.T * V * sizeof(float)), "quant-a q8 (%s, generic attention scores): chunked differs from one call", kk.name);
+        one = mdl_q8_eval(dir, weights, id, 2, &r, 0, 1, &V);
+        other = mdl_q8_eval(dir, weights, id, 2, &r, 2, 1, &V);
+        CHECK(one && other && !memcmp(one, other, (size_t)r.T * V * sizeof(float)), "quant-a %s (%s, generic attention scores): chunked differs from one call", fname, kk.name);
         free(one);
         free(other);
     }
     mdl_free_ref(&r);
 }
+
+static void test_model_q8(void) { mdl_quantized(GEMMA2_WEIGHTS_Q8); }
+static void test_model_q4(void) { mdl_quantized(GEMMA2_WEIGHTS_Q4); }
 
 static void suite_model_long(void);
 
@@ -477,6 +486,7 @@ void suite_model(void)
     g2t_run("model/compute_bf16", test_model_compute_bf16);
     g2t_run("model/kv_bf16", test_model_kv_bf16);
     g2t_run("model/q8", test_model_q8);
+    g2t_run("model/q4", test_model_q4);
     suite_model_long();
 }
 
