@@ -923,6 +923,9 @@ typedef struct gemma2__kernels {
     const char *name;
     int id;                                        /* GEMMA2_KERNELS_* */
     gemma2__matmul_fn matmul[GEMMA2__WF_COUNT];    /* NULL: the format's reference product */
+    /* a row of K floats into a format, bit for bit what the format's from_float writes
+       (quantizing at load and saving); NULL: that from_float */
+    void (*from_float[GEMMA2__WF_COUNT])(void *row, const float *x, int K);
     /* the layout matmul[format] wants for T tokens of K columns (GEMMA2__PACK_*); compute_bf16:
        GEMMA2_COMPUTE_BF16 was asked for. NULL: always GEMMA2__PACK_NONE */
     int (*pack_kind)(const struct gemma2__kernels *k, int format, int T, int K, int compute_bf16);
@@ -5442,6 +5445,7 @@ typedef struct gemma2__quant_job {
     uint8_t *dst;
     const uint8_t *src;
     int dtype, format, rows, cols, per;
+    void (*from_float)(void *row, const float *x, int K);
     int failed;                       /* a task could not allocate its scratch row */
 } gemma2__quant_job;
 
@@ -5451,37 +5455,34 @@ static void gemma2__stored_row_float(float *row, const uint8_t *src, int dtype, 
     size_t esize = dtype == GEMMA2__ST_F32 ? 4 : 2;
     const uint8_t *p = src + r * (size_t)cols * esize;
     int i;
-    for (i = 0; i < cols; i++) {
-        uint16_t h;
-        if (dtype == GEMMA2__ST_F32) memcpy(&row[i], p + 4 * (size_t)i, 4);
-        else {
-            memcpy(&h, p + 2 * (size_t)i, 2);
-            row[i] = dtype == GEMMA2__ST_BF16 ? gemma2__bf16_to_f32(h) : gemma2__f16_to_f32(h);
-        }
-    }
+    uint16_t h;
+    if (dtype == GEMMA2__ST_F32) memcpy(row, p, (size_t)cols * 4);
+    else if (dtype == GEMMA2__ST_BF16) for (i = 0; i < cols; i++) { memcpy(&h, p + 2 * (size_t)i, 2); row[i] = gemma2__bf16_to_f32(h); }
+    else for (i = 0; i < cols; i++) { memcpy(&h, p + 2 * (size_t)i, 2); row[i] = gemma2__f16_to_f32(h); }
 }
 
 static void gemma2__quant_task(void *ctx, int task, int n_tasks)
 {
     gemma2__quant_job *j = (gemma2__quant_job *)ctx;
     int r0 = task * j->per, r1 = GEMMA2__MIN(r0 + j->per, j->rows), r;
-    const gemma2__wformat *f = gemma2__wformat_of(j->format);
     size_t rb = gemma2__row_bytes(j->format, j->cols);
     float *row = (float *)gemma2__malloc_n((size_t)j->cols, sizeof(float));
     (void)n_tasks;
     if (!row) { j->failed = 1; return; }
     for (r = r0; r < r1; r++) {
         gemma2__stored_row_float(row, j->src, j->dtype, (size_t)r, j->cols);
-        f->from_float(j->dst + (size_t)r * rb, row, j->cols);
+        j->from_float(j->dst + (size_t)r * rb, row, j->cols);
     }
     GEMMA2_FREE(row);
 }
 
-/* rows x cols stored elements at src into `format` at dst; on the pool if there is one. */
-static int gemma2__quantize(gemma2__pool *p, uint8_t *dst, int format, const uint8_t *src, int dtype, int rows, int cols)
+/* rows x cols stored elements at src into `format` at dst, with the set's from_float; on the
+   pool if there is one. */
+static int gemma2__quantize(gemma2__pool *p, const gemma2__kernels *k, uint8_t *dst, int format, const uint8_t *src, int dtype, int rows, int cols)
 {
     gemma2__quant_job j;
     int n_tasks;
+    j.from_float = k->from_float[format] ? k->from_float[format] : gemma2__wformat_of(format)->from_float;
     j.dst = dst; j.src = src; j.dtype = dtype; j.format = format; j.rows = rows; j.cols = cols; j.failed = 0;
     j.per = GEMMA2__MAX(1, (int)((1u << 18) / (unsigned)GEMMA2__MAX(cols, 1))); /* ~256K weights a task */
     n_tasks = (rows + j.per - 1) / j.per;
@@ -5539,7 +5540,7 @@ static int gemma2__bind_mat(gemma2_model *m, const gemma2__tensors *ts, const ch
         return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "tensor %s: out of memory converting to %s", name, gemma2__wformat_of(fmt)->name);
     out->data = dst;
     if (fmt == GEMMA2__WF_Q8 || fmt == GEMMA2__WF_Q4) {
-        if (gemma2__quantize(m->load_pool, (uint8_t *)dst, fmt, t->data, t->dtype, rows, cols) != 0)
+        if (gemma2__quantize(m->load_pool, &m->kern, (uint8_t *)dst, fmt, t->data, t->dtype, rows, cols) != 0)
             return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "tensor %s: out of memory quantizing to %s", name, gemma2__wformat_of(fmt)->name);
         return 0;
     }
@@ -7125,6 +7126,64 @@ static GEMMA2__T_AVX512BF16 void gemma2__pack_avx512bf16(void *xp, int kind, con
     else gemma2__pack_avx512(xp, kind, x, T, K, j0, j1);
 }
 
+/* ---- quantizing rows (Q8, Q4): the formats' from_float, 16 lanes at a time ----------------
+
+   Bit for bit the scalar gemma2__q8_quantize_row / gemma2__q4_quantize_row: the same IEEE
+   divisions and products, and round-half-away-from-zero (roundf) built from exact steps:
+   t = trunc(v), f = v - t (exact), then t +- 1 where |f| >= 0.5. The block's scales are
+   converted by the scalar gemma2__f32_to_f16, once per 32 weights. A partial last block takes
+   the scalar path. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512i gemma2__round_away_512(__m512 v)
+{
+    __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC), f = _mm512_sub_ps(v, t);
+    __mmask16 up = _mm512_cmp_ps_mask(f, _mm512_set1_ps(0.5f), _CMP_GE_OQ), dn = _mm512_cmp_ps_mask(f, _mm512_set1_ps(-0.5f), _CMP_LE_OQ);
+    __m512i r = _mm512_cvttps_epi32(t);
+    r = _mm512_mask_add_epi32(r, up, r, _mm512_set1_epi32(1));
+    return _mm512_mask_sub_epi32(r, dn, r, _mm512_set1_epi32(1));
+}
+
+static GEMMA2__T_AVX512 void gemma2__q8_quantize_row_avx512(void *row, const float *x, int K)
+{
+    uint8_t *dst = (uint8_t *)row;
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    int k0;
+    for (k0 = 0; k0 + 32 <= K; k0 += 32, dst += GEMMA2__Q8_BYTES) {
+        __m512 x0 = _mm512_loadu_ps(x + k0), x1 = _mm512_loadu_ps(x + k0 + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(x0, absmask), _mm512_and_ps(x1, absmask))), d = amax / 127.0f;
+        uint16_t h = gemma2__f32_to_f16(d);
+        memcpy(dst, &h, 2);
+        if (d == 0) { memset(dst + 2, 0, 32); continue; }
+        _mm_storeu_si128((__m128i *)(void *)(dst + 2), _mm512_cvtepi32_epi8(gemma2__round_away_512(_mm512_div_ps(x0, _mm512_set1_ps(d)))));
+        _mm_storeu_si128((__m128i *)(void *)(dst + 18), _mm512_cvtepi32_epi8(gemma2__round_away_512(_mm512_div_ps(x1, _mm512_set1_ps(d)))));
+    }
+    if (k0 < K) gemma2__q8_quantize_row(dst, x + k0, K - k0);
+}
+
+static GEMMA2__T_AVX512 void gemma2__q4_quantize_row_avx512(void *row, const float *x, int K)
+{
+    uint8_t *dst = (uint8_t *)row;
+    int k0;
+    for (k0 = 0; k0 + 32 <= K; k0 += 32, dst += GEMMA2__Q4_BYTES) {
+        __m512 x0 = _mm512_loadu_ps(x + k0), x1 = _mm512_loadu_ps(x + k0 + 16), vm, vid;
+        float lo = _mm512_reduce_min_ps(_mm512_min_ps(x0, x1)), hi = _mm512_reduce_max_ps(_mm512_max_ps(x0, x1)), d, m, id;
+        uint16_t hd = gemma2__f32_to_f16((hi - lo) / 15.0f), hm = gemma2__f32_to_f16(lo);
+        __m512i q0, q1, zero = _mm512_setzero_si512(), fifteen = _mm512_set1_epi32(15);
+        d = _cvtsh_ss(hd); /* exact, as gemma2__f16_to_f32 (calling that from here costs an SSE/AVX transition) */
+        m = _cvtsh_ss(hm);
+        id = d != 0 ? 1.0f / d : 0.0f;
+        vm = _mm512_set1_ps(m);
+        vid = _mm512_set1_ps(id);
+        q0 = gemma2__round_away_512(_mm512_mul_ps(_mm512_sub_ps(x0, vm), vid));
+        q1 = gemma2__round_away_512(_mm512_mul_ps(_mm512_sub_ps(x1, vm), vid));
+        q0 = _mm512_min_epi32(_mm512_max_epi32(q0, zero), fifteen);
+        q1 = _mm512_min_epi32(_mm512_max_epi32(q1, zero), fifteen);
+        memcpy(dst, &hd, 2);
+        memcpy(dst + 2, &hm, 2);
+        _mm_storeu_si128((__m128i *)(void *)(dst + 4), _mm512_cvtepi32_epi8(_mm512_or_si512(q0, _mm512_slli_epi32(q1, 4))));
+    }
+    if (k0 < K) gemma2__q4_quantize_row(dst, x + k0, K - k0);
+}
+
 static void gemma2__kernels_init_avx512(gemma2__kernels *k)
 {
     gemma2__kernels_init_scalar(k);
@@ -7134,6 +7193,8 @@ static void gemma2__kernels_init_avx512(gemma2__kernels *k)
     k->matmul[GEMMA2__WF_BF16] = gemma2__matmul_avx512_bf16;
     /* Q8 on integer dot products where the CPU has them; else the reference product */
     if (gemma2__x86_features() & GEMMA2__CPU_AVX512VNNI) k->matmul[GEMMA2__WF_Q8] = gemma2__matmul_avx512vnni_q8;
+    k->from_float[GEMMA2__WF_Q8] = gemma2__q8_quantize_row_avx512;
+    k->from_float[GEMMA2__WF_Q4] = gemma2__q4_quantize_row_avx512;
     k->pack_kind = gemma2__pack_kind_avx512;
     k->pack = gemma2__pack_avx512;
     k->dot = gemma2__dot_avx512;

@@ -208,6 +208,45 @@ static void kern_test_f16(void)
     CHECK(gemma2__f32_to_f16(1e-9f) == 0 && gemma2__f32_to_f16(-1e-9f) == 0x8000u, "underflow to zero");
 }
 
+/* Every set's from_float (quantizing at load) writes exactly the bytes of the format's scalar
+   from_float: random rows of several widths (partial last blocks), rows with exact ties at .5
+   of a quant step, all-zero and constant blocks, tiny and large magnitudes. */
+static void kern_test_from_float(void)
+{
+    static const int Ks[] = {1, 31, 32, 33, 64, 72, 100, 2304};
+    int s, f, ki, v, i;
+    float *x = (float *)malloc(2304 * sizeof(float));
+    uint8_t *want = (uint8_t *)malloc(2304 * 4), *got = (uint8_t *)malloc(2304 * 4);
+    for (s = 0; s < GEMMA2__N_KERNEL_SETS; s++) {
+        gemma2__kernels k;
+        if (!kern_get(s, &k)) continue;
+        for (f = 0; f < GEMMA2__WF_COUNT; f++) {
+            void (*ff)(void *, const float *, int) = k.from_float[f] ? k.from_float[f] : gemma2__wformat_of(f)->from_float;
+            for (ki = 0; ki < (int)(sizeof Ks / sizeof Ks[0]); ki++)
+                for (v = 0; v < 6; v++) {
+                    int K = Ks[ki];
+                    size_t rb = gemma2__row_bytes(f, K);
+                    for (i = 0; i < K; i++) {
+                        float r = kern_rand();
+                        switch (v) {
+                        case 0: x[i] = r; break;
+                        case 1: x[i] = i % 32 == 0 ? 15.875f : 0.125f * (float)((i * 7) % 254 - 127) + (i % 3 ? 0.0625f : 0.0f); break; /* q8 ties */
+                        case 2: x[i] = i % 32 == 0 ? 0.0f : (i % 32 == 1 ? 1.875f : 0.125f * (float)(i % 15) + 0.0625f); break;        /* q4 ties */
+                        case 3: x[i] = i / 32 % 2 ? 0.0f : 0.75f; break;                                                          /* zero and constant blocks */
+                        case 4: x[i] = r * 1e-6f; break;
+                        default: x[i] = r * 3e3f; break;
+                        }
+                    }
+                    memset(want, 0x5a, rb); memset(got, 0x5a, rb);
+                    gemma2__wformat_of(f)->from_float(want, x, K);
+                    ff(got, x, K);
+                    CHECK(!memcmp(want, got, rb), "%s: from_float %s K %d case %d differs from the scalar", k.name, gemma2__wformat_of(f)->name, K, v);
+                }
+        }
+    }
+    free(x); free(want); free(got);
+}
+
 /* Q8 quantization as defined: d = absmax / 127 stored as fp16, round half away from zero, an
    all-zero block has d = 0, a partial block is padded with zero quants. */
 static void kern_test_q8_quantize(void)
@@ -667,6 +706,7 @@ void suite_kernels(void)
     g2t_run("kernels/selection", kern_test_selection);
     g2t_run("kernels/f16", kern_test_f16);
     g2t_run("kernels/q8_quantize", kern_test_q8_quantize);
+    g2t_run("kernels/from_float", kern_test_from_float);
     g2t_run("kernels/pack", kern_test_pack);
     g2t_run("kernels/matmul", kern_test_matmul);
     g2t_run("kernels/matmul_consistent", kern_test_matmul_consistent);
