@@ -1538,6 +1538,7 @@ struct gemma2_model {
     gemma2__layer *layers;         /* [L] */
     gemma2__file *files;           /* the safetensors files, mapped */
     int n_files;
+    int files_in_use;              /* some weights point into the files (else they are closed after loading) */
     gemma2__block *owned;          /* allocations freed with the model */
     size_t weight_bytes;
     gemma2__kernels kern;          /* the kernel set, chosen at load (gemma2_options.kernels) */
@@ -5299,16 +5300,24 @@ static int gemma2__tokenizer_load(gemma2__tokenizer **out, const char *path, cha
 
 static void *gemma2__own(gemma2_model *m, size_t bytes)
 {
-    /* Owned blocks are chained through a header; the payload is 64-byte aligned for SIMD loads. */
-    uint8_t *raw = (uint8_t *)GEMMA2_MALLOC(bytes + 64 + sizeof(gemma2__block));
+    /* Owned blocks are chained through a header; the payload is 64-byte aligned for SIMD loads,
+       and a block of 2 MiB or more (converted and quantized weights) is 2 MiB-aligned and
+       advised for huge pages before it is first written: the kernels then stream it through
+       2 MiB TLB entries (where the OS grants them), as they do preloaded weights. */
+    const size_t huge = (size_t)2 << 20, align = bytes >= huge ? huge : 64;
+    uint8_t *raw, *payload;
     gemma2__block *b;
-    uint8_t *payload;
+    if (bytes > (size_t)-1 - align - sizeof(gemma2__block)) return NULL;
+    raw = (uint8_t *)GEMMA2_MALLOC(bytes + align + sizeof(gemma2__block));
     if (!raw) return NULL;
     b = (gemma2__block *)raw;
     b->next = m->owned;
     m->owned = b;
     payload = raw + sizeof(gemma2__block);
-    payload += (64 - ((uintptr_t)payload & 63)) & 63;
+    payload += (align - ((uintptr_t)payload & (align - 1))) & (align - 1);
+#if defined(GEMMA2__POSIX_MMAP) && defined(MADV_HUGEPAGE)
+    if (align == huge) madvise(payload, bytes & ~(huge - 1), MADV_HUGEPAGE);
+#endif
     return payload;
 }
 
@@ -5534,6 +5543,7 @@ static int gemma2__bind_mat(gemma2_model *m, const gemma2__tensors *ts, const ch
     if (((t->dtype == GEMMA2__ST_BF16 && fmt == GEMMA2__WF_BF16) || (t->dtype == GEMMA2__ST_F32 && fmt == GEMMA2__WF_F32) ||
          (t->dtype == GEMMA2__ST_F16 && fmt == GEMMA2__WF_F16)) && ((uintptr_t)t->data & (uintptr_t)(esize - 1)) == 0) {
         out->data = t->data;
+        m->files_in_use = 1;
         return 0;
     }
     if (!(dst = gemma2__own(m, bytes)))
@@ -5676,6 +5686,10 @@ no_tok:
     m->load_pool = NULL;
     if (rc != 0) goto fail;
     gemma2__tensors_free(&ts);
+    if (!m->files_in_use) { /* every weight was copied (quantized): the files are no longer needed */
+        int i;
+        for (i = 0; i < m->n_files; i++) gemma2__file_close(&m->files[i]);
+    }
     m->has_weights = 1;
     return m;
 fail:
