@@ -206,7 +206,7 @@ static void mdl_run_fixture(const char *name, int kernels)
     gemma2_free(m);
 }
 
-static const char *mdl_fixtures[] = {"tiny-27b-style", "tiny-27b-style", "tiny-mha-f32-sharded", "tiny-realvocab", "quant-a"};
+static const char *mdl_fixtures[] = {"tiny-gqa", "tiny-27b-style", "tiny-mha-f32-sharded", "tiny-realvocab", "quant-a"};
 
 static void mdl_all_kernels(const char *name)
 {
@@ -245,7 +245,7 @@ static void mdl_bf16_stats(const float *ref, const float *got, int V, double *kl
    rounded to bf16 whatever the kernels). */
 static void mdl_lossy(int compute, int kv_cache)
 {
-    static const char *names[] = {"tiny-27b-style", "tiny-27b-style", "quant-a", "tiny-mha-f32-sharded"};
+    static const char *names[] = {"tiny-gqa", "tiny-27b-style", "quant-a", "tiny-mha-f32-sharded"};
     int ni, kset, mode;
     for (ni = 0; ni < 4; ni++)
         for (kset = 1; kset < GEMMA2_KERNELS_COUNT; kset++) {
@@ -607,7 +607,7 @@ static void test_model_reference_forward(void)
 
 void suite_model(void)
 {
-    g2t_run("model/tiny-27b-style", test_model_gqa);
+    g2t_run("model/tiny-gqa", test_model_gqa);
     g2t_run("model/tiny-27b-style", test_model_27b);
     g2t_run("model/tiny-mha-f32-sharded", test_model_mha);
     g2t_run("model/tiny-realvocab", test_model_realvocab);
@@ -621,19 +621,19 @@ void suite_model(void)
     suite_model_long();
 }
 
-/* tiny-27b-style (tests/tools/make_long_fixture.py, an independent NumPy float64 forward):
+/* long-odd (tests/tools/make_long_fixture.py, an independent NumPy float64 forward):
    300 tokens = three prefill chunks, sliding rings of 177 slots that wrap, 6 query heads on
    one kv head, head_dim 10, F16 weights. */
 static void test_model_long_odd(void)
 {
     char err[256];
     size_t sz;
-    float *ref = (float *)g2t_read_file(g2t_path("models/tiny-27b-style/logits.f32"), &sz), *out;
-    char *rj = (char *)g2t_read_file(g2t_path("models/tiny-27b-style/reference.json"), &sz);
+    float *ref = (float *)g2t_read_file(g2t_path("models/long-odd/logits.f32"), &sz), *out;
+    char *rj = (char *)g2t_read_file(g2t_path("models/long-odd/reference.json"), &sz);
     gemma2__json j;
     int32_t ids[300];
     int n = 0, mode, i;
-    gemma2_model *m = gemma2_load(g2t_path("models/tiny-27b-style"), NULL, err, sizeof err);
+    gemma2_model *m = gemma2_load(g2t_path("models/long-odd"), NULL, err, sizeof err);
     CHECK(m && ref && rj, "setup: %s", err);
     if (!m || !ref || !rj) { gemma2_free(m); free(ref); free(rj); return; }
     if (gemma2__json_parse(&j, rj, strlen(rj), err, sizeof err) == 0) n = mdl_ints(&j, gemma2__json_get(&j, 0, "ids"), ids, 300);
@@ -648,7 +648,7 @@ static void test_model_long_odd(void)
         if (mode == 0) CHECK(gemma2_eval(s, ids, 300, out) == 0, "eval");
         else for (i = 0; i < 300; i++) CHECK(gemma2_eval(s, ids + i, 1, out + (size_t)i * 97) == 0, "eval %d", i);
         for (i = 0; i < 300 * 97; i++) worst = GEMMA2__MAX(worst, fabsf(out[i] - ref[i]));
-        CHECK(worst < 1e-3f, "tiny-27b-style mode %d: max logit diff %g", mode, worst);
+        CHECK(worst < 1e-3f, "long-odd mode %d: max logit diff %g", mode, worst);
         gemma2_session_free(s);
     }
     /* The bf16 KV cache through the same wrapping rings (head_dim 10: the widening's tails) */
@@ -657,7 +657,7 @@ static void test_model_long_odd(void)
         gemma2_options o;
         memset(&o, 0, sizeof o);
         o.kv_cache = GEMMA2_KV_BF16;
-        m = gemma2_load(g2t_path("models/tiny-27b-style"), &o, err, sizeof err);
+        m = gemma2_load(g2t_path("models/long-odd"), &o, err, sizeof err);
         CHECK(m != NULL, "load: %s", err);
     }
     for (mode = 0; mode < 2 && n == 300 && m; mode++) {
@@ -674,9 +674,9 @@ static void test_model_long_odd(void)
             kl_max = GEMMA2__MAX(kl_max, kl);
             same += ts;
         }
-        printf("      tiny-27b-style kv bf16 mode %d: KL mean %.2e max %.2e, top-1 %d/300\n", mode, kl_sum / 300, kl_max, same);
+        printf("      long-odd kv bf16 mode %d: KL mean %.2e max %.2e, top-1 %d/300\n", mode, kl_sum / 300, kl_max, same);
         /* measured: KL mean 2.4e-3, max 3.9e-2, top-1 292/300; bounds about 4x above */
-        CHECK(kl_sum / 300 <= 1e-2 && kl_max <= 0.15 && same >= 270, "tiny-27b-style kv bf16 mode %d: KL mean %g max %g, top-1 %d/300", mode, kl_sum / 300, kl_max, same);
+        CHECK(kl_sum / 300 <= 1e-2 && kl_max <= 0.15 && same >= 270, "long-odd kv bf16 mode %d: KL mean %g max %g, top-1 %d/300", mode, kl_sum / 300, kl_max, same);
         gemma2_session_free(s);
     }
     free(out);
@@ -687,5 +687,5 @@ static void test_model_long_odd(void)
 
 static void suite_model_long(void)
 {
-    g2t_run("model/tiny-27b-style", test_model_long_odd);
+    g2t_run("model/long-odd", test_model_long_odd);
 }
