@@ -144,12 +144,17 @@ enum {
                                 no kernel set has F16 products yet, so they run the scalar reference: slow.
                                 Other dtypes as AUTO */
     GEMMA2_WEIGHTS_Q8   = 3, /* every projection matrix and the embedding quantized to 8 bits at load (from BF16,
-                                F16 or F32): blocks of 32 weights with one fp16 scale, about 8.5 bits per weight
+                                F16 or F32): blocks of 32 weights with one fp16 scale, 8.5 bits per weight
                                 (llama.cpp's Q8_0). The matrix products quantize their activations the same way
-                                and use integer dot products (AVX512_VNNI). Cost on quant-a (tests: model/q8):
-                                next-token KL ~3e-3 on average, the same top token at ~88% of positions */
-    GEMMA2_WEIGHTS_Q4   = 4, /* every projection matrix quantized to 4 bits at load, the embedding (which is also
-                                the output projection) to Q8 as above; see GEMMA2__WF_Q4 in the implementation */
+                                and use integer dot products. Cost on quant-a, a fixture with trained-like
+                                weight statistics (tests: model/q8): next-token KL ~3e-3 on average, the same
+                                top token at ~86% of positions */
+    GEMMA2_WEIGHTS_Q4   = 4, /* every projection matrix quantized to 4 bits at load, blocks of 32 weights with
+                                an fp16 scale and minimum, 5 bits per weight (llama.cpp's Q4_1); the embedding,
+                                which is also the output projection, in Q8. On quant-a (tests: model/q4): KL
+                                ~0.19, the same top token at ~41% of positions (random weights have none of a
+                                trained model's redundancy: every matrix's rounding reaches the output; compare
+                                formats by these numbers, not with a trained model's quality loss) */
     GEMMA2_WEIGHTS_COUNT     /* one past the last value */
 };
 
