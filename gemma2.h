@@ -56,7 +56,7 @@
        2.7  Sampler
        2.8  Generation and chat
        2.9  Tokenizer
-       2.10 Loading: JSON, files, safetensors, config, weights
+       2.10 Loading: JSON, files, safetensors, config, weights; saving quantized checkpoints
        2.11 Thread pool
        2.12 Kernels: SIMD sets (x86-64 AVX2 / AVX-512, ARM64 NEON / BF16) and their selection
      License
@@ -969,7 +969,10 @@ static const uint8_t *gemma2__mat_row(const gemma2__mat *w, int r);
    Adding a weight format:
      1. an id GEMMA2__WF_* before GEMMA2__WF_COUNT;
      2. its row in gemma2__wformats (section 2.3): block, bytes, to_float, reference product;
-     3. the loader's rule for when a tensor becomes this format (gemma2__bind_mat, 2.10);
+     3. the loader's rule for when a tensor becomes this format (gemma2__weights_format, 2.10,
+        which quantizing at load and saved files both follow); a format that can be saved
+        also needs a scheme name (gemma2__quant_schemes), and changing the blocks of a saved
+        format means a new GEMMA2__QUANT_VERSION;
      4. optionally, per kernel set, a matmul[GEMMA2__WF_NEW] (and a pack_kind case).
      The fixture suite then runs the format on every kernel set. */
 typedef struct gemma2__kernels {
@@ -4534,7 +4537,7 @@ GEMMA2_DEF int32_t gemma2_token_bos(const gemma2_model *m) { return m && m->tok 
 GEMMA2_DEF int32_t gemma2_token_eos(const gemma2_model *m) { return m && m->tok ? m->tok->eos : -1; }
 
 /* ===========================================================================
-   2.10 Loading: JSON, files, safetensors, config, weights
+   2.10 Loading: JSON, files, safetensors, config, weights; saving quantized checkpoints
    =========================================================================== */
 
 /* ---- JSON reader --------------------------------------------------------------------------- */
