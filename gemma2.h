@@ -5145,6 +5145,8 @@ static int gemma2__safetensors_scheme(const gemma2__json *j, int *quant, const c
         for (k = 0; version[k] >= '0' && version[k] <= '9' && v < 100000; k++) v = v * 10 + (version[k] - '0');
         if (k == 0 || version[k]) v = 0;
     }
+    for (k = 0; scheme[k]; k++) if ((unsigned char)scheme[k] < 0x20) scheme[k] = '?'; /* the message stays one line */
+    for (k = 0; version[k]; k++) if ((unsigned char)version[k] < 0x20) version[k] = '?';
     if (v <= 0)
         return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: __metadata__ names the quantization \"%s\" but no valid "
                             "\"gemma2.quantization_version\" (a string such as \"1\")", path, scheme);
@@ -5798,27 +5800,24 @@ static void gemma2__bound_tensor(const gemma2_config *c, int i, char *name, size
 static int gemma2__bind_weights(gemma2_model *m, const gemma2__tensors *ts, char *err, size_t err_size)
 {
     const gemma2_config *c = &m->cfg;
-    int l, k, rc;
+    const int L = c->num_hidden_layers, n = 2 + L * GEMMA2__N_LAYER_TENSORS;
+    int i, l, rows, cols, rc;
     char name[160];
-    if ((rc = gemma2__bind_mat(m, ts, "model.embed_tokens.weight", c->vocab_size, c->hidden_size, &m->embed, err, err_size)) ||
-        (rc = gemma2__bind_norm(m, ts, "model.norm.weight", &m->final_norm, err, err_size)))
-        return rc;
-    m->layers = (gemma2__layer *)gemma2__own(m, (size_t)c->num_hidden_layers * sizeof(gemma2__layer));
+    m->layers = (gemma2__layer *)gemma2__own(m, (size_t)L * sizeof(gemma2__layer));
     if (!m->layers) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
-    for (l = 0; l < c->num_hidden_layers; l++) {
-        gemma2__layer *L = &m->layers[l];
-        for (k = 0; k < GEMMA2__N_LAYER_TENSORS; k++) {
-            const struct gemma2__layer_tensor *lt = &gemma2__layer_tensors[k];
-            void *field = (char *)L + lt->off;
-            snprintf(name, sizeof name, "model.layers.%d.%s", l, lt->name);
-            rc = lt->rows == GEMMA2__DIM_NORM ? gemma2__bind_norm(m, ts, name, (const float **)field, err, err_size)
-                                              : gemma2__bind_mat(m, ts, name, gemma2__dim(c, lt->rows), gemma2__dim(c, lt->cols),
-                                                                 (gemma2__mat *)field, err, err_size);
-            if (rc) return rc;
-        }
-        /* Gemma 2 alternates local and global attention, starting with local on layer 0. */
-        L->sliding = (l % 2) == 0;
-        if ((rc = gemma2__progress(m, 0.1f + 0.9f * (float)(l + 1) / (float)c->num_hidden_layers, err, err_size))) return rc;
+    /* Gemma 2 alternates local and global attention, starting with local on layer 0. */
+    for (l = 0; l < L; l++) m->layers[l].sliding = (l % 2) == 0;
+    for (i = 0; i < n; i++) {
+        const int k = (i - 2) % GEMMA2__N_LAYER_TENSORS;
+        void *field = i == 0 ? (void *)&m->embed : i == 1 ? (void *)&m->final_norm
+                    : (void *)((char *)&m->layers[(i - 2) / GEMMA2__N_LAYER_TENSORS] + gemma2__layer_tensors[k].off);
+        gemma2__bound_tensor(c, i, name, sizeof name, &rows, &cols);
+        rc = rows ? gemma2__bind_mat(m, ts, name, rows, cols, (gemma2__mat *)field, err, err_size)
+                  : gemma2__bind_norm(m, ts, name, (const float **)field, err, err_size);
+        if (rc) return rc;
+        if (i >= 2 && k == GEMMA2__N_LAYER_TENSORS - 1 &&
+            (rc = gemma2__progress(m, 0.1f + 0.9f * (float)((i - 2) / GEMMA2__N_LAYER_TENSORS + 1) / (float)L, err, err_size)))
+            return rc;
     }
     return 0;
 }
@@ -6115,7 +6114,7 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
     if (!items || !mats) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
     n_bound = 2 + m->cfg.num_hidden_layers * GEMMA2__N_LAYER_TENSORS;
     for (i = 0; i < n_bound; i++) {
-        const gemma2__tensor *t;
+        const gemma2__tensor *t = NULL;
         int rows, cols;
         gemma2__bound_tensor(&m->cfg, i, name, sizeof name, &rows, &cols);
         if ((rc = gemma2__want(&ts, name, rows ? rows : cols, rows ? cols : 0, &t, m, err, err_size)) != 0) goto done;
