@@ -713,6 +713,10 @@ static void test_loader_save_roundtrip(void)
                               b->layers[0].wdown.format == b->layers[0].wq.format,
                           "saved formats: embed %d, wq %d", b->embed.format, b->layers[0].wq.format);
                     CHECK(ldr_same_matrices(a, b), "%s %s: the saved matrices must be the ones quantized at load", models[mi], gemma2__weights_name(w));
+                    CHECK(b->n_files == 1 && (const uint8_t *)b->embed.data > b->files[0].data &&
+                              (const uint8_t *)b->layers[0].wq.data > b->files[0].data &&
+                              (const uint8_t *)b->layers[0].wq.data < b->files[0].data + b->files[0].size,
+                          "saved matrices are used in place from the file");
                     CHECK(gemma2_model_weight_bytes(a) == gemma2_model_weight_bytes(b), "weight bytes %zu vs %zu",
                           gemma2_model_weight_bytes(a), gemma2_model_weight_bytes(b));
                     la = ldr_eval(a, r.ids, 10);
