@@ -1,6 +1,6 @@
 # gemma2.h - build the CLI and the examples, run the tests and the benchmarks.
 #
-#   make                  the CLI (./gemma2) and the examples (examples/topk, tokenize, perplexity)
+#   make                  the CLI (./gemma2) and the examples (examples/topk, tokenize, perplexity, quantize)
 #   make test             the test suite: gcc -O2 -Werror, clang with ASan + UBSan, C++;
 #                         then ARM64 under qemu (skipped with a note when the tools are missing)
 #   make test-native      only the three native suites
@@ -30,7 +30,7 @@ WARN   = -Wall -Wextra -Werror
 LDLIBS = -lm -lpthread
 SAN    = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-EXAMPLES = examples/topk examples/tokenize examples/perplexity
+EXAMPLES = examples/topk examples/tokenize examples/perplexity examples/quantize
 TESTS    = tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx
 BENCHES  = tests/bench_model tests/bench_tokenizer
 

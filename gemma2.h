@@ -56,7 +56,7 @@
        2.7  Sampler
        2.8  Generation and chat
        2.9  Tokenizer
-       2.10 Loading: JSON, files, safetensors, config, weights
+       2.10 Loading: JSON, files, safetensors, config, weights; saving quantized checkpoints
        2.11 Thread pool
        2.12 Kernels: SIMD sets (x86-64 AVX2 / AVX-512, ARM64 NEON / BF16) and their selection
      License
@@ -118,7 +118,7 @@ enum {
     GEMMA2_OK                     =   0,
     GEMMA2_ERROR_INVALID_ARGUMENT =  -1, /* NULL pointer, negative count, unknown option value */
     GEMMA2_ERROR_OUT_OF_MEMORY    =  -2,
-    GEMMA2_ERROR_IO               =  -3, /* a file could not be opened, mapped or read */
+    GEMMA2_ERROR_IO               =  -3, /* a file could not be opened, mapped, read or written */
     GEMMA2_ERROR_FORMAT           =  -4, /* a file is malformed, truncated or inconsistent */
     GEMMA2_ERROR_UNSUPPORTED      =  -5, /* valid, but not something this library runs */
     GEMMA2_ERROR_BAD_TOKEN        =  -6, /* a token id outside [0, vocab_size) */
@@ -138,7 +138,8 @@ GEMMA2_DEF const char *gemma2_error_string(int code);
 
 /* How weights are held in memory (gemma2_options.weights). */
 enum {
-    GEMMA2_WEIGHTS_AUTO = 0, /* as stored: BF16 used in place from the mapping, F32 kept F32 (exact), F16 widened to F32 */
+    GEMMA2_WEIGHTS_AUTO = 0, /* as stored: BF16 used in place from the mapping, F32 kept F32 (exact), F16 widened to F32;
+                                a folder written by gemma2_save_quantized in its Q8 or Q4, in place */
     GEMMA2_WEIGHTS_BF16 = 1, /* F32/F16 checkpoints converted to bf16 once at load (half the memory and bandwidth) */
     GEMMA2_WEIGHTS_F16  = 2, /* F16 checkpoints kept as F16, used in place (exact, half the memory of widening them);
                                 no kernel set has F16 products yet, so they run the scalar reference: slow.
@@ -154,7 +155,8 @@ enum {
                                 which is also the output projection, in Q8. On quant-a (tests: model/q4): KL
                                 ~0.19, the same top token at ~41% of positions (random weights have none of a
                                 trained model's redundancy: every matrix's rounding reaches the output; compare
-                                formats by these numbers, not with a trained model's quality loss) */
+                                formats by these numbers, not with a trained model's quality loss). Q8 and Q4 can
+                                also be done once and saved: gemma2_save_quantized */
     GEMMA2_WEIGHTS_COUNT     /* one past the last value */
 };
 
@@ -244,7 +246,10 @@ typedef struct gemma2_model gemma2_model;     /* read-only after load; shareable
 typedef struct gemma2_session gemma2_session; /* one sequence: KV cache and position */
 
 /* Loads a Hugging Face Gemma 2 folder. On failure returns NULL and writes a one-line
-   reason naming the file/tensor/field into err (if err_size > 0). */
+   reason naming the file/tensor/field into err (if err_size > 0). A folder written by
+   gemma2_save_quantized loads in the format it was saved in, mapped in place, with
+   opt->weights AUTO or that same format; asking it for another (BF16, F16, the other Q)
+   is GEMMA2_ERROR_UNSUPPORTED: the original weights are not in it. */
 GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options *opt, char *err, size_t err_size);
 GEMMA2_DEF void gemma2_free(gemma2_model *m);
 GEMMA2_DEF int gemma2_vocab_size(const gemma2_model *m);
@@ -253,6 +258,33 @@ GEMMA2_DEF const gemma2_config *gemma2_model_config(const gemma2_model *m);
 GEMMA2_DEF size_t gemma2_model_weight_bytes(const gemma2_model *m);
 /* Name of the kernel set in use ("avx512-bf16", "scalar", ...). */
 GEMMA2_DEF const char *gemma2_model_kernels(const gemma2_model *m);
+
+/* Quantizes a checkpoint folder once and writes a folder that gemma2_load maps in place, with
+   no work at load: weights is GEMMA2_WEIGHTS_Q8 or GEMMA2_WEIGHTS_Q4, and each matrix gets
+   exactly the bytes gemma2_load(in_dir) with opt.weights = weights would compute, so the
+   saved folder gives bit-identical results (a 27B bf16 checkpoint of 54 GB: 29 GB in Q8,
+   17.5 GB in Q4). Writes out_dir/model.safetensors (the format: "Quantized checkpoints" in
+   section 2.2) and copies config.json, generation_config.json, tokenizer.json,
+   tokenizer.model, tokenizer_config.json and special_tokens_map.json where in_dir has them.
+     - out_dir is created if missing (not its parents); it must not be in_dir, nor hold a
+       model.safetensors.index.json (gemma2_load would read the shards it names instead).
+     - The input is mapped and quantized one matrix at a time (on n_threads threads): memory
+       holds one quantized matrix at most (the largest, the embedding: 1.25 GB for 27B Q8),
+       and the input pages read are dropped from the process as it goes.
+     - The file is written as model.safetensors.partial and renamed when complete; an
+       existing model.safetensors is removed just before the copies and the rename, so a
+       failed, cancelled or interrupted save never leaves a loadable half or mixed folder.
+       On failure the partial file is removed; files already copied stay.
+     - opt may be NULL; only n_threads (0 = all cores) and progress / progress_user (the
+       fraction of the bytes written; nonzero cancels: GEMMA2_ERROR_CANCELLED) are used.
+   Returns 0, or a negative error with a one-line reason in err (a folder that is already
+   quantized: GEMMA2_ERROR_UNSUPPORTED; a full disk: GEMMA2_ERROR_IO).
+       char err[256];
+       if (gemma2_save_quantized("gemma-2-9b-it", "gemma-2-9b-it-q4", GEMMA2_WEIGHTS_Q4, NULL, err, sizeof err) != 0)
+           fprintf(stderr, "%s\n", err);
+       gemma2_model *m = gemma2_load("gemma-2-9b-it-q4", NULL, err, sizeof err);   // Q4, no flag needed */
+GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, int weights, const gemma2_options *opt,
+                                     char *err, size_t err_size);
 
 /* ===========================================================================
    1.3  Sessions and evaluation
@@ -774,6 +806,27 @@ enum { GEMMA2__WF_F32, GEMMA2__WF_BF16, GEMMA2__WF_F16, GEMMA2__WF_Q8, GEMMA2__W
 #define GEMMA2__Q4_BLOCK 32
 #define GEMMA2__Q4_BYTES 20
 
+/* Quantized checkpoints (gemma2_save_quantized writes them, gemma2_load maps them in place).
+   A standard safetensors file, so generic tools can list, copy and checksum it:
+     __metadata__   {"format": "pt", "gemma2.quantization": "q8" or "q4",
+                     "gemma2.quantization_version": "1"}
+     each matrix gemma2_load binds (the embedding; per layer q, k, v, o, gate, up, down):
+                    dtype "U8", shape [rows, gemma2__row_bytes(format, cols)], holding exactly
+                    the rows of blocks a matrix has in memory (the layouts above), so binding
+                    it is a pointer into the mapping. The scheme gives each matrix's format
+                    through gemma2__weights_format, the rule quantizing at load follows too:
+                    q8 = every matrix Q8 (GEMMA2_WEIGHTS_Q8), q4 = the embedding Q8 and the
+                    projections Q4 (GEMMA2_WEIGHTS_Q4).
+     every other tensor (the norms): dtype, shape and bytes as in the input.
+   Order: the other tensors first, 4-byte dtypes, then 2-byte, then 1-byte, each in the
+   input's order; then the matrices in the loader's order (the embedding, then layer by
+   layer). No gaps, and the header is padded with spaces to a multiple of 8, so every
+   tensor starts aligned to its element size. The version changes whenever a block layout
+   does: a loader refuses versions newer than its own and schemes it does not know
+   (GEMMA2_ERROR_UNSUPPORTED), and U8 matrices in a file that names no scheme or of another
+   shape (GEMMA2_ERROR_FORMAT). */
+#define GEMMA2__QUANT_VERSION 1
+
 typedef struct gemma2__mat {
     const void *data; /* rows x gemma2__row_bytes(format, cols) bytes */
     int format;       /* GEMMA2__WF_* */
@@ -921,7 +974,10 @@ static const uint8_t *gemma2__mat_row(const gemma2__mat *w, int r);
    Adding a weight format:
      1. an id GEMMA2__WF_* before GEMMA2__WF_COUNT;
      2. its row in gemma2__wformats (section 2.3): block, bytes, to_float, reference product;
-     3. the loader's rule for when a tensor becomes this format (gemma2__bind_mat, 2.10);
+     3. the loader's rule for when a tensor becomes this format (gemma2__weights_format, 2.10,
+        which quantizing at load and saved files both follow); a format that can be saved
+        also needs a scheme name (gemma2__quant_schemes), and changing the blocks of a saved
+        format means a new GEMMA2__QUANT_VERSION;
      4. optionally, per kernel set, a matmul[GEMMA2__WF_NEW] (and a pack_kind case).
      The fixture suite then runs the format on every kernel set. */
 typedef struct gemma2__kernels {
@@ -4490,7 +4546,7 @@ GEMMA2_DEF int32_t gemma2_token_bos(const gemma2_model *m) { return m && m->tok 
 GEMMA2_DEF int32_t gemma2_token_eos(const gemma2_model *m) { return m && m->tok ? m->tok->eos : -1; }
 
 /* ===========================================================================
-   2.10 Loading: JSON, files, safetensors, config, weights
+   2.10 Loading: JSON, files, safetensors, config, weights; saving quantized checkpoints
    =========================================================================== */
 
 /* ---- JSON reader --------------------------------------------------------------------------- */
@@ -4805,7 +4861,8 @@ static int gemma2__json_streq(const gemma2__json *j, int32_t node, const char *s
 struct gemma2__file {
     const uint8_t *data;
     size_t size;
-    int mapped;     /* 1: data is a mapping, 0: data is an allocation */
+    int mapped;     /* 1: data maps the file, 2: anonymous memory holding a copy (preload), both
+                       released with munmap; 0: data is an allocation */
 #ifdef GEMMA2__WINDOWS
     void *hfile, *hmap;
 #endif
@@ -4965,10 +5022,32 @@ static int gemma2__file_preload(gemma2__file *f, const char *path, char *err, si
     mprotect(a, keep, PROT_READ); /* weights are read-only from here on */
     f->data = a;
     f->size = size;
-    f->mapped = 1; /* released with munmap, like a file mapping */
+    f->mapped = 2; /* released with munmap, like a file mapping */
     return 0;
 #else
     return gemma2__file_read(f, path, err, err_size);
+#endif
+}
+
+/* Drops the pages of data[0 .. n) (rounded out to whole pages) from the process's mapping of
+   the file: a pass that reads each part of a file once (gemma2_save_quantized) then never
+   holds more than it is working on, however large the file; pages touched again are read
+   back from the file. Only for mappings of the file: on anonymous memory MADV_DONTNEED
+   would zero the bytes. Elsewhere a no-op. */
+static void gemma2__file_release(const gemma2__file *f, const uint8_t *data, size_t n)
+{
+#if defined(GEMMA2__POSIX_MMAP) && defined(MADV_DONTNEED)
+    long ps = sysconf(_SC_PAGESIZE);
+    uintptr_t page = ps > 0 ? (uintptr_t)ps : 4096, lo = (uintptr_t)f->data, hi, a, b;
+    if (f->mapped != 1 || n == 0 || data < f->data || n > f->size || (size_t)(data - f->data) > f->size - n) return;
+    hi = (lo + f->size + page - 1) & ~(page - 1);
+    a = (uintptr_t)data & ~(page - 1);
+    b = ((uintptr_t)data + n + page - 1) & ~(page - 1);
+    if (a < lo) a = lo;
+    if (b > hi) b = hi;
+    if (b > a) madvise((void *)a, (size_t)(b - a), MADV_DONTNEED);
+#else
+    (void)f; (void)data; (void)n;
 #endif
 }
 
@@ -4998,9 +5077,29 @@ static int gemma2__file_exists(const char *path)
    ({"name": {"dtype": "BF16", "shape": [r, c], "data_offsets": [begin, end]}, ...,
    "__metadata__": {...}}), then the tensor bytes; offsets are relative to the end of the
    header. Nothing in it is trusted: every span is checked against the file size and
-   against shape x dtype size before a pointer into the file is handed out. */
+   against shape x dtype size before a pointer into the file is handed out. U8 tensors are
+   quantized matrices, meaningful only in a file whose metadata names the scheme (the
+   format beside GEMMA2__QUANT_VERSION). */
 
-enum { GEMMA2__ST_F32, GEMMA2__ST_BF16, GEMMA2__ST_F16 };
+enum { GEMMA2__ST_F32, GEMMA2__ST_BF16, GEMMA2__ST_F16, GEMMA2__ST_U8, GEMMA2__ST_COUNT };
+
+/* safetensors' name and the element size of each GEMMA2__ST_* */
+static const char *const gemma2__st_names[GEMMA2__ST_COUNT] = {"F32", "BF16", "F16", "U8"};
+static const int gemma2__st_esize[GEMMA2__ST_COUNT] = {4, 2, 2, 1};
+
+/* The quantization schemes a file can name, and the GEMMA2_WEIGHTS_* each one is. */
+static const struct gemma2__quant_scheme { const char *name; int weights; } gemma2__quant_schemes[] = {
+    {"q8", GEMMA2_WEIGHTS_Q8},
+    {"q4", GEMMA2_WEIGHTS_Q4},
+};
+#define GEMMA2__N_QUANT_SCHEMES ((int)(sizeof gemma2__quant_schemes / sizeof gemma2__quant_schemes[0]))
+
+/* The name of GEMMA2_WEIGHTS_* value w, for messages and the file's metadata. */
+static const char *gemma2__weights_name(int w)
+{
+    static const char *const names[GEMMA2_WEIGHTS_COUNT] = {"auto", "bf16", "f16", "q8", "q4"};
+    return w >= 0 && w < GEMMA2_WEIGHTS_COUNT ? names[w] : "?";
+}
 
 typedef struct gemma2__tensor {
     char *name;
@@ -5010,11 +5109,13 @@ typedef struct gemma2__tensor {
     const uint8_t *data;    /* inside the file's mapping */
     uint64_t nbytes;
     int file;               /* index into the model's files */
+    int quant;              /* the scheme its file names (GEMMA2_WEIGHTS_Q8 / _Q4), or 0 */
 } gemma2__tensor;
 
 typedef struct gemma2__tensors {
     gemma2__tensor *t;
     int n, cap;
+    int quant;              /* the scheme the files name (they must agree), or 0 */
 } gemma2__tensors;
 
 static void gemma2__tensors_free(gemma2__tensors *ts)
@@ -5033,6 +5134,44 @@ static const gemma2__tensor *gemma2__tensors_find(const gemma2__tensors *ts, con
     return NULL;
 }
 
+/* The quantization scheme a header's __metadata__ names (*quant: GEMMA2_WEIGHTS_Q8 / _Q4), or
+   *quant = 0 when it names none. A scheme this build does not know, or a version newer than
+   GEMMA2__QUANT_VERSION, is GEMMA2_ERROR_UNSUPPORTED: its blocks would be misread. */
+static int gemma2__safetensors_scheme(const gemma2__json *j, int *quant, const char *path, char *err, size_t err_size)
+{
+    int32_t meta = gemma2__json_get(j, 0, "__metadata__"), qs, qv;
+    char scheme[24] = "", version[24] = "";
+    int k, v = 0, known = -1;
+    *quant = 0;
+    if (!gemma2__json_is(j, meta, GEMMA2__JOBJECT) || (qs = gemma2__json_get(j, meta, "gemma2.quantization")) < 0) return 0;
+    qv = gemma2__json_get(j, meta, "gemma2.quantization_version");
+    if (!gemma2__json_is(j, qs, GEMMA2__JSTRING) || j->nodes[qs].len >= sizeof scheme)
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: \"gemma2.quantization\" in __metadata__ must be a short string", path);
+    scheme[GEMMA2__MAX(0, gemma2__json_unescape(j, qs, scheme))] = 0;
+    if (gemma2__json_is(j, qv, GEMMA2__JSTRING) && j->nodes[qv].len < sizeof version) {
+        int64_t l = gemma2__json_unescape(j, qv, version);
+        version[GEMMA2__MAX(0, l)] = 0;
+        for (k = 0; version[k] >= '0' && version[k] <= '9' && v < 100000; k++) v = v * 10 + (version[k] - '0');
+        if (k == 0 || version[k]) v = 0;
+    }
+    for (k = 0; scheme[k]; k++) if ((unsigned char)scheme[k] < 0x20) scheme[k] = '?'; /* the message stays one line */
+    for (k = 0; version[k]; k++) if ((unsigned char)version[k] < 0x20) version[k] = '?';
+    if (v <= 0)
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: __metadata__ names the quantization \"%s\" but no valid "
+                            "\"gemma2.quantization_version\" (a string such as \"1\")", path, scheme);
+    for (k = 0; k < GEMMA2__N_QUANT_SCHEMES; k++)
+        if (!strcmp(scheme, gemma2__quant_schemes[k].name)) known = k;
+    if (known < 0 || v > GEMMA2__QUANT_VERSION) {
+        char names[64] = "";
+        for (k = 0; k < GEMMA2__N_QUANT_SCHEMES; k++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", k ? ", " : "", gemma2__quant_schemes[k].name);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: weights quantized as \"%s\" version %s, which this build "
+                            "cannot read (it reads %s up to version %d)", path, scheme, version, names, GEMMA2__QUANT_VERSION);
+    }
+    *quant = gemma2__quant_schemes[known].weights;
+    return 0;
+}
+
 /* Adds every tensor of one mapped safetensors file (path is for messages only). */
 static int gemma2__safetensors_read(gemma2__tensors *ts, const gemma2__file *f, int file_index, const char *path,
                                     char *err, size_t err_size)
@@ -5042,7 +5181,7 @@ static int gemma2__safetensors_read(gemma2__tensors *ts, const gemma2__file *f, 
     gemma2__json j;
     char jerr[160];
     int32_t c;
-    int k, rc = 0;
+    int k, rc = 0, quant = 0;
     if (f->size < 8) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: too short for a safetensors file (%zu bytes)", path, f->size);
     for (k = 7; k >= 0; k--) hlen = (hlen << 8) | f->data[k];
     if (hlen < 2 || hlen > f->size - 8 || hlen > 100u * 1024 * 1024)
@@ -5058,6 +5197,13 @@ static int gemma2__safetensors_read(gemma2__tensors *ts, const gemma2__file *f, 
         gemma2__json_free(&j);
         return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: header is not a JSON object", path);
     }
+    if ((rc = gemma2__safetensors_scheme(&j, &quant, path, err, err_size)) != 0) { gemma2__json_free(&j); return rc; }
+    if (quant && ts->quant && quant != ts->quant) {
+        gemma2__json_free(&j);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: quantized as %s, but another file of the folder as %s", path,
+                            gemma2__weights_name(quant), gemma2__weights_name(ts->quant));
+    }
+    if (quant) ts->quant = quant;
     for (c = j.nodes[0].child; c >= 0 && rc == 0; c = j.nodes[j.nodes[c].next].next) {
         int32_t v = j.nodes[c].next, dt, sh, off, e;
         gemma2__tensor t;
@@ -5076,10 +5222,10 @@ static int gemma2__safetensors_read(gemma2__tensors *ts, const gemma2__file *f, 
         dt = gemma2__json_get(&j, v, "dtype");
         sh = gemma2__json_get(&j, v, "shape");
         off = gemma2__json_get(&j, v, "data_offsets");
-        if (gemma2__json_streq(&j, dt, "F32")) { t.dtype = GEMMA2__ST_F32; esize = 4; }
-        else if (gemma2__json_streq(&j, dt, "BF16")) { t.dtype = GEMMA2__ST_BF16; esize = 2; }
-        else if (gemma2__json_streq(&j, dt, "F16")) { t.dtype = GEMMA2__ST_F16; esize = 2; }
-        else GEMMA2__ST_BAD("%s: tensor %s: unsupported or missing dtype (BF16, F16, F32 are supported)", path, t.name);
+        for (t.dtype = 0; t.dtype < GEMMA2__ST_COUNT && !gemma2__json_streq(&j, dt, gemma2__st_names[t.dtype]); t.dtype++) {}
+        if (t.dtype == GEMMA2__ST_COUNT)
+            GEMMA2__ST_BAD("%s: tensor %s: unsupported or missing dtype (BF16, F16, F32 are supported, and U8 for quantized matrices)", path, t.name);
+        esize = (uint64_t)gemma2__st_esize[t.dtype];
         if (!gemma2__json_is(&j, sh, GEMMA2__JARRAY) || j.nodes[sh].count > 4)
             GEMMA2__ST_BAD("%s: tensor %s: shape must be an array of at most 4 sizes", path, t.name);
         for (e = j.nodes[sh].child; e >= 0; e = j.nodes[e].next) {
@@ -5104,6 +5250,7 @@ static int gemma2__safetensors_read(gemma2__tensors *ts, const gemma2__file *f, 
         if (gemma2__tensors_find(ts, t.name)) GEMMA2__ST_BAD("%s: tensor %s appears twice", path, t.name);
         t.data = data + begin;
         t.file = file_index;
+        t.quant = quant;
         if (ts->n == ts->cap) {
             int cap = ts->cap ? ts->cap * 2 : 256;
             void *p = GEMMA2_REALLOC(ts->t, (size_t)cap * sizeof *ts->t);
@@ -5436,6 +5583,8 @@ static int gemma2__bind_norm(gemma2_model *m, const gemma2__tensors *ts, const c
     int H = m->cfg.hidden_size, i, rc;
     float *w;
     if ((rc = gemma2__want(ts, name, H, 0, &t, m, err, err_size)) != 0) return rc;
+    if (t->dtype == GEMMA2__ST_U8)
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "tensor %s: dtype U8, but norms are stored as F32, BF16 or F16", name);
     if (!(w = (float *)gemma2__own(m, (size_t)H * sizeof(float)))) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
     for (i = 0; i < H; i++) {
         float v;
@@ -5505,39 +5654,74 @@ static int gemma2__quantize(gemma2__pool *p, const gemma2__kernels *k, uint8_t *
     return j.failed ? GEMMA2_ERROR_OUT_OF_MEMORY : 0;
 }
 
-/* The format a matrix is held in, from gemma2_options.weights, the stored dtype and whether
-   it is the embedding (which is also the output projection, and stays Q8 under Q4: the
-   logits are the most sensitive product):
+/* The format matrix `name` is held in, from gemma2_options.weights and the stored dtype. The
+   one place this is decided: quantizing at load, saving quantized files (gemma2_save_quantized
+   with weights = the scheme) and reading them back (gemma2_load with weights = the file's
+   scheme) all ask here, so they cannot disagree.
      stored BF16                  BF16, used in place from the mapping
      stored F32                   F32 in place; BF16 (a converted copy) under GEMMA2_WEIGHTS_BF16
      stored F16                   F16 in place under GEMMA2_WEIGHTS_F16; else widened to F32, or
                                   rounded to BF16 under GEMMA2_WEIGHTS_BF16 (copies)
-     any, under GEMMA2_WEIGHTS_Q8  Q8 (a quantized copy), the embedding included
-     any, under GEMMA2_WEIGHTS_Q4  Q4, the embedding Q8 */
-static int gemma2__weights_format(int weights, int dtype, int is_embed)
+     any, under GEMMA2_WEIGHTS_Q8  Q8 (quantized at load, or in place from a saved U8 tensor),
+                                  the embedding included
+     any, under GEMMA2_WEIGHTS_Q4  Q4, but the embedding Q8: it is also the output projection,
+                                  and the logits are the most sensitive product
+     stored U8, otherwise         -1: quantized data means nothing without its scheme */
+static int gemma2__weights_format(int weights, int dtype, const char *name)
 {
     if (weights == GEMMA2_WEIGHTS_Q8) return GEMMA2__WF_Q8;
-    if (weights == GEMMA2_WEIGHTS_Q4) return is_embed ? GEMMA2__WF_Q8 : GEMMA2__WF_Q4;
+    if (weights == GEMMA2_WEIGHTS_Q4) return !strcmp(name, "model.embed_tokens.weight") ? GEMMA2__WF_Q8 : GEMMA2__WF_Q4;
     switch (dtype) {
     case GEMMA2__ST_F32: return weights == GEMMA2_WEIGHTS_BF16 ? GEMMA2__WF_BF16 : GEMMA2__WF_F32;
     case GEMMA2__ST_F16: return weights == GEMMA2_WEIGHTS_BF16 ? GEMMA2__WF_BF16 : weights == GEMMA2_WEIGHTS_F16 ? GEMMA2__WF_F16 : GEMMA2__WF_F32;
-    default: return GEMMA2__WF_BF16;
+    case GEMMA2__ST_BF16: return GEMMA2__WF_BF16;
+    default: return -1;
     }
 }
 
+/* A saved quantized matrix (dtype U8, format fmt), checked against the [rows, cols] the
+   config gives: shape [rows, gemma2__row_bytes(fmt, cols)] and exactly that many bytes. The
+   kernels read blocks unaligned, so any address will do. */
+static int gemma2__check_quantized(const gemma2__tensor *t, int fmt, int rows, int cols, char *err, size_t err_size)
+{
+    size_t rb = gemma2__row_bytes(fmt, cols);
+    if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != (int64_t)rb || t->nbytes != (uint64_t)rows * rb)
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "tensor %s: U8 of shape [%lld%s%lld], expected [%d, %zu] (%d rows of %d "
+                            "weights in %s blocks)", t->name, (long long)t->shape[0], t->ndim > 1 ? ", " : "",
+                            t->ndim > 1 ? (long long)t->shape[1] : 0LL, rows, rb, rows, cols, gemma2__wformat_of(fmt)->name);
+    return 0;
+}
+
 /* A weight matrix, in the format gemma2__weights_format chooses. Data that is not aligned to
-   its element size in the file is copied (the kernels load whole elements). The chosen format
-   must be one this build knows (it is: the choice is made here). */
+   its element size in the file is copied (the kernels load whole elements); saved quantized
+   matrices (U8) are used in place. The chosen format must be one this build knows (it is: the
+   choice is made here). */
 static int gemma2__bind_mat(gemma2_model *m, const gemma2__tensors *ts, const char *name, int rows, int cols, gemma2__mat *out,
                             char *err, size_t err_size)
 {
-    const gemma2__tensor *t;
+    const gemma2__tensor *t = gemma2__tensors_find(ts, name);
     size_t n = (size_t)rows * (size_t)cols, i, bytes;
-    int rc, fmt, esize = 2;
+    int rc, fmt, esize;
     void *dst;
+    if (t && t->dtype == GEMMA2__ST_U8) {
+        if (!t->quant)
+            return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "tensor %s: dtype U8 (quantized blocks) in a file whose "
+                                "__metadata__ names no \"gemma2.quantization\" scheme", name);
+        /* gemma2_load made m->opt.weights the files' scheme, so this is the saved format */
+        fmt = gemma2__weights_format(m->opt.weights, t->dtype, name);
+        GEMMA2_ASSERT(fmt == GEMMA2__WF_Q8 || fmt == GEMMA2__WF_Q4);
+        if ((rc = gemma2__check_quantized(t, fmt, rows, cols, err, err_size)) != 0) return rc;
+        out->rows = rows;
+        out->cols = cols;
+        out->format = fmt;
+        out->data = t->data;
+        m->files_in_use = 1;
+        m->weight_bytes += (size_t)t->nbytes;
+        return 0;
+    }
     if ((rc = gemma2__want(ts, name, rows, cols, &t, m, err, err_size)) != 0) return rc;
-    if (t->dtype == GEMMA2__ST_F32) esize = 4;
-    fmt = gemma2__weights_format(m->opt.weights, t->dtype, !strcmp(name, "model.embed_tokens.weight"));
+    esize = gemma2__st_esize[t->dtype];
+    fmt = gemma2__weights_format(m->opt.weights, t->dtype, name);
     GEMMA2_ASSERT(fmt >= 0 && fmt < GEMMA2__WF_COUNT);
     out->rows = rows;
     out->cols = cols;
@@ -5578,36 +5762,79 @@ static int gemma2__bind_mat(gemma2_model *m, const gemma2__tensors *ts, const ch
     return 0;
 }
 
+/* What gemma2_load binds, in its order: model.embed_tokens.weight [V, H], model.norm.weight
+   [H], then per layer the tensors below (named model.layers.{l}.NAME), each a norm [H] or a
+   matrix [rows, cols] in sizes of the config. gemma2_save_quantized walks the same list, so a
+   saved file holds exactly the matrices the loader reads. */
+enum { GEMMA2__DIM_NORM, GEMMA2__DIM_H, GEMMA2__DIM_I, GEMMA2__DIM_Q, GEMMA2__DIM_KV };
+static const struct gemma2__layer_tensor {
+    const char *name;
+    size_t off;       /* of the field in gemma2__layer: const float * for a norm, gemma2__mat for a matrix */
+    int rows, cols;   /* GEMMA2__DIM_*; rows GEMMA2__DIM_NORM: a norm */
+} gemma2__layer_tensors[] = {
+    {"input_layernorm.weight",            offsetof(gemma2__layer, attn_norm),      GEMMA2__DIM_NORM, GEMMA2__DIM_NORM},
+    {"post_attention_layernorm.weight",   offsetof(gemma2__layer, post_attn_norm), GEMMA2__DIM_NORM, GEMMA2__DIM_NORM},
+    {"pre_feedforward_layernorm.weight",  offsetof(gemma2__layer, pre_ffw_norm),   GEMMA2__DIM_NORM, GEMMA2__DIM_NORM},
+    {"post_feedforward_layernorm.weight", offsetof(gemma2__layer, post_ffw_norm),  GEMMA2__DIM_NORM, GEMMA2__DIM_NORM},
+    {"self_attn.q_proj.weight",           offsetof(gemma2__layer, wq),             GEMMA2__DIM_Q,    GEMMA2__DIM_H},
+    {"self_attn.k_proj.weight",           offsetof(gemma2__layer, wk),             GEMMA2__DIM_KV,   GEMMA2__DIM_H},
+    {"self_attn.v_proj.weight",           offsetof(gemma2__layer, wv),             GEMMA2__DIM_KV,   GEMMA2__DIM_H},
+    {"self_attn.o_proj.weight",           offsetof(gemma2__layer, wo),             GEMMA2__DIM_H,    GEMMA2__DIM_Q},
+    {"mlp.gate_proj.weight",              offsetof(gemma2__layer, wgate),          GEMMA2__DIM_I,    GEMMA2__DIM_H},
+    {"mlp.up_proj.weight",                offsetof(gemma2__layer, wup),            GEMMA2__DIM_I,    GEMMA2__DIM_H},
+    {"mlp.down_proj.weight",              offsetof(gemma2__layer, wdown),          GEMMA2__DIM_H,    GEMMA2__DIM_I},
+};
+#define GEMMA2__N_LAYER_TENSORS ((int)(sizeof gemma2__layer_tensors / sizeof gemma2__layer_tensors[0]))
+
+static int gemma2__dim(const gemma2_config *c, int d)
+{
+    switch (d) {
+    case GEMMA2__DIM_H: return c->hidden_size;
+    case GEMMA2__DIM_I: return c->intermediate_size;
+    case GEMMA2__DIM_Q: return c->num_attention_heads * c->head_dim;
+    case GEMMA2__DIM_KV: return c->num_key_value_heads * c->head_dim;
+    default: return 0;
+    }
+}
+
+/* Tensor i of the 2 + L * GEMMA2__N_LAYER_TENSORS that gemma2_load binds, in its order: the
+   name, and rows x cols of a matrix, or rows = 0 and cols = H for a norm. */
+static void gemma2__bound_tensor(const gemma2_config *c, int i, char *name, size_t cap, int *rows, int *cols)
+{
+    const struct gemma2__layer_tensor *lt;
+    if (i < 2) {
+        snprintf(name, cap, "%s", i == 0 ? "model.embed_tokens.weight" : "model.norm.weight");
+        *rows = i == 0 ? c->vocab_size : 0;
+        *cols = c->hidden_size;
+        return;
+    }
+    lt = &gemma2__layer_tensors[(i - 2) % GEMMA2__N_LAYER_TENSORS];
+    snprintf(name, cap, "model.layers.%d.%s", (i - 2) / GEMMA2__N_LAYER_TENSORS, lt->name);
+    *rows = lt->rows == GEMMA2__DIM_NORM ? 0 : gemma2__dim(c, lt->rows);
+    *cols = lt->rows == GEMMA2__DIM_NORM ? c->hidden_size : gemma2__dim(c, lt->cols);
+}
+
 static int gemma2__bind_weights(gemma2_model *m, const gemma2__tensors *ts, char *err, size_t err_size)
 {
     const gemma2_config *c = &m->cfg;
-    int H = c->hidden_size, I = c->intermediate_size, qd = c->num_attention_heads * c->head_dim;
-    int kvd = c->num_key_value_heads * c->head_dim, l, rc;
-    char name[128];
-    if ((rc = gemma2__bind_mat(m, ts, "model.embed_tokens.weight", c->vocab_size, H, &m->embed, err, err_size)) ||
-        (rc = gemma2__bind_norm(m, ts, "model.norm.weight", &m->final_norm, err, err_size)))
-        return rc;
-    m->layers = (gemma2__layer *)gemma2__own(m, (size_t)c->num_hidden_layers * sizeof(gemma2__layer));
+    const int L = c->num_hidden_layers, n = 2 + L * GEMMA2__N_LAYER_TENSORS;
+    int i, l, rows, cols, rc;
+    char name[160];
+    m->layers = (gemma2__layer *)gemma2__own(m, (size_t)L * sizeof(gemma2__layer));
     if (!m->layers) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
-    for (l = 0; l < c->num_hidden_layers; l++) {
-        gemma2__layer *L = &m->layers[l];
-#define GEMMA2__N(s) (snprintf(name, sizeof name, "model.layers.%d." s, l), name)
-        if ((rc = gemma2__bind_norm(m, ts, GEMMA2__N("input_layernorm.weight"), &L->attn_norm, err, err_size)) ||
-            (rc = gemma2__bind_norm(m, ts, GEMMA2__N("post_attention_layernorm.weight"), &L->post_attn_norm, err, err_size)) ||
-            (rc = gemma2__bind_norm(m, ts, GEMMA2__N("pre_feedforward_layernorm.weight"), &L->pre_ffw_norm, err, err_size)) ||
-            (rc = gemma2__bind_norm(m, ts, GEMMA2__N("post_feedforward_layernorm.weight"), &L->post_ffw_norm, err, err_size)) ||
-            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.q_proj.weight"), qd, H, &L->wq, err, err_size)) ||
-            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.k_proj.weight"), kvd, H, &L->wk, err, err_size)) ||
-            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.v_proj.weight"), kvd, H, &L->wv, err, err_size)) ||
-            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("self_attn.o_proj.weight"), H, qd, &L->wo, err, err_size)) ||
-            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("mlp.gate_proj.weight"), I, H, &L->wgate, err, err_size)) ||
-            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("mlp.up_proj.weight"), I, H, &L->wup, err, err_size)) ||
-            (rc = gemma2__bind_mat(m, ts, GEMMA2__N("mlp.down_proj.weight"), H, I, &L->wdown, err, err_size)))
+    /* Gemma 2 alternates local and global attention, starting with local on layer 0. */
+    for (l = 0; l < L; l++) m->layers[l].sliding = (l % 2) == 0;
+    for (i = 0; i < n; i++) {
+        const int k = (i - 2) % GEMMA2__N_LAYER_TENSORS;
+        void *field = i == 0 ? (void *)&m->embed : i == 1 ? (void *)&m->final_norm
+                    : (void *)((char *)&m->layers[(i - 2) / GEMMA2__N_LAYER_TENSORS] + gemma2__layer_tensors[k].off);
+        gemma2__bound_tensor(c, i, name, sizeof name, &rows, &cols);
+        rc = rows ? gemma2__bind_mat(m, ts, name, rows, cols, (gemma2__mat *)field, err, err_size)
+                  : gemma2__bind_norm(m, ts, name, (const float **)field, err, err_size);
+        if (rc) return rc;
+        if (i >= 2 && k == GEMMA2__N_LAYER_TENSORS - 1 &&
+            (rc = gemma2__progress(m, 0.1f + 0.9f * (float)((i - 2) / GEMMA2__N_LAYER_TENSORS + 1) / (float)L, err, err_size)))
             return rc;
-#undef GEMMA2__N
-        /* Gemma 2 alternates local and global attention, starting with local on layer 0. */
-        L->sliding = (l % 2) == 0;
-        if ((rc = gemma2__progress(m, 0.1f + 0.9f * (float)(l + 1) / (float)c->num_hidden_layers, err, err_size))) return rc;
     }
     return 0;
 }
@@ -5628,23 +5855,24 @@ GEMMA2_DEF void gemma2_free(gemma2_model *m)
 }
 
 
-GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options *opt, char *err, size_t err_size)
+/* gemma2_load, with its result code (the public call reports only the message). */
+static int gemma2__load(const char *model_dir, const gemma2_options *opt, gemma2_model **out, char *err, size_t err_size)
 {
     gemma2_model *m;
     gemma2__tensors ts;
     gemma2__file cf;
     char *path = NULL;
     int rc;
+    *out = NULL;
     if (err && err_size) err[0] = 0;
-    if (!model_dir) { gemma2__fail(err, err_size, 0, "gemma2_load: model_dir is NULL"); return NULL; }
+    if (!model_dir) return gemma2__fail(err, err_size, GEMMA2_ERROR_INVALID_ARGUMENT, "gemma2_load: model_dir is NULL");
     if (opt && (opt->n_threads < 0 || opt->weights < 0 || opt->weights >= GEMMA2_WEIGHTS_COUNT || opt->compute < 0 ||
                 opt->compute >= GEMMA2_COMPUTE_COUNT || opt->kernels < 0 || opt->kernels >= GEMMA2_KERNELS_COUNT || opt->kv_cache < 0 ||
-                opt->kv_cache >= GEMMA2_KV_COUNT)) {
-        gemma2__fail(err, err_size, 0, "gemma2_load: an option is out of range (n_threads, weights, compute, kernels or kv_cache)");
-        return NULL;
-    }
+                opt->kv_cache >= GEMMA2_KV_COUNT))
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_INVALID_ARGUMENT, "gemma2_load: an option is out of range (n_threads, weights, "
+                            "compute, kernels or kv_cache)");
     m = (gemma2_model *)gemma2__calloc(1, sizeof *m);
-    if (!m) { gemma2__fail(err, err_size, 0, "out of memory"); return NULL; }
+    if (!m) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
     memset(&ts, 0, sizeof ts);
     if (opt) m->opt = *opt;
     if (m->opt.n_threads == 0) m->opt.n_threads = gemma2__cpu_count();
@@ -5678,13 +5906,26 @@ GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options
         path = NULL;
     }
 no_tok:
-    if (m->opt.tokenizer_only) return m;
+    if (m->opt.tokenizer_only) { *out = m; return 0; }
 
     if (gemma2__kernels_select(m->opt.kernels, &m->kern) != 0) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "gemma2_load: the kernel set asked for (%d) is not available on this CPU or build", m->opt.kernels); goto fail; }
     if ((rc = gemma2__progress(m, 0.0f, err, err_size)) != 0) goto fail;
     if ((rc = gemma2__open_weights(m, model_dir, &ts, err, err_size)) != 0) goto fail;
     if ((rc = gemma2__progress(m, 0.1f, err, err_size)) != 0) goto fail;
-    if (m->opt.weights == GEMMA2_WEIGHTS_BF16 || m->opt.weights == GEMMA2_WEIGHTS_Q8 || m->opt.weights == GEMMA2_WEIGHTS_Q4)
+    if (ts.quant) {
+        /* Saved quantized: the matrices are in the file as they will be in memory, and only in
+           that format (turning Q8 into Q4, say, would quantize twice: not what quantizing the
+           original gives). From here on weights is the files' scheme, which is what
+           gemma2__weights_format then answers for every matrix. */
+        if (m->opt.weights != GEMMA2_WEIGHTS_AUTO && m->opt.weights != ts.quant) {
+            rc = gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: the weights were saved quantized as %s (%s) and cannot be "
+                              "loaded as %s: load them as stored (GEMMA2_WEIGHTS_AUTO), or %s the original checkpoint", model_dir,
+                              gemma2__weights_name(ts.quant), ts.quant == GEMMA2_WEIGHTS_Q4 ? "the embedding q8, the projections q4" : "every matrix",
+                              gemma2__weights_name(m->opt.weights), m->opt.weights == GEMMA2_WEIGHTS_Q8 || m->opt.weights == GEMMA2_WEIGHTS_Q4 ? "quantize" : "load");
+            goto fail;
+        }
+        m->opt.weights = ts.quant;
+    } else if (m->opt.weights == GEMMA2_WEIGHTS_BF16 || m->opt.weights == GEMMA2_WEIGHTS_Q8 || m->opt.weights == GEMMA2_WEIGHTS_Q4)
         m->load_pool = gemma2__pool_new(m->opt.n_threads);
     rc = gemma2__bind_weights(m, &ts, err, err_size);
     gemma2__pool_free(m->load_pool);
@@ -5696,19 +5937,335 @@ no_tok:
         for (i = 0; i < m->n_files; i++) gemma2__file_close(&m->files[i]);
     }
     m->has_weights = 1;
-    return m;
+    *out = m;
+    return 0;
 fail:
-    (void)rc;
     GEMMA2_FREE(path);
     gemma2__tensors_free(&ts);
     gemma2_free(m);
-    return NULL;
+    return rc;
+}
+
+GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options *opt, char *err, size_t err_size)
+{
+    gemma2_model *m;
+    gemma2__load(model_dir, opt, &m, err, err_size);
+    return m;
 }
 
 GEMMA2_DEF int gemma2_vocab_size(const gemma2_model *m) { return m ? m->cfg.vocab_size : GEMMA2_ERROR_INVALID_ARGUMENT; }
 GEMMA2_DEF const gemma2_config *gemma2_model_config(const gemma2_model *m) { return m ? &m->cfg : NULL; }
 GEMMA2_DEF size_t gemma2_model_weight_bytes(const gemma2_model *m) { return m ? m->weight_bytes : 0; }
 GEMMA2_DEF const char *gemma2_model_kernels(const gemma2_model *m) { return m && m->kern.name ? m->kern.name : "none"; }
+
+/* ---- saving quantized checkpoints ---------------------------------------------------------- */
+
+#if defined(GEMMA2__WINDOWS)
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>   /* CreateDirectoryA, GetFileAttributesA */
+#elif defined(__unix__) || defined(__APPLE__)
+#include <sys/types.h>
+#include <sys/stat.h>  /* mkdir, stat */
+#define GEMMA2__POSIX_FS 1
+#endif
+
+/* A text buffer that grows; a failed allocation is remembered and reported once, at the end. */
+typedef struct gemma2__sbuf {
+    char *p;
+    size_t n, cap;
+    int failed;
+} gemma2__sbuf;
+
+static void gemma2__sbuf_add(gemma2__sbuf *b, const char *s, size_t n)
+{
+    if (b->failed) return;
+    if (b->cap - b->n < n + 1) {
+        size_t cap = GEMMA2__MAX(b->cap * 2, b->n + n + 256);
+        char *p = (char *)GEMMA2_REALLOC(b->p, cap);
+        if (!p) { b->failed = 1; return; }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+
+static void gemma2__sbuf_str(gemma2__sbuf *b, const char *s) { gemma2__sbuf_add(b, s, strlen(s)); }
+
+static void gemma2__sbuf_u64(gemma2__sbuf *b, uint64_t v)
+{
+    char t[24];
+    snprintf(t, sizeof t, "%llu", (unsigned long long)v);
+    gemma2__sbuf_str(b, t);
+}
+
+/* s as a JSON string, quotes included (the names come from the input's JSON, unescaped). */
+static void gemma2__sbuf_jstr(gemma2__sbuf *b, const char *s)
+{
+    gemma2__sbuf_add(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        char e[8];
+        if (c == '"' || c == '\\') { e[0] = '\\'; e[1] = (char)c; gemma2__sbuf_add(b, e, 2); }
+        else if (c < 0x20) { snprintf(e, sizeof e, "\\u%04x", (unsigned)c); gemma2__sbuf_add(b, e, 6); }
+        else gemma2__sbuf_add(b, s, 1);
+    }
+    gemma2__sbuf_add(b, "\"", 1);
+}
+
+/* 1 when a and b name the same folder: the same text up to trailing separators, or (POSIX)
+   the same device and inode, however they are spelled. */
+static int gemma2__same_dir(const char *a, const char *b)
+{
+    size_t na = strlen(a), nb = strlen(b);
+    while (na > 1 && (a[na - 1] == '/' || a[na - 1] == '\\')) na--;
+    while (nb > 1 && (b[nb - 1] == '/' || b[nb - 1] == '\\')) nb--;
+    if (na == nb && !memcmp(a, b, na)) return 1;
+#if defined(GEMMA2__POSIX_FS)
+    {
+        struct stat sa, sb;
+        if (stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino) return 1;
+    }
+#endif
+    return 0;
+}
+
+/* Creates folder dir unless it exists (its parent must). */
+static int gemma2__make_dir(const char *dir, char *err, size_t err_size)
+{
+#if defined(GEMMA2__POSIX_FS)
+    struct stat st;
+    if (stat(dir, &st) == 0)
+        return S_ISDIR(st.st_mode) ? 0 : gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: exists and is not a folder", dir);
+    if (mkdir(dir, 0777) != 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot create the folder", dir);
+    return 0;
+#elif defined(GEMMA2__WINDOWS)
+    DWORD a = GetFileAttributesA(dir);
+    if (a != INVALID_FILE_ATTRIBUTES)
+        return (a & FILE_ATTRIBUTE_DIRECTORY) ? 0 : gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: exists and is not a folder", dir);
+    if (!CreateDirectoryA(dir, NULL)) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot create the folder", dir);
+    return 0;
+#else
+    (void)dir; (void)err; (void)err_size; /* no portable way: the folder must exist (creating the file in it says so) */
+    return 0;
+#endif
+}
+
+/* Copies a small file (read whole, then written). */
+static int gemma2__copy_file(const char *from, const char *to, char *err, size_t err_size)
+{
+    gemma2__file f;
+    FILE *fp;
+    int rc = gemma2__file_read(&f, from, err, err_size), bad;
+    if (rc) return rc;
+    if (!(fp = fopen(to, "wb"))) {
+        gemma2__file_close(&f);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot create", to);
+    }
+    bad = f.size > 0 && fwrite(f.data, 1, f.size, fp) != f.size;
+    bad |= fclose(fp) != 0;
+    gemma2__file_close(&f);
+    return bad ? gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: write error (disk full?)", to) : 0;
+}
+
+/* One tensor of the output, in file order. */
+typedef struct gemma2__save_item {
+    const gemma2__tensor *t;   /* the input tensor */
+    int fmt;                   /* GEMMA2__WF_* a matrix is quantized to; -1: copied as stored */
+    int rows, cols;
+    uint64_t bytes;            /* in the output */
+} gemma2__save_item;
+
+GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, int weights, const gemma2_options *opt,
+                                     char *err, size_t err_size)
+{
+    static const char *const side_files[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer.model",
+                                             "tokenizer_config.json", "special_tokens_map.json"};
+    gemma2_model *m = NULL;         /* holds the input's config and its mapped files */
+    gemma2__tensors ts;
+    gemma2__save_item *items = NULL, *mats = NULL;
+    gemma2__sbuf hdr;
+    gemma2__pool *pool = NULL;
+    gemma2__file cf;
+    FILE *fp = NULL;
+    uint8_t *buf = NULL, len8[8];
+    char *path = NULL, *tmp = NULL, *dst = NULL, name[160];
+    const char *scheme = gemma2__weights_name(weights);
+    uint64_t total = 0, done = 0, largest = 0, off = 0;
+    int rc = 0, n_items = 0, n_mats = 0, n_bound, i, k, esize;
+
+    if (err && err_size) err[0] = 0;
+    memset(&ts, 0, sizeof ts);
+    memset(&hdr, 0, sizeof hdr);
+    if (!in_dir || !out_dir) return gemma2__fail(err, err_size, GEMMA2_ERROR_INVALID_ARGUMENT, "gemma2_save_quantized: in_dir or out_dir is NULL");
+    if (weights != GEMMA2_WEIGHTS_Q8 && weights != GEMMA2_WEIGHTS_Q4)
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_INVALID_ARGUMENT, "gemma2_save_quantized: weights must be GEMMA2_WEIGHTS_Q8 or "
+                            "GEMMA2_WEIGHTS_Q4 (got %d)", weights);
+    if (opt && opt->n_threads < 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_INVALID_ARGUMENT, "gemma2_save_quantized: n_threads is negative");
+    if (gemma2__same_dir(in_dir, out_dir))
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_INVALID_ARGUMENT, "gemma2_save_quantized: out_dir %s is in_dir: write the "
+                            "quantized folder to another one", out_dir);
+    if (!(m = (gemma2_model *)gemma2__calloc(1, sizeof *m))) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+    if (opt) {
+        m->opt.n_threads = opt->n_threads;
+        m->opt.progress = opt->progress;
+        m->opt.progress_user = opt->progress_user;
+    }
+    if (gemma2__kernels_select(opt ? opt->kernels : GEMMA2_KERNELS_AUTO, &m->kern) != 0) { /* the set's from_float: the same bytes, faster */
+        gemma2_free(m);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "gemma2_save_quantized: the kernel set asked for (%d) is not available "
+                            "on this CPU or build", opt->kernels);
+    }
+
+#define GEMMA2__SAVE_FAIL(...) do { rc = gemma2__fail(err, err_size, __VA_ARGS__); goto done; } while (0)
+    /* The input, read as gemma2_load reads it: the config gives the shapes of what gets bound. */
+    if (!(path = gemma2__path_join(in_dir, "config.json"))) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+    if ((rc = gemma2__file_read(&cf, path, err, err_size)) != 0) goto done;
+    rc = gemma2__config_parse(&m->cfg, (const char *)cf.data, cf.size, path, err, err_size);
+    gemma2__file_close(&cf);
+    if (rc) goto done;
+    if ((rc = gemma2__read_generation_config(&m->cfg, in_dir)) != 0) GEMMA2__SAVE_FAIL(rc, "%s/generation_config.json: malformed (eos_token_id)", in_dir);
+    if ((rc = gemma2__open_weights(m, in_dir, &ts, err, err_size)) != 0) goto done;
+    if (ts.quant)
+        GEMMA2__SAVE_FAIL(GEMMA2_ERROR_UNSUPPORTED, "%s: already quantized (%s): save from the original checkpoint", in_dir, gemma2__weights_name(ts.quant));
+
+    /* What to write: every tensor the loader binds is checked as it checks it, so the saved
+       folder loads; the matrices are quantized (format: gemma2__weights_format, as at load),
+       everything else is copied. */
+    items = (gemma2__save_item *)gemma2__calloc((size_t)ts.n + 1, sizeof *items);
+    mats = (gemma2__save_item *)gemma2__calloc((size_t)ts.n + 1, sizeof *mats);
+    if (!items || !mats) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+    n_bound = 2 + m->cfg.num_hidden_layers * GEMMA2__N_LAYER_TENSORS;
+    for (i = 0; i < n_bound; i++) {
+        const gemma2__tensor *t = NULL;
+        int rows, cols;
+        gemma2__bound_tensor(&m->cfg, i, name, sizeof name, &rows, &cols);
+        if ((rc = gemma2__want(&ts, name, rows ? rows : cols, rows ? cols : 0, &t, m, err, err_size)) != 0) goto done;
+        if (t->dtype == GEMMA2__ST_U8)
+            GEMMA2__SAVE_FAIL(GEMMA2_ERROR_FORMAT, "tensor %s: dtype U8 (quantized blocks) in a file whose __metadata__ names no "
+                              "\"gemma2.quantization\" scheme", name);
+        if (!rows) continue;
+        mats[n_mats].t = t;
+        mats[n_mats].fmt = gemma2__weights_format(weights, t->dtype, name);
+        mats[n_mats].rows = rows;
+        mats[n_mats].cols = cols;
+        mats[n_mats].bytes = (uint64_t)rows * gemma2__row_bytes(mats[n_mats].fmt, cols);
+        largest = GEMMA2__MAX(largest, mats[n_mats].bytes);
+        n_mats++;
+    }
+    for (esize = 4; esize >= 1; esize /= 2) /* the others first, widest elements first: all stay aligned */
+        for (i = 0; i < ts.n; i++) {
+            for (k = 0; k < n_mats && mats[k].t != &ts.t[i]; k++) {}
+            if (k < n_mats || gemma2__st_esize[ts.t[i].dtype] != esize) continue;
+            items[n_items].t = &ts.t[i];
+            items[n_items].fmt = -1;
+            items[n_items++].bytes = ts.t[i].nbytes;
+        }
+    memcpy(items + n_items, mats, (size_t)n_mats * sizeof *mats);
+    n_items += n_mats;
+
+    /* The header: metadata, then the tensors in file order; padded so the data starts at a
+       multiple of 8. */
+    gemma2__sbuf_str(&hdr, "{\"__metadata__\":{\"format\":\"pt\",\"gemma2.quantization\":");
+    gemma2__sbuf_jstr(&hdr, scheme);
+    gemma2__sbuf_str(&hdr, ",\"gemma2.quantization_version\":\"");
+    gemma2__sbuf_u64(&hdr, GEMMA2__QUANT_VERSION);
+    gemma2__sbuf_str(&hdr, "\"}");
+    for (i = 0; i < n_items; i++) {
+        const gemma2__save_item *it = &items[i];
+        gemma2__sbuf_str(&hdr, ",");
+        gemma2__sbuf_jstr(&hdr, it->t->name);
+        gemma2__sbuf_str(&hdr, ":{\"dtype\":\"");
+        gemma2__sbuf_str(&hdr, gemma2__st_names[it->fmt >= 0 ? GEMMA2__ST_U8 : it->t->dtype]);
+        gemma2__sbuf_str(&hdr, "\",\"shape\":[");
+        if (it->fmt >= 0) {
+            gemma2__sbuf_u64(&hdr, (uint64_t)it->rows);
+            gemma2__sbuf_str(&hdr, ",");
+            gemma2__sbuf_u64(&hdr, (uint64_t)gemma2__row_bytes(it->fmt, it->cols));
+        } else
+            for (k = 0; k < it->t->ndim; k++) {
+                if (k) gemma2__sbuf_str(&hdr, ",");
+                gemma2__sbuf_u64(&hdr, (uint64_t)it->t->shape[k]);
+            }
+        gemma2__sbuf_str(&hdr, "],\"data_offsets\":[");
+        gemma2__sbuf_u64(&hdr, off);
+        gemma2__sbuf_str(&hdr, ",");
+        gemma2__sbuf_u64(&hdr, off + it->bytes);
+        gemma2__sbuf_str(&hdr, "]}");
+        off += it->bytes;
+    }
+    gemma2__sbuf_str(&hdr, "}");
+    while (!hdr.failed && (8 + hdr.n) % 8) gemma2__sbuf_str(&hdr, " ");
+    if (hdr.failed) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+    total = off;
+    if (largest > (uint64_t)((size_t)-1 / 2) || !(buf = (uint8_t *)GEMMA2_MALLOC((size_t)largest)))
+        GEMMA2__SAVE_FAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "gemma2_save_quantized: out of memory (%llu bytes for the largest quantized matrix)",
+                          (unsigned long long)largest);
+
+    /* The output: a partial file, renamed once complete. */
+    if ((rc = gemma2__make_dir(out_dir, err, err_size)) != 0) goto done;
+    GEMMA2_FREE(path);
+    if (!(path = gemma2__path_join(out_dir, "model.safetensors.index.json")) ||
+        !(tmp = gemma2__path_join(out_dir, "model.safetensors.partial")) || !(dst = gemma2__path_join(out_dir, "model.safetensors")))
+        GEMMA2__SAVE_FAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+    if (gemma2__file_exists(path))
+        GEMMA2__SAVE_FAIL(GEMMA2_ERROR_INVALID_ARGUMENT, "%s: gemma2_load would read the shards it names instead of the saved "
+                          "model.safetensors: remove it, or save to another folder", path);
+    if (!(fp = fopen(tmp, "wb"))) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: cannot create", tmp);
+    for (k = 0; k < 8; k++) len8[k] = (uint8_t)((uint64_t)hdr.n >> (8 * k));
+    if (fwrite(len8, 1, 8, fp) != 8 || fwrite(hdr.p, 1, hdr.n, fp) != hdr.n) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: write error (disk full?)", tmp);
+    pool = gemma2__pool_new(m->opt.n_threads > 0 ? m->opt.n_threads : gemma2__cpu_count()); /* NULL: quantize on this thread */
+    for (i = 0; i < n_items; i++) {
+        const gemma2__save_item *it = &items[i];
+        const uint8_t *src = it->t->data;
+        if (it->fmt >= 0) {
+            if (gemma2__quantize(pool, &m->kern, buf, it->fmt, it->t->data, it->t->dtype, it->rows, it->cols) != 0)
+                GEMMA2__SAVE_FAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "tensor %s: out of memory quantizing to %s", it->t->name, gemma2__wformat_of(it->fmt)->name);
+            src = buf;
+        }
+        if (it->bytes > 0 && fwrite(src, 1, (size_t)it->bytes, fp) != it->bytes)
+            GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: write error at tensor %s (disk full?)", tmp, it->t->name);
+        gemma2__file_release(&m->files[it->t->file], it->t->data, (size_t)it->t->nbytes);
+        done += it->bytes;
+        if (m->opt.progress && m->opt.progress(m->opt.progress_user, (float)((double)done / (double)(total ? total : 1))))
+            GEMMA2__SAVE_FAIL(GEMMA2_ERROR_CANCELLED, "saving cancelled by the progress callback");
+    }
+    k = fflush(fp) != 0 || ferror(fp);
+    k |= fclose(fp) != 0;
+    fp = NULL;
+    if (k) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: write error (disk full?)", tmp);
+
+    /* The old weights go before anything of the new folder lands beside them; the new ones
+       arrive last, whole. */
+    remove(dst);
+    for (k = 0; k < (int)(sizeof side_files / sizeof side_files[0]); k++) {
+        char *from = gemma2__path_join(in_dir, side_files[k]), *to = gemma2__path_join(out_dir, side_files[k]);
+        if (!from || !to) rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+        else if (gemma2__file_exists(from)) rc = gemma2__copy_file(from, to, err, err_size);
+        GEMMA2_FREE(from);
+        GEMMA2_FREE(to);
+        if (rc) goto done;
+    }
+    if (rename(tmp, dst) != 0) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: cannot rename it to %s", tmp, dst);
+#undef GEMMA2__SAVE_FAIL
+done:
+    if (fp) fclose(fp);
+    if (rc && tmp) remove(tmp);
+    gemma2__pool_free(pool);
+    GEMMA2_FREE(buf);
+    GEMMA2_FREE(hdr.p);
+    GEMMA2_FREE(items);
+    GEMMA2_FREE(mats);
+    GEMMA2_FREE(path);
+    GEMMA2_FREE(tmp);
+    GEMMA2_FREE(dst);
+    gemma2__tensors_free(&ts);
+    gemma2_free(m);
+    return rc;
+}
 
 /* ===========================================================================
    2.11 Thread pool

@@ -54,6 +54,7 @@ typedef struct cli_opts {
     const char *stops[CLI_MAX_STOPS];
     int n_stops;
     int raw, interactive, n_predict, n_threads, n_ctx, ignore_eos, seed_given, no_mmap, kv_bf16, compute_bf16;
+    int weights;      /* GEMMA2_WEIGHTS_Q8 / _Q4 from --q8 / --q4, else 0 (as stored) */
     gemma2_sampler_params sp;
 } cli_opts;
 
@@ -62,7 +63,8 @@ static void cli_usage(FILE *o)
     fprintf(o,
         "usage: gemma2 -m MODEL_DIR (-p PROMPT | -f FILE | -i) [options]\n"
         "\n"
-        "  -m, --model DIR         Hugging Face Gemma 2 folder (config.json, *.safetensors, tokenizer)\n"
+        "  -m, --model DIR         Hugging Face Gemma 2 folder (config.json, *.safetensors, tokenizer), or\n"
+        "                          one saved by examples/quantize (runs in its format, no flag needed)\n"
         "  -p, --prompt TEXT       the prompt: one user turn in the chat template (see --raw)\n"
         "  -f, --file FILE         read the prompt from a file\n"
         "  -i, --interactive       multi-turn chat on the terminal (/reset, /undo, /regen, /quit)\n"
@@ -73,6 +75,9 @@ static void cli_usage(FILE *o)
         "      --kv-bf16           KV cache in bf16: half its memory, faster at long contexts (not exact)\n"
         "      --compute-bf16      bf16 activations in the matrix products (AVX512_BF16 CPUs): ~1.8x\n"
         "                          faster prompts (not exact)\n"
+        "      --q8                quantize the weights to 8 bits at load (about half of bf16; not exact)\n"
+        "      --q4                quantize the projections to 4 bits at load, the embedding to 8 bits\n"
+        "                          (about a third of bf16; not exact). To do it once: examples/quantize\n"
         "      --system TEXT       a system prompt (folded into the first user turn)\n"
         "      --tokenizer FILE    tokenizer.json or tokenizer.model (default: the model folder's)\n"
         "  -n, --n-predict N       most tokens to generate (default -1: until end of turn or context full)\n"
@@ -135,6 +140,12 @@ static int cli_parse(int argc, char **argv, cli_opts *o, FILE *out, FILE *err)
         else if (!strcmp(a, "--no-mmap")) { o->no_mmap = 1; takes = 0; }
         else if (!strcmp(a, "--kv-bf16")) { o->kv_bf16 = 1; takes = 0; }
         else if (!strcmp(a, "--compute-bf16")) { o->compute_bf16 = 1; takes = 0; }
+        else if (!strcmp(a, "--q8") || !strcmp(a, "--q4")) {
+            int w = a[3] == '8' ? GEMMA2_WEIGHTS_Q8 : GEMMA2_WEIGHTS_Q4;
+            if (o->weights && o->weights != w) { fprintf(err, "gemma2: error: give --q8 or --q4, not both\n"); return 1; }
+            o->weights = w;
+            takes = 0;
+        }
         else if (!strcmp(a, "--ignore-eos")) { o->ignore_eos = 1; takes = 0; }
         else if (!v && a[0] == '-') { fprintf(err, "gemma2: error: %s needs a value (see --help)\n", a); return 1; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model = v;
@@ -294,8 +305,11 @@ static int cli_main(int argc, char **argv, FILE *in, FILE *out, FILE *err)
     mo.preload = o.no_mmap;
     mo.kv_cache = o.kv_bf16 ? GEMMA2_KV_BF16 : GEMMA2_KV_F32;
     mo.compute = o.compute_bf16 ? GEMMA2_COMPUTE_BF16 : GEMMA2_COMPUTE_F32;
+    mo.weights = o.weights;
     mo.progress = cli_progress;
     mo.progress_user = err;
+    if (o.weights) fprintf(err, "quantizing weights to %s at load%s\n", o.weights == GEMMA2_WEIGHTS_Q8 ? "q8" : "q4",
+                           o.weights == GEMMA2_WEIGHTS_Q4 ? " (embedding q8)" : "");
     t0 = cli_now();
     m = gemma2_load(o.model, &mo, emsg, sizeof emsg);
     fprintf(err, "\r");

@@ -600,6 +600,45 @@ static void test_generate_cli(void)
     }
 }
 
+/* --q4 quantizes at load and says so on stderr; the folder gemma2_save_quantized writes runs
+   with no flag and generates exactly the same text; asking it for --q8 is a one-line error. */
+static void test_generate_cli_quantized(void)
+{
+    char base[64] = "/tmp/gemma2_test_XXXXXX", saved[600], path[700], out[8192], out2[8192], err[8192], model[512], tok[512], emsg[512];
+    const char *prompt = "Write a hello world program";
+    int rc;
+    snprintf(model, sizeof model, "%s", g2t_path("models/tiny-realvocab"));
+    snprintf(tok, sizeof tok, "%s", g2t_path("tokenizer/tokenizer.json"));
+    if (!mkdtemp(base)) { CHECK(0, "mkdtemp"); return; }
+    snprintf(saved, sizeof saved, "%s/q4", base);
+    rc = gemma2_save_quantized(model, saved, GEMMA2_WEIGHTS_Q4, NULL, emsg, sizeof emsg);
+    CHECK(rc == 0, "save: %s", emsg);
+    {
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "12", "--q4", "-p", prompt};
+        rc = gen_cli(a, 11, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && out[0] && strstr(err, "quantizing weights to q4 at load (embedding q8)\n"), "--q4: rc %d out [%s] err [%s]", rc, out, err);
+    }
+    {
+        const char *a[] = {"-m", saved, "--tokenizer", tok, "--temp", "0", "-n", "12", "-p", prompt};
+        rc = gen_cli(a, 10, NULL, out2, sizeof out2, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, out2) && !strstr(err, "quantizing"), "saved q4: rc %d out [%s] want [%s] err [%s]", rc, out2, out, err);
+    }
+    {
+        const char *a[] = {"-m", saved, "--tokenizer", tok, "--q8", "-p", prompt};
+        const char *b[] = {"-m", model, "--q8", "--q4", "-p", prompt};
+        rc = gen_cli(a, 7, NULL, out2, sizeof out2, err, sizeof err);
+        CHECK(rc != 0 && !out2[0] && strstr(err, "gemma2: error:") && strstr(err, "saved quantized as q4"), "saved q4 with --q8: rc %d err [%s]", rc, err);
+        rc = gen_cli(b, 6, NULL, out2, sizeof out2, err, sizeof err);
+        CHECK(rc != 0 && strstr(err, "not both"), "--q8 --q4: rc %d err [%s]", rc, err);
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", saved);
+    remove(path);
+    snprintf(path, sizeof path, "%s/config.json", saved);
+    remove(path);
+    rmdir(saved);
+    rmdir(base);
+}
+
 void suite_generate(void)
 {
     g2t_run("generate/stream_unit", test_generate_stream_unit);
@@ -612,6 +651,7 @@ void suite_generate(void)
     g2t_run("generate/threads", test_generate_threads);
     g2t_run("generate/score", test_generate_score);
     g2t_run("generate/cli", test_generate_cli);
+    g2t_run("generate/cli-quantized", test_generate_cli_quantized);
     gemma2_free(gen_model);
     gen_model = NULL;
 }

@@ -4,6 +4,7 @@
 #if !defined(_WIN32)
 #include <unistd.h>
 #include <sys/stat.h>
+#include <dirent.h>
 #endif
 
 static char ldr_dir[512];
@@ -47,13 +48,15 @@ static void ldr_cleanup(void)
     rmdir(ldr_dir);
 }
 
-/* Writes tiny-gqa's model.safetensors with the first `find` in its JSON header replaced. */
-static void ldr_write_weights(const char *find, const char *repl)
+/* Writes the safetensors file src to dst with the first `find` in its JSON header replaced
+   (the header length rewritten to match). 0 if `find` is not in the header. */
+static int ldr_rewrite_header(const char *src, const char *dst, const char *find, const char *repl)
 {
     size_t n, hl, k, newlen;
-    unsigned char *st = (unsigned char *)g2t_read_file(g2t_path("models/tiny-gqa/model.safetensors"), &n);
+    unsigned char *st = (unsigned char *)g2t_read_file(src, &n);
     char *hdr, *pos, *out;
-    if (!st) return;
+    FILE *f;
+    if (!st) return 0;
     for (hl = 0, k = 8; k-- > 0;) hl = (hl << 8) | st[k];
     hdr = (char *)malloc(hl + 1);
     memcpy(hdr, st + 8, hl);
@@ -69,10 +72,22 @@ static void ldr_write_weights(const char *find, const char *repl)
         memcpy(out + 8 + a + strlen(repl), pos + strlen(find), hl - a - strlen(find));
     } else memcpy(out + 8, hdr, hl);
     memcpy(out + 8 + newlen, st + 8 + hl, n - 8 - hl);
-    ldr_write("model.safetensors", out, 8 + newlen + (n - 8 - hl));
+    if ((f = fopen(dst, "wb")) != NULL) {
+        fwrite(out, 1, 8 + newlen + (n - 8 - hl), f);
+        fclose(f);
+    }
     free(out);
     free(hdr);
     free(st);
+    return pos != NULL;
+}
+
+/* Writes tiny-gqa's model.safetensors with the first `find` in its JSON header replaced. */
+static void ldr_write_weights(const char *find, const char *repl)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/model.safetensors", ldr_dir);
+    ldr_rewrite_header(g2t_path("models/tiny-gqa/model.safetensors"), path, find, repl);
 }
 
 /* Loads the temp folder; expects failure with a message containing `want`. */
@@ -321,6 +336,7 @@ static void test_loader_rings(void)
 }
 
 static void suite_loader_dtypes(void);
+static void suite_loader_saved(void);
 static void test_loader_preload(void);
 
 void suite_loader(void)
@@ -332,6 +348,7 @@ void suite_loader(void)
     g2t_run("loader/session-edges", test_loader_session_edges);
     g2t_run("loader/rings", test_loader_rings);
     suite_loader_dtypes();
+    suite_loader_saved();
 }
 
 /* Writes every tensor of the given files as one safetensors file of dtype `to`
@@ -557,4 +574,419 @@ static void test_loader_preload(void)
     CHECK(same, "preloaded weights must give the mapped weights' logits");
     free(a);
     free(b);
+}
+
+/* ---- saved quantized folders (gemma2_save_quantized) ---- */
+
+/* Removes every file in dir, then dir (these tests' folders hold files only). */
+static void ldr_rmdir_all(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[1200];
+    if (d) {
+        while ((e = readdir(d)) != NULL) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            remove(path);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+/* 1 when dir/name exists (a link counts, even a dangling one). */
+static int ldr_has(const char *dir, const char *name)
+{
+    char path[1200];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return lstat(path, &st) == 0;
+}
+
+static int ldr_same_file(const char *a, const char *b)
+{
+    size_t na = 0, nb = 0;
+    char *pa = (char *)g2t_read_file(a, &na), *pb = (char *)g2t_read_file(b, &nb);
+    int same = pa && pb && na == nb && memcmp(pa, pb, na) == 0;
+    free(pa);
+    free(pb);
+    return same;
+}
+
+/* Copies file `name` of folder from into folder to (or under another name, as). */
+static void ldr_copy(const char *from, const char *name, const char *to, const char *as)
+{
+    char path[1200];
+    size_t n;
+    char *data;
+    FILE *f;
+    snprintf(path, sizeof path, "%s/%s", from, name);
+    data = (char *)g2t_read_file(path, &n);
+    snprintf(path, sizeof path, "%s/%s", to, as ? as : name);
+    if (data && (f = fopen(path, "wb")) != NULL) {
+        fwrite(data, 1, n, f);
+        fclose(f);
+    }
+    free(data);
+}
+
+/* Loads dir with the given weights option and kernel set; the code of gemma2__load. */
+static int ldr_load_as(const char *dir, int weights, int kernels, int preload, gemma2_model **m, char *err, size_t err_size)
+{
+    gemma2_options opt;
+    memset(&opt, 0, sizeof opt);
+    opt.weights = weights;
+    opt.kernels = kernels;
+    opt.preload = preload;
+    opt.n_threads = 2;
+    opt.no_tokenizer = 1;
+    return gemma2__load(dir, &opt, m, err, err_size);
+}
+
+/* Logits of ids[0..n): n - 2 of them as one prompt, then the last two a token at a time (the
+   prefill and the decode products). malloc'd, NULL on failure. */
+static float *ldr_eval(const gemma2_model *m, const int32_t *ids, int n)
+{
+    int V = gemma2_vocab_size(m), ok;
+    float *out = (float *)malloc(sizeof(float) * (size_t)n * (size_t)V);
+    gemma2_session *s = gemma2_session_new(m, n);
+    ok = s && out && gemma2_eval(s, ids, n - 2, out) == 0 && gemma2_eval(s, ids + n - 2, 1, out + (size_t)(n - 2) * V) == 0 &&
+         gemma2_eval(s, ids + n - 1, 1, out + (size_t)(n - 1) * V) == 0;
+    gemma2_session_free(s);
+    if (!ok) { free(out); return NULL; }
+    return out;
+}
+
+/* 1 when every matrix of a and b has the same format, shape and bytes. */
+static int ldr_same_matrices(const gemma2_model *a, const gemma2_model *b)
+{
+    int l, k, same = 1;
+    const gemma2__mat *ma, *mb;
+    for (l = -1; l < a->cfg.num_hidden_layers; l++)
+        for (k = 0; k < GEMMA2__N_LAYER_TENSORS; k++) {
+            if (l < 0 && k > 0) break;
+            if (l >= 0 && gemma2__layer_tensors[k].rows == GEMMA2__DIM_NORM) continue;
+            ma = l < 0 ? &a->embed : (const gemma2__mat *)(const void *)((const char *)&a->layers[l] + gemma2__layer_tensors[k].off);
+            mb = l < 0 ? &b->embed : (const gemma2__mat *)(const void *)((const char *)&b->layers[l] + gemma2__layer_tensors[k].off);
+            same &= ma->format == mb->format && ma->rows == mb->rows && ma->cols == mb->cols &&
+                    memcmp(ma->data, mb->data, (size_t)ma->rows * gemma2__row_bytes(ma->format, ma->cols)) == 0;
+        }
+    return same;
+}
+
+/* Saved in Q8 and Q4 (bf16, bf16 with 27B-style shapes, sharded f32), then loaded with no
+   option: every matrix holds the bytes quantizing at load gives, in the same format, and the
+   logits are bit-identical on every kernel set; the folder refuses other formats. */
+static void test_loader_save_roundtrip(void)
+{
+    static const char *models[] = {"quant-a", "tiny-27b-style", "tiny-mha-f32-sharded"};
+    int mi, q, k;
+    for (mi = 0; mi < 3; mi++)
+        for (q = 0; q < 2; q++) {
+            const int w = q ? GEMMA2_WEIGHTS_Q4 : GEMMA2_WEIGHTS_Q8;
+            char base[64] = "/tmp/gemma2_test_XXXXXX", in[600], out[600], a_cfg[700], b_cfg[700], err[512];
+            gemma2_options opt;
+            mdl_ref r;
+            int rc, checked = 0;
+            snprintf(in, sizeof in, "%s", g2t_path("models/"));
+            strncat(in, models[mi], sizeof in - strlen(in) - 1);
+            if (!mdl_load_ref(models[mi], &r) || !mkdtemp(base)) { CHECK(0, "setup %s", models[mi]); mdl_free_ref(&r); continue; }
+            snprintf(out, sizeof out, "%s/saved", base); /* not there yet: the save creates it */
+            memset(&opt, 0, sizeof opt);
+            opt.n_threads = 2;
+            rc = gemma2_save_quantized(in, out, w, &opt, err, sizeof err);
+            CHECK(rc == 0, "%s %s: save: %s", models[mi], gemma2__weights_name(w), err);
+            snprintf(a_cfg, sizeof a_cfg, "%s/config.json", in);
+            snprintf(b_cfg, sizeof b_cfg, "%s/config.json", out);
+            CHECK(ldr_same_file(a_cfg, b_cfg), "config.json copied");
+            CHECK(!ldr_has(out, "model.safetensors.partial"), "no partial file left");
+            for (k = 0; rc == 0 && k < GEMMA2__N_KERNEL_SETS; k++) {
+                const gemma2__kernel_set *ks = &gemma2__kernel_sets[k];
+                gemma2_model *a = NULL, *b = NULL;
+                float *la = NULL, *lb = NULL;
+                if (!ks->init || !ks->available()) continue;
+                CHECK(ldr_load_as(in, w, ks->id, 0, &a, err, sizeof err) == 0, "quantize at load: %s", err);
+                CHECK(ldr_load_as(out, GEMMA2_WEIGHTS_AUTO, ks->id, 0, &b, err, sizeof err) == 0, "saved: %s", err);
+                if (a && b) {
+                    CHECK(b->embed.format == GEMMA2__WF_Q8 && b->layers[0].wq.format == (q ? GEMMA2__WF_Q4 : GEMMA2__WF_Q8) &&
+                              b->layers[0].wdown.format == b->layers[0].wq.format,
+                          "saved formats: embed %d, wq %d", b->embed.format, b->layers[0].wq.format);
+                    CHECK(ldr_same_matrices(a, b), "%s %s: the saved matrices must be the ones quantized at load", models[mi], gemma2__weights_name(w));
+                    CHECK(b->n_files == 1 && (const uint8_t *)b->embed.data > b->files[0].data &&
+                              (const uint8_t *)b->layers[0].wq.data > b->files[0].data &&
+                              (const uint8_t *)b->layers[0].wq.data < b->files[0].data + b->files[0].size,
+                          "saved matrices are used in place from the file");
+                    CHECK(gemma2_model_weight_bytes(a) == gemma2_model_weight_bytes(b), "weight bytes %zu vs %zu",
+                          gemma2_model_weight_bytes(a), gemma2_model_weight_bytes(b));
+                    la = ldr_eval(a, r.ids, 10);
+                    lb = ldr_eval(b, r.ids, 10);
+                    CHECK(la && lb && memcmp(la, lb, sizeof(float) * 10 * (size_t)gemma2_vocab_size(a)) == 0,
+                          "%s %s on %s: the saved folder's logits must be bit-identical", models[mi], gemma2__weights_name(w), gemma2_model_kernels(b));
+                    checked++;
+                }
+                free(la);
+                free(lb);
+                gemma2_free(a);
+                gemma2_free(b);
+            }
+            CHECK(rc != 0 || checked > 0, "no kernel set ran");
+            if (rc == 0) {
+                gemma2_model *m = NULL;
+                float *la, *lb;
+                /* the same scheme asked for explicitly, and preloaded (U8 in place from anonymous memory) */
+                CHECK(ldr_load_as(out, w, GEMMA2_KERNELS_AUTO, 0, &m, err, sizeof err) == 0, "asking for the saved scheme: %s", err);
+                la = m ? ldr_eval(m, r.ids, 10) : NULL;
+                gemma2_free(m);
+                CHECK(ldr_load_as(out, GEMMA2_WEIGHTS_AUTO, GEMMA2_KERNELS_AUTO, 1, &m, err, sizeof err) == 0, "preload: %s", err);
+                lb = m ? ldr_eval(m, r.ids, 10) : NULL;
+                gemma2_free(m);
+                CHECK(la && lb && memcmp(la, lb, sizeof(float) * 10 * (size_t)r.V) == 0, "preloaded saved folder");
+                free(la);
+                free(lb);
+                /* other formats cannot come from quantized data */
+                for (k = GEMMA2_WEIGHTS_BF16; k < GEMMA2_WEIGHTS_COUNT; k++) {
+                    if (k == w) continue;
+                    err[0] = 0;
+                    rc = ldr_load_as(out, k, GEMMA2_KERNELS_AUTO, 0, &m, err, sizeof err);
+                    CHECK(rc == GEMMA2_ERROR_UNSUPPORTED && !m && strstr(err, gemma2__weights_name(w)) && strstr(err, out) && !strchr(err, '\n'),
+                          "%s folder loaded as %s: rc %d, \"%s\"", gemma2__weights_name(w), gemma2__weights_name(k), rc, err);
+                    gemma2_free(m);
+                }
+            }
+            mdl_free_ref(&r);
+            ldr_rmdir_all(out);
+            ldr_rmdir_all(base);
+        }
+}
+
+/* A saved file edited or cut: a clear error (unknown scheme or newer version: UNSUPPORTED
+   naming them; U8 without a scheme or of another shape: FORMAT naming the tensor), never a
+   crash; random damage to its header loads or fails, never crashes. */
+static void test_loader_save_refusals(void)
+{
+    static const struct { const char *find, *repl; int code; const char *want; } edits[] = {
+        {"\"gemma2.quantization\":\"q8\"", "\"gemma2.quantization\":\"q3\"", GEMMA2_ERROR_UNSUPPORTED, "\"q3\" version 1"},
+        {"\"gemma2.quantization\":\"q8\"", "\"gemma2.quantization\":\"q\\n\"", GEMMA2_ERROR_UNSUPPORTED, "\"q?\" version 1"},
+        {"\"gemma2.quantization_version\":\"1\"", "\"gemma2.quantization_version\":\"2\"", GEMMA2_ERROR_UNSUPPORTED, "\"q8\" version 2"},
+        {"\"gemma2.quantization_version\":\"1\"", "\"gemma2.quantization_version\":\"x\"", GEMMA2_ERROR_FORMAT, "gemma2.quantization_version"},
+        {"\"gemma2.quantization_version\":\"1\"", "\"gemma2.quantization_versioX\":\"1\"", GEMMA2_ERROR_FORMAT, "gemma2.quantization_version"},
+        {"\"gemma2.quantization\":\"q8\"", "\"gemma2.quantizatioX\":\"q8\"", GEMMA2_ERROR_FORMAT, "model.embed_tokens.weight"},
+        {"\"shape\":[512,136]", "\"shape\":[1024,68]", GEMMA2_ERROR_FORMAT, "model.embed_tokens.weight"},
+        {"\"shape\":[128,136]", "\"shape\":[136,128]", GEMMA2_ERROR_FORMAT, "model.layers.0.self_attn.q_proj.weight"},
+        {"\"dtype\":\"U8\",\"shape\":[512,136]", "\"dtype\":\"I8\",\"shape\":[512,136]", GEMMA2_ERROR_FORMAT, "dtype"},
+    };
+    char base[64] = "/tmp/gemma2_test_XXXXXX", saved[600], edit[600], src[700], dst[700], err[512];
+    unsigned char *st;
+    size_t n, hl, k, cuts[6];
+    uint32_t rng = 777;
+    int i, rc;
+    gemma2_model *m = NULL;
+    if (!mkdtemp(base)) { CHECK(0, "mkdtemp"); return; }
+    snprintf(saved, sizeof saved, "%s/q8", base);
+    snprintf(edit, sizeof edit, "%s/edit", base);
+    CHECK(gemma2_save_quantized(g2t_path("models/quant-a"), saved, GEMMA2_WEIGHTS_Q8, NULL, err, sizeof err) == 0, "save: %s", err);
+    mkdir(edit, 0777);
+    ldr_copy(saved, "config.json", edit, NULL);
+    snprintf(src, sizeof src, "%s/model.safetensors", saved);
+    snprintf(dst, sizeof dst, "%s/model.safetensors", edit);
+    for (i = 0; i < (int)(sizeof edits / sizeof edits[0]); i++) {
+        CHECK(ldr_rewrite_header(src, dst, edits[i].find, edits[i].repl), "edit %d: %s not in the header", i, edits[i].find);
+        err[0] = 0;
+        rc = ldr_load_as(edit, GEMMA2_WEIGHTS_AUTO, GEMMA2_KERNELS_AUTO, 0, &m, err, sizeof err);
+        CHECK(rc == edits[i].code && !m && strstr(err, edits[i].want) && !strchr(err, '\n'),
+              "%s -> %s: rc %d (want %d), \"%s\" should name %s", edits[i].find, edits[i].repl, rc, edits[i].code, err, edits[i].want);
+        if (edits[i].code == GEMMA2_ERROR_UNSUPPORTED)
+            CHECK(strstr(err, "model.safetensors") && strstr(err, "q8") && strstr(err, "q4"), "the message names the file and what this build reads: %s", err);
+        gemma2_free(m);
+        m = NULL;
+    }
+    /* cut anywhere: an error, not a crash */
+    st = (unsigned char *)g2t_read_file(src, &n);
+    if (!st) { CHECK(0, "read %s", src); ldr_rmdir_all(saved); ldr_rmdir_all(edit); ldr_rmdir_all(base); return; }
+    for (hl = 0, k = 8; k-- > 0;) hl = (hl << 8) | st[k];
+    cuts[0] = 5; cuts[1] = 8 + hl / 2; cuts[2] = 8 + hl; cuts[3] = 8 + hl + 100; cuts[4] = n / 2; cuts[5] = n - 1;
+    for (k = 0; k < 6; k++) {
+        FILE *f = fopen(dst, "wb");
+        if (f) { fwrite(st, 1, cuts[k], f); fclose(f); }
+        err[0] = 0;
+        rc = ldr_load_as(edit, GEMMA2_WEIGHTS_AUTO, GEMMA2_KERNELS_AUTO, 0, &m, err, sizeof err);
+        CHECK(rc < 0 && !m && err[0] && !strchr(err, '\n'), "cut at %zu of %zu: rc %d \"%s\"", cuts[k], n, rc, err);
+        gemma2_free(m);
+        m = NULL;
+    }
+    /* random damage to the header */
+    for (i = 0; i < 150; i++) {
+        unsigned char *cp = (unsigned char *)malloc(n);
+        FILE *f;
+        int flips = 1 + i % 4, fl;
+        memcpy(cp, st, n);
+        for (fl = 0; fl < flips; fl++) {
+            rng = rng * 1664525u + 1013904223u;
+            cp[8 + (rng >> 8) % hl] = (unsigned char)(rng >> 3);
+        }
+        if ((f = fopen(dst, "wb")) != NULL) { fwrite(cp, 1, i % 10 == 0 ? 8 + (rng >> 4) % (hl + 100) : n, f); fclose(f); }
+        err[0] = 0;
+        rc = ldr_load_as(edit, GEMMA2_WEIGHTS_AUTO, GEMMA2_KERNELS_AUTO, 0, &m, err, sizeof err);
+        if (m) {
+            gemma2_session *s = gemma2_session_new(m, 16);
+            int32_t ids[2] = {2, 5};
+            CHECK(s && gemma2_eval(s, ids, 2, NULL) == 0, "a damaged file that loads must still run");
+            gemma2_session_free(s);
+        } else CHECK(rc < 0 && err[0] != 0, "failure without a message");
+        gemma2_free(m);
+        m = NULL;
+        free(cp);
+    }
+    free(st);
+    ldr_rmdir_all(saved);
+    ldr_rmdir_all(edit);
+    ldr_rmdir_all(base);
+}
+
+static int ldr_cancel_at;
+static int ldr_progress_calls;
+static int ldr_save_progress(void *user, float fraction)
+{
+    float *last = (float *)user;
+    CHECK(fraction >= *last && fraction <= 1.0f, "progress %g after %g", fraction, *last);
+    *last = fraction;
+    return ++ldr_progress_calls == ldr_cancel_at;
+}
+
+/* Bad arguments and places that cannot be written: an error with a one-line reason, no
+   model.safetensors (and no partial file) left behind; the side files are copied. */
+static void test_loader_save_errors(void)
+{
+    char base[64] = "/tmp/gemma2_test_XXXXXX", in[600], d[700], d2[700], path[800], err[512];
+    gemma2_options opt;
+    gemma2_model *m = NULL;
+    float last = 0;
+    int rc;
+    FILE *f;
+    snprintf(in, sizeof in, "%s", g2t_path("models/quant-a"));
+    if (!mkdtemp(base)) { CHECK(0, "mkdtemp"); return; }
+#define SAVE_FAILS(in_, out_, w_, opt_, code_, want_)                                                                       \
+    do {                                                                                                                   \
+        err[0] = 0;                                                                                                        \
+        rc = gemma2_save_quantized(in_, out_, w_, opt_, err, sizeof err);                                                  \
+        CHECK(rc == (code_) && strstr(err, want_) && !strchr(err, '\n'), "rc %d (want %d), \"%s\" should mention \"%s\"", \
+              rc, (int)(code_), err, want_);                                                                               \
+    } while (0)
+    snprintf(d, sizeof d, "%s/out", base);
+    SAVE_FAILS(NULL, d, GEMMA2_WEIGHTS_Q8, NULL, GEMMA2_ERROR_INVALID_ARGUMENT, "NULL");
+    SAVE_FAILS(in, NULL, GEMMA2_WEIGHTS_Q8, NULL, GEMMA2_ERROR_INVALID_ARGUMENT, "NULL");
+    SAVE_FAILS(in, d, GEMMA2_WEIGHTS_BF16, NULL, GEMMA2_ERROR_INVALID_ARGUMENT, "GEMMA2_WEIGHTS_Q8");
+    SAVE_FAILS(in, d, GEMMA2_WEIGHTS_AUTO, NULL, GEMMA2_ERROR_INVALID_ARGUMENT, "GEMMA2_WEIGHTS_Q4");
+    memset(&opt, 0, sizeof opt);
+    opt.n_threads = -1;
+    SAVE_FAILS(in, d, GEMMA2_WEIGHTS_Q8, &opt, GEMMA2_ERROR_INVALID_ARGUMENT, "n_threads");
+    SAVE_FAILS(in, in, GEMMA2_WEIGHTS_Q8, NULL, GEMMA2_ERROR_INVALID_ARGUMENT, "in_dir");
+    snprintf(d2, sizeof d2, "%s/", in);
+    SAVE_FAILS(in, d2, GEMMA2_WEIGHTS_Q8, NULL, GEMMA2_ERROR_INVALID_ARGUMENT, "in_dir");
+    snprintf(d2, sizeof d2, "%s/../quant-a", in);
+    SAVE_FAILS(in, d2, GEMMA2_WEIGHTS_Q8, NULL, GEMMA2_ERROR_INVALID_ARGUMENT, "in_dir");
+    SAVE_FAILS("/nonexistent/folder", d, GEMMA2_WEIGHTS_Q8, NULL, GEMMA2_ERROR_IO, "config.json");
+    CHECK(!ldr_has(base, "out"), "nothing written for refused arguments");
+
+    /* out_dir is a file; its parent is missing */
+    snprintf(d, sizeof d, "%s/file", base);
+    if ((f = fopen(d, "wb")) != NULL) fclose(f);
+    SAVE_FAILS(in, d, GEMMA2_WEIGHTS_Q8, NULL, GEMMA2_ERROR_IO, d);
+    remove(d);
+    snprintf(d, sizeof d, "%s/no/such", base);
+    SAVE_FAILS(in, d, GEMMA2_WEIGHTS_Q8, NULL, GEMMA2_ERROR_IO, d);
+
+    /* an index in out_dir would shadow the saved file */
+    snprintf(d, sizeof d, "%s/idx", base);
+    mkdir(d, 0777);
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", d);
+    if ((f = fopen(path, "wb")) != NULL) { fputs("{\"weight_map\": {}}", f); fclose(f); }
+    SAVE_FAILS(in, d, GEMMA2_WEIGHTS_Q8, NULL, GEMMA2_ERROR_INVALID_ARGUMENT, "model.safetensors.index.json");
+    CHECK(!ldr_has(d, "model.safetensors") && !ldr_has(d, "model.safetensors.partial"), "nothing saved beside an index");
+    ldr_rmdir_all(d);
+
+    /* cancelled by the progress callback, half-way */
+    snprintf(d, sizeof d, "%s/cancel", base);
+    memset(&opt, 0, sizeof opt);
+    opt.progress = ldr_save_progress;
+    opt.progress_user = &last;
+    ldr_progress_calls = 0;
+    ldr_cancel_at = 20;
+    SAVE_FAILS(in, d, GEMMA2_WEIGHTS_Q4, &opt, GEMMA2_ERROR_CANCELLED, "cancelled");
+    CHECK(ldr_progress_calls == 20 && !ldr_has(d, "model.safetensors") && !ldr_has(d, "model.safetensors.partial"),
+          "cancelled: %d calls, nothing loadable left", ldr_progress_calls);
+    /* the same, to the end: progress reaches 1; then Q8 over the Q4 just saved replaces it */
+    ldr_cancel_at = -1;
+    last = 0;
+    rc = gemma2_save_quantized(in, d, GEMMA2_WEIGHTS_Q4, &opt, err, sizeof err);
+    CHECK(rc == 0 && last == 1.0f, "save: rc %d, last progress %g: %s", rc, last, err);
+    rc = gemma2_save_quantized(in, d, GEMMA2_WEIGHTS_Q8, NULL, err, sizeof err);
+    CHECK(rc == 0 && ldr_load_as(d, GEMMA2_WEIGHTS_AUTO, GEMMA2_KERNELS_AUTO, 0, &m, err, sizeof err) == 0 && m &&
+              m->layers[0].wq.format == GEMMA2__WF_Q8,
+          "saving again replaces the file: %s", err);
+    gemma2_free(m);
+    m = NULL;
+    /* a saved folder is not saved again */
+    snprintf(d2, sizeof d2, "%s/again", base);
+    SAVE_FAILS(d, d2, GEMMA2_WEIGHTS_Q4, NULL, GEMMA2_ERROR_UNSUPPORTED, "already quantized");
+    CHECK(!ldr_has(base, "again"), "nothing written when the input is refused");
+    ldr_rmdir_all(d);
+
+#if defined(__linux__)
+    /* a full disk: every write of the partial file fails */
+    snprintf(d, sizeof d, "%s/full", base);
+    mkdir(d, 0777);
+    snprintf(path, sizeof path, "%s/model.safetensors.partial", d);
+    if (symlink("/dev/full", path) == 0) {
+        SAVE_FAILS(in, d, GEMMA2_WEIGHTS_Q8, NULL, GEMMA2_ERROR_IO, "write error");
+        CHECK(!ldr_has(d, "model.safetensors") && !ldr_has(d, "model.safetensors.partial"), "disk full: nothing left");
+    }
+    ldr_rmdir_all(d);
+#endif
+#undef SAVE_FAILS
+
+    /* the side files: copied as they are, and the saved folder loads with them */
+    snprintf(d, sizeof d, "%s/src", base);
+    snprintf(d2, sizeof d2, "%s/dst", base);
+    mkdir(d, 0777);
+    ldr_copy(g2t_path("models/tiny-gqa"), "config.json", d, NULL);
+    ldr_copy(g2t_path("models/tiny-gqa"), "model.safetensors", d, NULL);
+    ldr_copy(g2t_path("tokenizer"), "tokenizer.model", d, NULL);
+    ldr_copy(g2t_path("tokenizer"), "tokenizer_config.json", d, NULL);
+    snprintf(path, sizeof path, "%s/generation_config.json", d);
+    if ((f = fopen(path, "wb")) != NULL) { fputs("{\"eos_token_id\": [1, 107]}", f); fclose(f); }
+    rc = gemma2_save_quantized(d, d2, GEMMA2_WEIGHTS_Q4, NULL, err, sizeof err);
+    CHECK(rc == 0, "save with side files: %s", err);
+    {
+        static const char *side[] = {"config.json", "generation_config.json", "tokenizer.model", "tokenizer_config.json"};
+        char a[800], b[800];
+        size_t i;
+        for (i = 0; i < sizeof side / sizeof *side; i++) {
+            snprintf(a, sizeof a, "%s/%s", d, side[i]);
+            snprintf(b, sizeof b, "%s/%s", d2, side[i]);
+            CHECK(ldr_same_file(a, b), "%s copied", side[i]);
+        }
+        CHECK(!ldr_has(d2, "tokenizer.json") && !ldr_has(d2, "special_tokens_map.json"), "absent side files stay absent");
+    }
+    m = gemma2_load(d2, NULL, err, sizeof err);
+    CHECK(m != NULL, "saved folder with its tokenizer: %s", err);
+    if (m) {
+        int32_t ids[8];
+        const gemma2_config *c = gemma2_model_config(m);
+        CHECK(gemma2_tokenize(m, "Hello", 5, ids, 8, GEMMA2_TOKENIZE_ADD_BOS) > 1, "tokenizer from the copy");
+        CHECK(c->n_eos == 2 && c->eos_token_ids[1] == 107, "generation_config.json from the copy");
+        CHECK(m->embed.format == GEMMA2__WF_Q8 && m->layers[3].wup.format == GEMMA2__WF_Q4, "q4 formats");
+    }
+    gemma2_free(m);
+    ldr_rmdir_all(d);
+    ldr_rmdir_all(d2);
+    ldr_rmdir_all(base);
+}
+
+static void suite_loader_saved(void)
+{
+    g2t_run("loader/save-roundtrip", test_loader_save_roundtrip);
+    g2t_run("loader/save-refusals", test_loader_save_refusals);
+    g2t_run("loader/save-errors", test_loader_save_errors);
 }
