@@ -270,7 +270,8 @@ GEMMA2_DEF const char *gemma2_model_kernels(const gemma2_model *m);
        model.safetensors.index.json (gemma2_load would read the shards it names instead).
      - The input is mapped and quantized one matrix at a time (on n_threads threads): memory
        holds one quantized matrix at most (the largest, the embedding: 1.25 GB for 27B Q8),
-       and the input pages read are dropped from the process as it goes.
+       and where files are mapped with POSIX mmap, the input pages read are dropped from
+       the process after each tensor (madvise MADV_DONTNEED).
      - The file is written as model.safetensors.partial and renamed when complete; an
        existing model.safetensors is removed just before the copies and the rename, so a
        failed, cancelled or interrupted save never leaves a loadable half or mixed folder.
