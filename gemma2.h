@@ -6053,6 +6053,34 @@ static GEMMA2__MAYBE_UNUSED float gemma2__w_at(const gemma2__mat *w, size_t idx)
     return ((const float *)w->data)[idx];
 }
 
+/* Where a Q8 / Q4 tile of the AVX2 and NEON kernels reads: rows r .. r+7 (or fewer), tokens
+   from t on, in the Q8 activation layout. Rows past the R real ones repeat the last real one,
+   so a tile always has whole vectors of rows; only the real ones are stored. */
+typedef struct gemma2__qtile {
+    const uint8_t *w0; /* row r, block 0 */
+    const uint8_t *x0; /* token t in the layout: nb blocks of quants, nb scales, nb sums */
+    size_t tb;         /* bytes per token of the layout */
+    size_t off[8];     /* byte offset of each tile row from w0 */
+    int nb, bytes;     /* blocks per row, bytes per weight block */
+} gemma2__qtile;
+
+GEMMA2__ALWAYS_INLINE void gemma2__qtile_begin(gemma2__qtile *c, const gemma2__matmul_args *a, int r, int R, int t, const int q4)
+{
+    int i;
+    c->nb = (a->w->cols + 31) / 32;
+    c->bytes = q4 ? GEMMA2__Q4_BYTES : GEMMA2__Q8_BYTES;
+    c->w0 = (const uint8_t *)a->w->data + (size_t)r * (size_t)c->nb * (size_t)c->bytes;
+    c->tb = gemma2__q8_tok_bytes(a->w->cols);
+    c->x0 = (const uint8_t *)a->xp + (size_t)t * c->tb;
+    for (i = 0; i < 8; i++) c->off[i] = (size_t)GEMMA2__MIN(i, R - 1) * (size_t)c->nb * (size_t)c->bytes;
+}
+
+/* Token j's scale (dx) and block sum (sx) arrays in a tile. */
+GEMMA2__ALWAYS_INLINE const float *gemma2__qtile_xd(const gemma2__qtile *c, int j)
+{
+    return (const float *)(const void *)(c->x0 + (size_t)j * c->tb + (size_t)c->nb * 32);
+}
+
 #if !defined(GEMMA2_NO_SIMD) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define GEMMA2__X86 1
 /* g++ 12 reports -Wmaybe-uninitialized inside its own AVX-512 intrinsics (they start from
@@ -7413,6 +7441,216 @@ static GEMMA2__T_AVX2 void gemma2__rope_avx2(float *x, int n_heads, int hd, cons
     }
 }
 
+/* ---- Q8 and Q4 weights: integer dot products (AVX2; AVX-VNNI where the CPU has it) ----
+
+   The reference products (gemma2__matmul_ref_q8, _q4) sum each output over its row's blocks,
+   in order, in float32, of terms made from the block's exact integer dot product idot of 32
+   weight quants and 32 activation quants (GEMMA2__PACK_Q8). These kernels compute the same
+   integer dots and then exactly the reference's float operations in the same order, so their
+   results are the reference's to the bit, whatever the tile, the thread split or the chunking.
+
+   Integer dots. vpmaddubsw multiplies unsigned by signed bytes and adds adjacent products
+   into int16 (saturating); vpmaddwd by ones adds adjacent int16 pairs into int32: 8 lanes
+   whose sum is idot. Q4 quants (0..15) are the unsigned operand as they are: a pair is at
+   most 2 x 15 x 127. Q8 weights are signed, so the sign trick: |w| as the unsigned operand
+   and x with w's sign (vpsignb: -x where w < 0, 0 where w == 0) give the products w x
+   exactly; a pair is at most 2 x 128 x 127 = 32512 < 32767 (|w| reads as 128 even for a
+   stored -128; activation quants are within +-127), so vpmaddubsw never saturates. With
+   AVX-VNNI, vpdpbusd (VEX) does both steps, four products straight into each int32 lane.
+
+   Per block, 8 rows' int32 vectors are summed across lanes together (vphaddd in two levels
+   per 4 rows, then a cross-half add: integer, exact) into one vector of the 8 rows' idots.
+   The float steps then run 8 rows per register, lane by lane, as the reference writes them:
+   dw * dx (the rows' fp16 block heads, d and for Q4 m, come in with one 32-bit gather), times
+   (float)idot (exact: |idot| < 2^24), plus mw * sx for Q4, added to the row's sum. GCC in its
+   GNU modes (its default) contracts a multiply and a dependent add into an FMA even across
+   intrinsics, which rounds once where the reference rounds twice: every product goes through
+   GEMMA2__NOFUSE_256, an empty asm that hides how the value was made (no instruction).
+
+   One token: 8 rows at once, each stream prefetched GEMMA2__PF bytes ahead once per 64 bytes
+   (the streams of gemma2__matvec_256). Several: tiles of 8 rows x GEMMA2__Q256_TT tokens, so
+   each weight block loaded (and |w|) serves every token of the tile; the 8 rows stay in cache
+   while the tiles pass over the tokens. Token tails take smaller tiles, row tails a tile of
+   repeated rows (gemma2__qtile): every output gets the same lane-wise operations. */
+#define GEMMA2__NOFUSE_256(v) __asm__("" : "+x"(v))
+#define GEMMA2__Q256_TT 4
+
+#if (defined(__clang__) && !defined(__apple_build_version__) && __clang_major__ >= 12) || \
+    (defined(__apple_build_version__) && __clang_major__ >= 13) || (defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11)
+#define GEMMA2__AVXVNNI 1
+#define GEMMA2__T_AVXVNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
+#endif
+
+/* CPUID leaf 7 subleaf 1, EAX bit 4: AVX-VNNI (with AVX2, which the set already needs). */
+static int gemma2__has_avxvnni(void)
+{
+    unsigned r[4];
+    if (!(gemma2__x86_features() & GEMMA2__CPU_AVX2)) return 0;
+    gemma2__cpuid(7, 0, r);
+    if (r[0] < 1) return 0;
+    gemma2__cpuid(7, 1, r);
+    return (r[0] >> 4) & 1;
+}
+
+/* One row's block against the tile's tokens xv: returns the unsigned operand (Q4: the 32
+   nibbles; Q8: |w|) and sets the signed ones s[j] (Q4: x; Q8: x with w's sign). The Q4
+   nibble bytes go to both halves; the upper half shifts right by 4 (within 64-bit lanes: the
+   bits that come in from the next byte are masked off with the rest), and every byte keeps
+   its low nibble: elements 0..15 | 16..31, the activations' order. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 __m256i gemma2__qrow_256(const uint8_t *blk, const __m256i *xv, __m256i *s, const int TT, const int q4)
+{
+    int j;
+    if (q4) {
+        __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(blk + 4)));
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) s[j] = xv[j];
+        return _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(15));
+    } else {
+        __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(blk + 2));
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) s[j] = _mm256_sign_epi8(xv[j], w);
+        return _mm256_abs_epi8(w);
+    }
+}
+
+/* 8 int32 lanes summing to the dot of unsigned u and signed s (32 bytes each). */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 __m256i gemma2__qdot_256(__m256i u, __m256i s)
+{
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+#if defined(GEMMA2__AVXVNNI)
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVXVNNI __m256i gemma2__qdot_vnni(__m256i u, __m256i s)
+{
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+}
+#endif
+
+/* The end of block b for the tile's TT tokens: h[j][g] holds token j's rows 4g..4g+3 after two
+   vphaddd levels (those rows over lanes 0-3 | over lanes 4-7); the cross-half add completes
+   the 8 rows' idots, then acc[j] (8 rows' sums) takes the reference's float steps. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__qblock_256(const gemma2__qtile *c, int b, const uint8_t *p, __m256i voff, __m256i (*h)[2],
+                                                           __m256 *acc, const int TT, const int q4)
+{
+    /* the 8 block heads (Q8: d and two quants; Q4: d, m), sorted into d0..d7 | m0..m7 */
+    const __m256i sel = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    __m256i hd = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_i32gather_epi32((const int *)(const void *)p, voff, 1), sel), 0xd8);
+    __m256 dw = _mm256_cvtph_ps(_mm256_castsi256_si128(hd)), mw = _mm256_setzero_ps();
+    int j;
+    if (q4) mw = _mm256_cvtph_ps(_mm256_extracti128_si256(hd, 1));
+    GEMMA2__UNROLL for (j = 0; j < TT; j++) {
+        const float *xd = gemma2__qtile_xd(c, j);
+        __m256i dots = _mm256_add_epi32(_mm256_permute2x128_si256(h[j][0], h[j][1], 0x20), _mm256_permute2x128_si256(h[j][0], h[j][1], 0x31));
+        __m256 t1 = _mm256_mul_ps(_mm256_mul_ps(dw, _mm256_set1_ps(xd[b])), _mm256_cvtepi32_ps(dots));
+        GEMMA2__NOFUSE_256(t1);
+        if (q4) {
+            __m256 t2 = _mm256_mul_ps(mw, _mm256_set1_ps(xd[c->nb + b]));
+            GEMMA2__NOFUSE_256(t2);
+            t1 = _mm256_add_ps(t1, t2);
+        }
+        acc[j] = _mm256_add_ps(acc[j], t1);
+    }
+}
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 void gemma2__qstore_256(const gemma2__matmul_args *a, int r, int R, int t, const __m256 *acc, const int TT)
+{
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(R), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    int j;
+    GEMMA2__UNROLL for (j = 0; j < TT; j++) {
+        float *y = a->y + (size_t)(t + j) * (size_t)a->ldy + r;
+        if (R == 8) _mm256_storeu_ps(y, acc[j]);
+        else _mm256_maskstore_ps(y, mask, acc[j]);
+    }
+}
+
+/* The tile and the product, instantiated once per integer dot (plain AVX2, AVX-VNNI): a
+   function built for a target with vpdpbusd cannot be inlined into one without it, so each
+   dot instruction gets its own copy of the same loop. */
+#define GEMMA2__Q256_KERNELS(SFX, TARGET, DOT)                                                                      \
+    GEMMA2__ALWAYS_INLINE TARGET void gemma2__qtile_##SFX(const gemma2__matmul_args *a, int r, int R, int t, const int TT, \
+                                                          const int q4)                                              \
+    {                                                                                                                \
+        gemma2__qtile c;                                                                                             \
+        __m256i voff;                                                                                                \
+        __m256 acc[GEMMA2__Q256_TT];                                                                                 \
+        int b, g, i, j;                                                                                              \
+        gemma2__qtile_begin(&c, a, r, R, t, q4);                                                                     \
+        voff = _mm256_setr_epi32((int)c.off[0], (int)c.off[1], (int)c.off[2], (int)c.off[3], (int)c.off[4],          \
+                                 (int)c.off[5], (int)c.off[6], (int)c.off[7]);                                       \
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) acc[j] = _mm256_setzero_ps();                                        \
+        for (b = 0; b < c.nb; b++) {                                                                                 \
+            const uint8_t *p = c.w0 + (size_t)b * (size_t)c.bytes;                                                   \
+            __m256i xv[GEMMA2__Q256_TT], h[GEMMA2__Q256_TT][2];                                                      \
+            if (((size_t)b * (size_t)c.bytes & 63) < (size_t)c.bytes) {                                              \
+                GEMMA2__UNROLL for (i = 0; i < 8; i++) _mm_prefetch((const char *)(p + c.off[i]) + GEMMA2__PF, _MM_HINT_T0); \
+            }                                                                                                        \
+            GEMMA2__UNROLL for (j = 0; j < TT; j++)                                                                  \
+                xv[j] = _mm256_loadu_si256((const __m256i *)(const void *)(c.x0 + (size_t)j * c.tb + (size_t)b * 32)); \
+            GEMMA2__UNROLL for (g = 0; g < 2; g++) {                                                                 \
+                __m256i d01[GEMMA2__Q256_TT];                                                                        \
+                GEMMA2__UNROLL for (i = 0; i < 4; i += 2) {                                                          \
+                    __m256i s0[GEMMA2__Q256_TT], s1[GEMMA2__Q256_TT];                                                \
+                    __m256i u0 = gemma2__qrow_256(p + c.off[4 * g + i], xv, s0, TT, q4);                             \
+                    __m256i u1 = gemma2__qrow_256(p + c.off[4 * g + i + 1], xv, s1, TT, q4);                         \
+                    GEMMA2__UNROLL for (j = 0; j < TT; j++) {                                                        \
+                        __m256i d = _mm256_hadd_epi32(DOT(u0, s0[j]), DOT(u1, s1[j]));                               \
+                        if (i == 0) d01[j] = d;                                                                      \
+                        else h[j][g] = _mm256_hadd_epi32(d01[j], d);                                                 \
+                    }                                                                                                \
+                }                                                                                                    \
+            }                                                                                                        \
+            gemma2__qblock_256(&c, b, p, voff, h, acc, TT, q4);                                                      \
+        }                                                                                                            \
+        gemma2__qstore_256(a, r, R, t, acc, TT);                                                                     \
+    }                                                                                                                \
+                                                                                                                     \
+    GEMMA2__ALWAYS_INLINE TARGET void gemma2__qmatmul_##SFX(const gemma2__matmul_args *a, int r0, int r1, const int q4) \
+    {                                                                                                                \
+        int r, t;                                                                                                    \
+        if (a->xp_kind != GEMMA2__PACK_Q8) { /* the reference quantizes x itself: the same results */               \
+            if (q4) gemma2__matmul_ref_q4(a, r0, r1);                                                                \
+            else gemma2__matmul_ref_q8(a, r0, r1);                                                                   \
+            return;                                                                                                  \
+        }                                                                                                            \
+        for (r = r0; r < r1; r += 8) {                                                                               \
+            int R = GEMMA2__MIN(8, r1 - r);                                                                          \
+            for (t = 0; t + GEMMA2__Q256_TT <= a->T; t += GEMMA2__Q256_TT) gemma2__qtile_##SFX(a, r, R, t, GEMMA2__Q256_TT, q4); \
+            if (GEMMA2__Q256_TT > 3 && a->T - t == 3) gemma2__qtile_##SFX(a, r, R, t, 3, q4);                        \
+            if (GEMMA2__Q256_TT > 2 && a->T - t == 2) gemma2__qtile_##SFX(a, r, R, t, 2, q4);                        \
+            if (a->T - t == 1) gemma2__qtile_##SFX(a, r, R, t, 1, q4);                                               \
+        }                                                                                                            \
+    }                                                                                                                \
+                                                                                                                     \
+    static TARGET void gemma2__matmul_##SFX##_q8(const gemma2__matmul_args *a, int r0, int r1) { gemma2__qmatmul_##SFX(a, r0, r1, 0); } \
+    static TARGET void gemma2__matmul_##SFX##_q4(const gemma2__matmul_args *a, int r0, int r1) { gemma2__qmatmul_##SFX(a, r0, r1, 1); }
+
+GEMMA2__Q256_KERNELS(avx2, GEMMA2__T_AVX2, gemma2__qdot_256)
+#if defined(GEMMA2__AVXVNNI)
+GEMMA2__Q256_KERNELS(avxvnni, GEMMA2__T_AVXVNNI, gemma2__qdot_vnni)
+#endif
+
+/* Q8 and Q4 products on integer dots: vpdpbusd if vnni (and the build has it), else
+   vpmaddubsw + vpmaddwd. The tests call this with vnni 0 to run the other path too. */
+static void gemma2__kernels_avx2_q(gemma2__kernels *k, int vnni)
+{
+    k->matmul[GEMMA2__WF_Q8] = gemma2__matmul_avx2_q8;
+    k->matmul[GEMMA2__WF_Q4] = gemma2__matmul_avx2_q4;
+#if defined(GEMMA2__AVXVNNI)
+    if (vnni) {
+        k->matmul[GEMMA2__WF_Q8] = gemma2__matmul_avxvnni_q8;
+        k->matmul[GEMMA2__WF_Q4] = gemma2__matmul_avxvnni_q4;
+    }
+#else
+    (void)vnni;
+#endif
+}
+
+/* The layout the products want: Q8 activations for Q8 and Q4 weights; F32 and BF16 weights
+   read x as it is. */
+static int gemma2__pack_kind_avx2(const gemma2__kernels *k, int format, int T, int K, int compute_bf16)
+{
+    (void)T; (void)K; (void)compute_bf16;
+    return (format == GEMMA2__WF_Q8 || format == GEMMA2__WF_Q4) && k->matmul[format] ? GEMMA2__PACK_Q8 : GEMMA2__PACK_NONE;
+}
+
 static void gemma2__kernels_init_avx2(gemma2__kernels *k)
 {
     gemma2__kernels_init_scalar(k);
@@ -7420,6 +7658,9 @@ static void gemma2__kernels_init_avx2(gemma2__kernels *k)
     k->id = GEMMA2_KERNELS_AVX2;
     k->matmul[GEMMA2__WF_F32] = gemma2__matmul_256_f32w;
     k->matmul[GEMMA2__WF_BF16] = gemma2__matmul_256_bf16w;
+    gemma2__kernels_avx2_q(k, gemma2__has_avxvnni());
+    k->pack_kind = gemma2__pack_kind_avx2;
+    k->pack = gemma2__pack_ref;
     k->dot = gemma2__dot_avx2;
     k->axpy = gemma2__axpy_avx2;
     k->rmsnorm = gemma2__rmsnorm_avx2;
