@@ -7893,6 +7893,198 @@ static void gemma2__rope_neon(float *x, int n_heads, int hd, const float *cs)
     }
 }
 
+/* ---- Q8 and Q4 weights: integer dot products (sdot with FEAT_DotProd, else widening
+   multiplies) ----
+   The reference's integer dots and float steps exactly, as the AVX2 kernels (see there), so
+   the results are its bits. Per row and block, an int32x4 whose lanes sum to idot: sdot (4
+   products into each lane, two per block), or without it smull + smlal2 (8 products, summed
+   in pairs into int16) and sadalp (pairs of those into int32). The int16 pair sums cannot
+   wrap: |w| <= 128 and |x| <= 127 (activation quants; Q4 quants are 0..15, which fit int8
+   as they are), so a pair is at most 2 x 128 x 127 = 32512. Then 4 rows' vectors become one
+   vector of their 4 idots (two levels of addp, exact), and the float steps run 4 rows per
+   register, lane by lane: dw * dx (the rows' fp16 block heads loaded lane by lane, widened
+   by fcvtl, exact), times (float)idot, plus mw * sx for Q4, added to the row's sum.
+   GEMMA2__NOFUSE_NEON keeps each product rounded (GCC's GNU modes would otherwise contract
+   vmulq + vaddq into fmla, one rounding where the reference has two).
+   One token: 8 rows at once (8 streams). Several: tiles of 4 rows x 4 tokens (16 int32
+   accumulators, 8 activation and 2 weight registers), each weight block loaded once for 4
+   tokens. Row tails repeat the last row (gemma2__qtile), token tails take smaller tiles. */
+#define GEMMA2__NOFUSE_NEON(v) __asm__("" : "+w"(v))
+
+#if defined(__ARM_FEATURE_DOTPROD)
+#define GEMMA2__NEON_DOT 1
+#define GEMMA2__T_NEONDOT
+#elif defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10 && defined(__linux__)
+#define GEMMA2__NEON_DOT 2
+#define GEMMA2__T_NEONDOT __attribute__((target("arch=armv8.2-a+dotprod")))
+#include <sys/auxv.h>
+#endif
+
+static int gemma2__neon_has_dotprod(void)
+{
+#if defined(GEMMA2__NEON_DOT) && GEMMA2__NEON_DOT == 1
+    return 1;
+#elif defined(GEMMA2__NEON_DOT)
+    return (getauxval(AT_HWCAP) & (1ul << 20)) != 0; /* HWCAP_ASIMDDP */
+#else
+    return 0;
+#endif
+}
+
+/* A row's block quants as two int8x16: elements 0..15 and 16..31 (Q4: the low and the high
+   nibbles of its 16 bytes). */
+GEMMA2__ALWAYS_INLINE void gemma2__qrow_neon(const uint8_t *blk, int8x16_t *w, const int q4)
+{
+    if (q4) {
+        uint8x16_t v = vld1q_u8(blk + 4);
+        w[0] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(15)));
+        w[1] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+    } else {
+        w[0] = vld1q_s8((const int8_t *)(blk + 2));
+        w[1] = vld1q_s8((const int8_t *)(blk + 18));
+    }
+}
+
+GEMMA2__ALWAYS_INLINE int32x4_t gemma2__qdot_neon(const int8x16_t *w, const int8x16_t *x)
+{
+    int16x8_t p0 = vmlal_high_s8(vmull_s8(vget_low_s8(w[0]), vget_low_s8(x[0])), w[0], x[0]);
+    int16x8_t p1 = vmlal_high_s8(vmull_s8(vget_low_s8(w[1]), vget_low_s8(x[1])), w[1], x[1]);
+    return vpadalq_s16(vpaddlq_s16(p0), p1);
+}
+
+#if defined(GEMMA2__NEON_DOT)
+GEMMA2__ALWAYS_INLINE GEMMA2__T_NEONDOT int32x4_t gemma2__qdot_sdot(const int8x16_t *w, const int8x16_t *x)
+{
+    return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w[0], x[0]), w[1], x[1]);
+}
+#endif
+
+/* The end of block b for rows 4g..4g+3 of the tile: d[j][i] is row i's dot vector for token
+   j; acc[j][g] (the 4 rows' sums) takes the reference's float steps. */
+GEMMA2__ALWAYS_INLINE void gemma2__qblock_neon(const gemma2__qtile *c, int b, const uint8_t *p, int g, int32x4_t (*d)[8], float32x4_t (*acc)[2],
+                                               const int TT, const int q4)
+{
+    uint32x4_t h = vdupq_n_u32(0);
+    uint32_t v;
+    float32x4_t dw, mw = vdupq_n_f32(0.0f);
+    int j;
+    /* the 4 block heads: Q8 d (and two quants), Q4 d and m */
+    memcpy(&v, p + c->off[4 * g], 4); h = vsetq_lane_u32(v, h, 0);
+    memcpy(&v, p + c->off[4 * g + 1], 4); h = vsetq_lane_u32(v, h, 1);
+    memcpy(&v, p + c->off[4 * g + 2], 4); h = vsetq_lane_u32(v, h, 2);
+    memcpy(&v, p + c->off[4 * g + 3], 4); h = vsetq_lane_u32(v, h, 3);
+    dw = vcvt_f32_f16(vreinterpret_f16_u16(vmovn_u32(h)));
+    if (q4) mw = vcvt_f32_f16(vreinterpret_f16_u16(vshrn_n_u32(h, 16)));
+    GEMMA2__UNROLL for (j = 0; j < TT; j++) {
+        const float *xd = gemma2__qtile_xd(c, j);
+        int32x4_t dots = vpaddq_s32(vpaddq_s32(d[j][4 * g], d[j][4 * g + 1]), vpaddq_s32(d[j][4 * g + 2], d[j][4 * g + 3]));
+        float32x4_t t1 = vmulq_f32(vmulq_n_f32(dw, xd[b]), vcvtq_f32_s32(dots));
+        GEMMA2__NOFUSE_NEON(t1);
+        if (q4) {
+            float32x4_t t2 = vmulq_n_f32(mw, xd[c->nb + b]);
+            GEMMA2__NOFUSE_NEON(t2);
+            t1 = vaddq_f32(t1, t2);
+        }
+        acc[j][g] = vaddq_f32(acc[j][g], t1);
+    }
+}
+
+GEMMA2__ALWAYS_INLINE void gemma2__qstore_neon(const gemma2__matmul_args *a, int r, int R, int t, float32x4_t (*acc)[2], const int RR, const int TT)
+{
+    int j, g;
+    GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (g = 0; g < RR / 4; g++) {
+        float *y = a->y + (size_t)(t + j) * (size_t)a->ldy + r + 4 * g;
+        if (R >= 4 * g + 4) vst1q_f32(y, acc[j][g]);
+        else if (R > 4 * g) {
+            float tmp[4];
+            vst1q_f32(tmp, acc[j][g]);
+            memcpy(y, tmp, (size_t)(R - 4 * g) * sizeof(float));
+        }
+    }
+}
+
+/* The tile (RR = 4 or 8 rows, R of them real, x TT <= 4 tokens) and the product, once per
+   integer dot: a function built for FEAT_DotProd cannot be inlined into one without it. */
+#define GEMMA2__QNEON_KERNELS(SFX, TARGET, DOT)                                                                     \
+    GEMMA2__ALWAYS_INLINE TARGET void gemma2__qtile_##SFX(const gemma2__matmul_args *a, int r, int R, int t, const int RR, \
+                                                          const int TT, const int q4)                                \
+    {                                                                                                                \
+        gemma2__qtile c;                                                                                             \
+        float32x4_t acc[4][2];                                                                                       \
+        int b, g, i, j;                                                                                              \
+        gemma2__qtile_begin(&c, a, r, R, t, q4);                                                                     \
+        GEMMA2__UNROLL for (j = 0; j < TT; j++) GEMMA2__UNROLL for (g = 0; g < RR / 4; g++) acc[j][g] = vdupq_n_f32(0.0f); \
+        for (b = 0; b < c.nb; b++) {                                                                                 \
+            const uint8_t *p = c.w0 + (size_t)b * (size_t)c.bytes;                                                   \
+            int8x16_t xv[4][2];                                                                                      \
+            int32x4_t d[4][8];                                                                                       \
+            GEMMA2__UNROLL for (j = 0; j < TT; j++) {                                                                \
+                const int8_t *xq = (const int8_t *)(c.x0 + (size_t)j * c.tb + (size_t)b * 32);                      \
+                xv[j][0] = vld1q_s8(xq);                                                                             \
+                xv[j][1] = vld1q_s8(xq + 16);                                                                        \
+            }                                                                                                        \
+            GEMMA2__UNROLL for (i = 0; i < RR; i++) {                                                                \
+                int8x16_t w[2];                                                                                      \
+                gemma2__qrow_neon(p + c.off[i], w, q4);                                                              \
+                GEMMA2__UNROLL for (j = 0; j < TT; j++) d[j][i] = DOT(w, xv[j]);                                     \
+            }                                                                                                        \
+            GEMMA2__UNROLL for (g = 0; g < RR / 4; g++) gemma2__qblock_neon(&c, b, p, g, d, acc, TT, q4);            \
+        }                                                                                                            \
+        gemma2__qstore_neon(a, r, R, t, acc, RR, TT);                                                                \
+    }                                                                                                                \
+                                                                                                                     \
+    GEMMA2__ALWAYS_INLINE TARGET void gemma2__qmatmul_##SFX(const gemma2__matmul_args *a, int r0, int r1, const int q4) \
+    {                                                                                                                \
+        int r, t;                                                                                                    \
+        if (a->xp_kind != GEMMA2__PACK_Q8) { /* the reference quantizes x itself: the same results */               \
+            if (q4) gemma2__matmul_ref_q4(a, r0, r1);                                                                \
+            else gemma2__matmul_ref_q8(a, r0, r1);                                                                   \
+            return;                                                                                                  \
+        }                                                                                                            \
+        if (a->T == 1) {                                                                                             \
+            for (r = r0; r < r1; r += 8) gemma2__qtile_##SFX(a, r, GEMMA2__MIN(8, r1 - r), 0, 8, 1, q4);             \
+            return;                                                                                                  \
+        }                                                                                                            \
+        for (r = r0; r < r1; r += 4) {                                                                               \
+            int R = GEMMA2__MIN(4, r1 - r);                                                                          \
+            for (t = 0; t + 4 <= a->T; t += 4) gemma2__qtile_##SFX(a, r, R, t, 4, 4, q4);                            \
+            if (a->T - t == 3) gemma2__qtile_##SFX(a, r, R, t, 4, 3, q4);                                            \
+            else if (a->T - t == 2) gemma2__qtile_##SFX(a, r, R, t, 4, 2, q4);                                       \
+            else if (a->T - t == 1) gemma2__qtile_##SFX(a, r, R, t, 4, 1, q4);                                       \
+        }                                                                                                            \
+    }                                                                                                                \
+                                                                                                                     \
+    static TARGET void gemma2__matmul_##SFX##_q8(const gemma2__matmul_args *a, int r0, int r1) { gemma2__qmatmul_##SFX(a, r0, r1, 0); } \
+    static TARGET void gemma2__matmul_##SFX##_q4(const gemma2__matmul_args *a, int r0, int r1) { gemma2__qmatmul_##SFX(a, r0, r1, 1); }
+
+GEMMA2__QNEON_KERNELS(neon, , gemma2__qdot_neon)
+#if defined(GEMMA2__NEON_DOT)
+GEMMA2__QNEON_KERNELS(sdot, GEMMA2__T_NEONDOT, gemma2__qdot_sdot)
+#endif
+
+/* Q8 and Q4 products on integer dots: sdot if dot (and the build has it), else widening
+   multiplies. Both NEON sets; the tests call this with dot 0 to run the other path too. */
+static void gemma2__kernels_neon_q(gemma2__kernels *k, int dot)
+{
+    k->matmul[GEMMA2__WF_Q8] = gemma2__matmul_neon_q8;
+    k->matmul[GEMMA2__WF_Q4] = gemma2__matmul_neon_q4;
+#if defined(GEMMA2__NEON_DOT)
+    if (dot) {
+        k->matmul[GEMMA2__WF_Q8] = gemma2__matmul_sdot_q8;
+        k->matmul[GEMMA2__WF_Q4] = gemma2__matmul_sdot_q4;
+    }
+#else
+    (void)dot;
+#endif
+}
+
+/* Q8 activations for Q8 and Q4 weights; F32 and BF16 weights read x as it is. */
+static int gemma2__pack_kind_neon(const gemma2__kernels *k, int format, int T, int K, int compute_bf16)
+{
+    (void)T; (void)K; (void)compute_bf16;
+    return (format == GEMMA2__WF_Q8 || format == GEMMA2__WF_Q4) && k->matmul[format] ? GEMMA2__PACK_Q8 : GEMMA2__PACK_NONE;
+}
+
 static void gemma2__kernels_init_neon(gemma2__kernels *k)
 {
     gemma2__kernels_init_scalar(k);
@@ -7900,6 +8092,9 @@ static void gemma2__kernels_init_neon(gemma2__kernels *k)
     k->id = GEMMA2_KERNELS_NEON;
     k->matmul[GEMMA2__WF_F32] = gemma2__matmul_neon_f32;
     k->matmul[GEMMA2__WF_BF16] = gemma2__matmul_neon_bf16;
+    gemma2__kernels_neon_q(k, gemma2__neon_has_dotprod());
+    k->pack_kind = gemma2__pack_kind_neon;
+    k->pack = gemma2__pack_ref;
     k->dot = gemma2__dot_neon;
     k->axpy = gemma2__axpy_neon;
     k->rmsnorm = gemma2__rmsnorm_neon;
@@ -8001,8 +8196,8 @@ static GEMMA2__T_NEONBF16 void gemma2__matmul_neonbf16_bf16(const gemma2__matmul
 
 static int gemma2__pack_kind_neonbf16(const gemma2__kernels *k, int format, int T, int K, int compute_bf16)
 {
-    (void)k; (void)T; (void)K;
-    return compute_bf16 && format == GEMMA2__WF_BF16 ? GEMMA2__PACK_BF16 : GEMMA2__PACK_NONE;
+    if (compute_bf16 && format == GEMMA2__WF_BF16) return GEMMA2__PACK_BF16;
+    return gemma2__pack_kind_neon(k, format, T, K, compute_bf16);
 }
 
 static void gemma2__pack_neonbf16(void *xp, int kind, const float *x, int T, int K, int j0, int j1)
