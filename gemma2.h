@@ -595,6 +595,18 @@ GEMMA2_DEF int gemma2_chat_turns(const gemma2_chat *c);
 #include <math.h>
 #include <limits.h>
 
+/* No floating-point contraction in the implementation, whatever the build's -ffp-contract:
+   the quantized products must give the same bits in every kernel of a set (decode and prefill,
+   any thread split), and a compiler that fuses a multiply and an add in one kernel but not in
+   another breaks that (g++ fuses by default, as gcc does in its GNU modes). Kernels that want
+   fused multiply-adds say so with the intrinsics. Restored at the end of the implementation. */
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 #if defined(GEMMA2_MALLOC) && defined(GEMMA2_FREE) && defined(GEMMA2_REALLOC)
 /* all three given */
 #elif !defined(GEMMA2_MALLOC) && !defined(GEMMA2_FREE) && !defined(GEMMA2_REALLOC)
@@ -9007,6 +9019,12 @@ static int gemma2__kernels_select(int want, gemma2__kernels *k)
     }
     return GEMMA2_ERROR_UNSUPPORTED;
 }
+
+#if defined(__clang__)
+#pragma clang fp contract(on)
+#elif defined(__GNUC__)
+#pragma GCC pop_options
+#endif
 
 #endif /* GEMMA2_IMPLEMENTATION_DONE */
 #endif /* GEMMA2_IMPLEMENTATION */
