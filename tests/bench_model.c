@@ -2,7 +2,7 @@
    9B) shapes, measured against this machine's own memory bandwidth and FLOP/s.
 
      make bench-model                         2B, 1 and 2 threads, f32 and bf16 compute
-     ./tests/bench_model [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--data DIR]
+     ./tests/bench_model [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--big-q4] [--data DIR]
 
    The models are written once into bench-data/ (gitignored) as ordinary Hugging Face folders
    (config.json + model.safetensors, bf16), by the small generator below; 2B is 5.2 GB, 9B is
@@ -25,6 +25,7 @@
 #include <time.h>
 #include <sys/stat.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -51,6 +52,8 @@ typedef struct bench_shape {
 
 static const bench_shape bench_2b = {"gemma-2-2b-random", 256000, 2304, 9216, 26, 8, 4, 256};
 static const bench_shape bench_9b = {"gemma-2-9b-random", 256000, 3584, 14336, 42, 16, 8, 256};
+static const bench_shape bench_9b_q4 = {"gemma-2-9b-random-q4", 256000, 3584, 14336, 42, 16, 8, 256};
+static const bench_shape bench_27b_q4 = {"gemma-2-27b-random-q4", 256000, 4608, 36864, 46, 32, 16, 128};
 
 typedef struct bench_tensor {
     char name[96];
@@ -93,6 +96,26 @@ static void bench_fill(uint16_t *buf, size_t n, uint64_t *rng)
     *rng = x;
 }
 
+static int bench_write_config(const char *dir, const bench_shape *s)
+{
+    char path[1024];
+    FILE *f;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    f = fopen(path, "w");
+    if (!f) return -1;
+    fprintf(f, "{\n  \"architectures\": [\"Gemma2ForCausalLM\"],\n  \"model_type\": \"gemma2\",\n"
+               "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n"
+               "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n"
+               "  \"head_dim\": %d,\n  \"query_pre_attn_scalar\": %d,\n  \"sliding_window\": 4096,\n"
+               "  \"attn_logit_softcapping\": 50.0,\n  \"final_logit_softcapping\": 30.0,\n"
+               "  \"max_position_embeddings\": 8192,\n  \"rms_norm_eps\": 1e-06,\n  \"rope_theta\": 10000.0,\n"
+               "  \"hidden_activation\": \"gelu_pytorch_tanh\",\n  \"bos_token_id\": 2,\n  \"eos_token_id\": 1,\n"
+               "  \"pad_token_id\": 0,\n  \"torch_dtype\": \"bfloat16\"\n}\n",
+            s->V, s->H, s->I, s->L, s->nH, s->nKV, s->hd, s->hd == 128 ? 144 : 256); /* 27B scales queries by 1/sqrt(H / nH) */
+    fclose(f);
+    return 0;
+}
+
 static int bench_write_model(const char *dir, const bench_shape *s)
 {
     char path[1024], *hdr;
@@ -107,19 +130,7 @@ static int bench_write_model(const char *dir, const bench_shape *s)
     bench_tensors(s, t);
     mkdir("bench-data", 0755);
     mkdir(dir, 0755);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    f = fopen(path, "w");
-    if (!f) return -1;
-    fprintf(f, "{\n  \"architectures\": [\"Gemma2ForCausalLM\"],\n  \"model_type\": \"gemma2\",\n"
-               "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n"
-               "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n"
-               "  \"head_dim\": %d,\n  \"query_pre_attn_scalar\": 256,\n  \"sliding_window\": 4096,\n"
-               "  \"attn_logit_softcapping\": 50.0,\n  \"final_logit_softcapping\": 30.0,\n"
-               "  \"max_position_embeddings\": 8192,\n  \"rms_norm_eps\": 1e-06,\n  \"rope_theta\": 10000.0,\n"
-               "  \"hidden_activation\": \"gelu_pytorch_tanh\",\n  \"bos_token_id\": 2,\n  \"eos_token_id\": 1,\n"
-               "  \"pad_token_id\": 0,\n  \"torch_dtype\": \"bfloat16\"\n}\n",
-            s->V, s->H, s->I, s->L, s->nH, s->nKV, s->hd);
-    fclose(f);
+    if (bench_write_config(dir, s) != 0) return -1;
     /* the safetensors header: JSON, padded with spaces so the data starts 8-byte aligned */
     hdr = (char *)malloc(cap);
     if (!hdr) return -1;
@@ -171,6 +182,125 @@ static int bench_ensure_model(const char *dir, const bench_shape *s)
     if (stat(path, &st) == 0 && (size_t)st.st_size > expect) return 0; /* already there */
     fprintf(stderr, "writing %s (%.1f GB of random bf16 weights)...\n", dir, (double)expect / 1e9);
     return bench_write_model(dir, s);
+}
+
+/* A 4-bit checkpoint written directly in gemma2_save_quantized's format (a 27B bf16 file, 54
+   GB, does not fit on the disk the benchmark runs on): bf16 norms first, then every matrix as
+   U8 rows of blocks, Q8 for the embedding and Q4 for the projections, under the "q4" scheme.
+   Each matrix repeats 64 rows of random weights quantized by the library itself (speed depends
+   on the shapes, not on the values). */
+static int bench_write_q4(const char *dir, const bench_shape *s)
+{
+    char path[1100], *hdr;
+    int n = bench_tensors(s, NULL), i, pass;
+    bench_tensor *t = (bench_tensor *)calloc((size_t)n, sizeof *t);
+    size_t cap = (size_t)n * 200 + 200, len = 0, off = 0, maxrb = 0;
+    uint64_t rng = 0x9e3779b97f4a7c15ull, hl;
+    uint16_t *b16;
+    float *row;
+    uint8_t *rows;
+    FILE *f;
+    double t0 = bench_now();
+    if (!t) return -1;
+    bench_tensors(s, t);
+    for (i = 0; i < n; i++)
+        if (t[i].cols) maxrb = GEMMA2__MAX(maxrb, gemma2__row_bytes(i == 0 ? GEMMA2__WF_Q8 : GEMMA2__WF_Q4, (int)t[i].cols));
+    b16 = (uint16_t *)malloc((size_t)s->I * 2 + (size_t)s->H * 2 + 64);
+    row = (float *)malloc(((size_t)s->I + (size_t)s->H) * sizeof(float));
+    rows = (uint8_t *)malloc(64 * maxrb);
+    hdr = (char *)malloc(cap);
+    if (!b16 || !row || !rows || !hdr) return -1;
+    mkdir("bench-data", 0755);
+    mkdir(dir, 0755);
+    if (bench_write_config(dir, s) != 0) return -1;
+    len += (size_t)snprintf(hdr + len, cap - len, "{\"__metadata__\":{\"format\":\"pt\",\"gemma2.quantization\":\"q4\",\"gemma2.quantization_version\":\"1\"}");
+    for (pass = 0; pass < 2; pass++) /* the norms, then the matrices */
+        for (i = 0; i < n; i++) {
+            int fmt = i == 0 ? GEMMA2__WF_Q8 : GEMMA2__WF_Q4;
+            size_t bytes;
+            if ((pass == 0) != (t[i].cols == 0)) continue;
+            if (!t[i].cols) {
+                bytes = (size_t)t[i].rows * 2;
+                len += (size_t)snprintf(hdr + len, cap - len, ",\"%s\":{\"dtype\":\"BF16\",\"shape\":[%ld],\"data_offsets\":[%zu,%zu]}", t[i].name, t[i].rows, off, off + bytes);
+            } else {
+                size_t rb = gemma2__row_bytes(fmt, (int)t[i].cols);
+                bytes = (size_t)t[i].rows * rb;
+                len += (size_t)snprintf(hdr + len, cap - len, ",\"%s\":{\"dtype\":\"U8\",\"shape\":[%ld,%zu],\"data_offsets\":[%zu,%zu]}", t[i].name, t[i].rows, rb, off, off + bytes);
+            }
+            off += bytes;
+        }
+    hdr[len++] = '}';
+    while (len % 8) hdr[len++] = ' ';
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    f = fopen(path, "wb");
+    if (!f) return -1;
+    hl = (uint64_t)len;
+    for (i = 0; i < 8; i++) fputc((int)((hl >> (8 * i)) & 0xff), f);
+    fwrite(hdr, 1, len, f);
+    for (pass = 0; pass < 2; pass++)
+        for (i = 0; i < n; i++) {
+            int fmt = i == 0 ? GEMMA2__WF_Q8 : GEMMA2__WF_Q4, r, k, cols = (int)t[i].cols;
+            size_t rb;
+            long left;
+            if ((pass == 0) != (t[i].cols == 0)) continue;
+            if (!cols) {
+                bench_fill(b16, (size_t)t[i].rows, &rng);
+                if (fwrite(b16, 2, (size_t)t[i].rows, f) != (size_t)t[i].rows) { fclose(f); return -1; }
+                continue;
+            }
+            rb = gemma2__row_bytes(fmt, cols);
+            for (r = 0; r < 64; r++) {
+                bench_fill(b16, (size_t)cols, &rng);
+                for (k = 0; k < cols; k++) row[k] = gemma2__bf16_to_f32(b16[k]);
+                gemma2__wformat_of(fmt)->from_float(rows + (size_t)r * rb, row, cols);
+            }
+            for (left = t[i].rows; left > 0; left -= 64) {
+                size_t c = (size_t)(left < 64 ? left : 64);
+                if (fwrite(rows, rb, c, f) != c) { fclose(f); return -1; }
+            }
+        }
+    if (fclose(f) != 0) return -1;
+    fprintf(stderr, "wrote %s (%.1f GB) in %.0f s\n", dir, (double)off / 1e9, bench_now() - t0);
+    free(hdr); free(b16); free(row); free(rows); free(t);
+    return 0;
+}
+
+static int bench_ensure_q4(const char *dir, const bench_shape *s)
+{
+    char path[1100];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (stat(path, &st) == 0 && st.st_size > (off_t)1 << 30) return 0; /* already there */
+    fprintf(stderr, "writing %s (random Q4 weights)...\n", dir);
+    return bench_write_q4(dir, s);
+}
+
+/* A bf16 checkpoint quantized to Q4 by gemma2_save_quantized in a child process, so that the
+   peak RSS printed is the saver's own: it streams, a matrix at a time. */
+static int bench_save_q4(const char *in, const char *out, int nt)
+{
+    struct rusage ru;
+    int status = 0;
+    double t0 = bench_now();
+    pid_t pid;
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) {
+        gemma2_options o;
+        char err[256];
+        memset(&o, 0, sizeof o);
+        o.n_threads = nt;
+        _exit(gemma2_save_quantized(in, out, GEMMA2_WEIGHTS_Q4, &o, err, sizeof err) == 0 ? 0 : (fprintf(stderr, "%s\n", err), 1));
+    }
+    if (pid < 0 || wait4(pid, &status, 0, &ru) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return -1;
+    {
+        char path[1100];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/model.safetensors", out);
+        printf("save %s as Q4 (gemma2_save_quantized, %d threads): %.0f s, peak RSS %.2f GB, file %.2f GB\n", in, nt, bench_now() - t0,
+               (double)ru.ru_maxrss * 1024.0 / 1e9, stat(path, &st) == 0 ? (double)st.st_size / 1e9 : 0.0);
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- machine limits */
@@ -549,7 +679,7 @@ static void bench_model(const char *dir, const bench_shape *s, int nt, int compu
 
 int main(int argc, char **argv)
 {
-    int want9 = 0, only_nt = 0, kernels_only = 0, i, nt;
+    int want9 = 0, only_nt = 0, kernels_only = 0, big = 0, i, nt;
     const char *data = "bench-data";
     char d2[1024], d9[1024];
     size_t bytes = (size_t)1 << 29; /* 512 MB: 16x the L3 */
@@ -564,8 +694,9 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--max-ctx") && i + 1 < argc) bench_max_ctx = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only-9b")) want9 = 2;
         else if (!strcmp(argv[i], "--kv-bf16")) bench_kv = GEMMA2_KV_BF16;
+        else if (!strcmp(argv[i], "--big-q4")) big = 1;
         else {
-            fprintf(stderr, "usage: %s [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--data DIR]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--big-q4] [--data DIR]\n", argv[0]);
             return 2;
         }
     }
@@ -595,6 +726,23 @@ int main(int argc, char **argv)
     for (nt = 1; nt <= 2; nt++) if (!only_nt || nt == only_nt) bench_kernels(nt, bw[nt], pk32[nt], pkbf[nt]);
     fflush(stdout);
     if (kernels_only) return 0;
+    if (big) {
+        /* 9B: its bf16 checkpoint quantized by streaming; 27B: written in Q4 directly */
+        char d9q[1024], d27[1024], path[1100];
+        struct stat st;
+        snprintf(d9q, sizeof d9q, "%s/%s", data, bench_9b_q4.name);
+        snprintf(d27, sizeof d27, "%s/%s", data, bench_27b_q4.name);
+        snprintf(path, sizeof path, "%s/model.safetensors", d9q);
+        if (bench_ensure_model(d9, &bench_9b) != 0) { fprintf(stderr, "cannot write %s\n", d9); return 1; }
+        if (stat(path, &st) != 0 && bench_save_q4(d9, d9q, 2) != 0) { fprintf(stderr, "cannot save %s\n", d9q); return 1; }
+        if (bench_ensure_q4(d27, &bench_27b_q4) != 0) { fprintf(stderr, "cannot write %s\n", d27); return 1; }
+        for (nt = 2; nt >= 1; nt--) {
+            if (only_nt && nt != only_nt) continue;
+            bench_model(d9q, &bench_9b_q4, nt, 0, &bw[nt], pk32[nt], pkbf[nt]);
+            bench_model(d27, &bench_27b_q4, nt, 0, &bw[nt], pk32[nt], pkbf[nt]);
+        }
+        return 0;
+    }
     if (want9 != 2 && bench_ensure_model(d2, &bench_2b) != 0) { fprintf(stderr, "cannot write %s\n", d2); return 1; }
     for (nt = 2; nt >= 1 && want9 != 2; nt--) {
         int c;
