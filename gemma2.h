@@ -791,16 +791,24 @@ typedef struct gemma2__mat {
               as nb = ceil(K/32) blocks of 32 int8 quants, then nb float32 scales dx, then nb
               float32 block sums sx = dx * (sum of the block's quants), which Q4's minimum
               multiplies: 40 nb bytes per token (integer dot products on Q8 and Q4 weights)
+     Q8T      the same quants, dx and sx, transposed for the prefill tiles of the integer dot
+              products: tokens in runs of 16, per run and block (run-major) 704 bytes at
+              gemma2__q8t_off: 8 groups of 4 columns x 16 tokens x 4 quants (group g, token l:
+              bytes 64 g + 4 l, quants of columns 4g..4g+3 of the block), then 16 float32 dx, 16
+              float32 sx, 16 int32 c = -128 (sum of the block's quants), tokens past T all zero
    Transposed layouts store (row j, token t) at gemma2__xt_off: tokens in runs of 32, each run
    holding every row, 4 bytes per value; tokens past T are zero up to a multiple of 16 (no
    kernel reads further). */
-enum { GEMMA2__PACK_NONE, GEMMA2__PACK_BF16, GEMMA2__PACK_XT_F32, GEMMA2__PACK_XT_BF16, GEMMA2__PACK_X3, GEMMA2__PACK_Q8, GEMMA2__PACK_COUNT };
+enum { GEMMA2__PACK_NONE, GEMMA2__PACK_BF16, GEMMA2__PACK_XT_F32, GEMMA2__PACK_XT_BF16, GEMMA2__PACK_X3, GEMMA2__PACK_Q8, GEMMA2__PACK_Q8T, GEMMA2__PACK_COUNT };
 
 static GEMMA2__MAYBE_UNUSED size_t gemma2__xt_off(int rows, int j, int t) { return ((size_t)(t >> 5) * (size_t)rows + (size_t)j) * 32 + (size_t)(t & 31); }
 static size_t gemma2__x3_elems(int K) { return (size_t)(K + 31) / 32 * 96; }
 /* Bytes of one token in the Q8 layout: nb blocks of quants, then nb scales at 32 nb, then nb
    block sums at 36 nb. */
 static size_t gemma2__q8_tok_bytes(int K) { return (size_t)(K + 31) / 32 * 40; }
+/* Byte offset of (run of 16 tokens v, block b) in the Q8T layout of nb blocks per token. */
+#define GEMMA2__Q8T_BYTES 704
+static GEMMA2__MAYBE_UNUSED size_t gemma2__q8t_off(int nb, int v, int b) { return ((size_t)v * (size_t)nb + (size_t)b) * GEMMA2__Q8T_BYTES; }
 
 /* Rows of a layout: the unit in which gemma2__pack splits it over threads. */
 static int gemma2__pack_rows(int kind, int T, int K)
@@ -811,6 +819,7 @@ static int gemma2__pack_rows(int kind, int T, int K)
     case GEMMA2__PACK_XT_BF16: return (K + 1) / 2;
     case GEMMA2__PACK_X3: return 1;
     case GEMMA2__PACK_Q8: return T;
+    case GEMMA2__PACK_Q8T: return (K + 31) / 32;
     default: return 0;
     }
 }
@@ -824,6 +833,7 @@ static size_t gemma2__pack_bytes(int kind, int T, int K)
     case GEMMA2__PACK_XT_BF16: return (size_t)K * (size_t)((T + 31) & ~31) * 4;
     case GEMMA2__PACK_X3: return gemma2__x3_elems(K) * 2;
     case GEMMA2__PACK_Q8: return (size_t)T * gemma2__q8_tok_bytes(K);
+    case GEMMA2__PACK_Q8T: return gemma2__q8t_off((K + 31) / 32, (T + 15) / 16, 0);
     default: return 0;
     }
 }
@@ -1452,6 +1462,25 @@ static void gemma2__pack_ref(void *xp, int kind, const float *x, int T, int K, i
     case GEMMA2__PACK_X3: gemma2__to_bf16x3_scalar((uint16_t *)xp, x, K); break;
     case GEMMA2__PACK_Q8:
         for (t = j0; t < j1; t++) gemma2__q8_pack_token((uint8_t *)xp + (size_t)t * gemma2__q8_tok_bytes(K), x + (size_t)t * K, K);
+        break;
+    case GEMMA2__PACK_Q8T: /* rows are blocks */
+        for (j = j0; j < j1; j++)
+            for (t = 0; t < Tp; t += 16) {
+                uint8_t *o8 = (uint8_t *)xp + gemma2__q8t_off(rows, t / 16, j);
+                float *od = (float *)(void *)(o8 + 512);
+                int32_t *oc = (int32_t *)(void *)(o8 + 640);
+                int l, i;
+                memset(o8, 0, GEMMA2__Q8T_BYTES);
+                for (l = 0; l < 16 && t + l < T; l++) {
+                    int8_t q[32];
+                    int32_t sum = 0;
+                    float d = gemma2__q8_quantize(q, x + (size_t)(t + l) * K + (size_t)j * 32, GEMMA2__MIN(32, K - j * 32));
+                    for (i = 0; i < 32; i++) { o8[64 * (i / 4) + 4 * l + i % 4] = (uint8_t)q[i]; sum += q[i]; }
+                    od[l] = d;
+                    od[16 + l] = gemma2__q8_block_sum(q, d);
+                    oc[l] = -128 * sum;
+                }
+            }
         break;
     case GEMMA2__PACK_XT_F32:
     case GEMMA2__PACK_XT_BF16:
@@ -6519,110 +6548,311 @@ static GEMMA2__T_AVX512 void gemma2__matmul_512_f32w(const gemma2__matmul_args *
     }
 }
 
-/* ---- Q8 weights: integer dot products (AVX512_VNNI) ----------------------------------
+/* ---- Q8 and Q4 weights: integer dot products (AVX512_VNNI) ---------------------------
 
-   vpdpbusd multiplies unsigned bytes by signed bytes, four at a time into int32 lanes, but
-   both the weight and the activation quants are signed. The sign trick makes them fit: |w|
-   (unsigned) times x with w's sign moved onto it (vpsignb: -x where w < 0, 0 where w == 0)
-   gives the same products w x, exactly (|w|, |x| <= 127, no saturation anywhere). That is 2
-   cheap ops per row and block; the alternative, x + 128 as unsigned once per token, needs a
-   second vpdpbusd per row and block for the correction 128 sum(w), since the format stores no
-   block sums: the same count, plus a second accumulator. Both keep the bytes per cycle far
-   above what memory delivers; the sign trick keeps the products the reference's.
+   The reference products (gemma2__matmul_ref_q8, _q4) sum each output over its row's blocks
+   in order, with float32 steps on an exact int32 dot of 32 weight and 32 activation quants
+   per block. These kernels compute the same integer dots exactly and then the same float32
+   steps in the same order (a multiply, a multiply, an add; for Q4 a multiply and two adds
+   more), so their results are the reference's to the bit, whatever the kernel, tile, thread
+   split or chunking. The float steps go through the _round_ intrinsics (with the current
+   rounding): GNU C's -ffp-contract=fast fuses the plain ones into FMAs, which round once
+   where the reference rounds twice.
 
-   One token, R = 8 rows (the streams of gemma2__matvec_512bh): per block, each row's 32
-   quants go through one 256-bit vpdpbusd into 8 int32 partial sums; the 8 rows' vectors are
-   then summed across lanes together (3 levels of vphaddd and one cross-half add: integer
-   adds, exact) into one vector of 8 int32 dots, one per row: the reference's integer dots.
-   Those are converted (exact: |dot| < 2^24), scaled by fp16 dw x dx and added per row in
-   block order, a multiply and then an add as the reference does, so the result is the
-   reference's to the bit. Each row stream is prefetched GEMMA2__PF bytes ahead every other
-   block (68 bytes, about one line: prefetching every block measured slower in cache, 13 vs
-   19 GB/s on one core). The 8 scales come in with one gather. Blocks are whole in memory (zero-padded quants), so any K runs
-   without masks. Several tokens: each token in turn through the same kernel (prefill is
-   bound by these dots then, not by memory: a blocked prefill kernel that reuses each loaded
-   block for several tokens is future work). */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI __m256i gemma2__q8_dot32(const uint8_t *blk, __m256i xq)
-{
-    __m256i wq = _mm256_loadu_si256((const __m256i *)(const void *)(blk + 2));
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(wq), _mm256_sign_epi8(xq, wq));
-}
+   Signs. vpdpbusd multiplies unsigned bytes by signed bytes, four at a time into int32
+   lanes. Q4 quants (0..15) are unsigned as they are. Q8 weight quants are signed: flipped to
+   w + 128 (xor 0x80) they are unsigned, and the dot gains 128 times the sum of the
+   activation quants, which is the same for every row: it is subtracted once per block and
+   token, as the starting value of the accumulators (-128 x each lane's four activation
+   quants, so that a row's lanes add up to the correction), and costs nothing per row.
 
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI float gemma2__f16_at(const uint8_t *p)
-{
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
+   Decode (one token) is bound by memory: 34 (Q8) or 20 (Q4) bytes per 32 weights, each
+   used once. What limits it is the instructions per byte: every one of them occupies the
+   out-of-order window that must also hold the cache misses in flight. So the kernel takes 16
+   rows at once and puts their 16 block dots in the 16 lanes of one register: per block,
+   Q8 fills 8 registers with two rows' 32 quants each (a 32-byte load and a 32-byte insert),
+   one vpdpbusd each against the activation block in both halves, and a tree of 7
+   interleave-and-add steps (14 shuffles, 7 adds, all exact integer adds) leaves row i's dot
+   in lane i. Q4 puts four rows' 16 nibble bytes in a register (a load and three inserts),
+   masks and shifts out the low (elements 0..15) and high (16..31) nibbles, two vpdpbusd
+   against the activation halves, and a 3-step tree. The 16 rows' fp16 block heads (Q8: d;
+   Q4: d and m) come in with one 32-bit gather. Then the float steps for 16 rows at once in
+   one accumulator, lane i holding row i's running sum: one multiply-add chain per 16 rows
+   and block, no reduction at the end. Per 16 row-blocks (544 bytes) that is ~55 instructions
+   for Q8, where one vpdpbusd per row and block, with an 8-lane reduction each, took ~140 for
+   the same bytes. Rows past the last whole 16 repeat the last row and are not stored.
 
-/* Rows r .. r+7, one token whose quants are xq (nb blocks of 32) and scales xd. */
-static GEMMA2__T_AVX512VNNI void gemma2__matvec_q8x8(const gemma2__matmul_args *a, const int8_t *xq, const float *xd, float *y, int r)
+   Prefill (several tokens) is bound by the integer dot products: each weight serves every
+   token, and a 512-bit vpdpbusd does 64 multiply-adds. The tile turns the product around as
+   the bf16 prefill tile does: 16 tokens across the lanes of a register, 4 rows x 48 tokens
+   of outputs. Activations come quantized and transposed (GEMMA2__PACK_Q8T): per block,
+   group of 4 columns and 16 tokens one register of 64 bytes, each lane a token's 4 quants;
+   weights are broadcast 4 quants (32 bits) at a time. Per block that is 8 x 12 vpdpbusd into
+   12 int32 accumulators (started from the Q8 correction), then per row and token run the
+   float steps: convert, scale dw x dx, multiply, add (Q4: times m, plus sx, two adds) in 12
+   float accumulators. The weight blocks are first unpacked, 48 rows x 8 blocks at a time,
+   into a small panel (Q8: xor 0x80; Q4: nibbles into bytes) with their heads as floats: done
+   once for all the call's tokens, it leaves the inner loop nothing but loads, broadcasts and
+   vpdpbusd. The 8 x 16 x 704-byte activation slice of three token runs and the panel stay
+   in L1 while the 12 row tiles pass over them.
+
+   Why vpdpbusd and not vdpbf16ps on exact bf16 quants, on the AVX512_BF16 set too: int8
+   quants are exact in bf16 and vdpbf16ps would sum their products exactly in float32, but it
+   does 32 multiply-adds per instruction to vpdpbusd's 64, and on the CPU this was tuned on
+   (Intel Xeon, Emerald Rapids) it issues one every 2 cycles to vpdpbusd's two per cycle:
+   1/8 of the integer rate (measured, 12 independent chains each: 8.9 vs 2.3 ns per 12). The
+   float steps per block are the same in both. */
+
+/* Float32 steps that must not become fused multiply-adds (see above). */
+#define GEMMA2__MUL_NF(a, b) _mm512_mul_round_ps((a), (b), _MM_FROUND_CUR_DIRECTION)
+#define GEMMA2__ADD_NF(a, b) _mm512_add_round_ps((a), (b), _MM_FROUND_CUR_DIRECTION)
+
+/* -- decode -- */
+
+/* Rows r .. r+n-1 (n <= 16) of one token: quants xq (nb blocks of 32), scales xd. */
+static GEMMA2__T_AVX512VNNI void gemma2__matvec_q8x16(const gemma2__matmul_args *a, const int8_t *xq, const float *xd, float *y, int r, int n)
 {
     const int K = a->w->cols, nb = (K + 31) / 32;
     const size_t rb = gemma2__row_bytes(GEMMA2__WF_Q8, K);
-    const uint8_t *w0 = (const uint8_t *)a->w->data + (size_t)r * rb;
-    const __m256i vrb = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)rb));
-    __m256 acc = _mm256_setzero_ps();
-    int b, i;
-    for (b = 0; b < nb; b++) {
-        const uint8_t *p = w0 + (size_t)b * GEMMA2__Q8_BYTES;
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)b * 32)), d[8];
-        __m256i h01, h23, h45, h67, h03, h47, dots;
-        __m128i dw;
-        __m256 scale;
-        GEMMA2__UNROLL for (i = 0; i < 8; i++) {
-            if (b & 1) _mm_prefetch((const char *)(p + (size_t)i * rb) + GEMMA2__PF, _MM_HINT_T0);
-            d[i] = gemma2__q8_dot32(p + (size_t)i * rb, xv);
-        }
-        h01 = _mm256_hadd_epi32(d[0], d[1]); h23 = _mm256_hadd_epi32(d[2], d[3]);
-        h45 = _mm256_hadd_epi32(d[4], d[5]); h67 = _mm256_hadd_epi32(d[6], d[7]);
-        h03 = _mm256_hadd_epi32(h01, h23); h47 = _mm256_hadd_epi32(h45, h67);
-        /* h03 = rows 0-3 over lanes 0-3 | rows 0-3 over lanes 4-7; h47 likewise */
-        dots = _mm256_add_epi32(_mm256_permute2x128_si256(h03, h47, 0x20), _mm256_permute2x128_si256(h03, h47, 0x31));
-        /* the 8 rows' fp16 scales: 32-bit gathers (scale and 2 quants, inside the block), low halves */
-        dw = _mm256_cvtepi32_epi16(_mm256_i32gather_epi32((const int *)(const void *)p, vrb, 1));
-        scale = _mm256_mul_ps(_mm256_cvtph_ps(dw), _mm256_set1_ps(xd[b]));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(scale, _mm256_cvtepi32_ps(dots)));
+    const uint8_t *w0 = (const uint8_t *)a->w->data + (size_t)r * rb, *pa[8], *pb[8];
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    __m512i vrb = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512 acc = _mm512_setzero_ps();
+    int b, j;
+    /* register j holds rows j and j+4 (j < 4), j+4 and j+8 (j >= 4): the tree below then
+       leaves row i in lane i */
+    for (j = 0; j < 8; j++) {
+        int ra = j < 4 ? j : j + 4;
+        pa[j] = w0 + (size_t)GEMMA2__MIN(ra, n - 1) * rb;
+        pb[j] = w0 + (size_t)GEMMA2__MIN(ra + 4, n - 1) * rb;
     }
-    _mm256_storeu_ps(y + r, acc);
+    vrb = _mm512_mullo_epi32(_mm512_min_epi32(vrb, _mm512_set1_epi32(n - 1)), _mm512_set1_epi32((int)rb));
+    for (b = 0; b < nb; b++) {
+        const size_t off = (size_t)b * GEMMA2__Q8_BYTES;
+        const __m512i xv = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)b * 32)));
+        const __m512i c = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, xv));
+        __m512i d[8], e01, e23, e45, e67, f0, f1, dots;
+        __m512 scale;
+        GEMMA2__UNROLL for (j = 0; j < 8; j++) {
+            __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(pa[j] + off + 2))),
+                                            _mm256_loadu_si256((const __m256i *)(const void *)(pb[j] + off + 2)), 1);
+            if (b & 1) {
+                _mm_prefetch((const char *)(pa[j] + off) + GEMMA2__PF, _MM_HINT_T0);
+                _mm_prefetch((const char *)(pb[j] + off) + GEMMA2__PF, _MM_HINT_T0);
+            }
+            d[j] = _mm512_dpbusd_epi32(c, _mm512_xor_si512(wv, bias), xv);
+        }
+        /* per 128-bit lane: pairs of lanes, then quads, then the two halves of each row */
+        e01 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[0], d[1]), _mm512_unpackhi_epi32(d[0], d[1]));
+        e23 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[2], d[3]), _mm512_unpackhi_epi32(d[2], d[3]));
+        e45 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[4], d[5]), _mm512_unpackhi_epi32(d[4], d[5]));
+        e67 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[6], d[7]), _mm512_unpackhi_epi32(d[6], d[7]));
+        f0 = _mm512_add_epi32(_mm512_unpacklo_epi64(e01, e23), _mm512_unpackhi_epi64(e01, e23));
+        f1 = _mm512_add_epi32(_mm512_unpacklo_epi64(e45, e67), _mm512_unpackhi_epi64(e45, e67));
+        dots = _mm512_add_epi32(_mm512_shuffle_i32x4(f0, f1, 0x88), _mm512_shuffle_i32x4(f0, f1, 0xdd));
+        /* the 16 rows' fp16 d: 32-bit gathers (d and 2 quants, inside the block), low halves */
+        scale = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(vrb, (const void *)(w0 + off), 1)));
+        scale = GEMMA2__MUL_NF(scale, _mm512_set1_ps(xd[b]));
+        acc = GEMMA2__ADD_NF(acc, GEMMA2__MUL_NF(scale, _mm512_cvtepi32_ps(dots)));
+    }
+    _mm512_mask_storeu_ps(y + r, gemma2__mask16(n), acc);
 }
 
-/* One row (the rows past the last group of 8): the same arithmetic, one row at a time. */
-static GEMMA2__T_AVX512VNNI void gemma2__matvec_q8x1(const gemma2__matmul_args *a, const int8_t *xq, const float *xd, float *y, int r)
+/* The same for Q4: register j holds rows j, j+4, j+8, j+12 in its 128-bit lanes. */
+static GEMMA2__T_AVX512VNNI void gemma2__matvec_q4x16(const gemma2__matmul_args *a, const int8_t *xq, const float *xd, float *y, int r, int n)
 {
     const int K = a->w->cols, nb = (K + 31) / 32;
-    const uint8_t *p = (const uint8_t *)a->w->data + (size_t)r * gemma2__row_bytes(GEMMA2__WF_Q8, K);
-    float s = 0;
-    int b;
-    for (b = 0; b < nb; b++, p += GEMMA2__Q8_BYTES) {
-        __m256i d = gemma2__q8_dot32(p, _mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)b * 32)));
-        __m128i d4 = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
-        int32_t idot;
-        float scale = gemma2__f16_at(p) * xd[b];
-        d4 = _mm_add_epi32(d4, _mm_shuffle_epi32(d4, 0x4e));
-        d4 = _mm_add_epi32(d4, _mm_shuffle_epi32(d4, 0xb1));
-        idot = _mm_cvtsi128_si32(d4);
-        s += scale * (float)idot;
+    const size_t rb = gemma2__row_bytes(GEMMA2__WF_Q4, K);
+    const uint8_t *w0 = (const uint8_t *)a->w->data + (size_t)r * rb, *p[16];
+    const float *xs = xd + nb;
+    const __m512i lo4 = _mm512_set1_epi8(0x0f);
+    __m512i vrb = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512 acc = _mm512_setzero_ps();
+    int b, j;
+    for (j = 0; j < 16; j++) p[j] = w0 + (size_t)GEMMA2__MIN(j, n - 1) * rb;
+    vrb = _mm512_mullo_epi32(_mm512_min_epi32(vrb, _mm512_set1_epi32(n - 1)), _mm512_set1_epi32((int)rb));
+    for (b = 0; b < nb; b++) {
+        const size_t off = (size_t)b * GEMMA2__Q4_BYTES;
+        const int8_t *xb = xq + (size_t)b * 32;
+        const __m512i xlo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)xb));
+        const __m512i xhi = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(xb + 16)));
+        __m512i d[4], e01, e23, dots, g;
+        __m512 t1, t2;
+        GEMMA2__UNROLL for (j = 0; j < 4; j++) {
+            __m512i wv = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(const void *)(p[j] + off + 4)));
+            wv = _mm512_inserti32x4(wv, _mm_loadu_si128((const __m128i *)(const void *)(p[j + 4] + off + 4)), 1);
+            wv = _mm512_inserti32x4(wv, _mm_loadu_si128((const __m128i *)(const void *)(p[j + 8] + off + 4)), 2);
+            wv = _mm512_inserti32x4(wv, _mm_loadu_si128((const __m128i *)(const void *)(p[j + 12] + off + 4)), 3);
+            if (b & 1) {
+                _mm_prefetch((const char *)(p[j] + off) + GEMMA2__PF, _MM_HINT_T0);
+                _mm_prefetch((const char *)(p[j + 4] + off) + GEMMA2__PF, _MM_HINT_T0);
+                _mm_prefetch((const char *)(p[j + 8] + off) + GEMMA2__PF, _MM_HINT_T0);
+                _mm_prefetch((const char *)(p[j + 12] + off) + GEMMA2__PF, _MM_HINT_T0);
+            }
+            d[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(wv, lo4), xlo);
+            d[j] = _mm512_dpbusd_epi32(d[j], _mm512_and_si512(_mm512_srli_epi16(wv, 4), lo4), xhi);
+        }
+        e01 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[0], d[1]), _mm512_unpackhi_epi32(d[0], d[1]));
+        e23 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[2], d[3]), _mm512_unpackhi_epi32(d[2], d[3]));
+        dots = _mm512_add_epi32(_mm512_unpacklo_epi64(e01, e23), _mm512_unpackhi_epi64(e01, e23));
+        /* d and m of the 16 rows: one 32-bit gather, low and high halves */
+        g = _mm512_i32gather_epi32(vrb, (const void *)(w0 + off), 1);
+        t1 = GEMMA2__MUL_NF(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(g)), _mm512_set1_ps(xd[b]));
+        t1 = GEMMA2__MUL_NF(t1, _mm512_cvtepi32_ps(dots));
+        t2 = GEMMA2__MUL_NF(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16))), _mm512_set1_ps(xs[b]));
+        acc = GEMMA2__ADD_NF(acc, GEMMA2__ADD_NF(t1, t2));
     }
-    y[r] = s;
+    _mm512_mask_storeu_ps(y + r, gemma2__mask16(n), acc);
 }
 
-/* Q8 weights on Q8 activations (GEMMA2__PACK_Q8); unpacked activations take the reference,
-   which quantizes them itself (same results). */
-static GEMMA2__T_AVX512VNNI void gemma2__matmul_avx512vnni_q8(const gemma2__matmul_args *a, int r0, int r1)
+/* -- prefill -- */
+
+#define GEMMA2__QT_RB 48  /* rows per panel */
+#define GEMMA2__QT_KB 8   /* blocks per panel */
+#define GEMMA2__QT_TC 128 /* tokens per pass */
+
+/* The panel: rows [r, r+nr) x blocks [b0, b0+nblk) of a Q8 or Q4 matrix as 32 unsigned
+   quants per row and block (row i, block b at pq + (i KB + b) 32), d and m as floats. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI void gemma2__qpanel_512(const gemma2__mat *w, int r, int nr, int b0, int nblk, uint8_t *pq, float *pd, float *pm, const int Q4)
+{
+    const size_t rb = gemma2__row_bytes(w->format, w->cols), bb = Q4 ? GEMMA2__Q4_BYTES : GEMMA2__Q8_BYTES;
+    int i, b;
+    for (i = 0; i < nr; i++) {
+        const uint8_t *blk = (const uint8_t *)w->data + (size_t)(r + i) * rb + (size_t)b0 * bb;
+        for (b = 0; b < nblk; b++, blk += bb) {
+            uint8_t *o = pq + (size_t)(i * GEMMA2__QT_KB + b) * 32;
+            uint16_t h[2];
+            __m256i q;
+            memcpy(h, blk, 4);
+            pd[i * GEMMA2__QT_KB + b] = _cvtsh_ss(h[0]);
+            if (Q4) {
+                __m128i nib = _mm_loadu_si128((const __m128i *)(const void *)(blk + 4)), m4 = _mm_set1_epi8(0x0f);
+                pm[i * GEMMA2__QT_KB + b] = _cvtsh_ss(h[1]);
+                q = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(nib, m4)), _mm_and_si128(_mm_srli_epi16(nib, 4), m4), 1);
+            } else
+                q = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(blk + 2)), _mm256_set1_epi8((char)0x80));
+            _mm256_storeu_si256((__m256i *)(void *)o, q);
+        }
+    }
+}
+
+/* One tile: panel rows [0, MR) (at pq, pd, pm) x NR runs of 16 tokens (run v of block b at
+   xb + v xrun + b 704), over the panel's first nblk blocks; the outputs' running sums in buf
+   (row i, run v at buf + i TC + 16 v), started from zero if `first`. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI void gemma2__qtile_512(const uint8_t *pq, const float *pd, const float *pm, const uint8_t *xb, size_t xrun,
+                                                                float *buf, int nblk, int first, const int MR, const int NR, const int Q4)
+{
+    __m512 y[4][3];
+    __m512i acc[4][3];
+    int i, v, b, g;
+    GEMMA2__UNROLL for (i = 0; i < MR; i++) GEMMA2__UNROLL for (v = 0; v < NR; v++)
+        y[i][v] = first ? _mm512_setzero_ps() : _mm512_load_ps(buf + (size_t)i * GEMMA2__QT_TC + 16 * v);
+    for (b = 0; b < nblk; b++) {
+        const uint8_t *xp = xb + (size_t)b * GEMMA2__Q8T_BYTES;
+        GEMMA2__UNROLL for (i = 0; i < MR; i++) GEMMA2__UNROLL for (v = 0; v < NR; v++)
+            acc[i][v] = Q4 ? _mm512_setzero_si512() : _mm512_loadu_si512((const void *)(xp + (size_t)v * xrun + 640));
+        GEMMA2__UNROLL for (g = 0; g < 8; g++) {
+            __m512i xv[3];
+            GEMMA2__UNROLL for (v = 0; v < NR; v++) xv[v] = _mm512_loadu_si512((const void *)(xp + (size_t)v * xrun + 64 * g));
+            GEMMA2__UNROLL for (i = 0; i < MR; i++) {
+                int32_t wq;
+                __m512i wv;
+                memcpy(&wq, pq + (size_t)(i * GEMMA2__QT_KB + b) * 32 + 4 * g, 4);
+                wv = _mm512_set1_epi32(wq);
+                GEMMA2__UNROLL for (v = 0; v < NR; v++) acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], wv, xv[v]);
+            }
+        }
+        GEMMA2__UNROLL for (i = 0; i < MR; i++) {
+            const __m512 dw = _mm512_set1_ps(pd[i * GEMMA2__QT_KB + b]);
+            GEMMA2__UNROLL for (v = 0; v < NR; v++) {
+                const float *xd = (const float *)(const void *)(xp + (size_t)v * xrun + 512);
+                __m512 t = GEMMA2__MUL_NF(GEMMA2__MUL_NF(dw, _mm512_loadu_ps(xd)), _mm512_cvtepi32_ps(acc[i][v]));
+                if (Q4) t = GEMMA2__ADD_NF(t, GEMMA2__MUL_NF(_mm512_set1_ps(pm[i * GEMMA2__QT_KB + b]), _mm512_loadu_ps(xd + 16)));
+                y[i][v] = GEMMA2__ADD_NF(y[i][v], t);
+            }
+        }
+    }
+    GEMMA2__UNROLL for (i = 0; i < MR; i++) GEMMA2__UNROLL for (v = 0; v < NR; v++)
+        _mm512_store_ps(buf + (size_t)i * GEMMA2__QT_TC + 16 * v, y[i][v]);
+}
+
+#define GEMMA2__QTILES(MR_)                                                                                       \
+    do {                                                                                                          \
+        const uint8_t *pq_ = pq + (size_t)i * GEMMA2__QT_KB * 32;                                                 \
+        const float *pd_ = pd + i * GEMMA2__QT_KB, *pm_ = pm + i * GEMMA2__QT_KB;                                 \
+        float *bf_ = buf + (size_t)i * GEMMA2__QT_TC + 16 * v;                                                    \
+        if (nv - v >= 3) gemma2__qtile_512(pq_, pd_, pm_, xb, xrun, bf_, nblk, kb == 0, MR_, 3, Q4);              \
+        else if (nv - v == 2) gemma2__qtile_512(pq_, pd_, pm_, xb, xrun, bf_, nblk, kb == 0, MR_, 2, Q4);         \
+        else gemma2__qtile_512(pq_, pd_, pm_, xb, xrun, bf_, nblk, kb == 0, MR_, 1, Q4);                          \
+    } while (0)
+
+/* Rows [r0, r1) for all tokens on the Q8T layout: per pass of up to 128 tokens and block of
+   48 rows, the columns 8 blocks at a time (a panel), each panel's tiles with the token runs
+   outside and the rows inside; the running sums wait in buf, and go to y transposed when
+   the block of rows is done. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI void gemma2__matmul_qt_512(const gemma2__matmul_args *a, int r0, int r1, const int Q4)
+{
+    GEMMA2__ALIGN64 float buf[GEMMA2__QT_RB * GEMMA2__QT_TC];
+    GEMMA2__ALIGN64 uint8_t pq[GEMMA2__QT_RB * GEMMA2__QT_KB * 32];
+    float pd[GEMMA2__QT_RB * GEMMA2__QT_KB], pm[GEMMA2__QT_RB * GEMMA2__QT_KB];
+    const int K = a->w->cols, nb = (K + 31) / 32, nvt = (a->T + 15) / 16;
+    const size_t xrun = gemma2__q8t_off(nb, 1, 0);
+    int v0, rb, kb, v, i, t;
+    for (v0 = 0; v0 < nvt; v0 += GEMMA2__QT_TC / 16) {
+        const int nv = GEMMA2__MIN(GEMMA2__QT_TC / 16, nvt - v0), t1 = GEMMA2__MIN(a->T, 16 * (v0 + nv));
+        for (rb = r0; rb < r1; rb += GEMMA2__QT_RB) {
+            const int nr = GEMMA2__MIN(GEMMA2__QT_RB, r1 - rb);
+            for (kb = 0; kb < nb; kb += GEMMA2__QT_KB) {
+                const int nblk = GEMMA2__MIN(GEMMA2__QT_KB, nb - kb);
+                gemma2__qpanel_512(a->w, rb, nr, kb, nblk, pq, pd, pm, Q4);
+                for (v = 0; v < nv; v += 3) {
+                    const uint8_t *xb = (const uint8_t *)a->xp + gemma2__q8t_off(nb, v0 + v, kb);
+                    for (i = 0; i + 4 <= nr; i += 4) GEMMA2__QTILES(4);
+                    for (; i < nr; i++) GEMMA2__QTILES(1);
+                }
+            }
+            for (t = 16 * v0; t < t1; t++) {
+                float *y = a->y + (size_t)t * (size_t)a->ldy + rb;
+                for (i = 0; i < nr; i++) y[i] = buf[(size_t)i * GEMMA2__QT_TC + (t - 16 * v0)];
+            }
+        }
+    }
+}
+
+static GEMMA2__T_AVX512VNNI void gemma2__matmul_qt_q8(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_qt_512(a, r0, r1, 0); }
+static GEMMA2__T_AVX512VNNI void gemma2__matmul_qt_q4(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_qt_512(a, r0, r1, 1); }
+
+/* Q8 or Q4 weights: several tokens on the transposed layout (Q8T) through the tiles, tokens
+   on the Q8 layout through the decode kernel one at a time; unpacked activations take the
+   reference, which quantizes them itself (the same results). */
+static GEMMA2__T_AVX512VNNI void gemma2__matmul_avx512vnni_q(const gemma2__matmul_args *a, int r0, int r1, int q4)
 {
     const int K = a->w->cols, nb = (K + 31) / 32;
     int t, r;
-    if (a->xp_kind != GEMMA2__PACK_Q8) { gemma2__matmul_ref_q8(a, r0, r1); return; }
+    if (a->xp_kind == GEMMA2__PACK_Q8T) {
+        if (q4) gemma2__matmul_qt_q4(a, r0, r1);
+        else gemma2__matmul_qt_q8(a, r0, r1);
+        return;
+    }
+    if (a->xp_kind != GEMMA2__PACK_Q8) {
+        if (q4) gemma2__matmul_ref_q4(a, r0, r1);
+        else gemma2__matmul_ref_q8(a, r0, r1);
+        return;
+    }
     for (t = 0; t < a->T; t++) {
         const uint8_t *xp = (const uint8_t *)a->xp + (size_t)t * gemma2__q8_tok_bytes(K);
         const int8_t *xq = (const int8_t *)xp;
         const float *xd = (const float *)(const void *)(xp + (size_t)nb * 32);
         float *y = a->y + (size_t)t * (size_t)a->ldy;
-        for (r = r0; r + 8 <= r1; r += 8) gemma2__matvec_q8x8(a, xq, xd, y, r);
-        for (; r < r1; r++) gemma2__matvec_q8x1(a, xq, xd, y, r);
+        for (r = r0; r < r1; r += 16) {
+            if (q4) gemma2__matvec_q4x16(a, xq, xd, y, r, GEMMA2__MIN(16, r1 - r));
+            else gemma2__matvec_q8x16(a, xq, xd, y, r, GEMMA2__MIN(16, r1 - r));
+        }
     }
 }
+
+static GEMMA2__T_AVX512VNNI void gemma2__matmul_avx512vnni_q8(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_avx512vnni_q(a, r0, r1, 0); }
+static GEMMA2__T_AVX512VNNI void gemma2__matmul_avx512vnni_q4(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_avx512vnni_q(a, r0, r1, 1); }
 
 /* Per weight format: one token: matrix-vector. More: the transposed-activation tiles when
    they come packed (float32 xt, also for F32 weights), otherwise row-dot tiles (F32 weights)
@@ -6653,11 +6883,12 @@ static GEMMA2__T_AVX512BF16 void gemma2__matmul_avx512bf16_bf16(const gemma2__ma
 /* Layouts. Several tokens: transposed, for the register tiles (bf16 pairs when bf16
    arithmetic was asked for and the weights are bf16, else floats, F32 weights included).
    One token: bf16 rows for bf16 arithmetic; in float32 the three-part split where it is
-   faster than FMAs on widened weights (x3_min_cols: see there). */
+   faster than FMAs on widened weights (x3_min_cols: see there). Q8 and Q4 weights (with
+   AVX512_VNNI): quantized activations, transposed (Q8T) for several tokens. */
 static int gemma2__pack_kind_avx512(const gemma2__kernels *k, int format, int T, int K, int compute_bf16)
 {
     int bf = compute_bf16 && k->id == GEMMA2_KERNELS_AVX512_BF16 && format == GEMMA2__WF_BF16;
-    if (format == GEMMA2__WF_Q8 || format == GEMMA2__WF_Q4) return k->matmul[format] ? GEMMA2__PACK_Q8 : GEMMA2__PACK_NONE;
+    if (format == GEMMA2__WF_Q8 || format == GEMMA2__WF_Q4) return !k->matmul[format] ? GEMMA2__PACK_NONE : T > 1 ? GEMMA2__PACK_Q8T : GEMMA2__PACK_Q8;
     if (format != GEMMA2__WF_F32 && format != GEMMA2__WF_BF16) return GEMMA2__PACK_NONE;
     if (T > 1) return bf ? GEMMA2__PACK_XT_BF16 : GEMMA2__PACK_XT_F32;
     if (bf) return GEMMA2__PACK_BF16;
@@ -7110,12 +7341,97 @@ static GEMMA2__T_AVX512 void gemma2__rope_avx512(float *x, int n_heads, int hd, 
         }
 }
 
+/* The Q8 layouts (GEMMA2__PACK_Q8, _Q8T): quantized 32 columns at a time. */
+/* x[0 .. n) (n <= 32, zeros past n) quantized as gemma2__q8_quantize does, bit for bit:
+   d = absmax / 127, q = round-half-away-from-zero(x / d) by a true division (the remainder
+   after truncation is exact, and rounds away at 1/2 as roundf does), all zero if d == 0.
+   Returns the 32 quants; *d_out = d, *sum_out = the integer sum of the quants. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m256i gemma2__q8_quant32_512(const float *x, int n, float *d_out, int32_t *sum_out)
+{
+    __m512 a = _mm512_maskz_loadu_ps(gemma2__mask16(n), x), b = _mm512_maskz_loadu_ps(gemma2__mask16(n - 16), x + 16);
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f), sgn = _mm512_set1_ps(-0.0f);
+    float d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 127.0f;
+    __m512 v[2], t;
+    __m512i q[2];
+    int i;
+    *d_out = d;
+    if (d == 0) { *sum_out = 0; return _mm256_setzero_si256(); }
+    v[0] = _mm512_div_ps(a, _mm512_set1_ps(d));
+    v[1] = _mm512_div_ps(b, _mm512_set1_ps(d));
+    for (i = 0; i < 2; i++) {
+        __mmask16 up;
+        t = _mm512_roundscale_ps(v[i], _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        up = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v[i], t)), half, _CMP_GE_OQ);
+        t = _mm512_mask_add_ps(t, up, t, _mm512_or_ps(_mm512_and_ps(v[i], sgn), one));
+        q[i] = _mm512_cvttps_epi32(t);
+    }
+    *sum_out = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(q[0])), _mm512_cvtepi32_epi8(q[1]), 1);
+}
+
+/* GEMMA2__PACK_Q8: tokens [j0, j1), block by block. */
+static GEMMA2__T_AVX512 void gemma2__pack_q8_avx512(uint8_t *xp, const float *x, int K, int j0, int j1)
+{
+    const int nb = (K + 31) / 32;
+    int t, b;
+    for (t = j0; t < j1; t++) {
+        uint8_t *o = xp + (size_t)t * gemma2__q8_tok_bytes(K);
+        float *od = (float *)(void *)(o + (size_t)nb * 32);
+        for (b = 0; b < nb; b++) {
+            int32_t sum;
+            _mm256_storeu_si256((__m256i *)(void *)(o + (size_t)b * 32), gemma2__q8_quant32_512(x + (size_t)t * K + (size_t)b * 32, K - b * 32, &od[b], &sum));
+            od[nb + b] = od[b] * (float)sum;
+        }
+    }
+}
+
+/* GEMMA2__PACK_Q8T: blocks [j0, j1), two at a time per run of 16 tokens: each token's 64
+   quants are one register, and the 16 x 16 transpose turns them into the 16 (group, block)
+   registers of the layout. */
+static GEMMA2__T_AVX512 void gemma2__pack_q8t_avx512(uint8_t *xp, const float *x, int T, int K, int j0, int j1)
+{
+    const int nb = (K + 31) / 32;
+    int t, b, l, g;
+    for (t = 0; t < T; t += 16)
+        for (b = j0; b < j1; b += 2) {
+            const int nblk = GEMMA2__MIN(2, j1 - b);
+            uint8_t *o[2];
+            __m512i q[16];
+            o[0] = xp + gemma2__q8t_off(nb, t / 16, b);
+            o[1] = o[0] + GEMMA2__Q8T_BYTES;
+            for (l = 0; l < 16; l++) {
+                __m256i h[2];
+                int k;
+                h[1] = _mm256_setzero_si256();
+                for (k = 0; k < nblk; k++) {
+                    float *od = (float *)(void *)(o[k] + 512);
+                    int32_t *oc = (int32_t *)(void *)(o[k] + 640);
+                    if (t + l < T) {
+                        int32_t sum;
+                        h[k] = gemma2__q8_quant32_512(x + (size_t)(t + l) * K + (size_t)(b + k) * 32, K - (b + k) * 32, &od[l], &sum);
+                        od[16 + l] = od[l] * (float)sum;
+                        oc[l] = -128 * sum;
+                    } else {
+                        h[k] = _mm256_setzero_si256();
+                        od[l] = od[16 + l] = 0;
+                        oc[l] = 0;
+                    }
+                }
+                q[l] = _mm512_inserti64x4(_mm512_castsi256_si512(h[0]), h[1], 1);
+            }
+            gemma2__transpose16_512(q);
+            for (g = 0; g < 8 * nblk; g++) _mm512_storeu_si512((void *)(o[g / 8] + 64 * (g % 8)), q[g]);
+        }
+}
+
 /* Every layout pack_kind_avx512 asks for. */
 static GEMMA2__T_AVX512 void gemma2__pack_avx512(void *xp, int kind, const float *x, int T, int K, int j0, int j1)
 {
     int t;
     if (kind == GEMMA2__PACK_XT_F32 || kind == GEMMA2__PACK_XT_BF16) gemma2__prep_xt_avx512(xp, x, T, K, kind, j0, j1);
     else if (kind == GEMMA2__PACK_BF16) for (t = j0; t < j1; t++) gemma2__to_bf16_avx512((uint16_t *)xp + (size_t)t * K, x + (size_t)t * K, K);
+    else if (kind == GEMMA2__PACK_Q8) gemma2__pack_q8_avx512((uint8_t *)xp, x, K, j0, j1);
+    else if (kind == GEMMA2__PACK_Q8T) gemma2__pack_q8t_avx512((uint8_t *)xp, x, T, K, j0, j1);
     else gemma2__pack_ref(xp, kind, x, T, K, j0, j1);
 }
 
@@ -7132,8 +7448,12 @@ static void gemma2__kernels_init_avx512(gemma2__kernels *k)
     k->id = GEMMA2_KERNELS_AVX512;
     k->matmul[GEMMA2__WF_F32] = gemma2__matmul_avx512_f32;
     k->matmul[GEMMA2__WF_BF16] = gemma2__matmul_avx512_bf16;
-    /* Q8 on integer dot products where the CPU has them; else the reference product */
-    if (gemma2__x86_features() & GEMMA2__CPU_AVX512VNNI) k->matmul[GEMMA2__WF_Q8] = gemma2__matmul_avx512vnni_q8;
+    /* Q8 and Q4 on integer dot products where the CPU has them (also for the AVX512_BF16
+       set: see the Q8 and Q4 kernels); else the reference products */
+    if (gemma2__x86_features() & GEMMA2__CPU_AVX512VNNI) {
+        k->matmul[GEMMA2__WF_Q8] = gemma2__matmul_avx512vnni_q8;
+        k->matmul[GEMMA2__WF_Q4] = gemma2__matmul_avx512vnni_q4;
+    }
     k->pack_kind = gemma2__pack_kind_avx512;
     k->pack = gemma2__pack_avx512;
     k->dot = gemma2__dot_avx512;

@@ -80,7 +80,7 @@ static int kern_pack(const gemma2__kernels *k, gemma2__matmul_args *a, void *buf
 static void kern_check_matmul(const gemma2__kernels *k, int format, int rows, int K, int T, int r0, int r1, int compute_bf16, int use_pack)
 {
     size_t nw = (size_t)rows * K, i;
-    int ldy = rows + 3, t, r, kk, kind = GEMMA2__PACK_NONE, dp;
+    int ldy = rows + 3, t, r, kk, kind = GEMMA2__PACK_NONE, dp, exact = format == GEMMA2__WF_Q8 || format == GEMMA2__WF_Q4;
     float *wf = (float *)malloc(nw * sizeof(float));
     void *w_data = kern_weights(format, rows, K, wf);
     float *x = (float *)malloc((size_t)T * K * sizeof(float));
@@ -101,9 +101,9 @@ static void kern_check_matmul(const gemma2__kernels *k, int format, int rows, in
     dp = kind == GEMMA2__PACK_BF16 || kind == GEMMA2__PACK_XT_BF16; /* the kernel will use bf16 activations */
     for (i = 0; i < (size_t)T * K; i++) xr[i] = dp ? gemma2__bf16_to_f32(gemma2__f32_to_bf16(x[i])) : x[i];
     ar = a; ar.y = yr; ar.x = xr; ar.xp = NULL; ar.xp_kind = GEMMA2__PACK_NONE;
-    /* Q8: the reference quantizes x itself (xr stays x); the tolerance below is on the sum of
-       |terms| of the quantized product, whose integer dots kernels must compute exactly (a
-       wrong quant or scale is off by far more than float32 summation order) */
+    /* Q8, Q4: the reference quantizes x itself (xr stays x); kernels compute its integer dots
+       exactly and then its float operations in its order, so they must give its bits. Other
+       formats: a tolerance on the sum of |terms| (float32 summation order). */
     gemma2__matmul_for(k, format)(&a, r0, r1);
     gemma2__wformat_of(format)->matmul_ref(&ar, r0, r1);
     for (t = 0; t < T && !bad; t++)
@@ -114,8 +114,8 @@ static void kern_check_matmul(const gemma2__kernels *k, int format, int rows, in
                 continue;
             }
             for (kk = 0; kk < K; kk++) mag += fabsf(wf[(size_t)r * K + kk] * xr[(size_t)t * K + kk]);
-            if (!(fabsf(got - want) <= (dp ? 1e-4f : 1e-5f) * mag + 1e-6f)) {
-                CHECK(0, "%s %s rows %d K %d T %d [%d,%d) compute_bf16 %d pack %d: y[%d][%d] = %g, want %g", k->name,
+            if (exact ? memcmp(&got, &want, sizeof got) != 0 : !(fabsf(got - want) <= (dp ? 1e-4f : 1e-5f) * mag + 1e-6f)) {
+                CHECK(0, "%s %s rows %d K %d T %d [%d,%d) compute_bf16 %d pack %d: y[%d][%d] = %.9g, want %.9g", k->name,
                       gemma2__wformat_of(format)->name, rows, K, T, r0, r1, compute_bf16, kind, t, r, got, want);
                 bad = 1;
             }
