@@ -6156,6 +6156,34 @@ static inline __mmask16 gemma2__mask16(int left)
     return (__mmask16)(left >= 16 ? 0xffffu : left <= 0 ? 0u : (1u << left) - 1);
 }
 
+/* Transposes 16 x 16 32-bit elements in registers: r[i] holds row i, on return r[j] holds
+   column j. Unpack 32-bit, unpack 64-bit, then two 128-bit lane shuffles: the textbook
+   4-stage network, 64 shuffles for 256 elements. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__transpose16_512(__m512i r[16])
+{
+    __m512i t[16], u[16];
+    int i, c;
+    GEMMA2__UNROLL for (i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    /* u[4g + c], 128-bit lane L: rows 4g..4g+3 of column 4L + c */
+    GEMMA2__UNROLL for (i = 0; i < 4; i++) {
+        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    GEMMA2__UNROLL for (c = 0; c < 4; c++) {
+        __m512i a = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), b = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
+        __m512i a2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88), b2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
+        r[c] = _mm512_shuffle_i32x4(a, a2, 0x88);
+        r[8 + c] = _mm512_shuffle_i32x4(a, a2, 0xdd);
+        r[4 + c] = _mm512_shuffle_i32x4(b, b2, 0x88);
+        r[12 + c] = _mm512_shuffle_i32x4(b, b2, 0xdd);
+    }
+}
+
 /* ---- decode: one token at a time ----------------------------------------------------
 
    R = 8 rows at once: a single core's read rate is limited by how many cache-line misses it
@@ -6607,38 +6635,142 @@ static GEMMA2__T_AVX512 void gemma2__matmul_512_f32w(const gemma2__matmul_args *
 #define GEMMA2__MUL_NF(a, b) _mm512_mul_round_ps((a), (b), _MM_FROUND_CUR_DIRECTION)
 #define GEMMA2__ADD_NF(a, b) _mm512_add_round_ps((a), (b), _MM_FROUND_CUR_DIRECTION)
 
+/* -- activations: the Q8 layouts (GEMMA2__PACK_Q8, _Q8T), 32 columns at a time -- */
+
+/* x[0 .. n) (n <= 32, zeros past n) quantized as gemma2__q8_quantize does, bit for bit:
+   d = absmax / 127, q = round-half-away-from-zero(x / d) by a true division (the remainder
+   after truncation is exact, and rounds away at 1/2 as roundf does), all zero if d == 0.
+   Returns the 32 quants; *d_out = d, *sum_out = the integer sum of the quants. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m256i gemma2__q8_quant32_512(const float *x, int n, float *d_out, int32_t *sum_out)
+{
+    __m512 a = _mm512_maskz_loadu_ps(gemma2__mask16(n), x), b = _mm512_maskz_loadu_ps(gemma2__mask16(n - 16), x + 16);
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f), sgn = _mm512_set1_ps(-0.0f);
+    float d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 127.0f;
+    __m512 v[2], t;
+    __m512i q[2];
+    int i;
+    *d_out = d;
+    if (d == 0) { *sum_out = 0; return _mm256_setzero_si256(); }
+    v[0] = _mm512_div_ps(a, _mm512_set1_ps(d));
+    v[1] = _mm512_div_ps(b, _mm512_set1_ps(d));
+    for (i = 0; i < 2; i++) {
+        __mmask16 up;
+        t = _mm512_roundscale_ps(v[i], _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        up = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v[i], t)), half, _CMP_GE_OQ);
+        t = _mm512_mask_add_ps(t, up, t, _mm512_or_ps(_mm512_and_ps(v[i], sgn), one));
+        q[i] = _mm512_cvttps_epi32(t);
+    }
+    *sum_out = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(q[0])), _mm512_cvtepi32_epi8(q[1]), 1);
+}
+
+/* GEMMA2__PACK_Q8: tokens [j0, j1), block by block. */
+static GEMMA2__T_AVX512 void gemma2__pack_q8_avx512(uint8_t *xp, const float *x, int K, int j0, int j1)
+{
+    const int nb = (K + 31) / 32;
+    int t, b;
+    for (t = j0; t < j1; t++) {
+        uint8_t *o = xp + (size_t)t * gemma2__q8_tok_bytes(K);
+        float *od = (float *)(void *)(o + (size_t)nb * 32);
+        for (b = 0; b < nb; b++) {
+            int32_t sum;
+            _mm256_storeu_si256((__m256i *)(void *)(o + (size_t)b * 32), gemma2__q8_quant32_512(x + (size_t)t * K + (size_t)b * 32, K - b * 32, &od[b], &sum));
+            od[nb + b] = od[b] * (float)sum;
+        }
+    }
+}
+
+/* GEMMA2__PACK_Q8T: blocks [j0, j1), two at a time per run of 16 tokens: each token's 64
+   quants are one register, and the 16 x 16 transpose turns them into the 16 (group, block)
+   registers of the layout. */
+static GEMMA2__T_AVX512 void gemma2__pack_q8t_avx512(uint8_t *xp, const float *x, int T, int K, int j0, int j1)
+{
+    const int nb = (K + 31) / 32;
+    int t, b, l, g;
+    for (t = 0; t < T; t += 16)
+        for (b = j0; b < j1; b += 2) {
+            const int nblk = GEMMA2__MIN(2, j1 - b);
+            uint8_t *o[2];
+            __m512i q[16];
+            o[0] = xp + gemma2__q8t_off(nb, t / 16, b);
+            o[1] = o[0] + GEMMA2__Q8T_BYTES;
+            for (l = 0; l < 16; l++) {
+                __m256i h[2];
+                int k;
+                h[1] = _mm256_setzero_si256();
+                for (k = 0; k < nblk; k++) {
+                    float *od = (float *)(void *)(o[k] + 512);
+                    int32_t *oc = (int32_t *)(void *)(o[k] + 640);
+                    if (t + l < T) {
+                        int32_t sum;
+                        h[k] = gemma2__q8_quant32_512(x + (size_t)(t + l) * K + (size_t)(b + k) * 32, K - (b + k) * 32, &od[l], &sum);
+                        od[16 + l] = od[l] * (float)sum;
+                        oc[l] = -128 * sum;
+                    } else {
+                        h[k] = _mm256_setzero_si256();
+                        od[l] = od[16 + l] = 0;
+                        oc[l] = 0;
+                    }
+                }
+                q[l] = _mm512_inserti64x4(_mm512_castsi256_si512(h[0]), h[1], 1);
+            }
+            gemma2__transpose16_512(q);
+            for (g = 0; g < 8 * nblk; g++) _mm512_storeu_si512((void *)(o[g / 8] + 64 * (g % 8)), q[g]);
+        }
+}
+
 /* -- decode -- */
 
-/* Rows r .. r+n-1 (n <= 16) of one token: quants xq (nb blocks of 32), scales xd. */
-static GEMMA2__T_AVX512VNNI void gemma2__matvec_q8x16(const gemma2__matmul_args *a, const int8_t *xq, const float *xd, float *y, int r, int n)
+/* Row j (0..15, a constant once unrolled) of 16 rows rb bytes apart, the first at p, the
+   ninth at p8: base + index x scale with the index one of rb, 3 rb, 5 rb, 7 rb, so that the
+   16 streams take 6 registers. */
+GEMMA2__ALWAYS_INLINE const uint8_t *gemma2__row16(const uint8_t *p, const uint8_t *p8, const size_t *m, int j)
+{
+    const uint8_t *b = j < 8 ? p : p8;
+    switch (j & 7) {
+    case 0: return b;
+    case 1: return b + m[0];
+    case 2: return b + 2 * m[0];
+    case 3: return b + m[1];
+    case 4: return b + 4 * m[0];
+    case 5: return b + m[2];
+    case 6: return b + 2 * m[1];
+    default: return b + m[3];
+    }
+}
+
+/* y[S i] = v[i] for the lanes i of keep. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__store16(float *y, int S, __mmask16 keep, __m512 v)
+{
+    if (S == 1) _mm512_mask_storeu_ps(y, keep, v);
+    else _mm512_mask_i32scatter_ps(y, keep, _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(S)), v, 4);
+}
+
+/* Rows r, r+S, .., r+15S of one token, quants xq (nb blocks of 32) and scales xd; stores
+   the rows of `keep` (a lane mask). */
+static GEMMA2__T_AVX512VNNI void gemma2__matvec_q8x16(const gemma2__matmul_args *a, const int8_t *xq, const float *xd, float *y, int r, int S, __mmask16 keep)
 {
     const int K = a->w->cols, nb = (K + 31) / 32;
-    const size_t rb = gemma2__row_bytes(GEMMA2__WF_Q8, K);
-    const uint8_t *w0 = (const uint8_t *)a->w->data + (size_t)r * rb, *pa[8], *pb[8];
+    const size_t rb = gemma2__row_bytes(GEMMA2__WF_Q8, K) * (size_t)S, m[4] = {rb, 3 * rb, 5 * rb, 7 * rb};
+    const uint8_t *p = (const uint8_t *)a->w->data + (size_t)r * (rb / (size_t)S), *p8 = p + 8 * rb, *pf = p + GEMMA2__PF, *pf8 = p8 + GEMMA2__PF;
     const __m512i bias = _mm512_set1_epi8((char)0x80);
-    __m512i vrb = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i vrb = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)rb));
     __m512 acc = _mm512_setzero_ps();
     int b, j;
-    /* register j holds rows j and j+4 (j < 4), j+4 and j+8 (j >= 4): the tree below then
-       leaves row i in lane i */
-    for (j = 0; j < 8; j++) {
-        int ra = j < 4 ? j : j + 4;
-        pa[j] = w0 + (size_t)GEMMA2__MIN(ra, n - 1) * rb;
-        pb[j] = w0 + (size_t)GEMMA2__MIN(ra + 4, n - 1) * rb;
-    }
-    vrb = _mm512_mullo_epi32(_mm512_min_epi32(vrb, _mm512_set1_epi32(n - 1)), _mm512_set1_epi32((int)rb));
-    for (b = 0; b < nb; b++) {
-        const size_t off = (size_t)b * GEMMA2__Q8_BYTES;
+    for (b = 0; b < nb; b++, p += GEMMA2__Q8_BYTES, p8 += GEMMA2__Q8_BYTES, pf += GEMMA2__Q8_BYTES, pf8 += GEMMA2__Q8_BYTES) {
         const __m512i xv = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)b * 32)));
         const __m512i c = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, xv));
         __m512i d[8], e01, e23, e45, e67, f0, f1, dots;
         __m512 scale;
+        /* register j holds rows j and j+4 (j < 4), j+4 and j+8 (j >= 4): the tree below then
+           leaves row i in lane i */
         GEMMA2__UNROLL for (j = 0; j < 8; j++) {
-            __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(pa[j] + off + 2))),
-                                            _mm256_loadu_si256((const __m256i *)(const void *)(pb[j] + off + 2)), 1);
+            const uint8_t *ra = gemma2__row16(p, p8, m, j < 4 ? j : j + 4), *rc = gemma2__row16(p, p8, m, j < 4 ? j + 4 : j + 8);
+            __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(ra + 2))),
+                                            _mm256_loadu_si256((const __m256i *)(const void *)(rc + 2)), 1);
             if (b & 1) {
-                _mm_prefetch((const char *)(pa[j] + off) + GEMMA2__PF, _MM_HINT_T0);
-                _mm_prefetch((const char *)(pb[j] + off) + GEMMA2__PF, _MM_HINT_T0);
+                _mm_prefetch((const char *)gemma2__row16(pf, pf8, m, j < 4 ? j : j + 4), _MM_HINT_T0);
+                _mm_prefetch((const char *)gemma2__row16(pf, pf8, m, j < 4 ? j + 4 : j + 8), _MM_HINT_T0);
             }
             d[j] = _mm512_dpbusd_epi32(c, _mm512_xor_si512(wv, bias), xv);
         }
@@ -6651,64 +6783,65 @@ static GEMMA2__T_AVX512VNNI void gemma2__matvec_q8x16(const gemma2__matmul_args 
         f1 = _mm512_add_epi32(_mm512_unpacklo_epi64(e45, e67), _mm512_unpackhi_epi64(e45, e67));
         dots = _mm512_add_epi32(_mm512_shuffle_i32x4(f0, f1, 0x88), _mm512_shuffle_i32x4(f0, f1, 0xdd));
         /* the 16 rows' fp16 d: 32-bit gathers (d and 2 quants, inside the block), low halves */
-        scale = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(vrb, (const void *)(w0 + off), 1)));
+        scale = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(vrb, (const void *)p, 1)));
         scale = GEMMA2__MUL_NF(scale, _mm512_set1_ps(xd[b]));
         acc = GEMMA2__ADD_NF(acc, GEMMA2__MUL_NF(scale, _mm512_cvtepi32_ps(dots)));
     }
-    _mm512_mask_storeu_ps(y + r, gemma2__mask16(n), acc);
+    gemma2__store16(y + r, S, keep, acc);
 }
 
-/* The same for Q4: register j holds rows j, j+4, j+8, j+12 in its 128-bit lanes. */
-static GEMMA2__T_AVX512VNNI void gemma2__matvec_q4x16(const gemma2__matmul_args *a, const int8_t *xq, const float *xd, float *y, int r, int n)
+/* The same for Q4: register j holds rows j, j+4, j+8, j+12 (times S) in its 128-bit lanes. */
+static GEMMA2__T_AVX512VNNI void gemma2__matvec_q4x16(const gemma2__matmul_args *a, const int8_t *xq, const float *xd, float *y, int r, int S, __mmask16 keep)
 {
     const int K = a->w->cols, nb = (K + 31) / 32;
-    const size_t rb = gemma2__row_bytes(GEMMA2__WF_Q4, K);
-    const uint8_t *w0 = (const uint8_t *)a->w->data + (size_t)r * rb, *p[16];
+    const size_t rb = gemma2__row_bytes(GEMMA2__WF_Q4, K) * (size_t)S, m[4] = {rb, 3 * rb, 5 * rb, 7 * rb};
+    const uint8_t *p = (const uint8_t *)a->w->data + (size_t)r * (rb / (size_t)S), *p8 = p + 8 * rb, *pf = p + GEMMA2__PF, *pf8 = p8 + GEMMA2__PF;
     const float *xs = xd + nb;
     const __m512i lo4 = _mm512_set1_epi8(0x0f);
-    __m512i vrb = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i vrb = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)rb));
     __m512 acc = _mm512_setzero_ps();
-    int b, j;
-    for (j = 0; j < 16; j++) p[j] = w0 + (size_t)GEMMA2__MIN(j, n - 1) * rb;
-    vrb = _mm512_mullo_epi32(_mm512_min_epi32(vrb, _mm512_set1_epi32(n - 1)), _mm512_set1_epi32((int)rb));
-    for (b = 0; b < nb; b++) {
-        const size_t off = (size_t)b * GEMMA2__Q4_BYTES;
+    int b, j, l;
+    for (b = 0; b < nb; b++, p += GEMMA2__Q4_BYTES, p8 += GEMMA2__Q4_BYTES, pf += GEMMA2__Q4_BYTES, pf8 += GEMMA2__Q4_BYTES) {
         const int8_t *xb = xq + (size_t)b * 32;
         const __m512i xlo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)xb));
         const __m512i xhi = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(xb + 16)));
         __m512i d[4], e01, e23, dots, g;
         __m512 t1, t2;
         GEMMA2__UNROLL for (j = 0; j < 4; j++) {
-            __m512i wv = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(const void *)(p[j] + off + 4)));
-            wv = _mm512_inserti32x4(wv, _mm_loadu_si128((const __m128i *)(const void *)(p[j + 4] + off + 4)), 1);
-            wv = _mm512_inserti32x4(wv, _mm_loadu_si128((const __m128i *)(const void *)(p[j + 8] + off + 4)), 2);
-            wv = _mm512_inserti32x4(wv, _mm_loadu_si128((const __m128i *)(const void *)(p[j + 12] + off + 4)), 3);
-            if (b & 1) {
-                _mm_prefetch((const char *)(p[j] + off) + GEMMA2__PF, _MM_HINT_T0);
-                _mm_prefetch((const char *)(p[j + 4] + off) + GEMMA2__PF, _MM_HINT_T0);
-                _mm_prefetch((const char *)(p[j + 8] + off) + GEMMA2__PF, _MM_HINT_T0);
-                _mm_prefetch((const char *)(p[j + 12] + off) + GEMMA2__PF, _MM_HINT_T0);
-            }
+            __m512i wv = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(const void *)(gemma2__row16(p, p8, m, j) + 4)));
+            wv = _mm512_inserti32x4(wv, _mm_loadu_si128((const __m128i *)(const void *)(gemma2__row16(p, p8, m, j + 4) + 4)), 1);
+            wv = _mm512_inserti32x4(wv, _mm_loadu_si128((const __m128i *)(const void *)(gemma2__row16(p, p8, m, j + 8) + 4)), 2);
+            wv = _mm512_inserti32x4(wv, _mm_loadu_si128((const __m128i *)(const void *)(gemma2__row16(p, p8, m, j + 12) + 4)), 3);
             d[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(wv, lo4), xlo);
             d[j] = _mm512_dpbusd_epi32(d[j], _mm512_and_si512(_mm512_srli_epi16(wv, 4), lo4), xhi);
         }
+        if (b & 1) GEMMA2__UNROLL for (l = 0; l < 16; l++) _mm_prefetch((const char *)gemma2__row16(pf, pf8, m, l), _MM_HINT_T0);
         e01 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[0], d[1]), _mm512_unpackhi_epi32(d[0], d[1]));
         e23 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[2], d[3]), _mm512_unpackhi_epi32(d[2], d[3]));
         dots = _mm512_add_epi32(_mm512_unpacklo_epi64(e01, e23), _mm512_unpackhi_epi64(e01, e23));
         /* d and m of the 16 rows: one 32-bit gather, low and high halves */
-        g = _mm512_i32gather_epi32(vrb, (const void *)(w0 + off), 1);
+        g = _mm512_i32gather_epi32(vrb, (const void *)p, 1);
         t1 = GEMMA2__MUL_NF(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(g)), _mm512_set1_ps(xd[b]));
         t1 = GEMMA2__MUL_NF(t1, _mm512_cvtepi32_ps(dots));
         t2 = GEMMA2__MUL_NF(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16))), _mm512_set1_ps(xs[b]));
         acc = GEMMA2__ADD_NF(acc, GEMMA2__ADD_NF(t1, t2));
     }
-    _mm512_mask_storeu_ps(y + r, gemma2__mask16(n), acc);
+    gemma2__store16(y + r, S, keep, acc);
 }
 
 /* -- prefill -- */
 
-#define GEMMA2__QT_RB 48  /* rows per panel */
+/* Shapes, measured on 1 thread over q, k, v, o, gate, up and down of 2B for 128 tokens (the
+   weights from memory): 6 x 2 tiles were 2-3% faster than 4 x 3, 5 x 2 and 7 x 2 within
+   noise; 16-block panels 5% slower than 8 (the activations' slice then leaves L1); 4-block
+   panels and 96-row panels no better. */
+#ifndef GEMMA2__QT_MR
+#define GEMMA2__QT_MR 6   /* rows per tile */
+#define GEMMA2__QT_NR 2   /* runs of 16 tokens per tile (at most 4) */
+#define GEMMA2__QT_RB 48  /* rows per panel: a multiple of the tile's rows */
 #define GEMMA2__QT_KB 8   /* blocks per panel */
+#endif
+
 #define GEMMA2__QT_TC 128 /* tokens per pass */
 
 /* The panel: rows [r, r+nr) x blocks [b0, b0+nblk) of a Q8 or Q4 matrix as 32 unsigned
@@ -6742,8 +6875,8 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI void gemma2__qpanel_512(const gemma2_
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI void gemma2__qtile_512(const uint8_t *pq, const float *pd, const float *pm, const uint8_t *xb, size_t xrun,
                                                                 float *buf, int nblk, int first, const int MR, const int NR, const int Q4)
 {
-    __m512 y[4][3];
-    __m512i acc[4][3];
+    __m512 y[GEMMA2__QT_MR][GEMMA2__QT_NR];
+    __m512i acc[GEMMA2__QT_MR][GEMMA2__QT_NR];
     int i, v, b, g;
     GEMMA2__UNROLL for (i = 0; i < MR; i++) GEMMA2__UNROLL for (v = 0; v < NR; v++)
         y[i][v] = first ? _mm512_setzero_ps() : _mm512_load_ps(buf + (size_t)i * GEMMA2__QT_TC + 16 * v);
@@ -6752,7 +6885,7 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI void gemma2__qtile_512(const uint8_t 
         GEMMA2__UNROLL for (i = 0; i < MR; i++) GEMMA2__UNROLL for (v = 0; v < NR; v++)
             acc[i][v] = Q4 ? _mm512_setzero_si512() : _mm512_loadu_si512((const void *)(xp + (size_t)v * xrun + 640));
         GEMMA2__UNROLL for (g = 0; g < 8; g++) {
-            __m512i xv[3];
+            __m512i xv[GEMMA2__QT_NR];
             GEMMA2__UNROLL for (v = 0; v < NR; v++) xv[v] = _mm512_loadu_si512((const void *)(xp + (size_t)v * xrun + 64 * g));
             GEMMA2__UNROLL for (i = 0; i < MR; i++) {
                 int32_t wq;
@@ -6776,20 +6909,55 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI void gemma2__qtile_512(const uint8_t 
         _mm512_store_ps(buf + (size_t)i * GEMMA2__QT_TC + 16 * v, y[i][v]);
 }
 
+/* Prefetches rows [r, r+nr) x blocks [b0, b0+nblk) of a Q8 or Q4 matrix (the next panel,
+   while the tiles work on this one: its bytes come from memory, once per call). */
+GEMMA2__ALWAYS_INLINE void gemma2__qprefetch(const gemma2__mat *w, int r, int nr, int b0, int nblk)
+{
+    const size_t rb = gemma2__row_bytes(w->format, w->cols), bb = (size_t)gemma2__wformat_of(w->format)->block_bytes;
+    int i;
+    size_t o;
+    for (i = 0; i < nr; i++) {
+        const char *p = (const char *)w->data + (size_t)(r + i) * rb + (size_t)b0 * bb;
+        for (o = 0; o < (size_t)nblk * bb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+        _mm_prefetch(p + (size_t)nblk * bb - 1, _MM_HINT_T0);
+    }
+}
+
+/* The finished sums of nr rows (from row rb) x tc tokens (from token t0) in buf, to y:
+   transposed 16 x 16 at a time in registers, masked at the edges. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__qout_512(const gemma2__matmul_args *a, const float *buf, int rb, int nr, int t0, int tc)
+{
+    int i, t, l;
+    for (i = 0; i < nr; i += 16)
+        for (t = 0; t < tc; t += 16) {
+            __m512i v[16];
+            const __mmask16 m = gemma2__mask16(nr - i);
+            GEMMA2__UNROLL for (l = 0; l < 16; l++) v[l] = i + l < nr ? _mm512_castps_si512(_mm512_load_ps(buf + (size_t)(i + l) * GEMMA2__QT_TC + t)) : _mm512_setzero_si512();
+            gemma2__transpose16_512(v);
+            for (l = 0; l < 16 && t + l < tc; l++) _mm512_mask_storeu_ps(a->y + (size_t)(t0 + t + l) * (size_t)a->ldy + rb + i, m, _mm512_castsi512_ps(v[l]));
+        }
+}
+
 #define GEMMA2__QTILES(MR_)                                                                                       \
     do {                                                                                                          \
         const uint8_t *pq_ = pq + (size_t)i * GEMMA2__QT_KB * 32;                                                 \
         const float *pd_ = pd + i * GEMMA2__QT_KB, *pm_ = pm + i * GEMMA2__QT_KB;                                 \
         float *bf_ = buf + (size_t)i * GEMMA2__QT_TC + 16 * v;                                                    \
-        if (nv - v >= 3) gemma2__qtile_512(pq_, pd_, pm_, xb, xrun, bf_, nblk, kb == 0, MR_, 3, Q4);              \
-        else if (nv - v == 2) gemma2__qtile_512(pq_, pd_, pm_, xb, xrun, bf_, nblk, kb == 0, MR_, 2, Q4);         \
-        else gemma2__qtile_512(pq_, pd_, pm_, xb, xrun, bf_, nblk, kb == 0, MR_, 1, Q4);                          \
+        if (v == 0 && pnr > 0) gemma2__qprefetch(a->w, pr + i, GEMMA2__MIN(MR_, pnr - i), pb, pnb);               \
+        switch (GEMMA2__MIN(GEMMA2__QT_NR, nv - v)) {                                                            \
+        case 4: gemma2__qtile_512(pq_, pd_, pm_, xb, xrun, bf_, nblk, kb == 0, MR_, GEMMA2__MIN(4, GEMMA2__QT_NR), Q4); break; \
+        case 3: gemma2__qtile_512(pq_, pd_, pm_, xb, xrun, bf_, nblk, kb == 0, MR_, GEMMA2__MIN(3, GEMMA2__QT_NR), Q4); break; \
+        case 2: gemma2__qtile_512(pq_, pd_, pm_, xb, xrun, bf_, nblk, kb == 0, MR_, 2, Q4); break;                \
+        default: gemma2__qtile_512(pq_, pd_, pm_, xb, xrun, bf_, nblk, kb == 0, MR_, 1, Q4); break;               \
+        }                                                                                                         \
     } while (0)
 
 /* Rows [r0, r1) for all tokens on the Q8T layout: per pass of up to 128 tokens and block of
    48 rows, the columns 8 blocks at a time (a panel), each panel's tiles with the token runs
-   outside and the rows inside; the running sums wait in buf, and go to y transposed when
-   the block of rows is done. */
+   outside and the rows inside; the running sums wait in buf between panels, and the last
+   panel's tiles write y. While the tiles of one panel run, the first pass over its rows
+   prefetches the next panel's weights (rows pr.., blocks pb..): the weights are the only
+   bytes that come from memory, and the panel would otherwise wait for them. */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI void gemma2__matmul_qt_512(const gemma2__matmul_args *a, int r0, int r1, const int Q4)
 {
     GEMMA2__ALIGN64 float buf[GEMMA2__QT_RB * GEMMA2__QT_TC];
@@ -6797,24 +6965,24 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI void gemma2__matmul_qt_512(const gemm
     float pd[GEMMA2__QT_RB * GEMMA2__QT_KB], pm[GEMMA2__QT_RB * GEMMA2__QT_KB];
     const int K = a->w->cols, nb = (K + 31) / 32, nvt = (a->T + 15) / 16;
     const size_t xrun = gemma2__q8t_off(nb, 1, 0);
-    int v0, rb, kb, v, i, t;
+    int v0, rb, kb, v, i;
     for (v0 = 0; v0 < nvt; v0 += GEMMA2__QT_TC / 16) {
-        const int nv = GEMMA2__MIN(GEMMA2__QT_TC / 16, nvt - v0), t1 = GEMMA2__MIN(a->T, 16 * (v0 + nv));
+        const int nv = GEMMA2__MIN(GEMMA2__QT_TC / 16, nvt - v0);
         for (rb = r0; rb < r1; rb += GEMMA2__QT_RB) {
             const int nr = GEMMA2__MIN(GEMMA2__QT_RB, r1 - rb);
             for (kb = 0; kb < nb; kb += GEMMA2__QT_KB) {
-                const int nblk = GEMMA2__MIN(GEMMA2__QT_KB, nb - kb);
+                const int nblk = GEMMA2__MIN(GEMMA2__QT_KB, nb - kb), last = kb + GEMMA2__QT_KB >= nb; /* the last panel */
+                /* the next panel: the next blocks of these rows, or the first of the next rows */
+                const int pr = last ? rb + GEMMA2__QT_RB : rb, pb = last ? 0 : kb + GEMMA2__QT_KB;
+                const int pnr = GEMMA2__MIN(GEMMA2__QT_RB, r1 - pr), pnb = GEMMA2__MIN(GEMMA2__QT_KB, nb - pb);
                 gemma2__qpanel_512(a->w, rb, nr, kb, nblk, pq, pd, pm, Q4);
-                for (v = 0; v < nv; v += 3) {
+                for (v = 0; v < nv; v += GEMMA2__QT_NR) {
                     const uint8_t *xb = (const uint8_t *)a->xp + gemma2__q8t_off(nb, v0 + v, kb);
-                    for (i = 0; i + 4 <= nr; i += 4) GEMMA2__QTILES(4);
+                    for (i = 0; i + GEMMA2__QT_MR <= nr; i += GEMMA2__QT_MR) GEMMA2__QTILES(GEMMA2__QT_MR);
                     for (; i < nr; i++) GEMMA2__QTILES(1);
                 }
             }
-            for (t = 16 * v0; t < t1; t++) {
-                float *y = a->y + (size_t)t * (size_t)a->ldy + rb;
-                for (i = 0; i < nr; i++) y[i] = buf[(size_t)i * GEMMA2__QT_TC + (t - 16 * v0)];
-            }
+            gemma2__qout_512(a, buf, rb, nr, 16 * v0, GEMMA2__MIN(a->T - 16 * v0, GEMMA2__QT_TC));
         }
     }
 }
@@ -6828,7 +6996,7 @@ static GEMMA2__T_AVX512VNNI void gemma2__matmul_qt_q4(const gemma2__matmul_args 
 static GEMMA2__T_AVX512VNNI void gemma2__matmul_avx512vnni_q(const gemma2__matmul_args *a, int r0, int r1, int q4)
 {
     const int K = a->w->cols, nb = (K + 31) / 32;
-    int t, r;
+    int t, r, S, S0, k;
     if (a->xp_kind == GEMMA2__PACK_Q8T) {
         if (q4) gemma2__matmul_qt_q4(a, r0, r1);
         else gemma2__matmul_qt_q8(a, r0, r1);
@@ -6839,14 +7007,37 @@ static GEMMA2__T_AVX512VNNI void gemma2__matmul_avx512vnni_q(const gemma2__matmu
         else gemma2__matmul_ref_q8(a, r0, r1);
         return;
     }
+    /* 16 rows at a time, S rows apart (S groups interleaved over 16 S rows) so that each of the
+       16 streams has its 4 KB pages to itself: streams that share pages defeat the hardware
+       prefetchers, which follow one stream per page (measured on plain reads with the Q8 and Q4
+       decode patterns, one thread: 9.4 and 7.1 GB/s with neighbouring rows, 13.6 and 10.9 rows 4
+       apart, 13.5 for the bf16 kernels' 8 rows of 4.6 KB). S: the smallest power of 2 that puts
+       the streams 8 KB apart, smaller where the rows left are too few. The last few rows go as
+       the last 16 of the matrix, keeping only the new ones (the same arithmetic: the same bits),
+       or through the reference below 16 rows. */
+    for (S0 = 1; S0 < 8 && (size_t)S0 * gemma2__row_bytes(a->w->format, K) < 8192; S0 *= 2) {}
     for (t = 0; t < a->T; t++) {
         const uint8_t *xp = (const uint8_t *)a->xp + (size_t)t * gemma2__q8_tok_bytes(K);
         const int8_t *xq = (const int8_t *)xp;
         const float *xd = (const float *)(const void *)(xp + (size_t)nb * 32);
         float *y = a->y + (size_t)t * (size_t)a->ldy;
-        for (r = r0; r < r1; r += 16) {
-            if (q4) gemma2__matvec_q4x16(a, xq, xd, y, r, GEMMA2__MIN(16, r1 - r));
-            else gemma2__matvec_q8x16(a, xq, xd, y, r, GEMMA2__MIN(16, r1 - r));
+        r = r0;
+        for (S = S0; S >= 1; S /= 2)
+            for (; r + 16 * S <= r1; r += 16 * S)
+                for (k = 0; k < S; k++) {
+                    if (q4) gemma2__matvec_q4x16(a, xq, xd, y, r + k, S, 0xffff);
+                    else gemma2__matvec_q8x16(a, xq, xd, y, r + k, S, 0xffff);
+                }
+        if (r < r1) {
+            int r16 = r1 - 16;
+            __mmask16 keep = (__mmask16)(0xffffu << (r - r16));
+            if (r16 < 0) {
+                gemma2__matmul_args a1 = *a;
+                a1.y = y; a1.xp = xp; a1.T = 1;
+                if (q4) gemma2__matmul_ref_q4(&a1, r, r1);
+                else gemma2__matmul_ref_q8(&a1, r, r1);
+            } else if (q4) gemma2__matvec_q4x16(a, xq, xd, y, r16, 1, keep);
+            else gemma2__matvec_q8x16(a, xq, xd, y, r16, 1, keep);
         }
     }
 }
@@ -7041,34 +7232,6 @@ static GEMMA2__T_AVX512 void gemma2__to_bf16x3_avx512(uint16_t *dst, const float
             _mm256_storeu_si256((__m256i *)(blk + 32 * b), h);
             r = _mm512_sub_ps(r, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
         }
-    }
-}
-
-/* Transposes 16 x 16 32-bit elements in registers: r[i] holds row i, on return r[j] holds
-   column j. Unpack 32-bit, unpack 64-bit, then two 128-bit lane shuffles: the textbook
-   4-stage network, 64 shuffles for 256 elements. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__transpose16_512(__m512i r[16])
-{
-    __m512i t[16], u[16];
-    int i, c;
-    GEMMA2__UNROLL for (i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    /* u[4g + c], 128-bit lane L: rows 4g..4g+3 of column 4L + c */
-    GEMMA2__UNROLL for (i = 0; i < 4; i++) {
-        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    GEMMA2__UNROLL for (c = 0; c < 4; c++) {
-        __m512i a = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), b = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
-        __m512i a2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88), b2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
-        r[c] = _mm512_shuffle_i32x4(a, a2, 0x88);
-        r[8 + c] = _mm512_shuffle_i32x4(a, a2, 0xdd);
-        r[4 + c] = _mm512_shuffle_i32x4(b, b2, 0x88);
-        r[12 + c] = _mm512_shuffle_i32x4(b, b2, 0xdd);
     }
 }
 
@@ -7338,89 +7501,6 @@ static GEMMA2__T_AVX512 void gemma2__rope_avx512(float *x, int n_heads, int hd, 
             __m512 co = _mm512_maskz_loadu_ps(m, cs + i), si = _mm512_maskz_loadu_ps(m, cs + half + i);
             _mm512_mask_storeu_ps(x + i, m, _mm512_sub_ps(_mm512_mul_ps(a, co), _mm512_mul_ps(b, si)));
             _mm512_mask_storeu_ps(x + half + i, m, _mm512_add_ps(_mm512_mul_ps(b, co), _mm512_mul_ps(a, si)));
-        }
-}
-
-/* The Q8 layouts (GEMMA2__PACK_Q8, _Q8T): quantized 32 columns at a time. */
-/* x[0 .. n) (n <= 32, zeros past n) quantized as gemma2__q8_quantize does, bit for bit:
-   d = absmax / 127, q = round-half-away-from-zero(x / d) by a true division (the remainder
-   after truncation is exact, and rounds away at 1/2 as roundf does), all zero if d == 0.
-   Returns the 32 quants; *d_out = d, *sum_out = the integer sum of the quants. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m256i gemma2__q8_quant32_512(const float *x, int n, float *d_out, int32_t *sum_out)
-{
-    __m512 a = _mm512_maskz_loadu_ps(gemma2__mask16(n), x), b = _mm512_maskz_loadu_ps(gemma2__mask16(n - 16), x + 16);
-    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f), sgn = _mm512_set1_ps(-0.0f);
-    float d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 127.0f;
-    __m512 v[2], t;
-    __m512i q[2];
-    int i;
-    *d_out = d;
-    if (d == 0) { *sum_out = 0; return _mm256_setzero_si256(); }
-    v[0] = _mm512_div_ps(a, _mm512_set1_ps(d));
-    v[1] = _mm512_div_ps(b, _mm512_set1_ps(d));
-    for (i = 0; i < 2; i++) {
-        __mmask16 up;
-        t = _mm512_roundscale_ps(v[i], _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-        up = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v[i], t)), half, _CMP_GE_OQ);
-        t = _mm512_mask_add_ps(t, up, t, _mm512_or_ps(_mm512_and_ps(v[i], sgn), one));
-        q[i] = _mm512_cvttps_epi32(t);
-    }
-    *sum_out = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(q[0])), _mm512_cvtepi32_epi8(q[1]), 1);
-}
-
-/* GEMMA2__PACK_Q8: tokens [j0, j1), block by block. */
-static GEMMA2__T_AVX512 void gemma2__pack_q8_avx512(uint8_t *xp, const float *x, int K, int j0, int j1)
-{
-    const int nb = (K + 31) / 32;
-    int t, b;
-    for (t = j0; t < j1; t++) {
-        uint8_t *o = xp + (size_t)t * gemma2__q8_tok_bytes(K);
-        float *od = (float *)(void *)(o + (size_t)nb * 32);
-        for (b = 0; b < nb; b++) {
-            int32_t sum;
-            _mm256_storeu_si256((__m256i *)(void *)(o + (size_t)b * 32), gemma2__q8_quant32_512(x + (size_t)t * K + (size_t)b * 32, K - b * 32, &od[b], &sum));
-            od[nb + b] = od[b] * (float)sum;
-        }
-    }
-}
-
-/* GEMMA2__PACK_Q8T: blocks [j0, j1), two at a time per run of 16 tokens: each token's 64
-   quants are one register, and the 16 x 16 transpose turns them into the 16 (group, block)
-   registers of the layout. */
-static GEMMA2__T_AVX512 void gemma2__pack_q8t_avx512(uint8_t *xp, const float *x, int T, int K, int j0, int j1)
-{
-    const int nb = (K + 31) / 32;
-    int t, b, l, g;
-    for (t = 0; t < T; t += 16)
-        for (b = j0; b < j1; b += 2) {
-            const int nblk = GEMMA2__MIN(2, j1 - b);
-            uint8_t *o[2];
-            __m512i q[16];
-            o[0] = xp + gemma2__q8t_off(nb, t / 16, b);
-            o[1] = o[0] + GEMMA2__Q8T_BYTES;
-            for (l = 0; l < 16; l++) {
-                __m256i h[2];
-                int k;
-                h[1] = _mm256_setzero_si256();
-                for (k = 0; k < nblk; k++) {
-                    float *od = (float *)(void *)(o[k] + 512);
-                    int32_t *oc = (int32_t *)(void *)(o[k] + 640);
-                    if (t + l < T) {
-                        int32_t sum;
-                        h[k] = gemma2__q8_quant32_512(x + (size_t)(t + l) * K + (size_t)(b + k) * 32, K - (b + k) * 32, &od[l], &sum);
-                        od[16 + l] = od[l] * (float)sum;
-                        oc[l] = -128 * sum;
-                    } else {
-                        h[k] = _mm256_setzero_si256();
-                        od[l] = od[16 + l] = 0;
-                        oc[l] = 0;
-                    }
-                }
-                q[l] = _mm512_inserti64x4(_mm512_castsi256_si512(h[0]), h[1], 1);
-            }
-            gemma2__transpose16_512(q);
-            for (g = 0; g < 8 * nblk; g++) _mm512_storeu_si512((void *)(o[g / 8] + 64 * (g % 8)), q[g]);
         }
 }
 
