@@ -862,16 +862,24 @@ typedef struct gemma2__mat {
               as nb = ceil(K/32) blocks of 32 int8 quants, then nb float32 scales dx, then nb
               float32 block sums sx = dx * (sum of the block's quants), which Q4's minimum
               multiplies: 40 nb bytes per token (integer dot products on Q8 and Q4 weights)
+     Q8T      the same quants, dx and sx, transposed for the prefill tiles of the integer dot
+              products: tokens in runs of 16, per run and block (run-major) 704 bytes at
+              gemma2__q8t_off: 8 groups of 4 columns x 16 tokens x 4 quants (group g, token l:
+              bytes 64 g + 4 l, quants of columns 4g..4g+3 of the block), then 16 float32 dx, 16
+              float32 sx, 16 int32 c = -128 (sum of the block's quants), tokens past T all zero
    Transposed layouts store (row j, token t) at gemma2__xt_off: tokens in runs of 32, each run
    holding every row, 4 bytes per value; tokens past T are zero up to a multiple of 16 (no
    kernel reads further). */
-enum { GEMMA2__PACK_NONE, GEMMA2__PACK_BF16, GEMMA2__PACK_XT_F32, GEMMA2__PACK_XT_BF16, GEMMA2__PACK_X3, GEMMA2__PACK_Q8, GEMMA2__PACK_COUNT };
+enum { GEMMA2__PACK_NONE, GEMMA2__PACK_BF16, GEMMA2__PACK_XT_F32, GEMMA2__PACK_XT_BF16, GEMMA2__PACK_X3, GEMMA2__PACK_Q8, GEMMA2__PACK_Q8T, GEMMA2__PACK_COUNT };
 
 static GEMMA2__MAYBE_UNUSED size_t gemma2__xt_off(int rows, int j, int t) { return ((size_t)(t >> 5) * (size_t)rows + (size_t)j) * 32 + (size_t)(t & 31); }
 static size_t gemma2__x3_elems(int K) { return (size_t)(K + 31) / 32 * 96; }
 /* Bytes of one token in the Q8 layout: nb blocks of quants, then nb scales at 32 nb, then nb
    block sums at 36 nb. */
 static size_t gemma2__q8_tok_bytes(int K) { return (size_t)(K + 31) / 32 * 40; }
+/* Byte offset of (run of 16 tokens v, block b) in the Q8T layout of nb blocks per token. */
+#define GEMMA2__Q8T_BYTES 704
+static GEMMA2__MAYBE_UNUSED size_t gemma2__q8t_off(int nb, int v, int b) { return ((size_t)v * (size_t)nb + (size_t)b) * GEMMA2__Q8T_BYTES; }
 
 /* Rows of a layout: the unit in which gemma2__pack splits it over threads. */
 static int gemma2__pack_rows(int kind, int T, int K)
@@ -882,6 +890,7 @@ static int gemma2__pack_rows(int kind, int T, int K)
     case GEMMA2__PACK_XT_BF16: return (K + 1) / 2;
     case GEMMA2__PACK_X3: return 1;
     case GEMMA2__PACK_Q8: return T;
+    case GEMMA2__PACK_Q8T: return (K + 31) / 32;
     default: return 0;
     }
 }
@@ -895,6 +904,7 @@ static size_t gemma2__pack_bytes(int kind, int T, int K)
     case GEMMA2__PACK_XT_BF16: return (size_t)K * (size_t)((T + 31) & ~31) * 4;
     case GEMMA2__PACK_X3: return gemma2__x3_elems(K) * 2;
     case GEMMA2__PACK_Q8: return (size_t)T * gemma2__q8_tok_bytes(K);
+    case GEMMA2__PACK_Q8T: return gemma2__q8t_off((K + 31) / 32, (T + 15) / 16, 0);
     default: return 0;
     }
 }
@@ -1529,6 +1539,25 @@ static void gemma2__pack_ref(void *xp, int kind, const float *x, int T, int K, i
     case GEMMA2__PACK_X3: gemma2__to_bf16x3_scalar((uint16_t *)xp, x, K); break;
     case GEMMA2__PACK_Q8:
         for (t = j0; t < j1; t++) gemma2__q8_pack_token((uint8_t *)xp + (size_t)t * gemma2__q8_tok_bytes(K), x + (size_t)t * K, K);
+        break;
+    case GEMMA2__PACK_Q8T: /* rows are blocks */
+        for (j = j0; j < j1; j++)
+            for (t = 0; t < Tp; t += 16) {
+                uint8_t *o8 = (uint8_t *)xp + gemma2__q8t_off(rows, t / 16, j);
+                float *od = (float *)(void *)(o8 + 512);
+                int32_t *oc = (int32_t *)(void *)(o8 + 640);
+                int l, i;
+                memset(o8, 0, GEMMA2__Q8T_BYTES);
+                for (l = 0; l < 16 && t + l < T; l++) {
+                    int8_t q[32];
+                    int32_t sum = 0;
+                    float d = gemma2__q8_quantize(q, x + (size_t)(t + l) * K + (size_t)j * 32, GEMMA2__MIN(32, K - j * 32));
+                    for (i = 0; i < 32; i++) { o8[64 * (i / 4) + 4 * l + i % 4] = (uint8_t)q[i]; sum += q[i]; }
+                    od[l] = d;
+                    od[16 + l] = gemma2__q8_block_sum(q, d);
+                    oc[l] = -128 * sum;
+                }
+            }
         break;
     case GEMMA2__PACK_XT_F32:
     case GEMMA2__PACK_XT_BF16:
@@ -6745,6 +6774,34 @@ static inline __mmask16 gemma2__mask16(int left)
     return (__mmask16)(left >= 16 ? 0xffffu : left <= 0 ? 0u : (1u << left) - 1);
 }
 
+/* Transposes 16 x 16 32-bit elements in registers: r[i] holds row i, on return r[j] holds
+   column j. Unpack 32-bit, unpack 64-bit, then two 128-bit lane shuffles: the textbook
+   4-stage network, 64 shuffles for 256 elements. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__transpose16_512(__m512i r[16])
+{
+    __m512i t[16], u[16];
+    int i, c;
+    GEMMA2__UNROLL for (i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    /* u[4g + c], 128-bit lane L: rows 4g..4g+3 of column 4L + c */
+    GEMMA2__UNROLL for (i = 0; i < 4; i++) {
+        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    GEMMA2__UNROLL for (c = 0; c < 4; c++) {
+        __m512i a = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), b = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
+        __m512i a2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88), b2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
+        r[c] = _mm512_shuffle_i32x4(a, a2, 0x88);
+        r[8 + c] = _mm512_shuffle_i32x4(a, a2, 0xdd);
+        r[4 + c] = _mm512_shuffle_i32x4(b, b2, 0x88);
+        r[12 + c] = _mm512_shuffle_i32x4(b, b2, 0xdd);
+    }
+}
+
 /* ---- decode: one token at a time ----------------------------------------------------
 
    R = 8 rows at once: a single core's read rate is limited by how many cache-line misses it
@@ -7137,110 +7194,474 @@ static GEMMA2__T_AVX512 void gemma2__matmul_512_f32w(const gemma2__matmul_args *
     }
 }
 
-/* ---- Q8 weights: integer dot products (AVX512_VNNI) ----------------------------------
+/* ---- Q8 and Q4 weights: integer dot products (AVX512_VNNI) ---------------------------
 
-   vpdpbusd multiplies unsigned bytes by signed bytes, four at a time into int32 lanes, but
-   both the weight and the activation quants are signed. The sign trick makes them fit: |w|
-   (unsigned) times x with w's sign moved onto it (vpsignb: -x where w < 0, 0 where w == 0)
-   gives the same products w x, exactly (|w|, |x| <= 127, no saturation anywhere). That is 2
-   cheap ops per row and block; the alternative, x + 128 as unsigned once per token, needs a
-   second vpdpbusd per row and block for the correction 128 sum(w), since the format stores no
-   block sums: the same count, plus a second accumulator. Both keep the bytes per cycle far
-   above what memory delivers; the sign trick keeps the products the reference's.
+   The reference products (gemma2__matmul_ref_q8, _q4) sum each output over its row's blocks
+   in order, with float32 steps on an exact int32 dot of 32 weight and 32 activation quants
+   per block. These kernels compute the same integer dots exactly and then the same float32
+   steps in the same order (a multiply, a multiply, an add; for Q4 a multiply and two adds
+   more), so their results are the reference's to the bit, whatever the kernel, tile, thread
+   split or chunking. The float steps go through the _round_ intrinsics (with the current
+   rounding): GNU C's -ffp-contract=fast fuses the plain ones into FMAs, which round once
+   where the reference rounds twice.
 
-   One token, R = 8 rows (the streams of gemma2__matvec_512bh): per block, each row's 32
-   quants go through one 256-bit vpdpbusd into 8 int32 partial sums; the 8 rows' vectors are
-   then summed across lanes together (3 levels of vphaddd and one cross-half add: integer
-   adds, exact) into one vector of 8 int32 dots, one per row: the reference's integer dots.
-   Those are converted (exact: |dot| < 2^24), scaled by fp16 dw x dx and added per row in
-   block order, a multiply and then an add as the reference does, so the result is the
-   reference's to the bit. Each row stream is prefetched GEMMA2__PF bytes ahead every other
-   block (68 bytes, about one line: prefetching every block measured slower in cache, 13 vs
-   19 GB/s on one core). The 8 scales come in with one gather. Blocks are whole in memory (zero-padded quants), so any K runs
-   without masks. Several tokens: each token in turn through the same kernel (prefill is
-   bound by these dots then, not by memory: a blocked prefill kernel that reuses each loaded
-   block for several tokens is future work). */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI __m256i gemma2__q8_dot32(const uint8_t *blk, __m256i xq)
+   Signs. vpdpbusd multiplies unsigned bytes by signed bytes, four at a time into int32
+   lanes. Q4 quants (0..15) are unsigned as they are. Q8 weight quants are signed: flipped to
+   w + 128 (xor 0x80) they are unsigned, and the dot gains 128 times the sum of the
+   activation quants, which is the same for every row: it is subtracted once per block and
+   token, as the starting value of the accumulators (-128 x each lane's four activation
+   quants, so that a row's lanes add up to the correction), and costs nothing per row.
+
+   Decode (one token) is bound by memory: 34 (Q8) or 20 (Q4) bytes per 32 weights, each
+   used once. What limits it is the instructions per byte: every one of them occupies the
+   out-of-order window that must also hold the cache misses in flight. So the kernel takes 16
+   rows at once and puts their 16 block dots in the 16 lanes of one register: per block,
+   Q8 fills 8 registers with two rows' 32 quants each (a 32-byte load and a 32-byte insert),
+   one vpdpbusd each against the activation block in both halves, and a tree of 7
+   interleave-and-add steps (14 shuffles, 7 adds, all exact integer adds) leaves row i's dot
+   in lane i. Q4 puts four rows' 16 nibble bytes in a register (a load and three inserts),
+   masks and shifts out the low (elements 0..15) and high (16..31) nibbles, two vpdpbusd
+   against the activation halves, and a 3-step tree. The 16 rows' fp16 block heads (Q8: d;
+   Q4: d and m) come in with one 32-bit gather. Then the float steps for 16 rows at once in
+   one accumulator, lane i holding row i's running sum: one multiply-add chain per 16 rows
+   and block, no reduction at the end. Per 16 row-blocks (544 bytes) that is ~55 instructions
+   for Q8, where one vpdpbusd per row and block, with an 8-lane reduction each, took ~140 for
+   the same bytes. Rows past the last whole 16 repeat the last row and are not stored.
+
+   Prefill (several tokens) is bound by the integer dot products: each weight serves every
+   token, and a 512-bit vpdpbusd does 64 multiply-adds. The tile turns the product around as
+   the bf16 prefill tile does: 16 tokens across the lanes of a register, 4 rows x 48 tokens
+   of outputs. Activations come quantized and transposed (GEMMA2__PACK_Q8T): per block,
+   group of 4 columns and 16 tokens one register of 64 bytes, each lane a token's 4 quants;
+   weights are broadcast 4 quants (32 bits) at a time. Per block that is 8 x 12 vpdpbusd into
+   12 int32 accumulators (started from the Q8 correction), then per row and token run the
+   float steps: convert, scale dw x dx, multiply, add (Q4: times m, plus sx, two adds) in 12
+   float accumulators. The weight blocks are first unpacked, 48 rows x 8 blocks at a time,
+   into a small panel (Q8: xor 0x80; Q4: nibbles into bytes) with their heads as floats: done
+   once for all the call's tokens, it leaves the inner loop nothing but loads, broadcasts and
+   vpdpbusd. The 8 x 16 x 704-byte activation slice of three token runs and the panel stay
+   in L1 while the 12 row tiles pass over them.
+
+   Why vpdpbusd and not vdpbf16ps on exact bf16 quants, on the AVX512_BF16 set too: int8
+   quants are exact in bf16 and vdpbf16ps would sum their products exactly in float32, but it
+   does 32 multiply-adds per instruction to vpdpbusd's 64, and on the CPU this was tuned on
+   (Intel Xeon, Emerald Rapids) it issues one every 2 cycles to vpdpbusd's two per cycle:
+   1/8 of the integer rate (measured, 12 independent chains each: 8.9 vs 2.3 ns per 12). The
+   float steps per block are the same in both. */
+
+/* Float32 steps that must not become fused multiply-adds (see above). */
+#define GEMMA2__MUL_NF(a, b) _mm512_mul_round_ps((a), (b), _MM_FROUND_CUR_DIRECTION)
+#define GEMMA2__ADD_NF(a, b) _mm512_add_round_ps((a), (b), _MM_FROUND_CUR_DIRECTION)
+
+/* -- activations: the Q8 layouts (GEMMA2__PACK_Q8, _Q8T), 32 columns at a time -- */
+
+/* x[0 .. n) (n <= 32, zeros past n) quantized as gemma2__q8_quantize does, bit for bit:
+   d = absmax / 127, q = round-half-away-from-zero(x / d) by a true division (the remainder
+   after truncation is exact, and rounds away at 1/2 as roundf does), all zero if d == 0.
+   Returns the 32 quants; *d_out = d, *sum_out = the integer sum of the quants. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m256i gemma2__q8_quant32_512(const float *x, int n, float *d_out, int32_t *sum_out)
 {
-    __m256i wq = _mm256_loadu_si256((const __m256i *)(const void *)(blk + 2));
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(wq), _mm256_sign_epi8(xq, wq));
+    __m512 a = _mm512_maskz_loadu_ps(gemma2__mask16(n), x), b = _mm512_maskz_loadu_ps(gemma2__mask16(n - 16), x + 16);
+    const __m512 half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f), sgn = _mm512_set1_ps(-0.0f);
+    float d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 127.0f;
+    __m512 v[2], t;
+    __m512i q[2];
+    int i;
+    *d_out = d;
+    if (d == 0) { *sum_out = 0; return _mm256_setzero_si256(); }
+    v[0] = _mm512_div_ps(a, _mm512_set1_ps(d));
+    v[1] = _mm512_div_ps(b, _mm512_set1_ps(d));
+    for (i = 0; i < 2; i++) {
+        __mmask16 up;
+        t = _mm512_roundscale_ps(v[i], _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        up = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v[i], t)), half, _CMP_GE_OQ);
+        t = _mm512_mask_add_ps(t, up, t, _mm512_or_ps(_mm512_and_ps(v[i], sgn), one));
+        q[i] = _mm512_cvttps_epi32(t);
+    }
+    *sum_out = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(q[0])), _mm512_cvtepi32_epi8(q[1]), 1);
 }
 
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI float gemma2__f16_at(const uint8_t *p)
+/* GEMMA2__PACK_Q8: tokens [j0, j1), block by block. */
+static GEMMA2__T_AVX512 void gemma2__pack_q8_avx512(uint8_t *xp, const float *x, int K, int j0, int j1)
 {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
-
-/* Rows r .. r+7, one token whose quants are xq (nb blocks of 32) and scales xd. */
-static GEMMA2__T_AVX512VNNI void gemma2__matvec_q8x8(const gemma2__matmul_args *a, const int8_t *xq, const float *xd, float *y, int r)
-{
-    const int K = a->w->cols, nb = (K + 31) / 32;
-    const size_t rb = gemma2__row_bytes(GEMMA2__WF_Q8, K);
-    const uint8_t *w0 = (const uint8_t *)a->w->data + (size_t)r * rb;
-    const __m256i vrb = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)rb));
-    __m256 acc = _mm256_setzero_ps();
-    int b, i;
-    for (b = 0; b < nb; b++) {
-        const uint8_t *p = w0 + (size_t)b * GEMMA2__Q8_BYTES;
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)b * 32)), d[8];
-        __m256i h01, h23, h45, h67, h03, h47, dots;
-        __m128i dw;
-        __m256 scale;
-        GEMMA2__UNROLL for (i = 0; i < 8; i++) {
-            if (b & 1) _mm_prefetch((const char *)(p + (size_t)i * rb) + GEMMA2__PF, _MM_HINT_T0);
-            d[i] = gemma2__q8_dot32(p + (size_t)i * rb, xv);
+    const int nb = (K + 31) / 32;
+    int t, b;
+    for (t = j0; t < j1; t++) {
+        uint8_t *o = xp + (size_t)t * gemma2__q8_tok_bytes(K);
+        float *od = (float *)(void *)(o + (size_t)nb * 32);
+        for (b = 0; b < nb; b++) {
+            int32_t sum;
+            _mm256_storeu_si256((__m256i *)(void *)(o + (size_t)b * 32), gemma2__q8_quant32_512(x + (size_t)t * K + (size_t)b * 32, K - b * 32, &od[b], &sum));
+            od[nb + b] = od[b] * (float)sum;
         }
-        h01 = _mm256_hadd_epi32(d[0], d[1]); h23 = _mm256_hadd_epi32(d[2], d[3]);
-        h45 = _mm256_hadd_epi32(d[4], d[5]); h67 = _mm256_hadd_epi32(d[6], d[7]);
-        h03 = _mm256_hadd_epi32(h01, h23); h47 = _mm256_hadd_epi32(h45, h67);
-        /* h03 = rows 0-3 over lanes 0-3 | rows 0-3 over lanes 4-7; h47 likewise */
-        dots = _mm256_add_epi32(_mm256_permute2x128_si256(h03, h47, 0x20), _mm256_permute2x128_si256(h03, h47, 0x31));
-        /* the 8 rows' fp16 scales: 32-bit gathers (scale and 2 quants, inside the block), low halves */
-        dw = _mm256_cvtepi32_epi16(_mm256_i32gather_epi32((const int *)(const void *)p, vrb, 1));
-        scale = _mm256_mul_ps(_mm256_cvtph_ps(dw), _mm256_set1_ps(xd[b]));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(scale, _mm256_cvtepi32_ps(dots)));
     }
-    _mm256_storeu_ps(y + r, acc);
 }
 
-/* One row (the rows past the last group of 8): the same arithmetic, one row at a time. */
-static GEMMA2__T_AVX512VNNI void gemma2__matvec_q8x1(const gemma2__matmul_args *a, const int8_t *xq, const float *xd, float *y, int r)
+/* GEMMA2__PACK_Q8T: blocks [j0, j1), two at a time per run of 16 tokens: each token's 64
+   quants are one register, and the 16 x 16 transpose turns them into the 16 (group, block)
+   registers of the layout. */
+static GEMMA2__T_AVX512 void gemma2__pack_q8t_avx512(uint8_t *xp, const float *x, int T, int K, int j0, int j1)
 {
-    const int K = a->w->cols, nb = (K + 31) / 32;
-    const uint8_t *p = (const uint8_t *)a->w->data + (size_t)r * gemma2__row_bytes(GEMMA2__WF_Q8, K);
-    float s = 0;
-    int b;
-    for (b = 0; b < nb; b++, p += GEMMA2__Q8_BYTES) {
-        __m256i d = gemma2__q8_dot32(p, _mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)b * 32)));
-        __m128i d4 = _mm_add_epi32(_mm256_castsi256_si128(d), _mm256_extracti128_si256(d, 1));
-        int32_t idot;
-        float scale = gemma2__f16_at(p) * xd[b];
-        d4 = _mm_add_epi32(d4, _mm_shuffle_epi32(d4, 0x4e));
-        d4 = _mm_add_epi32(d4, _mm_shuffle_epi32(d4, 0xb1));
-        idot = _mm_cvtsi128_si32(d4);
-        s += scale * (float)idot;
-    }
-    y[r] = s;
+    const int nb = (K + 31) / 32;
+    int t, b, l, g;
+    for (t = 0; t < T; t += 16)
+        for (b = j0; b < j1; b += 2) {
+            const int nblk = GEMMA2__MIN(2, j1 - b);
+            uint8_t *o[2];
+            __m512i q[16];
+            o[0] = xp + gemma2__q8t_off(nb, t / 16, b);
+            o[1] = o[0] + GEMMA2__Q8T_BYTES;
+            for (l = 0; l < 16; l++) {
+                __m256i h[2];
+                int k;
+                h[1] = _mm256_setzero_si256();
+                for (k = 0; k < nblk; k++) {
+                    float *od = (float *)(void *)(o[k] + 512);
+                    int32_t *oc = (int32_t *)(void *)(o[k] + 640);
+                    if (t + l < T) {
+                        int32_t sum;
+                        h[k] = gemma2__q8_quant32_512(x + (size_t)(t + l) * K + (size_t)(b + k) * 32, K - (b + k) * 32, &od[l], &sum);
+                        od[16 + l] = od[l] * (float)sum;
+                        oc[l] = -128 * sum;
+                    } else {
+                        h[k] = _mm256_setzero_si256();
+                        od[l] = od[16 + l] = 0;
+                        oc[l] = 0;
+                    }
+                }
+                q[l] = _mm512_inserti64x4(_mm512_castsi256_si512(h[0]), h[1], 1);
+            }
+            gemma2__transpose16_512(q);
+            for (g = 0; g < 8 * nblk; g++) _mm512_storeu_si512((void *)(o[g / 8] + 64 * (g % 8)), q[g]);
+        }
 }
 
-/* Q8 weights on Q8 activations (GEMMA2__PACK_Q8); unpacked activations take the reference,
-   which quantizes them itself (same results). */
-static GEMMA2__T_AVX512VNNI void gemma2__matmul_avx512vnni_q8(const gemma2__matmul_args *a, int r0, int r1)
+/* -- decode -- */
+
+/* Row j (0..15, a constant once unrolled) of 16 rows rb bytes apart, the first at p, the
+   ninth at p8: base + index x scale with the index one of rb, 3 rb, 5 rb, 7 rb, so that the
+   16 streams take 6 registers. */
+GEMMA2__ALWAYS_INLINE const uint8_t *gemma2__row16(const uint8_t *p, const uint8_t *p8, const size_t *m, int j)
+{
+    const uint8_t *b = j < 8 ? p : p8;
+    switch (j & 7) {
+    case 0: return b;
+    case 1: return b + m[0];
+    case 2: return b + 2 * m[0];
+    case 3: return b + m[1];
+    case 4: return b + 4 * m[0];
+    case 5: return b + m[2];
+    case 6: return b + 2 * m[1];
+    default: return b + m[3];
+    }
+}
+
+/* y[S i] = v[i] for the lanes i of keep. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__store16(float *y, int S, __mmask16 keep, __m512 v)
+{
+    if (S == 1) _mm512_mask_storeu_ps(y, keep, v);
+    else _mm512_mask_i32scatter_ps(y, keep, _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(S)), v, 4);
+}
+
+/* Rows r, r+S, .., r+15S of one token, quants xq (nb blocks of 32) and scales xd; stores
+   the rows of `keep` (a lane mask). */
+static GEMMA2__T_AVX512VNNI void gemma2__matvec_q8x16(const gemma2__matmul_args *a, const int8_t *xq, const float *xd, float *y, int r, int S, __mmask16 keep)
 {
     const int K = a->w->cols, nb = (K + 31) / 32;
-    int t, r;
-    if (a->xp_kind != GEMMA2__PACK_Q8) { gemma2__matmul_ref_q8(a, r0, r1); return; }
+    const size_t rb = gemma2__row_bytes(GEMMA2__WF_Q8, K) * (size_t)S, m[4] = {rb, 3 * rb, 5 * rb, 7 * rb};
+    const uint8_t *p = (const uint8_t *)a->w->data + (size_t)r * (rb / (size_t)S), *p8 = p + 8 * rb, *pf = p + GEMMA2__PF, *pf8 = p8 + GEMMA2__PF;
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    const __m512i vrb = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)rb));
+    __m512 acc = _mm512_setzero_ps();
+    int b, j;
+    for (b = 0; b < nb; b++, p += GEMMA2__Q8_BYTES, p8 += GEMMA2__Q8_BYTES, pf += GEMMA2__Q8_BYTES, pf8 += GEMMA2__Q8_BYTES) {
+        const __m512i xv = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)b * 32)));
+        const __m512i c = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, xv));
+        __m512i d[8], e01, e23, e45, e67, f0, f1, dots;
+        __m512 scale;
+        /* register j holds rows j and j+4 (j < 4), j+4 and j+8 (j >= 4): the tree below then
+           leaves row i in lane i */
+        GEMMA2__UNROLL for (j = 0; j < 8; j++) {
+            const uint8_t *ra = gemma2__row16(p, p8, m, j < 4 ? j : j + 4), *rc = gemma2__row16(p, p8, m, j < 4 ? j + 4 : j + 8);
+            __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(ra + 2))),
+                                            _mm256_loadu_si256((const __m256i *)(const void *)(rc + 2)), 1);
+            if (b & 1) {
+                _mm_prefetch((const char *)gemma2__row16(pf, pf8, m, j < 4 ? j : j + 4), _MM_HINT_T0);
+                _mm_prefetch((const char *)gemma2__row16(pf, pf8, m, j < 4 ? j + 4 : j + 8), _MM_HINT_T0);
+            }
+            d[j] = _mm512_dpbusd_epi32(c, _mm512_xor_si512(wv, bias), xv);
+        }
+        /* per 128-bit lane: pairs of lanes, then quads, then the two halves of each row */
+        e01 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[0], d[1]), _mm512_unpackhi_epi32(d[0], d[1]));
+        e23 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[2], d[3]), _mm512_unpackhi_epi32(d[2], d[3]));
+        e45 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[4], d[5]), _mm512_unpackhi_epi32(d[4], d[5]));
+        e67 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[6], d[7]), _mm512_unpackhi_epi32(d[6], d[7]));
+        f0 = _mm512_add_epi32(_mm512_unpacklo_epi64(e01, e23), _mm512_unpackhi_epi64(e01, e23));
+        f1 = _mm512_add_epi32(_mm512_unpacklo_epi64(e45, e67), _mm512_unpackhi_epi64(e45, e67));
+        dots = _mm512_add_epi32(_mm512_shuffle_i32x4(f0, f1, 0x88), _mm512_shuffle_i32x4(f0, f1, 0xdd));
+        /* the 16 rows' fp16 d: 32-bit gathers (d and 2 quants, inside the block), low halves */
+        scale = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_i32gather_epi32(vrb, (const void *)p, 1)));
+        scale = GEMMA2__MUL_NF(scale, _mm512_set1_ps(xd[b]));
+        acc = GEMMA2__ADD_NF(acc, GEMMA2__MUL_NF(scale, _mm512_cvtepi32_ps(dots)));
+    }
+    gemma2__store16(y + r, S, keep, acc);
+}
+
+/* The same for Q4: register j holds rows j, j+4, j+8, j+12 (times S) in its 128-bit lanes. */
+static GEMMA2__T_AVX512VNNI void gemma2__matvec_q4x16(const gemma2__matmul_args *a, const int8_t *xq, const float *xd, float *y, int r, int S, __mmask16 keep)
+{
+    const int K = a->w->cols, nb = (K + 31) / 32;
+    const size_t rb = gemma2__row_bytes(GEMMA2__WF_Q4, K) * (size_t)S, m[4] = {rb, 3 * rb, 5 * rb, 7 * rb};
+    const uint8_t *p = (const uint8_t *)a->w->data + (size_t)r * (rb / (size_t)S), *p8 = p + 8 * rb, *pf = p + GEMMA2__PF, *pf8 = p8 + GEMMA2__PF;
+    const float *xs = xd + nb;
+    const __m512i lo4 = _mm512_set1_epi8(0x0f);
+    const __m512i vrb = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)rb));
+    __m512 acc = _mm512_setzero_ps();
+    int b, j, l;
+    for (b = 0; b < nb; b++, p += GEMMA2__Q4_BYTES, p8 += GEMMA2__Q4_BYTES, pf += GEMMA2__Q4_BYTES, pf8 += GEMMA2__Q4_BYTES) {
+        const int8_t *xb = xq + (size_t)b * 32;
+        const __m512i xlo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)xb));
+        const __m512i xhi = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(xb + 16)));
+        __m512i d[4], e01, e23, dots, g;
+        __m512 t1, t2;
+        GEMMA2__UNROLL for (j = 0; j < 4; j++) {
+            __m512i wv = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(const void *)(gemma2__row16(p, p8, m, j) + 4)));
+            wv = _mm512_inserti32x4(wv, _mm_loadu_si128((const __m128i *)(const void *)(gemma2__row16(p, p8, m, j + 4) + 4)), 1);
+            wv = _mm512_inserti32x4(wv, _mm_loadu_si128((const __m128i *)(const void *)(gemma2__row16(p, p8, m, j + 8) + 4)), 2);
+            wv = _mm512_inserti32x4(wv, _mm_loadu_si128((const __m128i *)(const void *)(gemma2__row16(p, p8, m, j + 12) + 4)), 3);
+            d[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(wv, lo4), xlo);
+            d[j] = _mm512_dpbusd_epi32(d[j], _mm512_and_si512(_mm512_srli_epi16(wv, 4), lo4), xhi);
+        }
+        if (b & 1) GEMMA2__UNROLL for (l = 0; l < 16; l++) _mm_prefetch((const char *)gemma2__row16(pf, pf8, m, l), _MM_HINT_T0);
+        e01 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[0], d[1]), _mm512_unpackhi_epi32(d[0], d[1]));
+        e23 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[2], d[3]), _mm512_unpackhi_epi32(d[2], d[3]));
+        dots = _mm512_add_epi32(_mm512_unpacklo_epi64(e01, e23), _mm512_unpackhi_epi64(e01, e23));
+        /* d and m of the 16 rows: one 32-bit gather, low and high halves */
+        g = _mm512_i32gather_epi32(vrb, (const void *)p, 1);
+        t1 = GEMMA2__MUL_NF(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(g)), _mm512_set1_ps(xd[b]));
+        t1 = GEMMA2__MUL_NF(t1, _mm512_cvtepi32_ps(dots));
+        t2 = GEMMA2__MUL_NF(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(g, 16))), _mm512_set1_ps(xs[b]));
+        acc = GEMMA2__ADD_NF(acc, GEMMA2__ADD_NF(t1, t2));
+    }
+    gemma2__store16(y + r, S, keep, acc);
+}
+
+/* -- prefill -- */
+
+/* Shapes, measured on 1 thread over q, k, v, o, gate, up and down of 2B for 128 tokens (the
+   weights from memory): 6 x 2 tiles were 2-3% faster than 4 x 3, 5 x 2 and 7 x 2 within
+   noise; 16-block panels 5% slower than 8 (the activations' slice then leaves L1); 4-block
+   panels and 96-row panels no better. */
+#ifndef GEMMA2__QT_MR
+#define GEMMA2__QT_MR 6   /* rows per tile */
+#define GEMMA2__QT_NR 2   /* runs of 16 tokens per tile (at most 4) */
+#define GEMMA2__QT_RB 48  /* rows per panel: a multiple of the tile's rows */
+#define GEMMA2__QT_KB 8   /* blocks per panel */
+#endif
+
+#define GEMMA2__QT_TC 128 /* tokens per pass */
+
+/* The panel: rows [r, r+nr) x blocks [b0, b0+nblk) of a Q8 or Q4 matrix as 32 unsigned
+   quants per row and block (row i, block b at pq + (i KB + b) 32), d and m as floats. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI void gemma2__qpanel_512(const gemma2__mat *w, int r, int nr, int b0, int nblk, uint8_t *pq, float *pd, float *pm, const int Q4)
+{
+    const size_t rb = gemma2__row_bytes(w->format, w->cols), bb = Q4 ? GEMMA2__Q4_BYTES : GEMMA2__Q8_BYTES;
+    int i, b;
+    for (i = 0; i < nr; i++) {
+        const uint8_t *blk = (const uint8_t *)w->data + (size_t)(r + i) * rb + (size_t)b0 * bb;
+        for (b = 0; b < nblk; b++, blk += bb) {
+            uint8_t *o = pq + (size_t)(i * GEMMA2__QT_KB + b) * 32;
+            uint16_t h[2];
+            __m256i q;
+            memcpy(h, blk, 4);
+            pd[i * GEMMA2__QT_KB + b] = _cvtsh_ss(h[0]);
+            if (Q4) {
+                __m128i nib = _mm_loadu_si128((const __m128i *)(const void *)(blk + 4)), m4 = _mm_set1_epi8(0x0f);
+                pm[i * GEMMA2__QT_KB + b] = _cvtsh_ss(h[1]);
+                q = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(nib, m4)), _mm_and_si128(_mm_srli_epi16(nib, 4), m4), 1);
+            } else
+                q = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(blk + 2)), _mm256_set1_epi8((char)0x80));
+            _mm256_storeu_si256((__m256i *)(void *)o, q);
+        }
+    }
+}
+
+/* One tile: panel rows [0, MR) (at pq, pd, pm) x NR runs of 16 tokens (run v of block b at
+   xb + v xrun + b 704), over the panel's first nblk blocks; the outputs' running sums in buf
+   (row i, run v at buf + i TC + 16 v), started from zero if `first`. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI void gemma2__qtile_512(const uint8_t *pq, const float *pd, const float *pm, const uint8_t *xb, size_t xrun,
+                                                                float *buf, int nblk, int first, const int MR, const int NR, const int Q4)
+{
+    __m512 y[GEMMA2__QT_MR][GEMMA2__QT_NR];
+    __m512i acc[GEMMA2__QT_MR][GEMMA2__QT_NR];
+    int i, v, b, g;
+    GEMMA2__UNROLL for (i = 0; i < MR; i++) GEMMA2__UNROLL for (v = 0; v < NR; v++)
+        y[i][v] = first ? _mm512_setzero_ps() : _mm512_load_ps(buf + (size_t)i * GEMMA2__QT_TC + 16 * v);
+    for (b = 0; b < nblk; b++) {
+        const uint8_t *xp = xb + (size_t)b * GEMMA2__Q8T_BYTES;
+        GEMMA2__UNROLL for (i = 0; i < MR; i++) GEMMA2__UNROLL for (v = 0; v < NR; v++)
+            acc[i][v] = Q4 ? _mm512_setzero_si512() : _mm512_loadu_si512((const void *)(xp + (size_t)v * xrun + 640));
+        GEMMA2__UNROLL for (g = 0; g < 8; g++) {
+            __m512i xv[GEMMA2__QT_NR];
+            GEMMA2__UNROLL for (v = 0; v < NR; v++) xv[v] = _mm512_loadu_si512((const void *)(xp + (size_t)v * xrun + 64 * g));
+            GEMMA2__UNROLL for (i = 0; i < MR; i++) {
+                int32_t wq;
+                __m512i wv;
+                memcpy(&wq, pq + (size_t)(i * GEMMA2__QT_KB + b) * 32 + 4 * g, 4);
+                wv = _mm512_set1_epi32(wq);
+                GEMMA2__UNROLL for (v = 0; v < NR; v++) acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], wv, xv[v]);
+            }
+        }
+        GEMMA2__UNROLL for (i = 0; i < MR; i++) {
+            const __m512 dw = _mm512_set1_ps(pd[i * GEMMA2__QT_KB + b]);
+            GEMMA2__UNROLL for (v = 0; v < NR; v++) {
+                const float *xd = (const float *)(const void *)(xp + (size_t)v * xrun + 512);
+                __m512 t = GEMMA2__MUL_NF(GEMMA2__MUL_NF(dw, _mm512_loadu_ps(xd)), _mm512_cvtepi32_ps(acc[i][v]));
+                if (Q4) t = GEMMA2__ADD_NF(t, GEMMA2__MUL_NF(_mm512_set1_ps(pm[i * GEMMA2__QT_KB + b]), _mm512_loadu_ps(xd + 16)));
+                y[i][v] = GEMMA2__ADD_NF(y[i][v], t);
+            }
+        }
+    }
+    GEMMA2__UNROLL for (i = 0; i < MR; i++) GEMMA2__UNROLL for (v = 0; v < NR; v++)
+        _mm512_store_ps(buf + (size_t)i * GEMMA2__QT_TC + 16 * v, y[i][v]);
+}
+
+/* Prefetches rows [r, r+nr) x blocks [b0, b0+nblk) of a Q8 or Q4 matrix (the next panel,
+   while the tiles work on this one: its bytes come from memory, once per call). */
+GEMMA2__ALWAYS_INLINE void gemma2__qprefetch(const gemma2__mat *w, int r, int nr, int b0, int nblk)
+{
+    const size_t rb = gemma2__row_bytes(w->format, w->cols), bb = (size_t)gemma2__wformat_of(w->format)->block_bytes;
+    int i;
+    size_t o;
+    for (i = 0; i < nr; i++) {
+        const char *p = (const char *)w->data + (size_t)(r + i) * rb + (size_t)b0 * bb;
+        for (o = 0; o < (size_t)nblk * bb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+        _mm_prefetch(p + (size_t)nblk * bb - 1, _MM_HINT_T0);
+    }
+}
+
+/* The finished sums of nr rows (from row rb) x tc tokens (from token t0) in buf, to y:
+   transposed 16 x 16 at a time in registers, masked at the edges. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__qout_512(const gemma2__matmul_args *a, const float *buf, int rb, int nr, int t0, int tc)
+{
+    int i, t, l;
+    for (i = 0; i < nr; i += 16)
+        for (t = 0; t < tc; t += 16) {
+            __m512i v[16];
+            const __mmask16 m = gemma2__mask16(nr - i);
+            GEMMA2__UNROLL for (l = 0; l < 16; l++) v[l] = i + l < nr ? _mm512_castps_si512(_mm512_load_ps(buf + (size_t)(i + l) * GEMMA2__QT_TC + t)) : _mm512_setzero_si512();
+            gemma2__transpose16_512(v);
+            for (l = 0; l < 16 && t + l < tc; l++) _mm512_mask_storeu_ps(a->y + (size_t)(t0 + t + l) * (size_t)a->ldy + rb + i, m, _mm512_castsi512_ps(v[l]));
+        }
+}
+
+#define GEMMA2__QTILES(MR_)                                                                                       \
+    do {                                                                                                          \
+        const uint8_t *pq_ = pq + (size_t)i * GEMMA2__QT_KB * 32;                                                 \
+        const float *pd_ = pd + i * GEMMA2__QT_KB, *pm_ = pm + i * GEMMA2__QT_KB;                                 \
+        float *bf_ = buf + (size_t)i * GEMMA2__QT_TC + 16 * v;                                                    \
+        if (v == 0 && pnr > 0) gemma2__qprefetch(a->w, pr + i, GEMMA2__MIN(MR_, pnr - i), pb, pnb);               \
+        switch (GEMMA2__MIN(GEMMA2__QT_NR, nv - v)) {                                                            \
+        case 4: gemma2__qtile_512(pq_, pd_, pm_, xb, xrun, bf_, nblk, kb == 0, MR_, GEMMA2__MIN(4, GEMMA2__QT_NR), Q4); break; \
+        case 3: gemma2__qtile_512(pq_, pd_, pm_, xb, xrun, bf_, nblk, kb == 0, MR_, GEMMA2__MIN(3, GEMMA2__QT_NR), Q4); break; \
+        case 2: gemma2__qtile_512(pq_, pd_, pm_, xb, xrun, bf_, nblk, kb == 0, MR_, 2, Q4); break;                \
+        default: gemma2__qtile_512(pq_, pd_, pm_, xb, xrun, bf_, nblk, kb == 0, MR_, 1, Q4); break;               \
+        }                                                                                                         \
+    } while (0)
+
+/* Rows [r0, r1) for all tokens on the Q8T layout: per pass of up to 128 tokens and block of
+   48 rows, the columns 8 blocks at a time (a panel), each panel's tiles with the token runs
+   outside and the rows inside; the running sums wait in buf between panels, and the last
+   panel's tiles write y. While the tiles of one panel run, the first pass over its rows
+   prefetches the next panel's weights (rows pr.., blocks pb..): the weights are the only
+   bytes that come from memory, and the panel would otherwise wait for them. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI void gemma2__matmul_qt_512(const gemma2__matmul_args *a, int r0, int r1, const int Q4)
+{
+    GEMMA2__ALIGN64 float buf[GEMMA2__QT_RB * GEMMA2__QT_TC];
+    GEMMA2__ALIGN64 uint8_t pq[GEMMA2__QT_RB * GEMMA2__QT_KB * 32];
+    float pd[GEMMA2__QT_RB * GEMMA2__QT_KB], pm[GEMMA2__QT_RB * GEMMA2__QT_KB];
+    const int K = a->w->cols, nb = (K + 31) / 32, nvt = (a->T + 15) / 16;
+    const size_t xrun = gemma2__q8t_off(nb, 1, 0);
+    int v0, rb, kb, v, i;
+    for (v0 = 0; v0 < nvt; v0 += GEMMA2__QT_TC / 16) {
+        const int nv = GEMMA2__MIN(GEMMA2__QT_TC / 16, nvt - v0);
+        for (rb = r0; rb < r1; rb += GEMMA2__QT_RB) {
+            const int nr = GEMMA2__MIN(GEMMA2__QT_RB, r1 - rb);
+            for (kb = 0; kb < nb; kb += GEMMA2__QT_KB) {
+                const int nblk = GEMMA2__MIN(GEMMA2__QT_KB, nb - kb), last = kb + GEMMA2__QT_KB >= nb; /* the last panel */
+                /* the next panel: the next blocks of these rows, or the first of the next rows */
+                const int pr = last ? rb + GEMMA2__QT_RB : rb, pb = last ? 0 : kb + GEMMA2__QT_KB;
+                const int pnr = GEMMA2__MIN(GEMMA2__QT_RB, r1 - pr), pnb = GEMMA2__MIN(GEMMA2__QT_KB, nb - pb);
+                gemma2__qpanel_512(a->w, rb, nr, kb, nblk, pq, pd, pm, Q4);
+                for (v = 0; v < nv; v += GEMMA2__QT_NR) {
+                    const uint8_t *xb = (const uint8_t *)a->xp + gemma2__q8t_off(nb, v0 + v, kb);
+                    for (i = 0; i + GEMMA2__QT_MR <= nr; i += GEMMA2__QT_MR) GEMMA2__QTILES(GEMMA2__QT_MR);
+                    for (; i < nr; i++) GEMMA2__QTILES(1);
+                }
+            }
+            gemma2__qout_512(a, buf, rb, nr, 16 * v0, GEMMA2__MIN(a->T - 16 * v0, GEMMA2__QT_TC));
+        }
+    }
+}
+
+static GEMMA2__T_AVX512VNNI void gemma2__matmul_qt_q8(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_qt_512(a, r0, r1, 0); }
+static GEMMA2__T_AVX512VNNI void gemma2__matmul_qt_q4(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_qt_512(a, r0, r1, 1); }
+
+/* Q8 or Q4 weights: several tokens on the transposed layout (Q8T) through the tiles, tokens
+   on the Q8 layout through the decode kernel one at a time; unpacked activations take the
+   reference, which quantizes them itself (the same results). */
+static GEMMA2__T_AVX512VNNI void gemma2__matmul_avx512vnni_q(const gemma2__matmul_args *a, int r0, int r1, int q4)
+{
+    const int K = a->w->cols, nb = (K + 31) / 32;
+    int t, r, S, S0, k;
+    if (a->xp_kind == GEMMA2__PACK_Q8T) {
+        if (q4) gemma2__matmul_qt_q4(a, r0, r1);
+        else gemma2__matmul_qt_q8(a, r0, r1);
+        return;
+    }
+    if (a->xp_kind != GEMMA2__PACK_Q8) {
+        if (q4) gemma2__matmul_ref_q4(a, r0, r1);
+        else gemma2__matmul_ref_q8(a, r0, r1);
+        return;
+    }
+    /* 16 rows at a time, S rows apart (S groups interleaved over 16 S rows) so that each of the
+       16 streams has its 4 KB pages to itself: streams that share pages defeat the hardware
+       prefetchers, which follow one stream per page (measured on plain reads with the Q8 and Q4
+       decode patterns, one thread: 9.4 and 7.1 GB/s with neighbouring rows, 13.6 and 10.9 rows 4
+       apart, 13.5 for the bf16 kernels' 8 rows of 4.6 KB). S: the smallest power of 2 that puts
+       the streams 8 KB apart, smaller where the rows left are too few. The last few rows go as
+       the last 16 of the matrix, keeping only the new ones (the same arithmetic: the same bits),
+       or through the reference below 16 rows. */
+    for (S0 = 1; S0 < 8 && (size_t)S0 * gemma2__row_bytes(a->w->format, K) < 8192; S0 *= 2) {}
     for (t = 0; t < a->T; t++) {
         const uint8_t *xp = (const uint8_t *)a->xp + (size_t)t * gemma2__q8_tok_bytes(K);
         const int8_t *xq = (const int8_t *)xp;
         const float *xd = (const float *)(const void *)(xp + (size_t)nb * 32);
         float *y = a->y + (size_t)t * (size_t)a->ldy;
-        for (r = r0; r + 8 <= r1; r += 8) gemma2__matvec_q8x8(a, xq, xd, y, r);
-        for (; r < r1; r++) gemma2__matvec_q8x1(a, xq, xd, y, r);
+        r = r0;
+        for (S = S0; S >= 1; S /= 2)
+            for (; r + 16 * S <= r1; r += 16 * S)
+                for (k = 0; k < S; k++) {
+                    if (q4) gemma2__matvec_q4x16(a, xq, xd, y, r + k, S, 0xffff);
+                    else gemma2__matvec_q8x16(a, xq, xd, y, r + k, S, 0xffff);
+                }
+        if (r < r1) {
+            int r16 = r1 - 16;
+            __mmask16 keep = (__mmask16)(0xffffu << (r - r16));
+            if (r16 < 0) {
+                gemma2__matmul_args a1 = *a;
+                a1.y = y; a1.xp = xp; a1.T = 1;
+                if (q4) gemma2__matmul_ref_q4(&a1, r, r1);
+                else gemma2__matmul_ref_q8(&a1, r, r1);
+            } else if (q4) gemma2__matvec_q4x16(a, xq, xd, y, r16, 1, keep);
+            else gemma2__matvec_q8x16(a, xq, xd, y, r16, 1, keep);
+        }
     }
 }
+
+static GEMMA2__T_AVX512VNNI void gemma2__matmul_avx512vnni_q8(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_avx512vnni_q(a, r0, r1, 0); }
+static GEMMA2__T_AVX512VNNI void gemma2__matmul_avx512vnni_q4(const gemma2__matmul_args *a, int r0, int r1) { gemma2__matmul_avx512vnni_q(a, r0, r1, 1); }
 
 /* Per weight format: one token: matrix-vector. More: the transposed-activation tiles when
    they come packed (float32 xt, also for F32 weights), otherwise row-dot tiles (F32 weights)
@@ -7271,11 +7692,12 @@ static GEMMA2__T_AVX512BF16 void gemma2__matmul_avx512bf16_bf16(const gemma2__ma
 /* Layouts. Several tokens: transposed, for the register tiles (bf16 pairs when bf16
    arithmetic was asked for and the weights are bf16, else floats, F32 weights included).
    One token: bf16 rows for bf16 arithmetic; in float32 the three-part split where it is
-   faster than FMAs on widened weights (x3_min_cols: see there). */
+   faster than FMAs on widened weights (x3_min_cols: see there). Q8 and Q4 weights (with
+   AVX512_VNNI): quantized activations, transposed (Q8T) for several tokens. */
 static int gemma2__pack_kind_avx512(const gemma2__kernels *k, int format, int T, int K, int compute_bf16)
 {
     int bf = compute_bf16 && k->id == GEMMA2_KERNELS_AVX512_BF16 && format == GEMMA2__WF_BF16;
-    if (format == GEMMA2__WF_Q8 || format == GEMMA2__WF_Q4) return k->matmul[format] ? GEMMA2__PACK_Q8 : GEMMA2__PACK_NONE;
+    if (format == GEMMA2__WF_Q8 || format == GEMMA2__WF_Q4) return !k->matmul[format] ? GEMMA2__PACK_NONE : T > 1 ? GEMMA2__PACK_Q8T : GEMMA2__PACK_Q8;
     if (format != GEMMA2__WF_F32 && format != GEMMA2__WF_BF16) return GEMMA2__PACK_NONE;
     if (T > 1) return bf ? GEMMA2__PACK_XT_BF16 : GEMMA2__PACK_XT_F32;
     if (bf) return GEMMA2__PACK_BF16;
@@ -7428,34 +7850,6 @@ static GEMMA2__T_AVX512 void gemma2__to_bf16x3_avx512(uint16_t *dst, const float
             _mm256_storeu_si256((__m256i *)(blk + 32 * b), h);
             r = _mm512_sub_ps(r, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
         }
-    }
-}
-
-/* Transposes 16 x 16 32-bit elements in registers: r[i] holds row i, on return r[j] holds
-   column j. Unpack 32-bit, unpack 64-bit, then two 128-bit lane shuffles: the textbook
-   4-stage network, 64 shuffles for 256 elements. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__transpose16_512(__m512i r[16])
-{
-    __m512i t[16], u[16];
-    int i, c;
-    GEMMA2__UNROLL for (i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    /* u[4g + c], 128-bit lane L: rows 4g..4g+3 of column 4L + c */
-    GEMMA2__UNROLL for (i = 0; i < 4; i++) {
-        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    GEMMA2__UNROLL for (c = 0; c < 4; c++) {
-        __m512i a = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), b = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
-        __m512i a2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88), b2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
-        r[c] = _mm512_shuffle_i32x4(a, a2, 0x88);
-        r[8 + c] = _mm512_shuffle_i32x4(a, a2, 0xdd);
-        r[4 + c] = _mm512_shuffle_i32x4(b, b2, 0x88);
-        r[12 + c] = _mm512_shuffle_i32x4(b, b2, 0xdd);
     }
 }
 
@@ -7734,6 +8128,8 @@ static GEMMA2__T_AVX512 void gemma2__pack_avx512(void *xp, int kind, const float
     int t;
     if (kind == GEMMA2__PACK_XT_F32 || kind == GEMMA2__PACK_XT_BF16) gemma2__prep_xt_avx512(xp, x, T, K, kind, j0, j1);
     else if (kind == GEMMA2__PACK_BF16) for (t = j0; t < j1; t++) gemma2__to_bf16_avx512((uint16_t *)xp + (size_t)t * K, x + (size_t)t * K, K);
+    else if (kind == GEMMA2__PACK_Q8) gemma2__pack_q8_avx512((uint8_t *)xp, x, K, j0, j1);
+    else if (kind == GEMMA2__PACK_Q8T) gemma2__pack_q8t_avx512((uint8_t *)xp, x, T, K, j0, j1);
     else gemma2__pack_ref(xp, kind, x, T, K, j0, j1);
 }
 
@@ -7808,8 +8204,12 @@ static void gemma2__kernels_init_avx512(gemma2__kernels *k)
     k->id = GEMMA2_KERNELS_AVX512;
     k->matmul[GEMMA2__WF_F32] = gemma2__matmul_avx512_f32;
     k->matmul[GEMMA2__WF_BF16] = gemma2__matmul_avx512_bf16;
-    /* Q8 on integer dot products where the CPU has them; else the reference product */
-    if (gemma2__x86_features() & GEMMA2__CPU_AVX512VNNI) k->matmul[GEMMA2__WF_Q8] = gemma2__matmul_avx512vnni_q8;
+    /* Q8 and Q4 on integer dot products where the CPU has them (also for the AVX512_BF16
+       set: see the Q8 and Q4 kernels); else the reference products */
+    if (gemma2__x86_features() & GEMMA2__CPU_AVX512VNNI) {
+        k->matmul[GEMMA2__WF_Q8] = gemma2__matmul_avx512vnni_q8;
+        k->matmul[GEMMA2__WF_Q4] = gemma2__matmul_avx512vnni_q4;
+    }
     k->from_float[GEMMA2__WF_Q8] = gemma2__q8_quantize_row_avx512;
     k->from_float[GEMMA2__WF_Q4] = gemma2__q4_quantize_row_avx512;
     k->pack_kind = gemma2__pack_kind_avx512;

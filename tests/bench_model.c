@@ -1,8 +1,8 @@
 /* Speed benchmark: random-weight checkpoints of the real Gemma-2 2B (and optionally
    9B) shapes, measured against this machine's own memory bandwidth and FLOP/s.
 
-     make bench-model                         2B, 1 and 2 threads, f32 and bf16 compute
-     ./tests/bench_model [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--big-q4] [--data DIR]
+     make bench-model                         2B, 1 and 2 threads: f32 and bf16 compute, Q8 and Q4 weights
+     ./tests/bench_model [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--quantized] [--big-q4] [--data DIR]
 
    The models are written once into bench-data/ (gitignored) as ordinary Hugging Face folders
    (config.json + model.safetensors, bf16), by the small generator below; 2B is 5.2 GB, 9B is
@@ -10,9 +10,12 @@
    first run after loading, page faults included), prefill tokens/s (best of 3 more runs),
    decode tokens/s at context 0 / 1k / 4k / 8k (best of 3 runs of 8 tokens), achieved weight
    bandwidth, peak RSS; and as fractions of the same run's measured streaming-read bandwidth
-   (the best of plain and decode-pattern reads) and FMA peak. Weights are mapped (the default)
+   (the best of plain and decode-pattern reads) and FMA, bf16-dot and int8-dot (vpdpbusd)
+   peaks. GEMMA2_WEIGHTS_Q8 and _Q4 run once per thread count (load time includes the
+   quantization; decode fractions are at their real bytes per token). Weights are mapped (the default)
    or, with --preload, read into anonymous huge pages (gemma2_options.preload). --kv-bf16 runs
-   every configuration with GEMMA2_KV_BF16 (the KV cache in bf16: decode at long contexts).
+   every configuration with GEMMA2_KV_BF16 (the KV cache in bf16: decode at long contexts);
+   --quantized runs only the Q8 and Q4 configurations.
    Decode at context N sets the session position directly over a KV cache filled with synthetic
    values: the work per token is the same as after a real N-token prompt, without spending
    minutes prefilling it. Peak RSS therefore includes the whole 8k-token KV cache. */
@@ -402,6 +405,21 @@ static GEMMA2__T_AVX512BF16 double bench_dpbf512(long iters)
     return (double)_mm512_reduce_add_ps(s);
 }
 
+/* 64 int8 multiply-adds per instruction, counted as 128 operations. */
+static GEMMA2__T_AVX512VNNI double bench_dpbusd512(long iters)
+{
+    __m512i a[12], s, x = _mm512_set1_epi8(3), y = _mm512_set1_epi8(-5);
+    long it;
+    int i;
+    for (i = 0; i < 12; i++) a[i] = _mm512_set1_epi32(i);
+    for (it = 0; it < iters; it++) {
+        _Pragma("GCC unroll 16") for (i = 0; i < 12; i++) a[i] = _mm512_dpbusd_epi32(a[i], x, y);
+    }
+    s = a[0];
+    for (i = 1; i < 12; i++) s = _mm512_add_epi32(s, a[i]);
+    return (double)_mm512_reduce_add_epi32(s);
+}
+
 static GEMMA2__T_AVX2 double bench_fma256(long iters)
 {
     __m256 a[12], m = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(1e-3f), s;
@@ -418,7 +436,7 @@ static GEMMA2__T_AVX2 double bench_fma256(long iters)
 #endif
 
 typedef struct bench_flop_job {
-    int kind; /* 0 f32 FMA, 1 bf16 dot */
+    int kind; /* 0 f32 FMA, 1 bf16 dot, 2 int8 dot */
     int width;
     long iters;
     double sink[64];
@@ -431,13 +449,15 @@ static void bench_flop_task(void *ctx, int task, int n_tasks)
     (void)n_tasks;
 #if defined(GEMMA2__X86)
     if (j->kind == 1) r = bench_dpbf512(j->iters);
+    else if (j->kind == 2) r = bench_dpbusd512(j->iters);
     else if (j->width == 16) r = bench_fma512(j->iters);
     else r = bench_fma256(j->iters);
 #endif
     j->sink[task & 63] = r;
 }
 
-/* Peak GFLOP/s over all the pool's threads; kind 1: vdpbf16ps (64 flops per instruction). 0 if absent. */
+/* Peak GFLOP/s over all the pool's threads; kind 1: vdpbf16ps (64 flops per instruction), kind
+   2: vpdpbusd (128 integer operations per instruction). 0 if absent. */
 static double bench_peak(gemma2__pool *p, int kind)
 {
     bench_flop_job j;
@@ -450,13 +470,14 @@ static double bench_peak(gemma2__pool *p, int kind)
     {
         int f = gemma2__x86_features();
         if (kind == 1 && !(f & GEMMA2__CPU_AVX512BF16)) return 0;
+        if (kind == 2 && !(f & GEMMA2__CPU_AVX512VNNI)) return 0;
         if (!(f & GEMMA2__CPU_AVX2)) return 0;
         j.width = (f & GEMMA2__CPU_AVX512) ? 16 : 8;
     }
 #else
     return 0;
 #endif
-    flops_per_iter = 12.0 * 2.0 * (kind == 1 ? 32 : j.width);
+    flops_per_iter = 12.0 * 2.0 * (kind == 2 ? 64 : kind == 1 ? 32 : j.width);
     for (r = 0; r < 20; r++) {
         double t0 = bench_now(), dt;
         gemma2__pool_run(p, bench_flop_task, &j, gemma2__pool_size(p));
@@ -485,7 +506,7 @@ static double bench_matmul(gemma2__pool *p, const gemma2__kernels *k, gemma2__ma
     return best;
 }
 
-static void bench_kernels(int nt, double bw, double peak32, double peakbf)
+static void bench_kernels(int nt, double bw, double peak32, double peakbf, double peaki8)
 {
     gemma2__kernels k;
     gemma2__pool *p = gemma2__pool_new(nt);
@@ -545,6 +566,28 @@ static void bench_kernels(int nt, double bw, double peak32, double peakbf)
         printf("  kernel %-12s %d thr  prefill 9216x2304 x %d tokens (%s): %6.1f GFLOP/s = %3.0f%% of %s peak\n", k.name, nt, T,
                mode ? "bf16 dot" : "f32", gf, 100.0 * gf / (mode ? peakbf : peak32), mode ? "bf16-dot" : "f32 FMA");
     }
+    /* Q8 and Q4 weights (GEMMA2_WEIGHTS_Q8, _Q4): the same values quantized; decode on the
+       output projection's shape (GB/s of quantized bytes), prefill on the gate projection's
+       (integer operations, as fractions of the vpdpbusd peak) */
+    for (mode = GEMMA2__WF_Q8; mode <= GEMMA2__WF_Q4; mode++) {
+        size_t rb = gemma2__row_bytes(mode, H);
+        uint8_t *wq = (uint8_t *)malloc((size_t)V * rb);
+        double best, gb, go;
+        if (!wq) continue;
+        gemma2__quantize(p, &k, wq, mode, (const uint8_t *)w, GEMMA2__ST_BF16, V, H);
+        m.data = wq; m.format = mode; m.rows = V; m.cols = H;
+        a.T = 1; a.ldy = V;
+        best = bench_matmul(p, &k, &a, buf, 0, &kind);
+        gb = (double)V * rb / best / 1e9;
+        printf("  kernel %-12s %d thr  decode matvec 256000x2304 %s weights:     %6.1f GB/s = %3.0f%% of read bandwidth\n", k.name, nt,
+               gemma2__wformat_of(mode)->name, gb, 100.0 * gb / bw);
+        m.rows = I; a.T = T; a.ldy = I;
+        best = bench_matmul(p, &k, &a, buf, 0, &kind);
+        go = 2.0 * I * H * T / best / 1e9;
+        printf("  kernel %-12s %d thr  prefill 9216x2304 %s weights x %d tokens: %6.1f GOP/s = %3.0f%% of int8-dot peak\n", k.name, nt,
+               gemma2__wformat_of(mode)->name, T, go, peaki8 > 0 ? 100.0 * go / peaki8 : 0.0);
+        free(wq);
+    }
     gemma2__pool_free(p);
     free(w); free(x); free(y); free(buf);
 }
@@ -574,7 +617,7 @@ static double bench_read_again(int nt)
 /* One configuration. *bw is the best read bandwidth this run has measured with nt threads; it
    is measured again after the configuration (other tenants of this machine make it drift by
    +-30% over minutes), and the decode fractions use the best of all the measurements. */
-static void bench_model(const char *dir, const bench_shape *s, int nt, int compute, double *bw, double peak32, double peakbf)
+static void bench_model(const char *dir, const bench_shape *s, int nt, int compute, int weights, double *bw, double peak32, double peakbf, double peaki8)
 {
     double dts[4], rss, again;
     gemma2_options opt;
@@ -599,6 +642,7 @@ static void bench_model(const char *dir, const bench_shape *s, int nt, int compu
     memset(&opt, 0, sizeof opt);
     opt.n_threads = nt;
     opt.compute = compute;
+    opt.weights = weights;
     opt.no_tokenizer = 1;
     opt.preload = bench_preload;
     opt.kv_cache = bench_kv;
@@ -641,12 +685,21 @@ static void bench_model(const char *dir, const bench_shape *s, int nt, int compu
         gemma2_eval(ss, ids, P, NULL);
         if (bench_now() - t0 < pre) pre = bench_now() - t0;
     }
-    printf("%s  %d thread%s  compute %s  kernels %s%s\n", s->name, nt, nt > 1 ? "s" : " ", compute ? "bf16" : "f32 ", gemma2_model_kernels(m),
-           bench_kv == GEMMA2_KV_BF16 ? "  KV cache bf16" : "");
-    printf("  load %.3f s   time to first token (512-token prompt, cold) %.2f s\n", load, ttft);
-    printf("  prefill pp512 %.1f tok/s  %.0f GFLOP/s = %.0f%% of f32 FMA peak, %.0f%% of bf16-dot peak\n", P / pre,
-           (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9, 100.0 * (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9 / peak32,
-           peakbf > 0 ? 100.0 * (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9 / peakbf : 0.0);
+    if (weights == GEMMA2_WEIGHTS_Q8 || weights == GEMMA2_WEIGHTS_Q4) {
+        double op = (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9;
+        printf("%s  %d thread%s  weights %s  kernels %s%s\n", s->name, nt, nt > 1 ? "s" : " ", weights == GEMMA2_WEIGHTS_Q8 ? "q8" : "q4",
+               gemma2_model_kernels(m), bench_kv == GEMMA2_KV_BF16 ? "  KV cache bf16" : "");
+        printf("  load %.3f s (quantizing at load, if not saved quantized)   time to first token (512-token prompt, cold) %.2f s\n", load, ttft);
+        printf("  prefill pp512 %.1f tok/s  %.0f GOP/s = %.0f%% of int8-dot peak, %.0f%% of bf16-dot peak\n", P / pre, op,
+               peaki8 > 0 ? 100.0 * op / peaki8 : 0.0, peakbf > 0 ? 100.0 * op / peakbf : 0.0);
+    } else {
+        printf("%s  %d thread%s  compute %s  kernels %s%s\n", s->name, nt, nt > 1 ? "s" : " ", compute ? "bf16" : "f32 ", gemma2_model_kernels(m),
+               bench_kv == GEMMA2_KV_BF16 ? "  KV cache bf16" : "");
+        printf("  load %.3f s   time to first token (512-token prompt, cold) %.2f s\n", load, ttft);
+        printf("  prefill pp512 %.1f tok/s  %.0f GFLOP/s = %.0f%% of f32 FMA peak, %.0f%% of bf16-dot peak\n", P / pre,
+               (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9, 100.0 * (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9 / peak32,
+               peakbf > 0 ? 100.0 * (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9 / peakbf : 0.0);
+    }
     for (ci = 0; ci < 4; ci++) {
         double dt = 1e30;
         if (ctxs[ci] > bench_max_ctx) { dts[ci] = 0; continue; }
@@ -679,12 +732,15 @@ static void bench_model(const char *dir, const bench_shape *s, int nt, int compu
 
 int main(int argc, char **argv)
 {
-    int want9 = 0, only_nt = 0, kernels_only = 0, big = 0, i, nt;
+    int want9 = 0, only_nt = 0, kernels_only = 0, quant_only = 0, big = 0, i, nt;
     const char *data = "bench-data";
     char d2[1024], d9[1024];
     size_t bytes = (size_t)1 << 29; /* 512 MB: 16x the L3 */
     uint64_t *buf;
-    double bw[3] = {0, 0, 0}, pk32[3] = {0, 0, 0}, pkbf[3] = {0, 0, 0};
+    double bw[3] = {0, 0, 0}, pk32[3] = {0, 0, 0}, pkbf[3] = {0, 0, 0}, pki8[3] = {0, 0, 0};
+    /* the configurations measured per model and thread count: compute, weights */
+    static const int confs[4][2] = {{GEMMA2_COMPUTE_F32, GEMMA2_WEIGHTS_AUTO}, {GEMMA2_COMPUTE_BF16, GEMMA2_WEIGHTS_AUTO},
+                                    {GEMMA2_COMPUTE_F32, GEMMA2_WEIGHTS_Q8}, {GEMMA2_COMPUTE_F32, GEMMA2_WEIGHTS_Q4}};
     for (i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--9b")) want9 = 1;
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) only_nt = atoi(argv[++i]);
@@ -694,9 +750,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--max-ctx") && i + 1 < argc) bench_max_ctx = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only-9b")) want9 = 2;
         else if (!strcmp(argv[i], "--kv-bf16")) bench_kv = GEMMA2_KV_BF16;
+        else if (!strcmp(argv[i], "--quantized")) quant_only = 1;
         else if (!strcmp(argv[i], "--big-q4")) big = 1;
         else {
-            fprintf(stderr, "usage: %s [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--big-q4] [--data DIR]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--quantized] [--big-q4] [--data DIR]\n", argv[0]);
             return 2;
         }
     }
@@ -718,12 +775,13 @@ int main(int argc, char **argv)
         bw[nt] = bench_read_bw(p, buf, bytes);
         pk32[nt] = bench_peak(p, 0);
         pkbf[nt] = bench_peak(p, 1);
-        printf("machine, %d thread%s: streaming read %.1f GB/s, f32 FMA peak %.0f GFLOP/s, bf16-dot peak %.0f GFLOP/s\n", nt, nt > 1 ? "s" : "",
-               bw[nt], pk32[nt], pkbf[nt]);
+        pki8[nt] = bench_peak(p, 2);
+        printf("machine, %d thread%s: streaming read %.1f GB/s, f32 FMA peak %.0f GFLOP/s, bf16-dot peak %.0f GFLOP/s, int8-dot peak %.0f GOP/s\n", nt,
+               nt > 1 ? "s" : "", bw[nt], pk32[nt], pkbf[nt], pki8[nt]);
         gemma2__pool_free(p);
     }
     free(buf);
-    for (nt = 1; nt <= 2; nt++) if (!only_nt || nt == only_nt) bench_kernels(nt, bw[nt], pk32[nt], pkbf[nt]);
+    for (nt = 1; nt <= 2; nt++) if (!only_nt || nt == only_nt) bench_kernels(nt, bw[nt], pk32[nt], pkbf[nt], pki8[nt]);
     fflush(stdout);
     if (kernels_only) return 0;
     if (big) {
@@ -738,8 +796,8 @@ int main(int argc, char **argv)
         if (bench_ensure_q4(d27, &bench_27b_q4) != 0) { fprintf(stderr, "cannot write %s\n", d27); return 1; }
         for (nt = 2; nt >= 1; nt--) {
             if (only_nt && nt != only_nt) continue;
-            bench_model(d9q, &bench_9b_q4, nt, 0, &bw[nt], pk32[nt], pkbf[nt]);
-            bench_model(d27, &bench_27b_q4, nt, 0, &bw[nt], pk32[nt], pkbf[nt]);
+            bench_model(d9q, &bench_9b_q4, nt, 0, GEMMA2_WEIGHTS_Q4, &bw[nt], pk32[nt], pkbf[nt], pki8[nt]);
+            bench_model(d27, &bench_27b_q4, nt, 0, GEMMA2_WEIGHTS_Q4, &bw[nt], pk32[nt], pkbf[nt], pki8[nt]);
         }
         return 0;
     }
@@ -747,14 +805,14 @@ int main(int argc, char **argv)
     for (nt = 2; nt >= 1 && want9 != 2; nt--) {
         int c;
         if (only_nt && nt != only_nt) continue;
-        for (c = 0; c < 2; c++) bench_model(d2, &bench_2b, nt, c, &bw[nt], pk32[nt], pkbf[nt]);
+        for (c = quant_only ? 2 : 0; c < 4; c++) bench_model(d2, &bench_2b, nt, confs[c][0], confs[c][1], &bw[nt], pk32[nt], pkbf[nt], pki8[nt]);
     }
     if (want9) {
         if (bench_ensure_model(d9, &bench_9b) != 0) { fprintf(stderr, "cannot write %s\n", d9); return 1; }
         for (nt = 2; nt >= 1; nt--) {
             int c;
             if (only_nt && nt != only_nt) continue;
-            for (c = 0; c < 2; c++) bench_model(d9, &bench_9b, nt, c, &bw[nt], pk32[nt], pkbf[nt]);
+            for (c = quant_only ? 2 : 0; c < 4; c++) bench_model(d9, &bench_9b, nt, confs[c][0], confs[c][1], &bw[nt], pk32[nt], pkbf[nt], pki8[nt]);
         }
     }
     return 0;

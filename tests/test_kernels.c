@@ -80,7 +80,7 @@ static int kern_pack(const gemma2__kernels *k, gemma2__matmul_args *a, void *buf
 static void kern_check_matmul(const gemma2__kernels *k, int format, int rows, int K, int T, int r0, int r1, int compute_bf16, int use_pack)
 {
     size_t nw = (size_t)rows * K, i;
-    int ldy = rows + 3, t, r, kk, kind = GEMMA2__PACK_NONE, dp, exact;
+    int ldy = rows + 3, t, r, kk, kind = GEMMA2__PACK_NONE, dp, exact = format == GEMMA2__WF_Q8 || format == GEMMA2__WF_Q4;
     float *wf = (float *)malloc(nw * sizeof(float));
     void *w_data = kern_weights(format, rows, K, wf);
     float *x = (float *)malloc((size_t)T * K * sizeof(float));
@@ -102,11 +102,8 @@ static void kern_check_matmul(const gemma2__kernels *k, int format, int rows, in
     for (i = 0; i < (size_t)T * K; i++) xr[i] = dp ? gemma2__bf16_to_f32(gemma2__f32_to_bf16(x[i])) : x[i];
     ar = a; ar.y = yr; ar.x = xr; ar.xp = NULL; ar.xp_kind = GEMMA2__PACK_NONE;
     /* Q8, Q4: the reference quantizes x itself (xr stays x); kernels compute its integer dots
-       and then its float operations in its order, so they must give its bits. Except on the
-       AVX-512 sets, whose Q8 kernel leaves the compiler free to fuse its multiply-adds (g++,
-       clang and GNU C modes do): there, as for the other formats, a tolerance on the sum of
-       |terms| (float32 summation order; a wrong quant or scale is off by far more). */
-    exact = (format == GEMMA2__WF_Q8 || format == GEMMA2__WF_Q4) && k->id != GEMMA2_KERNELS_AVX512 && k->id != GEMMA2_KERNELS_AVX512_BF16;
+       exactly and then its float operations in its order, so they must give its bits. Other
+       formats: a tolerance on the sum of |terms| (float32 summation order). */
     gemma2__matmul_for(k, format)(&a, r0, r1);
     gemma2__wformat_of(format)->matmul_ref(&ar, r0, r1);
     for (t = 0; t < T && !bad; t++)
