@@ -6924,18 +6924,23 @@ GEMMA2__ALWAYS_INLINE void gemma2__qprefetch(const gemma2__mat *w, int r, int nr
 }
 
 /* The finished sums of nr rows (from row rb) x tc tokens (from token t0) in buf, to y:
-   transposed 16 x 16 at a time in registers, masked at the edges. */
+   transposed 16 x 16 at a time in registers, element by element at the edges. */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__qout_512(const gemma2__matmul_args *a, const float *buf, int rb, int nr, int t0, int tc)
 {
     int i, t, l;
     for (i = 0; i < nr; i += 16)
-        for (t = 0; t < tc; t += 16) {
-            __m512i v[16];
-            const __mmask16 m = gemma2__mask16(nr - i);
-            GEMMA2__UNROLL for (l = 0; l < 16; l++) v[l] = i + l < nr ? _mm512_castps_si512(_mm512_load_ps(buf + (size_t)(i + l) * GEMMA2__QT_TC + t)) : _mm512_setzero_si512();
-            gemma2__transpose16_512(v);
-            for (l = 0; l < 16 && t + l < tc; l++) _mm512_mask_storeu_ps(a->y + (size_t)(t0 + t + l) * (size_t)a->ldy + rb + i, m, _mm512_castsi512_ps(v[l]));
-        }
+        for (t = 0; t < tc; t += 16)
+            if (i + 16 <= nr && t + 16 <= tc) {
+                __m512i v[16];
+                float *y = a->y + (size_t)(t0 + t) * (size_t)a->ldy + rb + i;
+                _Pragma("GCC unroll 16") for (l = 0; l < 16; l++) v[l] = _mm512_castps_si512(_mm512_load_ps(buf + (size_t)(i + l) * GEMMA2__QT_TC + t));
+                gemma2__transpose16_512(v);
+                _Pragma("GCC unroll 16") for (l = 0; l < 16; l++) _mm512_storeu_ps(y + (size_t)l * (size_t)a->ldy, _mm512_castsi512_ps(v[l]));
+            } else {
+                int r, u;
+                for (u = t; u < GEMMA2__MIN(t + 16, tc); u++)
+                    for (r = i; r < GEMMA2__MIN(i + 16, nr); r++) a->y[(size_t)(t0 + u) * (size_t)a->ldy + rb + r] = buf[(size_t)r * GEMMA2__QT_TC + u];
+            }
 }
 
 #define GEMMA2__QTILES(MR_)                                                                                       \
