@@ -6845,26 +6845,28 @@ static GEMMA2__T_AVX512VNNI void gemma2__matvec_q4x16(const gemma2__matmul_args 
 #define GEMMA2__QT_TC 128 /* tokens per pass */
 
 /* The panel: rows [r, r+nr) x blocks [b0, b0+nblk) of a Q8 or Q4 matrix as 32 unsigned
-   quants per row and block (row i, block b at pq + (i KB + b) 32), d and m as floats. */
+   quants per row and block (row i, block b at pq + (i KB + b) 32), d and m as floats. Needs
+   KB == 8 (one 8-lane gather per row). */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512VNNI void gemma2__qpanel_512(const gemma2__mat *w, int r, int nr, int b0, int nblk, uint8_t *pq, float *pd, float *pm, const int Q4)
 {
     const size_t rb = gemma2__row_bytes(w->format, w->cols), bb = Q4 ? GEMMA2__Q4_BYTES : GEMMA2__Q8_BYTES;
+    const __m256i heads = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)bb));
+    const __mmask8 mb = (__mmask8)((1u << nblk) - 1);
     int i, b;
     for (i = 0; i < nr; i++) {
         const uint8_t *blk = (const uint8_t *)w->data + (size_t)(r + i) * rb + (size_t)b0 * bb;
+        /* the blocks' heads (d; Q4: d and m) with one gather */
+        const __m256i h = _mm256_mmask_i32gather_epi32(_mm256_setzero_si256(), mb, heads, (const void *)blk, 1);
+        _mm256_storeu_ps(pd + i * GEMMA2__QT_KB, _mm256_cvtph_ps(_mm256_cvtepi32_epi16(h)));
+        if (Q4) _mm256_storeu_ps(pm + i * GEMMA2__QT_KB, _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(h, 16))));
         for (b = 0; b < nblk; b++, blk += bb) {
-            uint8_t *o = pq + (size_t)(i * GEMMA2__QT_KB + b) * 32;
-            uint16_t h[2];
             __m256i q;
-            memcpy(h, blk, 4);
-            pd[i * GEMMA2__QT_KB + b] = _cvtsh_ss(h[0]);
             if (Q4) {
                 __m128i nib = _mm_loadu_si128((const __m128i *)(const void *)(blk + 4)), m4 = _mm_set1_epi8(0x0f);
-                pm[i * GEMMA2__QT_KB + b] = _cvtsh_ss(h[1]);
                 q = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(nib, m4)), _mm_and_si128(_mm_srli_epi16(nib, 4), m4), 1);
             } else
                 q = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(blk + 2)), _mm256_set1_epi8((char)0x80));
-            _mm256_storeu_si256((__m256i *)(void *)o, q);
+            _mm256_storeu_si256((__m256i *)(void *)(pq + (size_t)(i * GEMMA2__QT_KB + b) * 32), q);
         }
     }
 }
