@@ -6815,7 +6815,7 @@ static GEMMA2__T_AVX512VNNI void gemma2__matvec_q4x16(const gemma2__matmul_args 
             d[j] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(wv, lo4), xlo);
             d[j] = _mm512_dpbusd_epi32(d[j], _mm512_and_si512(_mm512_srli_epi16(wv, 4), lo4), xhi);
         }
-        if (b & 1) GEMMA2__UNROLL for (l = 0; l < 16; l++) _mm_prefetch((const char *)gemma2__row16(pf, pf8, m, l), _MM_HINT_T0);
+        if (b % 3 == 0) GEMMA2__UNROLL for (l = 0; l < 16; l++) _mm_prefetch((const char *)gemma2__row16(pf, pf8, m, l), _MM_HINT_T0);
         e01 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[0], d[1]), _mm512_unpackhi_epi32(d[0], d[1]));
         e23 = _mm512_add_epi32(_mm512_unpacklo_epi32(d[2], d[3]), _mm512_unpackhi_epi32(d[2], d[3]));
         dots = _mm512_add_epi32(_mm512_unpacklo_epi64(e01, e23), _mm512_unpackhi_epi64(e01, e23));
