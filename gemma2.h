@@ -6578,58 +6578,70 @@ static GEMMA2__T_AVX512 void gemma2__matmul_512_f32w(const gemma2__matmul_args *
 
 /* ---- Q8 and Q4 weights: integer dot products (AVX512_VNNI) ---------------------------
 
-   The reference products (gemma2__matmul_ref_q8, _q4) sum each output over its row's blocks
-   in order, with float32 steps on an exact int32 dot of 32 weight and 32 activation quants
-   per block. These kernels compute the same integer dots exactly and then the same float32
-   steps in the same order (a multiply, a multiply, an add; for Q4 a multiply and two adds
-   more), so their results are the reference's to the bit, whatever the kernel, tile, thread
-   split or chunking. The float steps go through the _round_ intrinsics (with the current
-   rounding): GNU C's -ffp-contract=fast fuses the plain ones into FMAs, which round once
-   where the reference rounds twice.
+   Exactness. The reference products (gemma2__matmul_ref_q8, _q4) sum each output over its
+   row's blocks in order, with float32 steps on an exact int32 dot of 32 weight and 32
+   activation quants per block. These kernels compute the same integer dots exactly (integer
+   adds in any order) and then the same float32 steps in the same order (convert, multiply
+   dw x dx, multiply, add; for Q4 also m x sx and one more add, t1 + t2 first), one output
+   per lane, so their results are the reference's to the bit whatever the kernel, tile,
+   thread split or chunking. The float steps go through the _round_ intrinsics (with the
+   current rounding): GNU C's -ffp-contract=fast fuses the plain ones into FMAs, which round
+   once where the reference rounds twice.
 
    Signs. vpdpbusd multiplies unsigned bytes by signed bytes, four at a time into int32
    lanes. Q4 quants (0..15) are unsigned as they are. Q8 weight quants are signed: flipped to
    w + 128 (xor 0x80) they are unsigned, and the dot gains 128 times the sum of the
    activation quants, which is the same for every row: it is subtracted once per block and
-   token, as the starting value of the accumulators (-128 x each lane's four activation
-   quants, so that a row's lanes add up to the correction), and costs nothing per row.
+   token, as the accumulators' starting value (decode: -128 x each lane's four activation
+   quants, so that a row's lanes add up to the correction; prefill: the Q8T layout's c).
 
-   Decode (one token) is bound by memory: 34 (Q8) or 20 (Q4) bytes per 32 weights, each
-   used once. What limits it is the instructions per byte: every one of them occupies the
-   out-of-order window that must also hold the cache misses in flight. So the kernel takes 16
-   rows at once and puts their 16 block dots in the 16 lanes of one register: per block,
-   Q8 fills 8 registers with two rows' 32 quants each (a 32-byte load and a 32-byte insert),
-   one vpdpbusd each against the activation block in both halves, and a tree of 7
-   interleave-and-add steps (14 shuffles, 7 adds, all exact integer adds) leaves row i's dot
-   in lane i. Q4 puts four rows' 16 nibble bytes in a register (a load and three inserts),
-   masks and shifts out the low (elements 0..15) and high (16..31) nibbles, two vpdpbusd
-   against the activation halves, and a 3-step tree. The 16 rows' fp16 block heads (Q8: d;
-   Q4: d and m) come in with one 32-bit gather. Then the float steps for 16 rows at once in
-   one accumulator, lane i holding row i's running sum: one multiply-add chain per 16 rows
-   and block, no reduction at the end. Per 16 row-blocks (544 bytes) that is ~55 instructions
-   for Q8, where one vpdpbusd per row and block, with an 8-lane reduction each, took ~140 for
-   the same bytes. Rows past the last whole 16 repeat the last row and are not stored.
+   Decode (one token) is bound by memory: 34 (Q8) or 20 (Q4) bytes per 32 weights, each used
+   once. Two things decide how close it gets:
+   - The instructions per byte, which share the out-of-order window with the misses in
+     flight. The kernel takes 16 rows at once and leaves their 16 block dots in the 16 lanes
+     of one register: Q8 fills 8 registers with two rows' 32 quants each (a load and an
+     insert), one vpdpbusd each against the activation block in both halves, then a tree of
+     7 interleave-and-add steps (14 shuffles, 7 exact integer adds) puts row i's dot in lane
+     i; Q4 puts four rows' 16 nibble bytes in a register (a load, three inserts), masks and
+     shifts out the low (elements 0..15) and high (16..31) nibbles, two vpdpbusd against the
+     activation halves, a 3-step tree. One 32-bit gather brings the 16 rows' block heads (Q8:
+     d; Q4: d and m), and the float steps run for 16 rows at once in one accumulator: no
+     reduction per row at the end. That is 78 instructions per 16 rows and block for Q8
+     without the prefetches, where the 8-row kernel that reduced each row's block dot on its
+     own took 118.
+   - The access pattern. The 16 rows are read as 16 streams, and the hardware prefetchers
+     follow about one stream per 4 KB page: neighbouring rows of a 2304-wide matrix (2448
+     bytes in Q8, 1440 in Q4) share pages and defeat them. Plain reads in the kernels'
+     pattern, one thread: 9.4 (Q8) and 7.1 GB/s (Q4) with neighbouring rows, 13.6 and 10.9
+     with the rows 4 apart, against 13.5 for the bf16 kernels' 8 rows of 4.6 KB. So a group
+     is rows r, r+S, .., r+15S (S groups interleaved over 16 S rows), S the smallest power of
+     2 that puts the streams 8 KB apart (up to 8). Software prefetch 1 KB ahead, every other
+     block (Q8) or every third (Q4: 60 bytes, each line once), measured best of every 1..6
+     blocks and none.
 
    Prefill (several tokens) is bound by the integer dot products: each weight serves every
    token, and a 512-bit vpdpbusd does 64 multiply-adds. The tile turns the product around as
-   the bf16 prefill tile does: 16 tokens across the lanes of a register, 4 rows x 48 tokens
+   the bf16 prefill tile does: 16 tokens across the lanes of a register, 6 rows x 32 tokens
    of outputs. Activations come quantized and transposed (GEMMA2__PACK_Q8T): per block,
    group of 4 columns and 16 tokens one register of 64 bytes, each lane a token's 4 quants;
    weights are broadcast 4 quants (32 bits) at a time. Per block that is 8 x 12 vpdpbusd into
-   12 int32 accumulators (started from the Q8 correction), then per row and token run the
-   float steps: convert, scale dw x dx, multiply, add (Q4: times m, plus sx, two adds) in 12
-   float accumulators. The weight blocks are first unpacked, 48 rows x 8 blocks at a time,
-   into a small panel (Q8: xor 0x80; Q4: nibbles into bytes) with their heads as floats: done
-   once for all the call's tokens, it leaves the inner loop nothing but loads, broadcasts and
-   vpdpbusd. The 8 x 16 x 704-byte activation slice of three token runs and the panel stay
-   in L1 while the 12 row tiles pass over them.
+   12 int32 accumulators, then the float steps into 12 float accumulators. The float steps,
+   4 instructions per 8 vpdpbusd (Q8; 6 for Q4), are what keeps the tile from the vpdpbusd
+   peak: alone in L1 it runs at ~75% of it (Q8) and ~65% (Q4). The weight blocks are first
+   unpacked, 48 rows x 8 blocks at a time, into a small panel (Q8: xor 0x80; Q4: nibbles into
+   bytes; the heads as floats): done once for all the call's tokens, it leaves the tile
+   nothing but loads, broadcasts and vpdpbusd. The panel and the 8-block slice of the
+   activations stay in L1 while the tiles pass over them, and the next panel's weights,
+   the only bytes that come from memory, are prefetched meanwhile.
 
    Why vpdpbusd and not vdpbf16ps on exact bf16 quants, on the AVX512_BF16 set too: int8
-   quants are exact in bf16 and vdpbf16ps would sum their products exactly in float32, but it
-   does 32 multiply-adds per instruction to vpdpbusd's 64, and on the CPU this was tuned on
-   (Intel Xeon, Emerald Rapids) it issues one every 2 cycles to vpdpbusd's two per cycle:
-   1/8 of the integer rate (measured, 12 independent chains each: 8.9 vs 2.3 ns per 12). The
-   float steps per block are the same in both. */
+   quants are exact in bf16 and vdpbf16ps would sum their products exactly in float32, with
+   the same float steps per block, but it does 32 multiply-adds per instruction to
+   vpdpbusd's 64, and on the CPU this was tuned on (Intel Xeon, Emerald Rapids) it issues one
+   every 2 cycles to vpdpbusd's two per cycle: 1/8 of the integer rate (12 independent
+   chains each: 8.9 vs 2.3 ns per 12). On CPUs whose vdpbf16ps issues more than twice as
+   often as their vpdpbusd (AMD Zen 5 is said to) a bf16 tile could do more multiply-adds per
+   second; that was not measured here. */
 
 /* Float32 steps that must not become fused multiply-adds (see above). */
 #define GEMMA2__MUL_NF(a, b) _mm512_mul_round_ps((a), (b), _MM_FROUND_CUR_DIRECTION)
