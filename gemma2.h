@@ -6051,6 +6051,9 @@ static int gemma2__cpu_count(void)
    memory past a row; odd K reads the last weight as 16 bits. Rows and tokens left over
    after whole tiles get smaller tiles (the tile function is instantiated per shape, so
    every shape keeps its accumulators in registers).
+
+   Q8 and Q4 weights run on integer dot products (AVX512_VNNI) with results equal to their
+   reference products bit for bit; their own notes are with their kernels below.
    --------------------------------------------------------------------------- */
 
 /* Shared by the SIMD sets: tile functions take their shape as constant arguments and are
