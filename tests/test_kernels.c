@@ -202,6 +202,29 @@ static void kern_test_matmul_q_paths(void)
     }
 }
 
+/* Q8 and Q4 on shapes that reach every path of the SIMD kernels, bit for bit against the
+   reference: decode in groups of 16 rows several rows apart (short rows make the groups
+   sparse) with tails in every position, row ranges that start and end anywhere; prefill
+   tiles with row, token and column tails, several panels of columns, several passes of
+   tokens. */
+static void kern_test_matmul_q(void)
+{
+    static const int shapes[][5] = {
+        /* rows, K, T, r0, r1 */
+        {300, 72, 1, 0, 300}, {300, 72, 1, 7, 293}, {150, 2304 + 7, 1, 0, 150}, {150, 2304, 1, 16, 144},
+        {37, 64, 1, 0, 37}, {37, 64, 1, 21, 37}, {13, 40, 1, 0, 13}, {200, 9216 / 8, 1, 3, 200},
+        {97, 300, 2, 0, 97}, {97, 300, 16, 1, 96}, {50, 1000, 33, 0, 50}, {48, 256, 32, 0, 48},
+        {61, 520, 129, 5, 61}, {7, 33, 17, 0, 7}};
+    int s, f, i, up;
+    for (s = 0; s < GEMMA2__N_KERNEL_SETS; s++) {
+        gemma2__kernels k;
+        if (!kern_get(s, &k)) continue;
+        for (f = GEMMA2__WF_Q8; f <= GEMMA2__WF_Q4; f++)
+            for (i = 0; i < (int)(sizeof shapes / sizeof shapes[0]); i++)
+                for (up = 0; up < 2; up++) kern_check_matmul(&k, f, shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3], shapes[i][4], 0, up);
+    }
+}
+
 /* fp32 -> fp16 (the Q8 scales): every finite half survives the round trip; the midpoints
    between neighbouring halves tie to the even one, and a float just beside a midpoint goes to
    the nearer half; past the largest half (midpoint 65520 included) is infinity. */
@@ -734,6 +757,7 @@ void suite_kernels(void)
     g2t_run("kernels/pack", kern_test_pack);
     g2t_run("kernels/matmul", kern_test_matmul);
     g2t_run("kernels/matmul_q_paths", kern_test_matmul_q_paths);
+    g2t_run("kernels/matmul_q", kern_test_matmul_q);
     g2t_run("kernels/matmul_consistent", kern_test_matmul_consistent);
     g2t_run("kernels/vector_ops", kern_test_vector_ops);
     g2t_run("kernels/attention", kern_test_attention);
