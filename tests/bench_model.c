@@ -119,14 +119,33 @@ static int bench_write_config(const char *dir, const bench_shape *s)
     return 0;
 }
 
+/* Closes the JSON header hdr[0 .. len) (room for 8 more bytes), pads it with spaces so the
+   data starts 8-byte aligned, and writes the length and the header to DIR/model.safetensors;
+   the open file, for the tensor data, or NULL. */
+static FILE *bench_create_safetensors(const char *dir, char *hdr, size_t len)
+{
+    char path[1100];
+    uint64_t hl;
+    FILE *f;
+    int i;
+    hdr[len++] = '}';
+    while (len % 8) hdr[len++] = ' ';
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (!(f = fopen(path, "wb"))) return NULL;
+    hl = (uint64_t)len;
+    for (i = 0; i < 8; i++) fputc((int)((hl >> (8 * i)) & 0xff), f);
+    if (fwrite(hdr, 1, len, f) != len) { fclose(f); return NULL; }
+    return f;
+}
+
 static int bench_write_model(const char *dir, const bench_shape *s)
 {
-    char path[1024], *hdr;
+    char *hdr;
     int n = bench_tensors(s, NULL), i;
     bench_tensor *t = (bench_tensor *)calloc((size_t)n, sizeof *t);
     size_t cap = (size_t)n * 160 + 64, len = 0, off = 0, chunk = (size_t)1 << 22;
     uint16_t *buf = (uint16_t *)malloc(chunk * 2);
-    uint64_t rng = 0x9e3779b97f4a7c15ull, hl;
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
     FILE *f;
     double t0 = bench_now();
     if (!t || !buf) return -1;
@@ -148,14 +167,7 @@ static int bench_write_model(const char *dir, const bench_shape *s)
                                     t[i].name, t[i].rows, off, off + bytes);
         off += bytes;
     }
-    hdr[len++] = '}';
-    while (len % 8) hdr[len++] = ' ';
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    f = fopen(path, "wb");
-    if (!f) return -1;
-    hl = (uint64_t)len;
-    for (i = 0; i < 8; i++) fputc((int)((hl >> (8 * i)) & 0xff), f);
-    fwrite(hdr, 1, len, f);
+    if (!(f = bench_create_safetensors(dir, hdr, len))) return -1;
     for (i = 0; i < n; i++) {
         size_t left = (size_t)t[i].rows * (size_t)(t[i].cols ? t[i].cols : 1);
         while (left > 0) {
@@ -194,11 +206,11 @@ static int bench_ensure_model(const char *dir, const bench_shape *s)
    on the shapes, not on the values). */
 static int bench_write_q4(const char *dir, const bench_shape *s)
 {
-    char path[1100], *hdr;
+    char *hdr;
     int n = bench_tensors(s, NULL), i, pass;
     bench_tensor *t = (bench_tensor *)calloc((size_t)n, sizeof *t);
     size_t cap = (size_t)n * 200 + 200, len = 0, off = 0, maxrb = 0;
-    uint64_t rng = 0x9e3779b97f4a7c15ull, hl;
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
     uint16_t *b16;
     float *row;
     uint8_t *rows;
@@ -232,14 +244,7 @@ static int bench_write_q4(const char *dir, const bench_shape *s)
             }
             off += bytes;
         }
-    hdr[len++] = '}';
-    while (len % 8) hdr[len++] = ' ';
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    f = fopen(path, "wb");
-    if (!f) return -1;
-    hl = (uint64_t)len;
-    for (i = 0; i < 8; i++) fputc((int)((hl >> (8 * i)) & 0xff), f);
-    fwrite(hdr, 1, len, f);
+    if (!(f = bench_create_safetensors(dir, hdr, len))) return -1;
     for (pass = 0; pass < 2; pass++)
         for (i = 0; i < n; i++) {
             int fmt = i == 0 ? GEMMA2__WF_Q8 : GEMMA2__WF_Q4, r, k, cols = (int)t[i].cols;
