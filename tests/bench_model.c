@@ -619,12 +619,14 @@ static double bench_read_again(int nt)
     return r;
 }
 
-/* One configuration. *bw is the best read bandwidth this run has measured with nt threads; it
-   is measured again after the configuration (other tenants of this machine make it drift by
-   +-30% over minutes), and the decode fractions use the best of all the measurements. */
-static void bench_model(const char *dir, const bench_shape *s, int nt, int compute, int weights, double *bw, double peak32, double peakbf, double peaki8)
+/* One configuration. *bw and the peaks are the best this run has measured with nt threads;
+   they are measured again after the configuration (other tenants of this machine make them
+   drift by +-30% over minutes, and by 2x when they run on the other core), and the fractions
+   use the best of all the measurements. */
+static void bench_model(const char *dir, const bench_shape *s, int nt, int compute, int weights, double *bw, double *peak32, double *peakbf,
+                        double *peaki8)
 {
-    double dts[4], rss, again;
+    double dts[4], rss, again, pk[3];
     gemma2_options opt;
     gemma2_model *m;
     gemma2_session *ss;
@@ -691,19 +693,13 @@ static void bench_model(const char *dir, const bench_shape *s, int nt, int compu
         if (bench_now() - t0 < pre) pre = bench_now() - t0;
     }
     if (weights == GEMMA2_WEIGHTS_Q8 || weights == GEMMA2_WEIGHTS_Q4) {
-        double op = (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9;
         printf("%s  %d thread%s  weights %s  kernels %s%s\n", s->name, nt, nt > 1 ? "s" : " ", weights == GEMMA2_WEIGHTS_Q8 ? "q8" : "q4",
                gemma2_model_kernels(m), bench_kv == GEMMA2_KV_BF16 ? "  KV cache bf16" : "");
-        printf("  load %.3f s (quantizing at load, if not saved quantized)   time to first token (512-token prompt, cold) %.2f s\n", load, ttft);
-        printf("  prefill pp512 %.1f tok/s  %.0f GOP/s = %.0f%% of int8-dot peak, %.0f%% of bf16-dot peak\n", P / pre, op,
-               peaki8 > 0 ? 100.0 * op / peaki8 : 0.0, peakbf > 0 ? 100.0 * op / peakbf : 0.0);
+        printf("  load %.3f s (reading and quantizing)   time to first token (512-token prompt, cold) %.2f s\n", load, ttft);
     } else {
         printf("%s  %d thread%s  compute %s  kernels %s%s\n", s->name, nt, nt > 1 ? "s" : " ", compute ? "bf16" : "f32 ", gemma2_model_kernels(m),
                bench_kv == GEMMA2_KV_BF16 ? "  KV cache bf16" : "");
         printf("  load %.3f s   time to first token (512-token prompt, cold) %.2f s\n", load, ttft);
-        printf("  prefill pp512 %.1f tok/s  %.0f GFLOP/s = %.0f%% of f32 FMA peak, %.0f%% of bf16-dot peak\n", P / pre,
-               (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9, 100.0 * (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9 / peak32,
-               peakbf > 0 ? 100.0 * (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9 / peakbf : 0.0);
     }
     for (ci = 0; ci < 4; ci++) {
         double dt = 1e30;
@@ -727,10 +723,28 @@ static void bench_model(const char *dir, const bench_shape *s, int nt, int compu
     gemma2_free(m);
     again = bench_read_again(nt);
     if (again > *bw) *bw = again;
+    {
+        gemma2__pool *p = gemma2__pool_new(nt);
+        for (i = 0; i < 3; i++) pk[i] = p ? bench_peak(p, i) : 0;
+        gemma2__pool_free(p);
+        if (pk[0] > *peak32) *peak32 = pk[0];
+        if (pk[1] > *peakbf) *peakbf = pk[1];
+        if (pk[2] > *peaki8) *peaki8 = pk[2];
+    }
+    {
+        double op = (flops_tok * P + 2.0 * s->V * s->H) / pre / 1e9;
+        if (weights == GEMMA2_WEIGHTS_Q8 || weights == GEMMA2_WEIGHTS_Q4)
+            printf("  prefill pp512 %.1f tok/s  %.0f GOP/s = %.0f%% of int8-dot peak, %.0f%% of bf16-dot peak\n", P / pre, op,
+                   *peaki8 > 0 ? 100.0 * op / *peaki8 : 0.0, *peakbf > 0 ? 100.0 * op / *peakbf : 0.0);
+        else
+            printf("  prefill pp512 %.1f tok/s  %.0f GFLOP/s = %.0f%% of f32 FMA peak, %.0f%% of bf16-dot peak\n", P / pre, op, 100.0 * op / *peak32,
+                   *peakbf > 0 ? 100.0 * op / *peakbf : 0.0);
+    }
     for (ci = 0; ci < 4; ci++)
         if (dts[ci] > 0) printf("  decode @ctx %-5d %6.2f tok/s  %5.1f GB/s of weights = %3.0f%% of read bandwidth (ceiling %.2f tok/s)\n", ctxs[ci], 1.0 / dts[ci],
                wbytes / dts[ci] / 1e9, 100.0 * wbytes / dts[ci] / 1e9 / *bw, *bw * 1e9 / wbytes);
-    printf("  read bandwidth measured again after this configuration %.1f GB/s; best of the run %.1f GB/s\n", again, *bw);
+    printf("  measured again after this configuration: read bandwidth %.1f GB/s, f32 FMA %.0f GFLOP/s, bf16-dot %.0f GFLOP/s, int8-dot %.0f GOP/s;\n"
+           "  best of the run: %.1f GB/s, %.0f GFLOP/s, %.0f GFLOP/s, %.0f GOP/s\n", again, pk[0], pk[1], pk[2], *bw, *peak32, *peakbf, *peaki8);
     printf("  peak RSS %.2f GB (weights %.2f GB)\n", rss, wbytes / 1e9);
     fflush(stdout);
 }
@@ -801,8 +815,8 @@ int main(int argc, char **argv)
         if (bench_ensure_q4(d27, &bench_27b_q4) != 0) { fprintf(stderr, "cannot write %s\n", d27); return 1; }
         for (nt = 2; nt >= 1; nt--) {
             if (only_nt && nt != only_nt) continue;
-            bench_model(d9q, &bench_9b_q4, nt, 0, GEMMA2_WEIGHTS_Q4, &bw[nt], pk32[nt], pkbf[nt], pki8[nt]);
-            bench_model(d27, &bench_27b_q4, nt, 0, GEMMA2_WEIGHTS_Q4, &bw[nt], pk32[nt], pkbf[nt], pki8[nt]);
+            bench_model(d9q, &bench_9b_q4, nt, 0, GEMMA2_WEIGHTS_Q4, &bw[nt], &pk32[nt], &pkbf[nt], &pki8[nt]);
+            bench_model(d27, &bench_27b_q4, nt, 0, GEMMA2_WEIGHTS_Q4, &bw[nt], &pk32[nt], &pkbf[nt], &pki8[nt]);
         }
         return 0;
     }
@@ -810,14 +824,14 @@ int main(int argc, char **argv)
     for (nt = 2; nt >= 1 && want9 != 2; nt--) {
         int c;
         if (only_nt && nt != only_nt) continue;
-        for (c = quant_only ? 2 : 0; c < 4; c++) bench_model(d2, &bench_2b, nt, confs[c][0], confs[c][1], &bw[nt], pk32[nt], pkbf[nt], pki8[nt]);
+        for (c = quant_only ? 2 : 0; c < 4; c++) bench_model(d2, &bench_2b, nt, confs[c][0], confs[c][1], &bw[nt], &pk32[nt], &pkbf[nt], &pki8[nt]);
     }
     if (want9) {
         if (bench_ensure_model(d9, &bench_9b) != 0) { fprintf(stderr, "cannot write %s\n", d9); return 1; }
         for (nt = 2; nt >= 1; nt--) {
             int c;
             if (only_nt && nt != only_nt) continue;
-            for (c = quant_only ? 2 : 0; c < 4; c++) bench_model(d9, &bench_9b, nt, confs[c][0], confs[c][1], &bw[nt], pk32[nt], pkbf[nt], pki8[nt]);
+            for (c = quant_only ? 2 : 0; c < 4; c++) bench_model(d9, &bench_9b, nt, confs[c][0], confs[c][1], &bw[nt], &pk32[nt], &pkbf[nt], &pki8[nt]);
         }
     }
     return 0;
