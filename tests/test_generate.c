@@ -580,6 +580,13 @@ static void test_generate_cli(void)
         rc = gen_cli(a, 12, NULL, out, sizeof out, err, sizeof err);
         CHECK(rc == 0 && out[0] && strstr(err, "compute bf16, KV cache bf16") != NULL, "bf16 options: rc %d out [%s] err [%s]", rc, out, err);
     }
+    {   /* --no-mmap reads the weights into memory (same text); a later --mmap maps them again */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "--no-mmap", "-p", "Write a hello world program", "--mmap"};
+        rc = gen_cli(a, 11, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want) && strstr(err, "(read into memory)") != NULL, "--no-mmap: rc %d out [%s] err [%s]", rc, out, err);
+        rc = gen_cli(a, 12, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want) && strstr(err, "(read into memory)") == NULL, "--mmap: rc %d out [%s] err [%s]", rc, out, err);
+    }
     {   /* interactive: two turns, /reset, /quit; stdout holds the replies, one per line */
         const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "4", "-i"};
         rc = gen_cli(a, 9, "Hello\nAgain\n/reset\n/quit\nnot read\n", out, sizeof out, err, sizeof err);
