@@ -2395,9 +2395,11 @@ GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos)
     c = &s->m->cfg;
     for (l = 0; l < c->num_hidden_layers; l++) if (s->slots[l] < s->n_ctx) ring = s->slots[l];
     s->has_logits = 0;
-    /* A sliding ring holds positions >= hi - slots intact. The next token (at pos) needs
-       pos - W + 1 onward; if those were overwritten, rebuild the cache from the start. */
-    if (ring && GEMMA2__MAX(0, s->hi - ring) > GEMMA2__MAX(0, pos - c->sliding_window + 1)) {
+    /* A sliding ring holds positions hi - slots .. pos - 1 intact (a position below hi that is
+       evaluated again only overwrites its own slot). The cheap path below evaluates token
+       pos - 1 again, which needs the keys from pos - W on (one more than the next token needs);
+       if any of those were overwritten, rebuild the cache from the start. */
+    if (ring && GEMMA2__MAX(0, s->hi - ring) > GEMMA2__MAX(0, pos - c->sliding_window)) {
         s->pos = 0;
         s->hi = 0;
         if (pos == 0) return 0;
