@@ -159,7 +159,109 @@ static void test_session_rewind(void)
     }
 }
 
+/* n_ctx: 0 is max_position_embeddings, which is also the most; past it (up to INT_MAX, which
+   once zeroed 8 GB before failing) or negative, NULL. The allocation test (tests/alloc_test.c)
+   checks that such a call allocates nothing. */
+static void test_session_n_ctx(void)
+{
+    gemma2_model *m = ses_load("tiny-gqa", GEMMA2_KV_F32, 1);
+    gemma2_session *s;
+    int mpe;
+    if (!m) return;
+    mpe = gemma2_model_config(m)->max_position_embeddings;
+    s = gemma2_session_new(m, 0);
+    CHECK(s && gemma2_session_n_ctx(s) == mpe, "n_ctx 0 is max_position_embeddings (%d)", mpe);
+    gemma2_session_free(s);
+    s = gemma2_session_new(m, mpe);
+    CHECK(s && gemma2_session_n_ctx(s) == mpe, "n_ctx = max_position_embeddings");
+    gemma2_session_free(s);
+    s = gemma2_session_new(m, mpe + 1);
+    CHECK(s == NULL, "n_ctx past max_position_embeddings must fail");
+    gemma2_session_free(s);
+    s = gemma2_session_new(m, 2147483647);
+    CHECK(s == NULL, "n_ctx INT_MAX must fail");
+    gemma2_session_free(s);
+    CHECK(gemma2_session_new(m, -1) == NULL && gemma2_session_new(NULL, 8) == NULL, "bad arguments");
+    gemma2_free(m);
+}
+
+/* A session freed after its model (the ASan build sees any read of the freed model). */
+static void test_session_free_after_model(void)
+{
+    int kv;
+    for (kv = 0; kv < 2; kv++) {
+        gemma2_model *m = ses_load("tiny-27b-style", kv ? GEMMA2_KV_BF16 : GEMMA2_KV_F32, 2);
+        gemma2_session *s = m ? gemma2_session_new(m, 16) : NULL;
+        int32_t ids[3] = {2, 10, 20};
+        CHECK(s && gemma2_eval(s, ids, 3, NULL) == 0, "session");
+        gemma2_free(m);
+        gemma2_session_free(s);
+    }
+}
+
+#if defined(SES_THREADS)
+/* One model shared by sessions on several threads (the TSan build runs this): each evaluates
+   tiny-gqa's reference tokens, in one call and then again token by token after a rewind, and
+   must get the reference logits. */
+typedef struct ses_worker {
+    gemma2_model *m;
+    const mdl_ref *r;
+    int rc;
+    float worst;
+} ses_worker;
+
+static void *ses_worker_run(void *arg)
+{
+    ses_worker *w = (ses_worker *)arg;
+    const mdl_ref *r = w->r;
+    gemma2_session *s = gemma2_session_new(w->m, r->T);
+    float *out = (float *)malloc((size_t)r->T * r->V * sizeof(float));
+    int t, v;
+    w->rc = -1;
+    w->worst = 0;
+    if (s && out && gemma2_eval(s, r->ids, r->T, out) == 0 && gemma2_session_rewind(s, 1) == 0) {
+        for (t = 1; t < r->T; t++)
+            if (gemma2_eval(s, r->ids + t, 1, out + (size_t)t * r->V) != 0) break;
+        if (t == r->T) w->rc = 0;
+        for (v = 0; v < r->T * r->V; v++) w->worst = GEMMA2__MAX(w->worst, fabsf(out[v] - r->logits[v]));
+    }
+    free(out);
+    gemma2_session_free(s);
+    return NULL;
+}
+
+static void test_session_threads(void)
+{
+    enum { NW = 3 };
+    mdl_ref r;
+    gemma2_model *m = ses_load("tiny-gqa", GEMMA2_KV_F32, 2);
+    pthread_t th[NW];
+    ses_worker w[NW];
+    int i, started[NW];
+    if (!m) return;
+    if (!mdl_load_ref("tiny-gqa", &r) || !r.logits) { CHECK(0, "tiny-gqa reference"); mdl_free_ref(&r); gemma2_free(m); return; }
+    for (i = 0; i < NW; i++) {
+        w[i].m = m;
+        w[i].r = &r;
+        started[i] = pthread_create(&th[i], NULL, ses_worker_run, &w[i]) == 0;
+        CHECK(started[i], "pthread_create");
+    }
+    for (i = 0; i < NW; i++) {
+        if (!started[i]) continue;
+        pthread_join(th[i], NULL);
+        CHECK(w[i].rc == 0 && w[i].worst < 1e-3f, "thread %d: rc %d, max logit diff %g", i, w[i].rc, w[i].worst);
+    }
+    mdl_free_ref(&r);
+    gemma2_free(m);
+}
+#endif
+
 void suite_session(void)
 {
     g2t_run("session/rewind", test_session_rewind);
+    g2t_run("session/n_ctx", test_session_n_ctx);
+    g2t_run("session/free-after-model", test_session_free_after_model);
+#if defined(SES_THREADS)
+    g2t_run("session/threads", test_session_threads);
+#endif
 }
