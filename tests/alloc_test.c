@@ -220,6 +220,23 @@ static int at_op_load_tokenizer(long k, at_out *out)
     return n > 0 ? 0 : -1;
 }
 
+/* A session freed after its model (ASan sees any read of the freed model). */
+static int at_op_free_model_first(long k, at_out *out)
+{
+    gemma2_model *m;
+    gemma2_session *s = NULL;
+    int rc = -1;
+    at_arm(k);
+    m = at_load("models/tiny-27b-style", 0, 2, GEMMA2_KV_BF16, NULL);
+    if (m) s = gemma2_session_new(m, 8);
+    at_disarm();
+    if (s) rc = gemma2_eval(s, at_ids, 6, NULL);
+    if (rc == 0) at_put(out, gemma2_logits(s), 64 * sizeof(float));
+    gemma2_free(m);
+    gemma2_session_free(s);
+    return rc;
+}
+
 /* ---- sessions and evaluation (the model is loaded once, without failures) */
 
 static gemma2_model *at_gqa[2][2]; /* [n_threads - 1][kv bf16] */
@@ -437,6 +454,7 @@ int main(int argc, char **argv)
         {"session_new, bf16 kv", at_op_session_bf16},
         {"session_new, bf16 kv, 2 threads", at_op_session_bf16_2},
         {"eval and rewind", at_op_eval},
+        {"model freed before its session", at_op_free_model_first},
         {"tokenize, detokenize", at_op_tokenize},
         {"sampler", at_op_sampler},
         {"generate", at_op_generate},
