@@ -314,9 +314,9 @@ GEMMA2_DEF const int32_t *gemma2_session_tokens(const gemma2_session *s); /* the
 /* Forgets everything from position pos on (0 <= pos <= current), and recomputes the logits
    of token pos - 1 as a fresh session evaluating the same pos tokens gives them (up to float
    rounding of a different batching). Cheap, except when a sliding-window layer's ring buffer
-   no longer holds the keys token pos - 1 needs (a rewind by more than 127 positions from the
-   furthest one reached): then the tokens before pos are evaluated again. Returns 0 or a
-   negative error. */
+   no longer holds the keys token pos - 1 needs (only ever after going back more than 127
+   positions from the furthest one reached): then the tokens before pos are evaluated again.
+   Returns 0 or a negative error. */
 GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos);
 
 /* Tracing: fn is called after the embedding (layer 0) and after each decoder layer l
