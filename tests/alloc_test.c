@@ -280,7 +280,7 @@ static int at_op_eval(long k, at_out *out)
 
 /* ---- with a tokenizer: tiny-realvocab and the real Gemma tokenizer */
 
-static gemma2_model *at_rv;
+static gemma2_model *at_rv, *at_rv_json; /* with tokenizer.model; with tokenizer.json */
 
 static int at_collect(void *user, int32_t token, const char *text, size_t len)
 {
@@ -368,7 +368,7 @@ static int at_op_chat(long k, at_out *out)
     return rc;
 }
 
-static int at_op_tokenize(long k, at_out *out)
+static int at_tokenize_op(gemma2_model *m, long k, at_out *out)
 {
     static const char text[] = "<start_of_turn>user\nWrite   a hello world program in C.\n\t\xe4\xbd\xa0\xe5\xa5\xbd \xff<end_of_turn>";
     int32_t ids[64];
@@ -376,8 +376,8 @@ static int at_op_tokenize(long k, at_out *out)
     int n, nb;
     gemma2_message msgs[2];
     at_arm(k);
-    n = gemma2_tokenize(at_rv, text, sizeof text - 1, ids, 64, GEMMA2_TOKENIZE_ADD_BOS | GEMMA2_TOKENIZE_SPECIAL);
-    nb = n > 0 ? gemma2_detokenize(at_rv, ids, n, back, sizeof back, GEMMA2_DETOKENIZE_UTF8) : -1;
+    n = gemma2_tokenize(m, text, sizeof text - 1, ids, 64, GEMMA2_TOKENIZE_ADD_BOS | GEMMA2_TOKENIZE_SPECIAL);
+    nb = n > 0 ? gemma2_detokenize(m, ids, n, back, sizeof back, GEMMA2_DETOKENIZE_UTF8) : -1;
     at_disarm();
     if (n < 0 || nb < 0) return n < 0 ? n : nb;
     at_put(out, ids, (size_t)GEMMA2__MIN(n, 64) * sizeof(int32_t));
@@ -385,12 +385,15 @@ static int at_op_tokenize(long k, at_out *out)
     msgs[0].role = "user"; msgs[0].content = "Hi there";
     msgs[1].role = "model"; msgs[1].content = "Hello!";
     at_arm(k);
-    n = gemma2_chat_tokenize(at_rv, msgs, 2, 1, ids, 64);
+    n = gemma2_chat_tokenize(m, msgs, 2, 1, ids, 64);
     at_disarm();
     if (n < 0) return n;
     at_put(out, ids, (size_t)GEMMA2__MIN(n, 64) * sizeof(int32_t));
     return 0;
 }
+
+static int at_op_tokenize(long k, at_out *out) { return at_tokenize_op(at_rv, k, out); }
+static int at_op_tokenize_json(long k, at_out *out) { return at_tokenize_op(at_rv_json, k, out); }
 
 static int at_op_sampler(long k, at_out *out)
 {
@@ -456,6 +459,7 @@ int main(int argc, char **argv)
         {"eval and rewind", at_op_eval},
         {"model freed before its session", at_op_free_model_first},
         {"tokenize, detokenize", at_op_tokenize},
+        {"tokenize, detokenize, tokenizer.json", at_op_tokenize_json},
         {"sampler", at_op_sampler},
         {"generate", at_op_generate},
         {"score", at_op_score},
@@ -467,13 +471,15 @@ int main(int argc, char **argv)
     for (nt = 0; nt < 2; nt++)
         for (kv = 0; kv < 2; kv++) at_gqa[nt][kv] = at_load("models/tiny-gqa", 0, nt + 1, kv ? GEMMA2_KV_BF16 : GEMMA2_KV_F32, NULL);
     at_rv = at_load("models/tiny-realvocab", 0, 1, GEMMA2_KV_F32, "tokenizer/tokenizer.model");
-    if (!at_gqa[0][0] || !at_gqa[0][1] || !at_gqa[1][0] || !at_gqa[1][1] || !at_rv) { fprintf(stderr, "setup failed\n"); return 1; }
+    at_rv_json = at_load("models/tiny-realvocab", 0, 1, GEMMA2_KV_F32, "tokenizer/tokenizer.json");
+    if (!at_gqa[0][0] || !at_gqa[0][1] || !at_gqa[1][0] || !at_gqa[1][1] || !at_rv || !at_rv_json) { fprintf(stderr, "setup failed\n"); return 1; }
     for (i = 0; i < (int)(sizeof ops / sizeof ops[0]); i++)
         if (!filter || strstr(ops[i].name, filter)) at_sweep(ops[i].name, ops[i].op);
     if (!filter || strstr("huge n_ctx", filter)) at_huge_context();
     for (nt = 0; nt < 2; nt++)
         for (kv = 0; kv < 2; kv++) gemma2_free(at_gqa[nt][kv]);
     gemma2_free(at_rv);
+    gemma2_free(at_rv_json);
     AT_CHECK(at_live == 0, "%ld allocations live at the end", at_live);
     printf("alloc_test: %s\n", at_errors ? "FAILED" : "ok");
     return at_errors ? 1 : 0;
