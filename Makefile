@@ -1,9 +1,11 @@
 # gemma2.h - build the CLI and the examples, run the tests and the benchmarks.
 #
 #   make                  the CLI (./gemma2) and the examples (examples/topk, tokenize, perplexity, quantize)
-#   make test             the test suite: gcc -O2 -Werror, clang with ASan + UBSan, C++;
+#   make test             the test suite: gcc -O2 -Werror, clang with ASan + UBSan, C++; the
+#                         allocation-failure sweep (ASan + UBSan); sessions on several threads
+#                         under clang's TSan (skipped with a note when its runtime is missing);
 #                         then ARM64 under qemu (skipped with a note when the tools are missing)
-#   make test-native      only the three native suites
+#   make test-native      only the native parts (everything but ARM64)
 #   make test-arm64       only the ARM64 suite under qemu
 #   make bench            bench-tokenizer, then bench-model (not part of the tests)
 #   make bench-model      speed benchmark on random-weight 2B checkpoints in bench-data/;
@@ -24,11 +26,15 @@ QEMU_ARM64 ?= qemu-aarch64
 # runs nothing; without them the ARM64 binary is not built and its run prints a note.
 HAVE_ARM64 := $(and $(shell command -v $(ARM64_CC) 2>/dev/null),$(shell command -v $(QEMU_ARM64) 2>/dev/null))
 ARM64_TEST  = $(if $(HAVE_ARM64),tests/gemma2_test_arm64)
+# Likewise clang's TSan runtime (libclang-rt-N-dev on Debian): found if a trivial program links.
+HAVE_TSAN := $(shell echo 'int main(void){return 0;}' | $(CLANG) -fsanitize=thread -x c - -o /dev/null 2>/dev/null && echo yes)
+TSAN_TEST  = $(if $(HAVE_TSAN),tests/gemma2_test_tsan)
 
 STD    = -std=c99
 WARN   = -Wall -Wextra -Werror
 LDLIBS = -lm -lpthread
 SAN    = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+TSAN   = -fsanitize=thread -fno-omit-frame-pointer
 
 EXAMPLES = examples/topk examples/tokenize examples/perplexity examples/quantize
 TESTS    = tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx
@@ -61,10 +67,30 @@ tests/gemma2_test_asan: $(TEST_SRC)
 tests/gemma2_test_cxx: $(TEST_SRC)
 	$(CXX) -x c++ -std=c++11 -O2 $(WARN) -o $@ tests/gemma2_test.c $(LDLIBS)
 
-test-native: $(TESTS)
+# Every allocation made to fail in turn (tests/alloc_test.c defines GEMMA2_MALLOC & co.).
+tests/alloc_test: tests/alloc_test.c gemma2.h
+	$(CLANG) $(STD) -O1 -g $(WARN) $(SAN) -o $@ tests/alloc_test.c $(LDLIBS)
+
+# Data races: one model shared by sessions on several threads, and the thread pool.
+tests/gemma2_test_tsan: $(TEST_SRC)
+	$(CLANG) $(STD) -O1 -g $(WARN) $(TSAN) -o $@ tests/gemma2_test.c $(LDLIBS)
+
+ifneq ($(HAVE_TSAN),)
+define run-tsan
+@echo "== clang, TSan: sessions on threads, the pool" && ./tests/gemma2_test_tsan session/threads && ./tests/gemma2_test_tsan kernels/pool
+endef
+else
+define run-tsan
+@echo "== TSan: skipped ($(CLANG) -fsanitize=thread does not link: install libclang-rt-dev)"
+endef
+endif
+
+test-native: $(TESTS) tests/alloc_test $(TSAN_TEST)
 	@echo "== gcc -O2" && ./tests/gemma2_test
 	@echo "== clang, ASan + UBSan" && ./tests/gemma2_test_asan
 	@echo "== C++" && ./tests/gemma2_test_cxx
+	@echo "== allocation failures, clang, ASan + UBSan" && ./tests/alloc_test
+	$(run-tsan)
 
 # The emulated run, the slowest, comes last: its recipe waits for test-native even under make -j
 # (which still cross-builds its binary alongside), and a serial make reaches the cross build only
@@ -122,4 +148,4 @@ test-arm64: $(ARM64_TEST)
 # ---------------------------------------------------------------- clean
 
 clean:
-	rm -f gemma2 $(EXAMPLES) $(TESTS) tests/gemma2_test_arm64 $(BENCHES)
+	rm -f gemma2 $(EXAMPLES) $(TESTS) tests/alloc_test tests/gemma2_test_tsan tests/gemma2_test_arm64 $(BENCHES)

@@ -292,8 +292,13 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
    1.3  Sessions and evaluation
    =========================================================================== */
 
-/* n_ctx = 0: max_position_embeddings. NULL on failure (out of memory, bad argument). */
+/* n_ctx = the most tokens the session holds: 0 means the model's max_position_embeddings;
+   negative, or more than max_position_embeddings, fails (NULL) at once, before anything is
+   allocated. NULL also when out of memory or for a model loaded without weights. The KV
+   cache is allocated for n_ctx up front but its pages are not touched until positions are
+   evaluated. */
 GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx);
+/* Sessions may be freed before or after their model (this reads nothing of the model). */
 GEMMA2_DEF void gemma2_session_free(gemma2_session *s);
 
 /* Appends n tokens at the current position. logits == NULL: only the last token's logits are
@@ -307,9 +312,12 @@ GEMMA2_DEF const float *gemma2_logits(const gemma2_session *s);
 GEMMA2_DEF int gemma2_session_pos(const gemma2_session *s);    /* tokens in the cache */
 GEMMA2_DEF int gemma2_session_n_ctx(const gemma2_session *s);
 GEMMA2_DEF const int32_t *gemma2_session_tokens(const gemma2_session *s); /* the pos tokens so far */
-/* Forgets everything from position pos on (0 <= pos <= current). Cheap, except when a
-   sliding-window layer's ring buffer no longer holds the keys position pos needs: then the
-   tokens before pos that it needs are evaluated again. Returns 0 or a negative error. */
+/* Forgets everything from position pos on (0 <= pos <= current), and recomputes the logits
+   of token pos - 1 as a fresh session evaluating the same pos tokens gives them (up to float
+   rounding of a different batching). Cheap, except when a sliding-window layer's ring buffer
+   no longer holds the keys token pos - 1 needs (only ever after going back more than 127
+   positions from the furthest one reached): then the tokens before pos are evaluated again.
+   Returns 0 or a negative error. */
 GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos);
 
 /* Tracing: fn is called after the embedding (layer 0) and after each decoder layer l
@@ -1661,6 +1669,7 @@ struct gemma2_model {
 
 struct gemma2_session {
     const gemma2_model *m;
+    int n_layers;            /* the model's, for gemma2_session_free (which may run after gemma2_free) */
     int n_ctx;               /* capacity in tokens */
     int chunk;               /* tokens per pass, <= GEMMA2__CHUNK (smaller only in tests, to exercise the rings) */
     int pos;                 /* tokens evaluated so far = next position */
@@ -2261,8 +2270,14 @@ GEMMA2_DEF void gemma2_session_free(gemma2_session *s)
 {
     int l;
     if (!s) return;
-    if (s->k) for (l = 0; l < s->m->cfg.num_hidden_layers; l++) { GEMMA2_FREE(s->k[l]); GEMMA2_FREE(s->v[l]); }
-    if (s->kb) for (l = 0; l < s->m->cfg.num_hidden_layers; l++) { GEMMA2_FREE(s->kb[l]); GEMMA2_FREE(s->vb[l]); }
+    /* Reads nothing of the model (which may already be freed), and copes with any allocation
+       of a half-built session missing. */
+    for (l = 0; l < s->n_layers; l++) {
+        if (s->k) GEMMA2_FREE(s->k[l]);
+        if (s->v) GEMMA2_FREE(s->v[l]);
+        if (s->kb) GEMMA2_FREE(s->kb[l]);
+        if (s->vb) GEMMA2_FREE(s->vb[l]);
+    }
     GEMMA2_FREE(s->k); GEMMA2_FREE(s->v); GEMMA2_FREE(s->kb); GEMMA2_FREE(s->vb); GEMMA2_FREE(s->kvtmp); GEMMA2_FREE(s->slots);
     GEMMA2_FREE(s->tokens);
     GEMMA2_FREE(s->x); GEMMA2_FREE(s->xn); GEMMA2_FREE(s->q); GEMMA2_FREE(s->kk); GEMMA2_FREE(s->vv);
@@ -2273,11 +2288,40 @@ GEMMA2_DEF void gemma2_session_free(gemma2_session *s)
     GEMMA2_FREE(s);
 }
 
+/* Positions a layer's KV cache holds: every one on global layers, a ring on sliding-window
+   layers (see struct gemma2_session). */
+static int gemma2__session_slots(const gemma2_model *m, int l, int n_ctx, int chunk)
+{
+    const gemma2_config *c = &m->cfg;
+    if (m->layers[l].sliding && (int64_t)c->sliding_window + chunk - 1 < n_ctx) return c->sliding_window + chunk - 1;
+    return n_ctx;
+}
+
+/* The bytes of a session's buffers that grow with n_ctx (KV cache, tokens, attention scores),
+   or 0 if that overflows: checked before anything is allocated, so that an impossible
+   context fails at once rather than after gigabytes have been committed. */
+static uint64_t gemma2__session_bytes(const gemma2_model *m, int n_ctx, int chunk, int nt)
+{
+    const gemma2_config *c = &m->cfg;
+    uint64_t kvd = (uint64_t)c->num_key_value_heads * (uint64_t)c->head_dim, elt = m->opt.kv_cache == GEMMA2_KV_BF16 ? 2 : 4;
+    uint64_t total = (uint64_t)n_ctx * sizeof(int32_t), t;
+    int l;
+    for (l = 0; l < c->num_hidden_layers; l++) {
+        if (!gemma2__mul_ok((uint64_t)gemma2__session_slots(m, l, n_ctx, chunk), kvd * elt * 2, &t) || t > UINT64_MAX - total) return 0;
+        total += t;
+    }
+    if (!gemma2__mul_ok((uint64_t)nt * GEMMA2__ATT_QB * (uint64_t)(c->num_attention_heads / c->num_key_value_heads) * sizeof(float),
+                        (uint64_t)n_ctx, &t) || t > UINT64_MAX - total)
+        return 0;
+    return total + t;
+}
+
 static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int chunk)
 {
     gemma2_session *s;
     const gemma2_config *c;
     size_t C = GEMMA2__CHUNK, H, I, qd, kvd, widest;
+    uint64_t bytes;
     int l, i, nt;
     if (!m || !m->has_weights || n_ctx < 0) return NULL;
     c = &m->cfg;
@@ -2286,14 +2330,19 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
     qd = (size_t)c->num_attention_heads * (size_t)c->head_dim;
     kvd = (size_t)c->num_key_value_heads * (size_t)c->head_dim;
     widest = GEMMA2__MAX(GEMMA2__MAX(H, I), qd);
+    nt = m->opt.n_threads < 1 ? 1 : m->opt.n_threads;
+    bytes = gemma2__session_bytes(m, n_ctx, chunk, nt);
+    if (bytes == 0 || bytes > (uint64_t)((size_t)-1 / 2)) return NULL;
     s = (gemma2_session *)gemma2__calloc(1, sizeof *s);
     if (!s) return NULL;
     s->m = m;
+    s->n_layers = c->num_hidden_layers;
     s->n_ctx = n_ctx;
     s->chunk = chunk;
-    nt = m->opt.n_threads < 1 ? 1 : m->opt.n_threads;
     s->pool = gemma2__pool_new(nt);
-    s->tokens = (int32_t *)gemma2__calloc((size_t)n_ctx, sizeof(int32_t));
+    /* Neither tokens nor scores is zeroed: only positions below pos are read, and every score
+       a query uses is computed first. */
+    s->tokens = (int32_t *)gemma2__malloc_n((size_t)n_ctx, sizeof(int32_t));
     s->k = (float **)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(float *));
     s->v = (float **)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(float *));
     s->slots = (int *)gemma2__calloc((size_t)c->num_hidden_layers, sizeof(int));
@@ -2315,8 +2364,8 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
     s->u = (float *)gemma2__calloc(C * I, sizeof(float));
     s->rope = (float *)gemma2__calloc(C * (size_t)c->head_dim, sizeof(float));
     s->inv_freq = (float *)gemma2__calloc((size_t)c->head_dim / 2, sizeof(float));
-    s->scores = (float *)gemma2__calloc((size_t)nt * GEMMA2__ATT_QB * (size_t)(c->num_attention_heads / c->num_key_value_heads) * (size_t)n_ctx,
-                                        sizeof(float));
+    s->scores = (float *)gemma2__malloc_n((size_t)nt * GEMMA2__ATT_QB * (size_t)(c->num_attention_heads / c->num_key_value_heads) * (size_t)n_ctx,
+                                          sizeof(float));
     s->attq = (float *)gemma2__calloc((size_t)nt * 2 * GEMMA2__ATT_QB * (size_t)(c->num_attention_heads / c->num_key_value_heads) * (size_t)c->head_dim,
                                       sizeof(float));
     s->xp = gemma2__calloc(gemma2__pack_bytes_max((int)C, (int)widest), 1);
@@ -2327,8 +2376,7 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
         return NULL;
     }
     for (l = 0; l < c->num_hidden_layers; l++) {
-        int slots = n_ctx;
-        if (m->layers[l].sliding && (int64_t)c->sliding_window + chunk - 1 < n_ctx) slots = c->sliding_window + chunk - 1;
+        int slots = gemma2__session_slots(m, l, n_ctx, chunk);
         s->slots[l] = slots;
         /* Not zeroed: a slot is always written before it is read, and untouched pages of a
            large cache cost no RSS until the sequence grows into them. */
@@ -2349,6 +2397,8 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
 
 GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx)
 {
+    /* past the positions the model was trained for (RoPE angles it has never seen) */
+    if (!m || n_ctx > m->cfg.max_position_embeddings) return NULL;
     return gemma2__session_new(m, n_ctx, GEMMA2__CHUNK);
 }
 
@@ -2396,9 +2446,11 @@ GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos)
     c = &s->m->cfg;
     for (l = 0; l < c->num_hidden_layers; l++) if (s->slots[l] < s->n_ctx) ring = s->slots[l];
     s->has_logits = 0;
-    /* A sliding ring holds positions >= hi - slots intact. The next token (at pos) needs
-       pos - W + 1 onward; if those were overwritten, rebuild the cache from the start. */
-    if (ring && GEMMA2__MAX(0, s->hi - ring) > GEMMA2__MAX(0, pos - c->sliding_window + 1)) {
+    /* A sliding ring holds positions hi - slots .. pos - 1 intact (a position below hi that is
+       evaluated again only overwrites its own slot). The cheap path below evaluates token
+       pos - 1 again, which needs the keys from pos - W on (one more than the next token needs);
+       if any of those were overwritten, rebuild the cache from the start. */
+    if (ring && GEMMA2__MAX(0, s->hi - ring) > GEMMA2__MAX(0, pos - c->sliding_window)) {
         s->pos = 0;
         s->hi = 0;
         if (pos == 0) return 0;

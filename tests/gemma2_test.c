@@ -18,3 +18,4 @@
 #include "test_sampler.c"
 #include "test_chat.c"
 #include "test_generate.c"
+#include "test_session.c"

@@ -41,6 +41,7 @@ void suite_tokenizer(void);
 void suite_sampler(void);
 void suite_chat(void);
 void suite_generate(void);
+void suite_session(void);
 
 #ifdef __cplusplus
 }
