@@ -126,7 +126,8 @@ enum {
     GEMMA2_ERROR_NO_TOKENIZER     =  -8, /* the model was loaded without a tokenizer */
     GEMMA2_ERROR_NO_WEIGHTS       =  -9, /* the model was loaded tokenizer-only */
     GEMMA2_ERROR_CHAT_FORMAT      = -10, /* roles out of order, unknown role */
-    GEMMA2_ERROR_CANCELLED        = -11  /* a callback asked to stop */
+    GEMMA2_ERROR_CANCELLED        = -11, /* a callback asked to stop */
+    GEMMA2_ERROR_NUMERIC          = -12  /* a NaN where a number is needed (logits given to the sampler) */
 };
 
 /* A static, readable name for a result code ("context full", ...). */
@@ -446,15 +447,31 @@ typedef struct gemma2_sampler_params {
 typedef struct gemma2_sampler gemma2_sampler;
 
 /* A sampler for logits of vocab_size entries (gemma2_vocab_size(m)); p NULL = greedy.
-   Preallocates everything it needs: sampling never allocates. NULL on bad argument/out of memory. */
+   Preallocates everything it needs: sampling never allocates. NULL on bad argument (a NaN in any float
+   parameter or bias included) or out of memory. */
 GEMMA2_DEF gemma2_sampler *gemma2_sampler_new(int vocab_size, const gemma2_sampler_params *p);
 GEMMA2_DEF void gemma2_sampler_free(gemma2_sampler *smp);
 /* Restarts the random stream as if created with this seed. */
 GEMMA2_DEF void gemma2_sampler_seed(gemma2_sampler *smp, uint64_t seed);
 /* Picks a token from logits[vocab_size] (not modified). history[0..n_history) are the tokens so
    far (e.g. gemma2_session_tokens), used only by the penalties; may be NULL when n_history is 0.
-   Returns the token id, or a negative error (GEMMA2_ERROR_INVALID_ARGUMENT if every logit is
-   -inf or NaN after the bias). */
+   Returns the token id (always in [0, vocab_size)), or a negative error:
+   GEMMA2_ERROR_NUMERIC if any logit is NaN (even a banned one: the numbers are broken, and the
+   sampler does not guess), GEMMA2_ERROR_INVALID_ARGUMENT if every token is impossible (-inf).
+   Infinities and extreme parameters mean their limits, and no NaN ever arises inside:
+   - +inf is certain: if any token's logit is +inf (from the model, the bias or a penalty), only the
+     +inf tokens remain, each equally likely; greedy takes the lowest id of them, and top-k keeps
+     the top_k lowest ids of them (the candidate order breaks ties by id).
+   - -inf is impossible. A bias of -INFINITY bans the token even if its logit is +inf, and a -inf
+     logit stays -inf whatever bias is added. A logit that is +inf or -inf is not moved by the
+     penalties (a penalty may make a finite logit infinite: repetition_penalty +inf sends negative
+     logits to -inf and positive ones to 0; frequency/presence +inf ban a repeated token, -inf make
+     it certain; if the two are infinite with opposite signs, the frequency term wins).
+   - temperature -> 0+ (even a denormal such as 1e-40) is the limit of softmax(logit / T): only the
+     tokens with the highest logit remain, drawn uniformly (temperature <= 0 is plain greedy, ties
+     to the lowest id); temperature +inf (or huge) is uniform over the tokens that are not -inf.
+   - top_k >= vocab_size, top_p >= 1 and min_p <= 0 are off; a tiny top_p keeps only the best
+     token; min_p > 1 (or +inf) keeps only the tokens tied with the best. */
 GEMMA2_DEF int gemma2_sampler_sample(gemma2_sampler *smp, const float *logits, const int32_t *history, int n_history);
 
 /* --- Generation ------------------------------------------------------------ */
@@ -773,6 +790,7 @@ GEMMA2_DEF const char *gemma2_error_string(int code)
     case GEMMA2_ERROR_NO_WEIGHTS: return "model was loaded without weights";
     case GEMMA2_ERROR_CHAT_FORMAT: return "bad chat message order or role";
     case GEMMA2_ERROR_CANCELLED: return "cancelled";
+    case GEMMA2_ERROR_NUMERIC: return "not a number (NaN) in the logits";
     default: return "unknown error";
     }
 }
@@ -2483,11 +2501,24 @@ GEMMA2_DEF void gemma2_sampler_free(gemma2_sampler *smp)
     GEMMA2_FREE(smp);
 }
 
+/* The parameters a sampler accepts: counts in range, and no NaN anywhere (every other float, the
+   infinities included, has a meaning: see gemma2_sampler_sample). */
+static int gemma2__sampler_params_ok(const gemma2_sampler_params *p)
+{
+    int k;
+    if (!p) return 1;
+    if (p->n_logit_bias < 0 || (p->n_logit_bias > 0 && !p->logit_bias) || p->penalty_last_n < 0) return 0;
+    if (p->temperature != p->temperature || p->top_p != p->top_p || p->min_p != p->min_p ||
+        p->repetition_penalty != p->repetition_penalty || p->frequency_penalty != p->frequency_penalty ||
+        p->presence_penalty != p->presence_penalty) return 0;
+    for (k = 0; k < p->n_logit_bias; k++) if (p->logit_bias[k].bias != p->logit_bias[k].bias) return 0;
+    return 1;
+}
+
 GEMMA2_DEF gemma2_sampler *gemma2_sampler_new(int vocab_size, const gemma2_sampler_params *p)
 {
     gemma2_sampler *smp;
-    if (vocab_size <= 0) return NULL;
-    if (p && (p->n_logit_bias < 0 || (p->n_logit_bias > 0 && !p->logit_bias) || p->penalty_last_n < 0)) return NULL;
+    if (vocab_size <= 0 || !gemma2__sampler_params_ok(p)) return NULL;
     smp = (gemma2_sampler *)gemma2__calloc(1, sizeof *smp);
     if (!smp) return NULL;
     if (p) smp->p = *p;
@@ -2545,16 +2576,22 @@ static void gemma2__cand_sort(const float *w, int32_t *h, int n)
     }
 }
 
-/* Steps 1-3: bias and penalties, into smp->w. */
-static void gemma2__sampler_adjust(gemma2_sampler *smp, const float *logits, const int32_t *hist, int n_hist)
+/* Steps 1-3: bias and penalties, into smp->w; GEMMA2_ERROR_NUMERIC for a NaN logit. Every
+   operation is arranged so that infinities give infinities, never NaN (inf - inf, 0 * inf): see
+   the rules at gemma2_sampler_sample. */
+static int gemma2__sampler_adjust(gemma2_sampler *smp, const float *logits, const int32_t *hist, int n_hist)
 {
     const gemma2_sampler_params *p = &smp->p;
     float *w = smp->w;
-    int V = smp->V, k;
-    memcpy(w, logits, (size_t)V * sizeof(float));
+    int V = smp->V, k, nan = 0;
+    for (k = 0; k < V; k++) { w[k] = logits[k]; nan |= logits[k] != logits[k]; }
+    if (nan) return GEMMA2_ERROR_NUMERIC;
     for (k = 0; k < p->n_logit_bias; k++) {
         int32_t id = p->logit_bias[k].token;
-        if (id >= 0 && id < V) w[id] += p->logit_bias[k].bias;
+        float b = p->logit_bias[k].bias;
+        if (id < 0 || id >= V) continue;
+        if (b == -INFINITY || w[id] == -INFINITY) w[id] = -INFINITY; /* a ban beats +inf */
+        else w[id] += b; /* +inf + +inf, or an overflow: +inf, certain */
     }
     if (hist && n_hist > 0 && ((p->repetition_penalty > 0 && p->repetition_penalty != 1.0f) ||
                                p->frequency_penalty != 0 || p->presence_penalty != 0)) {
@@ -2565,41 +2602,55 @@ static void gemma2__sampler_adjust(gemma2_sampler *smp, const float *logits, con
         for (k = start; k < n_hist; k++) {
             int32_t id = hist[k];
             int c;
+            float x;
             if (id < 0 || id >= V || smp->count[id] == 0) continue;
             c = smp->count[id];
             smp->count[id] = 0;
-            if (p->repetition_penalty > 0 && p->repetition_penalty != 1.0f)
-                w[id] = w[id] > 0 ? w[id] / p->repetition_penalty : w[id] * p->repetition_penalty;
-            w[id] -= (float)c * p->frequency_penalty + p->presence_penalty;
+            x = w[id];
+            if (x == INFINITY || x == -INFINITY) continue; /* certain / impossible whatever the penalty */
+            if (p->repetition_penalty > 0 && p->repetition_penalty != 1.0f && x != 0)
+                x = x > 0 ? x / p->repetition_penalty : x * p->repetition_penalty;
+            if (x != INFINITY && x != -INFINITY) {
+                float sub = (float)c * p->frequency_penalty + p->presence_penalty;
+                x -= sub == sub ? sub : (float)c * p->frequency_penalty; /* opposite infinities: frequency wins */
+            }
+            w[id] = x;
         }
     }
+    return 0;
 }
 
 GEMMA2_DEF int gemma2_sampler_sample(gemma2_sampler *smp, const float *logits, const int32_t *history, int n_history)
 {
     const gemma2_sampler_params *p;
     float *w, maxw = -INFINITY;
-    int V, i, n = 0, best = -1, sorted = 0;
+    int V, i, n = 0, best = -1, sorted = 0, rc;
     double Z = 0, total, u, acc;
     if (!smp || !logits || n_history < 0 || (n_history > 0 && !history)) return GEMMA2_ERROR_INVALID_ARGUMENT;
     p = &smp->p;
     V = smp->V;
     w = smp->w;
-    gemma2__sampler_adjust(smp, logits, history, n_history);
+    if ((rc = gemma2__sampler_adjust(smp, logits, history, n_history)) != 0) return rc;
 
-    /* 4. greedy; also finds the maximum. NaN counts as -inf. */
-    for (i = 0; i < V; i++) {
-        if (w[i] != w[i]) { w[i] = -INFINITY; continue; }
+    /* 4. greedy; also finds the maximum (ties and several +inf: the lowest id) */
+    for (i = 0; i < V; i++)
         if (w[i] > maxw) { maxw = w[i]; best = i; }
-    }
     if (best < 0) return GEMMA2_ERROR_INVALID_ARGUMENT; /* everything -inf */
     if (!(p->temperature > 0)) return best;
 
-    /* 5. temperature (after this w is in "scaled logit" units; the order is unchanged) */
-    if (p->temperature != 1.0f) {
-        float inv = 1.0f / p->temperature;
-        for (i = 0; i < V; i++) w[i] *= inv;
-        maxw *= inv;
+    /* 5. temperature. From here on every candidate's w is finite and the best is 0, so that no
+       exp(w - max) below is inf - inf. +inf logits are certain: only they stay, all equal. Other
+       temperatures divide the distance to the best in double: a tiny T sends every token below
+       the best to -inf (the T -> 0 limit) instead of overflowing 1/T, and T = +inf makes every
+       allowed token 0 (uniform). T = 1 changes nothing. */
+    if (maxw == INFINITY) {
+        for (i = 0; i < V; i++) w[i] = w[i] == INFINITY ? 0.0f : -INFINITY;
+        maxw = 0;
+    } else if (p->temperature != 1.0f) {
+        double T = (double)p->temperature;
+        for (i = 0; i < V; i++)
+            if (w[i] != -INFINITY) w[i] = (float)(((double)w[i] - (double)maxw) / T);
+        maxw = 0;
     }
 
     /* 6. top-k: a partial selection with a heap of the k best, then a sort of those k */
@@ -2675,14 +2726,16 @@ GEMMA2_DEF int gemma2_sampler_sample(gemma2_sampler *smp, const float *logits, c
         }
     }
 
-    /* 8. min-p: p >= min_p * p_max, i.e. e >= min_p (the best has e = 1) */
+    /* 8. min-p: p >= min_p * p_max, i.e. e >= min_p (the best has e = 1; min_p > 1 keeps the tokens
+       tied with it) */
     if (p->min_p > 0 && n > 1) {
+        double mp = p->min_p > 1 ? 1.0 : (double)p->min_p;
         int j = 0;
         for (i = 0; i < n; i++)
-            if (smp->e[i] >= (double)p->min_p) { smp->cand[j] = smp->cand[i]; smp->e[j] = smp->e[i]; j++; }
-        n = j; /* never 0: the best token has e == 1 >= min_p when min_p <= 1 */
-        if (n == 0) return best;
+            if (smp->e[i] >= mp) { smp->cand[j] = smp->cand[i]; smp->e[j] = smp->e[i]; j++; }
+        n = j; /* never 0: the best token is a candidate and has e == 1 */
     }
+    if (n <= 0) return best;
 
     /* 9. draw: walk the cumulative distribution in candidate order */
     total = 0;
@@ -3054,8 +3107,7 @@ GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_p
     if (!s || n_prompt < 0 || (n_prompt > 0 && !prompt)) return GEMMA2_ERROR_INVALID_ARGUMENT;
     if (params) p = *params; else memset(&p, 0, sizeof p);
     if (p.n_stop_strings < 0 || (p.n_stop_strings > 0 && !p.stop_strings) || p.n_stop_ids < 0 ||
-        (p.n_stop_ids > 0 && !p.stop_ids) || p.sampler.penalty_last_n < 0 || p.sampler.n_logit_bias < 0 ||
-        (p.sampler.n_logit_bias > 0 && !p.sampler.logit_bias)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+        (p.n_stop_ids > 0 && !p.stop_ids) || !gemma2__sampler_params_ok(&p.sampler)) return GEMMA2_ERROR_INVALID_ARGUMENT;
     for (i = 0; i < p.n_stop_strings; i++) {
         if (!p.stop_strings[i]) return GEMMA2_ERROR_INVALID_ARGUMENT;
         st.max_stop = GEMMA2__MAX(st.max_stop, strlen(p.stop_strings[i]));
