@@ -3347,7 +3347,10 @@ GEMMA2_DEF int gemma2_chat_reset(gemma2_chat *c)
    Speed: BPE is the classic heap of candidate pairs with lazy deletion (O(n log n)). When no piece holds '▁' after
    another character (true of Gemma: pieces start with their '▁'), no merge can cross the point before a '▁' that
    follows a non-'▁' character, so each such "word" is merged on its own: the result is identical and the heaps
-   stay tiny. Encoding also keeps a per-call cache of words already seen (text repeats its words).
+   stay tiny. Encoding also keeps a per-call cache of words already seen (text repeats its words). Nothing is
+   quadratic on any file or text: pieces matched whole are found by an automaton in one pass (gemma2__ac_node), every
+   merge is one table look-up (gemma2__tok_spm_pairs), and loading touches each piece's bytes a bounded number of
+   times.
 
    Where this follows the references, and where not:
    - tokenizer.json: added tokens are cut out of the raw text first, leftmost-longest (all of them with
@@ -3676,7 +3679,8 @@ done:
     return rc;
 }
 
-/* Everything after the pieces are known: the piece table, byte and ASCII tables, the trie, checks. */
+/* Everything after the pieces are known: the piece table, byte and ASCII tables, the automaton of the pieces matched
+   whole, checks. */
 static int gemma2__tok_finish(gemma2__tokenizer *t, const char *name, char *err, size_t err_size)
 {
     uint32_t cap = 16;
