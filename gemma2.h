@@ -126,7 +126,8 @@ enum {
     GEMMA2_ERROR_NO_TOKENIZER     =  -8, /* the model was loaded without a tokenizer */
     GEMMA2_ERROR_NO_WEIGHTS       =  -9, /* the model was loaded tokenizer-only */
     GEMMA2_ERROR_CHAT_FORMAT      = -10, /* roles out of order, unknown role */
-    GEMMA2_ERROR_CANCELLED        = -11  /* a callback asked to stop */
+    GEMMA2_ERROR_CANCELLED        = -11, /* a callback asked to stop */
+    GEMMA2_ERROR_NUMERIC          = -12  /* a NaN where a number is needed (logits given to the sampler) */
 };
 
 /* A static, readable name for a result code ("context full", ...). */
@@ -343,9 +344,16 @@ GEMMA2_DEF int gemma2_detokenize(const gemma2_model *m, const int32_t *ids, int 
 
 /* Notes on gemma2_tokenize / gemma2_detokenize:
    - Both tokenizer files give the ids of their reference: tokenizer.json those of transformers (with
-     split_special_tokens when GEMMA2_TOKENIZE_SPECIAL is not given), tokenizer.model those of SentencePiece. They
-     differ only on runs of 32+ spaces, on control-token strings in the text, and where tokenizer.json lacks added
+     split_special_tokens when GEMMA2_TOKENIZE_SPECIAL is not given), tokenizer.model those of SentencePiece, except
+     that with GEMMA2_TOKENIZE_SPECIAL its CONTROL and UNKNOWN pieces (<bos>, <eos>, <pad>, <unk>) written in the
+     text are matched as tokens, as transformers does, so that gemma2_chat_render + GEMMA2_TOKENIZE_SPECIAL gives
+     the same ids with either file. They differ only on runs of 32+ spaces and where tokenizer.json lacks added
      tokens that tokenizer.model has as user-defined pieces.
+   - A tokenizer file must be able to give ids for any text: one with neither an unknown-token piece nor byte
+     fallback pieces for all 256 bytes is refused at load (GEMMA2_ERROR_UNSUPPORTED), so gemma2_tokenize only ever
+     writes ids of the vocabulary.
+   - Loading and tokenizing take time O(n log n) or less in the size of the file and of the text, whatever they
+     hold (long pieces, long added tokens, long words without spaces).
    - Text that is not valid UTF-8 is accepted: each byte that is not part of a valid character becomes its byte
      piece <0xNN>, so decode(encode(x)) == x for any bytes (a literal '▁' in the text comes back as ' ').
    - gemma2_detokenize with flags 0 returns the exact bytes, byte pieces included, even when they are not UTF-8.
@@ -396,6 +404,9 @@ typedef struct gemma2_detok {
     int n_pend, need;      /* bytes held; continuation bytes still expected */
     unsigned char lo, hi;  /* allowed range of the next continuation byte */
 } gemma2_detok;
+/* flags: GEMMA2_DETOKENIZE_SKIP_CONTROL or 0 (GEMMA2_DETOKENIZE_UTF8 is implied). init cannot fail: an unknown flag
+   (or m NULL) is kept in the state, and every push and flush then returns GEMMA2_ERROR_INVALID_ARGUMENT, as
+   gemma2_detokenize does for the same flags. */
 GEMMA2_DEF void gemma2_detok_init(gemma2_detok *d, const gemma2_model *m, int flags);
 /* Returns the number of bytes of text this token completes. If that is more than cap, nothing is written and the
    state is unchanged (call again with a larger buffer); 256 bytes always suffice for Gemma (a token writes at most
@@ -455,15 +466,31 @@ typedef struct gemma2_sampler_params {
 typedef struct gemma2_sampler gemma2_sampler;
 
 /* A sampler for logits of vocab_size entries (gemma2_vocab_size(m)); p NULL = greedy.
-   Preallocates everything it needs: sampling never allocates. NULL on bad argument/out of memory. */
+   Preallocates everything it needs: sampling never allocates. NULL on bad argument (a NaN in any float
+   parameter or bias included) or out of memory. */
 GEMMA2_DEF gemma2_sampler *gemma2_sampler_new(int vocab_size, const gemma2_sampler_params *p);
 GEMMA2_DEF void gemma2_sampler_free(gemma2_sampler *smp);
 /* Restarts the random stream as if created with this seed. */
 GEMMA2_DEF void gemma2_sampler_seed(gemma2_sampler *smp, uint64_t seed);
 /* Picks a token from logits[vocab_size] (not modified). history[0..n_history) are the tokens so
    far (e.g. gemma2_session_tokens), used only by the penalties; may be NULL when n_history is 0.
-   Returns the token id, or a negative error (GEMMA2_ERROR_INVALID_ARGUMENT if every logit is
-   -inf or NaN after the bias). */
+   Returns the token id (always in [0, vocab_size)), or a negative error:
+   GEMMA2_ERROR_NUMERIC if any logit is NaN (even a banned one: the numbers are broken, and the
+   sampler does not guess), GEMMA2_ERROR_INVALID_ARGUMENT if every token is impossible (-inf).
+   Infinities and extreme parameters mean their limits, and no NaN ever arises inside:
+   - +inf is certain: if any token's logit is +inf (from the model, the bias or a penalty), only the
+     +inf tokens remain, each equally likely; greedy takes the lowest id of them, and top-k keeps
+     the top_k lowest ids of them (the candidate order breaks ties by id).
+   - -inf is impossible. A bias of -INFINITY bans the token even if its logit is +inf, and a -inf
+     logit stays -inf whatever bias is added. A logit that is +inf or -inf is not moved by the
+     penalties (a penalty may make a finite logit infinite: repetition_penalty +inf sends negative
+     logits to -inf and positive ones to 0; frequency/presence +inf ban a repeated token, -inf make
+     it certain; if the two are infinite with opposite signs, the frequency term wins).
+   - temperature -> 0+ (even a denormal such as 1e-40) is the limit of softmax(logit / T): only the
+     tokens with the highest logit remain, drawn uniformly (temperature <= 0 is plain greedy, ties
+     to the lowest id); temperature +inf (or huge) is uniform over the tokens that are not -inf.
+   - top_k >= vocab_size, top_p >= 1 and min_p <= 0 are off; a tiny top_p keeps only the best
+     token; min_p > 1 (or +inf) keeps only the tokens tied with the best. */
 GEMMA2_DEF int gemma2_sampler_sample(gemma2_sampler *smp, const float *logits, const int32_t *history, int n_history);
 
 /* --- Generation ------------------------------------------------------------ */
@@ -782,6 +809,7 @@ GEMMA2_DEF const char *gemma2_error_string(int code)
     case GEMMA2_ERROR_NO_WEIGHTS: return "model was loaded without weights";
     case GEMMA2_ERROR_CHAT_FORMAT: return "bad chat message order or role";
     case GEMMA2_ERROR_CANCELLED: return "cancelled";
+    case GEMMA2_ERROR_NUMERIC: return "not a number (NaN) in the logits";
     default: return "unknown error";
     }
 }
@@ -2536,11 +2564,24 @@ GEMMA2_DEF void gemma2_sampler_free(gemma2_sampler *smp)
     GEMMA2_FREE(smp);
 }
 
+/* The parameters a sampler accepts: counts in range, and no NaN anywhere (every other float, the
+   infinities included, has a meaning: see gemma2_sampler_sample). */
+static int gemma2__sampler_params_ok(const gemma2_sampler_params *p)
+{
+    int k;
+    if (!p) return 1;
+    if (p->n_logit_bias < 0 || (p->n_logit_bias > 0 && !p->logit_bias) || p->penalty_last_n < 0) return 0;
+    if (p->temperature != p->temperature || p->top_p != p->top_p || p->min_p != p->min_p ||
+        p->repetition_penalty != p->repetition_penalty || p->frequency_penalty != p->frequency_penalty ||
+        p->presence_penalty != p->presence_penalty) return 0;
+    for (k = 0; k < p->n_logit_bias; k++) if (p->logit_bias[k].bias != p->logit_bias[k].bias) return 0;
+    return 1;
+}
+
 GEMMA2_DEF gemma2_sampler *gemma2_sampler_new(int vocab_size, const gemma2_sampler_params *p)
 {
     gemma2_sampler *smp;
-    if (vocab_size <= 0) return NULL;
-    if (p && (p->n_logit_bias < 0 || (p->n_logit_bias > 0 && !p->logit_bias) || p->penalty_last_n < 0)) return NULL;
+    if (vocab_size <= 0 || !gemma2__sampler_params_ok(p)) return NULL;
     smp = (gemma2_sampler *)gemma2__calloc(1, sizeof *smp);
     if (!smp) return NULL;
     if (p) smp->p = *p;
@@ -2598,16 +2639,22 @@ static void gemma2__cand_sort(const float *w, int32_t *h, int n)
     }
 }
 
-/* Steps 1-3: bias and penalties, into smp->w. */
-static void gemma2__sampler_adjust(gemma2_sampler *smp, const float *logits, const int32_t *hist, int n_hist)
+/* Steps 1-3: bias and penalties, into smp->w; GEMMA2_ERROR_NUMERIC for a NaN logit. Every
+   operation is arranged so that infinities give infinities, never NaN (inf - inf, 0 * inf): see
+   the rules at gemma2_sampler_sample. */
+static int gemma2__sampler_adjust(gemma2_sampler *smp, const float *logits, const int32_t *hist, int n_hist)
 {
     const gemma2_sampler_params *p = &smp->p;
     float *w = smp->w;
-    int V = smp->V, k;
-    memcpy(w, logits, (size_t)V * sizeof(float));
+    int V = smp->V, k, nan = 0;
+    for (k = 0; k < V; k++) { w[k] = logits[k]; nan |= logits[k] != logits[k]; }
+    if (nan) return GEMMA2_ERROR_NUMERIC;
     for (k = 0; k < p->n_logit_bias; k++) {
         int32_t id = p->logit_bias[k].token;
-        if (id >= 0 && id < V) w[id] += p->logit_bias[k].bias;
+        float b = p->logit_bias[k].bias;
+        if (id < 0 || id >= V) continue;
+        if (b == -INFINITY || w[id] == -INFINITY) w[id] = -INFINITY; /* a ban beats +inf */
+        else w[id] += b; /* +inf + +inf, or an overflow: +inf, certain */
     }
     if (hist && n_hist > 0 && ((p->repetition_penalty > 0 && p->repetition_penalty != 1.0f) ||
                                p->frequency_penalty != 0 || p->presence_penalty != 0)) {
@@ -2618,41 +2665,55 @@ static void gemma2__sampler_adjust(gemma2_sampler *smp, const float *logits, con
         for (k = start; k < n_hist; k++) {
             int32_t id = hist[k];
             int c;
+            float x;
             if (id < 0 || id >= V || smp->count[id] == 0) continue;
             c = smp->count[id];
             smp->count[id] = 0;
-            if (p->repetition_penalty > 0 && p->repetition_penalty != 1.0f)
-                w[id] = w[id] > 0 ? w[id] / p->repetition_penalty : w[id] * p->repetition_penalty;
-            w[id] -= (float)c * p->frequency_penalty + p->presence_penalty;
+            x = w[id];
+            if (x == INFINITY || x == -INFINITY) continue; /* certain / impossible whatever the penalty */
+            if (p->repetition_penalty > 0 && p->repetition_penalty != 1.0f && x != 0)
+                x = x > 0 ? x / p->repetition_penalty : x * p->repetition_penalty;
+            if (x != INFINITY && x != -INFINITY) {
+                float sub = (float)c * p->frequency_penalty + p->presence_penalty;
+                x -= sub == sub ? sub : (float)c * p->frequency_penalty; /* opposite infinities: frequency wins */
+            }
+            w[id] = x;
         }
     }
+    return 0;
 }
 
 GEMMA2_DEF int gemma2_sampler_sample(gemma2_sampler *smp, const float *logits, const int32_t *history, int n_history)
 {
     const gemma2_sampler_params *p;
     float *w, maxw = -INFINITY;
-    int V, i, n = 0, best = -1, sorted = 0;
+    int V, i, n = 0, best = -1, sorted = 0, rc;
     double Z = 0, total, u, acc;
     if (!smp || !logits || n_history < 0 || (n_history > 0 && !history)) return GEMMA2_ERROR_INVALID_ARGUMENT;
     p = &smp->p;
     V = smp->V;
     w = smp->w;
-    gemma2__sampler_adjust(smp, logits, history, n_history);
+    if ((rc = gemma2__sampler_adjust(smp, logits, history, n_history)) != 0) return rc;
 
-    /* 4. greedy; also finds the maximum. NaN counts as -inf. */
-    for (i = 0; i < V; i++) {
-        if (w[i] != w[i]) { w[i] = -INFINITY; continue; }
+    /* 4. greedy; also finds the maximum (ties and several +inf: the lowest id) */
+    for (i = 0; i < V; i++)
         if (w[i] > maxw) { maxw = w[i]; best = i; }
-    }
     if (best < 0) return GEMMA2_ERROR_INVALID_ARGUMENT; /* everything -inf */
     if (!(p->temperature > 0)) return best;
 
-    /* 5. temperature (after this w is in "scaled logit" units; the order is unchanged) */
-    if (p->temperature != 1.0f) {
-        float inv = 1.0f / p->temperature;
-        for (i = 0; i < V; i++) w[i] *= inv;
-        maxw *= inv;
+    /* 5. temperature. From here on every candidate's w is finite and the best is 0, so that no
+       exp(w - max) below is inf - inf. +inf logits are certain: only they stay, all equal. Other
+       temperatures divide the distance to the best in double: a tiny T sends every token below
+       the best to -inf (the T -> 0 limit) instead of overflowing 1/T, and T = +inf makes every
+       allowed token 0 (uniform). T = 1 changes nothing. */
+    if (maxw == INFINITY) {
+        for (i = 0; i < V; i++) w[i] = w[i] == INFINITY ? 0.0f : -INFINITY;
+        maxw = 0;
+    } else if (p->temperature != 1.0f) {
+        double T = (double)p->temperature;
+        for (i = 0; i < V; i++)
+            if (w[i] != -INFINITY) w[i] = (float)(((double)w[i] - (double)maxw) / T);
+        maxw = 0;
     }
 
     /* 6. top-k: a partial selection with a heap of the k best, then a sort of those k */
@@ -2728,14 +2789,16 @@ GEMMA2_DEF int gemma2_sampler_sample(gemma2_sampler *smp, const float *logits, c
         }
     }
 
-    /* 8. min-p: p >= min_p * p_max, i.e. e >= min_p (the best has e = 1) */
+    /* 8. min-p: p >= min_p * p_max, i.e. e >= min_p (the best has e = 1; min_p > 1 keeps the tokens
+       tied with it) */
     if (p->min_p > 0 && n > 1) {
+        double mp = p->min_p > 1 ? 1.0 : (double)p->min_p;
         int j = 0;
         for (i = 0; i < n; i++)
-            if (smp->e[i] >= (double)p->min_p) { smp->cand[j] = smp->cand[i]; smp->e[j] = smp->e[i]; j++; }
-        n = j; /* never 0: the best token has e == 1 >= min_p when min_p <= 1 */
-        if (n == 0) return best;
+            if (smp->e[i] >= mp) { smp->cand[j] = smp->cand[i]; smp->e[j] = smp->e[i]; j++; }
+        n = j; /* never 0: the best token is a candidate and has e == 1 */
     }
+    if (n <= 0) return best;
 
     /* 9. draw: walk the cumulative distribution in candidate order */
     total = 0;
@@ -3107,8 +3170,7 @@ GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_p
     if (!s || n_prompt < 0 || (n_prompt > 0 && !prompt)) return GEMMA2_ERROR_INVALID_ARGUMENT;
     if (params) p = *params; else memset(&p, 0, sizeof p);
     if (p.n_stop_strings < 0 || (p.n_stop_strings > 0 && !p.stop_strings) || p.n_stop_ids < 0 ||
-        (p.n_stop_ids > 0 && !p.stop_ids) || p.sampler.penalty_last_n < 0 || p.sampler.n_logit_bias < 0 ||
-        (p.sampler.n_logit_bias > 0 && !p.sampler.logit_bias)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+        (p.n_stop_ids > 0 && !p.stop_ids) || !gemma2__sampler_params_ok(&p.sampler)) return GEMMA2_ERROR_INVALID_ARGUMENT;
     for (i = 0; i < p.n_stop_strings; i++) {
         if (!p.stop_strings[i]) return GEMMA2_ERROR_INVALID_ARGUMENT;
         st.max_stop = GEMMA2__MAX(st.max_stop, strlen(p.stop_strings[i]));
@@ -3338,7 +3400,10 @@ GEMMA2_DEF int gemma2_chat_reset(gemma2_chat *c)
    Speed: BPE is the classic heap of candidate pairs with lazy deletion (O(n log n)). When no piece holds '▁' after
    another character (true of Gemma: pieces start with their '▁'), no merge can cross the point before a '▁' that
    follows a non-'▁' character, so each such "word" is merged on its own: the result is identical and the heaps
-   stay tiny. Encoding also keeps a per-call cache of words already seen (text repeats its words).
+   stay tiny. Encoding also keeps a per-call cache of words already seen (text repeats its words). Nothing is
+   quadratic on any file or text: pieces matched whole are found by an automaton in one pass (gemma2__ac_node), every
+   merge is one table look-up (gemma2__tok_spm_pairs), and loading touches each piece's bytes a bounded number of
+   times.
 
    Where this follows the references, and where not:
    - tokenizer.json: added tokens are cut out of the raw text first, leftmost-longest (all of them with
@@ -3348,7 +3413,8 @@ GEMMA2_DEF int gemma2_chat_reset(gemma2_chat *c)
      pre-tokenizer are supported: other files are refused with GEMMA2_ERROR_UNSUPPORTED, never mis-tokenized.
    - tokenizer.model: ModelProto with model_type BPE and an identity normalizer without dummy prefix or whitespace
      removal (else GEMMA2_ERROR_UNSUPPORTED). USER_DEFINED pieces are matched longest-first after ' ' -> '▁',
-     CONTROL / UNKNOWN pieces never; merges by piece score. UNUSED pieces are never produced (SentencePiece merges
+     CONTROL / UNKNOWN pieces only with GEMMA2_TOKENIZE_SPECIAL (as transformers does with its special tokens; never
+     in SentencePiece, which is the flag off); merges by piece score. UNUSED pieces are never produced (SentencePiece merges
      into them and splits them again; Gemma has none). <start_of_turn> / <end_of_turn> count as special (matched
      only with GEMMA2_TOKENIZE_SPECIAL) although the proto has no flag for it: transformers treats them so.
    - Invalid UTF-8 in the input: each such byte is a symbol of its own and ends as its byte piece (the references
@@ -3373,10 +3439,19 @@ typedef struct gemma2__merge { uint32_t prio; int32_t id; } gemma2__merge;
    the piece made. 12 bytes, so that one look-up touches one place (a look-up is most of the encoding time). */
 typedef struct gemma2__mslot { uint32_t lo, hi; int32_t id; } gemma2__mslot;
 
-typedef struct gemma2__trie_node {
-    int32_t child, sibling, id; /* id: the token ending here, or -1 */
+/* The pieces matched whole (added tokens / user-defined pieces) as an Aho-Corasick automaton over their REVERSED
+   strings, so that a scan of the text from its end finds, at every position, the longest piece that starts there:
+   the node reached after reading text[i..] backwards spells (reversed) the longest text[i..i+k) that ends some piece,
+   and the pieces its failure chain ends on are exactly those that start at i. Children are contiguous and sorted by
+   byte (binary search), so a step costs O(log 256) and a scan O(n) whatever the pieces (a plain trie walk from every
+   position costs the length of the longest partial match, quadratic for a long piece). */
+typedef struct gemma2__ac_node {
+    int32_t first, fail;  /* first child (index); the node of the longest proper suffix (0 = root) */
+    int32_t best[2];      /* the longest piece starting where this node's text starts: [0] without special pieces,
+                             [1] with them; -1 if none */
+    uint16_t nchild;
     uint8_t byte;
-} gemma2__trie_node;
+} gemma2__ac_node;
 
 struct gemma2__tokenizer {
     int format;                /* GEMMA2__TOK_* */
@@ -3392,9 +3467,17 @@ struct gemma2__tokenizer {
     int32_t n_merges;
     gemma2__merge *ascii_pair; /* [128 * 128]: the merge of two ASCII characters' pieces (id -1: none). Most first
                                   look-ups in text are these: 128 KB that stay in cache instead of a miss or two */
-    gemma2__trie_node *trie;   /* the pieces matched whole; node 0 is the root */
-    int32_t n_trie, trie_cap;
-    int32_t root[256];         /* the root's child for each first byte (-1: no piece starts so) */
+    gemma2__ac_node *ac;       /* the pieces matched whole (see above); node 0 is the root; NULL if there are none */
+    int32_t n_ac;
+    int32_t ac_root[256];      /* the root's step for each byte (its child, or 0) */
+    size_t ac_maxlen;          /* the longest piece matched whole */
+    /* SentencePiece merges two symbols whenever their concatenation is a piece, even where a symbol is a character
+       that is no piece (or a special one). Such characters that can merge get "virtual" ids from n on, so that the
+       merge table covers them too; they are never output. */
+    uint64_t *vkey;            /* open addressing: a character's key (gemma2__tok_vkey), 0 = empty */
+    int32_t *vval;             /* its virtual id */
+    uint32_t vmask;
+    int32_t n_virtual;
     int32_t byte_id[256];      /* byte fallback piece <0xNN> (-1: none) */
     int32_t char1[128];        /* the piece of each ASCII character (-1: none): the hot path skips the hash */
     int32_t bos, eos, unk;
@@ -3416,30 +3499,53 @@ static void gemma2__tokenizer_free(gemma2__tokenizer *t)
     GEMMA2_FREE(t->prio);
     GEMMA2_FREE(t->mtab);
     GEMMA2_FREE(t->ascii_pair);
-    GEMMA2_FREE(t->trie);
+    GEMMA2_FREE(t->ac);
+    GEMMA2_FREE(t->vkey);
+    GEMMA2_FREE(t->vval);
     GEMMA2_FREE(t);
 }
 
-/* A fast string hash (8 bytes per step); only ever compared within one process. */
-static uint32_t gemma2__tok_hash(const char *s, size_t n)
+/* A fast string hash (8 bytes per step); only ever compared within one process. The length is mixed in only at the
+   end, so that the hashes of all prefixes of a string come from one pass over it (gemma2__tok_spm_pairs). */
+#define GEMMA2__TH_SEED 0x9e3779b97f4a7c15ull
+static uint64_t gemma2__th_word(uint64_t h, uint64_t w)
 {
-    uint64_t h = 0x9e3779b97f4a7c15ull ^ (uint64_t)n, w;
-    while (n >= 8) {
-        memcpy(&w, s, 8);
-        h = (h ^ w) * 0xff51afd7ed558ccdull;
-        h ^= h >> 32;
-        s += 8;
-        n -= 8;
-    }
-    if (n) {
-        w = 0;
-        memcpy(&w, s, n);
-        h = (h ^ w) * 0xff51afd7ed558ccdull;
-    }
+    h = (h ^ w) * 0xff51afd7ed558ccdull;
+    return h ^ (h >> 32);
+}
+static uint32_t gemma2__th_end(uint64_t h, const char *tail, size_t k, size_t n) /* k < 8 bytes left, n in all */
+{
+    uint64_t w = 0;
+    if (k) { memcpy(&w, tail, k); h = (h ^ w) * 0xff51afd7ed558ccdull; }
+    h ^= (uint64_t)n * 0xd6e8feb86659fd93ull;
     h ^= h >> 29;
     h *= 0xc4ceb9fe1a85ec53ull;
     h ^= h >> 32;
     return (uint32_t)h;
+}
+static uint32_t gemma2__tok_hash(const char *s, size_t n)
+{
+    uint64_t h = GEMMA2__TH_SEED, w;
+    size_t k = n;
+    while (k >= 8) {
+        memcpy(&w, s, 8);
+        h = gemma2__th_word(h, w);
+        s += 8;
+        k -= 8;
+    }
+    return gemma2__th_end(h, s, k, n);
+}
+/* The same kind of hash taken from the end of the string (for suffixes; a table of its own). */
+static uint32_t gemma2__tok_rhash(const char *s, size_t n)
+{
+    uint64_t h = GEMMA2__TH_SEED, w;
+    size_t k = n;
+    while (k >= 8) {
+        memcpy(&w, s + k - 8, 8);
+        h = gemma2__th_word(h, w);
+        k -= 8;
+    }
+    return gemma2__th_end(h, s, k, n);
 }
 
 static size_t gemma2__tok_len(const gemma2__tokenizer *t, int32_t id) { return t->off[id + 1] - t->off[id] - 1; }
@@ -3497,65 +3603,146 @@ static int gemma2__tok_byte_piece(const char *s, size_t n)
     return v;
 }
 
-static int gemma2__trie_add(gemma2__tokenizer *t, const unsigned char *s, size_t n, int32_t id)
+/* The child of AC node s for byte c, or -1 (binary search: children are sorted). */
+static int32_t gemma2__ac_child(const gemma2__tokenizer *t, int32_t s, unsigned c)
 {
-    int32_t node = 0;
-    size_t i;
-    for (i = 0; i < n; i++) {
-        int32_t c = t->trie[node].child;
-        while (c >= 0 && t->trie[c].byte != s[i]) c = t->trie[c].sibling;
-        if (c < 0) {
-            if (t->n_trie == t->trie_cap) {
-                int32_t cap = t->trie_cap * 2;
-                void *p = GEMMA2_REALLOC(t->trie, (size_t)cap * sizeof *t->trie);
-                if (!p) return -1;
-                t->trie = (gemma2__trie_node *)p;
-                t->trie_cap = cap;
-            }
-            c = t->n_trie++;
-            t->trie[c].child = -1;
-            t->trie[c].id = -1;
-            t->trie[c].byte = s[i];
-            t->trie[c].sibling = t->trie[node].child;
-            t->trie[node].child = c;
-            if (node == 0) t->root[s[i]] = c;
+    int32_t lo = t->ac[s].first, hi = lo + t->ac[s].nchild;
+    while (lo < hi) {
+        int32_t mid = lo + (hi - lo) / 2;
+        if (t->ac[mid].byte < c) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < t->ac[s].first + t->ac[s].nchild && t->ac[lo].byte == c ? lo : -1;
+}
+
+/* The automaton's step from node s on byte c (failure links followed; amortized O(1) steps per byte). */
+static int32_t gemma2__ac_next(const gemma2__tokenizer *t, int32_t s, unsigned c)
+{
+    for (;;) {
+        int32_t x;
+        if (s == 0) return t->ac_root[c];
+        if ((x = gemma2__ac_child(t, s, c)) >= 0) return x;
+        s = t->ac[s].fail;
+    }
+}
+
+/* Builds the automaton of the pieces flagged GEMMA2__TA_MATCH (see gemma2__ac_node): a trie of the reversed strings
+   made through a hash of edges (so that a node with many children costs no scan), renumbered breadth-first with
+   each node's children together and sorted, then failure links and longest matches in that order. */
+static int gemma2__ac_build(gemma2__tokenizer *t)
+{
+    size_t total = 1, cap = 16, k;
+    int32_t i, nn = 1, head, tail;
+    uint64_t *edge = NULL;           /* hash of edges: (parent << 8 | byte) + 1, 0 = empty; echild the child */
+    int32_t *echild = NULL, *child = NULL, *sib = NULL, *term = NULL, *order = NULL;
+    uint8_t *byte = NULL;
+    int rc = -1;
+    t->n_ac = 0;
+    t->ac_maxlen = 0;
+    for (i = 0; i < t->n; i++)
+        if ((t->attr[i] & GEMMA2__TA_MATCH) && gemma2__tok_len(t, i) > 0) {
+            total += gemma2__tok_len(t, i);
+            if (gemma2__tok_len(t, i) > t->ac_maxlen) t->ac_maxlen = gemma2__tok_len(t, i);
         }
-        node = c;
+    if (total == 1) return 0;
+    if (total > 0x7ffffffe / 2) return -1;
+    while (cap < total * 2) cap *= 2;
+    edge = (uint64_t *)GEMMA2_MALLOC(cap * sizeof *edge);
+    echild = (int32_t *)GEMMA2_MALLOC(cap * sizeof *echild);
+    child = (int32_t *)GEMMA2_MALLOC(total * sizeof *child);
+    sib = (int32_t *)GEMMA2_MALLOC(total * sizeof *sib);
+    term = (int32_t *)GEMMA2_MALLOC(total * sizeof *term);
+    order = (int32_t *)GEMMA2_MALLOC(total * sizeof *order);
+    byte = (uint8_t *)GEMMA2_MALLOC(total);
+    t->ac = (gemma2__ac_node *)GEMMA2_MALLOC(total * sizeof *t->ac);
+    if (!edge || !echild || !child || !sib || !term || !order || !byte || !t->ac) goto done;
+    memset(edge, 0, cap * sizeof *edge);
+    child[0] = sib[0] = term[0] = -1;
+    byte[0] = 0;
+    for (i = 0; i < t->n; i++) {
+        const unsigned char *s = (const unsigned char *)gemma2__tok_str(t, i);
+        size_t len = gemma2__tok_len(t, i);
+        int32_t node = 0;
+        if (!(t->attr[i] & GEMMA2__TA_MATCH) || len == 0) continue;
+        for (k = len; k-- > 0;) {
+            uint64_t key = (((uint64_t)(uint32_t)node << 8) | s[k]) + 1;
+            size_t j = (size_t)((key * 0x9e3779b97f4a7c15ull) >> 20) & (cap - 1);
+            while (edge[j] && edge[j] != key) j = (j + 1) & (cap - 1);
+            if (!edge[j]) {
+                edge[j] = key;
+                echild[j] = nn;
+                child[nn] = term[nn] = -1;
+                byte[nn] = s[k];
+                sib[nn] = child[node];
+                child[node] = nn;
+                nn++;
+            }
+            node = echild[j];
+        }
+        if (term[node] < 0) term[node] = i;
     }
-    if (t->trie[node].id < 0) t->trie[node].id = id; /* the first of equal strings wins */
-    return 0;
+    /* breadth-first order; a node's new index is its place in `order`, its children follow each other sorted */
+    order[0] = 0;
+    for (head = 0, tail = 1; head < tail; head++) {
+        int32_t u = order[head], c, first = tail, a, b;
+        for (c = child[u]; c >= 0; c = sib[c]) order[tail++] = c;
+        /* sort order[first, tail) by byte: insertion sort for a few, else by counting over the 256 values */
+        if (tail - first <= 16) {
+            for (a = first + 1; a < tail; a++) {
+                int32_t x = order[a];
+                for (b = a; b > first && byte[order[b - 1]] > byte[x]; b--) order[b] = order[b - 1];
+                order[b] = x;
+            }
+        } else {
+            int32_t slot[256];
+            for (a = 0; a < 256; a++) slot[a] = -1;
+            for (a = first; a < tail; a++) slot[byte[order[a]]] = order[a];
+            for (a = 0, b = first; a < 256; a++) if (slot[a] >= 0) order[b++] = slot[a];
+        }
+        t->ac[head].first = first;
+        t->ac[head].nchild = (uint16_t)(tail - first);
+        t->ac[head].byte = byte[u];
+        t->ac[head].best[0] = t->ac[head].best[1] = term[u]; /* the piece ending here; completed below */
+    }
+    t->n_ac = nn;
+    for (k = 0; k < 256; k++) t->ac_root[k] = 0;
+    t->ac[0].fail = 0;
+    t->ac[0].best[0] = t->ac[0].best[1] = -1;
+    for (head = 0; head < nn; head++) {
+        int32_t v, end = t->ac[head].first + t->ac[head].nchild;
+        for (v = t->ac[head].first; v < end; v++) {
+            unsigned c = t->ac[v].byte;
+            int32_t f = 0, own = t->ac[v].best[0], m;
+            if (head == 0) t->ac_root[c] = v;
+            else f = gemma2__ac_next(t, t->ac[head].fail, c);
+            t->ac[v].fail = f;
+            for (m = 0; m < 2; m++)
+                t->ac[v].best[m] = own >= 0 && (m || !(t->attr[own] & GEMMA2__TA_SPECIAL)) ? own : t->ac[f].best[m];
+        }
+    }
+    rc = 0;
+done:
+    GEMMA2_FREE(edge);
+    GEMMA2_FREE(echild);
+    GEMMA2_FREE(child);
+    GEMMA2_FREE(sib);
+    GEMMA2_FREE(term);
+    GEMMA2_FREE(order);
+    GEMMA2_FREE(byte);
+    return rc;
 }
 
-/* The longest piece of the trie at s (skipping special ones unless allowed); its id and *mlen, or -1. */
-static int32_t gemma2__trie_longest(const gemma2__tokenizer *t, const unsigned char *s, size_t n, int special, size_t *mlen)
-{
-    int32_t node = t->root[s[0]], best = -1;
-    size_t i = 0;
-    while (node >= 0) {
-        int32_t id = t->trie[node].id, c;
-        if (id >= 0 && (special || !(t->attr[id] & GEMMA2__TA_SPECIAL))) { best = id; *mlen = i + 1; }
-        if (++i >= n) break;
-        for (c = t->trie[node].child; c >= 0 && t->trie[c].byte != s[i]; c = t->trie[c].sibling) {}
-        node = c;
-    }
-    return best;
-}
-
-/* Everything after the pieces are known: the piece table, byte and ASCII tables, the trie, checks. */
+/* Everything after the pieces are known: the piece table, byte and ASCII tables, the automaton of the pieces matched
+   whole, checks. */
 static int gemma2__tok_finish(gemma2__tokenizer *t, const char *name, char *err, size_t err_size)
 {
     uint32_t cap = 16;
     int32_t i;
     while (cap < (uint32_t)t->n * 2u) cap *= 2;
     t->ptab = (uint64_t *)gemma2__calloc(cap, sizeof *t->ptab);
-    t->trie_cap = 64;
-    t->trie = (gemma2__trie_node *)GEMMA2_MALLOC((size_t)t->trie_cap * sizeof *t->trie);
-    if (!t->ptab || !t->trie) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
+    if (!t->ptab) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
     t->pmask = cap - 1;
-    t->n_trie = 1;
-    t->trie[0].child = t->trie[0].sibling = t->trie[0].id = -1;
-    t->trie[0].byte = 0;
-    for (i = 0; i < 256; i++) t->root[i] = t->byte_id[i] = -1;
+    for (i = 0; i < 256; i++) t->byte_id[i] = -1;
     for (i = 0; i < 128; i++) t->char1[i] = -1;
     t->chunk_words = 1;
     t->max_piece = 0;
@@ -3578,8 +3765,6 @@ static int gemma2__tok_finish(gemma2__tokenizer *t, const char *name, char *err,
             return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: piece %d is empty", name, (int)i);
         if ((t->attr[i] & GEMMA2__TA_BYTE) && (b = gemma2__tok_byte_piece(s, n)) >= 0 && t->byte_id[b] < 0) t->byte_id[b] = i;
         if (n == 1 && (unsigned char)s[0] < 128 && !(t->attr[i] & GEMMA2__TA_SPECIAL)) t->char1[(unsigned char)s[0]] = i;
-        if ((t->attr[i] & GEMMA2__TA_MATCH) && n > 0 && gemma2__trie_add(t, (const unsigned char *)s, n, i) != 0)
-            return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
         /* '▁' (e2 96 81) after anything but another '▁' inside a piece: merges could cross word starts */
         for (k = 1; k + 3 <= n && t->chunk_words; k++)
             if (!memcmp(s + k, "\xe2\x96\x81", 3) && (k < 3 || memcmp(s + k - 3, "\xe2\x96\x81", 3))) t->chunk_words = 0;
@@ -3587,6 +3772,7 @@ static int gemma2__tok_finish(gemma2__tokenizer *t, const char *name, char *err,
     /* tokenizer.json names byte 0x09 "\t" (so that tab-run merges exist): the one-character ASCII pieces stand in
        for missing byte pieces */
     for (i = 0; i < 128; i++) if (t->byte_id[i] < 0) t->byte_id[i] = t->char1[i];
+    if (gemma2__ac_build(t) != 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", name);
     return 0;
 }
 
@@ -3916,67 +4102,178 @@ static int gemma2__u32_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* A character (1 to 4 bytes) as a nonzero key. */
+static uint64_t gemma2__tok_vkey(const char *s, size_t n)
+{
+    uint32_t w = 0;
+    memcpy(&w, s, n);
+    return ((uint64_t)n << 32) | w;
+}
+
+static uint32_t gemma2__tok_vslot(uint64_t key, uint32_t mask) { return (uint32_t)((key * 0x9e3779b97f4a7c15ull) >> 32) & mask; }
+
+/* The virtual id of a character that has no usable piece, or -1 (see gemma2__tokenizer). */
+static int32_t gemma2__tok_vfind(const gemma2__tokenizer *t, const char *s, size_t n)
+{
+    uint64_t key;
+    uint32_t i;
+    if (!t->vkey || n > 4) return -1;
+    key = gemma2__tok_vkey(s, n);
+    for (i = gemma2__tok_vslot(key, t->vmask); t->vkey[i]; i = (i + 1) & t->vmask)
+        if (t->vkey[i] == key) return t->vval[i];
+    return -1;
+}
+
+/* The virtual id of character s[0, n), made if new; -1 when out of memory or of ids. */
+static int32_t gemma2__tok_vid(gemma2__tokenizer *t, const char *s, size_t n)
+{
+    int32_t v = gemma2__tok_vfind(t, s, n);
+    uint64_t key = gemma2__tok_vkey(s, n);
+    uint32_t i;
+    if (v >= 0) return v;
+    if (t->n + t->n_virtual >= GEMMA2__TOK_MAX_VOCAB) return -1;
+    if (!t->vkey || (uint32_t)(t->n_virtual + 1) * 2 > t->vmask) {
+        uint32_t nc = t->vkey ? (t->vmask + 1) * 2 : 64, k;
+        uint64_t *nk = (uint64_t *)gemma2__calloc(nc, sizeof *nk);
+        int32_t *nv = (int32_t *)GEMMA2_MALLOC((size_t)nc * sizeof *nv);
+        if (!nk || !nv) { GEMMA2_FREE(nk); GEMMA2_FREE(nv); return -1; }
+        for (k = 0; t->vkey && k <= t->vmask; k++)
+            if (t->vkey[k]) {
+                for (i = gemma2__tok_vslot(t->vkey[k], nc - 1); nk[i]; i = (i + 1) & (nc - 1)) {}
+                nk[i] = t->vkey[k];
+                nv[i] = t->vval[k];
+            }
+        GEMMA2_FREE(t->vkey);
+        GEMMA2_FREE(t->vval);
+        t->vkey = nk;
+        t->vval = nv;
+        t->vmask = nc - 1;
+    }
+    for (i = gemma2__tok_vslot(key, t->vmask); t->vkey[i]; i = (i + 1) & t->vmask) {}
+    t->vkey[i] = key;
+    t->vval[i] = t->n + t->n_virtual;
+    return t->n + t->n_virtual++;
+}
+
 /* SentencePiece merges any two neighbours whose concatenation is a piece. Every such pair of pieces is listed here
-   once, at load, by splitting each piece at each character boundary: encoding then looks merges up by id pair, as
-   for tokenizer.json, instead of hashing strings (about 600 000 pairs for Gemma). Splitting a piece at its own
-   character boundaries finds every split the text can produce: a symbol boundary is a character boundary of the
-   text, and the piece is made of whole symbols. */
+   once, at load, so that encoding looks merges up by id pair, as for tokenizer.json, instead of hashing strings
+   (about 600 000 pairs for Gemma). The splits of a piece that matter are at its character boundaries (a symbol
+   boundary is a character boundary of the text, and a piece is made of whole symbols), with both halves pieces.
+   Trying every split hashes O(len^2) bytes per piece; instead each piece gets its longest proper prefix that is a
+   piece (pp) and its longest proper suffix that is a piece (sp), both at its character boundaries, found with
+   prefix hashes that one pass yields (and suffix hashes from the end, in a table of their own). The prefix pieces
+   of a piece are then the chain pp, pp(pp), ... (a prefix piece shorter than pp is a prefix piece of pp, at one of
+   its boundaries), the suffix pieces likewise, and the splits are where the two chains meet: O(len) per piece.
+   A half that is one character with no usable piece (none, or a special one) gets a virtual id (see the struct). */
 static int gemma2__tok_spm_pairs(gemma2__tokenizer *t, const char *name, char *err, size_t err_size)
 {
-    uint64_t *pairs = NULL;
-    int32_t *res = NULL;
-    uint32_t *rank;
-    size_t n = 0, cap = 0, k, nr;
+    uint64_t *pairs = NULL, *rtab = NULL, *hs = NULL;
+    int32_t *res = NULL, *pp = NULL, *sp = NULL, *mark = NULL;
+    uint32_t *rank = NULL, *stamp = NULL, *bnd = NULL, rmask, cap2 = 16;
+    size_t n = 0, cap = 0, k, nr, maxp = t->max_piece;
     int32_t i;
+    int rc = GEMMA2_ERROR_OUT_OF_MEMORY;
+    while (cap2 < (uint32_t)t->n * 2u) cap2 *= 2;
+    rmask = cap2 - 1;
+    rtab = (uint64_t *)gemma2__calloc(cap2, sizeof *rtab);
+    pp = (int32_t *)GEMMA2_MALLOC((size_t)t->n * sizeof *pp);
+    sp = (int32_t *)GEMMA2_MALLOC((size_t)t->n * sizeof *sp);
+    mark = (int32_t *)GEMMA2_MALLOC((maxp + 1) * sizeof *mark);
+    stamp = (uint32_t *)gemma2__calloc(maxp + 1, sizeof *stamp);
+    bnd = (uint32_t *)GEMMA2_MALLOC((maxp + 1) * sizeof *bnd);
+    hs = (uint64_t *)GEMMA2_MALLOC((maxp / 8 + 2) * sizeof *hs);
+    if (!rtab || !pp || !sp || !mark || !stamp || !bnd || !hs) goto fail;
     for (i = 0; i < t->n; i++) {
-        /* 1.7 M look-ups for Gemma, nearly all cache misses: the table slots of every split of a piece are
-           prefetched first, so that the misses overlap (this halves the load time) */
         const char *s = gemma2__tok_str(t, i);
-        size_t len = gemma2__tok_len(t, i), b = 0, nb, q, next;
-        size_t at[32];
-        uint32_t hl[32], hr[32];
-        if (!(t->attr[i] & GEMMA2__TA_MERGE) || len == 0) continue;
-        next = gemma2__u8len((const unsigned char *)s, len);
-        do { /* 32 splits at a time */
-            for (nb = 0, b = next; b < len && nb < 32; b += gemma2__u8len((const unsigned char *)s + b, len - b)) {
-                at[nb] = b;
-                hl[nb] = gemma2__tok_hash(s, b);
-                hr[nb] = gemma2__tok_hash(s + b, len - b);
-                GEMMA2__PREFETCH(&t->ptab[hl[nb] & t->pmask]);
-                GEMMA2__PREFETCH(&t->ptab[hr[nb] & t->pmask]);
-                nb++;
-            }
-            next = b;
-            for (q = 0; q < nb; q++) {
-                int32_t l, r;
-                b = at[q];
-                if ((l = gemma2__tok_find_h(t, s, b, hl[q])) < 0 || (r = gemma2__tok_find_h(t, s + b, len - b, hr[q])) < 0) continue;
-                if (n == cap) {
-                    void *pp, *pq;
-                    cap = cap ? cap * 2 : 65536;
-                    pp = GEMMA2_REALLOC(pairs, cap * sizeof *pairs);
-                    if (pp) pairs = (uint64_t *)pp;
-                    pq = GEMMA2_REALLOC(res, cap * sizeof *res);
-                    if (pq) res = (int32_t *)pq;
-                    if (!pp || !pq || cap > GEMMA2__TOK_MAX_MERGES) {
-                        GEMMA2_FREE(pairs);
-                        GEMMA2_FREE(res);
-                        return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (merge pairs)", name);
-                    }
-                }
-                pairs[n] = ((uint64_t)(uint32_t)l << 20) | (uint64_t)(uint32_t)r;
-                res[n++] = i;
-            }
-        } while (next < len);
+        size_t len = gemma2__tok_len(t, i);
+        uint32_t h, j;
+        if (len == 0) continue;
+        h = gemma2__tok_rhash(s, len);
+        for (j = h & rmask; rtab[j]; j = (j + 1) & rmask) {}
+        rtab[j] = ((uint64_t)h << 32) | (uint64_t)(uint32_t)(i + 1);
     }
+    /* pp and sp of every piece */
+    for (i = 0; i < t->n; i++) {
+        const char *s = gemma2__tok_str(t, i);
+        size_t len = gemma2__tok_len(t, i), nb = 0, b, q;
+        uint64_t w, h;
+        pp[i] = sp[i] = -1;
+        if (len == 0) continue;
+        for (b = gemma2__u8len((const unsigned char *)s, len); b < len; b += gemma2__u8len((const unsigned char *)s + b, len - b))
+            bnd[nb++] = (uint32_t)b; /* the inner character boundaries */
+        if (nb == 0) continue;
+        /* hs[q]: the hash state after the first q words */
+        for (h = GEMMA2__TH_SEED, q = 0; q * 8 + 8 <= len; q++) { hs[q] = h; memcpy(&w, s + q * 8, 8); h = gemma2__th_word(h, w); }
+        hs[q] = h;
+        for (q = nb; q-- > 0;) {
+            b = bnd[q];
+            if ((pp[i] = gemma2__tok_find_h(t, s, b, gemma2__th_end(hs[b / 8], s + b / 8 * 8, b % 8, b))) >= 0) break;
+        }
+        /* the same from the end: hs[q] after the last q words */
+        for (h = GEMMA2__TH_SEED, q = 0; q * 8 + 8 <= len; q++) { hs[q] = h; memcpy(&w, s + len - q * 8 - 8, 8); h = gemma2__th_word(h, w); }
+        hs[q] = h;
+        for (q = 0; q < nb && sp[i] < 0; q++) {
+            size_t L = len - bnd[q];
+            uint32_t hh = gemma2__th_end(hs[L / 8], s + bnd[q], L % 8, L), j;
+            for (j = hh & rmask; rtab[j]; j = (j + 1) & rmask) {
+                int32_t o = (int32_t)(uint32_t)rtab[j] - 1;
+                if ((uint32_t)(rtab[j] >> 32) == hh && gemma2__tok_len(t, o) == L && !memcmp(gemma2__tok_str(t, o), s + bnd[q], L)) { sp[i] = o; break; }
+            }
+        }
+    }
+    GEMMA2_FREE(rtab);
+    rtab = NULL;
+    /* the pairs: where the prefix chain and the suffix chain of a piece meet */
+#define GEMMA2__SPM_PAIR(l, r) do { \
+        if (n == cap) { \
+            void *p1, *p2; \
+            cap = cap ? cap * 2 : 65536; \
+            p1 = GEMMA2_REALLOC(pairs, cap * sizeof *pairs); \
+            if (p1) pairs = (uint64_t *)p1; \
+            p2 = GEMMA2_REALLOC(res, cap * sizeof *res); \
+            if (p2) res = (int32_t *)p2; \
+            if (!p1 || !p2) goto fail; \
+        } \
+        pairs[n] = ((uint64_t)(uint32_t)(l) << 20) | (uint64_t)(uint32_t)(r); \
+        res[n++] = i; \
+    } while (0)
+    for (i = 0; i < t->n; i++) {
+        const char *s = gemma2__tok_str(t, i);
+        size_t len = gemma2__tok_len(t, i), c1, cl, b;
+        uint32_t now = (uint32_t)i + 1;
+        int32_t q, rest = -1, lastp = -1, vf, vl;
+        int fu, lu;
+        if (!(t->attr[i] & GEMMA2__TA_MERGE) || len == 0) continue;
+        c1 = gemma2__u8len((const unsigned char *)s, len);
+        if (c1 >= len) continue; /* one character: no split */
+        for (cl = c1; cl + gemma2__u8len((const unsigned char *)s + cl, len - cl) < len;) cl += gemma2__u8len((const unsigned char *)s + cl, len - cl);
+        for (q = pp[i]; q >= 0; q = pp[q]) { size_t L = gemma2__tok_len(t, q); mark[L] = q; stamp[L] = now; }
+        for (q = sp[i]; q >= 0; q = sp[q]) {
+            b = len - gemma2__tok_len(t, q);
+            if (b == c1) rest = q;
+            if (b == cl) lastp = q;
+            if (stamp[b] == now) GEMMA2__SPM_PAIR(mark[b], q);
+        }
+        /* a first or last character without a usable piece: its virtual id with the other half */
+        fu = stamp[c1] == now && !(t->attr[mark[c1]] & GEMMA2__TA_SPECIAL);
+        lu = lastp >= 0 && !(t->attr[lastp] & GEMMA2__TA_SPECIAL);
+        if (!fu && ((cl == c1 && !lu) || rest >= 0)) {
+            if ((vf = gemma2__tok_vid(t, s, c1)) < 0) goto fail;
+            if (cl == c1 && !lu) {
+                if ((vl = gemma2__tok_vid(t, s + cl, len - cl)) < 0) goto fail;
+                GEMMA2__SPM_PAIR(vf, vl);
+            } else GEMMA2__SPM_PAIR(vf, rest);
+        }
+        if (!lu && stamp[cl] == now && !(cl == c1 && !fu)) {
+            if ((vl = gemma2__tok_vid(t, s + cl, len - cl)) < 0) goto fail;
+            GEMMA2__SPM_PAIR(mark[cl], vl);
+        }
+    }
+#undef GEMMA2__SPM_PAIR
+    if (n > GEMMA2__TOK_MAX_MERGES) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: too many merge pairs", name); goto out; }
     /* the table holds 24-bit priorities: the scores become their dense ranks (equal scores stay equal) */
     rank = (uint32_t *)GEMMA2_MALLOC((size_t)t->n * sizeof *rank);
-    if (!rank || gemma2__tok_mtab_new(t, n) != 0) {
-        GEMMA2_FREE(pairs);
-        GEMMA2_FREE(res);
-        GEMMA2_FREE(rank);
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (merge pairs)", name);
-    }
+    if (!rank || gemma2__tok_mtab_new(t, n) != 0) goto fail;
     memcpy(rank, t->prio, (size_t)t->n * sizeof *rank);
     qsort(rank, (size_t)t->n, sizeof *rank, gemma2__u32_cmp);
     for (k = 0, nr = 0; k < (size_t)t->n; k++) if (k == 0 || rank[k] != rank[nr - 1]) rank[nr++] = rank[k];
@@ -3985,12 +4282,24 @@ static int gemma2__tok_spm_pairs(gemma2__tokenizer *t, const char *name, char *e
         while (lo < hi) { size_t mid = (lo + hi) / 2; if (rank[mid] < t->prio[i]) lo = mid + 1; else hi = mid; }
         t->prio[i] = (uint32_t)lo;
     }
-    GEMMA2_FREE(rank);
     for (k = 0; k < n; k++) gemma2__tok_merge_put(t, pairs[k], t->prio[res[k]], res[k]);
     t->n_merges = (int32_t)n;
+    rc = 0;
+    goto out;
+fail:
+    rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (merge pairs)", name);
+out:
     GEMMA2_FREE(pairs);
     GEMMA2_FREE(res);
-    return 0;
+    GEMMA2_FREE(rank);
+    GEMMA2_FREE(rtab);
+    GEMMA2_FREE(pp);
+    GEMMA2_FREE(sp);
+    GEMMA2_FREE(mark);
+    GEMMA2_FREE(stamp);
+    GEMMA2_FREE(bnd);
+    GEMMA2_FREE(hs);
+    return rc;
 }
 
 static int gemma2__tok_load_spm(gemma2__tokenizer *t, const uint8_t *data, size_t size, const char *name, char *err, size_t err_size)
@@ -4085,8 +4394,10 @@ static int gemma2__tok_load_spm(gemma2__tokenizer *t, const uint8_t *data, size_
         t->prio[i] = ~u;
         switch (type) {
         case GEMMA2__SPM_NORMAL: a = GEMMA2__TA_MERGE; break;
-        case GEMMA2__SPM_UNKNOWN: a = GEMMA2__TA_SPECIAL | GEMMA2__TA_UNK; break;
-        case GEMMA2__SPM_CONTROL: a = GEMMA2__TA_SPECIAL | GEMMA2__TA_CONTROL; break;
+        /* matched whole in the text only with GEMMA2_TOKENIZE_SPECIAL (as transformers matches its special tokens;
+           SentencePiece itself never matches them, which is GEMMA2_TOKENIZE_SPECIAL off) */
+        case GEMMA2__SPM_UNKNOWN: a = GEMMA2__TA_MATCH | GEMMA2__TA_SPECIAL | GEMMA2__TA_UNK; break;
+        case GEMMA2__SPM_CONTROL: a = GEMMA2__TA_MATCH | GEMMA2__TA_SPECIAL | GEMMA2__TA_CONTROL; break;
         case GEMMA2__SPM_USER:
             /* the chat markers are special for transformers; nothing in the proto says so */
             if ((len == 15 && !memcmp(s, "<start_of_turn>", 15)) || (len == 13 && !memcmp(s, "<end_of_turn>", 13)))
@@ -4130,6 +4441,14 @@ static int gemma2__tokenizer_load_mem(gemma2__tokenizer **out, const uint8_t *da
         t->format = GEMMA2__TOK_SPM;
         rc = gemma2__tok_load_spm(t, data, size, name, err, err_size);
     }
+    if (rc == 0 && t->unk < 0) {
+        /* text with a character that is no piece must still get ids: refuse a file that has neither an unknown piece
+           nor byte pieces for all 256 bytes, rather than return ids that are not in the vocabulary */
+        int b = 0;
+        if (t->byte_fallback) for (b = 0; b < 256 && t->byte_id[b] >= 0; b++) {}
+        if (b < 256) rc = gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: no unknown-token piece and no byte fallback "
+                                       "for every byte (byte %d): some text would have no ids", name, b);
+    }
     if (rc != 0) { gemma2__tokenizer_free(t); return rc; }
     *out = t;
     return 0;
@@ -4163,6 +4482,8 @@ typedef struct gemma2__enc {
     size_t wtext_n, wtext_cap;
     int32_t *wids;
     size_t wids_n, wids_cap;
+    int32_t *lm;               /* the longest whole-matched piece at each position of a stretch of text, or -1 */
+    size_t lm_cap;
     int oom;
 } gemma2__enc;
 
@@ -4221,25 +4542,21 @@ static void gemma2__bpe_try(gemma2__enc *e, const char *s, int32_t a)
     gemma2__cand c;
     uint32_t key;
     int32_t id;
+    gemma2__merge mg;
+    unsigned ca, cb;
     if (a < 0 || (A = &e->sym[a])->next < 0) return;
     B = &e->sym[A->next];
-    if (A->id >= 0 && B->id >= 0) {
-        /* both formats: the id pair table (SentencePiece's is built at load from the splits of its pieces) */
-        gemma2__merge mg;
-        unsigned ca = (unsigned char)s[A->start], cb = (unsigned char)s[B->start];
-        if (A->len == 1 && B->len == 1 && ca < 128 && cb < 128 && A->id == t->char1[ca] && B->id == t->char1[cb]) {
-            mg = t->ascii_pair[ca * 128 + cb];
-            if (mg.id < 0) return;
-        } else if (!gemma2__tok_merge(t, A->id, B->id, &mg)) return;
-        key = mg.prio;
-        id = mg.id;
-    } else if (t->format == GEMMA2__TOK_HF) return;
-    else {
-        /* SentencePiece, next to a character that is no piece: merge by the string, as SentencePiece does */
-        id = gemma2__tok_find(t, s + A->start, A->len + B->len);
-        if (id < 0 || !(t->attr[id] & GEMMA2__TA_MERGE)) return;
-        key = t->prio[id];
-    }
+    if (A->id < 0 || B->id < 0) return;
+    /* both formats: the id pair table (SentencePiece's is built at load from the splits of its pieces, characters
+       without a usable piece included through their virtual ids) */
+    ca = (unsigned char)s[A->start];
+    cb = (unsigned char)s[B->start];
+    if (A->len == 1 && B->len == 1 && ca < 128 && cb < 128 && A->id == t->char1[ca] && B->id == t->char1[cb]) {
+        mg = t->ascii_pair[ca * 128 + cb];
+        if (mg.id < 0) return;
+    } else if (!gemma2__tok_merge(t, A->id, B->id, &mg)) return;
+    key = mg.prio;
+    id = mg.id;
     c.order = ((uint64_t)key << 32) | (uint32_t)a;
     c.len = A->len + B->len;
     c.id = id;
@@ -4258,6 +4575,7 @@ static void gemma2__bpe(gemma2__enc *e, const char *s, size_t n, int32_t *out, s
         size_t L = u[i] < 0x80 ? 1 : gemma2__u8len(u + i, n - i);
         int32_t id = L == 1 && u[i] < 0x80 ? t->char1[u[i]] : gemma2__tok_find(t, s + i, L);
         if (id >= 0 && (t->attr[id] & GEMMA2__TA_SPECIAL)) id = -1;
+        if (id < 0 && t->vkey) id = gemma2__tok_vfind(t, s + i, L); /* SentencePiece: may still merge */
         if (id < 0 && t->format == GEMMA2__TOK_HF) {
             /* tokenizer.json: an unknown character becomes its byte pieces before merging */
             for (k = 0; k < L; k++, ns++) {
@@ -4300,7 +4618,7 @@ static void gemma2__bpe(gemma2__enc *e, const char *s, size_t n, int32_t *out, s
     }
     for (a = 0; a >= 0; a = e->sym[a].next) {
         const gemma2__sym *A = &e->sym[a];
-        if (A->id >= 0) out[(*n_out)++] = A->id;
+        if (A->id >= 0 && A->id < t->n) out[(*n_out)++] = A->id; /* not a virtual id: a character left unmerged */
         else if (t->byte_fallback) {
             for (k = 0; k < A->len; k++) {
                 int32_t b = t->byte_id[u[A->start + k]];
@@ -4423,20 +4741,35 @@ GEMMA2_DEF int gemma2_tokenize(const gemma2_model *m, const char *text, size_t l
     if (t->format == GEMMA2__TOK_SPM) { s = gemma2__enc_normalize(&e, text ? text : "", len, &n); }
     else { s = text ? text : ""; n = len; }
     u = (const unsigned char *)s;
-    for (i = start = 0; i < n && !e.oom;) {
-        int32_t id;
-        if (t->root[u[i]] >= 0 && (id = gemma2__trie_longest(t, u + i, n - i, e.special, &mlen)) >= 0) {
-            if (i > start) {
-                if (t->format == GEMMA2__TOK_HF) {
-                    size_t nn;
-                    const char *p = gemma2__enc_normalize(&e, s + start, i - start, &nn);
-                    gemma2__enc_plain(&e, p, nn);
-                } else gemma2__enc_plain(&e, s + start, i - start);
-            }
-            gemma2__enc_emit(&e, id);
-            i += mlen;
-            start = i;
-        } else i += u[i] < 0x80 ? 1 : gemma2__u8len(u + i, n - i);
+    /* Pieces matched whole, leftmost-longest: from position i, the longest one that starts there, else the next
+       character. The automaton gives the longest piece at every position of a stretch [i, end) from one scan of the
+       text backwards from end + ac_maxlen (what lies further cannot change a match in the stretch); stretches of at
+       least ac_maxlen bytes keep the scan O(n) in all. */
+    for (i = start = 0; i < n && !e.oom && t->ac;) {
+        size_t seg = i, end = n - i > GEMMA2__MAX(t->ac_maxlen, (size_t)65536) ? i + GEMMA2__MAX(t->ac_maxlen, (size_t)65536) : n;
+        size_t j = n - end > t->ac_maxlen ? end + t->ac_maxlen : n;
+        int32_t st = 0;
+        if (!GEMMA2__GROW(&e, e.lm, e.lm_cap, end - seg, int32_t)) break;
+        while (j > seg) {
+            st = gemma2__ac_next(t, st, u[--j]);
+            if (j < end) e.lm[j - seg] = t->ac[st].best[e.special];
+        }
+        while (i < end && !e.oom) {
+            int32_t id = e.lm[i - seg];
+            if (id >= 0) {
+                mlen = gemma2__tok_len(t, id);
+                if (i > start) {
+                    if (t->format == GEMMA2__TOK_HF) {
+                        size_t nn;
+                        const char *p = gemma2__enc_normalize(&e, s + start, i - start, &nn);
+                        gemma2__enc_plain(&e, p, nn);
+                    } else gemma2__enc_plain(&e, s + start, i - start);
+                }
+                gemma2__enc_emit(&e, id);
+                i += mlen;
+                start = i;
+            } else i += u[i] < 0x80 ? 1 : gemma2__u8len(u + i, n - i);
+        }
     }
     if (start < n && !e.oom) {
         if (t->format == GEMMA2__TOK_HF) {
@@ -4453,6 +4786,7 @@ GEMMA2_DEF int gemma2_tokenize(const gemma2_model *m, const char *text, size_t l
     GEMMA2_FREE(e.cent);
     GEMMA2_FREE(e.wtext);
     GEMMA2_FREE(e.wids);
+    GEMMA2_FREE(e.lm);
     return rc;
 }
 
@@ -4579,7 +4913,9 @@ static int gemma2__detok_step(gemma2_detok *d, int32_t id, int flush, char *out,
     const gemma2__tokenizer *t;
     gemma2_detok tmp;
     gemma2__sink k;
-    if (!d || !d->m || (!out && cap > 0)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    /* unknown flags given to gemma2_detok_init (which cannot fail) are refused here, as gemma2_detokenize does */
+    if (!d || !d->m || (!out && cap > 0) || (d->flags & ~(GEMMA2_DETOKENIZE_SKIP_CONTROL | GEMMA2_DETOKENIZE_UTF8)))
+        return GEMMA2_ERROR_INVALID_ARGUMENT;
     if (!(t = d->m->tok)) return GEMMA2_ERROR_NO_TOKENIZER;
     if (!flush && (id < 0 || id >= t->n)) return GEMMA2_ERROR_BAD_TOKEN;
     tmp = *d;

@@ -63,7 +63,7 @@ static char *bench_read(const char *path, size_t *n)
 static size_t bench_tok_bytes(const gemma2__tokenizer *t)
 {
     size_t b = sizeof *t + t->off[t->n] + ((size_t)t->n + 1) * 4 + (size_t)t->n + ((size_t)t->pmask + 1) * 8 +
-               (size_t)t->trie_cap * sizeof *t->trie;
+               (size_t)t->n_ac * sizeof *t->ac;
     if (t->prio) b += (size_t)t->n * 4;
     if (t->mtab) b += ((size_t)t->mmask + 1) * sizeof *t->mtab;
     if (t->ascii_pair) b += 128 * 128 * sizeof *t->ascii_pair;

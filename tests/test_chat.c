@@ -3,21 +3,23 @@
 /* Chat format tests: every case of tests/data/chat/cases.jsonl (see its README), plus the
    trimming rules on their own. */
 
-static gemma2_model *chat_model;
+static gemma2_model *chat_models[2]; /* [0] tokenizer.json, [1] tokenizer.model */
 
-static gemma2_model *chat_get_model(void)
+static gemma2_model *chat_get_model_fmt(int spm)
 {
-    if (!chat_model) {
+    if (!chat_models[spm]) {
         gemma2_options o;
         char err[256];
         memset(&o, 0, sizeof o);
         o.tokenizer_only = 1;
-        o.tokenizer_path = g2t_path("tokenizer/tokenizer.json");
-        chat_model = gemma2_load(g2t_path("models/tiny-realvocab"), &o, err, sizeof err);
-        CHECK(chat_model != NULL, "load tokenizer: %s", err);
+        o.tokenizer_path = g2t_path(spm ? "tokenizer/tokenizer.model" : "tokenizer/tokenizer.json");
+        chat_models[spm] = gemma2_load(g2t_path("models/tiny-realvocab"), &o, err, sizeof err);
+        CHECK(chat_models[spm] != NULL, "load tokenizer: %s", err);
     }
-    return chat_model;
+    return chat_models[spm];
 }
+
+static gemma2_model *chat_get_model(void) { return chat_get_model_fmt(0); }
 
 static int chat_ids_eq(const int32_t *a, int na, const int32_t *b, int nb)
 {
@@ -45,9 +47,11 @@ static int chat_valid_for_us(const gemma2_message *msgs, int n)
     return 1;
 }
 
-static void test_chat_fixtures(void)
+/* Every case on one tokenizer file: the ids are transformers' (tokenizer.json); tokenizer.model must give the same,
+   gemma2_chat_render + GEMMA2_TOKENIZE_SPECIAL included (its CONTROL pieces such as <bos> are matched then). */
+static void chat_fixtures(int spm)
 {
-    gemma2_model *m = chat_get_model();
+    gemma2_model *m = chat_get_model_fmt(spm);
     char *text, *line, *next;
     size_t size;
     int n_cases = 0, n_rendered = 0, n_errors = 0, n_diff_checked = 0;
@@ -109,7 +113,7 @@ static void test_chat_fixtures(void)
             int32_t *sp = (int32_t *)malloc(sizeof(int32_t) * 65536);
             int nr, ns;
             n_rendered++;
-            CHECK(r == n_safe && chat_ids_eq(out, r, safe, n_safe), "%s: gemma2_chat_tokenize != ids_user_content_as_text", name);
+            CHECK(r == n_safe && chat_ids_eq(out, r, safe, n_safe), "%s: %s: gemma2_chat_tokenize != ids_user_content_as_text", spm ? "model" : "json", name);
             if (!(r == n_safe && chat_ids_eq(out, r, safe, n_safe))) { chat_print_ids("got", out, r); chat_print_ids("want", safe, n_safe); }
             /* the size query alone */
             CHECK(gemma2_chat_tokenize(m, msgs, n_msgs, gen, NULL, 0) == n_safe, "%s: size query", name);
@@ -117,7 +121,8 @@ static void test_chat_fixtures(void)
             CHECK(nr >= 0 && (size_t)nr == strlen(ref_text) && !memcmp(rendered, ref_text, (size_t)nr), "%s: rendered text differs", name);
             /* the text with special matching reproduces transformers' apply_chat_template ids */
             ns = gemma2_tokenize(m, rendered, (size_t)nr, sp, 65536, GEMMA2_TOKENIZE_SPECIAL);
-            CHECK(chat_ids_eq(sp, ns, ids, n_ids), "%s: render + tokenize(SPECIAL) != ids", name);
+            CHECK(chat_ids_eq(sp, ns, ids, n_ids), "%s: %s: render + tokenize(SPECIAL) != ids", spm ? "model" : "json", name);
+            if (!chat_ids_eq(sp, ns, ids, n_ids)) { chat_print_ids("got", sp, ns); chat_print_ids("want", ids, n_ids); }
             if (!chat_ids_eq(ids, n_ids, safe, n_safe)) n_diff_checked++;
             free(sp);
             free(rendered);
@@ -135,6 +140,9 @@ static void test_chat_fixtures(void)
           n_rendered, n_errors, n_diff_checked);
     free(text);
 }
+
+static void test_chat_fixtures(void) { chat_fixtures(0); }
+static void test_chat_fixtures_model(void) { chat_fixtures(1); }
 
 static void test_chat_strip(void)
 {
@@ -181,7 +189,9 @@ void suite_chat(void)
 {
     g2t_run("chat/strip", test_chat_strip);
     g2t_run("chat/fixtures", test_chat_fixtures);
+    g2t_run("chat/fixtures_model", test_chat_fixtures_model);
     g2t_run("chat/errors", test_chat_errors);
-    gemma2_free(chat_model);
-    chat_model = NULL;
+    gemma2_free(chat_models[0]);
+    gemma2_free(chat_models[1]);
+    chat_models[0] = chat_models[1] = NULL;
 }

@@ -100,18 +100,34 @@ static size_t tok_metaspace_to_space(const char *s, size_t n, char *out)
     return o;
 }
 
+/* Does the text hold the string of a CONTROL or UNKNOWN piece (<bos>, <eos>, <pad>, <unk>)? With
+   GEMMA2_TOKENIZE_SPECIAL tokenizer.model matches them as tokens, as transformers does (the `ids`), while SentencePiece
+   never does (the `spm_ids`, which the flag off gives). */
+static int tok_has_control(const gemma2_model *m, const char *text, size_t n)
+{
+    const gemma2__tokenizer *t = m->tok;
+    int32_t id;
+    for (id = 0; id < t->n; id++) {
+        size_t len = gemma2__tok_len(t, id), k;
+        if (!(t->attr[id] & (GEMMA2__TA_CONTROL | GEMMA2__TA_UNK)) || len == 0) continue;
+        for (k = 0; k + len <= n; k++) if (!memcmp(text + k, gemma2__tok_str(t, id), len)) return 1;
+    }
+    return 0;
+}
+
 static void tok_check_cases(int spm)
 {
     gemma2_model *m = tok_model(spm);
-    int n = tok_load_cases(), k, n_enc = 0, n_dec = 0;
+    int n = tok_load_cases(), k, n_enc = 0, n_dec = 0, n_control = 0;
     CHECK(m != NULL, "tokenizer loads");
     CHECK(n == 160, "160 cases in cases.jsonl, read %d", n);
     if (!m) return;
     for (k = 0; k < n; k++) {
         const tok_case *c = &tok_cases[k];
         if (!c->decode) {
-            const int32_t *want = spm && c->spm_ids ? c->spm_ids : c->ids;
-            int n_want = spm && c->spm_ids ? c->n_spm_ids : c->n_ids;
+            int control = spm && c->spm_ids && tok_has_control(m, c->text, c->text_len);
+            const int32_t *want = spm && c->spm_ids && !control ? c->spm_ids : c->ids;
+            int n_want = spm && c->spm_ids && !control ? c->n_spm_ids : c->n_ids;
             int32_t *got = (int32_t *)malloc(sizeof *got * (c->text_len + 2));
             char *back = (char *)malloc(c->text_len * 3 + 16), *exp = (char *)malloc(c->text_len + 1);
             int g = gemma2_tokenize(m, c->text, c->text_len, got, (int)c->text_len + 2, GEMMA2_TOKENIZE_SPECIAL), b;
@@ -125,6 +141,12 @@ static void tok_check_cases(int spm)
             CHECK(gemma2_tokenize(m, c->text, c->text_len, NULL, 0, GEMMA2_TOKENIZE_SPECIAL) == n_want, "%s: count only", c->name);
             g = gemma2_tokenize(m, c->text, c->text_len, got, (int)c->text_len + 2, GEMMA2_TOKENIZE_SPECIAL | GEMMA2_TOKENIZE_ADD_BOS);
             CHECK(g == n_want + 1 && got[0] == 2 && !memcmp(got + 1, want, sizeof *got * (size_t)n_want), "%s: with <bos>", c->name);
+            if (control) {
+                /* without the flag, SentencePiece's own ids: the control strings are text */
+                g = gemma2_tokenize(m, c->text, c->text_len, got, (int)c->text_len + 2, 0);
+                CHECK(g == c->n_spm_ids && !memcmp(got, c->spm_ids, sizeof *got * (size_t)g), "%s: flags 0 gives SentencePiece's ids", c->name);
+                n_control++;
+            }
             /* and back: exact text (a literal '▁' returns as ' ') */
             b = gemma2_detokenize(m, want, n_want, back, c->text_len * 3 + 16, 0);
             ne = tok_metaspace_to_space(c->text, c->text_len, exp);
@@ -153,6 +175,7 @@ static void tok_check_cases(int spm)
         }
     }
     CHECK(n_enc == 140 && n_dec == 20, "encode %d decode %d", n_enc, n_dec);
+    CHECK(n_control == (spm ? 5 : 0), "%d cases with control-token strings", n_control);
 }
 
 static void test_tok_cases_json(void) { tok_check_cases(0); }
@@ -462,7 +485,7 @@ static void test_tok_small_json(void)
         "{\"added_tokens\": [{\"id\": 0, \"content\": \"<s>\", \"special\": true}, {\"id\": 9, \"content\": \"<x>\", \"special\": false}],"
         " \"normalizer\": {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, \"content\": \"\\u2581\"},"
         " \"model\": {\"type\": \"BPE\", \"byte_fallback\": true, \"vocab\": {\"<s>\": 0, \"a\": 1, \"b\": 2, \"ab\": 3, \"\\u2581\": 4,"
-        " \"\\u2581a\": 5, \"bb\": 6, \"<0x41>\": 7, \"<0xC3>\": 8, \"<x>\": 9, \"<0xA9>\": 10, \"<\": 11, \"s\": 12, \">\": 13},"
+        " \"\\u2581a\": 5, \"bb\": 6, \"<0x41>\": 7, \"<0xC3>\": 8, \"<x>\": 9, \"<0xA9>\": 10, \"<\": 11, \"s\": 12, \">\": 13, \"<unk>\": 14}, \"unk_token\": \"<unk>\","
         " \"merges\": [\"b b\", [\"a\", \"b\"], \"\\u2581 a\"]}}";
     gemma2_model m;
     char err[256];
@@ -533,7 +556,8 @@ static void test_tok_corrupt_json(void)
         const char *js =
             "{\"added_tokens\": [{\"id\": 0, \"content\": \"<s>\", \"special\": true}, {\"id\": 5, \"content\": \"<x>\"}],"
             " \"model\": {\"type\": \"BPE\", \"byte_fallback\": true, \"vocab\": {\"<s>\": 0, \"a\": 1, \"b\": 2, \"ab\": 3,"
-            " \"\\u2581\": 4, \"<x>\": 5, \"<0x41>\": 6, \"\\u2581a\": 7}, \"merges\": [\"a b\", [\"\\u2581\", \"a\"]]}}";
+            " \"\\u2581\": 4, \"<x>\": 5, \"<0x41>\": 6, \"\\u2581a\": 7, \"<unk>\": 8}, \"unk_token\": \"<unk>\","
+            " \"merges\": [\"a b\", [\"\\u2581\", \"a\"]]}}";
         size_t n = strlen(js);
         char *copy = (char *)malloc(n);
         int it, ok = 0;
@@ -635,7 +659,11 @@ static void test_tok_small_spm(void)
         CHECK(n == 6 && ids[0] == 260 && ids[1] == 262 && ids[2] == 265 && ids[3] == 259 && ids[4] == 3 + 0xc3 && ids[5] == 3 + 0xa9,
               "small model ids (%d: %d %d %d %d)", n, ids[0], ids[1], ids[2], ids[3]);
         n = gemma2_tokenize(&m, "<s>", 3, ids, 16, GEMMA2_TOKENIZE_SPECIAL);
-        CHECK(n == 3 && ids[0] == 3 + '<', "control pieces are never matched (%d)", n);
+        CHECK(n == 1 && ids[0] == 1, "control pieces are matched with GEMMA2_TOKENIZE_SPECIAL (%d)", n);
+        n = gemma2_tokenize(&m, "a<unk><s>", 9, ids, 16, GEMMA2_TOKENIZE_SPECIAL);
+        CHECK(n == 3 && ids[0] == 260 && ids[1] == 0 && ids[2] == 1, "unknown and control pieces (%d)", n);
+        n = gemma2_tokenize(&m, "<s>", 3, ids, 16, 0);
+        CHECK(n == 3 && ids[0] == 3 + '<', "control pieces are text without the flag (%d)", n);
         ids[0] = 1; ids[1] = 260; ids[2] = 0;
         n = gemma2_detokenize(&m, ids, 3, out, sizeof out, GEMMA2_DETOKENIZE_SKIP_CONTROL);
         CHECK(n == 6 && !memcmp(out, "a \xe2\x81\x87 ", 6), "SentencePiece decode: [%.*s]", n > 0 ? n : 0, out);
@@ -715,6 +743,191 @@ static void test_tok_corrupt_spm(void)
     }
 }
 
+/* A tokenizer that cannot give ids for every text (no unknown piece, and no byte fallback for every byte) is refused
+   at load, instead of tokenizing to id -1. */
+static void test_tok_needs_unk(void)
+{
+    static const char *refused[] = {
+        "{\"model\": {\"vocab\": {\"a\": 0}}}",
+        "{\"model\": {\"byte_fallback\": true, \"vocab\": {\"a\": 0, \"<0x62>\": 1}}}",
+        "{\"model\": {\"vocab\": {\"a\": 0, \"<unk>\": 1}, \"unk_token\": \"<nope>\"}}"};
+    const char *ok = "{\"model\": {\"vocab\": {\"a\": 0, \"<unk>\": 1}, \"unk_token\": \"<unk>\"}}";
+    gemma2_model m;
+    char err[256];
+    int32_t ids[8];
+    size_t k;
+    int n;
+    for (k = 0; k < sizeof refused / sizeof *refused; k++) {
+        err[0] = 0;
+        CHECK(tok_load_mem(refused[k], strlen(refused[k]), &m, err, sizeof err) == GEMMA2_ERROR_UNSUPPORTED && !m.tok && err[0],
+              "refused: %s", refused[k]);
+        if (m.tok) {
+            n = gemma2_tokenize(&m, "ab", 2, ids, 8, 0);
+            CHECK(0, "it loaded, and \"ab\" gives %d ids: %d %d", n, n > 0 ? ids[0] : 0, n > 1 ? ids[1] : 0);
+            gemma2__tokenizer_free(m.tok);
+        }
+    }
+    CHECK(tok_load_mem(ok, strlen(ok), &m, err, sizeof err) == 0, "with <unk>: %s", err);
+    if (m.tok) {
+        n = gemma2_tokenize(&m, "ab", 2, ids, 8, 0);
+        CHECK(n == 2 && ids[0] == 0 && ids[1] == 1, "ab -> a <unk> (%d)", n);
+        gemma2__tokenizer_free(m.tok);
+    }
+}
+
+/* gemma2_detok_init cannot fail: flags that gemma2_detokenize refuses make every push and flush fail the same way. */
+static void test_tok_detok_flags(void)
+{
+    gemma2_model *m = tok_model(0);
+    gemma2_detok d;
+    char buf[64];
+    int32_t id = 2134;
+    if (!m) { CHECK(0, "tokenizer loads"); return; }
+    CHECK(gemma2_detokenize(m, &id, 1, buf, sizeof buf, 64) == GEMMA2_ERROR_INVALID_ARGUMENT, "detokenize: unknown flag");
+    gemma2_detok_init(&d, m, 64);
+    CHECK(gemma2_detok_push(&d, id, buf, sizeof buf) == GEMMA2_ERROR_INVALID_ARGUMENT, "push: unknown flag");
+    CHECK(gemma2_detok_flush(&d, buf, sizeof buf) == GEMMA2_ERROR_INVALID_ARGUMENT, "flush: unknown flag");
+    gemma2_detok_init(&d, m, GEMMA2_DETOKENIZE_SKIP_CONTROL | GEMMA2_DETOKENIZE_UTF8);
+    CHECK(gemma2_detok_push(&d, id, buf, sizeof buf) == 6 && !memcmp(buf, " world", 6), "known flags work");
+    gemma2_detok_init(&d, NULL, 0);
+    CHECK(gemma2_detok_push(&d, id, buf, sizeof buf) == GEMMA2_ERROR_INVALID_ARGUMENT, "no model");
+}
+
+/* Pieces matched whole, leftmost-longest, against a plain reference, on random small tokenizers: added tokens over
+   {a, b, c} (some special), text over {a, b, c, x}, everything else byte pieces. */
+static void test_tok_match_reference(void)
+{
+    char js[8192], text[64], pat[16][8];
+    int it, k, bad = 0, loaded = 0;
+    for (it = 0; it < 300; it++) {
+        int np = 1 + (int)(tok_rand() % 14), o, q, special[16];
+        gemma2_model m;
+        char err[256];
+        o = sprintf(js, "{\"added_tokens\": [");
+        for (k = 0; k < np; k++) {
+            int len = 1 + (int)(tok_rand() % 5), c, dup = 0;
+            for (c = 0; c < len; c++) pat[k][c] = "abc"[tok_rand() % 3];
+            pat[k][len] = 0;
+            for (c = 0; c < k; c++) dup |= !strcmp(pat[c], pat[k]);
+            if (dup) { k--; np--; continue; }
+            special[k] = tok_rand() % 3 == 0;
+            o += sprintf(js + o, "%s{\"id\": %d, \"content\": \"%s\", \"special\": %s}", k ? ", " : "", 257 + k, pat[k], special[k] ? "true" : "false");
+        }
+        o += sprintf(js + o, "], \"model\": {\"byte_fallback\": true, \"unk_token\": \"<unk>\", \"vocab\": {\"<unk>\": 0");
+        for (k = 0; k < 256; k++) o += sprintf(js + o, ", \"<0x%02X>\": %d", k, 1 + k);
+        for (k = 0; k < np; k++) o += sprintf(js + o, ", \"%s\": %d", pat[k], 257 + k);
+        sprintf(js + o, "}}}");
+        if (tok_load_mem(js, strlen(js), &m, err, sizeof err) != 0) { CHECK(0, "load: %s", err); continue; }
+        loaded++;
+        for (q = 0; q < 20; q++) {
+            int n = (int)(tok_rand() % 40), f;
+            for (k = 0; k < n; k++) text[k] = "abcx"[tok_rand() % 4];
+            for (f = 0; f < 2; f++) {
+                int32_t got[64], want[64];
+                int ng = gemma2_tokenize(&m, text, (size_t)n, got, 64, f ? GEMMA2_TOKENIZE_SPECIAL : 0), nw = 0, i = 0;
+                while (i < n) {
+                    int best = -1, bl = 0;
+                    for (k = 0; k < np; k++) {
+                        int l = (int)strlen(pat[k]);
+                        if ((f || !special[k]) && l > bl && i + l <= n && !memcmp(text + i, pat[k], (size_t)l)) { best = k; bl = l; }
+                    }
+                    if (best >= 0) { want[nw++] = 257 + best; i += bl; }
+                    else want[nw++] = 1 + (unsigned char)text[i++];
+                }
+                if (ng != nw || memcmp(got, want, sizeof *got * (size_t)nw)) {
+                    if (!bad) fprintf(stderr, "    tokenizer %d text %.*s flags %d: %d ids, want %d\n", it, n, text, f, ng, nw);
+                    bad++;
+                }
+            }
+        }
+        gemma2__tokenizer_free(m.tok);
+    }
+    CHECK(bad == 0 && loaded == 300, "%d of %d tokenizations differ from the reference", bad, loaded * 40);
+}
+
+/* Work that must stay O(n log n) on any file: sizes at which quadratic code takes minutes (one 400 KB piece split at
+   every character with both halves hashed; a 60 KB added token walked from each of 200 KB text positions) finish
+   here in milliseconds. The results are checked too. */
+static void test_tok_no_quadratic(void)
+{
+    size_t big = 400000, k;
+    char err[256], *s = (char *)malloc(big + 1);
+    gemma2_model m;
+    int32_t *ids = (int32_t *)malloc(sizeof *ids * 300000);
+    int n;
+    /* tokenizer.model with one piece of 400 000 characters (no half of it is a piece but "a") */
+    {
+        tok_pb b = tok_small_spm(2), x;
+        memset(&x, 0, sizeof x);
+        for (k = 0; k < big; k++) s[k] = "ab"[(k * 7 + k / 3) % 2];
+        s[big] = 0;
+        tok_pb_piece(&x, s, -9, 1);
+        for (k = 0; k < x.n; k++) tok_pb_byte(&b, x.p[k]);
+        CHECK(tok_load_mem(b.p, b.n, &m, err, sizeof err) == 0, "model with a 400 KB piece: %s", err);
+        if (m.tok) {
+            n = gemma2_tokenize(&m, "abb a", 5, ids, 16, 0);
+            CHECK(n == 3 && ids[0] == 260 && ids[1] == 262 && ids[2] == 265, "still tokenizes (%d)", n);
+            gemma2__tokenizer_free(m.tok);
+        }
+        free(b.p);
+        free(x.p);
+    }
+    /* tokenizer.json with an added token of 60 000 'a' then 'b', and 200 000 'a' of text (plus one match at the end) */
+    {
+        size_t tl = 60000, tn = 200000, o;
+        char *js = (char *)malloc(2 * tl + 4096), *text = (char *)malloc(tn + tl + 2);
+        o = (size_t)sprintf(js, "{\"added_tokens\": [{\"id\": 2, \"content\": \"");
+        memset(js + o, 'a', tl);
+        o += tl;
+        o += (size_t)sprintf(js + o, "b\"}], \"model\": {\"unk_token\": \"<unk>\", \"vocab\": {\"a\": 0, \"<unk>\": 1, \"");
+        memset(js + o, 'a', tl);
+        o += tl;
+        o += (size_t)sprintf(js + o, "b\": 2}}}");
+        CHECK(tok_load_mem(js, o, &m, err, sizeof err) == 0, "json with a 60 KB added token: %s", err);
+        memset(text, 'a', tn + tl);
+        text[tn + tl] = 'b';
+        if (m.tok) {
+            n = gemma2_tokenize(&m, text, tn + tl + 1, ids, 300000, 0);
+            CHECK(n == (int)tn + 1 && ids[0] == 0 && ids[tn - 1] == 0 && ids[tn] == 2, "200 000 a then the token (%d)", n);
+            gemma2__tokenizer_free(m.tok);
+        }
+        free(js);
+        free(text);
+    }
+    free(s);
+    free(ids);
+}
+
+/* Long words without spaces on the real tokenizers: 1 MB of one character, of random bytes, of random letters. */
+static void test_tok_long_words(void)
+{
+    size_t n = 1 << 20, k;
+    char *text = (char *)malloc(n);
+    int32_t *ids = (int32_t *)malloc(sizeof *ids * (n + 2));
+    int spm, kind;
+    for (spm = 0; spm < 2; spm++) {
+        gemma2_model *m = tok_model(spm);
+        if (!m) { CHECK(0, "tokenizer loads"); continue; }
+        for (kind = 0; kind < 4; kind++) {
+            int g, b;
+            char *back = (char *)malloc(n * 3 + 16);
+            for (k = 0; k < n; k++)
+                text[k] = kind == 0 ? 'a' : kind == 1 ? (char)(tok_rand() % 256) : kind == 2 ? (char)('a' + tok_rand() % 26) : "\xe4\xb8\xad"[k % 3];
+            if (kind == 1) for (k = 0; k + 3 <= n; k++) if (!memcmp(text + k, "\xe2\x96\x81", 3)) text[k] = 'x';
+            for (k = 0; k < n; k++) if (text[k] == ' ') text[k] = 'y';
+            g = gemma2_tokenize(m, text, n, ids, (int)n + 2, 0);
+            CHECK(g > 0 && g <= (int)n, "%s kind %d: %d ids", spm ? "model" : "json", kind, g);
+            b = g > 0 ? gemma2_detokenize(m, ids, g, back, n * 3 + 16, 0) : -1;
+            CHECK(b == (int)n && !memcmp(back, text, n), "%s kind %d: round trip", spm ? "model" : "json", kind);
+            free(back);
+        }
+    }
+    free(text);
+    free(ids);
+}
+
+/* chat render + tokenize(SPECIAL) == chat tokenize ids, on both files: in tests/test_chat.c */
+
 void suite_tokenizer(void)
 {
     g2t_run("tokenizer/cases_json", test_tok_cases_json);
@@ -732,6 +945,11 @@ void suite_tokenizer(void)
     g2t_run("tokenizer/corrupt_json", test_tok_corrupt_json);
     g2t_run("tokenizer/small_model", test_tok_small_spm);
     g2t_run("tokenizer/corrupt_model", test_tok_corrupt_spm);
+    g2t_run("tokenizer/needs_unk", test_tok_needs_unk);
+    g2t_run("tokenizer/detok_flags", test_tok_detok_flags);
+    g2t_run("tokenizer/match_reference", test_tok_match_reference);
+    g2t_run("tokenizer/no_quadratic", test_tok_no_quadratic);
+    g2t_run("tokenizer/long_words", test_tok_long_words);
     {
         int k;
         for (k = 0; k < 2; k++) if (tok_state[k] > 0) { gemma2__tokenizer_free(tok_models[k].tok); tok_models[k].tok = NULL; tok_state[k] = 0; }
