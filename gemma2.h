@@ -1273,14 +1273,17 @@ static void gemma2__matmul_ref_widen(const gemma2__matmul_args *a, int r0, int r
 
 /* Q8 (layout beside GEMMA2__WF_Q8). Quantizing one block of n <= 32 values: into q[32] (zero
    padded) with the scale d = absmax / 127 in float32, q = round-half-away(x / d). Weights store
-   fp16(d) (the quants are from the float32 d, as llama.cpp's Q8_0 does), activations keep d. */
+   fp16(d) (the quants are from the float32 d, as llama.cpp's Q8_0 does), activations keep d.
+   A block holding a NaN gets d = NaN, one holding an infinity d = inf, and both all-zero quants:
+   the block then adds NaN (inf or NaN times 0) to every product that reads it, as a NaN in a
+   float product would, and no NaN reaches a float -> int conversion (undefined in C). */
 static float gemma2__q8_quantize(int8_t *q, const float *x, int n)
 {
     float amax = 0, d;
-    int i;
-    for (i = 0; i < n; i++) amax = GEMMA2__MAX(amax, fabsf(x[i]));
-    d = amax / 127.0f;
-    for (i = 0; i < GEMMA2__Q8_BLOCK; i++) q[i] = (int8_t)(i < n && d != 0 ? (int)roundf(x[i] / d) : 0);
+    int i, nan = 0;
+    for (i = 0; i < n; i++) { amax = GEMMA2__MAX(amax, fabsf(x[i])); nan |= x[i] != x[i]; }
+    d = nan ? NAN : amax / 127.0f;
+    for (i = 0; i < GEMMA2__Q8_BLOCK; i++) q[i] = (int8_t)(i < n && d != 0 && d < INFINITY ? (int)roundf(x[i] / d) : 0);
     return d;
 }
 
@@ -1374,21 +1377,25 @@ static void gemma2__matmul_ref_q8(const gemma2__matmul_args *a, int r0, int r1)
     }
 }
 
-/* Q4 (layout beside GEMMA2__WF_Q4). One block of n <= 32 values into 20 bytes. */
+/* Q4 (layout beside GEMMA2__WF_Q4). One block of n <= 32 values into 20 bytes. As in Q8, a
+   NaN in the block makes d and m NaN, and a d or m that is not finite (NaN, or an infinity in
+   the block, or a range past fp16's 65504) gives all-zero quants. */
 static void gemma2__q4_quantize_block(uint8_t *blk, const float *x, int n)
 {
     float lo = x[0], hi = x[0], d, m, id;
     uint16_t hd, hm;
     uint8_t q[32];
-    int i;
-    for (i = 1; i < n; i++) { lo = GEMMA2__MIN(lo, x[i]); hi = GEMMA2__MAX(hi, x[i]); }
+    int i, nan = x[0] != x[0], ok;
+    for (i = 1; i < n; i++) { lo = GEMMA2__MIN(lo, x[i]); hi = GEMMA2__MAX(hi, x[i]); nan |= x[i] != x[i]; }
+    if (nan) lo = hi = NAN;
     hd = gemma2__f32_to_f16((hi - lo) / 15.0f);
     hm = gemma2__f32_to_f16(lo);
     d = gemma2__f16_to_f32(hd);
     m = gemma2__f16_to_f32(hm);
+    ok = d < INFINITY && m > -INFINITY && m < INFINITY;
     id = d != 0 ? 1.0f / d : 0.0f;
     for (i = 0; i < 32; i++) {
-        int v = i < n ? (int)roundf((x[i] - m) * id) : 0;
+        int v = i < n && ok ? (int)roundf((x[i] - m) * id) : 0;
         q[i] = (uint8_t)(v < 0 ? 0 : v > 15 ? 15 : v);
     }
     memcpy(blk, &hd, 2);
@@ -7277,7 +7284,8 @@ static GEMMA2__T_AVX512 void gemma2__matmul_512_f32w(const gemma2__matmul_args *
 
 /* x[0 .. n) (n <= 32, zeros past n) quantized as gemma2__q8_quantize does, bit for bit:
    d = absmax / 127, q = round-half-away-from-zero(x / d) by a true division (the remainder
-   after truncation is exact, and rounds away at 1/2 as roundf does), all zero if d == 0.
+   after truncation is exact, and rounds away at 1/2 as roundf does), all zero if d == 0 or d
+   is not finite (d = NaN if the block holds a NaN).
    Returns the 32 quants; *d_out = d, *sum_out = the integer sum of the quants. */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m256i gemma2__q8_quant32_512(const float *x, int n, float *d_out, int32_t *sum_out)
 {
@@ -7287,8 +7295,9 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m256i gemma2__q8_quant32_512(const floa
     __m512 v[2], t;
     __m512i q[2];
     int i;
+    if (_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q)) d = NAN;
     *d_out = d;
-    if (d == 0) { *sum_out = 0; return _mm256_setzero_si256(); }
+    if (!(d != 0 && d < INFINITY)) { *sum_out = 0; return _mm256_setzero_si256(); }
     v[0] = _mm512_div_ps(a, _mm512_set1_ps(d));
     v[1] = _mm512_div_ps(b, _mm512_set1_ps(d));
     for (i = 0; i < 2; i++) {
@@ -7786,14 +7795,16 @@ static GEMMA2__T_AVX512 void gemma2__rmsnorm_avx512(float *out, const float *x, 
 }
 
 /* exp(x) for 16 lanes: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 polynomial (rel. error
-   ~2e-7), 2^n put straight into the exponent field. Inputs are clamped to [-87, 87], where
-   the result is a normal float; callers only need the saturated ends to be huge or tiny. */
+   ~2e-7), 2^n put straight into the exponent field. x is first clamped to [-87, 88.37], where
+   2^n stays a normal float: below, the result is exp(-87) (callers only need it tiny); above
+   ln(FLT_MAX) = 88.7228 it is +inf, as expf gives (gelu_tanh(-inf) is then NaN, as in the
+   scalar code); in between 2.4e38. A NaN stays NaN: x86's max and min return their second
+   operand when either is NaN, so x goes second. */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__exp_512(__m512 x)
 {
-    __m512 n, r, p;
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(87.0f));
-    n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    __m512 n, r, p, c = _mm512_min_ps(_mm512_set1_ps(88.37f), _mm512_max_ps(_mm512_set1_ps(-87.0f), x));
+    n = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), c);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
     p = _mm512_set1_ps(1.3981999507e-3f);
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
@@ -7801,7 +7812,8 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__exp_512(__m512 x)
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23)));
+    p = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23)));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(88.7228394f), _CMP_GT_OQ), p, _mm512_set1_ps(INFINITY));
 }
 
 /* gelu_tanh(u) = u (1 + tanh(z)) / 2 = u / (1 + exp(-2z)), z = sqrt(2/pi) (u + 0.044715 u^3):
@@ -7823,25 +7835,36 @@ static GEMMA2__T_AVX512 void gemma2__gelu_mul_avx512(float *g, const float *u, i
     }
 }
 
-/* cap tanh(x / cap) with tanh(v) = sign(v) (1 - e) / (1 + e), e = exp(-2|v|): no cancellation
-   for large |v| and no overflow. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__softcap_512(__m512 x, __m512 cap, __m512 inv2)
+/* cap tanh(x / cap), v = x (1 / cap), for every cap the config accepts. tanh(|v|) is
+   (1 - e) / (1 + e) with e = exp(-2|v|) for |v| >= 0.625, where e <= 0.29 so 1 - e loses
+   nothing; below, that form cancels (with a cap far above the logits, e.g. 1e9, every result
+   came out 0), so there it is Cephes' odd polynomial for tanhf, |v| + |v|^3 P(v^2) (relative
+   error ~2e-7 on [0, 0.625]). The sign goes back on last; NaN propagates through both forms,
+   +-inf gives +-cap. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__softcap_512(__m512 x, __m512 cap, __m512 inv)
 {
+    const __m512 one = _mm512_set1_ps(1.0f);
     __m512 sign = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u)));
-    __m512 ax = _mm512_abs_ps(x);
-    __m512 e = gemma2__exp_512(_mm512_mul_ps(ax, inv2));
-    __m512 t = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    __m512 av = _mm512_abs_ps(_mm512_mul_ps(x, inv)), z = _mm512_mul_ps(av, av);
+    __m512 e = gemma2__exp_512(_mm512_mul_ps(av, _mm512_set1_ps(-2.0f)));
+    __m512 t = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
+    __m512 p = _mm512_set1_ps(-5.70498872745e-3f);
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(2.06390887954e-2f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.37397155531e-2f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.33314422036e-1f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422e-1f));
+    t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(av, _mm512_set1_ps(0.625f), _CMP_LT_OQ), t, _mm512_fmadd_ps(_mm512_mul_ps(p, z), av, av));
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(_mm512_mul_ps(t, cap)), _mm512_castps_si512(sign)));
 }
 
 static GEMMA2__T_AVX512 void gemma2__softcap_avx512(float *x, int n, float cap)
 {
-    __m512 c = _mm512_set1_ps(cap), inv2 = _mm512_set1_ps(-2.0f / cap);
+    __m512 c = _mm512_set1_ps(cap), inv = _mm512_set1_ps(1.0f / cap);
     int i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, gemma2__softcap_512(_mm512_loadu_ps(x + i), c, inv2));
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, gemma2__softcap_512(_mm512_loadu_ps(x + i), c, inv));
     if (i < n) {
         __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(x + i, m, gemma2__softcap_512(_mm512_maskz_loadu_ps(m, x + i), c, inv2));
+        _mm512_mask_storeu_ps(x + i, m, gemma2__softcap_512(_mm512_maskz_loadu_ps(m, x + i), c, inv));
     }
 }
 
@@ -8204,9 +8227,11 @@ static GEMMA2__T_AVX512 void gemma2__q8_quantize_row_avx512(void *row, const flo
     for (k0 = 0; k0 + 32 <= K; k0 += 32, dst += GEMMA2__Q8_BYTES) {
         __m512 x0 = _mm512_loadu_ps(x + k0), x1 = _mm512_loadu_ps(x + k0 + 16);
         float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(x0, absmask), _mm512_and_ps(x1, absmask))), d = amax / 127.0f;
-        uint16_t h = gemma2__f32_to_f16(d);
+        uint16_t h;
+        if (_mm512_cmp_ps_mask(x0, x0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(x1, x1, _CMP_UNORD_Q)) d = NAN;
+        h = gemma2__f32_to_f16(d);
         memcpy(dst, &h, 2);
-        if (d == 0) { memset(dst + 2, 0, 32); continue; }
+        if (!(d != 0 && d < INFINITY)) { memset(dst + 2, 0, 32); continue; }
         _mm_storeu_si128((__m128i *)(void *)(dst + 2), _mm512_cvtepi32_epi8(gemma2__round_away_512(_mm512_div_ps(x0, _mm512_set1_ps(d)))));
         _mm_storeu_si128((__m128i *)(void *)(dst + 18), _mm512_cvtepi32_epi8(gemma2__round_away_512(_mm512_div_ps(x1, _mm512_set1_ps(d)))));
     }
@@ -8220,10 +8245,19 @@ static GEMMA2__T_AVX512 void gemma2__q4_quantize_row_avx512(void *row, const flo
     for (k0 = 0; k0 + 32 <= K; k0 += 32, dst += GEMMA2__Q4_BYTES) {
         __m512 x0 = _mm512_loadu_ps(x + k0), x1 = _mm512_loadu_ps(x + k0 + 16), vm, vid;
         float lo = _mm512_reduce_min_ps(_mm512_min_ps(x0, x1)), hi = _mm512_reduce_max_ps(_mm512_max_ps(x0, x1)), d, m, id;
-        uint16_t hd = gemma2__f32_to_f16((hi - lo) / 15.0f), hm = gemma2__f32_to_f16(lo);
+        uint16_t hd, hm;
         __m512i q0, q1, zero = _mm512_setzero_si512(), fifteen = _mm512_set1_epi32(15);
+        if (_mm512_cmp_ps_mask(x0, x0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(x1, x1, _CMP_UNORD_Q)) lo = hi = NAN;
+        hd = gemma2__f32_to_f16((hi - lo) / 15.0f);
+        hm = gemma2__f32_to_f16(lo);
         d = _cvtsh_ss(hd); /* exact, as gemma2__f16_to_f32 (calling that from here costs an SSE/AVX transition) */
         m = _cvtsh_ss(hm);
+        if (!(d < INFINITY && m > -INFINITY && m < INFINITY)) { /* not finite: zero quants, as the scalar */
+            memcpy(dst, &hd, 2);
+            memcpy(dst + 2, &hm, 2);
+            memset(dst + 4, 0, 16);
+            continue;
+        }
         id = d != 0 ? 1.0f / d : 0.0f;
         vm = _mm512_set1_ps(m);
         vid = _mm512_set1_ps(id);
@@ -8421,12 +8455,12 @@ static GEMMA2__T_AVX2 void gemma2__rmsnorm_avx2(float *out, const float *x, cons
     for (; i < n; i++) out[i] = x[i] * scale * w1[i];
 }
 
+/* exp(x) for 8 lanes, as gemma2__exp_512 (the same clamps, +inf past ln(FLT_MAX), NaN kept). */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 __m256 gemma2__exp_256(__m256 x)
 {
-    __m256 n, r, p;
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(87.0f));
-    n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    __m256 n, r, p, c = _mm256_min_ps(_mm256_set1_ps(88.37f), _mm256_max_ps(_mm256_set1_ps(-87.0f), x));
+    n = _mm256_round_ps(_mm256_mul_ps(c, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), c);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
     p = _mm256_set1_ps(1.3981999507e-3f);
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
@@ -8434,7 +8468,8 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 __m256 gemma2__exp_256(__m256 x)
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)));
+    p = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)));
+    return _mm256_blendv_ps(p, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, _mm256_set1_ps(88.7228394f), _CMP_GT_OQ));
 }
 
 static GEMMA2__T_AVX2 void gemma2__gelu_mul_avx2(float *g, const float *u, int n)
@@ -8450,15 +8485,23 @@ static GEMMA2__T_AVX2 void gemma2__gelu_mul_avx2(float *g, const float *u, int n
     for (; i < n; i++) g[i] = gemma2__gelu_tanh(g[i]) * u[i];
 }
 
+/* cap tanh(x / cap) as gemma2__softcap_512: the polynomial below |v| = 0.625, (1 - e) / (1 + e) above. */
 static GEMMA2__T_AVX2 void gemma2__softcap_avx2(float *x, int n, float cap)
 {
-    __m256 c = _mm256_set1_ps(cap), inv2 = _mm256_set1_ps(-2.0f / cap), one = _mm256_set1_ps(1.0f);
+    __m256 c = _mm256_set1_ps(cap), inv = _mm256_set1_ps(1.0f / cap), one = _mm256_set1_ps(1.0f);
     __m256 signbit = _mm256_set1_ps(-0.0f);
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 v = _mm256_loadu_ps(x + i);
-        __m256 e = gemma2__exp_256(_mm256_mul_ps(_mm256_andnot_ps(signbit, v), inv2));
+        __m256 av = _mm256_andnot_ps(signbit, _mm256_mul_ps(v, inv)), z = _mm256_mul_ps(av, av);
+        __m256 e = gemma2__exp_256(_mm256_mul_ps(av, _mm256_set1_ps(-2.0f)));
         __m256 t = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+        __m256 p = _mm256_set1_ps(-5.70498872745e-3f);
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(2.06390887954e-2f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-5.37397155531e-2f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.33314422036e-1f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-3.33332819422e-1f));
+        t = _mm256_blendv_ps(t, _mm256_fmadd_ps(_mm256_mul_ps(p, z), av, av), _mm256_cmp_ps(av, _mm256_set1_ps(0.625f), _CMP_LT_OQ));
         _mm256_storeu_ps(x + i, _mm256_or_ps(_mm256_mul_ps(t, c), _mm256_and_ps(v, signbit)));
     }
     for (; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
@@ -8994,13 +9037,13 @@ static void gemma2__to_bf16_neon(uint16_t *dst, const float *src, int n)
     for (; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]);
 }
 
-/* exp(x) for 4 lanes: the same reduction and polynomial as gemma2__exp_512. */
+/* exp(x) for 4 lanes: the same reduction, polynomial, clamps and +inf past ln(FLT_MAX) as
+   gemma2__exp_512 (ARM's max and min return NaN when either operand is NaN). */
 GEMMA2__ALWAYS_INLINE float32x4_t gemma2__exp_neon(float32x4_t x)
 {
-    float32x4_t n, r, p;
-    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.0f)), vdupq_n_f32(87.0f));
-    n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)));
-    r = vfmsq_f32(x, n, vdupq_n_f32(0.693359375f));
+    float32x4_t n, r, p, c = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.0f)), vdupq_n_f32(88.37f));
+    n = vrndnq_f32(vmulq_f32(c, vdupq_n_f32(1.44269504088896341f)));
+    r = vfmsq_f32(c, n, vdupq_n_f32(0.693359375f));
     r = vfmsq_f32(r, n, vdupq_n_f32(-2.12194440e-4f));
     p = vdupq_n_f32(1.3981999507e-3f);
     p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
@@ -9008,7 +9051,8 @@ GEMMA2__ALWAYS_INLINE float32x4_t gemma2__exp_neon(float32x4_t x)
     p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
     p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
     p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, vmulq_f32(r, r));
-    return vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(p), vshlq_n_s32(vcvtnq_s32_f32(n), 23)));
+    p = vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(p), vshlq_n_s32(vcvtnq_s32_f32(n), 23)));
+    return vbslq_f32(vcgtq_f32(x, vdupq_n_f32(88.7228394f)), vdupq_n_f32(INFINITY), p);
 }
 
 /* GELU (tanh form) as u / (1 + exp(-2z)), as in gemma2__gelu_512. */
@@ -9025,16 +9069,23 @@ static void gemma2__gelu_mul_neon(float *g, const float *u, int n)
     for (; i < n; i++) g[i] = gemma2__gelu_tanh(g[i]) * u[i];
 }
 
-/* cap tanh(x / cap) with tanh(v) = sign(v) (1 - e) / (1 + e), e = exp(-2|v|). */
+/* cap tanh(x / cap) as gemma2__softcap_512: the polynomial below |v| = 0.625, (1 - e) / (1 + e) above. */
 static void gemma2__softcap_neon(float *x, int n, float cap)
 {
-    const float32x4_t c = vdupq_n_f32(cap), inv2 = vdupq_n_f32(-2.0f / cap), one = vdupq_n_f32(1.0f);
+    const float32x4_t c = vdupq_n_f32(cap), inv = vdupq_n_f32(1.0f / cap), one = vdupq_n_f32(1.0f);
     const uint32x4_t signbit = vdupq_n_u32(0x80000000u);
     int i = 0;
     for (; i + 4 <= n; i += 4) {
         float32x4_t v = vld1q_f32(x + i);
-        float32x4_t e = gemma2__exp_neon(vmulq_f32(vabsq_f32(v), inv2));
+        float32x4_t av = vabsq_f32(vmulq_f32(v, inv)), z = vmulq_f32(av, av);
+        float32x4_t e = gemma2__exp_neon(vmulq_f32(av, vdupq_n_f32(-2.0f)));
         float32x4_t t = vdivq_f32(vsubq_f32(one, e), vaddq_f32(one, e));
+        float32x4_t p = vdupq_n_f32(-5.70498872745e-3f);
+        p = vfmaq_f32(vdupq_n_f32(2.06390887954e-2f), p, z);
+        p = vfmaq_f32(vdupq_n_f32(-5.37397155531e-2f), p, z);
+        p = vfmaq_f32(vdupq_n_f32(1.33314422036e-1f), p, z);
+        p = vfmaq_f32(vdupq_n_f32(-3.33332819422e-1f), p, z);
+        t = vbslq_f32(vcltq_f32(av, vdupq_n_f32(0.625f)), vfmaq_f32(av, vmulq_f32(p, z), av), t);
         uint32x4_t r = vorrq_u32(vreinterpretq_u32_f32(vmulq_f32(t, c)), vandq_u32(vreinterpretq_u32_f32(v), signbit));
         vst1q_f32(x + i, vreinterpretq_f32_u32(r));
     }
