@@ -127,7 +127,8 @@ enum {
     GEMMA2_ERROR_NO_WEIGHTS       =  -9, /* the model was loaded tokenizer-only */
     GEMMA2_ERROR_CHAT_FORMAT      = -10, /* roles out of order, unknown role */
     GEMMA2_ERROR_CANCELLED        = -11, /* a callback asked to stop */
-    GEMMA2_ERROR_NUMERIC          = -12  /* a NaN where a number is needed (logits given to the sampler) */
+    GEMMA2_ERROR_NUMERIC          = -12  /* NaN or infinity where a number is needed: computed by the model
+                                             (broken weights), or NaN in logits given to the sampler */
 };
 
 /* A static, readable name for a result code ("context full", ...). */
@@ -305,7 +306,14 @@ GEMMA2_DEF void gemma2_session_free(gemma2_session *s);
 /* Appends n tokens at the current position. logits == NULL: only the last token's logits are
    computed (read them with gemma2_logits); otherwise n * vocab floats, one row per token.
    Returns 0, or a negative error code (bad token id, context full, ...) and leaves the session
-   unchanged. */
+   unchanged. GEMMA2_ERROR_NUMERIC: a logit it computed is NaN or infinite, which only broken
+   weights (a NaN or an infinity in the checkpoint, or values that overflow float32) produce; the
+   tokens are then taken back as by gemma2_session_rewind to the position before the call (the
+   previous token's logits are computed again), or, should that computation fail as well, the
+   session is emptied (position 0). The rows written to `logits` are then unspecified (a NaN also
+   reaches the call's earlier tokens: attention weighs later keys by exact zeros, and 0 * NaN is
+   NaN). The check reads every logit computed, 1 MB per row of Gemma's 256000: ~0.15 ms, 0.1-0.2%
+   of a 2B decode step, ~1% of a prompt token's share when all rows are asked for. */
 GEMMA2_DEF int gemma2_eval(gemma2_session *s, const int32_t *ids, int n, float *logits);
 /* The logits of the last evaluated token (vocab_size floats), or NULL before any eval. */
 GEMMA2_DEF const float *gemma2_logits(const gemma2_session *s);
@@ -539,7 +547,9 @@ typedef struct gemma2_generate_result {
    never evaluated nor streamed. A stop string is never streamed; the token that completed it stays
    in the session. Returns 0, or a negative error: GEMMA2_ERROR_CONTEXT_FULL if the prompt does not
    fit (the session is then unchanged), GEMMA2_ERROR_INVALID_ARGUMENT (n_prompt 0 on an empty
-   session, ...). Reaching n_ctx while generating is not an error: stop_reason CONTEXT_FULL.
+   session, ...), GEMMA2_ERROR_NUMERIC if the model computed NaN or infinity (as gemma2_eval: the
+   session then ends before the token whose evaluation failed, the prompt's or a generated one).
+   Reaching n_ctx while generating is not an error: stop_reason CONTEXT_FULL.
    res may be NULL. The text streamed by on_token, concatenated, is the text of the generated tokens
    (cut before a stop string). */
 GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_prompt,
@@ -552,7 +562,8 @@ GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_p
    one gemma2_eval per batch of up to 64 tokens); n_prompt may be 0 to score after what the session
    holds already. greedy (may be NULL): greedy[i] = 1 when cont[i] is the argmax. Afterwards the
    session holds prompt + cont (rewind to reuse the prompt). Returns 0 or a negative error
-   (CONTEXT_FULL if they do not fit: the session is then rewound to where it was). */
+   (CONTEXT_FULL if they do not fit, NUMERIC if the model computed NaN or infinity: the session
+   is then rewound to where it was). */
 GEMMA2_DEF int gemma2_score(gemma2_session *s, const int32_t *prompt, int n_prompt,
                             const int32_t *cont, int n_cont, float *logprobs, int *greedy);
 
@@ -809,7 +820,7 @@ GEMMA2_DEF const char *gemma2_error_string(int code)
     case GEMMA2_ERROR_NO_WEIGHTS: return "model was loaded without weights";
     case GEMMA2_ERROR_CHAT_FORMAT: return "bad chat message order or role";
     case GEMMA2_ERROR_CANCELLED: return "cancelled";
-    case GEMMA2_ERROR_NUMERIC: return "not a number (NaN) in the logits";
+    case GEMMA2_ERROR_NUMERIC: return "non-finite values (NaN or infinity)";
     default: return "unknown error";
     }
 }
@@ -1310,14 +1321,17 @@ static void gemma2__matmul_ref_widen(const gemma2__matmul_args *a, int r0, int r
 
 /* Q8 (layout beside GEMMA2__WF_Q8). Quantizing one block of n <= 32 values: into q[32] (zero
    padded) with the scale d = absmax / 127 in float32, q = round-half-away(x / d). Weights store
-   fp16(d) (the quants are from the float32 d, as llama.cpp's Q8_0 does), activations keep d. */
+   fp16(d) (the quants are from the float32 d, as llama.cpp's Q8_0 does), activations keep d.
+   A block holding a NaN gets d = NaN, one holding an infinity d = inf, and both all-zero quants:
+   the block then adds NaN (inf or NaN times 0) to every product that reads it, as a NaN in a
+   float product would, and no NaN reaches a float -> int conversion (undefined in C). */
 static float gemma2__q8_quantize(int8_t *q, const float *x, int n)
 {
     float amax = 0, d;
-    int i;
-    for (i = 0; i < n; i++) amax = GEMMA2__MAX(amax, fabsf(x[i]));
-    d = amax / 127.0f;
-    for (i = 0; i < GEMMA2__Q8_BLOCK; i++) q[i] = (int8_t)(i < n && d != 0 ? (int)roundf(x[i] / d) : 0);
+    int i, nan = 0;
+    for (i = 0; i < n; i++) { amax = GEMMA2__MAX(amax, fabsf(x[i])); nan |= x[i] != x[i]; }
+    d = nan ? NAN : amax / 127.0f;
+    for (i = 0; i < GEMMA2__Q8_BLOCK; i++) q[i] = (int8_t)(i < n && d != 0 && d < INFINITY ? (int)roundf(x[i] / d) : 0);
     return d;
 }
 
@@ -1411,21 +1425,25 @@ static void gemma2__matmul_ref_q8(const gemma2__matmul_args *a, int r0, int r1)
     }
 }
 
-/* Q4 (layout beside GEMMA2__WF_Q4). One block of n <= 32 values into 20 bytes. */
+/* Q4 (layout beside GEMMA2__WF_Q4). One block of n <= 32 values into 20 bytes. As in Q8, a
+   NaN in the block makes d and m NaN, and a d or m that is not finite (NaN, or an infinity in
+   the block, or a range past fp16's 65504) gives all-zero quants. */
 static void gemma2__q4_quantize_block(uint8_t *blk, const float *x, int n)
 {
     float lo = x[0], hi = x[0], d, m, id;
     uint16_t hd, hm;
     uint8_t q[32];
-    int i;
-    for (i = 1; i < n; i++) { lo = GEMMA2__MIN(lo, x[i]); hi = GEMMA2__MAX(hi, x[i]); }
+    int i, nan = x[0] != x[0], ok;
+    for (i = 1; i < n; i++) { lo = GEMMA2__MIN(lo, x[i]); hi = GEMMA2__MAX(hi, x[i]); nan |= x[i] != x[i]; }
+    if (nan) lo = hi = NAN;
     hd = gemma2__f32_to_f16((hi - lo) / 15.0f);
     hm = gemma2__f32_to_f16(lo);
     d = gemma2__f16_to_f32(hd);
     m = gemma2__f16_to_f32(hm);
+    ok = d < INFINITY && m > -INFINITY && m < INFINITY;
     id = d != 0 ? 1.0f / d : 0.0f;
     for (i = 0; i < 32; i++) {
-        int v = i < n ? (int)roundf((x[i] - m) * id) : 0;
+        int v = i < n && ok ? (int)roundf((x[i] - m) * id) : 0;
         q[i] = (uint8_t)(v < 0 ? 0 : v > 15 ? 15 : v);
     }
     memcpy(blk, &hd, 2);
@@ -1731,6 +1749,7 @@ struct gemma2_session {
                                 matrix product in the layout the kernel set asks for (gemma2__pack) */
     float *logits;           /* [V] logits of the last evaluated token */
     int has_logits;
+    int undoing;             /* gemma2_eval is taking back tokens with non-finite logits (no second undo inside) */
     gemma2__pool *pool;
     gemma2_trace_fn trace;
     void *trace_user;
@@ -2430,15 +2449,54 @@ GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx)
     return gemma2__session_new(m, n_ctx, GEMMA2__CHUNK);
 }
 
+/* Nonzero if one of x[0..n) is NaN or infinite: all exponent bits set, the one case where
+   adding 1 to the exponent field carries into the sign bit. Integer ORs in 8 independent
+   chains, which compilers vectorize. */
+static int gemma2__any_nonfinite(const float *x, size_t n)
+{
+    uint32_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, u, all = 0;
+    size_t i = 0;
+    int k;
+    for (; i + 8 <= n; i += 8)
+        for (k = 0; k < 8; k++) {
+            memcpy(&u, x + i + (size_t)k, 4);
+            acc[k] |= (u & 0x7f800000u) + 0x00800000u;
+        }
+    for (; i < n; i++) {
+        memcpy(&u, x + i, 4);
+        all |= (u & 0x7f800000u) + 0x00800000u;
+    }
+    for (k = 0; k < 8; k++) all |= acc[k];
+    return (all >> 31) != 0;
+}
+
+/* Takes back the tokens from pos0 on after their logits came out non-finite, so that the
+   failed call leaves the session as the other failures do: a rewind, which also rebuilds
+   sliding rings the call overwrote. The rewind evaluates again tokens that gave finite logits
+   before; if that fails anyway (it cannot undo in turn), the session is emptied. */
+static void gemma2__eval_undo(gemma2_session *s, int pos0)
+{
+    int rc;
+    s->undoing = 1;
+    rc = gemma2_session_rewind(s, pos0);
+    s->undoing = 0;
+    if (rc != 0) {
+        s->pos = 0;
+        s->hi = 0;
+        s->has_logits = 0;
+    }
+}
+
 GEMMA2_DEF int gemma2_eval(gemma2_session *s, const int32_t *ids, int n, float *logits)
 {
-    int i, done = 0, V;
+    int i, done = 0, V, pos0;
     if (!s || (!ids && n > 0) || n < 0) return GEMMA2_ERROR_INVALID_ARGUMENT;
     V = s->m->cfg.vocab_size;
     /* Everything is checked before anything changes, so a failed call leaves the session as it was. */
     for (i = 0; i < n; i++) if (ids[i] < 0 || ids[i] >= V) return GEMMA2_ERROR_BAD_TOKEN;
     if (n > s->n_ctx - s->pos) return GEMMA2_ERROR_CONTEXT_FULL;
     if (n == 0) return 0;
+    pos0 = s->pos;
     memmove(s->tokens + s->pos, ids, (size_t)n * sizeof(int32_t));
     while (done < n) {
         int C = GEMMA2__MIN(s->chunk, n - done);
@@ -2451,6 +2509,12 @@ GEMMA2_DEF int gemma2_eval(gemma2_session *s, const int32_t *ids, int n, float *
     if (logits) memcpy(s->logits, logits + (size_t)(n - 1) * V, (size_t)V * sizeof(float));
     s->has_logits = 1;
     if (s->pos > s->hi) s->hi = s->pos;
+    /* Every kernel set lets a NaN or infinity reach the logits (they propagate as in the scalar
+       code), so this one check catches a broken model wherever it went wrong. */
+    if (gemma2__any_nonfinite(logits ? logits : s->logits, (size_t)(logits ? n : 1) * (size_t)V)) {
+        if (!s->undoing) gemma2__eval_undo(s, pos0);
+        return GEMMA2_ERROR_NUMERIC;
+    }
     return 0;
 }
 
@@ -6269,6 +6333,13 @@ static void gemma2__bound_tensor(const gemma2_config *c, int i, char *name, size
     *cols = lt->rows == GEMMA2__DIM_NORM ? c->hidden_size : gemma2__dim(c, lt->cols);
 }
 
+/* NaN and infinity in the weights are not looked for here. Scanning the 2B checkpoint's 5.2 GB
+   of bf16 matrices took 2.1-2.3 s from the mapping (one thread, pages faulted in), against
+   0.006 s for a load that maps them and lets the first tokens page them in, and 1.6 s on top
+   of a 5.1 s preload. A non-finite weight reaches the logits instead (NaN propagates the same
+   way on every kernel set, and quantizing at load keeps such blocks non-finite), where
+   gemma2_eval reports GEMMA2_ERROR_NUMERIC for ~0.15 ms per token. A soft-cap can absorb an
+   infinity (an infinite score or logit becomes +-cap) until the token behind it is read. */
 static int gemma2__bind_weights(gemma2_model *m, const gemma2__tensors *ts, char *err, size_t err_size)
 {
     const gemma2_config *c = &m->cfg;
@@ -7686,7 +7757,8 @@ static GEMMA2__T_AVX512 void gemma2__matmul_512_f32w(const gemma2__matmul_args *
 
 /* x[0 .. n) (n <= 32, zeros past n) quantized as gemma2__q8_quantize does, bit for bit:
    d = absmax / 127, q = round-half-away-from-zero(x / d) by a true division (the remainder
-   after truncation is exact, and rounds away at 1/2 as roundf does), all zero if d == 0.
+   after truncation is exact, and rounds away at 1/2 as roundf does), all zero if d == 0 or d
+   is not finite (d = NaN if the block holds a NaN).
    Returns the 32 quants; *d_out = d, *sum_out = the integer sum of the quants. */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m256i gemma2__q8_quant32_512(const float *x, int n, float *d_out, int32_t *sum_out)
 {
@@ -7696,8 +7768,9 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m256i gemma2__q8_quant32_512(const floa
     __m512 v[2], t;
     __m512i q[2];
     int i;
+    if (_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q)) d = NAN;
     *d_out = d;
-    if (d == 0) { *sum_out = 0; return _mm256_setzero_si256(); }
+    if (!(d != 0 && d < INFINITY)) { *sum_out = 0; return _mm256_setzero_si256(); }
     v[0] = _mm512_div_ps(a, _mm512_set1_ps(d));
     v[1] = _mm512_div_ps(b, _mm512_set1_ps(d));
     for (i = 0; i < 2; i++) {
@@ -8195,14 +8268,16 @@ static GEMMA2__T_AVX512 void gemma2__rmsnorm_avx512(float *out, const float *x, 
 }
 
 /* exp(x) for 16 lanes: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-6 polynomial (rel. error
-   ~2e-7), 2^n put straight into the exponent field. Inputs are clamped to [-87, 87], where
-   the result is a normal float; callers only need the saturated ends to be huge or tiny. */
+   ~2e-7), 2^n put straight into the exponent field. x is first clamped to [-87, 88.37], where
+   2^n stays a normal float: below, the result is exp(-87) (callers only need it tiny); above
+   ln(FLT_MAX) = 88.7228 it is +inf, as expf gives (gelu_tanh(-inf) is then NaN, as in the
+   scalar code); in between 2.4e38. A NaN stays NaN: x86's max and min return their second
+   operand when either is NaN, so x goes second. */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__exp_512(__m512 x)
 {
-    __m512 n, r, p;
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(87.0f));
-    n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    __m512 n, r, p, c = _mm512_min_ps(_mm512_set1_ps(88.37f), _mm512_max_ps(_mm512_set1_ps(-87.0f), x));
+    n = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), c);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
     p = _mm512_set1_ps(1.3981999507e-3f);
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
@@ -8210,7 +8285,8 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__exp_512(__m512 x)
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23)));
+    p = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23)));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(88.7228394f), _CMP_GT_OQ), p, _mm512_set1_ps(INFINITY));
 }
 
 /* gelu_tanh(u) = u (1 + tanh(z)) / 2 = u / (1 + exp(-2z)), z = sqrt(2/pi) (u + 0.044715 u^3):
@@ -8232,25 +8308,36 @@ static GEMMA2__T_AVX512 void gemma2__gelu_mul_avx512(float *g, const float *u, i
     }
 }
 
-/* cap tanh(x / cap) with tanh(v) = sign(v) (1 - e) / (1 + e), e = exp(-2|v|): no cancellation
-   for large |v| and no overflow. */
-GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__softcap_512(__m512 x, __m512 cap, __m512 inv2)
+/* cap tanh(x / cap), v = x (1 / cap), for every cap the config accepts. tanh(|v|) is
+   (1 - e) / (1 + e) with e = exp(-2|v|) for |v| >= 0.625, where e <= 0.29 so 1 - e loses
+   nothing; below, that form cancels (with a cap far above the logits, e.g. 1e9, every result
+   came out 0), so there it is Cephes' odd polynomial for tanhf, |v| + |v|^3 P(v^2) (relative
+   error ~2e-7 on [0, 0.625]). The sign goes back on last; NaN propagates through both forms,
+   +-inf gives +-cap. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__softcap_512(__m512 x, __m512 cap, __m512 inv)
 {
+    const __m512 one = _mm512_set1_ps(1.0f);
     __m512 sign = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u)));
-    __m512 ax = _mm512_abs_ps(x);
-    __m512 e = gemma2__exp_512(_mm512_mul_ps(ax, inv2));
-    __m512 t = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    __m512 av = _mm512_abs_ps(_mm512_mul_ps(x, inv)), z = _mm512_mul_ps(av, av);
+    __m512 e = gemma2__exp_512(_mm512_mul_ps(av, _mm512_set1_ps(-2.0f)));
+    __m512 t = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
+    __m512 p = _mm512_set1_ps(-5.70498872745e-3f);
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(2.06390887954e-2f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-5.37397155531e-2f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(1.33314422036e-1f));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(-3.33332819422e-1f));
+    t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(av, _mm512_set1_ps(0.625f), _CMP_LT_OQ), t, _mm512_fmadd_ps(_mm512_mul_ps(p, z), av, av));
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(_mm512_mul_ps(t, cap)), _mm512_castps_si512(sign)));
 }
 
 static GEMMA2__T_AVX512 void gemma2__softcap_avx512(float *x, int n, float cap)
 {
-    __m512 c = _mm512_set1_ps(cap), inv2 = _mm512_set1_ps(-2.0f / cap);
+    __m512 c = _mm512_set1_ps(cap), inv = _mm512_set1_ps(1.0f / cap);
     int i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, gemma2__softcap_512(_mm512_loadu_ps(x + i), c, inv2));
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, gemma2__softcap_512(_mm512_loadu_ps(x + i), c, inv));
     if (i < n) {
         __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(x + i, m, gemma2__softcap_512(_mm512_maskz_loadu_ps(m, x + i), c, inv2));
+        _mm512_mask_storeu_ps(x + i, m, gemma2__softcap_512(_mm512_maskz_loadu_ps(m, x + i), c, inv));
     }
 }
 
@@ -8613,9 +8700,11 @@ static GEMMA2__T_AVX512 void gemma2__q8_quantize_row_avx512(void *row, const flo
     for (k0 = 0; k0 + 32 <= K; k0 += 32, dst += GEMMA2__Q8_BYTES) {
         __m512 x0 = _mm512_loadu_ps(x + k0), x1 = _mm512_loadu_ps(x + k0 + 16);
         float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(x0, absmask), _mm512_and_ps(x1, absmask))), d = amax / 127.0f;
-        uint16_t h = gemma2__f32_to_f16(d);
+        uint16_t h;
+        if (_mm512_cmp_ps_mask(x0, x0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(x1, x1, _CMP_UNORD_Q)) d = NAN;
+        h = gemma2__f32_to_f16(d);
         memcpy(dst, &h, 2);
-        if (d == 0) { memset(dst + 2, 0, 32); continue; }
+        if (!(d != 0 && d < INFINITY)) { memset(dst + 2, 0, 32); continue; }
         _mm_storeu_si128((__m128i *)(void *)(dst + 2), _mm512_cvtepi32_epi8(gemma2__round_away_512(_mm512_div_ps(x0, _mm512_set1_ps(d)))));
         _mm_storeu_si128((__m128i *)(void *)(dst + 18), _mm512_cvtepi32_epi8(gemma2__round_away_512(_mm512_div_ps(x1, _mm512_set1_ps(d)))));
     }
@@ -8629,10 +8718,19 @@ static GEMMA2__T_AVX512 void gemma2__q4_quantize_row_avx512(void *row, const flo
     for (k0 = 0; k0 + 32 <= K; k0 += 32, dst += GEMMA2__Q4_BYTES) {
         __m512 x0 = _mm512_loadu_ps(x + k0), x1 = _mm512_loadu_ps(x + k0 + 16), vm, vid;
         float lo = _mm512_reduce_min_ps(_mm512_min_ps(x0, x1)), hi = _mm512_reduce_max_ps(_mm512_max_ps(x0, x1)), d, m, id;
-        uint16_t hd = gemma2__f32_to_f16((hi - lo) / 15.0f), hm = gemma2__f32_to_f16(lo);
+        uint16_t hd, hm;
         __m512i q0, q1, zero = _mm512_setzero_si512(), fifteen = _mm512_set1_epi32(15);
+        if (_mm512_cmp_ps_mask(x0, x0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(x1, x1, _CMP_UNORD_Q)) lo = hi = NAN;
+        hd = gemma2__f32_to_f16((hi - lo) / 15.0f);
+        hm = gemma2__f32_to_f16(lo);
         d = _cvtsh_ss(hd); /* exact, as gemma2__f16_to_f32 (calling that from here costs an SSE/AVX transition) */
         m = _cvtsh_ss(hm);
+        if (!(d < INFINITY && m > -INFINITY && m < INFINITY)) { /* not finite: zero quants, as the scalar */
+            memcpy(dst, &hd, 2);
+            memcpy(dst + 2, &hm, 2);
+            memset(dst + 4, 0, 16);
+            continue;
+        }
         id = d != 0 ? 1.0f / d : 0.0f;
         vm = _mm512_set1_ps(m);
         vid = _mm512_set1_ps(id);
@@ -8830,12 +8928,12 @@ static GEMMA2__T_AVX2 void gemma2__rmsnorm_avx2(float *out, const float *x, cons
     for (; i < n; i++) out[i] = x[i] * scale * w1[i];
 }
 
+/* exp(x) for 8 lanes, as gemma2__exp_512 (the same clamps, +inf past ln(FLT_MAX), NaN kept). */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 __m256 gemma2__exp_256(__m256 x)
 {
-    __m256 n, r, p;
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(87.0f));
-    n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    __m256 n, r, p, c = _mm256_min_ps(_mm256_set1_ps(88.37f), _mm256_max_ps(_mm256_set1_ps(-87.0f), x));
+    n = _mm256_round_ps(_mm256_mul_ps(c, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), c);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
     p = _mm256_set1_ps(1.3981999507e-3f);
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
@@ -8843,7 +8941,8 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX2 __m256 gemma2__exp_256(__m256 x)
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)));
+    p = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)));
+    return _mm256_blendv_ps(p, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, _mm256_set1_ps(88.7228394f), _CMP_GT_OQ));
 }
 
 static GEMMA2__T_AVX2 void gemma2__gelu_mul_avx2(float *g, const float *u, int n)
@@ -8859,15 +8958,23 @@ static GEMMA2__T_AVX2 void gemma2__gelu_mul_avx2(float *g, const float *u, int n
     for (; i < n; i++) g[i] = gemma2__gelu_tanh(g[i]) * u[i];
 }
 
+/* cap tanh(x / cap) as gemma2__softcap_512: the polynomial below |v| = 0.625, (1 - e) / (1 + e) above. */
 static GEMMA2__T_AVX2 void gemma2__softcap_avx2(float *x, int n, float cap)
 {
-    __m256 c = _mm256_set1_ps(cap), inv2 = _mm256_set1_ps(-2.0f / cap), one = _mm256_set1_ps(1.0f);
+    __m256 c = _mm256_set1_ps(cap), inv = _mm256_set1_ps(1.0f / cap), one = _mm256_set1_ps(1.0f);
     __m256 signbit = _mm256_set1_ps(-0.0f);
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 v = _mm256_loadu_ps(x + i);
-        __m256 e = gemma2__exp_256(_mm256_mul_ps(_mm256_andnot_ps(signbit, v), inv2));
+        __m256 av = _mm256_andnot_ps(signbit, _mm256_mul_ps(v, inv)), z = _mm256_mul_ps(av, av);
+        __m256 e = gemma2__exp_256(_mm256_mul_ps(av, _mm256_set1_ps(-2.0f)));
         __m256 t = _mm256_div_ps(_mm256_sub_ps(one, e), _mm256_add_ps(one, e));
+        __m256 p = _mm256_set1_ps(-5.70498872745e-3f);
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(2.06390887954e-2f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-5.37397155531e-2f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.33314422036e-1f));
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-3.33332819422e-1f));
+        t = _mm256_blendv_ps(t, _mm256_fmadd_ps(_mm256_mul_ps(p, z), av, av), _mm256_cmp_ps(av, _mm256_set1_ps(0.625f), _CMP_LT_OQ));
         _mm256_storeu_ps(x + i, _mm256_or_ps(_mm256_mul_ps(t, c), _mm256_and_ps(v, signbit)));
     }
     for (; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
@@ -9403,13 +9510,13 @@ static void gemma2__to_bf16_neon(uint16_t *dst, const float *src, int n)
     for (; i < n; i++) dst[i] = gemma2__f32_to_bf16(src[i]);
 }
 
-/* exp(x) for 4 lanes: the same reduction and polynomial as gemma2__exp_512. */
+/* exp(x) for 4 lanes: the same reduction, polynomial, clamps and +inf past ln(FLT_MAX) as
+   gemma2__exp_512 (ARM's max and min return NaN when either operand is NaN). */
 GEMMA2__ALWAYS_INLINE float32x4_t gemma2__exp_neon(float32x4_t x)
 {
-    float32x4_t n, r, p;
-    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.0f)), vdupq_n_f32(87.0f));
-    n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(1.44269504088896341f)));
-    r = vfmsq_f32(x, n, vdupq_n_f32(0.693359375f));
+    float32x4_t n, r, p, c = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.0f)), vdupq_n_f32(88.37f));
+    n = vrndnq_f32(vmulq_f32(c, vdupq_n_f32(1.44269504088896341f)));
+    r = vfmsq_f32(c, n, vdupq_n_f32(0.693359375f));
     r = vfmsq_f32(r, n, vdupq_n_f32(-2.12194440e-4f));
     p = vdupq_n_f32(1.3981999507e-3f);
     p = vfmaq_f32(vdupq_n_f32(8.3334519073e-3f), p, r);
@@ -9417,7 +9524,8 @@ GEMMA2__ALWAYS_INLINE float32x4_t gemma2__exp_neon(float32x4_t x)
     p = vfmaq_f32(vdupq_n_f32(1.6666665459e-1f), p, r);
     p = vfmaq_f32(vdupq_n_f32(5.0000001201e-1f), p, r);
     p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, vmulq_f32(r, r));
-    return vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(p), vshlq_n_s32(vcvtnq_s32_f32(n), 23)));
+    p = vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(p), vshlq_n_s32(vcvtnq_s32_f32(n), 23)));
+    return vbslq_f32(vcgtq_f32(x, vdupq_n_f32(88.7228394f)), vdupq_n_f32(INFINITY), p);
 }
 
 /* GELU (tanh form) as u / (1 + exp(-2z)), as in gemma2__gelu_512. */
@@ -9434,16 +9542,23 @@ static void gemma2__gelu_mul_neon(float *g, const float *u, int n)
     for (; i < n; i++) g[i] = gemma2__gelu_tanh(g[i]) * u[i];
 }
 
-/* cap tanh(x / cap) with tanh(v) = sign(v) (1 - e) / (1 + e), e = exp(-2|v|). */
+/* cap tanh(x / cap) as gemma2__softcap_512: the polynomial below |v| = 0.625, (1 - e) / (1 + e) above. */
 static void gemma2__softcap_neon(float *x, int n, float cap)
 {
-    const float32x4_t c = vdupq_n_f32(cap), inv2 = vdupq_n_f32(-2.0f / cap), one = vdupq_n_f32(1.0f);
+    const float32x4_t c = vdupq_n_f32(cap), inv = vdupq_n_f32(1.0f / cap), one = vdupq_n_f32(1.0f);
     const uint32x4_t signbit = vdupq_n_u32(0x80000000u);
     int i = 0;
     for (; i + 4 <= n; i += 4) {
         float32x4_t v = vld1q_f32(x + i);
-        float32x4_t e = gemma2__exp_neon(vmulq_f32(vabsq_f32(v), inv2));
+        float32x4_t av = vabsq_f32(vmulq_f32(v, inv)), z = vmulq_f32(av, av);
+        float32x4_t e = gemma2__exp_neon(vmulq_f32(av, vdupq_n_f32(-2.0f)));
         float32x4_t t = vdivq_f32(vsubq_f32(one, e), vaddq_f32(one, e));
+        float32x4_t p = vdupq_n_f32(-5.70498872745e-3f);
+        p = vfmaq_f32(vdupq_n_f32(2.06390887954e-2f), p, z);
+        p = vfmaq_f32(vdupq_n_f32(-5.37397155531e-2f), p, z);
+        p = vfmaq_f32(vdupq_n_f32(1.33314422036e-1f), p, z);
+        p = vfmaq_f32(vdupq_n_f32(-3.33332819422e-1f), p, z);
+        t = vbslq_f32(vcltq_f32(av, vdupq_n_f32(0.625f)), vfmaq_f32(av, vmulq_f32(p, z), av), t);
         uint32x4_t r = vorrq_u32(vreinterpretq_u32_f32(vmulq_f32(t, c)), vandq_u32(vreinterpretq_u32_f32(v), signbit));
         vst1q_f32(x + i, vreinterpretq_f32_u32(r));
     }

@@ -257,7 +257,8 @@ static void kern_test_f16(void)
 
 /* Every set's from_float (quantizing at load) writes exactly the bytes of the format's scalar
    from_float: random rows of several widths (partial last blocks), rows with exact ties at .5
-   of a quant step, all-zero and constant blocks, tiny and large magnitudes. */
+   of a quant step, all-zero and constant blocks, tiny and large magnitudes, blocks holding a
+   NaN or an infinity. */
 static void kern_test_from_float(void)
 {
     static const int Ks[] = {1, 31, 32, 33, 64, 72, 100, 2304};
@@ -270,7 +271,7 @@ static void kern_test_from_float(void)
         for (f = 0; f < GEMMA2__WF_COUNT; f++) {
             void (*ff)(void *, const float *, int) = k.from_float[f] ? k.from_float[f] : gemma2__wformat_of(f)->from_float;
             for (ki = 0; ki < (int)(sizeof Ks / sizeof Ks[0]); ki++)
-                for (v = 0; v < 6; v++) {
+                for (v = 0; v < 7; v++) {
                     int K = Ks[ki];
                     size_t rb = gemma2__row_bytes(f, K);
                     for (i = 0; i < K; i++) {
@@ -281,7 +282,8 @@ static void kern_test_from_float(void)
                         case 2: x[i] = i % 32 == 0 ? 0.0f : (i % 32 == 1 ? 1.875f : 0.125f * (float)(i % 15) + 0.0625f); break;        /* q4 ties */
                         case 3: x[i] = i / 32 % 2 ? 0.0f : 0.75f; break;                                                          /* zero and constant blocks */
                         case 4: x[i] = r * 1e-6f; break;
-                        default: x[i] = r * 3e3f; break;
+                        case 5: x[i] = r * 3e3f; break;
+                        default: x[i] = i % 37 == 5 ? NAN : i % 53 == 20 ? INFINITY : i % 71 == 40 ? -INFINITY : r; break; /* non-finite blocks */
                         }
                     }
                     memset(want, 0x5a, rb); memset(got, 0x5a, rb);
@@ -748,6 +750,204 @@ static void kern_test_attention(void)
     }
 }
 
+/* 0 finite, 1 +inf, 2 -inf, 3 NaN: what the kernel sets must agree on beside the values. */
+static int kern_class(float v) { return v != v ? 3 : v == INFINITY ? 1 : v == -INFINITY ? 2 : 0; }
+
+/* Soft-capping on every set against the scalar reference (cap tanh(x / cap) with the C
+   library's tanhf), over caps far beyond Gemma's 30 and 50 (the config accepts up to 1e9) and
+   x from subnormal to FLT_MAX, around the points where an implementation may switch formulas.
+   The bound, relative to the reference: the scalar rounds x / cap once and tanhf is within an
+   ulp or so (together ~2e-7); a SIMD set rounds 1 / cap and x (1 / cap) (~1.2e-7), its tanh is
+   within ~2.5e-7 (a polynomial for small arguments, (1 - e) / (1 + e) with e = exp(-2|v|) <= 0.29
+   otherwise, so no cancellation), and the final product by cap rounds once in each (~1.2e-7):
+   about 7e-7 in the worst case, so 1e-6. Where v = x / cap is below FLT_MIN both round it to a
+   multiple of 2^-149, so there the results only agree to cap 2^-148 in absolute terms. Zeros
+   keep their sign. The reference itself is held to the same bound against double precision. */
+static void kern_test_softcap_range(void)
+{
+    static const float caps[] = {1e-3f, 0.1f, 1.0f, 30.0f, 50.0f, 1e3f, 1e6f, 1e9f, 1e12f, 1e20f, 1e30f};
+    static const float fr[] = {1e-30f, 1e-12f, 1e-7f, 1e-4f, 1e-3f, 0.01f, 0.1f, 0.3f, 0.5f, 0.55f, 0.6f, 0.62f, 0.625f,
+                               0.63f, 0.7f, 1.0f, 1.5f, 2.0f, 3.0f, 5.0f, 8.0f, 9.0f, 10.0f, 20.0f, 50.0f, 1e3f, 1e10f};
+    static const float abs_x[] = {0.0f, 1e-45f, 1e-40f, 1.1754944e-38f, 1e-30f, 1e-10f, 1.0f, 1e10f, 1e30f, 3.4028235e38f, INFINITY};
+    enum { NX = 2 * (27 + 11) + 64 };
+    int s, ci, i, off, check_ref = 1;
+    float x[NX], y1[NX + 1], y2[NX + 1];
+    for (s = 0; s < GEMMA2__N_KERNEL_SETS; s++) {
+        gemma2__kernels k;
+        float worst = 0;
+        if (!kern_get(s, &k)) continue;
+        for (ci = 0; ci < (int)(sizeof caps / sizeof caps[0]); ci++) {
+            float cap = caps[ci];
+            int n = 0, bad = 0;
+            for (i = 0; i < (int)(sizeof fr / sizeof fr[0]); i++) { x[n++] = fr[i] * cap; x[n++] = -fr[i] * cap * 1.0001f; }
+            for (i = 0; i < (int)(sizeof abs_x / sizeof abs_x[0]); i++) { x[n++] = abs_x[i]; x[n++] = -abs_x[i]; }
+            for (; n < NX; n++) x[n] = kern_rand() * cap * (n % 3 == 0 ? 0.01f : n % 3 == 1 ? 1.0f : 4.0f);
+            for (off = 0; off < 3; off++) { /* the same values in other lanes and in the tails */
+                int m = NX - off;
+                memcpy(y1, x + off, (size_t)m * sizeof(float));
+                memcpy(y2, x + off, (size_t)m * sizeof(float));
+                y1[m] = y2[m] = -7.0f;
+                k.softcap(y1, m, cap);
+                gemma2__softcap_scalar(y2, m, cap);
+                CHECK(y1[m] == -7.0f, "%s softcap wrote past n", k.name);
+                for (i = 0; i < m && !bad; i++) {
+                    float tol = 1e-6f * fabsf(y2[i]) + ldexpf(cap, -148), d = fabsf(y1[i] - y2[i]);
+                    double truth = (double)cap * tanh((double)x[off + i] / (double)cap);
+                    if (kern_class(y1[i]) != kern_class(y2[i]) || !(d <= tol) || (y2[i] == 0 && signbit(y1[i]) != signbit(y2[i]))) {
+                        CHECK(0, "%s softcap cap %g x %.9g: %.9g, reference %.9g", k.name, cap, x[off + i], y1[i], y2[i]);
+                        bad = 1;
+                    }
+                    if (check_ref && !(fabs((double)y2[i] - truth) <= 1e-6 * fabs(truth) + ldexp((double)cap, -148))) {
+                        CHECK(0, "reference softcap cap %g x %.9g: %.9g, in double %.17g", cap, x[off + i], y2[i], truth);
+                        bad = 1;
+                    }
+                    if (y2[i] != 0 && d / fabsf(y2[i]) > worst) worst = d / fabsf(y2[i]);
+                }
+            }
+        }
+        printf("      %s softcap: worst relative difference from the reference %.3g\n", k.name, worst);
+        check_ref = 0; /* once is enough */
+    }
+}
+
+/* NaN and infinities: every set gives, element for element, the class (finite, +inf, -inf,
+   NaN) the scalar reference gives, so a broken model looks the same on every set. The
+   reference's rules: NaN propagates everywhere it can reach (softmax: one NaN makes the row
+   NaN; rmsnorm: the whole vector; a product: its outputs); an infinite score makes a softmax
+   row NaN (inf - inf); soft-capping maps +-inf to +-cap. */
+static void kern_test_nonfinite(void)
+{
+    static const float specials[] = {NAN, -NAN, INFINITY, -INFINITY, 1e30f, 3.4028235e38f};
+    static const int Ns[] = {1, 5, 16, 17, 40};
+    int s, ni, si, pi, i;
+    for (s = 0; s < GEMMA2__N_KERNEL_SETS; s++) {
+        gemma2__kernels ks, *k = &ks;
+        gemma2__kernels ref;
+        if (!kern_get(s, &ks)) continue;
+        gemma2__kernels_init_scalar(&ref);
+        for (ni = 0; ni < (int)(sizeof Ns / sizeof Ns[0]); ni++)
+            for (si = 0; si < (int)(sizeof specials / sizeof specials[0]); si++)
+                for (pi = 0; pi < 3; pi++) {
+                    int n = Ns[ni], pos = pi == 0 ? 0 : pi == 1 ? n / 2 : n - 1, op, bad = 0;
+                    float sp = specials[si], a[40], b[40], y1[41], y2[41], d1, d2;
+                    const char *what = "";
+                    for (i = 0; i < n; i++) { a[i] = kern_rand() * 3.0f; b[i] = kern_rand(); }
+                    for (op = 0; op < 11 && !bad; op++) {
+                        int m = n;
+                        for (i = 0; i < n; i++) y1[i] = y2[i] = a[i];
+                        y1[n] = y2[n] = -7.0f;
+                        switch (op) {
+                        case 0: what = "softcap 30"; y1[pos] = y2[pos] = sp; k->softcap(y1, n, 30.0f); ref.softcap(y2, n, 30.0f); break;
+                        case 1: what = "softcap 1e6"; y1[pos] = y2[pos] = sp; k->softcap(y1, n, 1e6f); ref.softcap(y2, n, 1e6f); break;
+                        case 2: what = "softmax"; y1[pos] = y2[pos] = sp; k->softmax(y1, n); ref.softmax(y2, n); break;
+                        case 3: what = "rmsnorm x"; a[pos] = sp; k->rmsnorm(y1, a, b, n, 1e-6f); ref.rmsnorm(y2, a, b, n, 1e-6f); a[pos] = 1; break;
+                        case 4: what = "rmsnorm w"; b[pos] = sp; k->rmsnorm(y1, a, b, n, 1e-6f); ref.rmsnorm(y2, a, b, n, 1e-6f); b[pos] = 1; break;
+                        case 5: what = "gelu_mul g"; y1[pos] = y2[pos] = sp; k->gelu_mul(y1, b, n); ref.gelu_mul(y2, b, n); break;
+                        case 6: what = "gelu_mul u"; b[pos] = sp; k->gelu_mul(y1, b, n); ref.gelu_mul(y2, b, n); b[pos] = 0.5f; break;
+                        case 7: what = "axpy"; b[pos] = sp; k->axpy(y1, 0.37f, b, n); ref.axpy(y2, 0.37f, b, n); b[pos] = 0.5f; break;
+                        case 8: what = "axpy a"; k->axpy(y1, sp, b, n); ref.axpy(y2, sp, b, n); break;
+                        case 9: /* dot: one result */
+                            what = "dot"; a[pos] = sp; d1 = k->dot(a, b, n); d2 = ref.dot(a, b, n); a[pos] = 1;
+                            y1[0] = d1; y2[0] = d2; m = 1; break;
+                        default: /* rope: pairs, two heads when n allows */
+                            if (n < 2) { m = 0; break; }
+                            {
+                                int hd = n % 2 ? n - 1 : n, half = hd / 2;
+                                float cs[40];
+                                for (i = 0; i < half; i++) { cs[i] = cosf(0.3f * (float)i); cs[half + i] = sinf(0.3f * (float)i); }
+                                what = "rope"; y1[pos % hd] = y2[pos % hd] = sp;
+                                k->rope(y1, 1, hd, cs); ref.rope(y2, 1, hd, cs);
+                                m = hd;
+                            }
+                            break;
+                        }
+                        for (i = 0; i < m && !bad; i++)
+                            if (kern_class(y1[i]) != kern_class(y2[i])) {
+                                CHECK(0, "%s %s n %d: %g at %d gives %g at %d, the reference %g", k->name, what, n, sp, pos, y1[i], i, y2[i]);
+                                bad = 1;
+                            }
+                        if (op != 9 && y1[n] != -7.0f) { CHECK(0, "%s %s wrote past n", k->name, what); bad = 1; }
+                    }
+                }
+        /* attention: a NaN or infinity in a query, a key, a score or a value */
+        for (si = 0; si < (int)(sizeof specials / sizeof specials[0]); si++) {
+            enum { HD = 20, G = 3, NK = 21, LDS = 24 };
+            float q[G * HD], K[NK * HD], V[NK * HD], s1[G * LDS], s2[G * LDS], o1[G * HD], o2[G * HD];
+            int where, bad = 0;
+            for (where = 0; where < 4 && !bad; where++) {
+                for (i = 0; i < G * HD; i++) q[i] = kern_rand();
+                for (i = 0; i < NK * HD; i++) { K[i] = kern_rand(); V[i] = kern_rand(); }
+                for (i = 0; i < G * LDS; i++) s1[i] = s2[i] = 0.25f;
+                for (i = 0; i < G * HD; i++) o1[i] = o2[i] = 0;
+                if (where == 0) q[HD + 7] = specials[si];
+                if (where == 1) K[17 * HD + 3] = specials[si];
+                if (where == 3) V[9 * HD + 19] = specials[si];
+                k->att_scores(k, s1, LDS, q, G, HD, K, NK, 0.3f);
+                ref.att_scores(&ref, s2, LDS, q, G, HD, K, NK, 0.3f);
+                if (where == 2) s1[LDS + 11] = s2[LDS + 11] = specials[si];
+                k->att_values(k, o1, s1, LDS, G, HD, V, NK);
+                ref.att_values(&ref, o2, s2, LDS, G, HD, V, NK);
+                for (i = 0; i < G * LDS && !bad; i++)
+                    if (i % LDS < NK && kern_class(s1[i]) != kern_class(s2[i])) { CHECK(0, "%s att_scores, %g in place %d: score %d %g vs %g", k->name, specials[si], where, i, s1[i], s2[i]); bad = 1; }
+                for (i = 0; i < G * HD && !bad; i++)
+                    if (kern_class(o1[i]) != kern_class(o2[i])) { CHECK(0, "%s att_values, %g in place %d: out %d %g vs %g", k->name, specials[si], where, i, o1[i], o2[i]); bad = 1; }
+            }
+        }
+    }
+}
+
+/* A NaN in the activations or the weights of a matrix product reaches its outputs on every
+   set and format as in the format's reference product (for Q8 and Q4 activations: the whole
+   block's scale becomes NaN, so every output of that token). */
+static void kern_test_nonfinite_matmul(void)
+{
+    static const int Ts[] = {1, 3, 20};
+    int s, f, ti, cb, where;
+    for (s = 0; s < GEMMA2__N_KERNEL_SETS; s++) {
+        gemma2__kernels k;
+        if (!kern_get(s, &k)) continue;
+        for (f = 0; f < GEMMA2__WF_COUNT; f++)
+            for (ti = 0; ti < 3; ti++)
+                for (cb = 0; cb < 2; cb++)
+                    for (where = 0; where < 2; where++) {
+                        int rows = 37, K = 300, T = Ts[ti], ldy = rows, bad = 0;
+                        size_t i;
+                        float *wf = (float *)malloc((size_t)rows * K * sizeof(float)), *x = (float *)malloc((size_t)T * K * sizeof(float));
+                        float *y = (float *)malloc((size_t)T * ldy * sizeof(float)), *yr = (float *)malloc((size_t)T * ldy * sizeof(float));
+                        void *w_data, *buf = malloc(gemma2__pack_bytes_max(T, K));
+                        gemma2__mat w;
+                        gemma2__matmul_args a, ar;
+                        for (i = 0; i < (size_t)T * K; i++) x[i] = kern_rand();
+                        x[(size_t)(T / 2) * K + 77] = NAN; /* one token's activation */
+                        w_data = kern_weights(f, rows, K, wf);
+                        if (where == 1) { /* a weight (plain formats; quantized ones carry it in a block scale) */
+                            size_t at = (size_t)11 * K + 100;
+                            if (f == GEMMA2__WF_F32) ((float *)w_data)[at] = NAN;
+                            else if (f == GEMMA2__WF_BF16 || f == GEMMA2__WF_F16) ((uint16_t *)w_data)[at] = 0x7e00u;
+                            else {
+                                uint16_t h = 0x7e00u; /* the scale of row 11's fourth block */
+                                memcpy((uint8_t *)w_data + 11 * gemma2__row_bytes(f, K) + 3 * (size_t)gemma2__wformat_of(f)->block_bytes, &h, 2);
+                            }
+                            x[(size_t)(T / 2) * K + 77] = 0.5f;
+                        }
+                        w.data = w_data; w.format = f; w.rows = rows; w.cols = K;
+                        memset(&a, 0, sizeof a);
+                        a.y = y; a.ldy = ldy; a.x = x; a.T = T; a.w = &w;
+                        kern_pack(&k, &a, buf, cb);
+                        ar = a; ar.y = yr; ar.xp = NULL; ar.xp_kind = GEMMA2__PACK_NONE;
+                        gemma2__matmul_for(&k, f)(&a, 0, rows);
+                        gemma2__wformat_of(f)->matmul_ref(&ar, 0, rows);
+                        for (i = 0; i < (size_t)T * ldy && !bad; i++)
+                            if (kern_class(y[i]) != kern_class(yr[i]) || (where == 0 && (int)(i / ldy) == T / 2 && kern_class(yr[i]) != 3)) {
+                                CHECK(0, "%s %s T %d compute_bf16 %d NaN in the %s: y[%d][%d] %g, reference %g", k.name, gemma2__wformat_of(f)->name, T, cb,
+                                      where ? "weights" : "activations", (int)(i / ldy), (int)(i % ldy), y[i], yr[i]);
+                                bad = 1;
+                            }
+                        free(wf); free(x); free(y); free(yr); free(w_data); free(buf);
+                    }
+    }
+}
+
 void suite_kernels(void)
 {
     g2t_run("kernels/selection", kern_test_selection);
@@ -761,6 +961,9 @@ void suite_kernels(void)
     g2t_run("kernels/matmul_consistent", kern_test_matmul_consistent);
     g2t_run("kernels/vector_ops", kern_test_vector_ops);
     g2t_run("kernels/attention", kern_test_attention);
+    g2t_run("kernels/softcap_range", kern_test_softcap_range);
+    g2t_run("kernels/nonfinite", kern_test_nonfinite);
+    g2t_run("kernels/nonfinite_matmul", kern_test_nonfinite_matmul);
     g2t_run("kernels/pool", kern_test_pool);
     g2t_run("kernels/pooled_helpers", kern_test_pooled_helpers);
 }

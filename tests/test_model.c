@@ -605,6 +605,223 @@ static void test_model_reference_forward(void)
     }
 }
 
+/* --- broken weights: NaN and infinity ---------------------------------------------------- */
+
+/* Copies fixture `name` (config.json, model.safetensors: one bf16 file) into the fresh folder
+   dir with element `index` of tensor `tensor` replaced by the bf16 bits `bits`. 0 on failure. */
+static int mdl_plant(const char *name, const char *tensor, size_t index, uint16_t bits, const char *dir)
+{
+    static const char *files[] = {"config.json", "model.safetensors"};
+    char path[700], err[128];
+    int i, ok = 1;
+    for (i = 0; i < 2 && ok; i++) {
+        size_t n, hl = 0, k;
+        unsigned char *d;
+        FILE *f;
+        snprintf(path, sizeof path, "%s%s/%s", g2t_path("models/"), name, files[i]);
+        d = (unsigned char *)g2t_read_file(path, &n);
+        if (!d) return 0;
+        if (i == 1) {
+            gemma2__json j;
+            int32_t node, off;
+            double start = -1;
+            for (k = 8; k-- > 0;) hl = (hl << 8) | d[k];
+            ok = hl + 8 <= n && gemma2__json_parse(&j, (const char *)d + 8, hl, err, sizeof err) == 0;
+            if (ok) {
+                node = gemma2__json_get(&j, 0, tensor);
+                off = node >= 0 ? gemma2__json_get(&j, node, "data_offsets") : -1;
+                ok = off >= 0 && gemma2__json_number(&j, j.nodes[off].child, &start) && gemma2__json_streq(&j, gemma2__json_get(&j, node, "dtype"), "BF16");
+                gemma2__json_free(&j);
+            }
+            if (ok && 8 + hl + (size_t)start + 2 * index + 2 <= n) memcpy(d + 8 + hl + (size_t)start + 2 * index, &bits, 2);
+            else ok = 0;
+        }
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        f = fopen(path, "wb");
+        ok = ok && f && fwrite(d, 1, n, f) == n;
+        if (f) fclose(f);
+        free(d);
+    }
+    return ok;
+}
+
+static void mdl_unplant(const char *dir)
+{
+    char path[700];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    remove(path);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    remove(path);
+    remove(dir);
+}
+
+static gemma2_model *mdl_load_opts(const char *dir, int kernels, int weights, int compute, int kv)
+{
+    gemma2_options opt;
+    char err[256];
+    gemma2_model *m;
+    memset(&opt, 0, sizeof opt);
+    opt.kernels = kernels;
+    opt.weights = weights;
+    opt.compute = compute;
+    opt.kv_cache = kv;
+    opt.n_threads = 2;
+    opt.no_tokenizer = 1;
+    m = gemma2_load(dir, &opt, err, sizeof err);
+    CHECK(m != NULL, "%s: %s", dir, err);
+    return m;
+}
+
+/* A NaN or an infinity planted in tiny-gqa's weights (the embedding, a projection, a norm, the
+   final norm) reaches the logits on every kernel set, weight format, compute mode and KV cache
+   format, and gemma2_eval reports it the same way everywhere: GEMMA2_ERROR_NUMERIC, with the
+   session left as it was (empty here), whether it returns the rows or only the last. */
+static void test_model_nonfinite(void)
+{
+    static const struct { const char *tensor; size_t index; uint16_t bits; } plants[] = {
+        {"model.embed_tokens.weight", 300 * 64 + 3, 0x7fc0u},                  /* NaN in a row no prompt token uses */
+        {"model.layers.0.self_attn.q_proj.weight", 5 * 64 + 9, 0x7f80u},       /* +inf */
+        {"model.layers.1.post_feedforward_layernorm.weight", 17, 0xffc0u},     /* -NaN */
+        {"model.layers.2.mlp.down_proj.weight", 40 * 192 + 100, 0xff80u},      /* -inf */
+        {"model.norm.weight", 63, 0x7fc0u},
+    };
+    static const int cfgs[][3] = {/* weights, compute, kv cache */
+        {GEMMA2_WEIGHTS_AUTO, GEMMA2_COMPUTE_F32, GEMMA2_KV_F32}, {GEMMA2_WEIGHTS_AUTO, GEMMA2_COMPUTE_BF16, GEMMA2_KV_BF16},
+        {GEMMA2_WEIGHTS_Q8, GEMMA2_COMPUTE_F32, GEMMA2_KV_F32}, {GEMMA2_WEIGHTS_Q4, GEMMA2_COMPUTE_F32, GEMMA2_KV_BF16}};
+    mdl_ref r;
+    int pi, ci, i;
+    if (!mdl_load_ref("tiny-gqa", &r)) { CHECK(0, "tiny-gqa reference"); mdl_free_ref(&r); return; }
+    for (pi = 0; pi < (int)(sizeof plants / sizeof plants[0]); pi++) {
+        char dir[64] = "/tmp/gemma2_test_XXXXXX";
+        if (!mkdtemp(dir) || !mdl_plant("tiny-gqa", plants[pi].tensor, plants[pi].index, plants[pi].bits, dir)) {
+            CHECK(0, "planting in %s", plants[pi].tensor);
+            continue;
+        }
+        for (ci = 0; ci < (int)(sizeof cfgs / sizeof cfgs[0]); ci++)
+            for (i = 0; i < GEMMA2__N_KERNEL_SETS; i++) {
+                gemma2_model *m;
+                gemma2_session *s;
+                float *rows;
+                int rc1, rc2, rc3;
+                if (!gemma2__kernel_sets[i].init || !gemma2__kernel_sets[i].available()) continue;
+                m = mdl_load_opts(dir, gemma2__kernel_sets[i].id, cfgs[ci][0], cfgs[ci][1], cfgs[ci][2]);
+                s = m ? gemma2_session_new(m, 64) : NULL;
+                rows = (float *)malloc(sizeof(float) * (size_t)r.P * 512);
+                if (!s || !rows) { CHECK(0, "setup"); free(rows); gemma2_session_free(s); gemma2_free(m); continue; }
+                rc1 = gemma2_eval(s, r.ids, r.P, NULL);
+                CHECK(gemma2_session_pos(s) == 0 && gemma2_logits(s) == NULL, "after a failed eval: pos %d", gemma2_session_pos(s));
+                rc2 = gemma2_eval(s, r.ids, r.P, rows);
+                rc3 = gemma2_eval(s, r.ids, 1, NULL);
+                CHECK(rc1 == GEMMA2_ERROR_NUMERIC && rc2 == GEMMA2_ERROR_NUMERIC && rc3 == GEMMA2_ERROR_NUMERIC && gemma2_session_pos(s) == 0,
+                      "%s %x in %s (weights %d compute %d kv %d): eval gives %d, %d, %d, not GEMMA2_ERROR_NUMERIC", gemma2_model_kernels(m),
+                      plants[pi].bits, plants[pi].tensor, cfgs[ci][0], cfgs[ci][1], cfgs[ci][2], rc1, rc2, rc3);
+                free(rows);
+                gemma2_session_free(s);
+                gemma2_free(m);
+            }
+        mdl_unplant(dir);
+    }
+    mdl_free_ref(&r);
+}
+
+/* The session after GEMMA2_ERROR_NUMERIC is the session before the call: +inf in the embedding
+   row of one token (300) breaks only the tokens that see it (the others' logit for 300 is
+   soft-capped to +-30). Failing calls, of one token and of 16 (past the sliding rings: window
+   8 in chunks of 4 makes rings of 11 slots), leave the position, the logits and the cache as
+   a rewind to the position before them would: a twin session that evaluates good tokens
+   instead and rewinds gives the same bits, before and after both go on. gemma2_generate and
+   gemma2_score pass the error up with the session unchanged. */
+static void test_model_nonfinite_undo(void)
+{
+    mdl_ref r;
+    char dir[64] = "/tmp/gemma2_test_XXXXXX";
+    int i;
+    if (!mdl_load_ref("tiny-gqa", &r) || !mkdtemp(dir) || !mdl_plant("tiny-gqa", "model.embed_tokens.weight", 300 * 64 + 10, 0x7f80u, dir)) {
+        CHECK(0, "setup");
+        mdl_free_ref(&r);
+        return;
+    }
+    for (i = 0; i < GEMMA2__N_KERNEL_SETS; i++) {
+        gemma2_model *m;
+        int chunk;
+        if (!gemma2__kernel_sets[i].init || !gemma2__kernel_sets[i].available()) continue;
+        m = mdl_load_opts(dir, gemma2__kernel_sets[i].id, GEMMA2_WEIGHTS_AUTO, GEMMA2_COMPUTE_F32, GEMMA2_KV_F32);
+        if (!m) continue;
+        for (chunk = 4; chunk <= GEMMA2__CHUNK; chunk += GEMMA2__CHUNK - 4) {
+            gemma2_session *s = gemma2__session_new(m, 64, chunk), *twin = gemma2__session_new(m, 64, chunk);
+            float *rows = (float *)malloc(sizeof(float) * 16 * 512);
+            int32_t good[16], bad[16];
+            int n, rc;
+            if (!s || !twin || !rows) { CHECK(0, "setup"); gemma2_session_free(s); gemma2_session_free(twin); free(rows); continue; }
+            CHECK(gemma2_eval(s, r.ids, 11, NULL) == 0 && gemma2_eval(twin, r.ids, 11, NULL) == 0, "%s: the clean prefix", m->kern.name);
+            for (n = 1; n <= 16; n += 15) {
+                memcpy(good, r.ids + 2, sizeof good);
+                memcpy(bad, good, sizeof bad);
+                bad[n - 1] = 300;
+                rc = n == 1 ? gemma2_eval(s, bad, 1, NULL) : gemma2_eval(s, bad, n, rows);
+                CHECK(gemma2_eval(twin, good, n, NULL) == 0 && gemma2_session_rewind(twin, 11) == 0, "%s: the twin", m->kern.name);
+                CHECK(rc == GEMMA2_ERROR_NUMERIC && gemma2_session_pos(s) == 11 && gemma2_logits(s) &&
+                      memcmp(gemma2_logits(s), gemma2_logits(twin), 512 * sizeof(float)) == 0,
+                      "%s chunk %d: %d tokens, the last bad: rc %d, pos %d, logits as the twin's %d", m->kern.name, chunk, n, rc, gemma2_session_pos(s),
+                      gemma2_logits(s) && memcmp(gemma2_logits(s), gemma2_logits(twin), 512 * sizeof(float)) == 0);
+            }
+            {
+                gemma2_generate_result res;
+                float lp[3];
+                int32_t cont[3] = {5, 300, 7};
+                CHECK(gemma2_generate(s, bad + 15, 1, NULL, &res) == GEMMA2_ERROR_NUMERIC && res.n_prompt == 0 && gemma2_session_pos(s) == 11,
+                      "%s: generate with a bad prompt", m->kern.name);
+                CHECK(gemma2_score(s, r.ids + 11, 2, cont, 3, lp, NULL) == GEMMA2_ERROR_NUMERIC && gemma2_session_pos(s) == 11,
+                      "%s: score with a bad continuation", m->kern.name);
+                cont[1] = 6; /* what the failures did, as good calls and rewinds */
+                CHECK(gemma2_eval(twin, good, 1, NULL) == 0 && gemma2_session_rewind(twin, 11) == 0 && gemma2_eval(twin, r.ids + 11, 2, NULL) == 0 &&
+                      gemma2_eval(twin, cont, 3, NULL) == 0 && gemma2_session_rewind(twin, 13) == 0 && gemma2_session_rewind(twin, 11) == 0, "twin");
+            }
+            /* and on: the same bits as the twin, which never failed */
+            CHECK(gemma2_eval(s, r.ids + 11, 9, NULL) == 0 && gemma2_eval(twin, r.ids + 11, 9, NULL) == 0 &&
+                  memcmp(gemma2_logits(s), gemma2_logits(twin), 512 * sizeof(float)) == 0, "%s chunk %d: continuing after the failures", m->kern.name, chunk);
+            gemma2_session_free(s);
+            gemma2_session_free(twin);
+            free(rows);
+        }
+        gemma2_free(m);
+    }
+    mdl_unplant(dir);
+    mdl_free_ref(&r);
+}
+
+/* Generation and chat: a NaN in the final norm of tiny-realvocab (with the real tokenizer)
+   gives GEMMA2_ERROR_NUMERIC, not the sampler's complaint about NaN logits, and the chat
+   records no turn. */
+static void test_model_nonfinite_chat(void)
+{
+    char dir[64] = "/tmp/gemma2_test_XXXXXX", err[256];
+    gemma2_options o;
+    gemma2_model *m;
+    gemma2_session *s;
+    gemma2_chat *c;
+    gemma2_generate_result res;
+    int32_t prompt[3] = {2, 651, 6037};
+    if (!mkdtemp(dir) || !mdl_plant("tiny-realvocab", "model.norm.weight", 7, 0x7fc0u, dir)) { CHECK(0, "setup"); return; }
+    memset(&o, 0, sizeof o);
+    o.tokenizer_path = g2t_path("tokenizer/tokenizer.json");
+    o.n_threads = 2;
+    m = gemma2_load(dir, &o, err, sizeof err);
+    CHECK(m != NULL, "%s", err);
+    s = m ? gemma2_session_new(m, 128) : NULL;
+    if (s) {
+        CHECK(gemma2_generate(s, prompt, 3, NULL, &res) == GEMMA2_ERROR_NUMERIC && gemma2_session_pos(s) == 0, "generate");
+        c = gemma2_chat_new(s, NULL);
+        CHECK(c && gemma2_chat_say(c, "Hello", NULL, &res) == GEMMA2_ERROR_NUMERIC && gemma2_chat_turns(c) == 0 && gemma2_session_pos(s) == 0,
+              "chat_say");
+        gemma2_chat_free(c);
+    }
+    CHECK(!strcmp(gemma2_error_string(GEMMA2_ERROR_NUMERIC), "non-finite values (NaN or Inf) in the model's output"), "error string");
+    gemma2_session_free(s);
+    gemma2_free(m);
+    mdl_unplant(dir);
+}
+
 void suite_model(void)
 {
     g2t_run("model/tiny-gqa", test_model_gqa);
@@ -618,6 +835,9 @@ void suite_model(void)
     g2t_run("model/q8", test_model_q8);
     g2t_run("model/q4", test_model_q4);
     g2t_run("model/q_broken", test_model_q_broken);
+    g2t_run("model/nonfinite", test_model_nonfinite);
+    g2t_run("model/nonfinite_undo", test_model_nonfinite_undo);
+    g2t_run("model/nonfinite_chat", test_model_nonfinite_chat);
     suite_model_long();
 }
 
