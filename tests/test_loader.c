@@ -767,7 +767,7 @@ static void test_loader_save_refusals(void)
 {
     static const struct { const char *find, *repl; int code; const char *want; } edits[] = {
         {"\"gemma2.quantization\":\"q8\"", "\"gemma2.quantization\":\"q3\"", GEMMA2_ERROR_UNSUPPORTED, "\"q3\" version 1"},
-        {"\"gemma2.quantization\":\"q8\"", "\"gemma2.quantization\":\"q\\n\"", GEMMA2_ERROR_UNSUPPORTED, "\"q?\" version 1"},
+        {"\"gemma2.quantization\":\"q8\"", "\"gemma2.quantization\":\"q\\n\"", GEMMA2_ERROR_UNSUPPORTED, "\"q\\\\n\" version 1"},
         {"\"gemma2.quantization_version\":\"1\"", "\"gemma2.quantization_version\":\"2\"", GEMMA2_ERROR_UNSUPPORTED, "\"q8\" version 2"},
         {"\"gemma2.quantization_version\":\"1\"", "\"gemma2.quantization_version\":\"x\"", GEMMA2_ERROR_FORMAT, "gemma2.quantization_version"},
         {"\"gemma2.quantization_version\":\"1\"", "\"gemma2.quantization_versioX\":\"1\"", GEMMA2_ERROR_FORMAT, "gemma2.quantization_version"},
