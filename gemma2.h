@@ -229,7 +229,7 @@ typedef struct gemma2_config {
     int num_attention_heads;     /* nH */
     int num_key_value_heads;     /* nKV */
     int head_dim;                /* hd */
-    int max_position_embeddings;
+    int max_position_embeddings; /* at most 2^20: a config.json with more is refused */
     int sliding_window;          /* W: keys a local layer sees, counting the query's own */
     float query_pre_attn_scalar; /* scores are scaled by query_pre_attn_scalar^-0.5 */
     float attn_logit_softcapping;  /* 0 = none */
@@ -258,6 +258,11 @@ GEMMA2_DEF const gemma2_config *gemma2_model_config(const gemma2_model *m);
 GEMMA2_DEF size_t gemma2_model_weight_bytes(const gemma2_model *m);
 /* Name of the kernel set in use ("avx512-bf16", "scalar", ...). */
 GEMMA2_DEF const char *gemma2_model_kernels(const gemma2_model *m);
+/* The GEMMA2_WEIGHTS_* the weights are held in: gemma2_options.weights as given, except that a
+   folder written by gemma2_save_quantized answers its Q8 or Q4 (AUTO means: as stored). saved
+   (may be NULL) tells those apart from weights quantized at load: 1 when they were saved
+   quantized and are used as they are in the file. A negative error if m is NULL. */
+GEMMA2_DEF int gemma2_model_weights(const gemma2_model *m, int *saved);
 
 /* Quantizes a checkpoint folder once and writes a folder that gemma2_load maps in place, with
    no work at load: weights is GEMMA2_WEIGHTS_Q8 or GEMMA2_WEIGHTS_Q4, and each matrix gets
@@ -6200,6 +6205,18 @@ GEMMA2_DEF int gemma2_vocab_size(const gemma2_model *m) { return m ? m->cfg.voca
 GEMMA2_DEF const gemma2_config *gemma2_model_config(const gemma2_model *m) { return m ? &m->cfg : NULL; }
 GEMMA2_DEF size_t gemma2_model_weight_bytes(const gemma2_model *m) { return m ? m->weight_bytes : 0; }
 GEMMA2_DEF const char *gemma2_model_kernels(const gemma2_model *m) { return m && m->kern.name ? m->kern.name : "none"; }
+
+GEMMA2_DEF int gemma2_model_weights(const gemma2_model *m, int *saved)
+{
+    int q;
+    if (saved) *saved = 0;
+    if (!m) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    /* Quantizing at load copies every matrix (and the files are then closed); a saved quantized
+       folder is the one case where Q8/Q4 matrices point into the files. */
+    q = m->opt.weights == GEMMA2_WEIGHTS_Q8 || m->opt.weights == GEMMA2_WEIGHTS_Q4;
+    if (saved) *saved = q && m->has_weights && m->files_in_use;
+    return m->opt.weights;
+}
 
 /* ---- saving quantized checkpoints ---------------------------------------------------------- */
 
