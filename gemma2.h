@@ -6489,7 +6489,8 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
             src = buf;
         }
         if (it->bytes > 0 && fwrite(src, 1, (size_t)it->bytes, fp) != it->bytes)
-            GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: write error at tensor %s (disk full?)", tmp, it->t->name);
+            GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: write error at tensor %s (disk full?)", tmp,
+                              gemma2__esc(name, sizeof name, it->t->name, strlen(it->t->name)));
         gemma2__file_release(&m->files[it->t->file], it->t->data, (size_t)it->t->nbytes);
         done += it->bytes;
         if (m->opt.progress && m->opt.progress(m->opt.progress_user, (float)((double)done / (double)(total ? total : 1))))
