@@ -249,7 +249,10 @@ typedef struct gemma2_session gemma2_session; /* one sequence: KV cache and posi
    reason naming the file/tensor/field into err (if err_size > 0). A folder written by
    gemma2_save_quantized loads in the format it was saved in, mapped in place, with
    opt->weights AUTO or that same format; asking it for another (BF16, F16, the other Q)
-   is GEMMA2_ERROR_UNSUPPORTED: the original weights are not in it. */
+   is GEMMA2_ERROR_UNSUPPORTED: the original weights are not in it. Every file read (the folder's,
+   and opt->tokenizer_path) must be a regular file: a folder or a FIFO under its name is an error
+   (GEMMA2_ERROR_IO), never read. Symbolic links are followed (the Hugging Face cache links every
+   file of a snapshot to a blob). */
 GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options *opt, char *err, size_t err_size);
 GEMMA2_DEF void gemma2_free(gemma2_model *m);
 GEMMA2_DEF int gemma2_vocab_size(const gemma2_model *m);
