@@ -232,7 +232,7 @@ typedef struct gemma2_config {
     int num_attention_heads;     /* nH */
     int num_key_value_heads;     /* nKV */
     int head_dim;                /* hd */
-    int max_position_embeddings;
+    int max_position_embeddings; /* at most 2^20: a config.json with more is refused */
     int sliding_window;          /* W: keys a local layer sees, counting the query's own */
     float query_pre_attn_scalar; /* scores are scaled by query_pre_attn_scalar^-0.5 */
     float attn_logit_softcapping;  /* 0 = none */
@@ -252,7 +252,10 @@ typedef struct gemma2_session gemma2_session; /* one sequence: KV cache and posi
    reason naming the file/tensor/field into err (if err_size > 0). A folder written by
    gemma2_save_quantized loads in the format it was saved in, mapped in place, with
    opt->weights AUTO or that same format; asking it for another (BF16, F16, the other Q)
-   is GEMMA2_ERROR_UNSUPPORTED: the original weights are not in it. */
+   is GEMMA2_ERROR_UNSUPPORTED: the original weights are not in it. Every file read (the folder's,
+   and opt->tokenizer_path) must be a regular file: a folder or a FIFO under its name is an error
+   (GEMMA2_ERROR_IO), never read. Symbolic links are followed (the Hugging Face cache links every
+   file of a snapshot to a blob). */
 GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options *opt, char *err, size_t err_size);
 GEMMA2_DEF void gemma2_free(gemma2_model *m);
 GEMMA2_DEF int gemma2_vocab_size(const gemma2_model *m);
@@ -261,6 +264,11 @@ GEMMA2_DEF const gemma2_config *gemma2_model_config(const gemma2_model *m);
 GEMMA2_DEF size_t gemma2_model_weight_bytes(const gemma2_model *m);
 /* Name of the kernel set in use ("avx512-bf16", "scalar", ...). */
 GEMMA2_DEF const char *gemma2_model_kernels(const gemma2_model *m);
+/* The GEMMA2_WEIGHTS_* the weights are held in: gemma2_options.weights as given, except that a
+   folder written by gemma2_save_quantized answers its Q8 or Q4 (AUTO means: as stored). saved
+   (may be NULL) tells those apart from weights quantized at load: 1 when they were saved
+   quantized and are used as they are in the file. A negative error if m is NULL. */
+GEMMA2_DEF int gemma2_model_weights(const gemma2_model *m, int *saved);
 
 /* Quantizes a checkpoint folder once and writes a folder that gemma2_load maps in place, with
    no work at load: weights is GEMMA2_WEIGHTS_Q8 or GEMMA2_WEIGHTS_Q4, and each matrix gets
@@ -696,6 +704,51 @@ static int gemma2__fail(char *err, size_t err_size, int code, const char *fmt, .
     }
     return code;
 }
+
+/* Text from a file (a tensor or shard name, a config value) made fit to quote in an error
+   message: control bytes, backslashes and bytes that are not UTF-8 written as \n, \t, \\, \xNN,
+   and whatever does not fit in buf (cap >= 4 bytes) cut with "...". A file cannot then break the
+   one-line rule of messages, nor fill a screen. Returns buf. */
+static const char *gemma2__esc(char *buf, size_t cap, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0, o = 0, used, k;
+    while (i < n) {
+        char piece[4];
+        const char *p = piece;
+        size_t plen = 2;
+        unsigned char c = u[i];
+        used = 1;
+        piece[0] = '\\';
+        if (c >= 0x20 && c < 0x7f && c != '\\') { p = s + i; plen = 1; }
+        else if (c == '\\') piece[1] = '\\';
+        else if (c == '\n') piece[1] = 'n';
+        else if (c == '\r') piece[1] = 'r';
+        else if (c == '\t') piece[1] = 't';
+        else {
+            /* a whole, well-formed UTF-8 character is kept (no overlong forms, surrogates or
+               code points past U+10FFFF); any other byte is \xNN */
+            size_t len = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+            unsigned char lo = c == 0xe0 ? 0xa0 : c == 0xf0 ? 0x90 : 0x80, hi = c == 0xed ? 0x9f : c == 0xf4 ? 0x8f : 0xbf;
+            if (len && len <= n - i && u[i + 1] >= lo && u[i + 1] <= hi) {
+                for (k = 2; k < len && u[i + k] >= 0x80 && u[i + k] <= 0xbf; k++) {}
+                if (k == len) { p = s + i; plen = used = len; }
+            }
+            if (p == piece) { piece[1] = 'x'; piece[2] = hex[c >> 4]; piece[3] = hex[c & 15]; plen = 4; }
+        }
+        /* room for "..." stays whenever more text follows */
+        if (o + plen + (i + used < n ? 3 : 0) > cap - 1) { memcpy(buf + o, "...", 3); o += 3; break; }
+        memcpy(buf + o, p, plen);
+        o += plen;
+        i += used;
+    }
+    buf[o] = 0;
+    return buf;
+}
+
+/* Bytes of the buffers that file text is quoted through (gemma2__esc): up to ~70 of it. */
+#define GEMMA2__ESC_CAP 72
 
 static void *gemma2__calloc(size_t n, size_t size)
 {
@@ -5400,19 +5453,94 @@ struct gemma2__file {
 #define GEMMA2__POSIX_MMAP 1
 #endif
 
-/* Reads a whole file with stdio (the fallback, and for small files). */
+/* Every file is checked to be a regular file (symlinks are followed: the Hugging Face cache links
+   each file of a snapshot to a blob) before it is read: a folder has no size to read (stdio's
+   ftell says LONG_MAX), and opening a FIFO for reading waits for a writer, forever. On POSIX
+   the check is on the descriptor that is then read (O_NONBLOCK: the open itself must not wait;
+   it changes nothing for a regular file); under GEMMA2_NO_MMAP, plain stdio, a folder fails at
+   its first read, and a FIFO can still block (stdio has no way to ask). */
+
+#if defined(GEMMA2__POSIX_MMAP)
+#include <errno.h>
+
+/* Opens path for reading if it is a regular file; *fd, *size. Else a one-line reason. */
+static int gemma2__open_regular(const char *path, int *fd, size_t *size, char *err, size_t err_size)
+{
+    struct stat st;
+    const char *kind;
+    *fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (*fd < 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
+    if (fstat(*fd, &st) != 0) { close(*fd); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot stat", path); }
+    if (!S_ISREG(st.st_mode)) {
+        kind = S_ISDIR(st.st_mode) ? " (it is a folder)" : S_ISFIFO(st.st_mode) ? " (it is a FIFO)" :
+               S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? " (it is a device)" : "";
+        close(*fd);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: is not a regular file%s", path, kind);
+    }
+    if (st.st_size < 0 || (uint64_t)st.st_size >= (uint64_t)((size_t)-1 / 2)) {
+        close(*fd);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: too large for this build's address space", path);
+    }
+    *size = (size_t)st.st_size;
+    return 0;
+}
+
+/* n bytes from fd into buf; 0 if they all came. */
+static int gemma2__read_fd(int fd, uint8_t *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t got = read(fd, buf + done, GEMMA2__MIN(n - done, (size_t)1 << 30));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) return -1;
+        done += (size_t)got;
+    }
+    return 0;
+}
+#elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
+/* A folder opens with neither fopen nor CreateFileA: say why instead of "cannot open". */
+static int gemma2__check_regular(const char *path, char *err, size_t err_size)
+{
+    DWORD a = GetFileAttributesA(path);
+    if (a != INVALID_FILE_ATTRIBUTES && (a & FILE_ATTRIBUTE_DIRECTORY))
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: is not a regular file (it is a folder)", path);
+    return 0;
+}
+#endif
+
+/* Reads a whole file (the fallback, and for small files). */
 static int gemma2__file_read(gemma2__file *f, const char *path, char *err, size_t err_size)
 {
-    FILE *fp = fopen(path, "rb");
+#if defined(GEMMA2__POSIX_MMAP)
+    size_t n;
+    int fd, rc;
+    uint8_t *buf;
+    memset(f, 0, sizeof *f);
+    if ((rc = gemma2__open_regular(path, &fd, &n, err, err_size)) != 0) return rc;
+    buf = (uint8_t *)GEMMA2_MALLOC(n + 1);
+    if (!buf) { close(fd); return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (%zu bytes)", path, n); }
+    rc = gemma2__read_fd(fd, buf, n);
+    close(fd);
+    if (rc != 0) { GEMMA2_FREE(buf); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: read error", path); }
+#else
+    FILE *fp;
     long n;
     uint8_t *buf;
     memset(f, 0, sizeof *f);
-    if (!fp) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
+#if !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
+    { int rc = gemma2__check_regular(path, err, err_size); if (rc) return rc; }
+#endif
+    if (!(fp = fopen(path, "rb"))) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
+    /* a folder can open with fopen, and its "size" is not one: only a first read tells */
+    if (getc(fp) == EOF && ferror(fp)) {
+        fclose(fp);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot be read (is not a regular file?)", path);
+    }
     if (fseek(fp, 0, SEEK_END) != 0 || (n = ftell(fp)) < 0 || fseek(fp, 0, SEEK_SET) != 0) {
         fclose(fp);
         return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot determine size", path);
     }
-    buf = (uint8_t *)GEMMA2_MALLOC((size_t)n + 1);
+    buf = (uint8_t *)((unsigned long)n < (size_t)-1 ? GEMMA2_MALLOC((size_t)n + 1) : NULL);
     if (!buf) { fclose(fp); return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (%ld bytes)", path, n); }
     if (n > 0 && fread(buf, 1, (size_t)n, fp) != (size_t)n) {
         fclose(fp);
@@ -5420,6 +5548,7 @@ static int gemma2__file_read(gemma2__file *f, const char *path, char *err, size_
         return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: read error", path);
     }
     fclose(fp);
+#endif
     buf[n] = 0; /* a terminator past the end: harmless, and handy for text */
     f->data = buf;
     f->size = (size_t)n;
@@ -5463,27 +5592,32 @@ static void *gemma2__mmap_aligned(int fd, size_t size)
 static int gemma2__file_map(gemma2__file *f, const char *path, char *err, size_t err_size)
 {
 #if defined(GEMMA2__POSIX_MMAP)
-    struct stat st;
+    size_t size;
     void *p;
-    int fd = open(path, O_RDONLY);
+    int fd, rc;
     memset(f, 0, sizeof *f);
-    if (fd < 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
-    if (fstat(fd, &st) != 0) { close(fd); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot stat", path); }
-    if (st.st_size == 0) { close(fd); return gemma2__file_read(f, path, err, err_size); }
-    p = gemma2__mmap_aligned(fd, (size_t)st.st_size);
+    if ((rc = gemma2__open_regular(path, &fd, &size, err, err_size)) != 0) return rc;
+    if (size == 0) { close(fd); return gemma2__file_read(f, path, err, err_size); }
+    p = gemma2__mmap_aligned(fd, size);
     close(fd); /* the mapping keeps the file alive */
     if (p == MAP_FAILED) return gemma2__file_read(f, path, err, err_size);
     f->data = (const uint8_t *)p;
-    f->size = (size_t)st.st_size;
+    f->size = size;
     f->mapped = 1;
     return 0;
 #elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
     LARGE_INTEGER sz;
     HANDLE h, m;
     void *p;
+    int rc;
     memset(f, 0, sizeof *f);
+    if ((rc = gemma2__check_regular(path, err, err_size)) != 0) return rc;
     h = CreateFileA(path, GENERIC_READ, FILE_SHARE_READ, NULL, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
     if (h == INVALID_HANDLE_VALUE) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
+    if (GetFileType(h) != FILE_TYPE_DISK) { /* a pipe or a device */
+        CloseHandle(h);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: is not a regular file", path);
+    }
     if (!GetFileSizeEx(h, &sz) || sz.QuadPart == 0) { CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
     m = CreateFileMappingA(h, NULL, PAGE_READONLY, 0, 0, NULL);
     if (!m) { CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
@@ -5509,17 +5643,15 @@ static int gemma2__file_preload(gemma2__file *f, const char *path, char *err, si
 #define MAP_ANONYMOUS MAP_ANON
 #endif
     const size_t align = (size_t)2 << 20, page = 4096;
-    struct stat st;
     uint8_t *r, *a;
-    size_t size, len, done = 0, keep;
-    FILE *fp;
+    size_t size, len, keep;
+    int fd, rc;
     memset(f, 0, sizeof *f);
-    if (stat(path, &st) != 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
-    size = (size_t)st.st_size;
-    if (size < align || (uint64_t)st.st_size > (uint64_t)((size_t)-1 - 2 * align)) return gemma2__file_read(f, path, err, err_size);
+    if ((rc = gemma2__open_regular(path, &fd, &size, err, err_size)) != 0) return rc;
+    if (size < align || size > (size_t)-1 - 2 * align) { close(fd); return gemma2__file_read(f, path, err, err_size); }
     len = size + align;
     r = (uint8_t *)mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if ((void *)r == MAP_FAILED) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (%zu bytes)", path, size);
+    if ((void *)r == MAP_FAILED) { close(fd); return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (%zu bytes)", path, size); }
     a = (uint8_t *)(((uintptr_t)r + align - 1) & ~(uintptr_t)(align - 1));
     keep = (size + page - 1) & ~(page - 1);
     if (a > r) munmap(r, (size_t)(a - r));
@@ -5527,14 +5659,9 @@ static int gemma2__file_preload(gemma2__file *f, const char *path, char *err, si
 #ifdef MADV_HUGEPAGE
     madvise(a, keep, MADV_HUGEPAGE);
 #endif
-    fp = fopen(path, "rb");
-    while (fp && done < size) {
-        size_t want = GEMMA2__MIN(size - done, (size_t)64 << 20), got = fread(a + done, 1, want, fp);
-        done += got;
-        if (got != want) break;
-    }
-    if (fp) fclose(fp);
-    if (done != size) {
+    rc = gemma2__read_fd(fd, a, size);
+    close(fd);
+    if (rc != 0) {
         munmap(a, keep);
         return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: read error", path);
     }
@@ -5582,12 +5709,20 @@ static void gemma2__file_close(gemma2__file *f)
     memset(f, 0, sizeof *f);
 }
 
+/* Whether something is there under that name (reading it then says if it is not a file). */
 static int gemma2__file_exists(const char *path)
 {
+#if defined(GEMMA2__POSIX_MMAP)
+    struct stat st;
+    return stat(path, &st) == 0;
+#elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
+    return GetFileAttributesA(path) != INVALID_FILE_ATTRIBUTES;
+#else
     FILE *fp = fopen(path, "rb");
     if (!fp) return 0;
     fclose(fp);
     return 1;
+#endif
 }
 
 /* ---- safetensors --------------------------------------------------------------------------- */
@@ -5635,6 +5770,8 @@ typedef struct gemma2__tensors {
     gemma2__tensor *t;
     int n, cap;
     int quant;              /* the scheme the files name (they must agree), or 0 */
+    gemma2__tensor **by_name; /* every tensor, sorted by name (gemma2__tensors_index), for lookups:
+                               a header may name a million tensors, so nothing here is O(n) per name */
 } gemma2__tensors;
 
 static void gemma2__tensors_free(gemma2__tensors *ts)
@@ -5642,14 +5779,51 @@ static void gemma2__tensors_free(gemma2__tensors *ts)
     int i;
     for (i = 0; i < ts->n; i++) GEMMA2_FREE(ts->t[i].name);
     GEMMA2_FREE(ts->t);
+    GEMMA2_FREE(ts->by_name);
     memset(ts, 0, sizeof *ts);
 }
 
-static const gemma2__tensor *gemma2__tensors_find(const gemma2__tensors *ts, const char *name)
+/* By name, then by position: the order is total, so the first of two equal names is the one read first. */
+static int gemma2__tensor_cmp(const void *a, const void *b)
+{
+    const gemma2__tensor *x = *(const gemma2__tensor *const *)a, *y = *(const gemma2__tensor *const *)b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : x < y ? -1 : x > y;
+}
+
+/* Sorts the tensors of every file read into ts->by_name and refuses a name given twice (files
+   names the shards, for the message). */
+static int gemma2__tensors_index(gemma2__tensors *ts, const char *dir, char *const *files, char *err, size_t err_size)
 {
     int i;
-    for (i = 0; i < ts->n; i++)
-        if (!strcmp(ts->t[i].name, name)) return &ts->t[i];
+    GEMMA2_FREE(ts->by_name);
+    if (!(ts->by_name = (gemma2__tensor **)gemma2__malloc_n((size_t)ts->n + 1, sizeof *ts->by_name)))
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+    for (i = 0; i < ts->n; i++) ts->by_name[i] = &ts->t[i];
+    if (ts->n > 1) qsort(ts->by_name, (size_t)ts->n, sizeof *ts->by_name, gemma2__tensor_cmp);
+    for (i = 1; i < ts->n; i++)
+        if (!strcmp(ts->by_name[i - 1]->name, ts->by_name[i]->name)) {
+            const gemma2__tensor *a = ts->by_name[i - 1], *b = ts->by_name[i];
+            char q[GEMMA2__ESC_CAP], fa[GEMMA2__ESC_CAP], fb[GEMMA2__ESC_CAP];
+            gemma2__esc(q, sizeof q, a->name, strlen(a->name));
+            gemma2__esc(fa, sizeof fa, files[a->file], strlen(files[a->file]));
+            if (a->file == b->file) return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s/%s: tensor %s appears twice", dir, fa, q);
+            return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: tensor %s appears in both %s and %s", dir, q, fa,
+                                gemma2__esc(fb, sizeof fb, files[b->file], strlen(files[b->file])));
+        }
+    return 0;
+}
+
+/* The tensor of that name (binary search of the index), or NULL. */
+static const gemma2__tensor *gemma2__tensors_find(const gemma2__tensors *ts, const char *name)
+{
+    int lo = 0, hi = ts->n;
+    GEMMA2_ASSERT(ts->by_name || ts->n == 0);
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2, c = strcmp(ts->by_name[mid]->name, name);
+        if (c == 0) return ts->by_name[mid];
+        if (c < 0) lo = mid + 1; else hi = mid;
+    }
     return NULL;
 }
 
@@ -5659,7 +5833,7 @@ static const gemma2__tensor *gemma2__tensors_find(const gemma2__tensors *ts, con
 static int gemma2__safetensors_scheme(const gemma2__json *j, int *quant, const char *path, char *err, size_t err_size)
 {
     int32_t meta = gemma2__json_get(j, 0, "__metadata__"), qs, qv;
-    char scheme[24] = "", version[24] = "";
+    char scheme[24] = "", version[24] = "", qscheme[GEMMA2__ESC_CAP], qversion[GEMMA2__ESC_CAP];
     int k, v = 0, known = -1;
     *quant = 0;
     if (!gemma2__json_is(j, meta, GEMMA2__JOBJECT) || (qs = gemma2__json_get(j, meta, "gemma2.quantization")) < 0) return 0;
@@ -5673,11 +5847,9 @@ static int gemma2__safetensors_scheme(const gemma2__json *j, int *quant, const c
         for (k = 0; version[k] >= '0' && version[k] <= '9' && v < 100000; k++) v = v * 10 + (version[k] - '0');
         if (k == 0 || version[k]) v = 0;
     }
-    for (k = 0; scheme[k]; k++) if ((unsigned char)scheme[k] < 0x20) scheme[k] = '?'; /* the message stays one line */
-    for (k = 0; version[k]; k++) if ((unsigned char)version[k] < 0x20) version[k] = '?';
     if (v <= 0)
         return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: __metadata__ names the quantization \"%s\" but no valid "
-                            "\"gemma2.quantization_version\" (a string such as \"1\")", path, scheme);
+                            "\"gemma2.quantization_version\" (a string such as \"1\")", path, gemma2__esc(qscheme, sizeof qscheme, scheme, strlen(scheme)));
     for (k = 0; k < GEMMA2__N_QUANT_SCHEMES; k++)
         if (!strcmp(scheme, gemma2__quant_schemes[k].name)) known = k;
     if (known < 0 || v > GEMMA2__QUANT_VERSION) {
@@ -5685,13 +5857,15 @@ static int gemma2__safetensors_scheme(const gemma2__json *j, int *quant, const c
         for (k = 0; k < GEMMA2__N_QUANT_SCHEMES; k++)
             snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", k ? ", " : "", gemma2__quant_schemes[k].name);
         return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: weights quantized as \"%s\" version %s, which this build "
-                            "cannot read (it reads %s up to version %d)", path, scheme, version, names, GEMMA2__QUANT_VERSION);
+                            "cannot read (it reads %s up to version %d)", path, gemma2__esc(qscheme, sizeof qscheme, scheme, strlen(scheme)),
+                            gemma2__esc(qversion, sizeof qversion, version, strlen(version)), names, GEMMA2__QUANT_VERSION);
     }
     *quant = gemma2__quant_schemes[known].weights;
     return 0;
 }
 
-/* Adds every tensor of one mapped safetensors file (path is for messages only). */
+/* Adds every tensor of one mapped safetensors file (path is for messages only). A name given
+   twice, in one file or in two, is found by gemma2__tensors_index once all are read. */
 static int gemma2__safetensors_read(gemma2__tensors *ts, const gemma2__file *f, int file_index, const char *path,
                                     char *err, size_t err_size)
 {
@@ -5729,6 +5903,7 @@ static int gemma2__safetensors_read(gemma2__tensors *ts, const gemma2__file *f, 
         uint64_t begin = 0, end = 0, elems = 1, esize;
         double d;
         int64_t nl;
+        char qn[GEMMA2__ESC_CAP]; /* the name as messages quote it */
         memset(&t, 0, sizeof t);
         t.name = (char *)GEMMA2_MALLOC(j.nodes[c].len + 1);
         if (!t.name) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", path); break; }
@@ -5736,37 +5911,39 @@ static int gemma2__safetensors_read(gemma2__tensors *ts, const gemma2__file *f, 
         if (nl < 0) { GEMMA2_FREE(t.name); rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: bad tensor name", path); break; }
         t.name[nl] = 0;
         if (!strcmp(t.name, "__metadata__")) { GEMMA2_FREE(t.name); continue; }
+        gemma2__esc(qn, sizeof qn, t.name, (size_t)nl);
 #define GEMMA2__ST_BAD(...) do { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, __VA_ARGS__); GEMMA2_FREE(t.name); goto next; } while (0)
-        if (!gemma2__json_is(&j, v, GEMMA2__JOBJECT)) GEMMA2__ST_BAD("%s: tensor %s: entry is not an object", path, t.name);
+        /* names are C strings from here on: one with a NUL would pass for its first part */
+        if (strlen(t.name) != (size_t)nl) GEMMA2__ST_BAD("%s: tensor %s: the name holds a NUL byte", path, qn);
+        if (!gemma2__json_is(&j, v, GEMMA2__JOBJECT)) GEMMA2__ST_BAD("%s: tensor %s: entry is not an object", path, qn);
         dt = gemma2__json_get(&j, v, "dtype");
         sh = gemma2__json_get(&j, v, "shape");
         off = gemma2__json_get(&j, v, "data_offsets");
         for (t.dtype = 0; t.dtype < GEMMA2__ST_COUNT && !gemma2__json_streq(&j, dt, gemma2__st_names[t.dtype]); t.dtype++) {}
         if (t.dtype == GEMMA2__ST_COUNT)
-            GEMMA2__ST_BAD("%s: tensor %s: unsupported or missing dtype (BF16, F16, F32 are supported, and U8 for quantized matrices)", path, t.name);
+            GEMMA2__ST_BAD("%s: tensor %s: unsupported or missing dtype (BF16, F16, F32 are supported, and U8 for quantized matrices)", path, qn);
         esize = (uint64_t)gemma2__st_esize[t.dtype];
         if (!gemma2__json_is(&j, sh, GEMMA2__JARRAY) || j.nodes[sh].count > 4)
-            GEMMA2__ST_BAD("%s: tensor %s: shape must be an array of at most 4 sizes", path, t.name);
+            GEMMA2__ST_BAD("%s: tensor %s: shape must be an array of at most 4 sizes", path, qn);
         for (e = j.nodes[sh].child; e >= 0; e = j.nodes[e].next) {
             if (!gemma2__json_number(&j, e, &d) || d < 0 || d != floor(d) || d > 9007199254740992.0)
-                GEMMA2__ST_BAD("%s: tensor %s: bad shape entry", path, t.name);
+                GEMMA2__ST_BAD("%s: tensor %s: bad shape entry", path, qn);
             t.shape[t.ndim++] = (int64_t)d;
-            if (!gemma2__mul_ok(elems, (uint64_t)d, &elems)) GEMMA2__ST_BAD("%s: tensor %s: shape overflows", path, t.name);
+            if (!gemma2__mul_ok(elems, (uint64_t)d, &elems)) GEMMA2__ST_BAD("%s: tensor %s: shape overflows", path, qn);
         }
         if (!gemma2__json_is(&j, off, GEMMA2__JARRAY) || j.nodes[off].count != 2)
-            GEMMA2__ST_BAD("%s: tensor %s: data_offsets must be [begin, end]", path, t.name);
+            GEMMA2__ST_BAD("%s: tensor %s: data_offsets must be [begin, end]", path, qn);
         e = j.nodes[off].child;
-        if (!gemma2__json_number(&j, e, &d) || d < 0 || d != floor(d) || d > 1e18) GEMMA2__ST_BAD("%s: tensor %s: bad data_offsets", path, t.name);
+        if (!gemma2__json_number(&j, e, &d) || d < 0 || d != floor(d) || d > 1e18) GEMMA2__ST_BAD("%s: tensor %s: bad data_offsets", path, qn);
         begin = (uint64_t)d;
-        if (!gemma2__json_number(&j, j.nodes[e].next, &d) || d < 0 || d != floor(d) || d > 1e18) GEMMA2__ST_BAD("%s: tensor %s: bad data_offsets", path, t.name);
+        if (!gemma2__json_number(&j, j.nodes[e].next, &d) || d < 0 || d != floor(d) || d > 1e18) GEMMA2__ST_BAD("%s: tensor %s: bad data_offsets", path, qn);
         end = (uint64_t)d;
         if (begin > end || end > data_size)
-            GEMMA2__ST_BAD("%s: tensor %s: data_offsets [%llu, %llu] outside the %llu data bytes", path, t.name,
+            GEMMA2__ST_BAD("%s: tensor %s: data_offsets [%llu, %llu] outside the %llu data bytes", path, qn,
                            (unsigned long long)begin, (unsigned long long)end, (unsigned long long)data_size);
         if (!gemma2__mul_ok(elems, esize, &t.nbytes) || t.nbytes != end - begin)
-            GEMMA2__ST_BAD("%s: tensor %s: %llu bytes of data but its shape needs %llu", path, t.name,
+            GEMMA2__ST_BAD("%s: tensor %s: %llu bytes of data but its shape needs %llu", path, qn,
                            (unsigned long long)(end - begin), (unsigned long long)(elems * esize));
-        if (gemma2__tensors_find(ts, t.name)) GEMMA2__ST_BAD("%s: tensor %s appears twice", path, t.name);
         t.data = data + begin;
         t.file = file_index;
         t.quant = quant;
@@ -5789,6 +5966,8 @@ static int gemma2__safetensors_read(gemma2__tensors *ts, const gemma2__file *f, 
 
 /* Reads a Gemma 2 config.json. Unknown keys are ignored; missing optional keys take
    transformers' Gemma2Config defaults; impossible values are errors naming the field. */
+
+#define GEMMA2__MAX_POSITIONS (1 << 20) /* the largest max_position_embeddings accepted */
 
 static int gemma2__cfg_int(const gemma2__json *j, const char *key, int def, int lo, int hi, int *out,
                            const char *path, char *err, size_t err_size)
@@ -5849,15 +6028,20 @@ static int gemma2__config_parse(gemma2_config *cfg, const char *text, size_t siz
     }
     n = gemma2__json_get(&j, 0, "model_type");
     if (!gemma2__json_streq(&j, n, "gemma2")) {
-        char got[64] = "missing";
-        if (gemma2__json_is(&j, n, GEMMA2__JSTRING) && j.nodes[n].len < sizeof got) {
-            int64_t l = gemma2__json_unescape(&j, n, got);
-            got[l < 0 ? 0 : l] = 0;
+        char got[GEMMA2__ESC_CAP] = "missing", *text;
+        int64_t l;
+        if (gemma2__json_is(&j, n, GEMMA2__JSTRING) && (text = (char *)GEMMA2_MALLOC((size_t)j.nodes[n].len + 1)) != NULL) {
+            if ((l = gemma2__json_unescape(&j, n, text)) >= 0) gemma2__esc(got, sizeof got, text, (size_t)l);
+            else memcpy(got, "?", 2);
+            GEMMA2_FREE(text);
         }
         gemma2__json_free(&j);
         return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: model_type is \"%s\", expected \"gemma2\"", path, got);
     }
-    /* The upper bounds keep every size product far from overflow (V x H < 2^40 elements). */
+    /* The upper bounds keep every size product far from overflow in 64 bits (V x H < 2^40 elements);
+       whether they fit a 32-bit size_t is checked below. max_position_embeddings is what a session
+       of n_ctx 0 holds: Gemma 2 has 8192, the longest Gemma context is 128K; 2^20 leaves room for
+       extended variants and refuses a config that would have every such session ask for terabytes. */
     if ((rc = gemma2__cfg_int(&j, "vocab_size", -1, 1, 1 << 22, &cfg->vocab_size, path, err, err_size)) ||
         (rc = gemma2__cfg_int(&j, "hidden_size", -1, 1, 1 << 16, &cfg->hidden_size, path, err, err_size)) ||
         (rc = gemma2__cfg_int(&j, "intermediate_size", -1, 1, 1 << 18, &cfg->intermediate_size, path, err, err_size)) ||
@@ -5865,7 +6049,7 @@ static int gemma2__config_parse(gemma2_config *cfg, const char *text, size_t siz
         (rc = gemma2__cfg_int(&j, "num_attention_heads", -1, 1, 1024, &cfg->num_attention_heads, path, err, err_size)) ||
         (rc = gemma2__cfg_int(&j, "num_key_value_heads", cfg->num_attention_heads, 1, 1024, &cfg->num_key_value_heads, path, err, err_size)) ||
         (rc = gemma2__cfg_int(&j, "head_dim", cfg->hidden_size / cfg->num_attention_heads, 2, 4096, &cfg->head_dim, path, err, err_size)) ||
-        (rc = gemma2__cfg_int(&j, "max_position_embeddings", 8192, 1, 1 << 24, &cfg->max_position_embeddings, path, err, err_size)) ||
+        (rc = gemma2__cfg_int(&j, "max_position_embeddings", 8192, 1, GEMMA2__MAX_POSITIONS, &cfg->max_position_embeddings, path, err, err_size)) ||
         (rc = gemma2__cfg_int(&j, "bos_token_id", 2, 0, cfg->vocab_size - 1, &cfg->bos_token_id, path, err, err_size)) ||
         (rc = gemma2__cfg_int(&j, "pad_token_id", 0, 0, cfg->vocab_size - 1, &cfg->pad_token_id, path, err, err_size)))
         goto done;
@@ -5878,7 +6062,24 @@ static int gemma2__config_parse(gemma2_config *cfg, const char *text, size_t siz
         (rc = gemma2__cfg_float(&j, "rms_norm_eps", 1e-6, 0, 1, &cfg->rms_norm_eps, path, err, err_size)) ||
         (rc = gemma2__cfg_float(&j, "rope_theta", 10000.0, 1.0, 1e12, &cfg->rope_theta, path, err, err_size)))
         goto done;
-    (void)mpe;
+    {   /* The largest matrix in its widest format (F32: 4 bytes an element; Q8, Q4 and bf16 take
+           less) and a layer's KV cache at max_position_embeddings (float32) must fit in size_t with
+           room to spare: the loader and the sessions compute their sizes in it. Never binding in
+           64 bits; on 32-bit builds it names the field instead of wrapping around. */
+        const uint64_t lim = (uint64_t)((size_t)-1 / 2), H = (uint64_t)cfg->hidden_size;
+        const uint64_t qd = (uint64_t)cfg->num_attention_heads * (uint64_t)cfg->head_dim;
+        const uint64_t kvd = (uint64_t)cfg->num_key_value_heads * (uint64_t)cfg->head_dim;
+        const char *what = NULL;
+        if ((uint64_t)cfg->vocab_size * H * 4 > lim) what = "vocab_size x hidden_size";
+        else if ((uint64_t)cfg->intermediate_size * H * 4 > lim) what = "intermediate_size x hidden_size";
+        else if (qd * H * 4 > lim) what = "num_attention_heads x head_dim x hidden_size";
+        else if ((uint64_t)mpe * kvd * 4 > lim) what = "max_position_embeddings x num_key_value_heads x head_dim";
+        if (what) {
+            rc = gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: %s is too large for this build (%d-bit sizes)", path, what,
+                              (int)(sizeof(size_t) * CHAR_BIT));
+            goto done;
+        }
+    }
     if (cfg->num_attention_heads % cfg->num_key_value_heads != 0) {
         rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
                           path, cfg->num_attention_heads, cfg->num_key_value_heads);
@@ -5903,28 +6104,24 @@ done:
 /* Adds generation_config.json's eos_token_id (an int or a list) to cfg's eos ids, keeping the
    ones config.json gave and skipping duplicates (gemma-2-*-it: config.json says 1, and
    generation_config.json [1, 107]: <end_of_turn> is what ends a chat reply). A missing file is
-   not an error (many folders have none); a malformed one is GEMMA2_ERROR_FORMAT. */
-static int gemma2__read_generation_config(gemma2_config *cfg, const char *dir)
+   not an error (many folders have none); a malformed one is GEMMA2_ERROR_FORMAT, one that
+   cannot be read GEMMA2_ERROR_IO. */
+static int gemma2__read_generation_config(gemma2_config *cfg, const char *dir, char *err, size_t err_size)
 {
     gemma2__file f;
     gemma2__json j;
-    char *path = gemma2__path_join(dir, "generation_config.json");
-    int32_t node;
+    char *path = gemma2__path_join(dir, "generation_config.json"), jerr[160];
     int rc = 0;
-    if (!path) return GEMMA2_ERROR_OUT_OF_MEMORY;
+    if (!path) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
     if (!gemma2__file_exists(path)) { GEMMA2_FREE(path); return 0; }
-    rc = gemma2__file_read(&f, path, NULL, 0);
-    GEMMA2_FREE(path);
-    if (rc) return rc;
-    if (gemma2__json_parse(&j, (const char *)f.data, f.size, NULL, 0) != 0) {
-        gemma2__json_free(&j);
-        gemma2__file_close(&f);
-        return GEMMA2_ERROR_FORMAT;
-    }
-    node = gemma2__json_get(&j, 0, "eos_token_id");
-    rc = gemma2__cfg_eos(cfg, &j, node, "generation_config.json", NULL, 0); /* the same rules as config.json's */
+    if ((rc = gemma2__file_read(&f, path, err, err_size)) != 0) { GEMMA2_FREE(path); return rc; }
+    if (gemma2__json_parse(&j, (const char *)f.data, f.size, jerr, sizeof jerr) != 0)
+        rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: %s", path, jerr);
+    else /* the same rules as config.json's */
+        rc = gemma2__cfg_eos(cfg, &j, gemma2__json_get(&j, 0, "eos_token_id"), path, err, err_size);
     gemma2__json_free(&j);
     gemma2__file_close(&f);
+    GEMMA2_FREE(path);
     return rc;
 }
 
@@ -5993,12 +6190,14 @@ static void *gemma2__own(gemma2_model *m, size_t bytes)
 }
 
 
+static int gemma2__strp_cmp(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
 /* Maps model.safetensors, or every shard named by model.safetensors.index.json. */
 static int gemma2__open_weights(gemma2_model *m, const char *dir, gemma2__tensors *ts, char *err, size_t err_size)
 {
     char *index_path = gemma2__path_join(dir, "model.safetensors.index.json");
     char **names = NULL;
-    int n_names = 0, rc = 0, i;
+    int n_names = 0, rc = 0, i, k;
     if (!index_path) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
     if (gemma2__file_exists(index_path)) {
         gemma2__file f;
@@ -6017,28 +6216,33 @@ static int gemma2__open_weights(gemma2_model *m, const char *dir, gemma2__tensor
         }
         names = (char **)gemma2__calloc((size_t)j.nodes[wm].count / 2, sizeof(char *));
         if (!names) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto index_done; }
-        /* The distinct shard files, each checked to stay inside the folder. */
+        /* The shard files, each checked to stay inside the folder (and to quote cleanly in messages:
+           no control bytes, UTF-8), then sorted and each kept once: an index may have a million entries. */
         for (c = j.nodes[wm].child; c >= 0; c = j.nodes[j.nodes[c].next].next) {
             int32_t v = j.nodes[c].next;
-            char name[512];
+            char name[512], plain[4 * 512 + 4];
             int64_t l;
-            int dup = 0, k;
             if (!gemma2__json_is(&j, v, GEMMA2__JSTRING) || j.nodes[v].len >= sizeof name ||
                 (l = gemma2__json_unescape(&j, v, name)) <= 0) {
                 rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: weight_map values must be file names", index_path);
                 goto index_done;
             }
             name[l] = 0;
-            if ((int64_t)strlen(name) != l || strchr(name, '/') || strchr(name, '\\') || strchr(name, ':') || !strcmp(name, "..") || !strcmp(name, ".")) {
-                rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: shard name \"%s\" must be a plain file name in the model folder", index_path, name);
+            gemma2__esc(plain, sizeof plain, name, (size_t)l); /* room for all of it: equal if nothing needed escaping */
+            if (strcmp(plain, name) || (int64_t)strlen(name) != l || strchr(name, '/') || strchr(name, ':') || !strcmp(name, "..") || !strcmp(name, ".")) {
+                rc = gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: shard name \"%s\" must be a plain file name in the model folder",
+                                  index_path, gemma2__esc(plain, GEMMA2__ESC_CAP, name, (size_t)l));
                 goto index_done;
             }
-            for (k = 0; k < n_names; k++) dup |= !strcmp(names[k], name);
-            if (!dup) {
-                if (!(names[n_names] = gemma2__strdup(name))) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto index_done; }
-                n_names++;
-            }
+            if (!(names[n_names] = gemma2__strdup(name))) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto index_done; }
+            n_names++;
         }
+        qsort(names, (size_t)n_names, sizeof *names, gemma2__strp_cmp);
+        for (i = k = 0; i < n_names; i++) {
+            if (k > 0 && !strcmp(names[k - 1], names[i])) { GEMMA2_FREE(names[i]); names[i] = NULL; }
+            else { names[k] = names[i]; if (k++ < i) names[i] = NULL; }
+        }
+        n_names = k;
     index_done:
         gemma2__json_free(&j);
         gemma2__file_close(&f);
@@ -6063,6 +6267,7 @@ static int gemma2__open_weights(gemma2_model *m, const char *dir, gemma2__tensor
         }
         GEMMA2_FREE(path);
     }
+    if (rc == 0) rc = gemma2__tensors_index(ts, dir, names, err, err_size);
     for (i = 0; i < n_names; i++) GEMMA2_FREE(names ? names[i] : NULL);
     GEMMA2_FREE(names);
     return rc;
@@ -6410,7 +6615,7 @@ static int gemma2__load(const char *model_dir, const gemma2_options *opt, gemma2
     gemma2__file_close(&cf);
     if (rc) goto fail;
     /* generation_config.json's eos ids (below) */
-    if ((rc = gemma2__read_generation_config(&m->cfg, model_dir)) != 0) { gemma2__fail(err, err_size, rc, "%s/generation_config.json: malformed (eos_token_id)", model_dir); goto fail; }
+    if ((rc = gemma2__read_generation_config(&m->cfg, model_dir, err, err_size)) != 0) goto fail;
     GEMMA2_FREE(path);
     path = NULL;
 
@@ -6483,6 +6688,18 @@ GEMMA2_DEF int gemma2_vocab_size(const gemma2_model *m) { return m ? m->cfg.voca
 GEMMA2_DEF const gemma2_config *gemma2_model_config(const gemma2_model *m) { return m ? &m->cfg : NULL; }
 GEMMA2_DEF size_t gemma2_model_weight_bytes(const gemma2_model *m) { return m ? m->weight_bytes : 0; }
 GEMMA2_DEF const char *gemma2_model_kernels(const gemma2_model *m) { return m && m->kern.name ? m->kern.name : "none"; }
+
+GEMMA2_DEF int gemma2_model_weights(const gemma2_model *m, int *saved)
+{
+    int q;
+    if (saved) *saved = 0;
+    if (!m) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    /* Quantizing at load copies every matrix (and the files are then closed); a saved quantized
+       folder is the one case where Q8/Q4 matrices point into the files. */
+    q = m->opt.weights == GEMMA2_WEIGHTS_Q8 || m->opt.weights == GEMMA2_WEIGHTS_Q4;
+    if (saved) *saved = q && m->has_weights && m->files_in_use;
+    return m->opt.weights;
+}
 
 /* ---- saving quantized checkpoints ---------------------------------------------------------- */
 
@@ -6613,6 +6830,7 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
     gemma2_model *m = NULL;         /* holds the input's config and its mapped files */
     gemma2__tensors ts;
     gemma2__save_item *items = NULL, *mats = NULL;
+    uint8_t *is_mat = NULL;         /* [ts.n] 1 for the tensors in mats */
     gemma2__sbuf hdr;
     gemma2__pool *pool = NULL;
     gemma2__file cf;
@@ -6653,7 +6871,7 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
     rc = gemma2__config_parse(&m->cfg, (const char *)cf.data, cf.size, path, err, err_size);
     gemma2__file_close(&cf);
     if (rc) goto done;
-    if ((rc = gemma2__read_generation_config(&m->cfg, in_dir)) != 0) GEMMA2__SAVE_FAIL(rc, "%s/generation_config.json: malformed (eos_token_id)", in_dir);
+    if ((rc = gemma2__read_generation_config(&m->cfg, in_dir, err, err_size)) != 0) goto done;
     if ((rc = gemma2__open_weights(m, in_dir, &ts, err, err_size)) != 0) goto done;
     if (ts.quant)
         GEMMA2__SAVE_FAIL(GEMMA2_ERROR_UNSUPPORTED, "%s: already quantized (%s): save from the original checkpoint", in_dir, gemma2__weights_name(ts.quant));
@@ -6663,7 +6881,8 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
        everything else is copied. */
     items = (gemma2__save_item *)gemma2__calloc((size_t)ts.n + 1, sizeof *items);
     mats = (gemma2__save_item *)gemma2__calloc((size_t)ts.n + 1, sizeof *mats);
-    if (!items || !mats) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
+    is_mat = (uint8_t *)gemma2__calloc((size_t)ts.n + 1, 1);
+    if (!items || !mats || !is_mat) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
     n_bound = 2 + m->cfg.num_hidden_layers * GEMMA2__N_LAYER_TENSORS;
     for (i = 0; i < n_bound; i++) {
         const gemma2__tensor *t = NULL;
@@ -6675,6 +6894,7 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
                               "\"gemma2.quantization\" scheme", name);
         if (!rows) continue;
         mats[n_mats].t = t;
+        is_mat[t - ts.t] = 1;
         mats[n_mats].fmt = gemma2__weights_format(weights, t->dtype, name);
         mats[n_mats].rows = rows;
         mats[n_mats].cols = cols;
@@ -6684,8 +6904,7 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
     }
     for (esize = 4; esize >= 1; esize /= 2) /* the others first, widest elements first: all stay aligned */
         for (i = 0; i < ts.n; i++) {
-            for (k = 0; k < n_mats && mats[k].t != &ts.t[i]; k++) {}
-            if (k < n_mats || gemma2__st_esize[ts.t[i].dtype] != esize) continue;
+            if (is_mat[i] || gemma2__st_esize[ts.t[i].dtype] != esize) continue;
             items[n_items].t = &ts.t[i];
             items[n_items].fmt = -1;
             items[n_items++].bytes = ts.t[i].nbytes;
@@ -6753,7 +6972,8 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
             src = buf;
         }
         if (it->bytes > 0 && fwrite(src, 1, (size_t)it->bytes, fp) != it->bytes)
-            GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: write error at tensor %s (disk full?)", tmp, it->t->name);
+            GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: write error at tensor %s (disk full?)", tmp,
+                              gemma2__esc(name, sizeof name, it->t->name, strlen(it->t->name)));
         gemma2__file_release(&m->files[it->t->file], it->t->data, (size_t)it->t->nbytes);
         done += it->bytes;
         if (m->opt.progress && m->opt.progress(m->opt.progress_user, (float)((double)done / (double)(total ? total : 1))))
@@ -6785,6 +7005,7 @@ done:
     GEMMA2_FREE(hdr.p);
     GEMMA2_FREE(items);
     GEMMA2_FREE(mats);
+    GEMMA2_FREE(is_mat);
     GEMMA2_FREE(path);
     GEMMA2_FREE(tmp);
     GEMMA2_FREE(dst);

@@ -27,6 +27,7 @@
 #include <windows.h>
 #else
 #include <sys/time.h>
+#include <sys/stat.h>
 #endif
 
 static double cli_now(void)
@@ -188,17 +189,28 @@ static int cli_parse(int argc, char **argv, cli_opts *o, FILE *out, FILE *err)
     return 0;
 }
 
-static char *cli_read_file(const char *path)
+/* The prompt file's text, or NULL with the reason in *why. Pipes are read like files (-f <(cmd),
+   -f /dev/stdin); a folder is refused rather than read as an empty prompt. A NUL byte is refused
+   too: the prompt is a C string, and text with NULs is not a UTF-8 prompt (UTF-16, a binary). */
+static char *cli_read_file(const char *path, const char **why)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f;
     char *buf = NULL;
     size_t n = 0, cap = 0;
-    if (!f) return NULL;
+#if !defined(_WIN32)
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode) && !S_ISCHR(st.st_mode)) {
+        *why = S_ISDIR(st.st_mode) ? "is a folder, not a file" : "is not a regular file";
+        return NULL;
+    }
+#endif
+    *why = "cannot read the prompt file";
+    if (!(f = fopen(path, "rb"))) return NULL;
     for (;;) {
         size_t got;
         if (cap - n < 4096) {
             char *p = (char *)realloc(buf, cap * 2 + 4097);
-            if (!p) { free(buf); fclose(f); return NULL; }
+            if (!p) { free(buf); fclose(f); *why = "out of memory reading the prompt file"; return NULL; }
             buf = p;
             cap = cap * 2 + 4097;
         }
@@ -206,7 +218,13 @@ static char *cli_read_file(const char *path)
         n += got;
         if (got == 0) break;
     }
+    if (ferror(f)) { fclose(f); free(buf); return NULL; } /* a read error is not the end of the text */
     fclose(f);
+    if (memchr(buf, 0, n)) {
+        free(buf);
+        *why = "holds NUL bytes: a prompt is UTF-8 text (is it UTF-16, or a binary file?)";
+        return NULL;
+    }
     buf[n] = 0;
     return buf;
 }
@@ -287,15 +305,15 @@ static int cli_main(int argc, char **argv, FILE *in, FILE *out, FILE *err)
     gemma2_generate_result res;
     cli_stream st;
     char emsg[512], *file_prompt = NULL;
-    const char *prompt;
+    const char *prompt, *why = NULL;
     int32_t *ids = NULL;
-    int rc, exit_code = 1, n_replies = 0;
+    int rc, exit_code = 1, n_replies = 0, weights, saved;
     double t0, t1;
 
     rc = cli_parse(argc, argv, &o, out, err);
     if (rc) return rc == 2 ? 0 : 2;
-    if (o.prompt_file && !(file_prompt = cli_read_file(o.prompt_file))) {
-        fprintf(err, "gemma2: error: %s: cannot read the prompt file\n", o.prompt_file);
+    if (o.prompt_file && !(file_prompt = cli_read_file(o.prompt_file, &why))) {
+        fprintf(err, "gemma2: error: %s: %s\n", o.prompt_file, why);
         return 1;
     }
     prompt = file_prompt ? file_prompt : o.prompt;
@@ -310,8 +328,6 @@ static int cli_main(int argc, char **argv, FILE *in, FILE *out, FILE *err)
     mo.weights = o.weights;
     mo.progress = cli_progress;
     mo.progress_user = err;
-    if (o.weights) fprintf(err, "quantizing weights to %s at load%s\n", o.weights == GEMMA2_WEIGHTS_Q8 ? "q8" : "q4",
-                           o.weights == GEMMA2_WEIGHTS_Q4 ? " (embedding q8)" : "");
     t0 = cli_now();
     m = gemma2_load(o.model, &mo, emsg, sizeof emsg);
     fprintf(err, "\r");
@@ -320,6 +336,11 @@ static int cli_main(int argc, char **argv, FILE *in, FILE *out, FILE *err)
             gemma2_model_config(m)->num_hidden_layers, gemma2_vocab_size(m), (double)gemma2_model_weight_bytes(m) / 1e9,
             o.no_mmap ? " (read into memory)" : "", gemma2_model_kernels(m), o.compute_bf16 ? ", compute bf16" : "",
             o.kv_bf16 ? ", KV cache bf16" : "");
+    /* said after loading: only then is it known whether the folder was saved quantized already */
+    weights = gemma2_model_weights(m, &saved);
+    if (weights == GEMMA2_WEIGHTS_Q8 || weights == GEMMA2_WEIGHTS_Q4)
+        fprintf(err, "weights %s%s, %s\n", weights == GEMMA2_WEIGHTS_Q8 ? "q8" : "q4", weights == GEMMA2_WEIGHTS_Q4 ? " (embedding q8)" : "",
+                saved ? "as saved in the folder" : "quantized at load");
     if (o.n_ctx > gemma2_model_config(m)->max_position_embeddings) o.n_ctx = gemma2_model_config(m)->max_position_embeddings;
     s = gemma2_session_new(m, o.n_ctx);
     if (!s) { fprintf(err, "gemma2: error: cannot create a session of %d tokens (out of memory?)\n", o.n_ctx); goto done; }

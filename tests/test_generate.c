@@ -608,7 +608,8 @@ static void test_generate_cli(void)
 }
 
 /* --q4 quantizes at load and says so on stderr; the folder gemma2_save_quantized writes runs
-   with no flag and generates exactly the same text; asking it for --q8 is a one-line error. */
+   with no flag and generates exactly the same text, and says it runs as saved (with --q4 too:
+   nothing is quantized at load then); asking it for --q8 is a one-line error. */
 static void test_generate_cli_quantized(void)
 {
     char base[64] = "/tmp/gemma2_test_XXXXXX", saved[600], path[700], out[8192], out2[8192], err[8192], model[512], tok[512], emsg[512];
@@ -623,12 +624,19 @@ static void test_generate_cli_quantized(void)
     {
         const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "12", "--q4", "-p", prompt};
         rc = gen_cli(a, 11, NULL, out, sizeof out, err, sizeof err);
-        CHECK(rc == 0 && out[0] && strstr(err, "quantizing weights to q4 at load (embedding q8)\n"), "--q4: rc %d out [%s] err [%s]", rc, out, err);
+        CHECK(rc == 0 && out[0] && strstr(err, "weights q4 (embedding q8), quantized at load\n"), "--q4: rc %d out [%s] err [%s]", rc, out, err);
     }
     {
         const char *a[] = {"-m", saved, "--tokenizer", tok, "--temp", "0", "-n", "12", "-p", prompt};
         rc = gen_cli(a, 10, NULL, out2, sizeof out2, err, sizeof err);
-        CHECK(rc == 0 && !strcmp(out, out2) && !strstr(err, "quantizing"), "saved q4: rc %d out [%s] want [%s] err [%s]", rc, out2, out, err);
+        CHECK(rc == 0 && !strcmp(out, out2) && strstr(err, "weights q4 (embedding q8), as saved in the folder\n") && !strstr(err, "at load"),
+              "saved q4: rc %d out [%s] want [%s] err [%s]", rc, out2, out, err);
+    }
+    {
+        const char *a[] = {"-m", saved, "--tokenizer", tok, "--temp", "0", "-n", "12", "--q4", "-p", prompt};
+        rc = gen_cli(a, 11, NULL, out2, sizeof out2, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, out2) && strstr(err, "as saved in the folder") && !strstr(err, "at load"),
+              "saved q4 with --q4: rc %d out [%s] want [%s] err [%s]", rc, out2, out, err);
     }
     {
         const char *a[] = {"-m", saved, "--tokenizer", tok, "--q8", "-p", prompt};
@@ -646,6 +654,48 @@ static void test_generate_cli_quantized(void)
     rmdir(base);
 }
 
+/* What the CLI reads must be what it says: a prompt file is read whole (a NUL byte is refused,
+   not taken for the end of the text), a folder given for a file is a one-line error, not an
+   empty prompt or an 8 EiB allocation. */
+static void test_generate_cli_files(void)
+{
+    char base[64] = "/tmp/gemma2_test_XXXXXX", file[600], out[8192], out2[8192], err[8192], model[512], tok[512];
+    FILE *f;
+    int rc;
+    snprintf(model, sizeof model, "%s", g2t_path("models/tiny-realvocab"));
+    snprintf(tok, sizeof tok, "%s", g2t_path("tokenizer/tokenizer.json"));
+    if (!mkdtemp(base)) { CHECK(0, "mkdtemp"); return; }
+    snprintf(file, sizeof file, "%s/prompt.txt", base);
+    {   /* a prompt file is the same prompt as -p */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "4", "-f", file};
+        const char *b[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "4", "-p", "Hello there"};
+        if ((f = fopen(file, "wb")) != NULL) { fputs("Hello there", f); fclose(f); }
+        rc = gen_cli(a, 10, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && out[0], "-f: rc %d err [%s]", rc, err);
+        rc = gen_cli(b, 10, NULL, out2, sizeof out2, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, out2), "-f and -p: [%s] vs [%s]", out, out2);
+    }
+    {   /* a NUL byte: refused with the reason */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "4", "-f", file};
+        if ((f = fopen(file, "wb")) != NULL) { fwrite("Hello\0there", 1, 11, f); fclose(f); }
+        rc = gen_cli(a, 10, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc != 0 && !out[0] && strstr(err, "gemma2: error:") && strstr(err, "NUL") && strchr(err, '\n') == err + strlen(err) - 1,
+              "NUL in the prompt file: rc %d out [%s] err [%s]", rc, out, err);
+    }
+    {   /* a folder as the prompt file, as the tokenizer */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "4", "-f", base};
+        const char *b[] = {"-m", model, "--tokenizer", base, "--temp", "0", "-n", "4", "-p", "hi"};
+        rc = gen_cli(a, 10, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc != 0 && !out[0] && strstr(err, "gemma2: error:") && strstr(err, "folder") && strchr(err, '\n') == err + strlen(err) - 1,
+              "-f FOLDER: rc %d out [%s] err [%s]", rc, out, err);
+        rc = gen_cli(b, 10, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc != 0 && !out[0] && strstr(err, "gemma2: error:") && strstr(err, "not a regular file"),
+              "--tokenizer FOLDER: rc %d out [%s] err [%s]", rc, out, err);
+    }
+    remove(file);
+    rmdir(base);
+}
+
 void suite_generate(void)
 {
     g2t_run("generate/stream_unit", test_generate_stream_unit);
@@ -659,6 +709,7 @@ void suite_generate(void)
     g2t_run("generate/score", test_generate_score);
     g2t_run("generate/cli", test_generate_cli);
     g2t_run("generate/cli-quantized", test_generate_cli_quantized);
+    g2t_run("generate/cli-files", test_generate_cli_files);
     gemma2_free(gen_model);
     gen_model = NULL;
 }

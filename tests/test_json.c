@@ -52,10 +52,39 @@ static void test_json_values(void)
     gemma2__json_free(&j);
 }
 
+/* Sizes a hostile file can have: nesting a million deep fails cleanly (the parser keeps its own
+   bounded stack: no recursion), and a 16 MB string and an object of 300,000 keys parse in one pass. */
+static void test_json_large(void)
+{
+    const size_t deep = 1000000, big = (size_t)16 << 20;
+    const int keys = 300000;
+    char *buf = (char *)malloc(big + 16), err[128];
+    gemma2__json j;
+    size_t n = 0;
+    int k, v = -1;
+    if (!buf) { CHECK(0, "malloc"); return; }
+    memset(buf, '[', deep);
+    CHECK(gemma2__json_parse(&j, buf, deep, err, sizeof err) != 0 && strstr(err, "nested too deeply"), "deep: %s", err);
+    gemma2__json_free(&j);
+    buf[0] = '"';
+    memset(buf + 1, 'a', big);
+    buf[big + 1] = '"';
+    CHECK(gemma2__json_parse(&j, buf, big + 2, err, sizeof err) == 0 && j.n == 1 && j.nodes[0].len == big, "long string: %s", err);
+    gemma2__json_free(&j);
+    n += (size_t)sprintf(buf + n, "{");
+    for (k = 0; k < keys; k++) n += (size_t)sprintf(buf + n, "%s\"k%d\": %d", k ? "," : "", k, k);
+    n += (size_t)sprintf(buf + n, "}");
+    CHECK(gemma2__json_parse(&j, buf, n, err, sizeof err) == 0 && j.nodes[0].count == 2 * keys, "many keys: %s", err);
+    CHECK(gemma2__json_int(&j, gemma2__json_get(&j, 0, "k299999"), &v) && v == keys - 1, "last key: %d", v);
+    gemma2__json_free(&j);
+    free(buf);
+}
+
 void suite_json(void)
 {
     g2t_run("json/valid", test_json_valid);
     g2t_run("json/invalid", test_json_invalid);
     g2t_run("json/depth", test_json_depth);
     g2t_run("json/values", test_json_values);
+    g2t_run("json/large", test_json_large);
 }
