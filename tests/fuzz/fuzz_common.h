@@ -34,6 +34,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 /* A finding: the fuzzer reports the stack and saves the input. */
 #define FZ_CHECK(x) do { if (!(x)) { fprintf(stderr, "fuzz check failed: %s (%s:%d)\n", #x, __FILE__, __LINE__); __builtin_trap(); } } while (0)
 
+/* A failed load's reason: present, and one line (what section 1.2 promises). */
+FZ_FN void fz_check_err(const char *err)
+{
+    if (err[0] != 0 && !strchr(err, '\n')) return;
+    fprintf(stderr, "bad error message: \"");
+    for (; *err; err++) fprintf(stderr, (unsigned char)*err < 0x20 || (unsigned char)*err >= 0x7f ? "\\x%02x" : "%c", (unsigned char)*err);
+    fprintf(stderr, "\"\n");
+    FZ_CHECK(!"a one-line reason in err");
+}
+
 /* ---- the private temporary folder ---------------------------------------------------------- */
 
 static char fz_dir[512];
