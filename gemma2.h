@@ -6022,9 +6022,13 @@ static int gemma2__config_parse(gemma2_config *cfg, const char *text, size_t siz
     int32_t n;
     int rc = 0, mpe;
     memset(cfg, 0, sizeof *cfg);
-    if (gemma2__json_parse(&j, text, size, jerr, sizeof jerr) != 0 || !gemma2__json_is(&j, 0, GEMMA2__JOBJECT)) {
+    if (gemma2__json_parse(&j, text, size, jerr, sizeof jerr) != 0) {
         gemma2__json_free(&j);
         return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: not a JSON object: %s", path, jerr);
+    }
+    if (!gemma2__json_is(&j, 0, GEMMA2__JOBJECT)) {
+        gemma2__json_free(&j);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_FORMAT, "%s: not a JSON object", path);
     }
     n = gemma2__json_get(&j, 0, "model_type");
     if (!gemma2__json_streq(&j, n, "gemma2")) {
