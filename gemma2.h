@@ -6220,8 +6220,9 @@ static int gemma2__open_weights(gemma2_model *m, const char *dir, gemma2__tensor
         }
         names = (char **)gemma2__calloc((size_t)j.nodes[wm].count / 2, sizeof(char *));
         if (!names) { rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory"); goto index_done; }
-        /* The shard files, each checked to stay inside the folder (and to quote cleanly in messages:
-           no control bytes, UTF-8), then sorted and each kept once: an index may have a million entries. */
+        /* The shard files, each checked to be a plain name in the folder (no separators, no control
+           bytes or backslashes, UTF-8: it then also quotes cleanly in messages), then sorted and each
+           kept once: an index may have a million entries. */
         for (c = j.nodes[wm].child; c >= 0; c = j.nodes[j.nodes[c].next].next) {
             int32_t v = j.nodes[c].next;
             char name[512], plain[4 * 512 + 4];
