@@ -977,7 +977,10 @@ static const uint8_t *gemma2__mat_row(const gemma2__mat *w, int r);
      dot, axpy, rmsnorm, gelu_mul, softcap, softmax, rope, to_bf16, from_bf16,
      att_scores, att_values          as documented beside each entry below; results may differ
                                      from the scalar ones by float32 rounding, except rope,
-                                     to_bf16 and from_bf16, which must give the same bits.
+                                     to_bf16 and from_bf16, which must give the same bits. NaN
+                                     and infinities must come out where the scalar ones put them
+                                     (every result finite, +-inf or NaN as there), so that a
+                                     broken model fails the same way on every set.
    Per weight format (matmul[GEMMA2__WF_*]):
      NULL                            the format's reference product runs (gemma2__wformats).
      a function                      computes rows [r0, r1) of y for any T >= 1; it must accept
