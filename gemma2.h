@@ -1066,7 +1066,10 @@ static const uint8_t *gemma2__mat_row(const gemma2__mat *w, int r);
      dot, axpy, rmsnorm, gelu_mul, softcap, softmax, rope, to_bf16, from_bf16,
      att_scores, att_values          as documented beside each entry below; results may differ
                                      from the scalar ones by float32 rounding, except rope,
-                                     to_bf16 and from_bf16, which must give the same bits.
+                                     to_bf16 and from_bf16, which must give the same bits. NaN
+                                     and infinities must come out where the scalar ones put them
+                                     (every result finite, +-inf or NaN as there), so that a
+                                     broken model fails the same way on every set.
    Per weight format (matmul[GEMMA2__WF_*]):
      NULL                            the format's reference product runs (gemma2__wformats).
      a function                      computes rows [r0, r1) of y for any T >= 1; it must accept
@@ -8673,6 +8676,19 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 __m512 gemma2__ldrow_512(const void *p, s
 }
 #define GEMMA2__PFROW(p, off, BF) _mm_prefetch((const char *)(p) + (off) * ((BF) ? 2 : 4), _MM_HINT_T0)
 
+/* The sum of a's 16 lanes in the order in which gemma2__hsum16_512 sums each of its inputs,
+   per 128-bit block (a0 + a2) + (a1 + a3), then (B0 + B1) + (B2 + B3): a score is then the same
+   float whether the 16-key kernel or the one for the leftover keys computes it, so scores do
+   not depend on how many keys a chunk of tokens gives the call (and neither do the results). */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 float gemma2__hsum1_512(__m512 a)
+{
+    a = _mm512_add_ps(a, _mm512_permute_ps(a, 0x4e));
+    a = _mm512_add_ps(a, _mm512_permute_ps(a, 0xb1));
+    a = _mm512_add_ps(a, _mm512_shuffle_f32x4(a, a, 0xb1));
+    a = _mm512_add_ps(a, _mm512_shuffle_f32x4(a, a, 0x4e));
+    return _mm512_cvtss_f32(a);
+}
+
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc_512(float *s, int lds, const float *q, int hd, const void *K, int a, const int NA,
                                                              const int NG, float scale, const int BF)
 {
@@ -8689,7 +8705,7 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__att_sc_512(float *s, int lds
         }
     }
     GEMMA2__UNROLL for (g = 0; g < NG; g++) GEMMA2__UNROLL for (i = 0; i < NA; i++)
-        s[(size_t)g * lds + a + i] = _mm512_reduce_add_ps(acc[g][i]) * scale;
+        s[(size_t)g * lds + a + i] = gemma2__hsum1_512(acc[g][i]) * scale;
 }
 
 /* The 16 horizontal sums of 16 accumulators at once: lane i of the result is the sum of all

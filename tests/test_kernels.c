@@ -750,6 +750,54 @@ static void kern_test_attention(void)
     }
 }
 
+/* A key's score must not depend on how many keys are scored in the call (the number changes
+   with the chunking of a prompt, and so would the logits): every set's att_scores over the
+   first n keys gives, bit for bit, the first n scores of a call over more keys. */
+static void kern_test_att_scores_consistent(void)
+{
+    static const int hds[] = {16, 17, 64, 256}, groups[] = {1, 2, 3, 4, 6, 8};
+    enum { NK = 40, LDS = 48 };
+    int s, hi, gi, n, i, g;
+    for (s = 0; s < GEMMA2__N_KERNEL_SETS; s++) {
+        gemma2__kernels k;
+        if (!kern_get(s, &k)) continue;
+        for (hi = 0; hi < 4; hi++)
+            for (gi = 0; gi < 6; gi++) {
+                int hd = hds[hi], group = groups[gi], bad = 0;
+                float *q = (float *)malloc(sizeof(float) * (size_t)group * hd), *K = (float *)malloc(sizeof(float) * NK * (size_t)hd);
+                float *all = (float *)malloc(sizeof(float) * (size_t)group * LDS), *part = (float *)malloc(sizeof(float) * (size_t)group * LDS);
+                uint16_t *Kb = (uint16_t *)malloc(sizeof(uint16_t) * NK * (size_t)hd);
+                for (i = 0; i < group * hd; i++) q[i] = kern_rand();
+                for (i = 0; i < NK * hd; i++) K[i] = kern_rand();
+                gemma2__to_bf16_scalar(Kb, K, NK * hd);
+                k.att_scores(&k, all, LDS, q, group, hd, K, NK, 0.3f);
+                for (n = 1; n < NK && !bad; n++) {
+                    k.att_scores(&k, part, LDS, q, group, hd, K, n, 0.3f);
+                    for (g = 0; g < group && !bad; g++)
+                        for (i = 0; i < n && !bad; i++)
+                            if (memcmp(&part[g * LDS + i], &all[g * LDS + i], sizeof(float))) {
+                                CHECK(0, "%s att_scores hd %d group %d: key %d of query %d is %.9g over %d keys, %.9g over %d", k.name, hd, group, i, g,
+                                      part[g * LDS + i], n, all[g * LDS + i], NK);
+                                bad = 1;
+                            }
+                }
+                if (k.att_scores_bf16) {
+                    k.att_scores_bf16(&k, all, LDS, q, group, hd, Kb, NK, 0.3f);
+                    for (n = 1; n < NK && !bad; n++) {
+                        k.att_scores_bf16(&k, part, LDS, q, group, hd, Kb, n, 0.3f);
+                        for (g = 0; g < group && !bad; g++)
+                            for (i = 0; i < n && !bad; i++)
+                                if (memcmp(&part[g * LDS + i], &all[g * LDS + i], sizeof(float))) {
+                                    CHECK(0, "%s att_scores_bf16 hd %d group %d: key %d of query %d differs over %d keys", k.name, hd, group, i, g, n);
+                                    bad = 1;
+                                }
+                    }
+                }
+                free(q); free(K); free(all); free(part); free(Kb);
+            }
+    }
+}
+
 /* 0 finite, 1 +inf, 2 -inf, 3 NaN: what the kernel sets must agree on beside the values. */
 static int kern_class(float v) { return v != v ? 3 : v == INFINITY ? 1 : v == -INFINITY ? 2 : 0; }
 
@@ -961,6 +1009,7 @@ void suite_kernels(void)
     g2t_run("kernels/matmul_consistent", kern_test_matmul_consistent);
     g2t_run("kernels/vector_ops", kern_test_vector_ops);
     g2t_run("kernels/attention", kern_test_attention);
+    g2t_run("kernels/att_scores_consistent", kern_test_att_scores_consistent);
     g2t_run("kernels/softcap_range", kern_test_softcap_range);
     g2t_run("kernels/nonfinite", kern_test_nonfinite);
     g2t_run("kernels/nonfinite_matmul", kern_test_nonfinite_matmul);
