@@ -3,9 +3,11 @@
      ./gemma2 -m gemma-2-2b-it -p "Why is the sky blue?"      one chat turn; the reply streams to stdout
      ./gemma2 -m gemma-2-2b-it -i                             interactive multi-turn chat
      ./gemma2 -m gemma-2-2b --raw -p "The capital of France"  plain text continuation (no chat template)
+     echo "Why is the sky blue?" | ./gemma2 -m gemma-2-2b-it   the prompt from stdin (not a terminal)
 
-   stdout holds only the generated text; everything else (progress, timings, errors) goes to
-   stderr. Run with --help for the flags (llama.cpp's names where it has them).
+   stdout holds only the generated text (ending with a newline in a one-shot run); everything else
+   (progress, timings, errors) goes to stderr. Run with --help for the flags; llama.cpp's common
+   spellings are accepted beside ours, its GPU and log flags are accepted and ignored.
 
    Build: make (or: cc -O2 -o gemma2 examples/gemma2.c -lm -lpthread).
    The whole program is cli_main(); the test suite compiles this file with GEMMA2_CLI_NO_MAIN and
