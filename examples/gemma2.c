@@ -705,7 +705,7 @@ static int cli_main(int argc, char **argv, FILE *in, FILE *out, FILE *err)
         res.n_prompt = n_ids;
         res.stop_reason = GEMMA2_STOP_MAX_TOKENS;
         cli_timings(err, &res, &st, t0, t1);
-        exit_code = 0;
+        exit_code = cli_interrupted ? 130 : 0;
         goto done;
     }
 
