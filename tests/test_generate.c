@@ -560,6 +560,7 @@ static void test_generate_cli(void)
     char want[4096], out[8192], err[8192], model[512], tok[512], n16[8];
     if (!m || !gen_reference(prompt, &np, greedy, &ng)) { CHECK(0, "setup"); return; }
     gen_detok(m, greedy, ng, want, sizeof want);
+    if (!want[0] || want[strlen(want) - 1] != '\n') strcat(want, "\n"); /* one-shot stdout ends with a newline */
     snprintf(model, sizeof model, "%s", g2t_path("models/tiny-realvocab"));
     snprintf(tok, sizeof tok, "%s", g2t_path("tokenizer/tokenizer.json"));
     snprintf(n16, sizeof n16, "%d", ng);
@@ -605,6 +606,345 @@ static void test_generate_cli(void)
         CHECK(gen_cli(a4, 3, NULL, out, sizeof out, err, sizeof err) != 0 && strstr(err, "--bogus"), "unknown flag");
         CHECK(gen_cli(a5, 3, NULL, out, sizeof out, err, sizeof err) != 0 && strstr(err, "-n"), "missing value");
     }
+}
+
+/* The flags a llama.cpp user types, and the edges of the values: unknown is unknown wherever it
+   stands, --flag=value, -n/-c/-t/--seed's special values, the prompt from stdin, the llama.cpp
+   spellings (each gives what its own flag gives), the ignored GPU/log flags (one note). */
+static void test_generate_cli_flags(void)
+{
+    gemma2_model *m = gen_get();
+    int32_t prompt[64], greedy[64];
+    int np = 0, ng = 0, rc, hello;
+    char want[4096], out[8192], out2[8192], err[8192], model[512], tok[512], n16[8], line[256], bias[64];
+    const char *q = "Write a hello world program";
+    if (!m || !gen_reference(prompt, &np, greedy, &ng)) { CHECK(0, "setup"); return; }
+    gen_detok(m, greedy, ng, want, sizeof want);
+    if (!want[0] || want[strlen(want) - 1] != '\n') strcat(want, "\n");
+    snprintf(model, sizeof model, "%s", g2t_path("models/tiny-realvocab"));
+    snprintf(tok, sizeof tok, "%s", g2t_path("tokenizer/tokenizer.json"));
+    snprintf(n16, sizeof n16, "%d", ng);
+    {   /* unknown at the end of the line is unknown, not "needs a value"; --version is known */
+        const char *a[] = {"-m", model, "-p", "hi", "--verbose"};
+        const char *b[] = {"-m", model, "-p", "hi", "-v"};
+        const char *c[] = {"--version"};
+        rc = gen_cli(a, 5, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc != 0 && strstr(err, "unknown argument '--verbose'") && !strstr(err, "needs a value"), "--verbose: rc %d err [%s]", rc, err);
+        rc = gen_cli(b, 5, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc != 0 && strstr(err, "unknown argument '-v'"), "-v: rc %d err [%s]", rc, err);
+        rc = gen_cli(c, 1, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, "gemma2 " GEMMA2_VERSION_STRING "\n") && !err[0], "--version: rc %d out [%s] err [%s]", rc, out, err);
+    }
+    {   /* --flag=value; a flag without a value refuses one */
+        char t[600], nn[32];
+        const char *a[] = {"-m", model, t, "--temp=0", nn, "--prompt=Write a hello world program"};
+        const char *b[] = {"-m", model, "--raw=1", "-p", "hi"};
+        snprintf(t, sizeof t, "--tokenizer=%s", tok);
+        snprintf(nn, sizeof nn, "--n-predict=%d", ng);
+        rc = gen_cli(a, 6, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want), "--flag=value: rc %d out [%s] err [%s]", rc, out, err);
+        rc = gen_cli(b, 5, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc != 0 && strstr(err, "--raw takes no value"), "--raw=1: rc %d err [%s]", rc, err);
+    }
+    {   /* a prompt longer than the context: both numbers; more than the model's maximum: lowered, with a note */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "-c", "5", "-p", q};
+        const char *b[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "-c", "9000", "-p", q};
+        const char *c[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "-c", "999999999", "-p", q};
+        int mx = gemma2_model_config(m)->max_position_embeddings;
+        rc = gen_cli(a, 8, NULL, out, sizeof out, err, sizeof err);
+        snprintf(line, sizeof line, "gemma2: error: the prompt is %d tokens; the context holds 5 (-c)\n", np);
+        CHECK(rc != 0 && !out[0] && strstr(err, line), "-c 5: rc %d err [%s] want [%s]", rc, err, line);
+        rc = gen_cli(b, 12, NULL, out, sizeof out, err, sizeof err);
+        snprintf(line, sizeof line, "context %d tokens", mx);
+        CHECK(rc == 0 && !strcmp(out, want) && strstr(err, "note: -c 9000 is more than") && strstr(err, line), "-c 9000: rc %d err [%s]", rc, err);
+        rc = gen_cli(c, 12, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want) && strstr(err, "note: -c 999999999 is more than") && strstr(err, line), "-c 999999999: rc %d err [%s]", rc, err);
+    }
+    {   /* -n 0: the prompt only; -n -1 and -2: until the context is full here; -n -3: a bad value */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "0", "-p", q};
+        const char *b[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "-1", "-c", "24", "-p", q};
+        const char *c[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "-2", "-c", "24", "-p", q};
+        const char *d[] = {"-m", model, "-n", "-3", "-p", q};
+        rc = gen_cli(a, 10, NULL, out, sizeof out, err, sizeof err);
+        snprintf(line, sizeof line, "prompt: %d tokens in", np);
+        CHECK(rc == 0 && !out[0] && strstr(err, line) && strstr(err, "generation: 0 tokens"), "-n 0: rc %d out [%s] err [%s]", rc, out, err);
+        rc = gen_cli(b, 12, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && out[0] && (strstr(err, "stop: context full") || strstr(err, "stop: end of turn")), "-n -1: rc %d err [%s]", rc, err);
+        rc = gen_cli(c, 12, NULL, out2, sizeof out2, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, out2), "-n -2: rc %d out [%s] vs [%s]", rc, out2, out);
+        rc = gen_cli(d, 6, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc != 0 && strstr(err, "bad value '-3' for -n"), "-n -3: rc %d err [%s]", rc, err);
+    }
+    {   /* --seed -1 is the clock's seed; -s is --seed; -t 0 all cores; -t 1000 lowered with a note */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "-n", "8", "--seed", "7", "-p", q};
+        const char *b[] = {"-m", model, "--tokenizer", tok, "-n", "8", "-s", "7", "-t", "0", "-p", q};
+        const char *c[] = {"-m", model, "--tokenizer", tok, "-n", "8", "--seed", "-1", "-t", "1000", "-p", q};
+        rc = gen_cli(a, 10, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && out[0] && strstr(err, "seed 7\n"), "--seed 7: rc %d err [%s]", rc, err);
+        rc = gen_cli(b, 12, NULL, out2, sizeof out2, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, out2), "-s 7 -t 0: rc %d out [%s] vs [%s] err [%s]", rc, out2, out, err);
+        rc = gen_cli(c, 12, NULL, out2, sizeof out2, err, sizeof err);
+        CHECK(rc == 0 && out2[0] && strstr(err, "note: -t 1000 is more than the") && strstr(err, ", seed "), "--seed -1 -t 1000: rc %d err [%s]", rc, err);
+    }
+    {   /* the prompt from stdin: -f -, and piped with no -p; an empty pipe is no prompt */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "-f", "-"};
+        rc = gen_cli(a, 10, q, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want), "-f -: rc %d out [%s] err [%s]", rc, out, err);
+        rc = gen_cli(a, 8, q, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want), "piped: rc %d out [%s] err [%s]", rc, out, err);
+        rc = gen_cli(a, 8, " \n", out, sizeof out, err, sizeof err);
+        CHECK(rc != 0 && strstr(err, "no prompt: stdin was empty"), "empty pipe: rc %d err [%s]", rc, err);
+    }
+    {   /* llama.cpp's spellings give what ours give */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "6", "--system", "Be brief.", "-p", q};
+        const char *b[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "--predict", "6", "-sys", "Be brief.", "-p", q};
+        const char *c[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "6", "--system-prompt", "Be brief.", "-p", q};
+        const char *d[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "-no-cnv", "-p",
+                           "<start_of_turn>user\nWrite a hello world program<end_of_turn>\n<start_of_turn>model\n"};
+        const char *e[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "-cnv", "-st", "-p", q};
+        rc = gen_cli(a, 12, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && out[0], "--system: rc %d err [%s]", rc, err);
+        rc = gen_cli(b, 12, NULL, out2, sizeof out2, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, out2), "-sys --predict: [%s] vs [%s] err [%s]", out2, out, err);
+        rc = gen_cli(c, 12, NULL, out2, sizeof out2, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, out2), "--system-prompt: [%s] vs [%s]", out2, out);
+        rc = gen_cli(d, 11, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want), "-no-cnv: rc %d out [%s] err [%s]", rc, out, err);
+        rc = gen_cli(e, 12, "not read\n", out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want) && !strstr(err, "interactive"), "-cnv -st: rc %d out [%s] err [%s]", rc, out, err);
+    }
+    {   /* -r is --stop */
+        char stop[8];
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "--stop", stop, "-p", q};
+        const char *b[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "-r", stop, "-p", q};
+        const char *c[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "--reverse-prompt", stop, "-p", q};
+        memcpy(stop, want + 6, 3);
+        stop[3] = 0;
+        rc = gen_cli(a, 12, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && strlen(out) < strlen(want) && strstr(err, "stop: stop string"), "--stop: rc %d out [%s] err [%s]", rc, out, err);
+        rc = gen_cli(b, 12, NULL, out2, sizeof out2, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, out2), "-r: [%s] vs [%s]", out2, out);
+        rc = gen_cli(c, 12, NULL, out2, sizeof out2, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, out2), "--reverse-prompt: [%s] vs [%s]", out2, out);
+    }
+    {   /* -ctk/-ctv: bf16 is --kv-bf16; f16 is not a type here; K and V cannot differ */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "-n", "2", "-ctk", "bf16", "--cache-type-v", "bf16", "-p", q};
+        const char *b[] = {"-m", model, "-ctk", "f16", "-p", q};
+        const char *c[] = {"-m", model, "-ctk", "bf16", "-ctv", "f32", "-p", q};
+        rc = gen_cli(a, 12, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && strstr(err, "KV cache bf16"), "-ctk bf16: rc %d err [%s]", rc, err);
+        rc = gen_cli(b, 6, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc != 0 && strstr(err, "bad value 'f16' for -ctk"), "-ctk f16: rc %d err [%s]", rc, err);
+        rc = gen_cli(c, 8, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc != 0 && strstr(err, "-ctk and -ctv differ"), "-ctk/-ctv: rc %d err [%s]", rc, err);
+    }
+    {   /* -l ID+inf: greedy takes that token every time; an id outside the vocabulary is an error */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "3", "-l", bias, "-p", q};
+        const char *b[] = {"-m", model, "--tokenizer", tok, "--logit-bias", "999999+1", "-p", q};
+        const char *c[] = {"-m", model, "--logit-bias", "12", "-p", q};
+        hello = gemma2_token_id(m, "Hello", 5);
+        CHECK(hello >= 0, "token Hello");
+        snprintf(bias, sizeof bias, "%d+inf", hello);
+        rc = gen_cli(a, 12, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, "HelloHelloHello\n"), "-l: rc %d out [%s] err [%s]", rc, out, err);
+        rc = gen_cli(b, 8, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc != 0 && strstr(err, "--logit-bias token 999999 is not in the vocabulary"), "-l 999999: rc %d err [%s]", rc, err);
+        rc = gen_cli(c, 5, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc != 0 && strstr(err, "bad value '12' for --logit-bias"), "-l 12: rc %d err [%s]", rc, err);
+    }
+    {   /* --verbose-prompt: the ids, pieces quoted; the GPU/log flags: one note, the same text */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "--verbose-prompt", "-p", q};
+        const char *b[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "-ngl", "99", "--color", "-fa", "on",
+                           "--mlock", "--log-disable", "--n-gpu-layers", "5", "--flash-attn", "-p", q};
+        rc = gen_cli(a, 11, NULL, out, sizeof out, err, sizeof err);
+        snprintf(line, sizeof line, "prompt: %d tokens\n%6d -> '<bos>'\n%6d -> '<start_of_turn>'\n", np, (int)prompt[0], (int)prompt[1]);
+        CHECK(rc == 0 && !strcmp(out, want) && strstr(err, line), "--verbose-prompt: rc %d err [%s] want [%s]", rc, err, line);
+        rc = gen_cli(b, 20, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want) &&
+              strstr(err, "gemma2: note: ignored -ngl, --color, -fa, --mlock, --log-disable, --n-gpu-layers, --flash-attn (") &&
+              !strstr(strstr(err, "note: ignored") + 1, "note: ignored"),
+              "ignored flags: rc %d out [%s] err [%s]", rc, out, err);
+    }
+}
+
+/* stderr in a log (the tests' files are not terminals): whole progress lines, no \r; the timings
+   line has ms per token and the total. */
+static void test_generate_cli_output(void)
+{
+    char out[8192], err[8192], model[512], tok[512];
+    const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "4", "-p", "hi"};
+    int rc;
+    snprintf(model, sizeof model, "%s", g2t_path("models/tiny-realvocab"));
+    snprintf(tok, sizeof tok, "%s", g2t_path("tokenizer/tokenizer.json"));
+    rc = gen_cli(a, 10, NULL, out, sizeof out, err, sizeof err);
+    CHECK(rc == 0 && out[0] && out[strlen(out) - 1] == '\n', "stdout ends with a newline: [%s]", out);
+    CHECK(!strchr(err, '\r') && strstr(err, "loading model: 100%\n"), "progress lines: [%s]", err);
+    CHECK(strstr(err, " ms/token) | generation: ") && strstr(err, " ms/token) | total ") && strstr(err, " s | stop: "), "timings: [%s]", err);
+}
+
+/* The chat's commands: /help lists them (/exit too), an unknown one is not sent to the model,
+   /regen with nothing to redo says so; -i -p shows the first question; end of input leaves
+   stderr on a new line. */
+static void test_generate_cli_interactive(void)
+{
+    char out[8192], err[8192], model[512], tok[512];
+    const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "4", "-i"};
+    const char *b[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "4", "-i", "-p", "Write a hello world program"};
+    int rc, nl;
+    char *p;
+    snprintf(model, sizeof model, "%s", g2t_path("models/tiny-realvocab"));
+    snprintf(tok, sizeof tok, "%s", g2t_path("tokenizer/tokenizer.json"));
+    rc = gen_cli(a, 9, "/help\n/regen\n/bogus thing\nHello\n/exit\nnot read\n", out, sizeof out, err, sizeof err);
+    for (nl = 0, p = out; *p; p++) nl += *p == '\n';
+    CHECK(rc == 0 && nl == 1, "one reply only: rc %d out [%s] err [%s]", rc, out, err);
+    CHECK(strstr(err, "  /help ") && strstr(err, "  /quit, /exit ") && strstr(err, "  /regen ") && strstr(err, "  /undo "), "/help: [%s]", err);
+    CHECK(strstr(err, "(nothing to regenerate: no reply yet)\n") && strstr(err, "(unknown command /bogus thing, /help lists them)\n"), "/regen, /bogus: [%s]", err);
+    rc = gen_cli(b, 11, "Again\n", out, sizeof out, err, sizeof err);
+    for (nl = 0, p = out; *p; p++) nl += *p == '\n';
+    CHECK(rc == 0 && nl == 2 && strstr(err, "> Write a hello world program\n"), "-i -p: rc %d out [%s] err [%s]", rc, out, err);
+    CHECK(strlen(err) > 3 && !strcmp(err + strlen(err) - 3, "> \n"), "end of input: a newline: [%s]", err);
+}
+
+/* Ctrl-C, by raising SIGINT where a key press lands (cli_test_hook): in a one-shot run it stops the
+   reply and the exit status is 130; in the chat it stops the reply and is spent with it (the next
+   reply runs whole); at the prompt the first one drops the line and says how to leave, a second
+   one in a row leaves. */
+static unsigned gen_sig_reads, gen_sig_tokens; /* bit k: SIGINT at the k-th prompt read / token */
+static int gen_sig_nread, gen_sig_ntok;
+static void gen_sig_hook(int at_token, int n)
+{
+    (void)n;
+    if (at_token) { if (++gen_sig_ntok < 32 && ((gen_sig_tokens >> gen_sig_ntok) & 1)) raise(SIGINT); }
+    else if (++gen_sig_nread < 32 && ((gen_sig_reads >> gen_sig_nread) & 1)) raise(SIGINT);
+}
+
+static void gen_sig_arm(unsigned reads, unsigned tokens)
+{
+    gen_sig_reads = reads;
+    gen_sig_tokens = tokens;
+    gen_sig_nread = gen_sig_ntok = 0;
+    cli_test_hook = gen_sig_hook;
+}
+
+static void test_generate_cli_sigint(void)
+{
+    gemma2_model *m = gen_get();
+    int32_t prompt[64], greedy[64];
+    int np = 0, ng = 0, rc, nl;
+    char want[4096], out[8192], err[8192], model[512], tok[512], n16[8], *p;
+    if (!m || !gen_reference(prompt, &np, greedy, &ng)) { CHECK(0, "setup"); return; }
+    gen_detok(m, greedy, ng, want, sizeof want);
+    snprintf(model, sizeof model, "%s", g2t_path("models/tiny-realvocab"));
+    snprintf(tok, sizeof tok, "%s", g2t_path("tokenizer/tokenizer.json"));
+    snprintf(n16, sizeof n16, "%d", ng);
+    {   /* one-shot: stopped at the 3rd token, status 130 */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "-p", "Write a hello world program"};
+        gen_sig_arm(0, 1u << 3);
+        rc = gen_cli(a, 10, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 130 && strlen(out) < strlen(want) && !strncmp(out, want, strlen(out) - 1) && strstr(err, "generation: 3 tokens") &&
+              strstr(err, "stop: interrupted"), "one-shot: rc %d out [%s] err [%s]", rc, out, err);
+    }
+    {   /* chat: the first reply stopped, the second whole */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "4", "-i"};
+        gen_sig_arm(0, 1u << 2);
+        rc = gen_cli(a, 9, "Hello\nAgain\n/quit\n", out, sizeof out, err, sizeof err);
+        p = strstr(err, "stop: interrupted");
+        CHECK(rc == 0 && p && strstr(p, "generation: 4 tokens") && strstr(p, "stop: -n reached"), "reply: rc %d err [%s]", rc, err);
+    }
+    {   /* at the prompt: the line is dropped and the way out said; then a message is answered */
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "4", "-i"};
+        gen_sig_arm(1u << 1, 0);
+        rc = gen_cli(a, 9, "Hello\nAgain\n/quit\n", out, sizeof out, err, sizeof err);
+        for (nl = 0, p = out; *p; p++) nl += *p == '\n';
+        CHECK(rc == 0 && nl == 1 && strstr(err, "> \n(Ctrl-C again, /quit or Ctrl-D to leave)\n"), "idle: rc %d out [%s] err [%s]", rc, out, err);
+        gen_sig_arm((1u << 1) | (1u << 2), 0);
+        rc = gen_cli(a, 9, "Hello\nAgain\n/quit\n", out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !out[0] && strstr(err, "Ctrl-C again") && !strstr(strstr(err, "Ctrl-C again") + 1, "Ctrl-C again") &&
+              !strstr(err, "tokens/s"), "idle twice: rc %d out [%s] err [%s]", rc, out, err);
+    }
+    cli_test_hook = NULL;
+}
+
+/* Every flag --help names is in the README's table, and the other way round, and the parser
+   knows each (and --help names every name the parser knows). */
+static int gen_flags_add(char names[][32], int n, const char *w, size_t len)
+{
+    int k;
+    while (len && (w[len - 1] == ',' || w[len - 1] == '`')) len--;
+    if (len < 2 || len > 31 || w[0] != '-' || !(w[1] == '-' || (w[1] >= 'a' && w[1] <= 'z') || (w[1] >= 'A' && w[1] <= 'Z'))) return n;
+    for (k = 0; k < n; k++) if (strlen(names[k]) == len && !memcmp(names[k], w, len)) return n;
+    if (n < 128) { memcpy(names[n], w, len); names[n][len] = 0; n++; }
+    return n;
+}
+
+static void test_generate_cli_help_readme(void)
+{
+    static char help_names[128][32], readme_names[128][32];
+    int nh = 0, nr = 0, k;
+    size_t size = 0;
+    char *help, *readme, *sec, *end, *line;
+    FILE *f = tmpfile();
+    if (!f) { CHECK(0, "tmpfile"); return; }
+    cli_usage(f);
+    size = (size_t)ftell(f);
+    rewind(f);
+    help = (char *)calloc(1, size + 1);
+    if (!help || fread(help, 1, size, f) != size) { CHECK(0, "read help"); fclose(f); free(help); return; }
+    fclose(f);
+    /* --help: a flag line starts with 2 or 6 spaces and a '-'; its flags run to two spaces in a row */
+    for (line = help; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        size_t ind = strspn(line, " "), span;
+        char *w;
+        if ((ind != 2 && ind != 6) || line[ind] != '-') continue;
+        w = line + ind;
+        span = strcspn(w, "\n");
+        { char *two = strstr(w, "  "); if (two && (size_t)(two - w) < span) span = (size_t)(two - w); }
+        while (span > 0) {
+            size_t wl = strcspn(w, " \n");
+            if (wl > span) wl = span;
+            nh = gen_flags_add(help_names, nh, w, wl);
+            w += wl;
+            span -= wl;
+            while (span > 0 && *w == ' ') { w++; span--; }
+        }
+    }
+    readme = (char *)g2t_read_file(g2t_path("../../README.md"), NULL);
+    if (!readme) { CHECK(0, "README.md"); free(help); return; }
+    sec = strstr(readme, "\n## The command-line program");
+    end = sec ? strstr(sec + 1, "\n## ") : NULL;
+    CHECK(sec && end, "README's CLI section");
+    if (sec && end) {
+        *end = 0;
+        /* the table's first column: every `-flag ...` span names one flag */
+        for (line = sec; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+            char *cell_end, *b;
+            if (strncmp(line, "| `", 3)) continue;
+            cell_end = strchr(line + 1, '|');
+            for (b = strchr(line, '`'); b && b < cell_end; b = strchr(strchr(b + 1, '`') + 1, '`')) {
+                nr = gen_flags_add(readme_names, nr, b + 1, strcspn(b + 1, " `"));
+                if (!strchr(b + 1, '`')) break;
+            }
+        }
+    }
+    CHECK(nh > 30 && nr > 30, "found %d flags in --help, %d in the README", nh, nr);
+    for (k = 0; k < nh; k++) {
+        int j, found = 0;
+        for (j = 0; j < nr; j++) found |= !strcmp(help_names[k], readme_names[j]);
+        CHECK(found, "%s is in --help, not in the README's table", help_names[k]);
+        CHECK(cli_flag_find(help_names[k], strlen(help_names[k])) != NULL, "%s is in --help, the parser does not know it", help_names[k]);
+    }
+    for (k = 0; k < nr; k++) {
+        int j, found = 0;
+        for (j = 0; j < nh; j++) found |= !strcmp(readme_names[k], help_names[j]);
+        CHECK(found, "%s is in the README's table, not in --help", readme_names[k]);
+    }
+    for (k = 0; k < (int)(sizeof cli_flags / sizeof cli_flags[0]); k++) {
+        int j, found = 0;
+        for (j = 0; j < nh; j++) found |= !strcmp(cli_flags[k].name, help_names[j]);
+        CHECK(found, "the parser knows %s, --help does not name it", cli_flags[k].name);
+    }
+    free(readme);
+    free(help);
 }
 
 /* --q4 quantizes at load and says so on stderr; the folder gemma2_save_quantized writes runs
@@ -710,6 +1050,11 @@ void suite_generate(void)
     g2t_run("generate/cli", test_generate_cli);
     g2t_run("generate/cli-quantized", test_generate_cli_quantized);
     g2t_run("generate/cli-files", test_generate_cli_files);
+    g2t_run("generate/cli-flags", test_generate_cli_flags);
+    g2t_run("generate/cli-output", test_generate_cli_output);
+    g2t_run("generate/cli-interactive", test_generate_cli_interactive);
+    g2t_run("generate/cli-sigint", test_generate_cli_sigint);
+    g2t_run("generate/cli-help-readme", test_generate_cli_help_readme);
     gemma2_free(gen_model);
     gen_model = NULL;
 }
