@@ -12,22 +12,39 @@
      In exactly ONE C or C++ file:
          #define GEMMA2_IMPLEMENTATION
          #include "gemma2.h"
-     Everywhere else just #include "gemma2.h". On Linux and the BSDs, include it there before
-     any system header (or build in a mode that shows them, such as gcc's default gnu17):
-     strict -std=c99 hides MAP_ANONYMOUS and madvise, and gemma2.h asks for _DEFAULT_SOURCE
-     to get them. Without them it still works, only without 2 MiB pages for the weights.
+     Everywhere else just #include "gemma2.h". Link with -lm -lpthread:
+         cc -O2 -march=native -o hello hello.c -lm -lpthread
+     On Linux and the BSDs, include it there before any system header (or build in a mode that
+     shows them, such as gcc's default gnu17): strict -std=c99 hides MAP_ANONYMOUS and madvise,
+     and gemma2.h asks for _DEFAULT_SOURCE to get them. Without them it still works, only without
+     2 MiB pages for the weights; GEMMA2_HUGEPAGES (0 or 1, defined by the implementation) says
+     which, and GEMMA2_REQUIRE_HUGEPAGES makes the first an #error (see BUILD SWITCHES).
 
-         char err[256];
-         gemma2_model *m = gemma2_load("gemma-2-2b-it", NULL, err, sizeof err);
-         if (!m) { fprintf(stderr, "%s\n", err); return 1; }
-         gemma2_session *s = gemma2_session_new(m, 0);
-         int32_t ids[] = {2, 651, 6037};              // <bos> The capital
-         if (gemma2_eval(s, ids, 3, NULL) == 0) {
-             const float *logits = gemma2_logits(s);   // vocab_size floats
-             ...
+         static int print_text(void *user, int32_t token, const char *text, size_t len)
+         {
+             (void)user; (void)token;
+             fwrite(text, 1, len, stdout);   // whole UTF-8 characters, as they complete
+             return 0;                       // nonzero stops
          }
-         gemma2_session_free(s);
-         gemma2_free(m);
+
+         int main(void)
+         {
+             char err[256];
+             gemma2_model *m = gemma2_load("gemma-2-2b-it", NULL, err, sizeof err);
+             if (!m) { fprintf(stderr, "%s\n", err); return 1; }
+             gemma2_session *s = gemma2_session_new(m, 0);   // 0: the model's whole context
+             int32_t ids[64];
+             int n = gemma2_tokenize(m, "The capital of France is", 24, ids, 64, GEMMA2_TOKENIZE_ADD_BOS);
+             gemma2_generate_params gp = gemma2_generate_params_default();   // greedy
+             gp.max_new_tokens = 16;
+             gp.on_token = print_text;
+             int rc = s && n > 0 && n <= 64 ? gemma2_generate(s, ids, n, &gp, NULL) : -1;
+             if (rc < 0) fprintf(stderr, "%s\n", gemma2_error_string(rc));
+             gemma2_session_free(s);
+             gemma2_free(m);
+             return rc < 0;
+         }
+     Lower level: gemma2_eval(s, ids, n, NULL) then gemma2_logits(s) (vocab_size floats).
 
    BUILD SWITCHES (define before the #include that has GEMMA2_IMPLEMENTATION)
      GEMMA2_STATIC         all functions static (private copy in one translation unit)
@@ -38,6 +55,12 @@
      GEMMA2_NO_THREADS     no thread pool: everything runs on the calling thread
      GEMMA2_NO_SIMD        scalar kernels only (the reference implementation)
      GEMMA2_POOL_SPIN      how long idle worker threads spin before sleeping (default 20000 pauses)
+     GEMMA2_REQUIRE_HUGEPAGES
+                           make a build that cannot ask for 2 MiB pages (MAP_ANONYMOUS and
+                           madvise(MADV_HUGEPAGE) hidden by strict ISO mode, or an OS without
+                           them: everything but Linux) an #error instead of a slower fallback.
+                           Either way the implementation defines GEMMA2_HUGEPAGES to 1 or 0 after
+                           its system headers, for a program to test (#if GEMMA2_HUGEPAGES)
 
    TABLE OF CONTENTS
      Part 1  Public API (declarations)
@@ -203,7 +226,7 @@ enum {
 /* Called while loading; fraction in [0, 1]. Return nonzero to cancel the load. */
 typedef int (*gemma2_progress_fn)(void *user, float fraction);
 
-/* All-zero means defaults (use `gemma2_options o = {0};` or pass NULL). */
+/* All-zero means defaults: pass NULL, or start from gemma2_options_default() and set fields. */
 typedef struct gemma2_options {
     int n_threads;              /* worker threads per session; 0 = all cores */
     int weights;                /* GEMMA2_WEIGHTS_* */
@@ -222,6 +245,11 @@ typedef struct gemma2_options {
     void *progress_user;
     int kv_cache;               /* GEMMA2_KV_*: number format of the sessions' KV caches */
 } gemma2_options;
+
+/* The defaults (all zero). `gemma2_options o = {0};` means the same in C, but C++ compilers warn
+   on it with -Wextra (missing field initializers); these warn nowhere. Same for the
+   parameter structs of section 1.5: gemma2_sampler_params_default, gemma2_generate_params_default. */
+GEMMA2_DEF gemma2_options gemma2_options_default(void);
 
 /* The architecture, as read from config.json. */
 typedef struct gemma2_config {
@@ -308,6 +336,13 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
    cache is allocated for n_ctx up front but its pages are not touched until positions are
    evaluated. */
 GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx);
+/* The same, and the reason when it fails: *rc (rc may be NULL) is set to 0 on success, else to
+   GEMMA2_ERROR_INVALID_ARGUMENT (m NULL, n_ctx negative), GEMMA2_ERROR_UNSUPPORTED (n_ctx above
+   max_position_embeddings), GEMMA2_ERROR_NO_WEIGHTS (a model loaded tokenizer-only) or
+   GEMMA2_ERROR_OUT_OF_MEMORY (memory or worker threads could not be had, or the KV cache for
+   n_ctx would not fit in the address space). The same holds for gemma2_sampler_new_ex and
+   gemma2_chat_new_ex: the plain functions are these with rc NULL. */
+GEMMA2_DEF gemma2_session *gemma2_session_new_ex(const gemma2_model *m, int n_ctx, int *rc);
 /* Sessions may be freed before or after their model (this reads nothing of the model). */
 GEMMA2_DEF void gemma2_session_free(gemma2_session *s);
 
@@ -354,7 +389,8 @@ GEMMA2_DEF void gemma2_session_set_trace(gemma2_session *s, gemma2_trace_fn fn, 
 
 /* Returns the number of ids the text needs (writes at most max_ids), or a negative error. */
 GEMMA2_DEF int gemma2_tokenize(const gemma2_model *m, const char *text, size_t len, int32_t *ids, int max_ids, int flags);
-/* Returns the number of bytes the text needs (writes at most cap, no NUL counted), or a negative error.
+/* Returns the number of bytes the text needs (writes at most cap, plus a NUL when it fits, as
+   gemma2_chat_render does: cap = the return value + 1 gives a C string), or a negative error.
    flags 0: every token's text. */
 GEMMA2_DEF int gemma2_detokenize(const gemma2_model *m, const int32_t *ids, int n, char *out, size_t cap, int flags);
 
@@ -384,6 +420,12 @@ GEMMA2_DEF int gemma2_detokenize(const gemma2_model *m, const int32_t *ids, int 
    apart by content), for tools that need no config.json and no weights. gemma2_vocab_size is the tokenizer's;
    sessions cannot be made from it. Free with gemma2_free. NULL and a reason in err on failure. */
 GEMMA2_DEF gemma2_model *gemma2_load_tokenizer(const char *path, char *err, size_t err_size);
+
+/* 1 if m has a tokenizer, 0 if not (or m NULL). gemma2_load reads MODEL_DIR/tokenizer.json, else
+   MODEL_DIR/tokenizer.model, and a folder with neither still loads (ids in, logits out): this tells
+   a program to ask for one (gemma2_options.tokenizer_path) before anything fails with
+   GEMMA2_ERROR_NO_TOKENIZER. */
+GEMMA2_DEF int gemma2_has_tokenizer(const gemma2_model *m);
 
 /* Tokenizer details (all take a model loaded with a tokenizer; ids outside the vocabulary give NULL / 0 / -1). */
 /* The piece of a token as stored in the vocabulary ("▁world", "<0x0A>", "<bos>"), *len its bytes (not NUL-terminated
@@ -485,6 +527,11 @@ typedef struct gemma2_sampler gemma2_sampler;
    Preallocates everything it needs: sampling never allocates. NULL on bad argument (a NaN in any float
    parameter or bias included) or out of memory. */
 GEMMA2_DEF gemma2_sampler *gemma2_sampler_new(int vocab_size, const gemma2_sampler_params *p);
+/* The same, with the reason in *rc (see gemma2_session_new_ex): GEMMA2_ERROR_INVALID_ARGUMENT or
+   GEMMA2_ERROR_OUT_OF_MEMORY. */
+GEMMA2_DEF gemma2_sampler *gemma2_sampler_new_ex(int vocab_size, const gemma2_sampler_params *p, int *rc);
+/* All zero (greedy, no penalties), without C++'s -Wextra warning on `= {0}` (see gemma2_options_default). */
+GEMMA2_DEF gemma2_sampler_params gemma2_sampler_params_default(void);
 GEMMA2_DEF void gemma2_sampler_free(gemma2_sampler *smp);
 /* Restarts the random stream as if created with this seed. */
 GEMMA2_DEF void gemma2_sampler_seed(gemma2_sampler *smp, uint64_t seed);
@@ -519,6 +566,9 @@ enum {
     GEMMA2_STOP_CALLBACK = 4,     /* on_token returned nonzero */
     GEMMA2_STOP_CONTEXT_FULL = 5  /* the session holds n_ctx tokens: nothing more fits */
 };
+/* A static, readable name for a GEMMA2_STOP_* ("end of sequence", "max tokens", ...); "none" for 0
+   (a result whose call failed before generating), "unknown" for anything else. */
+GEMMA2_DEF const char *gemma2_stop_reason_string(int reason);
 
 /* Streaming: called for every generated token (eos excluded) with the text it completes: whole
    UTF-8 characters only (a character split over byte tokens arrives with its last token; invalid
@@ -541,6 +591,8 @@ typedef struct gemma2_generate_params {
     gemma2_token_fn on_token;        /* optional streaming callback */
     void *user;
 } gemma2_generate_params;
+/* All zero (see above), without C++'s -Wextra warning on `= {0}` (see gemma2_options_default). */
+GEMMA2_DEF gemma2_generate_params gemma2_generate_params_default(void);
 
 typedef struct gemma2_generate_result {
     int n_prompt;      /* prompt tokens evaluated */
@@ -611,6 +663,11 @@ typedef struct gemma2_chat gemma2_chat;
 
 /* system may be NULL (none): it is folded into the first user turn (see above). */
 GEMMA2_DEF gemma2_chat *gemma2_chat_new(gemma2_session *s, const char *system);
+/* The same, with the reason in *rc (see gemma2_session_new_ex): GEMMA2_ERROR_INVALID_ARGUMENT (s NULL
+   or not empty), GEMMA2_ERROR_NO_TOKENIZER (the model has none: see gemma2_has_tokenizer),
+   GEMMA2_ERROR_UNSUPPORTED (its vocabulary has no <start_of_turn> / <end_of_turn>: not a Gemma chat
+   tokenizer) or GEMMA2_ERROR_OUT_OF_MEMORY. */
+GEMMA2_DEF gemma2_chat *gemma2_chat_new_ex(gemma2_session *s, const char *system, int *rc);
 GEMMA2_DEF void gemma2_chat_free(gemma2_chat *c);
 /* Adds a user turn and generates the model's reply (streamed through p->on_token). On
    CONTEXT_FULL for the user turn the chat and session are left as they were. */
@@ -869,13 +926,22 @@ GEMMA2_DEF const char *gemma2_error_string(int code)
     case GEMMA2_ERROR_UNSUPPORTED: return "unsupported";
     case GEMMA2_ERROR_BAD_TOKEN: return "token id out of range";
     case GEMMA2_ERROR_CONTEXT_FULL: return "context full";
-    case GEMMA2_ERROR_NO_TOKENIZER: return "model has no tokenizer";
+    /* the usual cause is a folder without a tokenizer file: name the way out */
+    case GEMMA2_ERROR_NO_TOKENIZER: return "model has no tokenizer (no tokenizer.json or tokenizer.model in its folder; "
+                                           "see gemma2_options.tokenizer_path)";
     case GEMMA2_ERROR_NO_WEIGHTS: return "model was loaded without weights";
     case GEMMA2_ERROR_CHAT_FORMAT: return "bad chat message order or role";
     case GEMMA2_ERROR_CANCELLED: return "cancelled";
     case GEMMA2_ERROR_NUMERIC: return "non-finite values (NaN or infinity)";
     default: return "unknown error";
     }
+}
+
+GEMMA2_DEF gemma2_options gemma2_options_default(void)
+{
+    gemma2_options o;
+    memset(&o, 0, sizeof o);
+    return o;
 }
 
 /* ===========================================================================
@@ -2498,12 +2564,22 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
     return s;
 }
 
-GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx)
+GEMMA2_DEF gemma2_session *gemma2_session_new_ex(const gemma2_model *m, int n_ctx, int *rc)
 {
+    gemma2_session *s = NULL;
+    int r = 0;
+    /* Arguments are told apart here, so that a NULL from gemma2__session_new after them can only
+       mean resources (memory, threads, or an n_ctx whose cache no size_t can hold). */
+    if (!m || n_ctx < 0) r = GEMMA2_ERROR_INVALID_ARGUMENT;
+    else if (!m->has_weights) r = GEMMA2_ERROR_NO_WEIGHTS;
     /* past the positions the model was trained for (RoPE angles it has never seen) */
-    if (!m || n_ctx > m->cfg.max_position_embeddings) return NULL;
-    return gemma2__session_new(m, n_ctx, GEMMA2__CHUNK);
+    else if (n_ctx > m->cfg.max_position_embeddings) r = GEMMA2_ERROR_UNSUPPORTED;
+    else if (!(s = gemma2__session_new(m, n_ctx, GEMMA2__CHUNK))) r = GEMMA2_ERROR_OUT_OF_MEMORY;
+    if (rc) *rc = r;
+    return s;
 }
+
+GEMMA2_DEF gemma2_session *gemma2_session_new(const gemma2_model *m, int n_ctx) { return gemma2_session_new_ex(m, n_ctx, NULL); }
 
 /* Nonzero if one of x[0..n) is NaN or infinite: all exponent bits set, the one case where
    adding 1 to the exponent field carries into the sign bit. Integer ORs in 8 independent
@@ -2698,10 +2774,12 @@ static int gemma2__sampler_params_ok(const gemma2_sampler_params *p)
     return 1;
 }
 
-GEMMA2_DEF gemma2_sampler *gemma2_sampler_new(int vocab_size, const gemma2_sampler_params *p)
+GEMMA2_DEF gemma2_sampler *gemma2_sampler_new_ex(int vocab_size, const gemma2_sampler_params *p, int *rc)
 {
     gemma2_sampler *smp;
+    if (rc) *rc = GEMMA2_ERROR_INVALID_ARGUMENT;
     if (vocab_size <= 0 || !gemma2__sampler_params_ok(p)) return NULL;
+    if (rc) *rc = GEMMA2_ERROR_OUT_OF_MEMORY;
     smp = (gemma2_sampler *)gemma2__calloc(1, sizeof *smp);
     if (!smp) return NULL;
     if (p) smp->p = *p;
@@ -2722,7 +2800,20 @@ GEMMA2_DEF gemma2_sampler *gemma2_sampler_new(int vocab_size, const gemma2_sampl
     }
     smp->p.logit_bias = smp->bias;
     gemma2_sampler_seed(smp, smp->p.seed);
+    if (rc) *rc = 0;
     return smp;
+}
+
+GEMMA2_DEF gemma2_sampler *gemma2_sampler_new(int vocab_size, const gemma2_sampler_params *p)
+{
+    return gemma2_sampler_new_ex(vocab_size, p, NULL);
+}
+
+GEMMA2_DEF gemma2_sampler_params gemma2_sampler_params_default(void)
+{
+    gemma2_sampler_params p;
+    memset(&p, 0, sizeof p);
+    return p;
 }
 
 /* The candidate order used everywhere: higher logit first, ties to the lower id. A total order,
@@ -3272,6 +3363,26 @@ static long gemma2__stream_match(const gemma2__stream *st, size_t *keep)
 
 /* --- generation ---------------------------------------------------------------- */
 
+GEMMA2_DEF const char *gemma2_stop_reason_string(int reason)
+{
+    switch (reason) {
+    case 0: return "none";
+    case GEMMA2_STOP_EOS: return "end of sequence";
+    case GEMMA2_STOP_MAX_TOKENS: return "max tokens";
+    case GEMMA2_STOP_STRING: return "stop string";
+    case GEMMA2_STOP_CALLBACK: return "stopped by callback";
+    case GEMMA2_STOP_CONTEXT_FULL: return "context full";
+    default: return "unknown";
+    }
+}
+
+GEMMA2_DEF gemma2_generate_params gemma2_generate_params_default(void)
+{
+    gemma2_generate_params p;
+    memset(&p, 0, sizeof p);
+    return p;
+}
+
 GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_prompt,
                                const gemma2_generate_params *params, gemma2_generate_result *res)
 {
@@ -3407,20 +3518,28 @@ struct gemma2_chat {
     int *reply_pos;        /* [n] position where its reply begins (after <start_of_turn>model\n) */
 };
 
-GEMMA2_DEF gemma2_chat *gemma2_chat_new(gemma2_session *s, const char *system)
+GEMMA2_DEF gemma2_chat *gemma2_chat_new_ex(gemma2_session *s, const char *system, int *rc)
 {
     gemma2_chat *c;
+    int r;
+    if (rc) *rc = GEMMA2_ERROR_INVALID_ARGUMENT;
     if (!s || gemma2_session_pos(s) != 0) return NULL;
+    if (rc) *rc = GEMMA2_ERROR_OUT_OF_MEMORY;
     c = (gemma2_chat *)gemma2__calloc(1, sizeof *c);
     if (!c) return NULL;
     c->s = s;
     c->m = gemma2__gen_model(s);
-    if (gemma2__chat_markers(c->m, &c->ids) != 0 || (system && !(c->system = gemma2__strdup(system)))) {
+    /* NO_TOKENIZER, or UNSUPPORTED for a vocabulary without the markers (gemma2__marker_id) */
+    if ((r = gemma2__chat_markers(c->m, &c->ids)) != 0 || (system && !(c->system = gemma2__strdup(system)))) {
+        if (rc) *rc = r != 0 ? r : GEMMA2_ERROR_OUT_OF_MEMORY;
         gemma2_chat_free(c);
         return NULL;
     }
+    if (rc) *rc = 0;
     return c;
 }
+
+GEMMA2_DEF gemma2_chat *gemma2_chat_new(gemma2_session *s, const char *system) { return gemma2_chat_new_ex(s, system, NULL); }
 
 GEMMA2_DEF void gemma2_chat_free(gemma2_chat *c)
 {
@@ -5016,8 +5135,12 @@ GEMMA2_DEF int gemma2_detokenize(const gemma2_model *m, const int32_t *ids, int 
     k.n = 0;
     for (i = 0; i < n; i++) gemma2__detok_one(t, &d, ids[i], flags, &k);
     gemma2__u8_end(&d, &k, t->format == GEMMA2__TOK_SPM);
-    return k.n > (size_t)INT_MAX ? GEMMA2_ERROR_INVALID_ARGUMENT : (int)k.n;
+    if (k.n > (size_t)INT_MAX) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (k.n < cap) out[k.n] = 0; /* as gemma2_chat_render: a C string whenever there is room */
+    return (int)k.n;
 }
+
+GEMMA2_DEF int gemma2_has_tokenizer(const gemma2_model *m) { return m && m->tok ? 1 : 0; }
 
 GEMMA2_DEF void gemma2_detok_init(gemma2_detok *d, const gemma2_model *m, int flags)
 {
@@ -5454,6 +5577,19 @@ struct gemma2__file {
 #include <fcntl.h>
 #include <unistd.h>
 #define GEMMA2__POSIX_MMAP 1
+#endif
+
+/* Whether this build can ask for 2 MiB pages (documented under BUILD SWITCHES). The fallback is
+   silent at run time (the weights still load, only with more TLB misses), so a build that must
+   not lose them says so with GEMMA2_REQUIRE_HUGEPAGES; the usual cause is strict -std=c99 with a
+   system header included before this file, which hides MAP_ANONYMOUS and madvise. */
+#if defined(GEMMA2__POSIX_MMAP) && (defined(MAP_ANONYMOUS) || defined(MAP_ANON)) && defined(MADV_HUGEPAGE)
+#define GEMMA2_HUGEPAGES 1
+#else
+#define GEMMA2_HUGEPAGES 0
+#endif
+#if defined(GEMMA2_REQUIRE_HUGEPAGES) && !GEMMA2_HUGEPAGES
+#error "gemma2.h: GEMMA2_REQUIRE_HUGEPAGES, but MAP_ANONYMOUS or madvise(MADV_HUGEPAGE) is not declared: include gemma2.h before any system header, define _DEFAULT_SOURCE, or build in a GNU mode (-std=gnu99)"
 #endif
 
 /* Every file is checked to be a regular file (symlinks are followed: the Hugging Face cache links

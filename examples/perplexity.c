@@ -50,18 +50,30 @@ int main(int argc, char **argv)
     if (!text || fread(text, 1, (size_t)len, f) != (size_t)len) { fprintf(stderr, "perplexity: error: %s: cannot read\n", file); return 1; }
     fclose(f);
 
-    memset(&o, 0, sizeof o);
+    o = gemma2_options_default();
     o.n_threads = n_threads;
     o.tokenizer_path = tok;
     m = gemma2_load(model, &o, err, sizeof err);
     if (!m) { fprintf(stderr, "perplexity: error: %s\n", err); return 1; }
+    /* a folder without a tokenizer file loads (ids-only use is legitimate): say where it looked */
+    if (!gemma2_has_tokenizer(m)) {
+        fprintf(stderr, "perplexity: error: no tokenizer.json or tokenizer.model in %s (use --tokenizer FILE)\n", model);
+        return 1;
+    }
     n = gemma2_tokenize(m, text, (size_t)len, &dummy, 0, 0);
     if (n < 0) { fprintf(stderr, "perplexity: error: tokenizing: %s\n", gemma2_error_string(n)); return 1; }
+    /* no tokens means no average: exp(0 / 0) would print nan and look like a result */
+    if (n == 0) { fprintf(stderr, "perplexity: error: %s: no text to score (empty file)\n", file); return 1; }
     ids = (int32_t *)malloc(sizeof(int32_t) * (size_t)(n + 1));
     lp = (float *)malloc(sizeof(float) * (size_t)n_ctx);
     n = gemma2_tokenize(m, text, (size_t)len, ids, n, 0);
-    s = gemma2_session_new(m, n_ctx);
-    if (!ids || !lp || !s) { fprintf(stderr, "perplexity: error: out of memory\n"); return 1; }
+    s = gemma2_session_new_ex(m, n_ctx, &rc);
+    if (!s && rc == GEMMA2_ERROR_UNSUPPORTED)
+        fprintf(stderr, "perplexity: error: -c %d is more than the %d positions of %s\n", n_ctx,
+                gemma2_model_config(m)->max_position_embeddings, model);
+    else if (!s) fprintf(stderr, "perplexity: error: -c %d: %s\n", n_ctx, gemma2_error_string(rc));
+    if (!s) return 1;
+    if (!ids || !lp) { fprintf(stderr, "perplexity: error: out of memory\n"); return 1; }
     bos = gemma2_model_config(m)->bos_token_id;
     win = n_ctx - 1;
     fprintf(stderr, "%d tokens, %d windows of up to %d\n", n, (n + win - 1) / win, win);

@@ -22,7 +22,7 @@ int main(int argc, char **argv)
     gemma2_session *s;
     const float *logits;
     int *best;
-    memset(&opt, 0, sizeof opt);
+    opt = gemma2_options_default();
     for (i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-k") && i + 1 < argc) k = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-t") && i + 1 < argc) opt.n_threads = atoi(argv[++i]);
@@ -41,8 +41,15 @@ int main(int argc, char **argv)
     opt.no_tokenizer = 1; /* ids in, ids out: no need to read the tokenizer */
     m = gemma2_load(dir, &opt, err, sizeof err);
     if (!m) { fprintf(stderr, "topk: %s\n", err); return 1; }
-    s = gemma2_session_new(m, n);
-    if (!s) { fprintf(stderr, "topk: cannot create a session (out of memory?)\n"); gemma2_free(m); return 1; }
+    s = gemma2_session_new_ex(m, n, &rc);
+    if (!s) {
+        if (rc == GEMMA2_ERROR_UNSUPPORTED)
+            fprintf(stderr, "topk: %d ids are more than the %d positions of %s\n", n, gemma2_model_config(m)->max_position_embeddings, dir);
+        else
+            fprintf(stderr, "topk: %s: %s\n", dir, gemma2_error_string(rc));
+        gemma2_free(m);
+        return 1;
+    }
     rc = gemma2_eval(s, ids, n, NULL);
     if (rc != 0) { fprintf(stderr, "topk: %s\n", gemma2_error_string(rc)); gemma2_session_free(s); gemma2_free(m); return 1; }
     logits = gemma2_logits(s);
