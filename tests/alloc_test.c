@@ -246,8 +246,10 @@ static int at_session_op(int nt, int kv, long k, at_out *out)
     gemma2_session *s;
     int rc;
     at_arm(k);
-    s = gemma2_session_new(at_gqa[nt - 1][kv], 16);
+    s = gemma2_session_new_ex(at_gqa[nt - 1][kv], 16, &rc);
     at_disarm();
+    /* the reason must be the allocation, not a misread argument */
+    AT_CHECK(s ? rc == 0 : rc == GEMMA2_ERROR_OUT_OF_MEMORY, "session_new_ex: rc %d", rc);
     if (!s) return -1;
     rc = gemma2_eval(s, at_ids, 6, NULL);
     if (rc == 0) at_put(out, gemma2_logits(s), 64 * sizeof(float));
@@ -349,7 +351,8 @@ static int at_op_chat(long k, at_out *out)
     int rc;
     if (!s) return -2;
     at_arm(k);
-    c = gemma2_chat_new(s, "Be brief.");
+    c = gemma2_chat_new_ex(s, "Be brief.", &rc);
+    AT_CHECK(c ? rc == 0 : rc == GEMMA2_ERROR_OUT_OF_MEMORY, "chat_new_ex: rc %d", rc);
     rc = c ? 0 : -1;
     if (rc == 0) rc = gemma2_chat_say(c, "Hello", &p, NULL);
     if (rc == 0) rc = gemma2_chat_say(c, "Again", &p, NULL);
@@ -402,7 +405,7 @@ static int at_op_sampler(long k, at_out *out)
     gemma2_logit_bias bias[2] = {{3, -1e30f}, {7, 2.0f}};
     int32_t hist[5] = {1, 2, 3, 7, 7};
     gemma2_sampler *smp;
-    int i, id = 0;
+    int i, id = 0, rc;
     for (i = 0; i < 1000; i++) logits[i] = (float)((i * 37) % 101) / 10.0f;
     memset(&p, 0, sizeof p);
     p.temperature = 0.8f;
@@ -416,7 +419,8 @@ static int at_op_sampler(long k, at_out *out)
     p.n_logit_bias = 2;
     p.seed = 11;
     at_arm(k);
-    smp = gemma2_sampler_new(1000, &p);
+    smp = gemma2_sampler_new_ex(1000, &p, &rc);
+    AT_CHECK(smp ? rc == 0 : rc == GEMMA2_ERROR_OUT_OF_MEMORY, "sampler_new_ex: rc %d", rc);
     for (i = 0; smp && i < 4 && id >= 0; i++) {
         id = gemma2_sampler_sample(smp, logits, hist, 5);
         if (id >= 0) at_put(out, &id, sizeof id);

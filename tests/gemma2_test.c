@@ -19,3 +19,4 @@
 #include "test_chat.c"
 #include "test_generate.c"
 #include "test_session.c"
+#include "test_api.c"

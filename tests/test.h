@@ -42,6 +42,7 @@ void suite_sampler(void);
 void suite_chat(void);
 void suite_generate(void);
 void suite_session(void);
+void suite_api(void);
 
 #ifdef __cplusplus
 }

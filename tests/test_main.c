@@ -55,6 +55,7 @@ int main(int argc, char **argv)
     suite_chat();
     suite_generate();
     suite_session();
+    suite_api();
     printf("%d passed, %d failed\n", g2t_passed, g2t_failed);
     return g2t_failed ? 1 : 0;
 }
