@@ -18,7 +18,7 @@
      shows them, such as gcc's default gnu17): strict -std=c99 hides MAP_ANONYMOUS and madvise,
      and gemma2.h asks for _DEFAULT_SOURCE to get them. Without them it still works, only without
      2 MiB pages for the weights; GEMMA2_HUGEPAGES (0 or 1, defined by the implementation) says
-     which, and GEMMA2_REQUIRE_HUGEPAGES makes the first an #error (see BUILD SWITCHES).
+     which, and GEMMA2_REQUIRE_HUGEPAGES makes going without them an #error (see BUILD SWITCHES).
 
          static int print_text(void *user, int32_t token, const char *text, size_t len)
          {
