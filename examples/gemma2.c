@@ -635,6 +635,10 @@ static int cli_main(int argc, char **argv, FILE *in, FILE *out, FILE *err)
     m = gemma2_load(o.model, &mo, emsg, sizeof emsg);
     if (tty_err) fprintf(err, "\r");
     if (!m) { fprintf(err, "gemma2: error: %s\n", emsg); goto done; }
+    if (!gemma2_has_tokenizer(m)) { /* prompts are text: say where the tokenizer was looked for */
+        fprintf(err, "gemma2: error: no tokenizer.json or tokenizer.model in %s (use --tokenizer FILE)\n", o.model);
+        goto done;
+    }
     fprintf(err, "loaded %s in %.2f s: %d layers, vocab %d, %.2f GB of weights%s, kernels %s%s%s\n", o.model, cli_now() - t0,
             gemma2_model_config(m)->num_hidden_layers, gemma2_vocab_size(m), (double)gemma2_model_weight_bytes(m) / 1e9,
             o.no_mmap ? " (read into memory)" : "", gemma2_model_kernels(m), o.compute_bf16 ? ", compute bf16" : "",
@@ -721,8 +725,13 @@ static int cli_main(int argc, char **argv, FILE *in, FILE *out, FILE *err)
         goto done;
     }
 
-    chat = gemma2_chat_new(s, o.system);
-    if (!chat) { fprintf(err, "gemma2: error: this model's tokenizer has no <start_of_turn>/<end_of_turn> (not a Gemma chat vocabulary?)\n"); goto done; }
+    chat = gemma2_chat_new_ex(s, o.system, &rc);
+    if (!chat) {
+        if (rc == GEMMA2_ERROR_UNSUPPORTED)
+            fprintf(err, "gemma2: error: this model's tokenizer has no <start_of_turn>/<end_of_turn> (not a Gemma chat vocabulary?)\n");
+        else fprintf(err, "gemma2: error: %s\n", gemma2_error_string(rc));
+        goto done;
+    }
     if (o.interactive) {
         fprintf(err, "interactive chat: type a message and press Enter; /help lists the commands; Ctrl-C stops a reply, "
                      "/quit or Ctrl-D leaves\n");

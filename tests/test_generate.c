@@ -605,6 +605,11 @@ static void test_generate_cli(void)
         CHECK(gen_cli(a3, 6, NULL, out, sizeof out, err, sizeof err) != 0 && strstr(err, "--temp"), "bad number: %s", err);
         CHECK(gen_cli(a4, 3, NULL, out, sizeof out, err, sizeof err) != 0 && strstr(err, "--bogus"), "unknown flag");
         CHECK(gen_cli(a5, 3, NULL, out, sizeof out, err, sizeof err) != 0 && strstr(err, "-n"), "missing value");
+        {   /* a folder without a tokenizer: the error names the folder and the way out */
+            const char *a6[] = {"-m", model, "-p", "hi"};
+            CHECK(gen_cli(a6, 4, NULL, out, sizeof out, err, sizeof err) != 0 && strstr(err, "no tokenizer.json or tokenizer.model in") &&
+                      strstr(err, "--tokenizer FILE"), "no tokenizer: %s", err);
+        }
     }
 }
 
