@@ -117,7 +117,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1) return 0;
     fz_options(data[0], &o);
     q = o.weights == GEMMA2_WEIGHTS_Q4;
-    o.kernels = GEMMA2_KERNELS_SCALAR; /* TEMP: reported bug, see fz_options. Remove with the fix. */
     for (k = 0; k < 8; k++) len8[k] = (unsigned char)((uint64_t)(size - 1) >> (8 * k));
     fz_add(&f, len8, 8);
     fz_add(&f, data + 1, size - 1);

@@ -25,9 +25,7 @@ static void fz_use_text(const gemma2_model *m, const char *text, size_t len, int
     if (n < 0) return;
     if (n > 512) n = 512;
     for (i = 0; i < n; i++)
-        /* TEMP: known bug (tokenize writes id -1 for a byte that the vocabulary has no byte piece for), being
-           fixed: -1 is let through until then. Remove with the fix. */
-        if ((ids[i] < 0 && ids[i] != -1) || ids[i] >= V) {
+        if (ids[i] < 0 || ids[i] >= V) {
             fprintf(stderr, "id %d of %d is %d, outside the vocabulary of %d (flags %d)\n", i, n, ids[i], V, flags);
             FZ_CHECK(!"ids in [0, vocab)");
         }
