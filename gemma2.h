@@ -369,7 +369,8 @@ GEMMA2_DEF const int32_t *gemma2_session_tokens(const gemma2_session *s); /* the
    rounding of a different batching). Cheap, except when a sliding-window layer's ring buffer
    no longer holds the keys token pos - 1 needs (only ever after going back more than 127
    positions from the furthest one reached): then the tokens before pos are evaluated again.
-   Returns 0 or a negative error. */
+   Returns 0 or a negative error. GEMMA2_ERROR_NUMERIC (a broken model: the recomputed logits
+   are not finite) leaves pos - 1 tokens, or none when the tokens were evaluated again. */
 GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos);
 
 /* Tracing: fn is called after the embedding (layer 0) and after each decoder layer l
