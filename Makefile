@@ -1,6 +1,7 @@
 # gemma2.h - build the CLI and the examples, run the tests and the benchmarks.
 #
-#   make                  the CLI (./gemma2) and the examples (examples/topk, tokenize, perplexity, quantize)
+#   make                  the CLI (./gemma2) and the examples (examples/topk, tokenize, perplexity, quantize);
+#                         each compiles the whole library, so make -j builds them side by side
 #   make test             the test suite: gcc -O2 -Werror, clang with ASan + UBSan, C++; the
 #                         allocation-failure sweep (ASan + UBSan); sessions on several threads
 #                         under clang's TSan; a short run of every fuzz target (fuzz-smoke); then
