@@ -1,6 +1,7 @@
 # gemma2.h - build the CLI and the examples, run the tests and the benchmarks.
 #
-#   make                  the CLI (./gemma2) and the examples (examples/topk, tokenize, perplexity, quantize)
+#   make                  the CLI (./gemma2) and the examples (examples/topk, tokenize, perplexity, quantize);
+#                         each compiles the whole library, so make -j builds them side by side
 #   make test             the test suite: gcc -O2 -Werror, clang with ASan + UBSan, C++; the
 #                         allocation-failure sweep (ASan + UBSan); sessions on several threads
 #                         under clang's TSan; a short run of every fuzz target (fuzz-smoke); then
@@ -14,6 +15,8 @@
 #   make bench            bench-tokenizer, then bench-model (not part of the tests)
 #   make bench-model      speed benchmark on random-weight 2B checkpoints in bench-data/;
 #                         flags through BENCH_ARGS, e.g. make bench-model BENCH_ARGS=--preload
+#   make bench-model-data only write that 2B checkpoint, with generation_config.json and the real
+#                         tokenizer, so that ./gemma2 -m bench-data/gemma-2-2b-random runs on it
 #   make bench-tokenizer  tokenizer speed (against SentencePiece when libsentencepiece-dev is installed)
 #   make clean            remove every binary the above build
 #
@@ -45,7 +48,7 @@ EXAMPLES = examples/topk examples/tokenize examples/perplexity examples/quantize
 TESTS    = tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx
 BENCHES  = tests/bench_model tests/bench_tokenizer
 
-.PHONY: all test test-native test-arm64 fuzz fuzz-smoke fuzz-seeds bench bench-model bench-tokenizer clean
+.PHONY: all test test-native test-arm64 fuzz fuzz-smoke fuzz-seeds bench bench-model bench-model-data bench-tokenizer clean
 
 # ---------------------------------------------------------------- build: the CLI and the examples
 # Each example defines GEMMA2_IMPLEMENTATION itself, so each compiles the whole library;
@@ -124,6 +127,10 @@ bench: $(BENCHES)
 
 bench-model: tests/bench_model
 	$(RUN_BENCH_MODEL)
+
+# Only the 2B random-weight checkpoint, ready for ./gemma2 -m bench-data/gemma-2-2b-random
+bench-model-data: tests/bench_model
+	./tests/bench_model --write-only
 
 bench-tokenizer: tests/bench_tokenizer
 	$(RUN_BENCH_TOKENIZER)

@@ -1,9 +1,10 @@
 /* topk: load a Gemma 2 folder and print the k most likely next tokens after the given ids.
 
-     ./examples/topk MODEL_DIR [-k K] [-t THREADS] ID [ID ...]
+     ./examples/topk MODEL_DIR [-k K] [-t THREADS] [--tokenizer FILE] ID [ID ...]
 
-   Example (tests/data has a tiny random model with the real vocabulary):
-     ./examples/topk tests/data/models/tiny-realvocab 2 106 1645 108
+   Prints one line per token: id, logit and, with --tokenizer, the token's text (control
+   characters escaped). Example (tests/data has a tiny random model with the real vocabulary):
+     ./examples/topk tests/data/models/tiny-realvocab --tokenizer tests/data/tokenizer/tokenizer.json 2 106 1645 108
 */
 #define GEMMA2_IMPLEMENTATION
 #include "../gemma2.h"
@@ -13,7 +14,7 @@
 
 int main(int argc, char **argv)
 {
-    const char *dir = NULL;
+    const char *dir = NULL, *tok = NULL;
     int k = 10, n = 0, i, j, rc;
     int32_t *ids = (int32_t *)malloc(sizeof(int32_t) * (size_t)(argc > 1 ? argc : 1));
     gemma2_options opt;
@@ -26,6 +27,7 @@ int main(int argc, char **argv)
     for (i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-k") && i + 1 < argc) k = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-t") && i + 1 < argc) opt.n_threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) tok = argv[++i];
         else if (!dir) dir = argv[i];
         else {
             char *end;
@@ -35,10 +37,11 @@ int main(int argc, char **argv)
         }
     }
     if (!dir || n == 0 || k < 1) {
-        fprintf(stderr, "usage: topk MODEL_DIR [-k K] [-t THREADS] ID [ID ...]\n");
+        fprintf(stderr, "usage: topk MODEL_DIR [-k K] [-t THREADS] [--tokenizer FILE] ID [ID ...]\n");
         return 2;
     }
-    opt.no_tokenizer = 1; /* ids in, ids out: no need to read the tokenizer */
+    opt.no_tokenizer = tok == NULL; /* ids in, ids out: the tokenizer only to show the tokens' text */
+    opt.tokenizer_path = tok;
     m = gemma2_load(dir, &opt, err, sizeof err);
     if (!m) { fprintf(stderr, "topk: %s\n", err); return 1; }
     s = gemma2_session_new_ex(m, n, &rc);
@@ -62,7 +65,21 @@ int main(int argc, char **argv)
         for (j = k - 1; j > 0 && (best[j - 1] < 0 || logits[i] > logits[best[j - 1]]); j--) best[j] = best[j - 1];
         best[j] = i;
     }
-    for (i = 0; i < k; i++) printf("%d\t%.4f\n", best[i], logits[best[i]]);
+    for (i = 0; i < k; i++) {
+        printf("%d\t%.4f", best[i], logits[best[i]]);
+        if (tok) {
+            size_t len = 0, c;
+            const char *piece = gemma2_token_piece(m, best[i], &len);
+            putchar('\t');
+            for (c = 0; piece && c < len; c++) {
+                unsigned char b = (unsigned char)piece[c];
+                if (b == '\n') fputs("\\n", stdout);
+                else if (b < 0x20 || b == 0x7f) printf("\\x%02x", b);
+                else putchar(b);
+            }
+        }
+        putchar('\n');
+    }
     free(best);
     free(ids);
     gemma2_session_free(s);

@@ -17,6 +17,9 @@
    or, with --preload, read into anonymous huge pages (gemma2_options.preload). --kv-bf16 runs
    every configuration with GEMMA2_KV_BF16 (the KV cache in bf16: decode at long contexts);
    --quantized runs only the Q8 and Q4 configurations.
+   --write-only writes the checkpoints (2B; with --9b also 9B) and stops: each folder gets
+   generation_config.json (eos 1 and 107) and the real tokenizer.json, so ./gemma2 -m DIR runs on
+   it as on a real download (make bench-model-data).
    Every 2B run starts with what users get without options beside --preload (--no-paths skips it,
    --only-paths runs only it): per thread count and compute mode, both paths loaded from a cold
    page cache, time to first token (load + first prompt), then prefill and decode timed in
@@ -124,6 +127,33 @@ static int bench_write_config(const char *dir, const bench_shape *s)
     return 0;
 }
 
+/* Makes DIR usable as the CLI uses a real download: generation_config.json with Gemma's two end
+   tokens (eos 1 and <end_of_turn> 107), and the real Gemma tokenizer copied from the tests'
+   data (the vocabulary is the real one; the weights are random, so the text is noise). */
+static int bench_cli_ready(const char *dir)
+{
+    char path[1100];
+    FILE *f, *in;
+    struct stat st;
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    if (stat(path, &st) != 0) {
+        if (!(f = fopen(path, "w"))) return -1;
+        fprintf(f, "{\n  \"bos_token_id\": 2,\n  \"eos_token_id\": [1, 107],\n  \"pad_token_id\": 0\n}\n");
+        if (fclose(f) != 0) return -1;
+    }
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if (stat(path, &st) != 0 && (in = fopen("tests/data/tokenizer/tokenizer.json", "rb")) != NULL) {
+        char buf[1 << 16];
+        size_t n;
+        int bad = 0;
+        if (!(f = fopen(path, "wb"))) { fclose(in); return -1; }
+        while ((n = fread(buf, 1, sizeof buf, in)) > 0) bad |= fwrite(buf, 1, n, f) != n;
+        fclose(in);
+        if (fclose(f) != 0 || bad) { remove(path); return -1; }
+    }
+    return 0;
+}
+
 /* Closes the JSON header hdr[0 .. len) (room for 8 more bytes), pads it with spaces so the
    data starts 8-byte aligned, and writes the length and the header to DIR/model.safetensors;
    the open file, for the tensor data, or NULL. */
@@ -199,9 +229,9 @@ static int bench_ensure_model(const char *dir, const bench_shape *s)
     for (i = 0; i < n; i++) expect += (size_t)t[i].rows * (size_t)(t[i].cols ? t[i].cols : 1) * 2;
     free(t);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    if (stat(path, &st) == 0 && (size_t)st.st_size > expect) return 0; /* already there */
+    if (stat(path, &st) == 0 && (size_t)st.st_size > expect) return bench_cli_ready(dir); /* already there */
     fprintf(stderr, "writing %s (%.1f GB of random bf16 weights)...\n", dir, (double)expect / 1e9);
-    return bench_write_model(dir, s);
+    return bench_write_model(dir, s) != 0 ? -1 : bench_cli_ready(dir);
 }
 
 /* A 4-bit checkpoint written directly in gemma2_save_quantized's format (a 27B bf16 file, 54
@@ -843,7 +873,7 @@ done:
 
 int main(int argc, char **argv)
 {
-    int want9 = 0, only_nt = 0, kernels_only = 0, quant_only = 0, big = 0, paths = 1, i, nt;
+    int want9 = 0, only_nt = 0, kernels_only = 0, quant_only = 0, big = 0, paths = 1, write_only = 0, i, nt;
     const char *data = "bench-data";
     char d2[1024], d9[1024];
     size_t bytes = (size_t)1 << 29; /* 512 MB: 16x the L3 */
@@ -864,15 +894,23 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--quantized")) quant_only = 1;
         else if (!strcmp(argv[i], "--big-q4")) big = 1;
         else if (!strcmp(argv[i], "--no-paths")) paths = 0;
+        else if (!strcmp(argv[i], "--write-only")) write_only = 1;
         else if (!strcmp(argv[i], "--only-paths")) paths = 2;
         else {
-            fprintf(stderr, "usage: %s [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--quantized] [--big-q4] [--no-paths | --only-paths] [--data DIR]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--quantized] [--big-q4] [--no-paths | --only-paths] [--write-only] [--data DIR]\n", argv[0]);
             return 2;
         }
     }
     if (getenv("BENCH_9B")) want9 = 1;
     snprintf(d2, sizeof d2, "%s/%s", data, bench_2b.name);
     snprintf(d9, sizeof d9, "%s/%s", data, bench_9b.name);
+    if (write_only) { /* the checkpoints only, ready for ./gemma2 -m DIR */
+        if (want9 != 2 && bench_ensure_model(d2, &bench_2b) != 0) { fprintf(stderr, "cannot write %s\n", d2); return 1; }
+        if (want9 && bench_ensure_model(d9, &bench_9b) != 0) { fprintf(stderr, "cannot write %s\n", d9); return 1; }
+        if (want9 != 2) printf("ready: ./gemma2 -m %s -p \"...\"\n", d2);
+        if (want9) printf("ready: ./gemma2 -m %s -p \"...\"\n", d9);
+        return 0;
+    }
     {
         gemma2__kernels k;
         gemma2__kernels_select(GEMMA2_KERNELS_AUTO, &k);
