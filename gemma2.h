@@ -564,7 +564,7 @@ enum {
     GEMMA2_STOP_EOS = 1,          /* sampled an end-of-sequence id (config eos ids or stop_ids) */
     GEMMA2_STOP_MAX_TOKENS = 2,   /* max_new_tokens reached */
     GEMMA2_STOP_STRING = 3,       /* the text reached one of the stop strings */
-    GEMMA2_STOP_CALLBACK = 4,     /* on_token returned nonzero */
+    GEMMA2_STOP_CALLBACK = 4,     /* on_token or on_prompt returned nonzero */
     GEMMA2_STOP_CONTEXT_FULL = 5  /* the session holds n_ctx tokens: nothing more fits */
 };
 /* A static, readable name for a GEMMA2_STOP_* ("end of sequence", "max tokens", ...); "none" for 0
@@ -578,6 +578,8 @@ GEMMA2_DEF const char *gemma2_stop_reason_string(int reason);
    last call with token -1 delivers held-back text, if any. Return nonzero to stop. The text is
    not NUL-terminated and is valid only during the call. */
 typedef int (*gemma2_token_fn)(void *user, int32_t token, const char *text, size_t len);
+/* Prompt progress: done of total prompt tokens are evaluated. Nonzero stops (see on_prompt). */
+typedef int (*gemma2_prompt_fn)(void *user, int done, int total);
 
 /* All-zero means: greedy, until an eos id or the context is full, no stop strings. */
 typedef struct gemma2_generate_params {
@@ -590,7 +592,12 @@ typedef struct gemma2_generate_params {
     int n_stop_ids;
     int ignore_eos;                  /* nonzero: the model's eos ids do not stop generation */
     gemma2_token_fn on_token;        /* optional streaming callback */
-    void *user;
+    gemma2_prompt_fn on_prompt;      /* optional: called after each pass over the prompt (128 tokens; the
+                                        last may be shorter), for a progress display. The prompt gives the
+                                        same logits with or without it. Nonzero stops: the prompt is taken
+                                        back (gemma2_session_rewind to where the call began) and
+                                        gemma2_generate returns 0 with stop_reason GEMMA2_STOP_CALLBACK */
+    void *user;                      /* passed to on_token and on_prompt */
 } gemma2_generate_params;
 /* All zero (see above), without C++'s -Wextra warning on `= {0}` (see gemma2_options_default). */
 GEMMA2_DEF gemma2_generate_params gemma2_generate_params_default(void);
@@ -3384,6 +3391,27 @@ GEMMA2_DEF gemma2_generate_params gemma2_generate_params_default(void)
     return p;
 }
 
+/* The prompt, one pass at a time when someone watches its progress. gemma2_eval cuts a prompt
+   into the same passes (s->chunk tokens from the session's position), so the results are the
+   same; a pass that is not the last only also computes its last row's logits. A failure or a
+   stop takes the whole prompt back, as one gemma2_eval would have left it. */
+static int gemma2__generate_prompt(gemma2_session *s, const int32_t *prompt, int n, const gemma2_generate_params *p, int *stopped)
+{
+    int done = 0, rc, pos0 = s->pos;
+    if (!p->on_prompt) return gemma2_eval(s, prompt, n, NULL);
+    while (done < n) {
+        int c = GEMMA2__MIN(s->chunk, n - done);
+        rc = gemma2_eval(s, prompt + done, c, NULL);
+        if (rc == 0 && p->on_prompt(p->user, done + c, n) != 0) *stopped = 1;
+        if (rc != 0 || *stopped) {
+            if (s->pos > pos0) gemma2_session_rewind(s, pos0);
+            return rc;
+        }
+        done += c;
+    }
+    return 0;
+}
+
 GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_prompt,
                                const gemma2_generate_params *params, gemma2_generate_result *res)
 {
@@ -3417,7 +3445,8 @@ GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_p
     smp = gemma2_sampler_new(gemma2_vocab_size(m), &p.sampler);
     if (!smp || gemma2__stream_reserve(&st, st.max_stop + 512) != 0) { rc = GEMMA2_ERROR_OUT_OF_MEMORY; goto done; }
     gemma2_detok_init(&dt, m, GEMMA2_DETOKENIZE_SKIP_CONTROL);
-    if (n_prompt > 0 && (rc = gemma2_eval(s, prompt, n_prompt, NULL)) != 0) goto done;
+    if (n_prompt > 0 && (rc = gemma2__generate_prompt(s, prompt, n_prompt, &p, &stopped)) != 0) goto done;
+    if (stopped) { r.stop_reason = GEMMA2_STOP_CALLBACK; goto done; }
     r.n_prompt = n_prompt;
 
     while (!stopped) {

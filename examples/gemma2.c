@@ -49,11 +49,14 @@ static double cli_now(void)
 }
 
 /* Ctrl-C. The handler only counts (cli_sigint); the program acts on the count where it can: the
-   token callback stops a reply, the idle prompt says how to quit and quits at the second one, a
-   one-shot run exits with 130 (the shell's 128 + SIGINT). The test suite raises SIGINT from
-   cli_test_hook, which runs at the points where a key press would land. */
+   token and prompt callbacks stop a reply (a prompt stopped halfway is taken back), the idle prompt
+   says how to quit and quits at the second one, a one-shot run exits with 130 (the shell's 128 +
+   SIGINT). The test suite raises SIGINT from cli_test_hook, which runs at the points where a key
+   press would land: at = CLI_AT_READ (n: the line read), CLI_AT_TOKEN (n: the token streamed) or
+   CLI_AT_PROMPT (n: the prompt tokens evaluated). */
+enum { CLI_AT_READ, CLI_AT_TOKEN, CLI_AT_PROMPT };
 static volatile sig_atomic_t cli_interrupted;
-static void (*cli_test_hook)(int at_token, int n); /* NULL in the program */
+static void (*cli_test_hook)(int at, int n); /* NULL in the program */
 
 static int cli_sigint(void)
 {
@@ -166,7 +169,7 @@ static void cli_usage(FILE *o)
         "      --version           the library version\n"
         "  -h, --help              this help\n"
         "\n"
-        "Flags that take a value also take it as --flag=VALUE.\n");
+        "Flags that take a value also take it as --flag=VALUE (or -f=VALUE).\n");
 }
 
 static int cli_int(const char *s, long lo, long hi, int *out)
@@ -270,7 +273,7 @@ static int cli_parse(int argc, char **argv, cli_opts *o, FILE *in, FILE *out, FI
         const cli_flag *f;
         size_t len = strlen(a);
         int ok = 1;
-        if (a[0] == '-' && a[1] == '-' && (eq = strchr(a, '=')) != NULL) len = (size_t)(eq - a);
+        if (a[0] == '-' && (eq = strchr(a, '=')) != NULL) len = (size_t)(eq - a); /* --flag=value, -f=value */
         /* looked up before anything else, so that an unknown flag is called unknown wherever it is */
         if (a[0] != '-' || !(f = cli_flag_find(a, len))) {
             fprintf(err, "gemma2: error: unknown argument '%s' (see --help)\n", a);
@@ -460,7 +463,9 @@ static char *cli_read_line(FILE *in)
 }
 
 typedef struct cli_stream {
-    FILE *out;
+    FILE *out, *err;
+    int tty_err;      /* stderr is a terminal: progress redrawn in place */
+    int prompt_shown; /* the prompt's progress is on screen */
     double t_first;   /* time of the first token: the prompt is evaluated by then */
     int n_tokens;
     size_t n_bytes;
@@ -477,7 +482,23 @@ static int cli_on_token(void *user, int32_t token, const char *text, size_t len)
         st->n_bytes += len;
         st->last = text[len - 1];
     }
-    if (cli_test_hook && token >= 0) cli_test_hook(1, st->n_tokens);
+    if (cli_test_hook && token >= 0) cli_test_hook(CLI_AT_TOKEN, st->n_tokens);
+    return cli_interrupted != 0;
+}
+
+/* A long prompt takes seconds per pass (128 tokens) before the first word: say how far it is, for
+   prompts of more than one pass. On a terminal the line is erased once the prompt is in. */
+static int cli_on_prompt(void *user, int done, int total)
+{
+    cli_stream *st = (cli_stream *)user;
+    if (cli_test_hook) cli_test_hook(CLI_AT_PROMPT, done);
+    if (done < total || st->prompt_shown) {
+        if (!st->tty_err) fprintf(st->err, "prompt: %d/%d tokens\n", done, total);
+        else if (done < total) fprintf(st->err, "\rprompt: %d/%d tokens", done, total);
+        else fprintf(st->err, "\r%40s\r", "");
+        fflush(st->err);
+        st->prompt_shown = 1;
+    }
     return cli_interrupted != 0;
 }
 
@@ -674,6 +695,7 @@ static int cli_main(int argc, char **argv, FILE *in, FILE *out, FILE *err)
     gp.n_stop_strings = o.n_stops;
     gp.ignore_eos = o.ignore_eos;
     gp.on_token = cli_on_token;
+    gp.on_prompt = cli_on_prompt;
     gp.user = &st;
     cli_interrupted = 0;
 #if defined(_WIN32)
@@ -700,6 +722,8 @@ static int cli_main(int argc, char **argv, FILE *in, FILE *out, FILE *err)
     }
     memset(&st, 0, sizeof st);
     st.out = out;
+    st.err = err;
+    st.tty_err = tty_err;
     if (!o.interactive && o.n_predict == 0) { /* the prompt only: its time, nothing generated */
         t0 = cli_now();
         rc = gemma2_eval(s, ids, n_ids, NULL);
@@ -792,6 +816,8 @@ static int cli_main(int argc, char **argv, FILE *in, FILE *out, FILE *err)
             if (!line[strspn(line, " \t")]) { free(line); continue; }
             memset(&st, 0, sizeof st);
             st.out = out;
+            st.err = err;
+            st.tty_err = tty_err;
             t0 = cli_now();
             gp.sampler.seed = o.sp.seed + (uint64_t)++n_replies; /* a fresh random stream per reply (else /regen repeats itself) */
             if (regen) rc = gemma2_chat_regenerate(chat, &gp, &res);

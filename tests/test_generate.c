@@ -122,6 +122,65 @@ static void test_generate_greedy(void)
     gemma2_session_free(s);
 }
 
+/* on_prompt: called after each pass (chunk tokens), the same reply as without it; a stop takes the
+   prompt back, leaving the session where the call began. */
+typedef struct gen_progress { int calls, done[16], total, stop_at; } gen_progress;
+typedef struct gen_watch { gen_sink k; gen_progress g; } gen_watch; /* the sink first: on_token reads it */
+static float gen_maxdiff(const float *a, const float *b, int n);
+static int gen_on_prompt(void *user, int done, int total)
+{
+    gen_progress *g = &((gen_watch *)user)->g;
+    if (g->calls < 16) g->done[g->calls] = done;
+    g->total = total;
+    return ++g->calls == g->stop_at;
+}
+
+static void test_generate_prompt_progress(void)
+{
+    gemma2_model *m = gen_get();
+    int32_t prompt[64], greedy[64];
+    int np = 0, ng = 0, rc, k;
+    gen_watch a, b;
+    gemma2_generate_params pa, pb;
+    gemma2_generate_result r;
+    gemma2_session *sa, *sb;
+    if (!m || !gen_reference(prompt, &np, greedy, &ng) || np < 9) { CHECK(0, "setup"); return; }
+    sa = gemma2__session_new(m, 64, 4);
+    sb = gemma2__session_new(m, 64, 4);
+    if (!sa || !sb) { CHECK(0, "sessions"); gemma2_session_free(sa); gemma2_session_free(sb); return; }
+    pa = gen_params(&a.k);
+    pb = gen_params(&b.k);
+    memset(&b.g, 0, sizeof b.g);
+    pa.max_new_tokens = pb.max_new_tokens = ng;
+    pb.on_prompt = gen_on_prompt;
+    CHECK(gemma2_generate(sa, prompt, np, &pa, &r) == 0, "without on_prompt");
+    rc = gemma2_generate(sb, prompt, np, &pb, &r);
+    CHECK(rc == 0 && r.n_prompt == np && b.k.n_toks == a.k.n_toks && !memcmp(a.k.toks, b.k.toks, sizeof(int32_t) * (size_t)a.k.n_toks) &&
+          !memcmp(gemma2_logits(sa), gemma2_logits(sb), sizeof(float) * (size_t)gemma2_vocab_size(m)),
+          "the same reply and logits with on_prompt: rc %d", rc);
+    CHECK(b.g.calls == (np + 3) / 4 && b.g.total == np, "%d calls for %d tokens in passes of 4", b.g.calls, np);
+    for (k = 0; k < b.g.calls && k < 16; k++) CHECK(b.g.done[k] == GEMMA2__MIN(4 * (k + 1), np), "call %d: done %d", k, b.g.done[k]);
+    /* stopped at the second pass: nothing kept, nothing generated */
+    gemma2_session_rewind(sb, 0);
+    pb = gen_params(&b.k);
+    memset(&b.g, 0, sizeof b.g);
+    b.g.stop_at = 2;
+    pb.on_prompt = gen_on_prompt;
+    pb.max_new_tokens = ng;
+    rc = gemma2_generate(sb, prompt, np, &pb, &r);
+    CHECK(rc == 0 && r.stop_reason == GEMMA2_STOP_CALLBACK && r.n_prompt == 0 && r.n_generated == 0 && b.k.n_toks == 0 &&
+          gemma2_session_pos(sb) == 0, "stopped: rc %d reason %d pos %d", rc, r.stop_reason, gemma2_session_pos(sb));
+    /* after 3 tokens: back to 3, with the logits a session of those 3 tokens has */
+    CHECK(gemma2_eval(sb, prompt, 3, NULL) == 0 && gemma2_session_rewind(sa, 3) == 0, "3 tokens");
+    memset(&b.g, 0, sizeof b.g);
+    b.g.stop_at = 1;
+    rc = gemma2_generate(sb, prompt + 3, np - 3, &pb, &r);
+    CHECK(rc == 0 && r.stop_reason == GEMMA2_STOP_CALLBACK && gemma2_session_pos(sb) == 3 && gemma2_logits(sb) &&
+          gen_maxdiff(gemma2_logits(sa), gemma2_logits(sb), gemma2_vocab_size(m)) < 1e-4f, "stopped after 3: rc %d pos %d", rc, gemma2_session_pos(sb));
+    gemma2_session_free(sa);
+    gemma2_session_free(sb);
+}
+
 static void test_generate_stop_rules(void)
 {
     gemma2_model *m = gen_get();
@@ -650,6 +709,10 @@ static void test_generate_cli_flags(void)
         CHECK(rc == 0 && !strcmp(out, want), "--flag=value: rc %d out [%s] err [%s]", rc, out, err);
         rc = gen_cli(b, 5, NULL, out, sizeof out, err, sizeof err);
         CHECK(rc != 0 && strstr(err, "--raw takes no value"), "--raw=1: rc %d err [%s]", rc, err);
+        snprintf(nn, sizeof nn, "-n=%d", ng);   /* short flags too */
+        a[4] = nn;
+        rc = gen_cli(a, 6, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want), "-n=N: rc %d out [%s] err [%s]", rc, out, err);
     }
     {   /* a prompt longer than the context: both numbers; more than the model's maximum: lowered, with a note */
         const char *a[] = {"-m", model, "--tokenizer", tok, "-c", "5", "-p", q};
@@ -814,12 +877,13 @@ static void test_generate_cli_interactive(void)
    reply and the exit status is 130; in the chat it stops the reply and is spent with it (the next
    reply runs whole); at the prompt the first one drops the line and says how to leave, a second
    one in a row leaves. */
-static unsigned gen_sig_reads, gen_sig_tokens; /* bit k: SIGINT at the k-th prompt read / token */
-static int gen_sig_nread, gen_sig_ntok;
-static void gen_sig_hook(int at_token, int n)
+static unsigned gen_sig_reads, gen_sig_tokens, gen_sig_passes; /* bit k: SIGINT at the k-th line read / token / prompt pass */
+static int gen_sig_nread, gen_sig_ntok, gen_sig_npass;
+static void gen_sig_hook(int at, int n)
 {
     (void)n;
-    if (at_token) { if (++gen_sig_ntok < 32 && ((gen_sig_tokens >> gen_sig_ntok) & 1)) raise(SIGINT); }
+    if (at == CLI_AT_TOKEN) { if (++gen_sig_ntok < 32 && ((gen_sig_tokens >> gen_sig_ntok) & 1)) raise(SIGINT); }
+    else if (at == CLI_AT_PROMPT) { if (++gen_sig_npass < 32 && ((gen_sig_passes >> gen_sig_npass) & 1)) raise(SIGINT); }
     else if (++gen_sig_nread < 32 && ((gen_sig_reads >> gen_sig_nread) & 1)) raise(SIGINT);
 }
 
@@ -827,7 +891,8 @@ static void gen_sig_arm(unsigned reads, unsigned tokens)
 {
     gen_sig_reads = reads;
     gen_sig_tokens = tokens;
-    gen_sig_nread = gen_sig_ntok = 0;
+    gen_sig_passes = 0;
+    gen_sig_nread = gen_sig_ntok = gen_sig_npass = 0;
     cli_test_hook = gen_sig_hook;
 }
 
@@ -855,6 +920,22 @@ static void test_generate_cli_sigint(void)
         rc = gen_cli(a, 9, "Hello\nAgain\n/quit\n", out, sizeof out, err, sizeof err);
         p = strstr(err, "stop: interrupted");
         CHECK(rc == 0 && p && strstr(p, "generation: 4 tokens") && strstr(p, "stop: -n reached"), "reply: rc %d err [%s]", rc, err);
+    }
+    {   /* a long prompt (two passes): its progress in whole lines; Ctrl-C after its first pass stops
+           before any reply, status 130 */
+        char longp[1200];
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "2", "-p", longp};
+        int k;
+        for (k = 0, longp[0] = 0; k < 150; k++) strcat(longp, "word ");
+        gen_sig_arm(0, 0);
+        rc = gen_cli(a, 10, NULL, out, sizeof out, err, sizeof err);
+        p = strstr(err, "prompt: 128/");
+        CHECK(rc == 0 && p && strstr(p, " tokens\n") && !strchr(err, '\r') && strstr(err, "generation: 2 tokens"), "progress: rc %d err [%s]", rc, err);
+        gen_sig_arm(0, 0);
+        gen_sig_passes = 1u << 1;
+        rc = gen_cli(a, 10, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 130 && !out[0] && strstr(err, "prompt: 128/") && strstr(err, "prompt: 0 tokens") && strstr(err, "stop: interrupted"),
+              "stopped in the prompt: rc %d out [%s] err [%s]", rc, out, err);
     }
     {   /* at the prompt: the line is dropped and the way out said; then a message is answered */
         const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", "4", "-i"};
@@ -1047,6 +1128,7 @@ void suite_generate(void)
     g2t_run("generate/greedy", test_generate_greedy);
     g2t_run("generate/utf8_stream", test_generate_utf8_stream);
     g2t_run("generate/stop_rules", test_generate_stop_rules);
+    g2t_run("generate/prompt_progress", test_generate_prompt_progress);
     g2t_run("generate/generation_config", test_generate_generation_config);
     g2t_run("generate/multiturn", test_generate_multiturn);
     g2t_run("generate/context_full", test_generate_context_full);
