@@ -250,6 +250,8 @@ typedef struct gemma2_options {
    on it with -Wextra (missing field initializers); these warn nowhere. Same for the
    parameter structs of section 1.5: gemma2_sampler_params_default, gemma2_generate_params_default. */
 GEMMA2_DEF gemma2_options gemma2_options_default(void);
+/* The online CPUs (what n_threads 0 means), at least 1, at most 1024. */
+GEMMA2_DEF int gemma2_cpu_count(void);
 
 /* The architecture, as read from config.json. */
 typedef struct gemma2_config {
@@ -7474,6 +7476,8 @@ static int gemma2__cpu_count(void)
     return 1;
 #endif
 }
+
+GEMMA2_DEF int gemma2_cpu_count(void) { return gemma2__cpu_count(); }
 
 /* ===========================================================================
    2.12 Kernels: SIMD sets (x86-64 AVX2 / AVX-512, ARM64 NEON / BF16) and their selection

@@ -84,20 +84,6 @@ static int cli_isatty(FILE *f)
 #endif
 }
 
-static int cli_cpu_count(void)
-{
-#if defined(_WIN32)
-    SYSTEM_INFO si;
-    GetSystemInfo(&si);
-    return si.dwNumberOfProcessors > 0 ? (int)si.dwNumberOfProcessors : 1;
-#elif defined(_SC_NPROCESSORS_ONLN)
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
-#else
-    return 1;
-#endif
-}
-
 #define CLI_MAX_STOPS 16
 #define CLI_MAX_BIAS 64
 
@@ -257,7 +243,7 @@ static const cli_flag *cli_flag_find(const char *name, size_t len)
 /* Returns 0, or 1 after printing a one-line error (2 for --help and --version). */
 static int cli_parse(int argc, char **argv, cli_opts *o, FILE *in, FILE *out, FILE *err)
 {
-    int i, cores = cli_cpu_count();
+    int i, cores = gemma2_cpu_count();
     char ignored[256] = "";
     memset(o, 0, sizeof *o);
     o->n_predict = -1;

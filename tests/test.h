@@ -21,6 +21,9 @@ void g2t_run(const char *name, void (*fn)(void));
 const char *g2t_path(const char *rel);
 /* Reads a whole file; NULL if missing. *size gets its length. Free with free(). */
 void *g2t_read_file(const char *path, size_t *size);
+/* Loads the fixture model tests/data/models/NAME with options o (may be NULL); a failure is a
+   failed CHECK that names the model and says why, and NULL. */
+gemma2_model *g2t_load(const char *name, const gemma2_options *o);
 
 #define CHECK(cond, ...)                                                       \
     do {                                                                       \

@@ -5,17 +5,11 @@
 
 static gemma2_model *api_load(const char *name, const char *tokenizer_path, int tokenizer_only)
 {
-    char dir[256], err[256];
     gemma2_options o = gemma2_options_default();
-    gemma2_model *m;
     o.n_threads = 1;
     o.tokenizer_path = tokenizer_path;
     o.tokenizer_only = tokenizer_only;
-    snprintf(dir, sizeof dir, "%s", g2t_path("models/"));
-    strncat(dir, name, sizeof dir - strlen(dir) - 1);
-    m = gemma2_load(dir, &o, err, sizeof err);
-    CHECK(m != NULL, "%s: load: %s", name, err);
-    return m;
+    return g2t_load(name, &o);
 }
 
 /* The fixtures hold no tokenizer file: they load, and gemma2_has_tokenizer says so before any
@@ -186,7 +180,12 @@ static void test_api_defaults(void)
           sp.n_logit_bias == 0 && sp.seed == 0, "gemma2_sampler_params_default: all zero");
     CHECK(gp.sampler.temperature == 0 && gp.sampler.top_k == 0 && !gp.sampler.logit_bias && gp.max_new_tokens == 0 &&
           !gp.stop_strings && gp.n_stop_strings == 0 && !gp.stop_ids && gp.n_stop_ids == 0 && !gp.ignore_eos &&
-          !gp.on_token && !gp.user, "gemma2_generate_params_default: all zero");
+          !gp.on_token && !gp.on_prompt && !gp.user, "gemma2_generate_params_default: all zero");
+#if defined(__linux__)
+    CHECK(gemma2_cpu_count() >= 1 && gemma2_cpu_count() == (int)sysconf(_SC_NPROCESSORS_ONLN), "gemma2_cpu_count %d", gemma2_cpu_count());
+#else
+    CHECK(gemma2_cpu_count() >= 1, "gemma2_cpu_count %d", gemma2_cpu_count());
+#endif
 }
 
 /* GEMMA2_HUGEPAGES tells what the build can ask for: this test program includes gemma2.h first

@@ -24,6 +24,16 @@ const char *g2t_path(const char *rel)
     return p;
 }
 
+gemma2_model *g2t_load(const char *name, const gemma2_options *o)
+{
+    char dir[512], err[256];
+    gemma2_model *m;
+    snprintf(dir, sizeof dir, "%s%s", g2t_path("models/"), name);
+    m = gemma2_load(dir, o, err, sizeof err);
+    CHECK(m != NULL, "%s: load: %s", name, err);
+    return m;
+}
+
 void *g2t_read_file(const char *path, size_t *size)
 {
     FILE *f = fopen(path, "rb");

@@ -21,25 +21,8 @@ static void smp_softmax(const float *l, int n, double T, const int *keep, double
     for (i = 0; i < n; i++) out[i] /= z;
 }
 
-/* Draws N tokens and checks every frequency against p within 5 sigma (+1e-4). */
-static int smp_check_freq(gemma2_sampler *s, const float *l, int n, const double *p, int N, const char *what)
-{
-    int *cnt = (int *)calloc((size_t)n, sizeof(int)), i, ok = 1;
-    for (i = 0; i < N; i++) {
-        int t = gemma2_sampler_sample(s, l, NULL, 0);
-        if (t < 0 || t >= n) { ok = 0; CHECK(0, "%s: bad token %d", what, t); break; }
-        cnt[t]++;
-    }
-    for (i = 0; i < n && ok; i++) {
-        double f = (double)cnt[i] / N, sd = sqrt(p[i] * (1 - p[i]) / N);
-        if (p[i] == 0 && cnt[i] != 0) { ok = 0; CHECK(0, "%s: token %d has p=0 but drawn %d times", what, i, cnt[i]); }
-        else if (fabs(f - p[i]) > 5 * sd + 1e-4) { ok = 0; CHECK(0, "%s: token %d freq %.5f expected %.5f", what, i, f, p[i]); }
-    }
-    free(cnt);
-    return ok;
-}
-
-/* smp_check_freq with a history for the penalties. */
+/* Draws N tokens (with the history hist for the penalties) and checks every frequency against p
+   within 5 sigma (+1e-4). */
 static int smp_check_freq2(gemma2_sampler *s, const float *l, int n, const int32_t *hist, int n_hist, const double *p, int N, const char *what)
 {
     int *cnt = (int *)calloc((size_t)n, sizeof(int)), i, ok = 1;
@@ -55,6 +38,11 @@ static int smp_check_freq2(gemma2_sampler *s, const float *l, int n, const int32
     }
     free(cnt);
     return ok;
+}
+
+static int smp_check_freq(gemma2_sampler *s, const float *l, int n, const double *p, int N, const char *what)
+{
+    return smp_check_freq2(s, l, n, NULL, 0, p, N, what);
 }
 
 static const float smp_l8[8] = {2.0f, 1.5f, 1.0f, 0.5f, 0.0f, -0.5f, -1.0f, -3.0f};

@@ -11,17 +11,10 @@ static const char *ses_fixtures[] = {"tiny-gqa", "tiny-27b-style", "tiny-mha-f32
 
 static gemma2_model *ses_load(const char *name, int kv_cache, int n_threads)
 {
-    char dir[256], err[256];
-    gemma2_options o;
-    gemma2_model *m;
-    memset(&o, 0, sizeof o);
+    gemma2_options o = gemma2_options_default();
     o.kv_cache = kv_cache;
     o.n_threads = n_threads;
-    snprintf(dir, sizeof dir, "%s", g2t_path("models/"));
-    strncat(dir, name, sizeof dir - strlen(dir) - 1);
-    m = gemma2_load(dir, &o, err, sizeof err);
-    CHECK(m != NULL, "%s: load: %s", name, err);
-    return m;
+    return g2t_load(name, &o);
 }
 
 /* Compared logits: at most SES_COLS of each row, evenly strided (tiny-realvocab's rows have

@@ -346,4 +346,16 @@ FZ_FN void fz_run_model(const gemma2_model *m, const uint8_t *ids_src, size_t n_
     gemma2_session_free(s);
 }
 
+/* Loads the folder fz_tmpdir() holds with options o: a model that loads runs a few tokens (ids from
+   the input), a refusal must be a one-line reason. */
+FZ_FN void fz_load_and_run(const gemma2_options *o, const uint8_t *ids_src, size_t n_src)
+{
+    char err[256];
+    gemma2_model *m = gemma2_load(fz_tmpdir(), o, err, sizeof err);
+    if (m) {
+        fz_run_model(m, ids_src, n_src);
+        gemma2_free(m);
+    } else fz_check_err(err);
+}
+
 #endif

@@ -13,16 +13,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     gemma2_options o;
-    gemma2_model *m;
-    char err[256];
     fz_write("model.safetensors.index.json", data, size);
     memset(&o, 0, sizeof o);
     o.n_threads = 1;
     o.no_tokenizer = 1;
-    m = gemma2_load(fz_tmpdir(), &o, err, sizeof err);
-    if (m) {
-        fz_run_model(m, data, size > 8 ? 8 : size);
-        gemma2_free(m);
-    } else fz_check_err(err);
+    fz_load_and_run(&o, data, size > 8 ? 8 : size);
     return 0;
 }

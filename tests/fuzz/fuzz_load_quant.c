@@ -109,8 +109,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     gemma2_options o;
-    gemma2_model *m;
-    char err[256];
     fz_buf f = {0};
     unsigned char len8[8];
     int k, q;
@@ -123,10 +121,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fz_add(&f, fz_blob[q], fz_blob_n[q]);
     fz_write("model.safetensors", f.p, f.n);
     free(f.p);
-    m = gemma2_load(fz_tmpdir(), &o, err, sizeof err);
-    if (m) {
-        fz_run_model(m, data, size > 8 ? 8 : size);
-        gemma2_free(m);
-    } else fz_check_err(err);
+    fz_load_and_run(&o, data, size > 8 ? 8 : size);
     return 0;
 }

@@ -18,15 +18,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     gemma2_options o;
-    gemma2_model *m;
-    char err[256];
     if (size < 1) return 0;
     fz_options(data[0], &o);
     fz_write("model.safetensors", data + 1, size - 1);
-    m = gemma2_load(fz_tmpdir(), &o, err, sizeof err);
-    if (m) {
-        fz_run_model(m, data + 1, size > 9 ? 8 : size - 1);
-        gemma2_free(m);
-    } else fz_check_err(err);
+    fz_load_and_run(&o, data + 1, size > 9 ? 8 : size - 1);
     return 0;
 }
