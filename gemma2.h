@@ -379,6 +379,69 @@ GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos);
 typedef void (*gemma2_trace_fn)(void *user, int layer, int pos0, int n, const float *x);
 GEMMA2_DEF void gemma2_session_set_trace(gemma2_session *s, gemma2_trace_fn fn, void *user);
 
+/* Richer tracing, for tools that look inside a pass (examples/trace.c): one callback receives
+   events of the kinds asked for in `what` (an OR of the GEMMA2_TRACE_* bits below), on the
+   thread that called gemma2_eval (or gemma2_session_rewind, whose recomputation is a pass too),
+   in model order. It may be set together with gemma2_session_set_trace; each gets its own calls.
+   The pointers in an event are valid only during the call. Nothing is computed for a kind not
+   asked for, and without a callback each step costs one NULL check. The library reads no clock:
+   a tool times the steps with its own between a step's BEGIN and END.
+     GEMMA2_TRACE_RESIDUAL   x = the residual stream [n][hidden_size] of the pass's n tokens at
+                             positions pos0..pos0+n-1, after the embedding (layer 0) and after
+                             each decoder layer l (layer l+1): what gemma2_session_set_trace gives.
+     GEMMA2_TRACE_ATTENTION  after layer `layer`'s attention step, once per token of the pass and
+                             query head: weights = the softmax probabilities of token `pos`'s
+                             query head `head` over the key positions key0..key0+n_keys-1 it sees
+                             (the causal range, cut to the last sliding_window keys on sliding
+                             layers); they sum to 1. Recomputed from the cache for the trace (the
+                             fast attention never holds them all at once): n_keys dot products
+                             per head and token, noticeable only for long prompts.
+     GEMMA2_TRACE_STEPS      STEP_BEGIN and STEP_END around each step of the pass: step = its
+                             name ("embed", "rope_angles", "input_norm", "qkv_proj", "rope_and_cache",
+                             "attention", "o_proj", "post_attention_norm_residual",
+                             "pre_feedforward_norm", "gate_up_proj", "gelu_gate", "down_proj",
+                             "post_feedforward_norm_residual", "output_logits", as the functions of
+                             section 2.5), op = what kind of work it is; layer = the decoder layer,
+                             -1 for the embedding and the output logits. */
+enum {
+    GEMMA2_TRACE_RESIDUAL  = 1,
+    GEMMA2_TRACE_ATTENTION = 2,
+    GEMMA2_TRACE_STEPS     = 4
+};
+typedef enum gemma2_trace_kind {
+    GEMMA2_TRACE_EV_RESIDUAL,
+    GEMMA2_TRACE_EV_ATTENTION,
+    GEMMA2_TRACE_EV_STEP_BEGIN,
+    GEMMA2_TRACE_EV_STEP_END
+} gemma2_trace_kind;
+typedef enum gemma2_trace_op {
+    GEMMA2_TRACE_OP_MATMUL,     /* products with weight matrices (q/k/v, o, gate/up, down, the logits) */
+    GEMMA2_TRACE_OP_ATTENTION,  /* scores, softcap, softmax and the weighted sum over the KV cache */
+    GEMMA2_TRACE_OP_OTHER       /* per-token work: embedding, norms, RoPE and cache writes, GELU gate */
+} gemma2_trace_op;
+typedef struct gemma2_trace_event {
+    gemma2_trace_kind kind;
+    int layer;                  /* see above */
+    int pos0, n;                /* the pass: n tokens at positions pos0.. */
+    const float *x;             /* RESIDUAL: [n][hidden_size] */
+    int pos, head, key0, n_keys;/* ATTENTION */
+    const float *weights;       /* ATTENTION: [n_keys] */
+    const char *step;           /* STEP_*: the step's name */
+    gemma2_trace_op op;         /* STEP_* */
+} gemma2_trace_event;
+typedef void (*gemma2_trace_ex_fn)(void *user, const gemma2_trace_event *ev);
+/* fn NULL (or what 0) stops. */
+GEMMA2_DEF void gemma2_session_set_trace_ex(gemma2_session *s, gemma2_trace_ex_fn fn, void *user, unsigned what);
+
+/* The logit lens: the logits the model would give if its last layer ended at this residual
+   stream: softcap(RMSNorm(x) (1 + norm) embed_tokens^T), the same final norm, tied output
+   projection and final softcap as the model's last step, for n rows x[n][hidden_size], into
+   logits[n][vocab_size]. For the residual after the last layer it is the model's own logits.
+   Runs on the calling thread with the model's kernels (so it may be called from a trace
+   callback); allocates a little scratch. Returns 0, GEMMA2_ERROR_INVALID_ARGUMENT,
+   GEMMA2_ERROR_NO_WEIGHTS or GEMMA2_ERROR_OUT_OF_MEMORY. */
+GEMMA2_DEF int gemma2_logit_lens(const gemma2_model *m, const float *x, int n, float *logits);
+
 /* ===========================================================================
    1.4  Tokenizer
    =========================================================================== */
@@ -1876,6 +1939,9 @@ struct gemma2_session {
     gemma2__pool *pool;
     gemma2_trace_fn trace;
     void *trace_user;
+    gemma2_trace_ex_fn trace_ex; /* gemma2_session_set_trace_ex: NULL, or called for the kinds in trace_what */
+    void *trace_ex_user;
+    unsigned trace_what;
 };
 
 /* ===========================================================================
@@ -2385,22 +2451,93 @@ static void gemma2__post_feedforward_norm_residual(gemma2_session *s, int l, int
     for (i = 0; i < H; i++) x[i] += o[i];
 }
 
+/* ---- tracing (gemma2_session_set_trace_ex) ----
+   Called between steps, on the calling thread, only when a callback is set: a pass without
+   one pays a NULL check per step. */
+
+static void gemma2__trace_emit(gemma2_session *s, gemma2_trace_event *ev, gemma2_trace_kind kind, int layer, int pos0, int C)
+{
+    ev->kind = kind;
+    ev->layer = layer;
+    ev->pos0 = pos0;
+    ev->n = C;
+    s->trace_ex(s->trace_ex_user, ev);
+}
+
+static void gemma2__trace_step(gemma2_session *s, gemma2_trace_kind kind, const char *name, gemma2_trace_op op, int layer, int pos0, int C)
+{
+    gemma2_trace_event ev;
+    if (!(s->trace_what & GEMMA2_TRACE_STEPS)) return;
+    memset(&ev, 0, sizeof ev);
+    ev.step = name;
+    ev.op = op;
+    gemma2__trace_emit(s, &ev, kind, layer, pos0, C);
+}
+
+static void gemma2__trace_residual(gemma2_session *s, int layer, int pos0, int C)
+{
+    gemma2_trace_event ev;
+    if (!(s->trace_what & GEMMA2_TRACE_RESIDUAL)) return;
+    memset(&ev, 0, sizeof ev);
+    ev.x = s->x;
+    gemma2__trace_emit(s, &ev, GEMMA2_TRACE_EV_RESIDUAL, layer, pos0, C);
+}
+
+/* Each query head's attention probabilities, recomputed from the (RoPE'd) queries still in
+   s->q and the layer's cache with the same kernels as gemma2__att_task, one head and token at
+   a time into the first row of the scores scratch (free once the attention step is done). */
+static void gemma2__trace_attention(gemma2_session *s, int l, int pos0, int C)
+{
+    const gemma2_config *c = &s->m->cfg;
+    const gemma2__kernels *kern = &s->m->kern;
+    int nH = c->num_attention_heads, hd = c->head_dim, group = nH / c->num_key_value_heads, t, h;
+    int W = s->m->layers[l].sliding ? c->sliding_window : 0;
+    float scale = 1.0f / sqrtf(c->query_pre_attn_scalar), cap = c->attn_logit_softcapping, *sc = s->scores;
+    gemma2_trace_event ev;
+    if (!(s->trace_what & GEMMA2_TRACE_ATTENTION)) return;
+    memset(&ev, 0, sizeof ev);
+    for (t = 0; t < C; t++) {
+        int p = pos0 + t, lo = W ? GEMMA2__MAX(0, p - W + 1) : 0, n = p - lo + 1;
+        for (h = 0; h < nH; h++) {
+            gemma2__att_keys(s, l, h / group, lo, n, n, sc, n, s->q + ((size_t)t * nH + (size_t)h) * hd, NULL, 1, scale, s->kvtmp);
+            if (cap > 0) kern->softcap(sc, n, cap);
+            kern->softmax(sc, n);
+            ev.pos = p; ev.head = h; ev.key0 = lo; ev.n_keys = n; ev.weights = sc;
+            gemma2__trace_emit(s, &ev, GEMMA2_TRACE_EV_ATTENTION, l, pos0, C);
+        }
+    }
+}
+
+/* A step of the pass between its trace events (when a trace is set). */
+#define GEMMA2__STEP(s, name, op, l, pos0, C, call)                                                    \
+    do {                                                                                             \
+        if ((s)->trace_ex) gemma2__trace_step(s, GEMMA2_TRACE_EV_STEP_BEGIN, name, op, l, pos0, C);  \
+        call;                                                                                        \
+        if ((s)->trace_ex) gemma2__trace_step(s, GEMMA2_TRACE_EV_STEP_END, name, op, l, pos0, C);    \
+    } while (0)
+#define GEMMA2__MM GEMMA2_TRACE_OP_MATMUL
+#define GEMMA2__ATT GEMMA2_TRACE_OP_ATTENTION
+#define GEMMA2__OTHER GEMMA2_TRACE_OP_OTHER
+
 /* One decoder layer for the chunk's C tokens at positions pos0.. */
 static void gemma2__layer_forward(gemma2_session *s, int l, int pos0, int C)
 {
     /* attention block */
-    gemma2__each_token(s, l, pos0, C, gemma2__input_norm);
-    gemma2__qkv_proj(s, l, C);
-    gemma2__each_token(s, l, pos0, C, gemma2__rope_and_cache);
-    gemma2__attention(s, l, pos0, C);
-    gemma2__o_proj(s, l, C);
-    gemma2__each_token(s, l, pos0, C, gemma2__post_attention_norm_residual);
+    GEMMA2__STEP(s, "input_norm", GEMMA2__OTHER, l, pos0, C, gemma2__each_token(s, l, pos0, C, gemma2__input_norm));
+    GEMMA2__STEP(s, "qkv_proj", GEMMA2__MM, l, pos0, C, gemma2__qkv_proj(s, l, C));
+    GEMMA2__STEP(s, "rope_and_cache", GEMMA2__OTHER, l, pos0, C, gemma2__each_token(s, l, pos0, C, gemma2__rope_and_cache));
+    GEMMA2__STEP(s, "attention", GEMMA2__ATT, l, pos0, C, gemma2__attention(s, l, pos0, C));
+    if (s->trace_ex) gemma2__trace_attention(s, l, pos0, C);
+    GEMMA2__STEP(s, "o_proj", GEMMA2__MM, l, pos0, C, gemma2__o_proj(s, l, C));
+    GEMMA2__STEP(s, "post_attention_norm_residual", GEMMA2__OTHER, l, pos0, C,
+                 gemma2__each_token(s, l, pos0, C, gemma2__post_attention_norm_residual));
     /* feed-forward block */
-    gemma2__each_token(s, l, pos0, C, gemma2__pre_feedforward_norm);
-    gemma2__gate_up_proj(s, l, C);
-    gemma2__each_token(s, l, pos0, C, gemma2__gelu_gate);
-    gemma2__down_proj(s, l, C);
-    gemma2__each_token(s, l, pos0, C, gemma2__post_feedforward_norm_residual);
+    GEMMA2__STEP(s, "pre_feedforward_norm", GEMMA2__OTHER, l, pos0, C, gemma2__each_token(s, l, pos0, C, gemma2__pre_feedforward_norm));
+    GEMMA2__STEP(s, "gate_up_proj", GEMMA2__MM, l, pos0, C, gemma2__gate_up_proj(s, l, C));
+    GEMMA2__STEP(s, "gelu_gate", GEMMA2__OTHER, l, pos0, C, gemma2__each_token(s, l, pos0, C, gemma2__gelu_gate));
+    GEMMA2__STEP(s, "down_proj", GEMMA2__MM, l, pos0, C, gemma2__down_proj(s, l, C));
+    GEMMA2__STEP(s, "post_feedforward_norm_residual", GEMMA2__OTHER, l, pos0, C,
+                 gemma2__each_token(s, l, pos0, C, gemma2__post_feedforward_norm_residual));
 }
 
 /* logits = softcap(RMSNorm(x) (1 + norm) embed_tokens^T) for n tokens from token `first` on:
@@ -2422,14 +2559,46 @@ static void gemma2__forward(gemma2_session *s, const int32_t *ids, int C, int po
 {
     int l;
     GEMMA2_ASSERT(C >= 1 && C <= GEMMA2__CHUNK && pos0 + C <= s->n_ctx); /* the scratch holds one chunk */
-    gemma2__embed(s, ids, C);
+    GEMMA2__STEP(s, "embed", GEMMA2__OTHER, -1, pos0, C, gemma2__embed(s, ids, C));
     if (s->trace) s->trace(s->trace_user, 0, pos0, C, s->x);
-    gemma2__rope_angles(s, pos0, C);
+    if (s->trace_ex) gemma2__trace_residual(s, 0, pos0, C);
+    GEMMA2__STEP(s, "rope_angles", GEMMA2__OTHER, -1, pos0, C, gemma2__rope_angles(s, pos0, C));
     for (l = 0; l < s->m->cfg.num_hidden_layers; l++) {
         gemma2__layer_forward(s, l, pos0, C);
         if (s->trace) s->trace(s->trace_user, l + 1, pos0, C, s->x);
+        if (s->trace_ex) gemma2__trace_residual(s, l + 1, pos0, C);
     }
-    if (first_logit < C) gemma2__output_logits(s, first_logit, C - first_logit, logits);
+    if (first_logit < C)
+        GEMMA2__STEP(s, "output_logits", GEMMA2__MM, -1, pos0, C, gemma2__output_logits(s, first_logit, C - first_logit, logits));
+}
+
+/* The logit lens (1.3): gemma2__output_logits for rows the caller holds, on the calling
+   thread (pool NULL), with its own scratch so that it may run inside a trace callback. */
+GEMMA2_DEF int gemma2_logit_lens(const gemma2_model *m, const float *x, int n, float *logits)
+{
+    gemma2__matmul_args a;
+    float *xn;
+    void *xp;
+    int H, V, t;
+    if (!m || !x || !logits || n < 0) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (!m->has_weights) return GEMMA2_ERROR_NO_WEIGHTS;
+    H = m->cfg.hidden_size;
+    V = m->cfg.vocab_size;
+    xn = (float *)gemma2__calloc((size_t)H, sizeof(float));
+    xp = gemma2__calloc(gemma2__pack_bytes_max(1, H), 1);
+    if (!xn || !xp) { GEMMA2_FREE(xn); GEMMA2_FREE(xp); return GEMMA2_ERROR_OUT_OF_MEMORY; }
+    for (t = 0; t < n; t++) {
+        float *y = logits + (size_t)t * V;
+        m->kern.rmsnorm(xn, x + (size_t)t * H, m->final_norm, H, m->cfg.rms_norm_eps);
+        memset(&a, 0, sizeof a);
+        a.y = y; a.ldy = V; a.x = xn; a.T = 1; a.w = &m->embed;
+        gemma2__pack(NULL, &m->kern, &a, 1, xp, m->opt.compute == GEMMA2_COMPUTE_BF16);
+        gemma2__matmul_n(NULL, &m->kern, &a, 1);
+        if (m->cfg.final_logit_softcapping > 0) m->kern.softcap(y, V, m->cfg.final_logit_softcapping);
+    }
+    GEMMA2_FREE(xn);
+    GEMMA2_FREE(xp);
+    return 0;
 }
 
 /* ===========================================================================
@@ -2661,6 +2830,14 @@ GEMMA2_DEF void gemma2_session_set_trace(gemma2_session *s, gemma2_trace_fn fn, 
     if (!s) return;
     s->trace = fn;
     s->trace_user = user;
+}
+
+GEMMA2_DEF void gemma2_session_set_trace_ex(gemma2_session *s, gemma2_trace_ex_fn fn, void *user, unsigned what)
+{
+    if (!s) return;
+    s->trace_ex = what ? fn : NULL;
+    s->trace_ex_user = user;
+    s->trace_what = fn ? what : 0;
 }
 
 GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos)
