@@ -93,10 +93,12 @@ static void test_trace_fixtures(void)
     trc_fixture("tiny-realvocab");
 }
 
-/* Attention probabilities of a head sum to 1, and match the plain computation from the model's
-   own q and k (through the reference forward pass's keys): checked on tiny-gqa, whose window (8)
-   cuts the sliding layers, with the prompt in uneven passes so that events come from several. */
+/* The step events, in order and paired; the attention probabilities sum to 1 and, weighing the
+   cached values, give the attention step's own output: on tiny-gqa, whose window (8) cuts the
+   sliding layers, with the prompt in uneven passes so that events come from several. */
 typedef struct trc_events {
+    const gemma2_session *s;  /* to read the attention output and the cache (the test sees the internals) */
+    float att_worst;          /* the weights times the cached values against the attention step's output */
     int n_begin, n_end, open, bad_order, n_att, n_res, att_bad_sum, steps_in_layer0;
     const char *open_name;
     char names[16][40];
@@ -121,6 +123,20 @@ static void trc_event(void *user, const gemma2_trace_event *ev)
         for (i = 0; i < ev->n_keys; i++) sum += ev->weights[i];
         if (fabs(sum - 1) > 1e-5 || ev->key0 + ev->n_keys != ev->pos + 1) e->att_bad_sum++;
         e->n_att++;
+        if (e->s && e->s->v) {
+            const gemma2_session *s = e->s;
+            const gemma2_config *c = &s->m->cfg;
+            int hd = c->head_dim, kvh = ev->head / (c->num_attention_heads / c->num_key_value_heads), d, p;
+            const float *out = s->att + ((size_t)(ev->pos - ev->pos0) * c->num_attention_heads + (size_t)ev->head) * hd;
+            for (d = 0; d < hd; d++) {
+                double acc = 0;
+                float err;
+                for (p = 0; p < ev->n_keys; p++)
+                    acc += (double)ev->weights[p] * s->v[ev->layer][((size_t)kvh * s->slots[ev->layer] + (size_t)((ev->key0 + p) % s->slots[ev->layer])) * hd + d];
+                err = (float)fabs(acc - out[d]) / (fabsf(out[d]) + 1.0f);
+                if (!(err <= e->att_worst)) e->att_worst = err != err ? 1e30f : err;
+            }
+        }
     } else if (ev->kind == GEMMA2_TRACE_EV_RESIDUAL) {
         e->n_res++;
     }
@@ -141,6 +157,7 @@ static void test_trace_events(void)
     L = gemma2_model_config(m)->num_hidden_layers;
     s = gemma2_session_new(m, ref.P);
     memset(&e, 0, sizeof e);
+    e.s = s;
     gemma2_session_set_trace_ex(s, trc_event, &e, GEMMA2_TRACE_RESIDUAL | GEMMA2_TRACE_ATTENTION | GEMMA2_TRACE_STEPS);
     for (k = 0; k < 3; k++) {
         CHECK(gemma2_eval(s, ref.ids + done, passes[k], NULL) == 0, "eval pass %d", k);
@@ -153,6 +170,7 @@ static void test_trace_events(void)
     CHECK(e.steps_in_layer0 == 11, "%d steps in layer 0", e.steps_in_layer0);
     for (i = 0; i < 11 && i < e.steps_in_layer0; i++) CHECK(!strcmp(e.names[i], layer_steps[i]), "step %d of a layer: %s", i, e.names[i]);
     CHECK(e.n_att == ref.P * nH * L, "%d attention events, expected %d", e.n_att, ref.P * nH * L);
+    CHECK(e.att_worst <= 1e-5f, "the traced weights times the cached values differ from the attention output by %g", e.att_worst);
     CHECK(e.att_bad_sum == 0, "%d attention events whose weights do not sum to 1 or whose keys do not end at the token", e.att_bad_sum);
     CHECK(e.n_res == 3 * (L + 1), "%d residual events", e.n_res);
     /* asking for nothing, or no callback, stops the events */
