@@ -1,7 +1,7 @@
 /* trace - watch a prompt go through Gemma 2, layer by layer.
 
      ./examples/trace -m MODEL_DIR -p TEXT [--tokenizer FILE] [-k TOP] [-t THREADS]
-     ./examples/trace -m MODEL_DIR --shapes [--ctx N]
+     ./examples/trace -m MODEL_DIR --shapes [--ctx N] [--gbps GB_PER_S] [--gflops GFLOP_PER_S]
 
    The first form prints the prompt's tokens (id and piece), then one line per decoder layer:
      layer N  sliding|global  |x| of the last token's residual stream after the layer,
@@ -13,7 +13,8 @@
               products, in attention and in the rest (norms, RoPE, the GELU gate),
    and finally the greedy next token. The second form prints the model's shapes and what follows
    from them: parameters per part, bytes, FLOPs and KV-cache bytes per token (examples/README.md
-   walks through those numbers for the real 2B, 9B and 27B).
+   walks through those numbers for the real 2B, 9B and 27B), at context N (default: the model's
+   maximum); given a machine's read bandwidth and arithmetic peak, also the speed they allow.
 
    On the tiny fixture with the real vocabulary (random weights: the tokens mean nothing):
      ./examples/trace -m tests/data/models/tiny-realvocab --tokenizer tests/data/tokenizer/tokenizer.json -p "Hello world"
@@ -230,6 +231,7 @@ typedef struct trace_shapes {
     double weight_bytes_bf16;                    /* all weights, read once per decode step */
     double kv_bytes_token_f32, kv_bytes_token_bf16; /* one position's keys and values, all layers */
     double kv_bytes_ctx_f32, kv_bytes_ctx_f32_nowindow; /* the cache at ctx, with the sliding window and without */
+    double att_flops_nowindow;                   /* att_flops if every layer were global */
     int n_sliding, n_global, ctx;
 } trace_shapes;
 
@@ -256,28 +258,49 @@ static void trace_shapes_compute(const gemma2_config *c, int ctx, trace_shapes *
         if (sliding) sh->n_sliding++;
         else sh->n_global++;
         sh->att_flops += 4 * qd * keys; /* q.k and p*v: 2 flops each per query dimension and key */
+        sh->att_flops_nowindow += 4 * qd * ctx;
         sh->kv_bytes_ctx_f32 += 2 * kvd * 4 * keys;
         sh->kv_bytes_ctx_f32_nowindow += 2 * kvd * 4 * ctx;
     }
 }
 
-static void trace_print_shapes(FILE *out, const char *dir, const gemma2_config *c, const trace_shapes *sh)
+/* gbps, gflops: a machine's measured read bandwidth and arithmetic peak (0: not given), for
+   the bounds they set on decode (bytes) and prefill (arithmetic). */
+static void trace_print_shapes(FILE *out, const char *dir, const gemma2_config *c, const trace_shapes *sh, double gbps, double gflops)
 {
+    int H = c->hidden_size, I = c->intermediate_size, qd = c->num_attention_heads * c->head_dim, kvd = c->num_key_value_heads * c->head_dim;
     fprintf(out, "%s: V %d, H %d, I %d, L %d (%d sliding-window, %d global), heads %d, kv heads %d, head_dim %d, W %d\n", dir, c->vocab_size,
             c->hidden_size, c->intermediate_size, c->num_hidden_layers, sh->n_sliding, sh->n_global, c->num_attention_heads, c->num_key_value_heads,
             c->head_dim, c->sliding_window);
+    fprintf(out, "  tensors: embed_tokens [%d, %d]; per layer q_proj [%d, %d], k_proj and v_proj [%d, %d], o_proj [%d, %d], gate_proj and "
+                 "up_proj [%d, %d], down_proj [%d, %d], 4 norms [%d]; norm [%d]\n",
+            c->vocab_size, H, qd, H, kvd, H, H, qd, I, H, H, I, H, H);
     fprintf(out, "  parameters: embedding %.0f, per layer: attention %.0f + feed-forward %.0f + norms %.0f; all layers %.0f; final norm %.0f\n",
             sh->embed, sh->attn, sh->mlp, sh->norms, sh->layers, sh->final_norm);
-    fprintf(out, "  total parameters %.0f (%.3f G), bf16 bytes %.0f (%.3f GB)\n", sh->total, sh->total * 1e-9, sh->weight_bytes_bf16,
-            sh->weight_bytes_bf16 * 1e-9);
-    fprintf(out, "  per token: matrix-product FLOPs %.0f (%.3f G), attention FLOPs at %d positions %.0f\n", sh->matmul_flops,
-            sh->matmul_flops * 1e-9, sh->ctx, sh->att_flops);
-    fprintf(out, "  decode: %.3f FLOPs per weight byte read (bf16); a prompt chunk of 128 tokens reads each weight once: %.1f\n",
+    fprintf(out, "  total parameters %.0f (%.3f G), bf16 bytes %.0f (%.3f GB; embedding %.1f%%)\n", sh->total, sh->total * 1e-9,
+            sh->weight_bytes_bf16, sh->weight_bytes_bf16 * 1e-9, 100 * sh->embed / sh->total);
+    fprintf(out, "  per token: matrix-product FLOPs %.0f (%.3f G); attention FLOPs at %d positions %.0f (%.0f if every layer were global)\n",
+            sh->matmul_flops, sh->matmul_flops * 1e-9, sh->ctx, sh->att_flops, sh->att_flops_nowindow);
+    fprintf(out, "  FLOPs per weight byte (bf16): decode %.3f; a prompt chunk of 128 tokens reads each weight once: %.1f\n",
             sh->matmul_flops / sh->weight_bytes_bf16, 128 * sh->matmul_flops / sh->weight_bytes_bf16);
     fprintf(out, "  KV cache per token: %.0f bytes float32, %.0f bytes bf16\n", sh->kv_bytes_token_f32, sh->kv_bytes_token_bf16);
-    fprintf(out, "  KV cache at %d positions, float32: %.0f bytes with the sliding window, %.0f without (%.1f%% saved)\n", sh->ctx,
-            sh->kv_bytes_ctx_f32, sh->kv_bytes_ctx_f32_nowindow,
+    fprintf(out, "  KV cache at %d positions, float32: %.0f bytes with the sliding window (W keys on sliding layers), %.0f without "
+                 "(%.1f%% saved)\n", sh->ctx, sh->kv_bytes_ctx_f32, sh->kv_bytes_ctx_f32_nowindow,
             sh->kv_bytes_ctx_f32_nowindow > 0 ? 100 * (1 - sh->kv_bytes_ctx_f32 / sh->kv_bytes_ctx_f32_nowindow) : 0.0);
+    if (gbps > 0)
+        fprintf(out, "  at %g GB/s: decode reads %.3f GB of bf16 weights per token (at context 0): at most %.2f tokens/s; "
+                     "at %d positions with a float32 cache, %.3f GB: %.2f tokens/s\n", gbps, sh->weight_bytes_bf16 * 1e-9,
+                gbps * 1e9 / sh->weight_bytes_bf16, sh->ctx, (sh->weight_bytes_bf16 + sh->kv_bytes_ctx_f32) * 1e-9,
+                gbps * 1e9 / (sh->weight_bytes_bf16 + sh->kv_bytes_ctx_f32));
+    if (gflops > 0)
+        fprintf(out, "  at %g GFLOP/s: prefill at most %.1f tokens/s (matrix products only); decode would take %.4f s of arithmetic "
+                     "per token\n", gflops, gflops * 1e9 / sh->matmul_flops, sh->matmul_flops / (gflops * 1e9));
+    if (gbps > 0 && gflops > 0) {
+        double rd = sh->weight_bytes_bf16 / (gbps * 1e9), ar = sh->matmul_flops / (gflops * 1e9);
+        fprintf(out, "  so a decode step needs %.4f s to read the weights and %.4f s of arithmetic (%s-bound); a 128-token prompt chunk "
+                     "%.4f s to read them and %.4f s of arithmetic (%s-bound)\n", rd, ar, rd > ar ? "bandwidth" : "arithmetic", rd, 128 * ar,
+                rd > 128 * ar ? "bandwidth" : "arithmetic");
+    }
 }
 
 /* ---- the program ---- */
@@ -286,6 +309,7 @@ static int trace_main(int argc, char **argv, FILE *out, FILE *errf)
 {
     const char *dir = NULL, *prompt = NULL, *tokfile = NULL;
     int k = 5, threads = 0, shapes = 0, ctx = 0, i, n, rc;
+    double gbps = 0, gflops = 0;
     gemma2_options opt = gemma2_options_default();
     gemma2_model *m;
     int32_t *ids;
@@ -298,12 +322,14 @@ static int trace_main(int argc, char **argv, FILE *out, FILE *errf)
         else if (!strcmp(argv[i], "-k") && i + 1 < argc) k = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-t") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--ctx") && i + 1 < argc) ctx = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--gbps") && i + 1 < argc) gbps = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--gflops") && i + 1 < argc) gflops = atof(argv[++i]);
         else if (!strcmp(argv[i], "--shapes")) shapes = 1;
         else { dir = NULL; break; }
     }
     if (!dir || (!shapes && !prompt) || k < 1 || k > TRACE_TOPK_MAX || ctx < 0) {
         fprintf(errf, "usage: trace -m MODEL_DIR -p TEXT [--tokenizer FILE] [-k TOP (1..%d)] [-t THREADS]\n"
-                      "       trace -m MODEL_DIR --shapes [--ctx N]\n", TRACE_TOPK_MAX);
+                      "       trace -m MODEL_DIR --shapes [--ctx N] [--gbps READ_BANDWIDTH] [--gflops PEAK]\n", TRACE_TOPK_MAX);
         return 2;
     }
     if (shapes) { /* config.json only: no weights, no tokenizer */
@@ -313,7 +339,7 @@ static int trace_main(int argc, char **argv, FILE *out, FILE *errf)
         m = gemma2_load(dir, &opt, err, sizeof err);
         if (!m) { fprintf(errf, "trace: %s\n", err); return 1; }
         trace_shapes_compute(gemma2_model_config(m), ctx ? ctx : gemma2_model_config(m)->max_position_embeddings, &sh);
-        trace_print_shapes(out, dir, gemma2_model_config(m), &sh);
+        trace_print_shapes(out, dir, gemma2_model_config(m), &sh, gbps, gflops);
         gemma2_free(m);
         return 0;
     }
