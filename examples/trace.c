@@ -1,6 +1,7 @@
 /* trace - watch a prompt go through Gemma 2, layer by layer.
 
      ./examples/trace -m MODEL_DIR -p TEXT [--tokenizer FILE] [-k TOP] [-t THREADS]
+     ./examples/trace -m MODEL_DIR --ids ID,ID,... [-k TOP] [-t THREADS]      (no tokenizer needed)
      ./examples/trace -m MODEL_DIR --shapes [--ctx N] [--gbps GB_PER_S] [--gflops GFLOP_PER_S]
 
    The first form prints the prompt's tokens (id and piece), then one line per decoder layer:
@@ -307,7 +308,7 @@ static void trace_print_shapes(FILE *out, const char *dir, const gemma2_config *
 
 static int trace_main(int argc, char **argv, FILE *out, FILE *errf)
 {
-    const char *dir = NULL, *prompt = NULL, *tokfile = NULL;
+    const char *dir = NULL, *prompt = NULL, *tokfile = NULL, *idlist = NULL;
     int k = 5, threads = 0, shapes = 0, ctx = 0, i, n, rc;
     double gbps = 0, gflops = 0;
     gemma2_options opt = gemma2_options_default();
@@ -318,6 +319,7 @@ static int trace_main(int argc, char **argv, FILE *out, FILE *errf)
     for (i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-m") && i + 1 < argc) dir = argv[++i];
         else if (!strcmp(argv[i], "-p") && i + 1 < argc) prompt = argv[++i];
+        else if (!strcmp(argv[i], "--ids") && i + 1 < argc) idlist = argv[++i];
         else if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) tokfile = argv[++i];
         else if (!strcmp(argv[i], "-k") && i + 1 < argc) k = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-t") && i + 1 < argc) threads = atoi(argv[++i]);
@@ -327,8 +329,8 @@ static int trace_main(int argc, char **argv, FILE *out, FILE *errf)
         else if (!strcmp(argv[i], "--shapes")) shapes = 1;
         else { dir = NULL; break; }
     }
-    if (!dir || (!shapes && !prompt) || k < 1 || k > TRACE_TOPK_MAX || ctx < 0) {
-        fprintf(errf, "usage: trace -m MODEL_DIR -p TEXT [--tokenizer FILE] [-k TOP (1..%d)] [-t THREADS]\n"
+    if (!dir || (!shapes && !prompt == !idlist) || k < 1 || k > TRACE_TOPK_MAX || ctx < 0) {
+        fprintf(errf, "usage: trace -m MODEL_DIR (-p TEXT [--tokenizer FILE] | --ids ID,ID,...) [-k TOP (1..%d)] [-t THREADS]\n"
                       "       trace -m MODEL_DIR --shapes [--ctx N] [--gbps READ_BANDWIDTH] [--gflops PEAK]\n", TRACE_TOPK_MAX);
         return 2;
     }
@@ -347,9 +349,26 @@ static int trace_main(int argc, char **argv, FILE *out, FILE *errf)
     opt.tokenizer_path = tokfile;
     m = gemma2_load(dir, &opt, err, sizeof err);
     if (!m) { fprintf(errf, "trace: %s\n", err); return 1; }
-    n = gemma2_tokenize(m, prompt, strlen(prompt), NULL, 0, GEMMA2_TOKENIZE_ADD_BOS);
-    ids = n > 0 ? (int32_t *)malloc(sizeof(int32_t) * (size_t)n) : NULL;
-    if (n > 0 && ids) n = gemma2_tokenize(m, prompt, strlen(prompt), ids, n, GEMMA2_TOKENIZE_ADD_BOS);
+    if (idlist) { /* ids as given (no <bos> added), for models without a tokenizer */
+        const char *p = idlist;
+        ids = (int32_t *)malloc(sizeof(int32_t) * (strlen(idlist) / 2 + 1));
+        for (n = 0; ids && *p;) {
+            char *end;
+            long v = strtol(p, &end, 10);
+            if (end == p || v < 0 || v >= gemma2_vocab_size(m) || (*end && *end != ',')) {
+                fprintf(errf, "trace: --ids: \"%s\" is not a list of token ids below %d\n", idlist, gemma2_vocab_size(m));
+                free(ids);
+                gemma2_free(m);
+                return 2;
+            }
+            ids[n++] = (int32_t)v;
+            p = *end ? end + 1 : end;
+        }
+    } else {
+        n = gemma2_tokenize(m, prompt, strlen(prompt), NULL, 0, GEMMA2_TOKENIZE_ADD_BOS);
+        ids = n > 0 ? (int32_t *)malloc(sizeof(int32_t) * (size_t)n) : NULL;
+        if (n > 0 && ids) n = gemma2_tokenize(m, prompt, strlen(prompt), ids, n, GEMMA2_TOKENIZE_ADD_BOS);
+    }
     if (n <= 0 || !ids) {
         fprintf(errf, "trace: tokenizing the prompt: %s\n", n < 0 ? gemma2_error_string(n) : "out of memory");
         free(ids);
@@ -363,7 +382,7 @@ static int trace_main(int argc, char **argv, FILE *out, FILE *errf)
         gemma2_free(m);
         return 1;
     }
-    trace_print(out, m, ids, &r, 1);
+    trace_print(out, m, ids, &r, gemma2_has_tokenizer(m));
     trace_result_free(&r);
     free(ids);
     gemma2_free(m);
