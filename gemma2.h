@@ -1962,11 +1962,48 @@ struct gemma2_session {
                                                           [I = 9216 between]
      logits = softcap30(RMSNorm(x) (1 + norm) embed_tokens^T)   [V = 256000, tied embedding]
 
+   Gemma 2's peculiarities by name, with the 2B numbers (each is commented again where it happens):
+   - (1+w) RMSNorm: RMSNorm(x) = x / sqrt(mean(x^2) + 1e-6) * (1 + w); the checkpoint stores w
+     (initialised at 0), the loader keeps 1 + w in float32 (gemma2__bind_norm, gemma2__rmsnorm_scalar).
+   - Four norms per layer: input_layernorm and pre_feedforward_layernorm on each sublayer's input,
+     post_attention_layernorm and post_feedforward_layernorm on its output before the residual add
+     (Llama has only the first two); 26 x 4 = 104 vectors of 2304, and model.norm at the end.
+   - sqrt(H) embedding scale: x = embed_tokens[id] * sqrt(H), the factor in float32 as both reference
+     implementations compute it (tests/data/models/README.md, convention 1). Hugging Face running in
+     bf16 rounds the factor to bf16: for the 2B sqrt(2304) = 48 either way, for the 9B 59.8665 becomes
+     59.75, for the 27B 67.8822 becomes 68.0. gemma2__embed.
+   - query_pre_attn_scalar: scores are q.k * query_pre_attn_scalar^-1/2: 256 for the 2B and 9B
+     (= head_dim, so 1/16), but 144 for the 27B (= H / nH = 4608 / 32, not its head_dim 128).
+   - Attention-logit softcap before masking: scores go through 50 tanh(s / 50) (attn_logit_softcapping),
+     then the causal / window mask, then softmax (gemma2__softcap_scalar; in gemma2__att_task the
+     masked keys are never scored at all).
+   - Alternating sliding-window / global layers: layers 0, 2, 4, ... see the last W = 4096 positions
+     (the query's own included), layers 1, 3, 5, ... all of them (gemma2__layer.sliding).
+   - GQA (grouped-query attention): 8 query heads share 4 kv heads, query head h reading kv head
+     h / (nH / nKV) = h / 2: the KV cache and its reads are half what 8 kv heads would need.
+   - RoPE rotate-half: q and k (not v) of each head turn pairwise, (x[i], x[i + 128]) by the angle
+     pos * 10000^(-2i/256), i < 128 (gemma2__rope_scalar); not the interleaved pairs (x[2i], x[2i+1]).
+   - GELU-tanh gating (GeGLU): the feed-forward is down(gelu_tanh(gate(h)) * up(h)) with the tanh
+     approximation of GELU (gelu_pytorch_tanh; gemma2__gelu_tanh), 2304 -> 9216 -> 2304.
+   - Tied embeddings: there is no lm_head; the logits are the final hidden state times embed_tokens^T,
+     the same [256000, 2304] matrix the embedding reads one row of (gemma2__output_logits).
+   - Final logit softcap: logits = 30 tanh(logits / 30) (final_logit_softcapping).
+
    First the same model in its plainest form (one token, scalar kernels, no threads): read it
    to learn the model, and the tests hold the fast version to it on every fixture. Then the
    fast version: a chunk of tokens per pass (each weight read once per chunk), matrix products
    through the kernel set on the thread pool, a ring-buffer KV cache for the sliding-window
-   layers. Its steps are named as in the list above. */
+   layers. Its steps are named as in the list above. Where the fast version differs, the
+   reference says the same thing simply:
+   - chunks: gemma2__forward takes up to GEMMA2__CHUNK tokens per pass, every step on all of them;
+     the reference takes one token, and a prompt is that token after token.
+   - per-token steps (gemma2__each_token): the reference's lines between its matrix products,
+     run for each token of the chunk, split over the pool.
+   - the KV cache: position p lives in row p of the reference's kc / vc; the fast cache keeps
+     each kv head's positions contiguous and, on sliding layers, a ring (slot p % slots).
+   - kernel tables (s->m->kern.rmsnorm, .softcap, .rope, the matmuls of gemma2__mat_formats):
+     the set chosen at load; the reference calls the scalar kernels of section 2.3 directly, and
+     the tests hold every set to those. */
 
 /* ---- the plain forward pass ---- */
 
@@ -2316,8 +2353,9 @@ static void gemma2__each_token(gemma2_session *s, int layer, int pos0, int C, ge
     gemma2__pool_run(s->pool, gemma2__step_task, &j, gemma2__pool_size(s->pool));
 }
 
-/* x = embed_tokens[id] * sqrt(H), the factor in float32 as the references compute it (not
-   rounded to bf16 as Hugging Face does when it runs in bf16: sqrt(3072) would be 55.5). */
+/* x = embed_tokens[id] * sqrt(H) (the sqrt(H) embedding scale; 2B: 48), the factor in float32 as
+   the references compute it (not rounded to bf16 as Hugging Face does when it runs in bf16:
+   sqrt(3072) would be 55.5). Shapes: ids [C] -> x [C][H]. */
 static void gemma2__embed(gemma2_session *s, const int32_t *ids, int C)
 {
     const gemma2_model *m = s->m;
@@ -2352,7 +2390,8 @@ static void gemma2__input_norm(gemma2_session *s, int l, int pos0, int t)
     s->m->kern.rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)t * H, s->m->layers[l].attn_norm, H, s->m->cfg.rms_norm_eps);
 }
 
-/* q, k, v = xn Wq^T, xn Wk^T, xn Wv^T: one pass over the three matrices. */
+/* q, k, v = xn Wq^T, xn Wk^T, xn Wv^T: one pass over the three matrices (the reference's three
+   gemma2__ref_matvec). 2B: [C][2304] -> q [C][2048], k and v [C][1024] (4 kv heads of 256). */
 static void gemma2__qkv_proj(gemma2_session *s, int l, int C)
 {
     const gemma2__layer *L = &s->m->layers[l];
@@ -2363,7 +2402,8 @@ static void gemma2__qkv_proj(gemma2_session *s, int l, int C)
 }
 
 /* Rotate q and k by the token's position (RoPE, rotate-half pairing), then store k and v in
-   the layer's cache: slot pos % slots (a ring on sliding-window layers). */
+   the layer's cache: slot pos % slots (a ring on sliding-window layers). The reference does the
+   same with gemma2__rope_scalar and row pos of its cache. 2B: q [8][256], k and v [4][256]. */
 static void gemma2__rope_and_cache(gemma2_session *s, int l, int pos0, int t)
 {
     const gemma2_config *c = &s->m->cfg;
@@ -2384,7 +2424,8 @@ static void gemma2__rope_and_cache(gemma2_session *s, int l, int pos0, int t)
     }
 }
 
-/* att = attention of the chunk's queries over the layer's cache (above). */
+/* att = attention of the chunk's queries over the layer's cache (above): in the reference, the
+   loop over heads h (scores, softcap, softmax, weighted values). 2B: att [C][8 * 256]. */
 static void gemma2__attention(gemma2_session *s, int l, int pos0, int C)
 {
     gemma2__att_job j;
@@ -2417,7 +2458,7 @@ static void gemma2__pre_feedforward_norm(gemma2_session *s, int l, int pos0, int
     s->m->kern.rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)t * H, s->m->layers[l].pre_ffw_norm, H, s->m->cfg.rms_norm_eps);
 }
 
-/* g, u = xn Wgate^T, xn Wup^T: one pass over both matrices. */
+/* g, u = xn Wgate^T, xn Wup^T: one pass over both matrices. 2B: [C][2304] -> [C][9216] each. */
 static void gemma2__gate_up_proj(gemma2_session *s, int l, int C)
 {
     const gemma2__layer *L = &s->m->layers[l];
@@ -2427,7 +2468,8 @@ static void gemma2__gate_up_proj(gemma2_session *s, int l, int C)
     gemma2__matmuls(s, s->xn, C, 2, w, y, ld);
 }
 
-/* g = gelu_tanh(g) * u: the gated feed-forward (GeGLU). */
+/* g = gelu_tanh(g) * u: the gated feed-forward (GeGLU, GELU-tanh gating): the gate decides, per
+   one of the I = 9216 features, how much of the up projection passes. */
 static void gemma2__gelu_gate(gemma2_session *s, int l, int pos0, int t)
 {
     int I = s->m->cfg.intermediate_size;
@@ -2435,7 +2477,7 @@ static void gemma2__gelu_gate(gemma2_session *s, int l, int pos0, int t)
     s->m->kern.gelu_mul(s->g + (size_t)t * I, s->u + (size_t)t * I, I);
 }
 
-/* o = g Wdown^T: back from I to H. */
+/* o = g Wdown^T: back from I to H (2B: 9216 -> 2304). */
 static void gemma2__down_proj(gemma2_session *s, int l, int C)
 {
     gemma2__matmul1(s, s->o, s->m->cfg.hidden_size, s->g, C, &s->m->layers[l].wdown);
@@ -2541,7 +2583,8 @@ static void gemma2__layer_forward(gemma2_session *s, int l, int pos0, int C)
 }
 
 /* logits = softcap(RMSNorm(x) (1 + norm) embed_tokens^T) for n tokens from token `first` on:
-   the output projection is the embedding matrix itself (tied weights). */
+   the output projection is the embedding matrix itself (tied embeddings, 2B: [256000, 2304], 1.2 GB
+   of bf16 read per decode step for this product alone), then the final logit softcap, 30 tanh(l / 30). */
 static void gemma2__output_logits(gemma2_session *s, int first, int n, float *logits)
 {
     const gemma2_model *m = s->m;
