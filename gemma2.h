@@ -3880,6 +3880,38 @@ GEMMA2_DEF int gemma2_chat_reset(gemma2_chat *c)
    - Invalid UTF-8 in the input: each such byte is a symbol of its own and ends as its byte piece (the references
      cannot take such input: SentencePiece would first replace it with U+FFFD). */
 
+/* How Gemma's tokenizer behaves, by example. The ids are the reference tokenizers' (each example is a case of
+   tests/data/tokenizer/cases.jsonl, named here; tokenizer/section_examples checks every one against both files).
+   - BPE merges. The text becomes characters, ' ' written '▁' (a character of its own), and then the pair of
+     neighbours that comes first in the merge list is joined, again and again, until no listed pair is left (with
+     tokenizer.model: the pair whose joined piece has the highest score). en_hello_world: "hello world" ->
+     17534 "hello", 2134 "▁world": the space stays with the word after it, so "world" at the start of a text and
+     after a space are different tokens. Pieces are whatever the merges built: common words whole, rare ones in
+     fragments that need not be morphemes.
+   - Byte fallback. A character with no piece of its own is written as its UTF-8 bytes, one piece per byte,
+     "<0x00>".."<0xFF>" = ids 217..472 (id 217 + byte; but 226, byte 9, is the piece "\t" itself):
+     bytes_cjk_ext_b: "\U00020000\U00020001\U0002A6A5" -> 457 377 345 345, 457 377 345 346, 457 387 371 382, the
+     first = <0xF0> <0xA0> <0x80> <0x80>. So every text has ids, and no <unk> is produced for ordinary text
+     (gemma2__tok_byte_piece).
+   - Digits. The vocabulary has a piece for each digit and none for two or more (the SentencePiece model was
+     trained with split_digits), so no merge ever joins digits: num_digits_split: "12345" -> 235274 235284 235304
+     235310 235308, one token per digit, and a number costs as many tokens as it has digits. Nor is there "▁7":
+     a space before a number is a token of its own (235248 "▁").
+   - Whitespace runs. There are pieces for runs of 2 to 31 '▁' (139 "▁▁" ... 168, 31 of them), and the merge
+     '▁' + '▁' (rank 465 in tokenizer.json) comes before '▁' + a letter (such as '▁' + 'b', rank 1440): a run
+     of spaces is merged into one piece first, and it keeps the space that would have started the next word.
+     ws_inner_runs: "a  b   c    d     e" -> 235250 "a", 139 "▁▁", 235268 "b", 140 "▁▁▁", 235260 "c", 141 "▁▁▁▁",
+     235258 "d", 142 "▁▁▁▁▁", 235249 "e" (the letters without '▁'). Newlines likewise ("\n" 108 ... 31 of them 138),
+     and tabs.
+   - tokenizer.json vs tokenizer.model. Both are the same vocabulary; tokenizer.json lists the merges in order
+     (BPE by rank), tokenizer.model gives each piece a score (BPE by the joined piece's score), and the two
+     orders disagree only where pieces can be built in several ways. ws_32_spaces: 32 spaces are 153 153 (16 +
+     16: rank order doubles the runs) from tokenizer.json but 168 235248 (31 + 1: the highest-scoring piece
+     first) from tokenizer.model, as transformers and SentencePiece give them. And pieces that tokenizer.model
+     marks USER_DEFINED are matched whole, where tokenizer.json (whose added_tokens lack the last 32 ids) must
+     build them by merges: sp_unused99: "<unused99>" is 255999 from tokenizer.model, 235322 "<", 45526 "unused",
+     235315 "9", 235315 "9", 235313 ">" from tokenizer.json. */
+
 #define GEMMA2__TA_SPECIAL 1  /* matched in text only with GEMMA2_TOKENIZE_SPECIAL; never the result of a merge */
 #define GEMMA2__TA_CONTROL 2  /* left out by GEMMA2_DETOKENIZE_SKIP_CONTROL */
 #define GEMMA2__TA_BYTE    4  /* "<0xNN>": stands for one byte */
