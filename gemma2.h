@@ -1349,7 +1349,13 @@ static void gemma2__tokenizer_free(gemma2__tokenizer *t);
    2.3  Kernels: scalar reference, and the weight-format table
    ===========================================================================
    Plain C, one operation at a time: the definition every SIMD kernel set is tested
-   against, and what runs under GEMMA2_NO_SIMD. */
+   against, and what runs under GEMMA2_NO_SIMD. Two families matter for speed, and the
+   SIMD versions in 2.12 differ only in how they feed the hardware, not in what they compute:
+   products with weight matrices (gemma2__ref_matvec in 2.5, the formats' matmuls below), bound
+   by memory bandwidth for one token and by arithmetic for many, and attention over the KV
+   cache (gemma2__att_scores_generic, gemma2__att_values_generic), bound by bandwidth over
+   the cache. The rest (RMSNorm, softcap, softmax, GELU, RoPE) are short passes over vectors
+   in cache, a few percent of the time (section 2.12 has the measured split). */
 
 /* Attention from the set's own dot and axpy: the reference (with the scalar set) and the
    portable version for sets without a kernel of their own. Each key row is read once for
@@ -7746,6 +7752,39 @@ static int gemma2__cpu_count(void)
 
    Q8 and Q4 weights run on integer dot products (AVX512_VNNI) with results equal to their
    reference products bit for bit; their own notes are with their kernels below.
+
+   Each kernel family at a glance: what limits it, its register tile and why that shape, and
+   how close it comes, as measured (tests/BENCHMARKS.md; fractions are of the limits measured
+   in the same run, on the 2-core development VMs described there):
+   - matrix-vector, bf16 / f32 weights (decode): read bandwidth, 1 FLOP per bf16 weight byte.
+     8 rows at a time on every set, because 8 sequential streams keep enough misses in flight
+     for one core; accumulators are whatever hides the FMA latency (8 on AVX-512). Kernel:
+     22.0 GB/s on a VM whose read bandwidth measured 21-23 GB/s; F32 weights 84-99% of the read
+     bandwidth; in the model, 2B decode 70-94% (bf16 compute, 2 threads), 80-99% (1 thread).
+   - prefill tile, bf16 / f32 weights (several tokens): arithmetic, 128 FLOPs per weight byte
+     in a 128-token chunk. AVX-512: 12 rows x 32 tokens, 24 accumulators of 16 lanes out of
+     32 registers, leaving room for the 2 activation registers and the broadcast weights: 14
+     loads per 48 FMAs keeps the two load ports under the FMA rate. Float32: 97-100% of the
+     FMA peak with operands in L1, 85-94% as blocked for real matrices, 80-84% over a whole
+     prompt; with vdpbf16ps, 2B prefill 60-75% of that peak (2 threads), 74-86% (1 thread).
+     AVX2 (16 registers): 4 rows x 3 tokens, 12 accumulators + 3 activations + 1 weight;
+     NEON (32 registers, 4 lanes): 4 rows x 4 tokens; F32 weights without the transposed
+     copy: 4 rows x 6 tokens (24 accumulators).
+   - Q8 / Q4 matrix-vector (decode): read bandwidth at the format's bytes, plus unpacking.
+     Kernel: Q8 23.1 GB/s, Q4 16.8 GB/s (bf16 22.0 in the same run); 2B decode Q8 94-105% of
+     the read bandwidth, Q4 69-73% (2 threads): Q4's nibble unpacking and float steps per byte
+     show once the bytes halve.
+   - Q8 / Q4 prefill tile: the integer dot product (vpdpbusd, 64 multiply-adds per
+     instruction). 6 rows x 32 tokens: 12 int32 and 12 float accumulators; the float steps per
+     block hold it to ~75% (Q8) and ~65% (Q4) of the vpdpbusd peak alone in L1; in the model
+     2B prefill 68% (Q8) and 64% (Q4) of the int8-dot peak (2 threads). AVX2: 8 rows x 8
+     tokens (rows turned into column groups once per block); NEON: 4 rows x 4 tokens.
+   - attention (att_scores / att_values): read bandwidth over the KV cache in decode (each key
+     and value read once per kv head and block of 16 tokens, for all the query heads sharing
+     it): one core at 8k positions, 14 -> 22 GB/s with the software prefetch.
+   - element-wise kernels (RMSNorm, softcap, softmax, GELU, RoPE): a few passes over vectors
+     already in cache; about 7.5% of float32 prefill time in all (attention 3%, RoPE and cache
+     writes 1%, norms, residuals and GELU 2%, logits 0.5%).
    --------------------------------------------------------------------------- */
 
 /* Shared by the SIMD sets: tile functions take their shape as constant arguments and are
