@@ -7758,22 +7758,22 @@ static int gemma2__cpu_count(void)
    in the same run, on the 2-core development VMs described there):
    - matrix-vector, bf16 / f32 weights (decode): read bandwidth, 1 FLOP per bf16 weight byte.
      8 rows at a time on every set, because 8 sequential streams keep enough misses in flight
-     for one core; accumulators are whatever hides the FMA latency (8 on AVX-512). Kernel:
+     for one core, with 8 independent accumulators to hide the FMA latency. Kernel:
      22.0 GB/s on a VM whose read bandwidth measured 21-23 GB/s; F32 weights 84-99% of the read
      bandwidth; in the model, 2B decode 70-94% (bf16 compute, 2 threads), 80-99% (1 thread).
    - prefill tile, bf16 / f32 weights (several tokens): arithmetic, 128 FLOPs per weight byte
      in a 128-token chunk. AVX-512: 12 rows x 32 tokens, 24 accumulators of 16 lanes out of
      32 registers, leaving room for the 2 activation registers and the broadcast weights: 14
-     loads per 48 FMAs keeps the two load ports under the FMA rate. Float32: 97-100% of the
+     loads per 48 FMAs, so the loads never set the pace. Float32: 97-100% of the
      FMA peak with operands in L1, 85-94% as blocked for real matrices, 80-84% over a whole
      prompt; with vdpbf16ps, 2B prefill 60-75% of that peak (2 threads), 74-86% (1 thread).
      AVX2 (16 registers): 4 rows x 3 tokens, 12 accumulators + 3 activations + 1 weight;
-     NEON (32 registers, 4 lanes): 4 rows x 4 tokens; F32 weights without the transposed
-     copy: 4 rows x 6 tokens (24 accumulators).
+     NEON (32 registers, 4 lanes): 4 rows x 4 tokens; AVX-512 F32 weights without the
+     transposed copy: 4 rows x 6 tokens (24 accumulators).
    - Q8 / Q4 matrix-vector (decode): read bandwidth at the format's bytes, plus unpacking.
      Kernel: Q8 23.1 GB/s, Q4 16.8 GB/s (bf16 22.0 in the same run); 2B decode Q8 94-105% of
-     the read bandwidth, Q4 69-73% (2 threads): Q4's nibble unpacking and float steps per byte
-     show once the bytes halve.
+     the read bandwidth, Q4 69-73% (2 threads); Q4 spends more instructions per byte read
+     (its nibbles are unpacked before the dot products).
    - Q8 / Q4 prefill tile: the integer dot product (vpdpbusd, 64 multiply-adds per
      instruction). 6 rows x 32 tokens: 12 int32 and 12 float accumulators; the float steps per
      block hold it to ~75% (Q8) and ~65% (Q4) of the vpdpbusd peak alone in L1; in the model
