@@ -88,6 +88,8 @@
      To learn the model, start at section 2.5: gemma2__forward_reference is Gemma 2 for one
      token in ~60 lines of plain C (the 2B shapes are in the comment above it); the fast
      forward pass below it has the same steps, one named function each (gemma2__layer_forward).
+     examples/README.md walks from config.json to a sampled token with the real 2B/9B/27B
+     numbers, and examples/trace shows a prompt layer by layer (gemma2_session_set_trace_ex).
      The kernels it calls are in 2.3 (scalar reference) and, for speed, 2.12 (SIMD). Section
      2.2 is the contract between the two: weight formats and kernel sets as separate axes,
      with the checklists for adding either. The tokenizer (2.9) and the loader (2.10) stand on
