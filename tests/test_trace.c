@@ -7,7 +7,7 @@
 #define GEMMA2_TRACE_NO_MAIN
 #include "../examples/trace.c"
 
-static gemma2_model *trc_load(const char *name, const char *tokenizer)
+static gemma2_model *trc_load(const char *name, const char *tokenizer, int kv)
 {
     char dir[256], err[256];
     gemma2_options o = gemma2_options_default();
@@ -15,6 +15,7 @@ static gemma2_model *trc_load(const char *name, const char *tokenizer)
     o.n_threads = 2;
     o.no_tokenizer = tokenizer == NULL;
     o.tokenizer_path = tokenizer;
+    o.kv_cache = kv;
     snprintf(dir, sizeof dir, "%s", g2t_path("models/"));
     strncat(dir, name, sizeof dir - strlen(dir) - 1);
     m = gemma2_load(dir, &o, err, sizeof err);
@@ -33,7 +34,7 @@ static void trc_fixture(const char *name)
     char err[256];
     int l, v, i;
     CHECK(mdl_load_ref(name, &ref), "%s: reference files", name);
-    m = trc_load(name, NULL);
+    m = trc_load(name, NULL, GEMMA2_KV_F32);
     if (!m) { mdl_free_ref(&ref); return; }
     c = gemma2_model_config(m);
     CHECK(trace_collect(m, ref.ids, ref.P, 5, &r, err, sizeof err) == 0, "%s: trace: %s", name, err);
@@ -95,7 +96,9 @@ static void test_trace_fixtures(void)
 
 /* The step events, in order and paired; the attention probabilities sum to 1 and, weighing the
    cached values, give the attention step's own output: on tiny-gqa, whose window (8) cuts the
-   sliding layers, with the prompt in uneven passes so that events come from several. */
+   sliding layers, with the prompt in uneven passes so that events come from several, in chunks
+   of 4 so that the sliding layers' rings (8 + 4 - 1 = 11 slots) wrap, with a float32 and a bf16
+   KV cache. */
 typedef struct trc_events {
     const gemma2_session *s;  /* to read the attention output and the cache (the test sees the internals) */
     float att_worst;          /* the weights times the cached values against the attention step's output */
@@ -123,7 +126,7 @@ static void trc_event(void *user, const gemma2_trace_event *ev)
         for (i = 0; i < ev->n_keys; i++) sum += ev->weights[i];
         if (fabs(sum - 1) > 1e-5 || ev->key0 + ev->n_keys != ev->pos + 1) e->att_bad_sum++;
         e->n_att++;
-        if (e->s && e->s->v) {
+        if (e->s) {
             const gemma2_session *s = e->s;
             const gemma2_config *c = &s->m->cfg;
             int hd = c->head_dim, kvh = ev->head / (c->num_attention_heads / c->num_key_value_heads), d, p;
@@ -131,8 +134,10 @@ static void trc_event(void *user, const gemma2_trace_event *ev)
             for (d = 0; d < hd; d++) {
                 double acc = 0;
                 float err;
-                for (p = 0; p < ev->n_keys; p++)
-                    acc += (double)ev->weights[p] * s->v[ev->layer][((size_t)kvh * s->slots[ev->layer] + (size_t)((ev->key0 + p) % s->slots[ev->layer])) * hd + d];
+                for (p = 0; p < ev->n_keys; p++) {
+                    size_t at = ((size_t)kvh * s->slots[ev->layer] + (size_t)((ev->key0 + p) % s->slots[ev->layer])) * hd + d;
+                    acc += (double)ev->weights[p] * (s->vb ? gemma2__bf16_to_f32(s->vb[ev->layer][at]) : s->v[ev->layer][at]);
+                }
                 err = (float)fabs(acc - out[d]) / (fabsf(out[d]) + 1.0f);
                 if (!(err <= e->att_worst)) e->att_worst = err != err ? 1e30f : err;
             }
@@ -142,11 +147,11 @@ static void trc_event(void *user, const gemma2_trace_event *ev)
     }
 }
 
-static void test_trace_events(void)
+static void trc_events_run(int kv)
 {
     static const char *const layer_steps[] = {"input_norm", "qkv_proj", "rope_and_cache", "attention", "o_proj", "post_attention_norm_residual",
                                               "pre_feedforward_norm", "gate_up_proj", "gelu_gate", "down_proj", "post_feedforward_norm_residual"};
-    gemma2_model *m = trc_load("tiny-gqa", NULL);
+    gemma2_model *m = trc_load("tiny-gqa", NULL, kv);
     gemma2_session *s;
     mdl_ref ref;
     trc_events e;
@@ -155,7 +160,9 @@ static void test_trace_events(void)
     CHECK(mdl_load_ref("tiny-gqa", &ref), "tiny-gqa: reference files");
     nH = gemma2_model_config(m)->num_attention_heads;
     L = gemma2_model_config(m)->num_hidden_layers;
-    s = gemma2_session_new(m, ref.P);
+    s = gemma2__session_new(m, ref.P, 4);
+    CHECK(s && s->slots[0] == 11 && (kv == GEMMA2_KV_BF16) == (s->vb != NULL), "session with rings of 11 slots");
+    if (!s) { mdl_free_ref(&ref); gemma2_free(m); return; }
     memset(&e, 0, sizeof e);
     e.s = s;
     gemma2_session_set_trace_ex(s, trc_event, &e, GEMMA2_TRACE_RESIDUAL | GEMMA2_TRACE_ATTENTION | GEMMA2_TRACE_STEPS);
@@ -164,15 +171,17 @@ static void test_trace_events(void)
         done += passes[k];
     }
     CHECK(done == ref.P, "the passes cover the prompt (%d of %d)", done, ref.P);
-    steps = 2 + L * 11 + 1; /* embed, rope_angles, the layers, output_logits: per pass */
-    CHECK(e.n_begin == 3 * steps && e.n_end == 3 * steps && e.bad_order == 0 && !e.open, "steps: %d begin, %d end, %d out of order", e.n_begin,
+    /* 6 passes of at most 4 tokens (3; 4, 4, 1; 4, 4): embed, rope_angles and the layers each, and the
+       output logits after the last pass of each of the 3 calls */
+    steps = 6 * (2 + L * 11) + 3;
+    CHECK(e.n_begin == steps && e.n_end == steps && e.bad_order == 0 && !e.open, "steps: %d begin, %d end, %d out of order", e.n_begin,
           e.n_end, e.bad_order);
     CHECK(e.steps_in_layer0 == 11, "%d steps in layer 0", e.steps_in_layer0);
     for (i = 0; i < 11 && i < e.steps_in_layer0; i++) CHECK(!strcmp(e.names[i], layer_steps[i]), "step %d of a layer: %s", i, e.names[i]);
     CHECK(e.n_att == ref.P * nH * L, "%d attention events, expected %d", e.n_att, ref.P * nH * L);
     CHECK(e.att_worst <= 1e-5f, "the traced weights times the cached values differ from the attention output by %g", e.att_worst);
     CHECK(e.att_bad_sum == 0, "%d attention events whose weights do not sum to 1 or whose keys do not end at the token", e.att_bad_sum);
-    CHECK(e.n_res == 3 * (L + 1), "%d residual events", e.n_res);
+    CHECK(e.n_res == 6 * (L + 1), "%d residual events", e.n_res);
     /* asking for nothing, or no callback, stops the events */
     memset(&e, 0, sizeof e);
     gemma2_session_set_trace_ex(s, trc_event, &e, 0);
@@ -188,6 +197,12 @@ static void test_trace_events(void)
     CHECK(gemma2_logit_lens(NULL, ref.hidden, 1, NULL) == GEMMA2_ERROR_INVALID_ARGUMENT, "logit lens without a model");
     mdl_free_ref(&ref);
     gemma2_free(m);
+}
+
+static void test_trace_events(void)
+{
+    trc_events_run(GEMMA2_KV_F32);
+    trc_events_run(GEMMA2_KV_BF16);
 }
 
 /* The program in-process on the real-vocabulary fixture: the tokens, one line per layer, the next token. */
