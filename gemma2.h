@@ -404,7 +404,7 @@ GEMMA2_DEF void gemma2_session_set_trace(gemma2_session *s, gemma2_trace_fn fn, 
                              "pre_feedforward_norm", "gate_up_proj", "gelu_gate", "down_proj",
                              "post_feedforward_norm_residual", "output_logits", as the functions of
                              section 2.5), op = what kind of work it is; layer = the decoder layer,
-                             -1 for the embedding and the output logits. */
+                             -1 for the embedding, the RoPE angles and the output logits. */
 enum {
     GEMMA2_TRACE_RESIDUAL  = 1,
     GEMMA2_TRACE_ATTENTION = 2,
