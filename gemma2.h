@@ -1352,7 +1352,7 @@ static void gemma2__tokenizer_free(gemma2__tokenizer *t);
    ===========================================================================
    Plain C, one operation at a time: the definition every SIMD kernel set is tested
    against, and what runs under GEMMA2_NO_SIMD. Two families matter for speed, and the
-   SIMD versions in 2.12 differ only in how they feed the hardware, not in what they compute:
+   SIMD versions in 2.12 compute the same (to rounding) and differ in how they feed the hardware:
    products with weight matrices (gemma2__ref_matvec in 2.5, the formats' matmuls below), bound
    by memory bandwidth for one token and by arithmetic for many, and attention over the KV
    cache (gemma2__att_scores_generic, gemma2__att_values_generic), bound by bandwidth over
