@@ -1,6 +1,6 @@
 # gemma2.h - build the CLI and the examples, run the tests and the benchmarks.
 #
-#   make                  the CLI (./gemma2) and the examples (examples/topk, tokenize, perplexity, quantize);
+#   make                  the CLI (./gemma2) and the examples (examples/topk, tokenize, perplexity, quantize, trace);
 #                         each compiles the whole library, so make -j builds them side by side
 #   make test             the test suite: gcc -O2 -Werror, clang with ASan + UBSan, C++; the
 #                         allocation-failure sweep (ASan + UBSan); sessions on several threads
@@ -44,7 +44,7 @@ LDLIBS = -lm -lpthread
 SAN    = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 TSAN   = -fsanitize=thread -fno-omit-frame-pointer
 
-EXAMPLES = examples/topk examples/tokenize examples/perplexity examples/quantize
+EXAMPLES = examples/topk examples/tokenize examples/perplexity examples/quantize examples/trace
 TESTS    = tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx
 BENCHES  = tests/bench_model tests/bench_tokenizer
 
@@ -64,7 +64,7 @@ examples/%: examples/%.c gemma2.h
 
 # ---------------------------------------------------------------- test
 # The suite #includes the CLI (examples/gemma2.c, without its main) to test it in-process.
-TEST_SRC = tests/gemma2_test.c $(wildcard tests/test_*.c) tests/test.h gemma2.h examples/gemma2.c
+TEST_SRC = tests/gemma2_test.c $(wildcard tests/test_*.c) tests/test.h gemma2.h examples/gemma2.c examples/trace.c
 
 tests/gemma2_test: $(TEST_SRC)
 	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ tests/gemma2_test.c $(LDLIBS)

@@ -88,6 +88,8 @@
      To learn the model, start at section 2.5: gemma2__forward_reference is Gemma 2 for one
      token in ~60 lines of plain C (the 2B shapes are in the comment above it); the fast
      forward pass below it has the same steps, one named function each (gemma2__layer_forward).
+     examples/README.md walks from config.json to a sampled token with the real 2B/9B/27B
+     numbers, and examples/trace shows a prompt layer by layer (gemma2_session_set_trace_ex).
      The kernels it calls are in 2.3 (scalar reference) and, for speed, 2.12 (SIMD). Section
      2.2 is the contract between the two: weight formats and kernel sets as separate axes,
      with the checklists for adding either. The tokenizer (2.9) and the loader (2.10) stand on
@@ -380,6 +382,69 @@ GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos);
    pos0..pos0+n-1 being evaluated. For learning tools, logit lens and tests. NULL to stop. */
 typedef void (*gemma2_trace_fn)(void *user, int layer, int pos0, int n, const float *x);
 GEMMA2_DEF void gemma2_session_set_trace(gemma2_session *s, gemma2_trace_fn fn, void *user);
+
+/* Richer tracing, for tools that look inside a pass (examples/trace.c): one callback receives
+   events of the kinds asked for in `what` (an OR of the GEMMA2_TRACE_* bits below), on the
+   thread that called gemma2_eval (or gemma2_session_rewind, whose recomputation is a pass too),
+   in model order. It may be set together with gemma2_session_set_trace; each gets its own calls.
+   The pointers in an event are valid only during the call. Nothing is computed for a kind not
+   asked for, and without a callback each step costs one NULL check. The library reads no clock:
+   a tool times the steps with its own between a step's BEGIN and END.
+     GEMMA2_TRACE_RESIDUAL   x = the residual stream [n][hidden_size] of the pass's n tokens at
+                             positions pos0..pos0+n-1, after the embedding (layer 0) and after
+                             each decoder layer l (layer l+1): what gemma2_session_set_trace gives.
+     GEMMA2_TRACE_ATTENTION  after layer `layer`'s attention step, once per token of the pass and
+                             query head: weights = the softmax probabilities of token `pos`'s
+                             query head `head` over the key positions key0..key0+n_keys-1 it sees
+                             (the causal range, cut to the last sliding_window keys on sliding
+                             layers); they sum to 1. Recomputed from the cache for the trace (the
+                             fast attention never holds them all at once): n_keys dot products
+                             per head and token, noticeable only for long prompts.
+     GEMMA2_TRACE_STEPS      STEP_BEGIN and STEP_END around each step of the pass: step = its
+                             name ("embed", "rope_angles", "input_norm", "qkv_proj", "rope_and_cache",
+                             "attention", "o_proj", "post_attention_norm_residual",
+                             "pre_feedforward_norm", "gate_up_proj", "gelu_gate", "down_proj",
+                             "post_feedforward_norm_residual", "output_logits", as the functions of
+                             section 2.5), op = what kind of work it is; layer = the decoder layer,
+                             -1 for the embedding, the RoPE angles and the output logits. */
+enum {
+    GEMMA2_TRACE_RESIDUAL  = 1,
+    GEMMA2_TRACE_ATTENTION = 2,
+    GEMMA2_TRACE_STEPS     = 4
+};
+typedef enum gemma2_trace_kind {
+    GEMMA2_TRACE_EV_RESIDUAL,
+    GEMMA2_TRACE_EV_ATTENTION,
+    GEMMA2_TRACE_EV_STEP_BEGIN,
+    GEMMA2_TRACE_EV_STEP_END
+} gemma2_trace_kind;
+typedef enum gemma2_trace_op {
+    GEMMA2_TRACE_OP_MATMUL,     /* products with weight matrices (q/k/v, o, gate/up, down, the logits) */
+    GEMMA2_TRACE_OP_ATTENTION,  /* scores, softcap, softmax and the weighted sum over the KV cache */
+    GEMMA2_TRACE_OP_OTHER       /* per-token work: embedding, norms, RoPE and cache writes, GELU gate */
+} gemma2_trace_op;
+typedef struct gemma2_trace_event {
+    gemma2_trace_kind kind;
+    int layer;                  /* see above */
+    int pos0, n;                /* the pass: n tokens at positions pos0.. */
+    const float *x;             /* RESIDUAL: [n][hidden_size] */
+    int pos, head, key0, n_keys;/* ATTENTION */
+    const float *weights;       /* ATTENTION: [n_keys] */
+    const char *step;           /* STEP_*: the step's name */
+    gemma2_trace_op op;         /* STEP_* */
+} gemma2_trace_event;
+typedef void (*gemma2_trace_ex_fn)(void *user, const gemma2_trace_event *ev);
+/* fn NULL (or what 0) stops. */
+GEMMA2_DEF void gemma2_session_set_trace_ex(gemma2_session *s, gemma2_trace_ex_fn fn, void *user, unsigned what);
+
+/* The logit lens: the logits the model would give if its last layer ended at this residual
+   stream: softcap(RMSNorm(x) (1 + norm) embed_tokens^T), the same final norm, tied output
+   projection and final softcap as the model's last step, for n rows x[n][hidden_size], into
+   logits[n][vocab_size]. For the residual after the last layer it is the model's own logits.
+   Runs on the calling thread with the model's kernels (so it may be called from a trace
+   callback); allocates a little scratch. Returns 0, GEMMA2_ERROR_INVALID_ARGUMENT,
+   GEMMA2_ERROR_NO_WEIGHTS or GEMMA2_ERROR_OUT_OF_MEMORY. */
+GEMMA2_DEF int gemma2_logit_lens(const gemma2_model *m, const float *x, int n, float *logits);
 
 /* ===========================================================================
    1.4  Tokenizer
@@ -1295,7 +1360,13 @@ static void gemma2__tokenizer_free(gemma2__tokenizer *t);
    2.3  Kernels: scalar reference, and the weight-format table
    ===========================================================================
    Plain C, one operation at a time: the definition every SIMD kernel set is tested
-   against, and what runs under GEMMA2_NO_SIMD. */
+   against, and what runs under GEMMA2_NO_SIMD. Two families matter for speed, and the
+   SIMD versions in 2.12 compute the same (to rounding) and differ in how they feed the hardware:
+   products with weight matrices (gemma2__ref_matvec in 2.5, the formats' matmuls below), bound
+   by memory bandwidth for one token and by arithmetic for many, and attention over the KV
+   cache (gemma2__att_scores_generic, gemma2__att_values_generic), bound by bandwidth over
+   the cache. The rest (RMSNorm, softcap, softmax, GELU, RoPE) are short passes over vectors
+   in cache, a few percent of the time (section 2.12 has the measured split). */
 
 /* Attention from the set's own dot and axpy: the reference (with the scalar set) and the
    portable version for sets without a kernel of their own. Each key row is read once for
@@ -1885,6 +1956,9 @@ struct gemma2_session {
     gemma2__pool *pool;
     gemma2_trace_fn trace;
     void *trace_user;
+    gemma2_trace_ex_fn trace_ex; /* gemma2_session_set_trace_ex: NULL, or called for the kinds in trace_what */
+    void *trace_ex_user;
+    unsigned trace_what;
 };
 
 /* ===========================================================================
@@ -1905,11 +1979,48 @@ struct gemma2_session {
                                                           [I = 9216 between]
      logits = softcap30(RMSNorm(x) (1 + norm) embed_tokens^T)   [V = 256000, tied embedding]
 
+   Gemma 2's peculiarities by name, with the 2B numbers (each is commented again where it happens):
+   - (1+w) RMSNorm: RMSNorm(x) = x / sqrt(mean(x^2) + 1e-6) * (1 + w); the checkpoint stores w
+     (initialised at 0), the loader keeps 1 + w in float32 (gemma2__bind_norm, gemma2__rmsnorm_scalar).
+   - Four norms per layer: input_layernorm and pre_feedforward_layernorm on each sublayer's input,
+     post_attention_layernorm and post_feedforward_layernorm on its output before the residual add
+     (Llama has only the first two); 26 x 4 = 104 vectors of 2304, and model.norm at the end.
+   - sqrt(H) embedding scale: x = embed_tokens[id] * sqrt(H), the factor in float32 as both reference
+     implementations compute it (tests/data/models/README.md, convention 1). Hugging Face running in
+     bf16 rounds the factor to bf16: for the 2B sqrt(2304) = 48 either way, for the 9B 59.8665 becomes
+     59.75, for the 27B 67.8822 becomes 68.0. gemma2__embed.
+   - query_pre_attn_scalar: scores are q.k * query_pre_attn_scalar^-1/2: 256 for the 2B and 9B
+     (= head_dim, so 1/16), but 144 for the 27B (= H / nH = 4608 / 32, not its head_dim 128).
+   - Attention-logit softcap before masking: scores go through 50 tanh(s / 50) (attn_logit_softcapping),
+     then the causal / window mask, then softmax (gemma2__softcap_scalar; in gemma2__att_task the
+     masked keys are never scored at all).
+   - Alternating sliding-window / global layers: layers 0, 2, 4, ... see the last W = 4096 positions
+     (the query's own included), layers 1, 3, 5, ... all of them (gemma2__layer.sliding).
+   - GQA (grouped-query attention): 8 query heads share 4 kv heads, query head h reading kv head
+     h / (nH / nKV) = h / 2: the KV cache and its reads are half what 8 kv heads would need.
+   - RoPE rotate-half: q and k (not v) of each head turn pairwise, (x[i], x[i + 128]) by the angle
+     pos * 10000^(-2i/256), i < 128 (gemma2__rope_scalar); not the interleaved pairs (x[2i], x[2i+1]).
+   - GELU-tanh gating (GeGLU): the feed-forward is down(gelu_tanh(gate(h)) * up(h)) with the tanh
+     approximation of GELU (gelu_pytorch_tanh; gemma2__gelu_tanh), 2304 -> 9216 -> 2304.
+   - Tied embeddings: there is no lm_head; the logits are the final hidden state times embed_tokens^T,
+     the same [256000, 2304] matrix the embedding reads one row of (gemma2__output_logits).
+   - Final logit softcap: logits = 30 tanh(logits / 30) (final_logit_softcapping).
+
    First the same model in its plainest form (one token, scalar kernels, no threads): read it
    to learn the model, and the tests hold the fast version to it on every fixture. Then the
    fast version: a chunk of tokens per pass (each weight read once per chunk), matrix products
    through the kernel set on the thread pool, a ring-buffer KV cache for the sliding-window
-   layers. Its steps are named as in the list above. */
+   layers. Its steps are named as in the list above. Where the fast version differs, the
+   reference says the same thing simply:
+   - chunks: gemma2__forward takes up to GEMMA2__CHUNK tokens per pass, every step on all of them;
+     the reference takes one token, and a prompt is that token after token.
+   - per-token steps (gemma2__each_token): the reference's lines between its matrix products,
+     run for each token of the chunk, split over the pool.
+   - the KV cache: position p lives in row p of the reference's kc / vc; the fast cache keeps
+     each kv head's positions contiguous and, on sliding layers, a ring (slot p % slots).
+   - kernel tables (s->m->kern.rmsnorm, .softcap, .rope, the matmuls of gemma2__mat_formats):
+     the set chosen at load; the reference calls the scalar kernels of section 2.3 directly, and
+     the tests hold every set to those. */
 
 /* ---- the plain forward pass ---- */
 
@@ -2259,8 +2370,9 @@ static void gemma2__each_token(gemma2_session *s, int layer, int pos0, int C, ge
     gemma2__pool_run(s->pool, gemma2__step_task, &j, gemma2__pool_size(s->pool));
 }
 
-/* x = embed_tokens[id] * sqrt(H), the factor in float32 as the references compute it (not
-   rounded to bf16 as Hugging Face does when it runs in bf16: sqrt(3072) would be 55.5). */
+/* x = embed_tokens[id] * sqrt(H) (the sqrt(H) embedding scale; 2B: 48), the factor in float32 as
+   the references compute it (not rounded to bf16 as Hugging Face does when it runs in bf16:
+   sqrt(3072) would be 55.5). Shapes: ids [C] -> x [C][H]. */
 static void gemma2__embed(gemma2_session *s, const int32_t *ids, int C)
 {
     const gemma2_model *m = s->m;
@@ -2295,7 +2407,8 @@ static void gemma2__input_norm(gemma2_session *s, int l, int pos0, int t)
     s->m->kern.rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)t * H, s->m->layers[l].attn_norm, H, s->m->cfg.rms_norm_eps);
 }
 
-/* q, k, v = xn Wq^T, xn Wk^T, xn Wv^T: one pass over the three matrices. */
+/* q, k, v = xn Wq^T, xn Wk^T, xn Wv^T: one pass over the three matrices (the reference's three
+   gemma2__ref_matvec). 2B: [C][2304] -> q [C][2048], k and v [C][1024] (4 kv heads of 256). */
 static void gemma2__qkv_proj(gemma2_session *s, int l, int C)
 {
     const gemma2__layer *L = &s->m->layers[l];
@@ -2306,7 +2419,8 @@ static void gemma2__qkv_proj(gemma2_session *s, int l, int C)
 }
 
 /* Rotate q and k by the token's position (RoPE, rotate-half pairing), then store k and v in
-   the layer's cache: slot pos % slots (a ring on sliding-window layers). */
+   the layer's cache: slot pos % slots (a ring on sliding-window layers). The reference does the
+   same with gemma2__rope_scalar and row pos of its cache. 2B: q [8][256], k and v [4][256]. */
 static void gemma2__rope_and_cache(gemma2_session *s, int l, int pos0, int t)
 {
     const gemma2_config *c = &s->m->cfg;
@@ -2327,7 +2441,8 @@ static void gemma2__rope_and_cache(gemma2_session *s, int l, int pos0, int t)
     }
 }
 
-/* att = attention of the chunk's queries over the layer's cache (above). */
+/* att = attention of the chunk's queries over the layer's cache (above): in the reference, the
+   loop over heads h (scores, softcap, softmax, weighted values). 2B: att [C][8 * 256]. */
 static void gemma2__attention(gemma2_session *s, int l, int pos0, int C)
 {
     gemma2__att_job j;
@@ -2360,7 +2475,7 @@ static void gemma2__pre_feedforward_norm(gemma2_session *s, int l, int pos0, int
     s->m->kern.rmsnorm(s->xn + (size_t)t * H, s->x + (size_t)t * H, s->m->layers[l].pre_ffw_norm, H, s->m->cfg.rms_norm_eps);
 }
 
-/* g, u = xn Wgate^T, xn Wup^T: one pass over both matrices. */
+/* g, u = xn Wgate^T, xn Wup^T: one pass over both matrices. 2B: [C][2304] -> [C][9216] each. */
 static void gemma2__gate_up_proj(gemma2_session *s, int l, int C)
 {
     const gemma2__layer *L = &s->m->layers[l];
@@ -2370,7 +2485,8 @@ static void gemma2__gate_up_proj(gemma2_session *s, int l, int C)
     gemma2__matmuls(s, s->xn, C, 2, w, y, ld);
 }
 
-/* g = gelu_tanh(g) * u: the gated feed-forward (GeGLU). */
+/* g = gelu_tanh(g) * u: the gated feed-forward (GeGLU, GELU-tanh gating): the gate decides, per
+   one of the I = 9216 features, how much of the up projection passes. */
 static void gemma2__gelu_gate(gemma2_session *s, int l, int pos0, int t)
 {
     int I = s->m->cfg.intermediate_size;
@@ -2378,7 +2494,7 @@ static void gemma2__gelu_gate(gemma2_session *s, int l, int pos0, int t)
     s->m->kern.gelu_mul(s->g + (size_t)t * I, s->u + (size_t)t * I, I);
 }
 
-/* o = g Wdown^T: back from I to H. */
+/* o = g Wdown^T: back from I to H (2B: 9216 -> 2304). */
 static void gemma2__down_proj(gemma2_session *s, int l, int C)
 {
     gemma2__matmul1(s, s->o, s->m->cfg.hidden_size, s->g, C, &s->m->layers[l].wdown);
@@ -2394,26 +2510,98 @@ static void gemma2__post_feedforward_norm_residual(gemma2_session *s, int l, int
     for (i = 0; i < H; i++) x[i] += o[i];
 }
 
+/* ---- tracing (gemma2_session_set_trace_ex) ----
+   Called between steps, on the calling thread, only when a callback is set: a pass without
+   one pays a NULL check per step. */
+
+static void gemma2__trace_emit(gemma2_session *s, gemma2_trace_event *ev, gemma2_trace_kind kind, int layer, int pos0, int C)
+{
+    ev->kind = kind;
+    ev->layer = layer;
+    ev->pos0 = pos0;
+    ev->n = C;
+    s->trace_ex(s->trace_ex_user, ev);
+}
+
+static void gemma2__trace_step(gemma2_session *s, gemma2_trace_kind kind, const char *name, gemma2_trace_op op, int layer, int pos0, int C)
+{
+    gemma2_trace_event ev;
+    if (!(s->trace_what & GEMMA2_TRACE_STEPS)) return;
+    memset(&ev, 0, sizeof ev);
+    ev.step = name;
+    ev.op = op;
+    gemma2__trace_emit(s, &ev, kind, layer, pos0, C);
+}
+
+static void gemma2__trace_residual(gemma2_session *s, int layer, int pos0, int C)
+{
+    gemma2_trace_event ev;
+    if (!(s->trace_what & GEMMA2_TRACE_RESIDUAL)) return;
+    memset(&ev, 0, sizeof ev);
+    ev.x = s->x;
+    gemma2__trace_emit(s, &ev, GEMMA2_TRACE_EV_RESIDUAL, layer, pos0, C);
+}
+
+/* Each query head's attention probabilities, recomputed from the (RoPE'd) queries still in
+   s->q and the layer's cache with the same kernels as gemma2__att_task, one head and token at
+   a time into the first row of the scores scratch (free once the attention step is done). */
+static void gemma2__trace_attention(gemma2_session *s, int l, int pos0, int C)
+{
+    const gemma2_config *c = &s->m->cfg;
+    const gemma2__kernels *kern = &s->m->kern;
+    int nH = c->num_attention_heads, hd = c->head_dim, group = nH / c->num_key_value_heads, t, h;
+    int W = s->m->layers[l].sliding ? c->sliding_window : 0;
+    float scale = 1.0f / sqrtf(c->query_pre_attn_scalar), cap = c->attn_logit_softcapping, *sc = s->scores;
+    gemma2_trace_event ev;
+    if (!(s->trace_what & GEMMA2_TRACE_ATTENTION)) return;
+    memset(&ev, 0, sizeof ev);
+    for (t = 0; t < C; t++) {
+        int p = pos0 + t, lo = W ? GEMMA2__MAX(0, p - W + 1) : 0, n = p - lo + 1;
+        for (h = 0; h < nH; h++) {
+            gemma2__att_keys(s, l, h / group, lo, n, n, sc, n, s->q + ((size_t)t * nH + (size_t)h) * hd, NULL, 1, scale, s->kvtmp);
+            if (cap > 0) kern->softcap(sc, n, cap);
+            kern->softmax(sc, n);
+            ev.pos = p; ev.head = h; ev.key0 = lo; ev.n_keys = n; ev.weights = sc;
+            gemma2__trace_emit(s, &ev, GEMMA2_TRACE_EV_ATTENTION, l, pos0, C);
+        }
+    }
+}
+
+/* A step of the pass between its trace events (when a trace is set). */
+#define GEMMA2__STEP(s, name, op, l, pos0, C, call)                                                    \
+    do {                                                                                             \
+        if ((s)->trace_ex) gemma2__trace_step(s, GEMMA2_TRACE_EV_STEP_BEGIN, name, op, l, pos0, C);  \
+        call;                                                                                        \
+        if ((s)->trace_ex) gemma2__trace_step(s, GEMMA2_TRACE_EV_STEP_END, name, op, l, pos0, C);    \
+    } while (0)
+#define GEMMA2__MM GEMMA2_TRACE_OP_MATMUL
+#define GEMMA2__ATT GEMMA2_TRACE_OP_ATTENTION
+#define GEMMA2__OTHER GEMMA2_TRACE_OP_OTHER
+
 /* One decoder layer for the chunk's C tokens at positions pos0.. */
 static void gemma2__layer_forward(gemma2_session *s, int l, int pos0, int C)
 {
     /* attention block */
-    gemma2__each_token(s, l, pos0, C, gemma2__input_norm);
-    gemma2__qkv_proj(s, l, C);
-    gemma2__each_token(s, l, pos0, C, gemma2__rope_and_cache);
-    gemma2__attention(s, l, pos0, C);
-    gemma2__o_proj(s, l, C);
-    gemma2__each_token(s, l, pos0, C, gemma2__post_attention_norm_residual);
+    GEMMA2__STEP(s, "input_norm", GEMMA2__OTHER, l, pos0, C, gemma2__each_token(s, l, pos0, C, gemma2__input_norm));
+    GEMMA2__STEP(s, "qkv_proj", GEMMA2__MM, l, pos0, C, gemma2__qkv_proj(s, l, C));
+    GEMMA2__STEP(s, "rope_and_cache", GEMMA2__OTHER, l, pos0, C, gemma2__each_token(s, l, pos0, C, gemma2__rope_and_cache));
+    GEMMA2__STEP(s, "attention", GEMMA2__ATT, l, pos0, C, gemma2__attention(s, l, pos0, C));
+    if (s->trace_ex) gemma2__trace_attention(s, l, pos0, C);
+    GEMMA2__STEP(s, "o_proj", GEMMA2__MM, l, pos0, C, gemma2__o_proj(s, l, C));
+    GEMMA2__STEP(s, "post_attention_norm_residual", GEMMA2__OTHER, l, pos0, C,
+                 gemma2__each_token(s, l, pos0, C, gemma2__post_attention_norm_residual));
     /* feed-forward block */
-    gemma2__each_token(s, l, pos0, C, gemma2__pre_feedforward_norm);
-    gemma2__gate_up_proj(s, l, C);
-    gemma2__each_token(s, l, pos0, C, gemma2__gelu_gate);
-    gemma2__down_proj(s, l, C);
-    gemma2__each_token(s, l, pos0, C, gemma2__post_feedforward_norm_residual);
+    GEMMA2__STEP(s, "pre_feedforward_norm", GEMMA2__OTHER, l, pos0, C, gemma2__each_token(s, l, pos0, C, gemma2__pre_feedforward_norm));
+    GEMMA2__STEP(s, "gate_up_proj", GEMMA2__MM, l, pos0, C, gemma2__gate_up_proj(s, l, C));
+    GEMMA2__STEP(s, "gelu_gate", GEMMA2__OTHER, l, pos0, C, gemma2__each_token(s, l, pos0, C, gemma2__gelu_gate));
+    GEMMA2__STEP(s, "down_proj", GEMMA2__MM, l, pos0, C, gemma2__down_proj(s, l, C));
+    GEMMA2__STEP(s, "post_feedforward_norm_residual", GEMMA2__OTHER, l, pos0, C,
+                 gemma2__each_token(s, l, pos0, C, gemma2__post_feedforward_norm_residual));
 }
 
 /* logits = softcap(RMSNorm(x) (1 + norm) embed_tokens^T) for n tokens from token `first` on:
-   the output projection is the embedding matrix itself (tied weights). */
+   the output projection is the embedding matrix itself (tied embeddings, 2B: [256000, 2304], 1.2 GB
+   of bf16 read per decode step for this product alone), then the final logit softcap, 30 tanh(l / 30). */
 static void gemma2__output_logits(gemma2_session *s, int first, int n, float *logits)
 {
     const gemma2_model *m = s->m;
@@ -2431,14 +2619,46 @@ static void gemma2__forward(gemma2_session *s, const int32_t *ids, int C, int po
 {
     int l;
     GEMMA2_ASSERT(C >= 1 && C <= GEMMA2__CHUNK && pos0 + C <= s->n_ctx); /* the scratch holds one chunk */
-    gemma2__embed(s, ids, C);
+    GEMMA2__STEP(s, "embed", GEMMA2__OTHER, -1, pos0, C, gemma2__embed(s, ids, C));
     if (s->trace) s->trace(s->trace_user, 0, pos0, C, s->x);
-    gemma2__rope_angles(s, pos0, C);
+    if (s->trace_ex) gemma2__trace_residual(s, 0, pos0, C);
+    GEMMA2__STEP(s, "rope_angles", GEMMA2__OTHER, -1, pos0, C, gemma2__rope_angles(s, pos0, C));
     for (l = 0; l < s->m->cfg.num_hidden_layers; l++) {
         gemma2__layer_forward(s, l, pos0, C);
         if (s->trace) s->trace(s->trace_user, l + 1, pos0, C, s->x);
+        if (s->trace_ex) gemma2__trace_residual(s, l + 1, pos0, C);
     }
-    if (first_logit < C) gemma2__output_logits(s, first_logit, C - first_logit, logits);
+    if (first_logit < C)
+        GEMMA2__STEP(s, "output_logits", GEMMA2__MM, -1, pos0, C, gemma2__output_logits(s, first_logit, C - first_logit, logits));
+}
+
+/* The logit lens (1.3): gemma2__output_logits for rows the caller holds, on the calling
+   thread (pool NULL), with its own scratch so that it may run inside a trace callback. */
+GEMMA2_DEF int gemma2_logit_lens(const gemma2_model *m, const float *x, int n, float *logits)
+{
+    gemma2__matmul_args a;
+    float *xn;
+    void *xp;
+    int H, V, t;
+    if (!m || !x || !logits || n < 0) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (!m->has_weights) return GEMMA2_ERROR_NO_WEIGHTS;
+    H = m->cfg.hidden_size;
+    V = m->cfg.vocab_size;
+    xn = (float *)gemma2__calloc((size_t)H, sizeof(float));
+    xp = gemma2__calloc(gemma2__pack_bytes_max(1, H), 1);
+    if (!xn || !xp) { GEMMA2_FREE(xn); GEMMA2_FREE(xp); return GEMMA2_ERROR_OUT_OF_MEMORY; }
+    for (t = 0; t < n; t++) {
+        float *y = logits + (size_t)t * V;
+        m->kern.rmsnorm(xn, x + (size_t)t * H, m->final_norm, H, m->cfg.rms_norm_eps);
+        memset(&a, 0, sizeof a);
+        a.y = y; a.ldy = V; a.x = xn; a.T = 1; a.w = &m->embed;
+        gemma2__pack(NULL, &m->kern, &a, 1, xp, m->opt.compute == GEMMA2_COMPUTE_BF16);
+        gemma2__matmul_n(NULL, &m->kern, &a, 1);
+        if (m->cfg.final_logit_softcapping > 0) m->kern.softcap(y, V, m->cfg.final_logit_softcapping);
+    }
+    GEMMA2_FREE(xn);
+    GEMMA2_FREE(xp);
+    return 0;
 }
 
 /* ===========================================================================
@@ -2670,6 +2890,14 @@ GEMMA2_DEF void gemma2_session_set_trace(gemma2_session *s, gemma2_trace_fn fn, 
     if (!s) return;
     s->trace = fn;
     s->trace_user = user;
+}
+
+GEMMA2_DEF void gemma2_session_set_trace_ex(gemma2_session *s, gemma2_trace_ex_fn fn, void *user, unsigned what)
+{
+    if (!s) return;
+    s->trace_ex = what ? fn : NULL;
+    s->trace_ex_user = user;
+    s->trace_what = fn ? what : 0;
 }
 
 GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos)
@@ -3690,6 +3918,38 @@ GEMMA2_DEF int gemma2_chat_reset(gemma2_chat *c)
      only with GEMMA2_TOKENIZE_SPECIAL) although the proto has no flag for it: transformers treats them so.
    - Invalid UTF-8 in the input: each such byte is a symbol of its own and ends as its byte piece (the references
      cannot take such input: SentencePiece would first replace it with U+FFFD). */
+
+/* How Gemma's tokenizer behaves, by example. The ids are the reference tokenizers' (each example is a case of
+   tests/data/tokenizer/cases.jsonl, named here; tokenizer/section_examples checks every one against both files).
+   - BPE merges. The text becomes characters, ' ' written '▁' (a character of its own), and then the pair of
+     neighbours that comes first in the merge list is joined, again and again, until no listed pair is left (with
+     tokenizer.model: the pair whose joined piece has the highest score). en_hello_world: "hello world" ->
+     17534 "hello", 2134 "▁world": the space stays with the word after it, so "world" at the start of a text and
+     after a space are different tokens. Pieces are whatever the merges built: common words whole, rare ones in
+     fragments that need not be morphemes.
+   - Byte fallback. A character with no piece of its own is written as its UTF-8 bytes, one piece per byte,
+     "<0x00>".."<0xFF>" = ids 217..472 (id 217 + byte; but 226, byte 9, is the piece "\t" itself):
+     bytes_cjk_ext_b: "\U00020000\U00020001\U0002A6A5" -> 457 377 345 345, 457 377 345 346, 457 387 371 382, the
+     first = <0xF0> <0xA0> <0x80> <0x80>. So every text has ids, and no <unk> is produced for ordinary text
+     (gemma2__tok_byte_piece).
+   - Digits. The vocabulary has a piece for each digit and none for two or more (the SentencePiece model was
+     trained with split_digits), so no merge ever joins digits: num_digits_split: "12345" -> 235274 235284 235304
+     235310 235308, one token per digit, and a number costs as many tokens as it has digits. Nor is there "▁7":
+     a space before a number is a token of its own (235248 "▁").
+   - Whitespace runs. There are pieces for runs of 2 to 31 '▁' (139 "▁▁" ... 168, 31 of them), and the merge
+     '▁' + '▁' (rank 465 in tokenizer.json) comes before '▁' + a letter (such as '▁' + 'b', rank 1440): a run
+     of spaces is merged into one piece first, and it keeps the space that would have started the next word.
+     ws_inner_runs: "a  b   c    d     e" -> 235250 "a", 139 "▁▁", 235268 "b", 140 "▁▁▁", 235260 "c", 141 "▁▁▁▁",
+     235258 "d", 142 "▁▁▁▁▁", 235249 "e" (the letters without '▁'). Newlines likewise ("\n" 108 ... 31 of them 138),
+     and tabs.
+   - tokenizer.json vs tokenizer.model. Both are the same vocabulary; tokenizer.json lists the merges in order
+     (BPE by rank), tokenizer.model gives each piece a score (BPE by the joined piece's score), and the two
+     orders disagree only where pieces can be built in several ways. ws_32_spaces: 32 spaces are 153 153 (16 +
+     16: rank order doubles the runs) from tokenizer.json but 168 235248 (31 + 1: the highest-scoring piece
+     first) from tokenizer.model, as transformers and SentencePiece give them. And pieces that tokenizer.model
+     marks USER_DEFINED are matched whole, where tokenizer.json (whose added_tokens lack the last 32 ids) must
+     build them by merges: sp_unused99: "<unused99>" is 255999 from tokenizer.model, 235322 "<", 45526 "unused",
+     235315 "9", 235315 "9", 235313 ">" from tokenizer.json. */
 
 #define GEMMA2__TA_SPECIAL 1  /* matched in text only with GEMMA2_TOKENIZE_SPECIAL; never the result of a merge */
 #define GEMMA2__TA_CONTROL 2  /* left out by GEMMA2_DETOKENIZE_SKIP_CONTROL */
@@ -7527,6 +7787,39 @@ GEMMA2_DEF int gemma2_cpu_count(void) { return gemma2__cpu_count(); }
 
    Q8 and Q4 weights run on integer dot products (AVX512_VNNI) with results equal to their
    reference products bit for bit; their own notes are with their kernels below.
+
+   Each kernel family at a glance: what limits it, its register tile and why that shape, and
+   how close it comes, as measured (tests/BENCHMARKS.md; fractions are of the limits measured
+   in the same run, on the 2-core development VMs described there):
+   - matrix-vector, bf16 / f32 weights (decode): read bandwidth, 1 FLOP per bf16 weight byte.
+     8 rows at a time on every set, because 8 sequential streams keep enough misses in flight
+     for one core, with 8 independent accumulators to hide the FMA latency. Kernel:
+     22.0 GB/s on a VM whose read bandwidth measured 21-23 GB/s; F32 weights 84-99% of the read
+     bandwidth; in the model, 2B decode 70-94% (bf16 compute, 2 threads), 80-99% (1 thread).
+   - prefill tile, bf16 / f32 weights (several tokens): arithmetic, 128 FLOPs per weight byte
+     in a 128-token chunk. AVX-512: 12 rows x 32 tokens, 24 accumulators of 16 lanes out of
+     32 registers, leaving room for the 2 activation registers and the broadcast weights: 14
+     loads per 48 FMAs, so the loads never set the pace. Float32: 97-100% of the
+     FMA peak with operands in L1, 85-94% as blocked for real matrices, 80-84% over a whole
+     prompt; with vdpbf16ps, 2B prefill 60-75% of that peak (2 threads), 74-86% (1 thread).
+     AVX2 (16 registers): 4 rows x 3 tokens, 12 accumulators + 3 activations + 1 weight;
+     NEON (32 registers, 4 lanes): 4 rows x 4 tokens; AVX-512 F32 weights without the
+     transposed copy: 4 rows x 6 tokens (24 accumulators).
+   - Q8 / Q4 matrix-vector (decode): read bandwidth at the format's bytes, plus unpacking.
+     Kernel: Q8 23.1 GB/s, Q4 16.8 GB/s (bf16 22.0 in the same run); 2B decode Q8 94-105% of
+     the read bandwidth, Q4 69-73% (2 threads); Q4 spends more instructions per byte read
+     (its nibbles are unpacked before the dot products).
+   - Q8 / Q4 prefill tile: the integer dot product (vpdpbusd, 64 multiply-adds per
+     instruction). 6 rows x 32 tokens: 12 int32 and 12 float accumulators; the float steps per
+     block hold it to ~75% (Q8) and ~65% (Q4) of the vpdpbusd peak alone in L1; in the model
+     2B prefill 68% (Q8) and 64% (Q4) of the int8-dot peak (2 threads). AVX2: 8 rows x 8
+     tokens (rows turned into column groups once per block); NEON: 4 rows x 4 tokens.
+   - attention (att_scores / att_values): read bandwidth over the KV cache in decode (each key
+     and value read once per kv head and block of 16 tokens, for all the query heads sharing
+     it): one core at 8k positions, 14 -> 22 GB/s with the software prefetch.
+   - element-wise kernels (RMSNorm, softcap, softmax, GELU, RoPE): a few passes over vectors
+     already in cache; about 7.5% of float32 prefill time in all (attention 3%, RoPE and cache
+     writes 1%, norms, residuals and GELU 2%, logits 0.5%).
    --------------------------------------------------------------------------- */
 
 /* Shared by the SIMD sets: tile functions take their shape as constant arguments and are

@@ -928,8 +928,90 @@ static void test_tok_long_words(void)
 
 /* chat render + tokenize(SPECIAL) == chat tokenize ids, on both files: in tests/test_chat.c */
 
+/* The examples the tokenizer section of gemma2.h quotes (its comment "How Gemma's tokenizer behaves, by example"):
+   each is a case of cases.jsonl with the ids quoted (so the comment quotes the references), and both files give
+   them (tokenizer.json the case's ids, tokenizer.model its spm_ids when it has them); with the pieces and merge
+   ranks the comment names. */
+typedef struct tok_example {
+    const char *name;
+    int spm;                    /* which file's ids: 0 tokenizer.json (and tokenizer.model, without spm_ids), 1 tokenizer.model */
+    int n;
+    int32_t ids[12];
+    const char *pieces[12];     /* NULL: not quoted */
+} tok_example;
+
+static void test_tok_section_examples(void)
+{
+    static const tok_example ex[] = {
+        {"en_hello_world", 0, 2, {17534, 2134}, {"hello", "\xe2\x96\x81world"}},
+        {"bytes_cjk_ext_b", 0, 12, {457, 377, 345, 345, 457, 377, 345, 346, 457, 387, 371, 382},
+         {"<0xF0>", "<0xA0>", "<0x80>", "<0x80>", "<0xF0>", "<0xA0>", "<0x80>", "<0x81>", "<0xF0>", "<0xAA>", "<0x9A>", "<0xA5>"}},
+        {"num_digits_split", 0, 5, {235274, 235284, 235304, 235310, 235308}, {"1", "2", "3", "4", "5"}},
+        {"ws_inner_runs", 0, 9, {235250, 139, 235268, 140, 235260, 141, 235258, 142, 235249},
+         {"a", "\xe2\x96\x81\xe2\x96\x81", "b", "\xe2\x96\x81\xe2\x96\x81\xe2\x96\x81", "c", "\xe2\x96\x81\xe2\x96\x81\xe2\x96\x81\xe2\x96\x81", "d",
+          "\xe2\x96\x81\xe2\x96\x81\xe2\x96\x81\xe2\x96\x81\xe2\x96\x81", "e"}},
+        {"ws_32_spaces", 0, 2, {153, 153}, {NULL}},
+        {"ws_32_spaces", 1, 2, {168, 235248}, {NULL}},
+        {"sp_unused99", 0, 5, {235322, 45526, 235315, 235315, 235313}, {"<", "unused", "9", "9", ">"}},
+        {"sp_unused99", 1, 1, {255999}, {"<unused99>"}},
+    };
+    int e, f, i, k;
+    int n = tok_load_cases();
+    for (e = 0; e < (int)(sizeof ex / sizeof ex[0]); e++) {
+        const tok_case *c = NULL;
+        for (k = 0; k < n; k++)
+            if (!tok_cases[k].decode && !strcmp(tok_cases[k].name, ex[e].name)) c = &tok_cases[k];
+        CHECK(c != NULL, "%s: not in cases.jsonl", ex[e].name);
+        if (!c) continue;
+        {
+            const int32_t *ref = ex[e].spm && c->spm_ids ? c->spm_ids : c->ids;
+            int n_ref = ex[e].spm && c->spm_ids ? c->n_spm_ids : c->n_ids;
+            CHECK(n_ref == ex[e].n && !memcmp(ref, ex[e].ids, sizeof(int32_t) * (size_t)n_ref), "%s: the quoted ids are not the reference's", ex[e].name);
+        }
+        /* tokenizer.json example: json, and the model too when the references agree; a model example: the model */
+        for (f = ex[e].spm; f <= (ex[e].spm || !c->spm_ids ? 1 : 0); f++) {
+            gemma2_model *m = tok_model(f);
+            int32_t got[64];
+            int g;
+            if (!m) { CHECK(0, "tokenizer %d loads", f); continue; }
+            g = gemma2_tokenize(m, c->text, c->text_len, got, 64, 0);
+            CHECK(g == ex[e].n && !memcmp(got, ex[e].ids, sizeof(int32_t) * (size_t)ex[e].n), "%s (%s): ids differ", ex[e].name, f ? "model" : "json");
+            for (i = 0; i < ex[e].n && ex[e].pieces[0]; i++) {
+                size_t len = 0;
+                const char *pc = gemma2_token_piece(m, ex[e].ids[i], &len);
+                CHECK(pc && len == strlen(ex[e].pieces[i]) && !memcmp(pc, ex[e].pieces[i], len), "%s: piece of %d", ex[e].name, ex[e].ids[i]);
+            }
+        }
+    }
+    /* byte pieces are ids 217 + byte (byte 9's id holds "\t"); the runs of '▁' reach 31 (168) and no further; '▁' + '▁' merges before '▁' + 'b' */
+    {
+        gemma2_model *m = tok_model(0);
+        gemma2__merge mg;
+        int32_t sp, b, sp2;
+        uint32_t r_sp = 0, r_b = 0;
+        char run[32 * 3 + 1];
+        if (!m) return;
+        for (i = 0; i < 256; i++) {
+            char want[8];
+            size_t len = 0;
+            const char *pc = gemma2_token_piece(m, 217 + i, &len);
+            snprintf(want, sizeof want, i == 9 ? "\t" : "<0x%02X>", i);
+            CHECK(pc && len == strlen(want) && !memcmp(pc, want, len), "id %d is not %s", 217 + i, want);
+        }
+        for (i = 0; i < 32; i++) memcpy(run + 3 * i, "\xe2\x96\x81", 3);
+        CHECK(gemma2_token_id(m, run, 31 * 3) == 168 && gemma2_token_id(m, run, 32 * 3) < 0, "runs of '\xe2\x96\x81' end at 31 (id 168)");
+        sp = gemma2_token_id(m, run, 3);
+        sp2 = gemma2_token_id(m, run, 6);
+        b = gemma2_token_id(m, "b", 1);
+        CHECK(sp == 235248 && sp2 == 139 && b == 235268, "ids of '\xe2\x96\x81', '\xe2\x96\x81\xe2\x96\x81', 'b'");
+        CHECK(gemma2__tok_merge(m->tok, sp, sp, &mg) && mg.id == 139 && (r_sp = mg.prio) == 465, "'\xe2\x96\x81' + '\xe2\x96\x81': rank %u", r_sp);
+        CHECK(gemma2__tok_merge(m->tok, sp, b, &mg) && (r_b = mg.prio) == 1440, "'\xe2\x96\x81' + 'b': rank %u", r_b);
+    }
+}
+
 void suite_tokenizer(void)
 {
+    g2t_run("tokenizer/section_examples", test_tok_section_examples);
     g2t_run("tokenizer/cases_json", test_tok_cases_json);
     g2t_run("tokenizer/cases_model", test_tok_cases_model);
     g2t_run("tokenizer/decode_raw", test_tok_decode_raw);
