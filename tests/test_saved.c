@@ -347,10 +347,94 @@ static void test_saved_corrupt(void)
     }
 }
 
+
+/* The ids the CLI evaluates for a one-turn chat prompt (its cli_prompt_ids). */
+static int sv_chat_ids(gemma2_model *m, const char *text, int32_t *ids, int cap)
+{
+    gemma2_message msg;
+    msg.role = "user";
+    msg.content = text;
+    return gemma2_chat_tokenize(m, &msg, 1, 1, ids, cap);
+}
+
+/* The CLI's --prompt-cache (in-process, as the other CLI tests): a first run saves, a second
+   reuses the whole prompt, a prompt sharing a prefix reuses that prefix; the text is always the
+   text without a cache. A damaged file, or one of another KV type, is a note and is replaced;
+   -i with it is an error. */
+static void test_saved_cli_prompt_cache(void)
+{
+    gemma2_model *m = gen_get();
+    int32_t prompt[64], greedy[64];
+    int np = 0, ng = 0, rc;
+    char want[4096], want2[8192], out[8192], err[8192], model[512], tok[512], n16[8], dir[] = "/tmp/gemma2_pcache_XXXXXX", cache[300];
+    const char *longer = "Write a hello world program in C, please";
+    FILE *f;
+    int32_t i1[64], i2[64];
+    int n1, n2, shared = 0;
+    char say[6][64];
+    if (!m || !gen_reference(prompt, &np, greedy, &ng)) { CHECK(0, "setup"); return; }
+    gen_detok(m, greedy, ng, want, sizeof want);
+    if (!want[0] || want[strlen(want) - 1] != '\n') strcat(want, "\n");
+    /* what each run should report reusing: the prompts' ids and their common prefix */
+    n1 = sv_chat_ids(m, "Write a hello world program", i1, 64);
+    n2 = sv_chat_ids(m, longer, i2, 64);
+    CHECK(n1 == np && n2 > n1 && n2 <= 64, "prompt ids: %d, %d", n1, n2);
+    while (shared < n1 && shared < n2 && i1[shared] == i2[shared]) shared++;
+    CHECK(shared > 1 && shared < n1, "the prompts share %d ids", shared);
+    snprintf(say[0], 64, "0 of %d prompt tokens reused", n1);
+    snprintf(say[1], 64, "%d of %d prompt tokens reused", n1, n1);
+    snprintf(say[2], 64, "%d of %d prompt tokens reused", shared, n2);
+    snprintf(say[3], 64, "%d of %d prompt tokens reused", shared, n1);
+    snprintf(say[4], 64, "0 of %d prompt tokens reused", n2);
+    snprintf(say[5], 64, "%d of %d prompt tokens reused", n2, n2);
+    snprintf(model, sizeof model, "%s", g2t_path("models/tiny-realvocab"));
+    snprintf(tok, sizeof tok, "%s", g2t_path("tokenizer/tokenizer.json"));
+    snprintf(n16, sizeof n16, "%d", ng);
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(cache, sizeof cache, "%s/prompt.cache", dir);
+    {
+        const char *a[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "--prompt-cache", cache, "-p", "Write a hello world program"};
+        const char *b[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "-p", longer};
+        const char *c[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "--prompt-cache", cache, "-p", longer};
+        const char *d[] = {"-m", model, "--tokenizer", tok, "--temp", "0", "-n", n16, "--prompt-cache", cache, "-ctk", "bf16", "-p", longer};
+        const char *e[] = {"-m", model, "--tokenizer", tok, "--prompt-cache", cache, "-i"};
+        rc = gen_cli(a, 12, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want) && strstr(err, say[0]), "first run: rc %d out [%s] err [%s]", rc, out, err);
+        CHECK(g2t_read_file(cache, NULL) != NULL, "no cache file written");
+        rc = gen_cli(a, 12, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want) && strstr(err, say[1]), "second run: rc %d out [%s] err [%s]", rc, out, err);
+        /* a longer prompt, sharing <bos>, the turn's start and "Write a hello world program" */
+        rc = gen_cli(b, 10, NULL, want2, sizeof want2, err, sizeof err);
+        CHECK(rc == 0 && want2[0], "without a cache: rc %d err [%s]", rc, err);
+        rc = gen_cli(c, 12, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want2) && strstr(err, say[2]), "shared prefix: rc %d out [%s] want [%s] err [%s]", rc, out,
+              want2, err);
+        /* the first prompt again: the file now holds the longer one */
+        rc = gen_cli(a, 12, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want) && strstr(err, say[3]), "back: rc %d out [%s] err [%s]", rc, out, err);
+        /* another KV type: a note, evaluated afresh, and the file replaced */
+        rc = gen_cli(d, 14, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && out[0] && strstr(err, "kv_cache") && strstr(err, say[4]), "bf16: rc %d err [%s]", rc, err);
+        rc = gen_cli(d, 14, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && out[0] && strstr(err, say[5]), "bf16 again: rc %d err [%s]", rc, err);
+        /* a damaged file */
+        f = fopen(cache, "wb");
+        if (f) { fputs("GEM2SESS and then nonsense", f); fclose(f); }
+        rc = gen_cli(a, 12, NULL, out, sizeof out, err, sizeof err);
+        CHECK(rc == 0 && !strcmp(out, want) && strstr(err, "gemma2: note: --prompt-cache: ") && strstr(err, cache) &&
+                  strstr(err, say[0]), "damaged: rc %d out [%s] err [%s]", rc, out, err);
+        rc = gen_cli(e, 7, "hi\n", out, sizeof out, err, sizeof err);
+        CHECK(rc != 0 && strstr(err, "--prompt-cache is for one prompt"), "-i: rc %d err [%s]", rc, err);
+    }
+    remove(cache);
+    rmdir(dir);
+}
+
 void suite_saved(void)
 {
     g2t_run("saved/continue", test_saved_continue);
     g2t_run("saved/file", test_saved_file);
     g2t_run("saved/other_model", test_saved_other_model);
     g2t_run("saved/corrupt", test_saved_corrupt);
+    g2t_run("saved/cli_prompt_cache", test_saved_cli_prompt_cache);
 }
