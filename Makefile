@@ -144,7 +144,7 @@ bench-tokenizer: tests/bench_tokenizer
 # tools, so that make -n runs nothing.
 FUZZ_TIME       ?= 60
 FUZZ_SMOKE_TIME ?= 20
-FUZZ_TARGETS = load_weights load_quant load_config load_index tokenizer_json tokenizer_model tokenize chat sampler
+FUZZ_TARGETS = load_weights load_quant load_config load_index tokenizer_json tokenizer_model tokenize chat sampler session_load
 FUZZ_BINS    = $(FUZZ_TARGETS:%=tests/fuzz/fuzz_%)
 FUZZ_CFLAGS  = $(STD) -O1 -g $(WARN) -fno-sanitize-recover=all -fno-omit-frame-pointer
 HAVE_FUZZ   := $(wildcard $(shell $(CLANG) -print-file-name=libclang_rt.fuzzer-$(shell uname -m 2>/dev/null).a 2>/dev/null))
@@ -159,6 +159,7 @@ FUZZ_ARGS_tokenizer_model = -max_len=16384
 FUZZ_ARGS_tokenize        = -max_len=6000
 FUZZ_ARGS_chat            = -max_len=2048
 FUZZ_ARGS_sampler         = -max_len=4096
+FUZZ_ARGS_session_load    = -max_len=16384
 
 tests/fuzz/gemma2_impl.o: tests/fuzz/gemma2_impl.c gemma2.h
 	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ tests/fuzz/gemma2_impl.c
@@ -181,7 +182,8 @@ define run-fuzz
 	case $$t in load_weights) a='$(FUZZ_ARGS_load_weights)';; load_quant) a='$(FUZZ_ARGS_load_quant)';; \
 	  load_config) a='$(FUZZ_ARGS_load_config)';; load_index) a='$(FUZZ_ARGS_load_index)';; \
 	  tokenizer_json) a='$(FUZZ_ARGS_tokenizer_json)';; tokenizer_model) a='$(FUZZ_ARGS_tokenizer_model)';; \
-	  tokenize) a='$(FUZZ_ARGS_tokenize)';; chat) a='$(FUZZ_ARGS_chat)';; *) a='$(FUZZ_ARGS_sampler)';; esac; \
+	  tokenize) a='$(FUZZ_ARGS_tokenize)';; chat) a='$(FUZZ_ARGS_chat)';; session_load) a='$(FUZZ_ARGS_session_load)';; \
+	  *) a='$(FUZZ_ARGS_sampler)';; esac; \
 	./tests/fuzz/fuzz_$$t tests/fuzz/work/$$t $$a -max_total_time=$(1) -timeout=10 -rss_limit_mb=2048 \
 	  -artifact_prefix=tests/fuzz/work/$$t- -print_final_stats=1 2>tests/fuzz/work/$$t.log; rc=$$?; \
 	grep -E '^stat::number_of_executed_units|^stat::average_exec_per_sec|^stat::peak_rss_mb' tests/fuzz/work/$$t.log | tr '\n' ' '; echo; \
@@ -204,8 +206,9 @@ fuzz-smoke: $(FUZZ_DEPS)
 
 # Rewrites the loader targets' seeds from the tiny model the targets build (see fuzz_load_quant.c); the
 # tokenizer seeds come from tests/fuzz/minimise_tokenizers.py.
-fuzz-seeds: tests/fuzz/fuzz_load_quant
+fuzz-seeds: tests/fuzz/fuzz_load_quant tests/fuzz/fuzz_session_load
 	GEMMA2_FUZZ_WRITE_SEEDS=tests/fuzz/corpus ./tests/fuzz/fuzz_load_quant
+	GEMMA2_FUZZ_WRITE_SEEDS=tests/fuzz/corpus ./tests/fuzz/fuzz_session_load
 
 # ---------------------------------------------------------------- cross: ARM64 under qemu-user
 # The NEON kernels, cross-built statically: the whole suite on qemu's default CPU, which has

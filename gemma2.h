@@ -445,6 +445,49 @@ GEMMA2_DEF void gemma2_session_set_trace_ex(gemma2_session *s, gemma2_trace_ex_f
    callback); allocates a little scratch. Returns 0, GEMMA2_ERROR_INVALID_ARGUMENT,
    GEMMA2_ERROR_NO_WEIGHTS or GEMMA2_ERROR_OUT_OF_MEMORY. */
 GEMMA2_DEF int gemma2_logit_lens(const gemma2_model *m, const float *x, int n, float *logits);
+/* Saved sessions. A session's state (its tokens, KV cache and last logits) written to a file or
+   a buffer, and a new session made from it that continues exactly as the original would: the
+   same logits, bit for bit, on the same build and options. A long system prompt is evaluated
+   once and restored in a fraction of the time (a 2B session of 2k tokens: tests/BENCHMARKS.md).
+     Contents: the tokens, the position, the KV cache in the model's kv_cache format (global
+   layers: every position; sliding-window layers: only the positions their ring still holds, at
+   most W + 127), the last logits, and a model fingerprint: the config's values, every weight
+   matrix's shape and held format (BF16 weights and the same weights quantized at load differ),
+   and a hash of the first and last 4 KiB of the embedding, the first layer's q_proj, the last
+   layer's down_proj and the final norm. The kernel set and compute precision are not part of
+   it: a session restored under other ones continues within their rounding.
+     Format (version 1, little-endian): "GEM2SESS", u32 version, u32 kv format (GEMMA2_KV_*);
+   u32 x 9 config integers (vocab_size .. sliding_window in gemma2_config's order) and u32 x 5
+   float bits (query_pre_attn_scalar .. rope_theta); u32 matrix count 1 + 7 L, then per matrix
+   (embedding, then per layer q k v o gate up down) u32 format, rows, cols; u64 weight hash;
+   u32 n_ctx, pos, has_logits; i32 tokens[pos]; f32 logits[vocab_size] when has_logits; per layer
+   u32 first (the first position kept; 0 on global layers), then keys and then values, each
+   [kv heads][pos - first][head_dim] in the kv format; last a u64 checksum of all bytes before it
+   (8-byte little-endian words w, the last one zero-padded: h = (h ^ w) * 0x100000001b3,
+   h ^= h >> 29, from h = 0xcbf29ce484222325, then the same step with w = the byte count).
+     Loading treats the bytes as untrusted: every count, size, position and token id is checked
+   before anything is allocated, and the checksum before anything is copied. Errors (rc, and a
+   one-line reason naming the file, or "session buffer", and the field): GEMMA2_ERROR_FORMAT (not
+   a saved session, truncated, corrupted, a field out of range), GEMMA2_ERROR_UNSUPPORTED (a newer
+   version; another model, naming the first value that differs; another kv_cache format;
+   n_ctx above max_position_embeddings), GEMMA2_ERROR_CONTEXT_FULL (n_ctx below the saved
+   position), GEMMA2_ERROR_INVALID_ARGUMENT, GEMMA2_ERROR_NO_WEIGHTS, GEMMA2_ERROR_IO,
+   GEMMA2_ERROR_OUT_OF_MEMORY.
+     n_ctx of the new session: 0 means the saved session's; otherwise as gemma2_session_new, and
+   at least the saved position. Threads: the model's n_threads, as any new session.
+
+   Writes the saved session into buf (cap bytes). *size (may be NULL) gets the bytes it takes,
+   whatever cap is: buf NULL with cap 0 only asks. Returns 0, or GEMMA2_ERROR_INVALID_ARGUMENT
+   (s NULL, or cap too small: nothing useful is written). */
+GEMMA2_DEF int gemma2_session_save_buffer(const gemma2_session *s, void *buf, size_t cap, size_t *size);
+/* Writes it to path: into path.partial, renamed to path when complete (a failed save leaves
+   no half file under path). Returns 0 or a negative error with the reason in err. */
+GEMMA2_DEF int gemma2_session_save(const gemma2_session *s, const char *path, char *err, size_t err_size);
+/* A new session from a saved one (see above); NULL on failure with *rc (may be NULL) and err. */
+GEMMA2_DEF gemma2_session *gemma2_session_load_buffer(const gemma2_model *m, const void *buf, size_t len, int n_ctx,
+                                                      int *rc, char *err, size_t err_size);
+GEMMA2_DEF gemma2_session *gemma2_session_load(const gemma2_model *m, const char *path, int n_ctx, int *rc,
+                                               char *err, size_t err_size);
 
 /* ===========================================================================
    1.4  Tokenizer
@@ -2925,6 +2968,374 @@ GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos)
         return gemma2_eval(s, s->tokens + pos - 1, 1, NULL);
     }
     return 0;
+}
+
+/* ---- saved sessions (the format: section 1.3) ---------------------------------------------- */
+
+#define GEMMA2__SESS_VERSION 1
+#define GEMMA2__SESS_HASH0 0xcbf29ce484222325ull
+
+/* The checksum's step on one 8-byte word: FNV's multiply, with a shift that lets the high bits
+   reach the low ones (plain FNV on words would leave a flip in a word's top byte to the top
+   byte). One multiply per 8 bytes: hashing a 2B session's 400 MB costs ~0.1 s. */
+static uint64_t gemma2__sess_mix(uint64_t h, uint64_t w)
+{
+    h = (h ^ w) * 0x100000001b3ull;
+    return h ^ (h >> 29);
+}
+
+static uint64_t gemma2__sess_word(const uint8_t *p)
+{
+    return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24 | (uint64_t)p[4] << 32 |
+           (uint64_t)p[5] << 40 | (uint64_t)p[6] << 48 | (uint64_t)p[7] << 56;
+}
+
+/* The checksum of p[0..n) in one pass (the writer below computes the same incrementally). */
+static uint64_t gemma2__sess_hash(const uint8_t *p, size_t n)
+{
+    uint64_t h = GEMMA2__SESS_HASH0;
+    uint8_t last[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i;
+    for (i = 0; i + 8 <= n; i += 8) h = gemma2__sess_mix(h, gemma2__sess_word(p + i));
+    if (i < n) { memcpy(last, p + i, n - i); h = gemma2__sess_mix(h, gemma2__sess_word(last)); }
+    return gemma2__sess_mix(h, (uint64_t)n);
+}
+
+/* The model fingerprint's weight hash: the first and last 4 KiB of a few tensors as held. */
+static uint64_t gemma2__sess_weights_hash(const gemma2_model *m)
+{
+    const gemma2_config *c = &m->cfg;
+    const gemma2__mat *mats[3];
+    const uint8_t *p[4];
+    size_t n[4], k, a;
+    uint64_t h = GEMMA2__SESS_HASH0;
+    mats[0] = &m->embed;
+    mats[1] = &m->layers[0].wq;
+    mats[2] = &m->layers[c->num_hidden_layers - 1].wdown;
+    for (k = 0; k < 3; k++) {
+        p[k] = (const uint8_t *)mats[k]->data;
+        n[k] = (size_t)mats[k]->rows * gemma2__row_bytes(mats[k]->format, mats[k]->cols);
+    }
+    p[3] = (const uint8_t *)m->final_norm;
+    n[3] = (size_t)c->hidden_size * sizeof(float);
+    for (k = 0; k < 4; k++) {
+        a = GEMMA2__MIN(n[k], (size_t)4096);
+        h ^= gemma2__sess_hash(p[k], a) + k;
+        h = gemma2__sess_mix(h, gemma2__sess_hash(p[k] + n[k] - a, a));
+    }
+    return h;
+}
+
+/* Value i of the fingerprint in file order (config integers, float bits, the matrix count, then
+   per matrix format, rows, cols), one at a time: neither saving nor loading allocates for it. */
+static int gemma2__sess_fp_count(const gemma2_model *m) { return 15 + 3 * (1 + 7 * m->cfg.num_hidden_layers); }
+
+static uint32_t gemma2__sess_fp(const gemma2_model *m, int i)
+{
+    const gemma2_config *c = &m->cfg;
+    const gemma2__mat *w;
+    uint32_t u;
+    float f;
+    int t;
+    switch (i) {
+    case 0: return (uint32_t)c->vocab_size;
+    case 1: return (uint32_t)c->hidden_size;
+    case 2: return (uint32_t)c->intermediate_size;
+    case 3: return (uint32_t)c->num_hidden_layers;
+    case 4: return (uint32_t)c->num_attention_heads;
+    case 5: return (uint32_t)c->num_key_value_heads;
+    case 6: return (uint32_t)c->head_dim;
+    case 7: return (uint32_t)c->max_position_embeddings;
+    case 8: return (uint32_t)c->sliding_window;
+    case 14: return (uint32_t)(1 + 7 * c->num_hidden_layers);
+    default: break;
+    }
+    if (i < 14) {
+        f = i == 9 ? c->query_pre_attn_scalar : i == 10 ? c->attn_logit_softcapping : i == 11 ? c->final_logit_softcapping :
+            i == 12 ? c->rms_norm_eps : c->rope_theta;
+        memcpy(&u, &f, 4);
+        return u;
+    }
+    t = (i - 15) / 3;
+    if (t == 0) w = &m->embed;
+    else {
+        const gemma2__layer *ly = &m->layers[(t - 1) / 7];
+        const gemma2__mat *mm[7];
+        mm[0] = &ly->wq; mm[1] = &ly->wk; mm[2] = &ly->wv; mm[3] = &ly->wo; mm[4] = &ly->wgate; mm[5] = &ly->wup; mm[6] = &ly->wdown;
+        w = mm[(t - 1) % 7];
+    }
+    return (uint32_t)((i - 15) % 3 == 0 ? w->format : (i - 15) % 3 == 1 ? w->rows : w->cols);
+}
+
+/* Names a fingerprint value by its index, for "another model: <name> is X in the file, Y here". */
+static void gemma2__sess_fp_name(int i, char *buf, size_t cap)
+{
+    static const char *const cfg[15] = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                        "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window",
+                                        "query_pre_attn_scalar (bits)", "attn_logit_softcapping (bits)", "final_logit_softcapping (bits)",
+                                        "rms_norm_eps (bits)", "rope_theta (bits)", "number of weight matrices"};
+    static const char *const mat[7] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    static const char *const what[3] = {"format", "rows", "cols"};
+    int t;
+    if (i < 15) { snprintf(buf, cap, "%s", cfg[i]); return; }
+    t = (i - 15) / 3;
+    if (t == 0) snprintf(buf, cap, "embed_tokens %s", what[(i - 15) % 3]);
+    else snprintf(buf, cap, "layer %d %s %s", (t - 1) / 7, mat[(t - 1) % 7], what[(i - 15) % 3]);
+}
+
+/* The first position a layer's part of a saved session holds: 0 on global layers; on sliding
+   ones the oldest position the ring still holds intact (see gemma2_session_rewind). */
+static int gemma2__sess_first(const gemma2_session *s, int l)
+{
+    if (s->slots[l] >= s->n_ctx) return 0;
+    return GEMMA2__MIN(s->pos, GEMMA2__MAX(0, s->hi - s->slots[l]));
+}
+
+/* Where a save goes: a buffer (bytes past cap are only counted), a FILE, or nowhere (sizing);
+   the checksum is taken on the way. */
+typedef struct gemma2__sess_out {
+    uint8_t *buf;
+    size_t cap, n;
+    FILE *fp;
+    int failed;      /* a write to fp failed */
+    uint64_t h;
+    uint8_t pend[8]; /* bytes of a checksum word not complete yet */
+    int np;
+} gemma2__sess_out;
+
+static void gemma2__sess_put(gemma2__sess_out *o, const void *data, size_t len)
+{
+    const uint8_t *p = (const uint8_t *)data;
+    size_t i = 0;
+    if (o->buf && o->n < o->cap) memcpy(o->buf + o->n, p, GEMMA2__MIN(len, o->cap - o->n));
+    if (o->fp && !o->failed && len > 0 && fwrite(p, 1, len, o->fp) != len) o->failed = 1;
+    o->n += len;
+    while (o->np > 0 && o->np < 8 && i < len) o->pend[o->np++] = p[i++];
+    if (o->np == 8) { o->h = gemma2__sess_mix(o->h, gemma2__sess_word(o->pend)); o->np = 0; }
+    for (; i + 8 <= len; i += 8) o->h = gemma2__sess_mix(o->h, gemma2__sess_word(p + i));
+    while (i < len) o->pend[o->np++] = p[i++];
+}
+
+static void gemma2__sess_put_u32(gemma2__sess_out *o, uint32_t v)
+{
+    uint8_t b[4];
+    b[0] = (uint8_t)v; b[1] = (uint8_t)(v >> 8); b[2] = (uint8_t)(v >> 16); b[3] = (uint8_t)(v >> 24);
+    gemma2__sess_put(o, b, 4);
+}
+
+static void gemma2__sess_put_u64(gemma2__sess_out *o, uint64_t v)
+{
+    gemma2__sess_put_u32(o, (uint32_t)v);
+    gemma2__sess_put_u32(o, (uint32_t)(v >> 32));
+}
+
+/* The whole saved session into o. Arrays go out as they are in memory: the library already
+   takes the host to be little-endian (safetensors are used in place). */
+static void gemma2__sess_write(const gemma2_session *s, gemma2__sess_out *o)
+{
+    const gemma2_model *m = s->m;
+    const gemma2_config *c = &m->cfg;
+    const int nkv = c->num_key_value_heads, hd = c->head_dim;
+    const size_t elt = s->kb ? 2 : 4;
+    uint64_t h;
+    int i, l, kv, hh, p;
+    o->h = GEMMA2__SESS_HASH0;
+    gemma2__sess_put(o, "GEM2SESS", 8);
+    gemma2__sess_put_u32(o, GEMMA2__SESS_VERSION);
+    gemma2__sess_put_u32(o, s->kb ? GEMMA2_KV_BF16 : GEMMA2_KV_F32);
+    for (i = 0; i < gemma2__sess_fp_count(m); i++) gemma2__sess_put_u32(o, gemma2__sess_fp(m, i));
+    gemma2__sess_put_u64(o, gemma2__sess_weights_hash(m));
+    gemma2__sess_put_u32(o, (uint32_t)s->n_ctx);
+    gemma2__sess_put_u32(o, (uint32_t)s->pos);
+    gemma2__sess_put_u32(o, (uint32_t)(s->has_logits ? 1 : 0));
+    gemma2__sess_put(o, s->tokens, (size_t)s->pos * sizeof(int32_t));
+    if (s->has_logits) gemma2__sess_put(o, s->logits, (size_t)c->vocab_size * sizeof(float));
+    for (l = 0; l < c->num_hidden_layers; l++) {
+        int first = gemma2__sess_first(s, l), slots = s->slots[l];
+        gemma2__sess_put_u32(o, (uint32_t)first);
+        for (kv = 0; kv < 2; kv++)
+            for (hh = 0; hh < nkv; hh++)
+                for (p = first; p < s->pos; p++) {
+                    size_t at = ((size_t)hh * (size_t)slots + (size_t)(p % slots)) * (size_t)hd;
+                    const void *row = s->kb ? (const void *)((kv ? s->vb[l] : s->kb[l]) + at) : (const void *)((kv ? s->v[l] : s->k[l]) + at);
+                    gemma2__sess_put(o, row, (size_t)hd * elt);
+                }
+    }
+    /* the checksum covers every byte before it: finish the pending word and the length */
+    h = o->h;
+    if (o->np > 0) {
+        memset(o->pend + o->np, 0, (size_t)(8 - o->np));
+        h = gemma2__sess_mix(h, gemma2__sess_word(o->pend));
+    }
+    h = gemma2__sess_mix(h, (uint64_t)o->n);
+    gemma2__sess_put_u64(o, h);
+}
+
+GEMMA2_DEF int gemma2_session_save_buffer(const gemma2_session *s, void *buf, size_t cap, size_t *size)
+{
+    gemma2__sess_out o;
+    if (size) *size = 0;
+    if (!s || (!buf && cap > 0)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    memset(&o, 0, sizeof o);
+    gemma2__sess_write(s, &o); /* sizing only: nothing is copied */
+    if (size) *size = o.n;
+    if (!buf && cap == 0) return 0;
+    if (cap < o.n) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    memset(&o, 0, sizeof o);
+    o.buf = (uint8_t *)buf;
+    o.cap = cap;
+    gemma2__sess_write(s, &o);
+    return 0;
+}
+
+/* A little-endian u32 at p (the caller has checked the bytes are there). */
+static uint32_t gemma2__sess_u32(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
+
+/* Loads a saved session from bytes; name is the file's path, or "session buffer", for errors. */
+static gemma2_session *gemma2__sess_load(const gemma2_model *m, const char *name, const uint8_t *p, size_t len, int n_ctx,
+                                         int *rc, char *err, size_t err_size)
+{
+    const gemma2_config *c;
+    gemma2_session *s = NULL;
+    size_t off, need, elt, row, at;
+    uint64_t layer_bytes;
+    uint32_t ver, kvf, fv, mv, saved_ctx, pos, has_logits, u;
+    const uint8_t *tok, *lg, *kvdata;
+    int r, i, l, nfp, ring_lo;
+    char what[96];
+#define GEMMA2__SESS_FAIL(code, ...) do { r = gemma2__fail(err, err_size, code, __VA_ARGS__); goto fail; } while (0)
+    if (!m || !p) { r = gemma2__fail(err, err_size, GEMMA2_ERROR_INVALID_ARGUMENT, "%s: no model or no bytes", name); goto fail; }
+    if (!m->has_weights) GEMMA2__SESS_FAIL(GEMMA2_ERROR_NO_WEIGHTS, "%s: the model was loaded without weights", name);
+    if (n_ctx < 0) GEMMA2__SESS_FAIL(GEMMA2_ERROR_INVALID_ARGUMENT, "%s: n_ctx %d is negative", name, n_ctx);
+    c = &m->cfg;
+    nfp = gemma2__sess_fp_count(m);
+    if (len < 16 || memcmp(p, "GEM2SESS", 8) != 0) GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: not a saved gemma2 session (no GEM2SESS magic)", name);
+    ver = gemma2__sess_u32(p + 8);
+    if (ver != GEMMA2__SESS_VERSION) GEMMA2__SESS_FAIL(ver > GEMMA2__SESS_VERSION ? GEMMA2_ERROR_UNSUPPORTED : GEMMA2_ERROR_FORMAT,
+                                                       "%s: version %u, this build reads version %d", name, ver, GEMMA2__SESS_VERSION);
+    kvf = gemma2__sess_u32(p + 12);
+    if (kvf > GEMMA2_KV_BF16) GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: kv format %u is not one (0 f32, 1 bf16)", name, kvf);
+    off = 16;
+    /* The fingerprint, value by value against the model: a file of another model stops at its
+       first difference, before any size it gives is believed. */
+    for (i = 0; i < nfp; i++, off += 4) {
+        if (len - off < 4) GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: truncated in the model fingerprint", name);
+        fv = gemma2__sess_u32(p + off);
+        mv = gemma2__sess_fp(m, i);
+        if (fv != mv) {
+            gemma2__sess_fp_name(i, what, sizeof what);
+            GEMMA2__SESS_FAIL(GEMMA2_ERROR_UNSUPPORTED, "%s: saved with another model: %s is %u in the file, %u in this model", name, what, fv, mv);
+        }
+    }
+    if (len - off < 8 + 12) GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: truncated after the model fingerprint", name);
+    if (gemma2__sess_word(p + off) != gemma2__sess_weights_hash(m))
+        GEMMA2__SESS_FAIL(GEMMA2_ERROR_UNSUPPORTED, "%s: saved with another model: the weights' hash differs (same shapes, other weights)", name);
+    off += 8;
+    if ((int)kvf != (m->opt.kv_cache == GEMMA2_KV_BF16 ? GEMMA2_KV_BF16 : GEMMA2_KV_F32))
+        GEMMA2__SESS_FAIL(GEMMA2_ERROR_UNSUPPORTED, "%s: the KV cache is %s in the file, %s in this model's options (kv_cache)", name,
+                          kvf ? "bf16" : "f32", kvf ? "f32" : "bf16");
+    saved_ctx = gemma2__sess_u32(p + off);
+    pos = gemma2__sess_u32(p + off + 4);
+    has_logits = gemma2__sess_u32(p + off + 8);
+    off += 12;
+    if (saved_ctx < 1 || saved_ctx > (uint32_t)c->max_position_embeddings)
+        GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: n_ctx %u is outside 1..%d (max_position_embeddings)", name, saved_ctx, c->max_position_embeddings);
+    if (pos > saved_ctx) GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: position %u is past its n_ctx %u", name, pos, saved_ctx);
+    if (has_logits > 1) GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: has_logits is %u, not 0 or 1", name, has_logits);
+    if (n_ctx == 0) n_ctx = (int)saved_ctx;
+    if (n_ctx > c->max_position_embeddings)
+        GEMMA2__SESS_FAIL(GEMMA2_ERROR_UNSUPPORTED, "%s: n_ctx %d is above max_position_embeddings %d", name, n_ctx, c->max_position_embeddings);
+    if ((uint32_t)n_ctx < pos) GEMMA2__SESS_FAIL(GEMMA2_ERROR_CONTEXT_FULL, "%s: %u saved tokens do not fit in n_ctx %d", name, pos, n_ctx);
+    /* tokens and logits (sizes bounded: pos <= 2^20, vocab_size by the config) */
+    need = (size_t)pos * 4;
+    if (len - off < need) GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: truncated in the tokens (%u expected)", name, pos);
+    tok = p + off;
+    for (i = 0; i < (int)pos; i++) {
+        u = gemma2__sess_u32(tok + (size_t)i * 4);
+        if (u >= (uint32_t)c->vocab_size) GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: token %d is %d, outside the vocabulary (%d)", name, i, (int32_t)u, c->vocab_size);
+    }
+    off += need;
+    need = has_logits ? (size_t)c->vocab_size * 4 : 0;
+    if (len - off < need) GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: truncated in the logits", name);
+    lg = p + off;
+    if (has_logits) {
+        float f;
+        for (i = 0; i < c->vocab_size; i++) {
+            memcpy(&f, lg + (size_t)i * 4, 4);
+            if (f != f || f > 3.4e38f || f < -3.4e38f) GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: logit %d is not finite", name, i);
+        }
+    }
+    off += need;
+    /* The KV layers: each u32 first, then 2 * kv heads * (pos - first) rows. Every first is
+       checked against the session this makes, so that the ring takes the rows and keeps the
+       keys the next token needs. */
+    elt = kvf ? 2 : 4;
+    row = (size_t)c->head_dim * elt;
+    kvdata = p + off;
+    at = off;
+    ring_lo = 0;
+    for (l = 0; l < c->num_hidden_layers; l++) {
+        int slots = gemma2__session_slots(m, l, n_ctx, GEMMA2__CHUNK);
+        uint32_t first;
+        if (len - at < 4) GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: truncated at layer %d's KV cache", name, l);
+        first = gemma2__sess_u32(p + at);
+        if (first > pos) GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: layer %d's first position %u is past the position %u", name, l, first, pos);
+        /* a layer that keeps every position (global, or a window as long as n_ctx) must have them all */
+        if (slots >= n_ctx && first != 0)
+            GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: layer %d starts at position %u, not 0 (at n_ctx %d it keeps every position)", name, l,
+                              first, n_ctx);
+        if (pos - first > (uint32_t)slots)
+            GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: layer %d holds %u positions, its cache at n_ctx %d only %d", name, l, pos - first, n_ctx, slots);
+        if ((int64_t)first > GEMMA2__MAX(0, (int64_t)pos - c->sliding_window))
+            GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: layer %d starts at position %u, too late for the sliding window %d at position %u", name, l,
+                              first, c->sliding_window, pos);
+        if (first > (uint32_t)ring_lo) ring_lo = (int)first;
+        if (!gemma2__mul_ok((uint64_t)(pos - first) * 2 * (uint64_t)c->num_key_value_heads, (uint64_t)row, &layer_bytes) ||
+            layer_bytes > (uint64_t)(len - at - 4))
+            GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: truncated in layer %d's KV cache", name, l);
+        at += 4 + (size_t)layer_bytes;
+    }
+    if (len - at != 8)
+        GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: %s after layer %d's KV cache (%zu bytes left, 8 expected: the checksum)", name,
+                          len - at < 8 ? "truncated" : "extra bytes", c->num_hidden_layers - 1, len - at);
+    if (gemma2__sess_hash(p, at) != gemma2__sess_word(p + at))
+        GEMMA2__SESS_FAIL(GEMMA2_ERROR_FORMAT, "%s: checksum mismatch (the file is corrupted)", name);
+    /* Everything is checked: now the session. */
+    if (!(s = gemma2__session_new(m, n_ctx, GEMMA2__CHUNK))) GEMMA2__SESS_FAIL(GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory for the session", name);
+    memcpy(s->tokens, tok, (size_t)pos * 4);
+    if (has_logits) memcpy(s->logits, lg, (size_t)c->vocab_size * 4);
+    s->has_logits = (int)has_logits;
+    s->pos = (int)pos;
+    at = 0;
+    for (l = 0; l < c->num_hidden_layers; l++) {
+        int first = (int)gemma2__sess_u32(kvdata + at), slots = s->slots[l], kv, hh, q;
+        at += 4;
+        for (kv = 0; kv < 2; kv++)
+            for (hh = 0; hh < c->num_key_value_heads; hh++)
+                for (q = first; q < (int)pos; q++, at += row) {
+                    size_t dst = ((size_t)hh * (size_t)slots + (size_t)(q % slots)) * (size_t)c->head_dim;
+                    void *to = s->kb ? (void *)((kv ? s->vb[l] : s->kb[l]) + dst) : (void *)((kv ? s->v[l] : s->k[l]) + dst);
+                    memcpy(to, kvdata + at, row);
+                }
+    }
+    /* hi as the rewind sees it: rings hold positions hi - slots .. pos - 1 */
+    s->hi = (int)pos;
+    for (l = 0; l < c->num_hidden_layers; l++)
+        if (s->slots[l] < s->n_ctx && ring_lo > 0) s->hi = GEMMA2__MAX(s->hi, ring_lo + s->slots[l]);
+    if (rc) *rc = 0;
+    if (err && err_size > 0) err[0] = 0;
+    return s;
+fail:
+#undef GEMMA2__SESS_FAIL
+    gemma2_session_free(s);
+    if (rc) *rc = r;
+    return NULL;
+}
+
+GEMMA2_DEF gemma2_session *gemma2_session_load_buffer(const gemma2_model *m, const void *buf, size_t len, int n_ctx,
+                                                      int *rc, char *err, size_t err_size)
+{
+    return gemma2__sess_load(m, "session buffer", (const uint8_t *)buf, len, n_ctx, rc, err, err_size);
 }
 
 /* ===========================================================================
@@ -7448,6 +7859,64 @@ done:
     gemma2__tensors_free(&ts);
     gemma2_free(m);
     return rc;
+}
+
+/* ---- saved sessions to and from files (the format and its checks are in section 2.6) ------- */
+
+GEMMA2_DEF int gemma2_session_save(const gemma2_session *s, const char *path, char *err, size_t err_size)
+{
+    gemma2__sess_out o;
+    char *tmp;
+    int bad;
+    if (!s || !path) return gemma2__fail(err, err_size, GEMMA2_ERROR_INVALID_ARGUMENT, "gemma2_session_save: no session or no path");
+    if (!(tmp = (char *)gemma2__malloc_n(strlen(path) + 9, 1))) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
+    memcpy(tmp, path, strlen(path));
+    memcpy(tmp + strlen(path), ".partial", 9);
+    memset(&o, 0, sizeof o);
+    if (!(o.fp = fopen(tmp, "wb"))) {
+        bad = gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot create", tmp);
+        GEMMA2_FREE(tmp);
+        return bad;
+    }
+    gemma2__sess_write(s, &o);
+    bad = o.failed || fflush(o.fp) != 0 || ferror(o.fp);
+    bad |= fclose(o.fp) != 0;
+    if (bad) {
+        remove(tmp);
+        bad = gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: write error (disk full?)", tmp);
+        GEMMA2_FREE(tmp);
+        return bad;
+    }
+    /* rename replaces an existing file on POSIX; Windows wants it gone first */
+    if (rename(tmp, path) != 0 && (remove(path), rename(tmp, path) != 0)) {
+        remove(tmp);
+        bad = gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot rename it to %s", tmp, path);
+        GEMMA2_FREE(tmp);
+        return bad;
+    }
+    GEMMA2_FREE(tmp);
+    return 0;
+}
+
+GEMMA2_DEF gemma2_session *gemma2_session_load(const gemma2_model *m, const char *path, int n_ctx, int *rc,
+                                               char *err, size_t err_size)
+{
+    gemma2__file f;
+    gemma2_session *s;
+    int r;
+    if (!path) {
+        r = gemma2__fail(err, err_size, GEMMA2_ERROR_INVALID_ARGUMENT, "gemma2_session_load: no path");
+        if (rc) *rc = r;
+        return NULL;
+    }
+    /* mapped: the bytes are hashed and copied into the cache once, never read into a buffer first */
+    if ((r = gemma2__file_map(&f, path, err, err_size)) != 0) {
+        if (rc) *rc = r;
+        return NULL;
+    }
+    s = gemma2__sess_load(m, path, f.data, f.size, n_ctx, rc, err, err_size);
+    gemma2__file_close(&f);
+    return s;
 }
 
 /* ===========================================================================

@@ -89,6 +89,7 @@ static int cli_isatty(FILE *f)
 
 typedef struct cli_opts {
     const char *model, *prompt, *prompt_file, *tokenizer, *system;
+    const char *prompt_cache; /* --prompt-cache FILE */
     const char *stops[CLI_MAX_STOPS];
     int n_stops;
     int raw, interactive, single_turn, n_predict, n_threads, n_ctx, ignore_eos, seed_given, no_mmap, kv_bf16, compute_bf16;
@@ -150,6 +151,9 @@ static void cli_usage(FILE *o)
         "                          stop when the text contains TEXT (not printed); repeatable\n"
         "      --ignore-eos        do not stop at end-of-turn / eos tokens\n"
         "      --verbose-prompt    print the prompt's token ids and pieces on stderr\n"
+        "      --prompt-cache FILE the prompt's evaluated state: reused from FILE for the longest\n"
+        "                          prefix it shares with this prompt, saved there after the prompt\n"
+        "                          (a file of another model or -ctk type is replaced; not with -i)\n"
         "  -ngl, --n-gpu-layers N, --color, --log-disable, -fa, --flash-attn, --mlock\n"
         "                          llama.cpp's GPU and log options: accepted and ignored (a note says so)\n"
         "      --version           the library version\n"
@@ -201,7 +205,7 @@ enum {
     CLI_COMPUTE_BF16, CLI_Q8, CLI_Q4, CLI_IGNORE_EOS, CLI_VERBOSE_PROMPT, CLI_MODEL, CLI_PROMPT, CLI_FILE, CLI_SYSTEM,
     CLI_TOKENIZER, CLI_N_PREDICT, CLI_CTX, CLI_THREADS, CLI_TEMP, CLI_TOP_K, CLI_TOP_P, CLI_MIN_P, CLI_REPEAT_PENALTY,
     CLI_REPEAT_LAST_N, CLI_PRESENCE, CLI_FREQUENCY, CLI_SEED, CLI_STOP, CLI_LOGIT_BIAS, CLI_CACHE_K, CLI_CACHE_V,
-    CLI_IGNORED
+    CLI_PROMPT_CACHE, CLI_IGNORED
 };
 
 /* Every name the parser knows. takes: 0 no value, 1 a value, 2 an optional on/off/auto (newer
@@ -226,7 +230,7 @@ static const cli_flag cli_flags[] = {
     {"-s", CLI_SEED, 1}, {"--seed", CLI_SEED, 1}, {"--stop", CLI_STOP, 1}, {"-r", CLI_STOP, 1},
     {"--reverse-prompt", CLI_STOP, 1}, {"-l", CLI_LOGIT_BIAS, 1}, {"--logit-bias", CLI_LOGIT_BIAS, 1},
     {"-ctk", CLI_CACHE_K, 1}, {"--cache-type-k", CLI_CACHE_K, 1}, {"-ctv", CLI_CACHE_V, 1},
-    {"--cache-type-v", CLI_CACHE_V, 1},
+    {"--cache-type-v", CLI_CACHE_V, 1}, {"--prompt-cache", CLI_PROMPT_CACHE, 1},
     {"-ngl", CLI_IGNORED, 1}, {"--n-gpu-layers", CLI_IGNORED, 1}, {"--color", CLI_IGNORED, 2},
     {"--log-disable", CLI_IGNORED, 0}, {"-fa", CLI_IGNORED, 2}, {"--flash-attn", CLI_IGNORED, 2},
     {"--mlock", CLI_IGNORED, 0},
@@ -298,6 +302,7 @@ static int cli_parse(int argc, char **argv, cli_opts *o, FILE *in, FILE *out, FI
         case CLI_FILE: o->prompt_file = v; break;
         case CLI_SYSTEM: o->system = v; break;
         case CLI_TOKENIZER: o->tokenizer = v; break;
+        case CLI_PROMPT_CACHE: o->prompt_cache = v; break;
         /* llama.cpp: -1 = no limit, -2 = until the context is full; both are "until end of turn
            or the context is full" here */
         case CLI_N_PREDICT: ok = cli_int(v, -2, 1 << 30, &o->n_predict); break;
@@ -373,6 +378,8 @@ static int cli_parse(int argc, char **argv, cli_opts *o, FILE *in, FILE *out, FI
     if (o->interactive && o->prompt_file && !strcmp(o->prompt_file, "-")) { fprintf(err, "gemma2: error: -f - and -i both read stdin: give the prompt with -p or -f FILE\n"); return 1; }
     if (o->interactive && o->n_predict == 0) { fprintf(err, "gemma2: error: -n 0 generates nothing: not with -i\n"); return 1; }
     if (o->raw && o->interactive) { fprintf(err, "gemma2: error: --raw and -i do not go together (-i is a chat)\n"); return 1; }
+    /* the chat keeps its turns in the session from position 0: a restored prefix is not one of them */
+    if (o->prompt_cache && o->interactive) { fprintf(err, "gemma2: error: --prompt-cache is for one prompt: not with -i\n"); return 1; }
     if (o->raw && o->system) { fprintf(err, "gemma2: error: --system needs the chat template (not --raw)\n"); return 1; }
     return 0;
 }
@@ -578,6 +585,41 @@ static void cli_print_ids(FILE *err, const gemma2_model *m, const int32_t *ids, 
     }
 }
 
+/* --prompt-cache: *s gets the prompt ids[0..n) evaluated, from FILE's saved session where it
+   shares a prefix with them (rewound to the longest common one; the rest evaluated), and the
+   result is saved back to FILE. A FILE that does not load (missing, of another model or KV type,
+   damaged, longer than -c) is a note, and the prompt is evaluated afresh. *reused: tokens taken
+   from FILE. Returns 0 or a negative error (the evaluation's; a failed save is only a note). */
+static int cli_prompt_cache(const gemma2_model *m, const char *file, gemma2_session **s, const int32_t *ids, int n, int *reused, FILE *err)
+{
+    char emsg[512];
+    gemma2_session *c;
+    FILE *probe = fopen(file, "rb");
+    int rc, lcp = 0, pos;
+    *reused = 0;
+    if (probe) {
+        fclose(probe);
+        c = gemma2_session_load(m, file, gemma2_session_n_ctx(*s), &rc, emsg, sizeof emsg);
+        if (!c) fprintf(err, "gemma2: note: --prompt-cache: %s; evaluating the prompt afresh\n", emsg);
+        else {
+            const int32_t *t = gemma2_session_tokens(c);
+            pos = gemma2_session_pos(c);
+            while (lcp < pos && lcp < n && t[lcp] == ids[lcp]) lcp++;
+            /* the whole saved prompt again: its logits are in the file, nothing to recompute */
+            rc = lcp == pos && gemma2_logits(c) ? 0 : lcp > 0 ? gemma2_session_rewind(c, lcp) : 0;
+            if (lcp > 0 && rc == 0) {
+                gemma2_session_free(*s);
+                *s = c;
+                *reused = lcp;
+            } else gemma2_session_free(c);
+        }
+    }
+    if ((rc = gemma2_eval(*s, ids + *reused, n - *reused, NULL)) != 0) return rc;
+    fprintf(err, "prompt cache: %d of %d prompt tokens reused from %s\n", *reused, n, file);
+    if (gemma2_session_save(*s, file, emsg, sizeof emsg) != 0) fprintf(err, "gemma2: note: --prompt-cache: not saved: %s\n", emsg);
+    return 0;
+}
+
 static void cli_chat_help(FILE *err)
 {
     fprintf(err, "  /help          this list\n"
@@ -710,6 +752,23 @@ static int cli_main(int argc, char **argv, FILE *in, FILE *out, FILE *err)
     st.out = out;
     st.err = err;
     st.tty_err = tty_err;
+    if (o.prompt_cache && prompt) { /* one prompt (not -i): its ids are what the chat or --raw would evaluate */
+        int reused = 0;
+        t0 = cli_now();
+        rc = cli_prompt_cache(m, o.prompt_cache, &s, ids, n_ids, &reused, err);
+        if (rc) { fprintf(err, "gemma2: error: %s\n", gemma2_error_string(rc)); goto done; }
+        memset(&res, 0, sizeof res);
+        if (o.n_predict != 0) rc = gemma2_generate(s, NULL, 0, &gp, &res);
+        else res.stop_reason = GEMMA2_STOP_MAX_TOKENS;
+        res.n_prompt = n_ids - reused;
+        t1 = cli_now();
+        if (st.n_bytes && st.last != '\n') fputc('\n', out);
+        fflush(out);
+        if (rc) { fprintf(err, "gemma2: error: %s\n", gemma2_error_string(rc)); goto done; }
+        cli_timings(err, &res, &st, t0, t1);
+        exit_code = res.stop_reason == GEMMA2_STOP_CALLBACK && cli_interrupted ? 130 : 0;
+        goto done;
+    }
     if (!o.interactive && o.n_predict == 0) { /* the prompt only: its time, nothing generated */
         t0 = cli_now();
         rc = gemma2_eval(s, ids, n_ids, NULL);

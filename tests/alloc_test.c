@@ -1,8 +1,8 @@
 /* Allocation failures: every allocation the library makes goes through GEMMA2_MALLOC /
    REALLOC / FREE, defined here as a counting allocator that can fail the k-th one. For each
-   operation (loading, sessions, evaluation, generation, chat, scoring, the tokenizer, the
-   sampler) the operation runs once to count its allocations, then again for every k with the
-   k-th allocation failing. Each run must return an error or exactly the result of the run
+   operation (loading, sessions, evaluation, saved sessions, generation, chat, scoring, the
+   tokenizer, the sampler) the operation runs once to count its allocations, then again for
+   every k with the k-th allocation failing. Each run must return an error or exactly the result of the run
    without failures (never success with garbage), must not crash (built with ASan + UBSan), and
    must leave no allocation live once everything is freed.
 
@@ -280,6 +280,51 @@ static int at_op_eval(long k, at_out *out)
     return rc;
 }
 
+/* ---- saved sessions: loading from a buffer and from a file (saved once, without failures) */
+
+static int at_session_load_op(int kv, int from_file, long k, at_out *out)
+{
+    gemma2_model *m = at_gqa[0][kv];
+    gemma2_session *s = gemma2_session_new(m, 200), *r;
+    static const char path[] = "tests/alloc_test_session.tmp";
+    int32_t ids[160];
+    unsigned char *buf = NULL;
+    size_t n = 0;
+    char err[256];
+    int rc, i;
+    if (!s) return -2;
+    for (i = 0; i < 160; i++) ids[i] = at_ids[i % 6];
+    /* 160 tokens: past the ring of the sliding-window layers (window 8 + 127) */
+    rc = gemma2_eval(s, ids, 160, NULL);
+    if (rc == 0) rc = gemma2_session_save_buffer(s, NULL, 0, &n);
+    if (rc == 0 && !(buf = (unsigned char *)malloc(n))) rc = -2;
+    if (rc == 0) rc = gemma2_session_save_buffer(s, buf, n, NULL);
+    if (rc) { gemma2_session_free(s); free(buf); return rc; }
+    at_arm(k);
+    /* the file's save is swept too (its temporary name) */
+    if (from_file && (rc = gemma2_session_save(s, path, err, sizeof err)) != 0) {
+        at_disarm();
+        AT_CHECK(rc == GEMMA2_ERROR_OUT_OF_MEMORY, "session save: rc %d (%s)", rc, err);
+        gemma2_session_free(s);
+        free(buf);
+        return rc;
+    }
+    r = from_file ? gemma2_session_load(m, path, 0, &rc, err, sizeof err) : gemma2_session_load_buffer(m, buf, n, 0, &rc, err, sizeof err);
+    at_disarm();
+    gemma2_session_free(s);
+    AT_CHECK(r ? rc == 0 : rc == GEMMA2_ERROR_OUT_OF_MEMORY, "session load: rc %d (%s)", rc, err);
+    if (from_file) remove(path);
+    free(buf);
+    if (!r) return rc;
+    rc = gemma2_eval(r, at_ids, 2, NULL);
+    if (rc == 0) at_put(out, gemma2_logits(r), 64 * sizeof(float));
+    gemma2_session_free(r);
+    return rc;
+}
+static int at_op_session_load(long k, at_out *out) { return at_session_load_op(0, 0, k, out); }
+static int at_op_session_load_bf16(long k, at_out *out) { return at_session_load_op(1, 0, k, out); }
+static int at_op_session_load_file(long k, at_out *out) { return at_session_load_op(0, 1, k, out); }
+
 /* ---- with a tokenizer: tiny-realvocab and the real Gemma tokenizer */
 
 static gemma2_model *at_rv, *at_rv_json; /* with tokenizer.model; with tokenizer.json */
@@ -461,6 +506,9 @@ int main(int argc, char **argv)
         {"session_new, bf16 kv", at_op_session_bf16},
         {"session_new, bf16 kv, 2 threads", at_op_session_bf16_2},
         {"eval and rewind", at_op_eval},
+        {"session load", at_op_session_load},
+        {"session load, bf16 kv", at_op_session_load_bf16},
+        {"session save and load, file", at_op_session_load_file},
         {"model freed before its session", at_op_free_model_first},
         {"tokenize, detokenize", at_op_tokenize},
         {"tokenize, detokenize, tokenizer.json", at_op_tokenize_json},

@@ -3,7 +3,7 @@
 
      make bench-model                         2B, 1 and 2 threads: f32 and bf16 compute, Q8 and Q4 weights
      ./tests/bench_model [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--quantized] [--big-q4]
-                         [--no-paths | --only-paths] [--data DIR]
+                         [--no-paths | --only-paths | --only-saved] [--data DIR]
 
    The models are written once into bench-data/ (gitignored) as ordinary Hugging Face folders
    (config.json + model.safetensors, bf16), by the small generator below; 2B is 5.2 GB, 9B is
@@ -24,6 +24,9 @@
    --only-paths runs only it): per thread count and compute mode, both paths loaded from a cold
    page cache, time to first token (load + first prompt), then prefill and decode timed in
    alternation, with page-fault counts (bench_paths).
+   Then a saved session (bench_saved; --only-saved runs only it): a 2048-token prompt at 2
+   threads, saved with gemma2_session_save and restored with gemma2_session_load from the warm
+   file and from a buffer, against the time the prompt took to evaluate (the target: < 10%).
    Decode at context N sets the session position directly over a KV cache filled with synthetic
    values: the work per token is the same as after a real N-token prompt, without spending
    minutes prefilling it. Peak RSS therefore includes the whole 8k-token KV cache. */
@@ -871,9 +874,75 @@ done:
     for (k = 0; k < 2; k++) { gemma2_session_free(ss[k]); gemma2_free(m[k]); }
 }
 
+/* Saved sessions: a 2k-token prompt evaluated, saved to a file, and restored (gemma2_session_load,
+   the file warm in the page cache, as when a program reuses its saved prompt), against evaluating the
+   prompt again. The restored session must give the original's logits exactly. */
+static void bench_saved(const char *data, const char *dir, const bench_shape *s, int nt)
+{
+    enum { P = 2048 };
+    gemma2_options opt;
+    gemma2_model *m;
+    gemma2_session *ss, *r;
+    char err[256], path[1100];
+    int32_t *ids;
+    double t0, pre, save, restore = 1e30, restore_buf = 1e30;
+    size_t bytes = 0;
+    unsigned char *buf;
+    int i, same = 0;
+    memset(&opt, 0, sizeof opt);
+    opt.n_threads = nt;
+    opt.no_tokenizer = 1;
+    opt.preload = bench_preload;
+    opt.kv_cache = bench_kv;
+    m = gemma2_load(dir, &opt, err, sizeof err);
+    if (!m) { printf("load failed: %s\n", err); return; }
+    ss = gemma2_session_new(m, P + 64);
+    ids = (int32_t *)malloc(sizeof(int32_t) * P);
+    if (!ss || !ids) { printf("session failed\n"); gemma2_free(m); free(ids); return; }
+    for (i = 0; i < P; i++) ids[i] = 2 + (i * 7919) % (s->V - 2);
+    gemma2_eval(ss, ids, 16, NULL); /* the weights paged in before the timing */
+    gemma2_session_rewind(ss, 0);
+    t0 = bench_now();
+    gemma2_eval(ss, ids, P, NULL);
+    pre = bench_now() - t0;
+    snprintf(path, sizeof path, "%s/saved-%d.session", data, P);
+    t0 = bench_now();
+    if (gemma2_session_save(ss, path, err, sizeof err) != 0) { printf("save failed: %s\n", err); goto done; }
+    save = bench_now() - t0;
+    /* the best of 3 each (shared cores) */
+    for (i = 0; i < 3; i++) {
+        t0 = bench_now();
+        r = gemma2_session_load(m, path, 0, NULL, err, sizeof err);
+        if (bench_now() - t0 < restore) restore = bench_now() - t0;
+        if (!r) { printf("restore failed: %s\n", err); goto done; }
+        same = gemma2_logits(r) && !memcmp(gemma2_logits(r), gemma2_logits(ss), sizeof(float) * (size_t)s->V);
+        gemma2_session_free(r);
+    }
+    gemma2_session_save_buffer(ss, NULL, 0, &bytes);
+    buf = (unsigned char *)malloc(bytes);
+    if (buf && gemma2_session_save_buffer(ss, buf, bytes, NULL) == 0)
+        for (i = 0; i < 3; i++) {
+            t0 = bench_now();
+            r = gemma2_session_load_buffer(m, buf, bytes, 0, NULL, err, sizeof err);
+            if (bench_now() - t0 < restore_buf) restore_buf = bench_now() - t0;
+            gemma2_session_free(r);
+        }
+    free(buf);
+    printf("%s  %d thread%s  saved session of %d tokens (KV %s, %.0f MB): prompt evaluated in %.2f s; saved in %.2f s; restored in %.3f s "
+           "from the file (%.3f s from a buffer) = %.1f%% of evaluating the prompt (target < 10%%); logits after restore %s\n",
+           s->name, nt, nt > 1 ? "s" : " ", P, bench_kv == GEMMA2_KV_BF16 ? "bf16" : "f32", bytes / 1e6, pre, save, restore, restore_buf,
+           100.0 * restore / pre, same ? "bit-identical" : "DIFFER");
+    remove(path);
+done:
+    free(ids);
+    gemma2_session_free(ss);
+    gemma2_free(m);
+    fflush(stdout);
+}
+
 int main(int argc, char **argv)
 {
-    int want9 = 0, only_nt = 0, kernels_only = 0, quant_only = 0, big = 0, paths = 1, write_only = 0, i, nt;
+    int want9 = 0, only_nt = 0, kernels_only = 0, quant_only = 0, big = 0, paths = 1, write_only = 0, saved_only = 0, i, nt;
     const char *data = "bench-data";
     char d2[1024], d9[1024];
     size_t bytes = (size_t)1 << 29; /* 512 MB: 16x the L3 */
@@ -896,8 +965,9 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--no-paths")) paths = 0;
         else if (!strcmp(argv[i], "--write-only")) write_only = 1;
         else if (!strcmp(argv[i], "--only-paths")) paths = 2;
+        else if (!strcmp(argv[i], "--only-saved")) saved_only = 1;
         else {
-            fprintf(stderr, "usage: %s [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--quantized] [--big-q4] [--no-paths | --only-paths] [--write-only] [--data DIR]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--quantized] [--big-q4] [--no-paths | --only-paths | --only-saved] [--write-only] [--data DIR]\n", argv[0]);
             return 2;
         }
     }
@@ -953,6 +1023,9 @@ int main(int argc, char **argv)
         return 0;
     }
     if (want9 != 2 && bench_ensure_model(d2, &bench_2b) != 0) { fprintf(stderr, "cannot write %s\n", d2); return 1; }
+    /* saved sessions: 2B, 2 threads */
+    if (want9 != 2 && !quant_only && (!only_nt || only_nt == 2)) bench_saved(data, d2, &bench_2b, 2);
+    if (saved_only) return 0;
     /* the default path beside preload: 2B, 2 and 1 threads, f32 and bf16 compute */
     for (nt = 2; nt >= 1 && want9 != 2 && paths && !quant_only; nt--)
         if (!only_nt || nt == only_nt) { bench_paths(d2, &bench_2b, nt, GEMMA2_COMPUTE_F32); bench_paths(d2, &bench_2b, nt, GEMMA2_COMPUTE_BF16); }

@@ -21,3 +21,4 @@
 #include "test_session.c"
 #include "test_api.c"
 #include "test_trace.c"
+#include "test_saved.c"

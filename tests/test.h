@@ -47,6 +47,7 @@ void suite_generate(void);
 void suite_session(void);
 void suite_api(void);
 void suite_trace(void);
+void suite_saved(void);
 
 #ifdef __cplusplus
 }
