@@ -44,7 +44,7 @@ LDLIBS = -lm -lpthread
 SAN    = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 TSAN   = -fsanitize=thread -fno-omit-frame-pointer
 
-EXAMPLES = examples/topk examples/tokenize examples/perplexity examples/quantize
+EXAMPLES = examples/topk examples/tokenize examples/perplexity examples/quantize examples/server
 TESTS    = tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx
 BENCHES  = tests/bench_model tests/bench_tokenizer
 
