@@ -787,9 +787,9 @@ static int srv_parse_prompt(srv *sv, srv_conn *c, const gemma2_json *js, srv_job
             srv_error(c, 400, "invalid_request_error", "'prompt' must be a string");
             return -1;
         }
-        n = gemma2_tokenize(sv->m, text, len, NULL, 0, GEMMA2_TOKENIZE_ADD_BOS);
+        n = gemma2_tokenize(sv->m, text, len, NULL, 0, GEMMA2_TOKENIZE_ADD_BOS | GEMMA2_TOKENIZE_SPECIAL);
         if (n > 0 && (j->prompt = (int32_t *)malloc((size_t)n * sizeof(int32_t))) != NULL)
-            gemma2_tokenize(sv->m, text, len, j->prompt, n, GEMMA2_TOKENIZE_ADD_BOS);
+            gemma2_tokenize(sv->m, text, len, j->prompt, n, GEMMA2_TOKENIZE_ADD_BOS | GEMMA2_TOKENIZE_SPECIAL);
         free(text);
     }
     if (n <= 0 || !j->prompt) {
@@ -1243,7 +1243,7 @@ int main(int argc, char **argv)
             goto done;
         }
     }
-    sv.queue = (srv_job **)calloc((size_t)sv.o.queue + 1, sizeof *sv.queue);
+    sv.queue = (srv_job **)calloc((size_t)sv.o.queue + (size_t)sv.n_slots + 1, sizeof *sv.queue); /* waiting: up to --queue, plus one per free slot */
     for (i = 0; i < SRV_MAX_CONNS; i++) sv.conns[i].fd = SRV_BAD_SOCK;
     if (!sv.queue || srv_listen(&sv) != 0) { rc = 1; goto done; }
     printf("server: listening on http://%s:%d (model %s, %d slot%s of %d tokens, kernels %s)\n", sv.o.host, sv.o.port,
