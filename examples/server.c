@@ -18,6 +18,11 @@
 
    Build: make examples/server (or: cc -O2 -o server examples/server.c -lm -lpthread; with mingw
    add -lws2_32). */
+/* WSAPoll and struct pollfd are Vista and later; the library includes <windows.h>, so this comes first */
+#if defined(_WIN32) && (!defined(_WIN32_WINNT) || _WIN32_WINNT < 0x0600)
+#undef _WIN32_WINNT
+#define _WIN32_WINNT 0x0600
+#endif
 #define GEMMA2_IMPLEMENTATION
 #include "../gemma2.h"
 
