@@ -255,4 +255,4 @@ test-arm64: $(ARM64_TEST)
 
 clean:
 	rm -f gemma2 $(EXAMPLES) $(TESTS) tests/server/server_asan tests/server/bench_server tests/alloc_test tests/gemma2_test_tsan tests/gemma2_test_arm64 $(BENCHES) $(FUZZ_BINS) tests/fuzz/gemma2_impl.o
-	rm -rf tests/fuzz/work tests/server/npm
+	rm -rf tests/fuzz/work
