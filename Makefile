@@ -1,18 +1,23 @@
 # gemma2.h - build the CLI and the examples, run the tests and the benchmarks.
 #
-#   make                  the CLI (./gemma2) and the examples (examples/topk, tokenize, perplexity, quantize, trace);
+#   make                  the CLI (./gemma2) and the examples (examples/topk, tokenize, perplexity, quantize, trace, server);
 #                         each compiles the whole library, so make -j builds them side by side
 #   make test             the test suite: gcc -O2 -Werror, clang with ASan + UBSan, C++; the
 #                         allocation-failure sweep (ASan + UBSan); sessions on several threads
 #                         under clang's TSan; a short run of every fuzz target (fuzz-smoke); then
 #                         ARM64 under qemu (TSan, fuzz and ARM64 parts are skipped with a note when
 #                         their runtime or tools are missing)
-#   make test-native      only the native parts (everything but fuzz-smoke and ARM64)
+#   make test-native      only the native parts (everything but test-server, fuzz-smoke and ARM64)
+#   make test-server      examples/server (the -O2 build, then ASan + UBSan with leak checks) on a fixture
+#                         model, with curl, node and the openai npm package (installed into tests/server/npm
+#                         at test time); skipped with a note without curl or node (part of make test)
 #   make test-arm64       only the ARM64 suite under qemu
 #   make fuzz             the libFuzzer targets in tests/fuzz/, each run FUZZ_TIME seconds (default 60)
 #                         from its committed corpus (copied to tests/fuzz/work/: runs leave the repo alone)
 #   make fuzz-smoke       the same, FUZZ_SMOKE_TIME seconds each (default 20; part of make test)
-#   make bench            bench-tokenizer, then bench-model (not part of the tests)
+#   make bench            bench-tokenizer, bench-server, then bench-model (not part of the tests)
+#   make bench-server     the server's added time per decoded token at 1 slot against the library's;
+#                         on BENCH_SERVER_MODEL (default: the tiny-realvocab fixture)
 #   make bench-model      speed benchmark on random-weight 2B checkpoints in bench-data/;
 #                         flags through BENCH_ARGS, e.g. make bench-model BENCH_ARGS=--preload
 #   make bench-model-data only write that 2B checkpoint, with generation_config.json and the real
@@ -44,11 +49,11 @@ LDLIBS = -lm -lpthread
 SAN    = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 TSAN   = -fsanitize=thread -fno-omit-frame-pointer
 
-EXAMPLES = examples/topk examples/tokenize examples/perplexity examples/quantize examples/trace
+EXAMPLES = examples/topk examples/tokenize examples/perplexity examples/quantize examples/trace examples/server
 TESTS    = tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx
 BENCHES  = tests/bench_model tests/bench_tokenizer
 
-.PHONY: all test test-native test-arm64 fuzz fuzz-smoke fuzz-seeds bench bench-model bench-model-data bench-tokenizer clean
+.PHONY: all test test-native test-server bench-server test-arm64 fuzz fuzz-smoke fuzz-seeds bench bench-model bench-model-data bench-tokenizer clean
 
 # ---------------------------------------------------------------- build: the CLI and the examples
 # Each example defines GEMMA2_IMPLEMENTATION itself, so each compiles the whole library;
@@ -103,8 +108,15 @@ test-native: $(TESTS) tests/alloc_test $(TSAN_TEST)
 # The emulated run, the slowest, comes last: its recipe waits for test-native even under make -j
 # (which still cross-builds its binary alongside), and a serial make reaches the cross build only
 # after the native results are out.
-test: test-native fuzz-smoke $(ARM64_TEST)
+test: test-native test-server fuzz-smoke $(ARM64_TEST)
 	$(run-arm64)
+
+# The server from outside, with real clients; the ASan build also checks for leaks at its exit.
+tests/server/server_asan: examples/server.c gemma2.h
+	$(CLANG) $(STD) -O1 -g $(WARN) $(SAN) -o $@ examples/server.c $(LDLIBS)
+
+test-server: gemma2 examples/server tests/server/server_asan
+	tests/server/run.sh ./gemma2 examples/server tests/server/server_asan
 
 # ---------------------------------------------------------------- bench
 # Not part of the tests: bench-model writes 5.2 GB of random weights into bench-data/ on its
@@ -121,9 +133,19 @@ tests/bench_tokenizer: tests/bench_tokenizer.c gemma2.h
 RUN_BENCH_TOKENIZER = ./tests/bench_tokenizer tests/data 4
 RUN_BENCH_MODEL     = ./tests/bench_model $(BENCH_ARGS)
 
-bench: $(BENCHES)
+bench: $(BENCHES) examples/server tests/server/bench_server
 	$(RUN_BENCH_TOKENIZER)
+	$(RUN_BENCH_SERVER)
 	$(RUN_BENCH_MODEL)
+
+tests/server/bench_server: tests/server/bench_server.c gemma2.h
+	$(CC) $(STD) $(CFLAGS) $(WARN) -o $@ tests/server/bench_server.c $(LDLIBS)
+
+BENCH_SERVER_MODEL ?= tests/data/models/tiny-realvocab
+RUN_BENCH_SERVER    = tests/server/bench.sh $(BENCH_SERVER_MODEL)
+
+bench-server: examples/server tests/server/bench_server
+	$(RUN_BENCH_SERVER)
 
 bench-model: tests/bench_model
 	$(RUN_BENCH_MODEL)
@@ -235,5 +257,5 @@ test-arm64: $(ARM64_TEST)
 # ---------------------------------------------------------------- clean
 
 clean:
-	rm -f gemma2 $(EXAMPLES) $(TESTS) tests/alloc_test tests/gemma2_test_tsan tests/gemma2_test_arm64 $(BENCHES) $(FUZZ_BINS) tests/fuzz/gemma2_impl.o
+	rm -f gemma2 $(EXAMPLES) $(TESTS) tests/server/server_asan tests/server/bench_server tests/alloc_test tests/gemma2_test_tsan tests/gemma2_test_arm64 $(BENCHES) $(FUZZ_BINS) tests/fuzz/gemma2_impl.o
 	rm -rf tests/fuzz/work

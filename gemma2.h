@@ -330,6 +330,33 @@ GEMMA2_DEF int gemma2_model_weights(const gemma2_model *m, int *saved);
 GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, int weights, const gemma2_options *opt,
                                      char *err, size_t err_size);
 
+/* The loader's JSON reader, for programs that take JSON from outside (examples/server reads its
+   requests with it): the same bounded parser that reads config.json and tokenizer.json, so hostile
+   text (deep nesting, huge strings, bad escapes) fails cleanly. A document is a flat array of nodes;
+   node 0 is the root. Every function takes node ids it returned and answers -1 / 0 for a bad one. */
+enum { GEMMA2_JSON_NULL, GEMMA2_JSON_FALSE, GEMMA2_JSON_TRUE, GEMMA2_JSON_NUMBER, GEMMA2_JSON_STRING,
+       GEMMA2_JSON_ARRAY, GEMMA2_JSON_OBJECT };
+typedef struct gemma2_json gemma2_json;
+/* NULL on malformed JSON (a one-line reason with the byte offset in err) or out of memory. The text
+   must outlive the document (strings are read from it). */
+GEMMA2_DEF gemma2_json *gemma2_json_parse(const char *text, size_t size, char *err, size_t err_size);
+GEMMA2_DEF void gemma2_json_free(gemma2_json *j);
+GEMMA2_DEF int gemma2_json_type(const gemma2_json *j, int node);           /* GEMMA2_JSON_*, or -1 */
+GEMMA2_DEF int gemma2_json_count(const gemma2_json *j, int node);          /* array elements; object members */
+/* First element of an array, or first KEY of an object (its value is the key's next); -1 if empty.
+   next: the following sibling, or -1. */
+GEMMA2_DEF int gemma2_json_child(const gemma2_json *j, int node);
+GEMMA2_DEF int gemma2_json_next(const gemma2_json *j, int node);
+/* The value of key in an object (keys compared as written, unescaped keys only), -1 if absent. */
+GEMMA2_DEF int gemma2_json_get(const gemma2_json *j, int obj, const char *key);
+/* A number's value: 1 and *out set, or 0 if node is not a well-formed number. */
+GEMMA2_DEF int gemma2_json_number(const gemma2_json *j, int node, double *out);
+/* A string's bytes, unescaped (a lone surrogate escape becomes U+FFFD): returns the length and writes
+   at most cap bytes plus a NUL when it fits (cap = the return value + 1 gives a C string), never more
+   than the string's length as written in the text. Negative: GEMMA2_ERROR_INVALID_ARGUMENT (node not
+   a string), GEMMA2_ERROR_FORMAT (a bad escape), GEMMA2_ERROR_OUT_OF_MEMORY. */
+GEMMA2_DEF int64_t gemma2_json_string(const gemma2_json *j, int node, char *out, size_t cap);
+
 /* ===========================================================================
    1.3  Sessions and evaluation
    =========================================================================== */
@@ -6233,6 +6260,73 @@ static int gemma2__json_streq(const gemma2__json *j, int32_t node, const char *s
     if (!gemma2__json_is(j, node, GEMMA2__JSTRING) || j->nodes[node].len >= sizeof buf) return 0;
     n = gemma2__json_unescape(j, node, buf);
     return n == (int64_t)sl && !memcmp(buf, s, sl);
+}
+
+/* ---- JSON reader: the public wrappers ------------------------------------------------------- */
+
+struct gemma2_json { gemma2__json doc; };
+
+static int gemma2__json_node_ok(const gemma2_json *j, int node) { return j && node >= 0 && node < j->doc.n; }
+
+GEMMA2_DEF gemma2_json *gemma2_json_parse(const char *text, size_t size, char *err, size_t err_size)
+{
+    gemma2_json *j;
+    if (!text && size > 0) { gemma2__fail(err, err_size, 0, "gemma2_json_parse: text is NULL"); return NULL; }
+    j = (gemma2_json *)gemma2__calloc(1, sizeof *j);
+    if (!j) { gemma2__fail(err, err_size, 0, "out of memory parsing JSON"); return NULL; }
+    if (gemma2__json_parse(&j->doc, text ? text : "", size, err, err_size) != 0) {
+        gemma2__json_free(&j->doc);
+        GEMMA2_FREE(j);
+        return NULL;
+    }
+    return j;
+}
+
+GEMMA2_DEF void gemma2_json_free(gemma2_json *j)
+{
+    if (!j) return;
+    gemma2__json_free(&j->doc);
+    GEMMA2_FREE(j);
+}
+
+GEMMA2_DEF int gemma2_json_type(const gemma2_json *j, int node) { return gemma2__json_node_ok(j, node) ? j->doc.nodes[node].type : -1; }
+
+GEMMA2_DEF int gemma2_json_count(const gemma2_json *j, int node)
+{
+    if (!gemma2__json_node_ok(j, node)) return 0;
+    return j->doc.nodes[node].type == GEMMA2__JOBJECT ? j->doc.nodes[node].count / 2 : j->doc.nodes[node].count;
+}
+
+GEMMA2_DEF int gemma2_json_child(const gemma2_json *j, int node) { return gemma2__json_node_ok(j, node) ? j->doc.nodes[node].child : -1; }
+GEMMA2_DEF int gemma2_json_next(const gemma2_json *j, int node) { return gemma2__json_node_ok(j, node) ? j->doc.nodes[node].next : -1; }
+
+GEMMA2_DEF int gemma2_json_get(const gemma2_json *j, int obj, const char *key)
+{
+    return gemma2__json_node_ok(j, obj) && key ? gemma2__json_get(&j->doc, obj, key) : -1;
+}
+
+GEMMA2_DEF int gemma2_json_number(const gemma2_json *j, int node, double *out)
+{
+    return gemma2__json_node_ok(j, node) && out ? gemma2__json_number(&j->doc, node, out) : 0;
+}
+
+GEMMA2_DEF int64_t gemma2_json_string(const gemma2_json *j, int node, char *out, size_t cap)
+{
+    char *tmp;
+    int64_t n;
+    if (!gemma2__json_node_ok(j, node) || j->doc.nodes[node].type != GEMMA2__JSTRING || (cap > 0 && !out))
+        return GEMMA2_ERROR_INVALID_ARGUMENT;
+    /* unescaping writes up to the raw length, which may exceed cap: decode into a scratch copy */
+    tmp = (char *)GEMMA2_MALLOC((size_t)j->doc.nodes[node].len + 1);
+    if (!tmp) return GEMMA2_ERROR_OUT_OF_MEMORY;
+    n = gemma2__json_unescape(&j->doc, node, tmp);
+    if (n < 0) { GEMMA2_FREE(tmp); return GEMMA2_ERROR_FORMAT; }
+    if (cap > 0) {
+        memcpy(out, tmp, (size_t)GEMMA2__MIN((uint64_t)n, (uint64_t)cap));
+        if ((uint64_t)n < cap) out[n] = 0;
+    }
+    GEMMA2_FREE(tmp);
+    return n;
 }
 
 /* ---- files: mapping and reading ------------------------------------------------------------ */

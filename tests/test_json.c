@@ -80,8 +80,37 @@ static void test_json_large(void)
     free(buf);
 }
 
+/* The public wrappers: walking, strings cut to a buffer, bad nodes answered, not read. */
+static void test_json_public(void)
+{
+    const char *s = "{\"a\": [1, \"x\\u00e9y\"], \"b\": {}, \"c\": \"\\q\"}";
+    char err[128], buf[8];
+    gemma2_json *j = gemma2_json_parse(s, strlen(s), err, sizeof err);
+    int a, e0, e1;
+    double d = 0;
+    CHECK(j != NULL, "%s", err);
+    if (!j) return;
+    CHECK(gemma2_json_type(j, 0) == GEMMA2_JSON_OBJECT && gemma2_json_count(j, 0) == 3, "root");
+    a = gemma2_json_get(j, 0, "a");
+    CHECK(gemma2_json_type(j, a) == GEMMA2_JSON_ARRAY && gemma2_json_count(j, a) == 2, "a");
+    e0 = gemma2_json_child(j, a);
+    e1 = gemma2_json_next(j, e0);
+    CHECK(gemma2_json_number(j, e0, &d) && d == 1 && gemma2_json_next(j, e1) == -1, "elements");
+    CHECK(gemma2_json_string(j, e1, buf, sizeof buf) == 4 && !strcmp(buf, "x\xc3\xa9y"), "string %s", buf);
+    CHECK(gemma2_json_string(j, e1, buf, 2) == 4 && buf[0] == 'x', "cut");
+    CHECK(gemma2_json_string(j, gemma2_json_get(j, 0, "c"), buf, sizeof buf) == GEMMA2_ERROR_FORMAT, "bad escape");
+    CHECK(gemma2_json_string(j, e0, buf, sizeof buf) == GEMMA2_ERROR_INVALID_ARGUMENT, "not a string");
+    CHECK(gemma2_json_child(j, gemma2_json_get(j, 0, "b")) == -1 && gemma2_json_get(j, 0, "zz") == -1, "empty, absent");
+    CHECK(gemma2_json_type(j, -1) == -1 && gemma2_json_type(j, 1000) == -1 && gemma2_json_child(j, 1000) == -1 &&
+          gemma2_json_get(j, a, "x") == -1 && !gemma2_json_number(j, 1000, &d), "bad nodes");
+    gemma2_json_free(j);
+    CHECK(gemma2_json_parse("[1,", 3, err, sizeof err) == NULL && strstr(err, "byte"), "malformed: %s", err);
+    gemma2_json_free(NULL);
+}
+
 void suite_json(void)
 {
+    g2t_run("json/public", test_json_public);
     g2t_run("json/valid", test_json_valid);
     g2t_run("json/invalid", test_json_invalid);
     g2t_run("json/depth", test_json_depth);
