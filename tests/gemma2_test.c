@@ -20,3 +20,4 @@
 #include "test_generate.c"
 #include "test_session.c"
 #include "test_api.c"
+#include "test_batch.c"

@@ -43,6 +43,7 @@ void suite_chat(void);
 void suite_generate(void);
 void suite_session(void);
 void suite_api(void);
+void suite_batch(void);
 
 #ifdef __cplusplus
 }
