@@ -380,9 +380,11 @@ typedef void (*gemma2_trace_fn)(void *user, int layer, int pos0, int n, const fl
 GEMMA2_DEF void gemma2_session_set_trace(gemma2_session *s, gemma2_trace_fn fn, void *user);
 
 /* Batches: new tokens for several sessions of one model in one forward pass, so that every
-   weight matrix is read once for all of them. Decoding is bound by reading the weights, so N
-   sessions decoding together cost little more than one (a chat server's slots, characters of
-   a game, several drafts). A gemma2_batch is the pass's scratch (activations for max_tokens
+   weight matrix is read once for all of them (a chat server's slots, characters of a game,
+   several drafts). Decoding one token is bound by reading the weights; N tokens together cost
+   the read once plus N tokens of arithmetic in the several-token matrix products, which on
+   some kernel sets work on whole tiles of tokens (AVX-512: 16 at a time), so that the gain
+   depends on the set (tests/bench_model.c measures it: make bench). A gemma2_batch is the pass's scratch (activations for max_tokens
    tokens, the logits of the rows asked for) and its thread pool; the sessions keep their own
    KV cache, position and sliding-window rings, and attention runs per session, over its own
    cache. A batch serves any sessions of its model, a different set on every call (sessions
