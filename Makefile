@@ -90,7 +90,7 @@ tests/gemma2_test_tsan: $(TEST_SRC)
 
 ifneq ($(HAVE_TSAN),)
 define run-tsan
-@echo "== clang, TSan: sessions on threads, the pool" && ./tests/gemma2_test_tsan session/threads && ./tests/gemma2_test_tsan kernels/pool
+@echo "== clang, TSan: sessions on threads, the pool, batches" && ./tests/gemma2_test_tsan session/threads && ./tests/gemma2_test_tsan kernels/pool && ./tests/gemma2_test_tsan batch/errors
 endef
 else
 define run-tsan

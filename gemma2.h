@@ -515,6 +515,68 @@ GEMMA2_DEF gemma2_session *gemma2_session_load_buffer(const gemma2_model *m, con
                                                       int *rc, char *err, size_t err_size);
 GEMMA2_DEF gemma2_session *gemma2_session_load(const gemma2_model *m, const char *path, int n_ctx, int *rc,
                                                char *err, size_t err_size);
+/* Batches: new tokens for several sessions of one model in one forward pass, so that every
+   weight matrix is read once for all of them (a chat server's slots, characters of a game,
+   several drafts). Decoding one token is bound by reading the weights; N tokens together cost
+   the read once plus N tokens of arithmetic in the several-token matrix products, which on
+   some kernel sets work on whole tiles of tokens (AVX-512: 16 at a time), so that the gain
+   depends on the set (tests/bench_model.c measures it: make bench). A gemma2_batch is the pass's scratch (activations for max_tokens
+   tokens, the logits of the rows asked for) and its thread pool; the sessions keep their own
+   KV cache, position and sliding-window rings, and attention runs per session, over its own
+   cache. A batch serves any sessions of its model, a different set on every call (sessions
+   join and leave between calls), one call at a time; like a session, it is used by one
+   thread at a time, and so is each session it is given, for the duration of the call.
+
+   gemma2_batch_new: max_tokens (1..GEMMA2_BATCH_MAX_TOKENS) is the most tokens one call takes,
+   summed over its sessions; n_threads 0 = the model's gemma2_options.n_threads. Allocates
+   ~(max_tokens + 2) x (6 H + 2 I + 3 nH hd) floats of activations plus max_tokens x vocab_size
+   floats for logits (pages of the latter touched only as rows are used); the attention
+   scratch grows on a call whose sessions have a larger n_ctx than any before (nH/nKV x 16 x
+   n_ctx floats per thread), the only allocation a call ever makes. *rc (may be NULL): 0, or
+   GEMMA2_ERROR_INVALID_ARGUMENT, GEMMA2_ERROR_NO_WEIGHTS, GEMMA2_ERROR_OUT_OF_MEMORY.
+
+   gemma2_batch_eval: appends ids[i][0..n[i]) to session s[i] for every i < n_sessions, as
+   gemma2_eval(s[i], ids[i], n[i], logits ? logits[i] : NULL) would:
+     - n[i] may be 0 (that session is left alone), and at most 128 (the tokens a session
+       evaluates in one pass: its sliding-window rings hold that many beyond the window). A
+       longer prompt goes in over several calls.
+     - logits NULL, or logits[i] NULL: only the last token's logits, read with gemma2_logits(s[i]);
+       otherwise logits[i] receives n[i] x vocab_size floats, one row per token.
+     - Results do not depend on the other sessions of the call, nor on their order, nor on
+       max_tokens or the thread count: a session's logits and cache are bit-identical whichever
+       sessions share its calls. A batch always takes the matrix products' several-token path,
+       even for one token; gemma2_eval takes it too for n >= 2, and there the results are
+       bit-identical to gemma2_eval's when its logits are asked for all rows (asked for the
+       last only, its output projection is one token's). A lone token in gemma2_eval takes the
+       one-token kernels, which sum in another order (on the sets whose one-token kernels
+       differ: the AVX-512 ones here), and logits differ by float32 rounding. Bound, held on
+       every fixture and kernel set (tests: batch/agree): |batch - gemma2_eval| <= 1e-4 x
+       (1 + |logit|) after one call, and after 40 calls on each path (the caches then differ
+       too) 1e-3 x (1 + |logit|), or 1e-1 x (1 + |logit|) with a bf16 KV cache or
+       GEMMA2_COMPUTE_BF16, which round the difference further (measured: 5e-6, 1.3e-4, 3e-2).
+     - Everything is checked before anything changes: a NULL or repeated session, a session of
+       another model, n[i] < 0 or > 128, a NULL ids[i] with n[i] > 0, more than max_tokens in
+       all (GEMMA2_ERROR_INVALID_ARGUMENT), a bad id (GEMMA2_ERROR_BAD_TOKEN), a session whose
+       context is full (GEMMA2_ERROR_CONTEXT_FULL), or no memory for the attention scratch:
+       the call returns that error with every session unchanged, and status[i] (status may be
+       NULL; else n_sessions ints) names the session at fault (its error; 0 for the others).
+     - GEMMA2_ERROR_NUMERIC (broken weights) applies per session, as in gemma2_eval: a session
+       whose logits came out non-finite has its tokens taken back (status[i] =
+       GEMMA2_ERROR_NUMERIC); the others keep theirs (status 0). The call then returns
+       GEMMA2_ERROR_NUMERIC, else 0.
+     - Sessions' trace callbacks are not called.
+   Decoding 8 chats, one token each per step:
+       gemma2_batch *b = gemma2_batch_new(m, 8, 0, NULL);
+       gemma2_session *ss[8]; const int32_t *ip[8]; int32_t next[8]; int ones[8];
+       ... each ss[i] holds its prompt; next[i] = its sampled token; ip[i] = &next[i]; ones[i] = 1;
+       rc = gemma2_batch_eval(b, ss, ip, ones, 8, NULL, NULL);
+       ... sample next[i] from gemma2_logits(ss[i]) ... */
+#define GEMMA2_BATCH_MAX_TOKENS 65536
+typedef struct gemma2_batch gemma2_batch;
+GEMMA2_DEF gemma2_batch *gemma2_batch_new(const gemma2_model *m, int max_tokens, int n_threads, int *rc);
+GEMMA2_DEF void gemma2_batch_free(gemma2_batch *b);
+GEMMA2_DEF int gemma2_batch_eval(gemma2_batch *b, gemma2_session *const *s, const int32_t *const *ids, const int *n, int n_sessions,
+                                 float *const *logits, int *status);
 
 /* ===========================================================================
    1.4  Tokenizer
@@ -1986,6 +2048,13 @@ struct gemma2_model {
    token (prefill becomes arithmetic-bound), while the scratch buffers stay small. */
 #define GEMMA2__CHUNK 128
 
+/* One session's tokens in a batch's pass (section 2.6): rows t0..t0+C-1 of the pass, at
+   positions pos0.. of session s, whose attention blocks (b0..) start at its own first token. */
+typedef struct gemma2__seg {
+    gemma2_session *s;
+    int t0, C, pos0, b0;
+} gemma2__seg;
+
 struct gemma2_session {
     const gemma2_model *m;
     int n_layers;            /* the model's, for gemma2_session_free (which may run after gemma2_free) */
@@ -2029,6 +2098,10 @@ struct gemma2_session {
     gemma2_trace_ex_fn trace_ex; /* gemma2_session_set_trace_ex: NULL, or called for the kinds in trace_what */
     void *trace_ex_user;
     unsigned trace_what;
+    /* Only on a batch's scratch, which has no KV cache of its own: the sessions whose tokens
+       the pass holds, each reading and writing its own cache. NULL on sessions. */
+    const gemma2__seg *seg;
+    int n_seg;
 };
 
 /* ===========================================================================
@@ -2264,6 +2337,10 @@ static void gemma2__matmuls(gemma2_session *s, const float *x, int T, int n, con
 {
     gemma2__matmul_args a[GEMMA2__MM_MAX];
     int i;
+    /* A batch never takes the one-token kernels, whose summation order differs: a session's
+       results must not depend on whether others share its pass. Its scratch has room for a
+       second row, whose output is discarded (a token's result never depends on another's). */
+    if (T == 1 && s->seg) T = 2;
     for (i = 0; i < n; i++) {
         memset(&a[i], 0, sizeof a[i]);
         a[i].y = y[i];
@@ -2303,8 +2380,9 @@ static void gemma2__matmul1(gemma2_session *s, float *y, int ldy, const float *x
 #define GEMMA2__ATT_KT 128
 
 typedef struct gemma2__att_job {
-    gemma2_session *s;
-    int layer, pos0, C;
+    gemma2_session *s;       /* the scratch (scores, packed queries) */
+    const gemma2__seg *seg;  /* each session's tokens: their own cache and blocks */
+    int layer, n_seg, n_blocks;
 } gemma2__att_job;
 
 /* The attention kernels over n cached rows of one kv head from slot s0 on (no wrap), for nq
@@ -2362,6 +2440,14 @@ static void gemma2__att_keys(gemma2_session *s, int layer, int kvh, int lo, int 
     }
 }
 
+/* The segment that attention block b (counted over the whole pass) belongs to. */
+static const gemma2__seg *gemma2__seg_of_block(const gemma2__seg *seg, int n_seg, int b)
+{
+    int e = 0;
+    while (e + 1 < n_seg && b >= seg[e + 1].b0) e++;
+    return &seg[e];
+}
+
 static void gemma2__att_task(void *ctx, int task, int n_tasks)
 {
     const gemma2__att_job *j = (const gemma2__att_job *)ctx;
@@ -2370,7 +2456,7 @@ static void gemma2__att_task(void *ctx, int task, int n_tasks)
     const gemma2__kernels *kern = &s->m->kern;
     int nH = c->num_attention_heads, nKV = c->num_key_value_heads, hd = c->head_dim, qd = nH * hd;
     int group = nH / nKV, W = s->m->layers[j->layer].sliding ? c->sliding_window : 0;
-    int nb = (j->C + GEMMA2__ATT_QB - 1) / GEMMA2__ATT_QB, i, t, g;
+    int nb = j->n_blocks, i, t, g;
     size_t per = (size_t)GEMMA2__ATT_QB * (size_t)group * (size_t)hd, gh = (size_t)group * (size_t)hd * sizeof(float);
     float *scores = s->scores + (size_t)task * GEMMA2__ATT_QB * (size_t)group * (size_t)s->n_ctx;
     float *qp = s->attq + (size_t)task * 2 * per, *op = qp + per;
@@ -2379,9 +2465,12 @@ static void gemma2__att_task(void *ctx, int task, int n_tasks)
     float scale = 1.0f / sqrtf(c->query_pre_attn_scalar), cap = c->attn_logit_softcapping;
     for (i = task; i < nb * nKV; i += n_tasks) {
         int b = i / nKV, kvh = i % nKV, h0 = kvh * group; /* query heads h0.. read kv head kvh = h / (nH/nKV) */
-        int t0 = b * GEMMA2__ATT_QB, t1 = GEMMA2__MIN(t0 + GEMMA2__ATT_QB, j->C), nq = (t1 - t0) * group;
+        const gemma2__seg *sg = gemma2__seg_of_block(j->seg, j->n_seg, b);
+        gemma2_session *kv = sg->s; /* the session whose cache these tokens read */
+        int pos0 = sg->pos0 - sg->t0; /* token t is at position pos0 + t */
+        int t0 = sg->t0 + (b - sg->b0) * GEMMA2__ATT_QB, t1 = GEMMA2__MIN(t0 + GEMMA2__ATT_QB, sg->t0 + sg->C), nq = (t1 - t0) * group;
         /* keys: the union of the tokens' ranges [lo(p), p], lo(p) = p - W + 1 (>= 0) on sliding layers */
-        int p1 = j->pos0 + t1 - 1, lo = W ? GEMMA2__MAX(0, j->pos0 + t0 - W + 1) : 0, n = p1 - lo + 1;
+        int p1 = pos0 + t1 - 1, lo = W ? GEMMA2__MAX(0, pos0 + t0 - W + 1) : 0, n = p1 - lo + 1;
         int tile = t1 - t0 > 1 ? GEMMA2__ATT_KT : n;
         const float *q = s->q + (size_t)t0 * qd + (size_t)h0 * hd;
         float *out = s->att + (size_t)t0 * qd + (size_t)h0 * hd;
@@ -2390,9 +2479,9 @@ static void gemma2__att_task(void *ctx, int task, int n_tasks)
             q = qp;
             out = op;
         }
-        gemma2__att_keys(s, j->layer, kvh, lo, n, tile, scores, n, q, NULL, nq, scale, tmp);
+        gemma2__att_keys(kv, j->layer, kvh, lo, n, tile, scores, n, q, NULL, nq, scale, tmp);
         for (t = t0; t < t1; t++) {
-            int p = j->pos0 + t, a0 = (W ? GEMMA2__MAX(0, p - W + 1) : 0) - lo, a1 = p - lo + 1; /* this query's keys: [a0, a1) */
+            int p = pos0 + t, a0 = (W ? GEMMA2__MAX(0, p - W + 1) : 0) - lo, a1 = p - lo + 1; /* this query's keys: [a0, a1) */
             for (g = 0; g < group; g++) {
                 float *sc = scores + (size_t)((t - t0) * group + g) * (size_t)n;
                 if (cap > 0) kern->softcap(sc + a0, a1 - a0, cap); /* softcap before the causal mask (keys past p are never scored) */
@@ -2402,7 +2491,7 @@ static void gemma2__att_task(void *ctx, int task, int n_tasks)
             }
         }
         memset(out, 0, (size_t)nq * hd * sizeof(float));
-        gemma2__att_keys(s, j->layer, kvh, lo, n, tile, scores, n, NULL, out, nq, scale, tmp);
+        gemma2__att_keys(kv, j->layer, kvh, lo, n, tile, scores, n, NULL, out, nq, scale, tmp);
         if (t1 - t0 > 1)
             for (t = t0; t < t1; t++) memcpy(s->att + (size_t)t * qd + (size_t)h0 * hd, op + (size_t)(t - t0) * group * hd, gh);
     }
@@ -2458,11 +2547,15 @@ static void gemma2__embed(gemma2_session *s, const int32_t *ids, int C)
 /* cos and sin of each token's RoPE angles pos * theta^(-2i/hd), shared by all layers. */
 static void gemma2__rope_angles(gemma2_session *s, int pos0, int C)
 {
-    int hd = s->m->cfg.head_dim, t, i;
+    int hd = s->m->cfg.head_dim, t, i, e;
     for (t = 0; t < C; t++) {
         float *cs = s->rope + (size_t)t * hd;
+        int p = pos0 + t;
+        /* in a batch, the position within its own session */
+        for (e = 0; s->seg && e < s->n_seg; e++)
+            if (t >= s->seg[e].t0 && t < s->seg[e].t0 + s->seg[e].C) p = s->seg[e].pos0 + t - s->seg[e].t0;
         for (i = 0; i < hd / 2; i++) {
-            float ang = (float)(pos0 + t) * s->inv_freq[i];
+            float ang = (float)p * s->inv_freq[i];
             cs[i] = (float)cos((double)ang);
             cs[hd / 2 + i] = (float)sin((double)ang);
         }
@@ -2495,18 +2588,22 @@ static void gemma2__rope_and_cache(gemma2_session *s, int l, int pos0, int t)
 {
     const gemma2_config *c = &s->m->cfg;
     const gemma2__kernels *kern = &s->m->kern;
-    int hd = c->head_dim, nH = c->num_attention_heads, nKV = c->num_key_value_heads, qd = nH * hd, kvd = nKV * hd, h;
-    int slot = (pos0 + t) % s->slots[l];
+    int hd = c->head_dim, nH = c->num_attention_heads, nKV = c->num_key_value_heads, qd = nH * hd, kvd = nKV * hd, h, p = pos0 + t, e;
+    gemma2_session *kv = s; /* whose cache: in a batch, the token's own session's, at its position there */
+    int slot;
+    for (e = 0; s->seg && e < s->n_seg; e++)
+        if (t >= s->seg[e].t0 && t < s->seg[e].t0 + s->seg[e].C) { kv = s->seg[e].s; p = s->seg[e].pos0 + t - s->seg[e].t0; }
+    slot = p % kv->slots[l];
     kern->rope(s->q + (size_t)t * qd, nH, hd, s->rope + (size_t)t * hd);
     kern->rope(s->kk + (size_t)t * kvd, nKV, hd, s->rope + (size_t)t * hd);
     for (h = 0; h < nKV; h++) {
-        size_t at = ((size_t)h * s->slots[l] + (size_t)slot) * hd;
-        if (s->kb) {
-            kern->to_bf16(s->kb[l] + at, s->kk + (size_t)t * kvd + (size_t)h * hd, hd);
-            kern->to_bf16(s->vb[l] + at, s->vv + (size_t)t * kvd + (size_t)h * hd, hd);
+        size_t at = ((size_t)h * kv->slots[l] + (size_t)slot) * hd;
+        if (kv->kb) {
+            kern->to_bf16(kv->kb[l] + at, s->kk + (size_t)t * kvd + (size_t)h * hd, hd);
+            kern->to_bf16(kv->vb[l] + at, s->vv + (size_t)t * kvd + (size_t)h * hd, hd);
         } else {
-            memcpy(s->k[l] + at, s->kk + (size_t)t * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
-            memcpy(s->v[l] + at, s->vv + (size_t)t * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
+            memcpy(kv->k[l] + at, s->kk + (size_t)t * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
+            memcpy(kv->v[l] + at, s->vv + (size_t)t * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
         }
     }
 }
@@ -2516,7 +2613,15 @@ static void gemma2__rope_and_cache(gemma2_session *s, int l, int pos0, int t)
 static void gemma2__attention(gemma2_session *s, int l, int pos0, int C)
 {
     gemma2__att_job j;
-    j.s = s; j.layer = l; j.pos0 = pos0; j.C = C;
+    gemma2__seg one;
+    j.s = s; j.layer = l;
+    if (s->seg) { /* a batch: blocks never span two sessions */
+        j.seg = s->seg; j.n_seg = s->n_seg;
+        j.n_blocks = s->seg[s->n_seg - 1].b0 + (s->seg[s->n_seg - 1].C + GEMMA2__ATT_QB - 1) / GEMMA2__ATT_QB;
+    } else {
+        one.s = s; one.t0 = 0; one.C = C; one.pos0 = pos0; one.b0 = 0;
+        j.seg = &one; j.n_seg = 1; j.n_blocks = (C + GEMMA2__ATT_QB - 1) / GEMMA2__ATT_QB;
+    }
     gemma2__pool_run(s->pool, gemma2__att_task, &j, gemma2__pool_size(s->pool));
 }
 
@@ -2731,6 +2836,21 @@ GEMMA2_DEF int gemma2_logit_lens(const gemma2_model *m, const float *x, int n, f
     return 0;
 }
 
+/* The model for a batch's pass (section 2.6): C tokens of the sessions in sc->seg, each at its
+   own positions and reading its own cache, through one scratch, so each matrix is read once for
+   all of them. Writes the logits of the tokens rows[0..n_rows) (increasing) into out[j * V]. */
+static void gemma2__forward_batch(gemma2_session *sc, const int32_t *ids, int C, const int *rows, int n_rows, float *out)
+{
+    int H = sc->m->cfg.hidden_size, l, j;
+    gemma2__embed(sc, ids, C);
+    gemma2__rope_angles(sc, 0, C);
+    for (l = 0; l < sc->m->cfg.num_hidden_layers; l++) gemma2__layer_forward(sc, l, 0, C);
+    /* the rows asked for, moved to the front (rows[j] >= j, so none is overwritten before it moves) */
+    for (j = 0; j < n_rows; j++)
+        if (rows[j] != j) memcpy(sc->x + (size_t)j * H, sc->x + (size_t)rows[j] * H, (size_t)H * sizeof(float));
+    if (n_rows > 0) gemma2__output_logits(sc, 0, n_rows, out);
+}
+
 /* ===========================================================================
    2.6  Sessions
    =========================================================================== */
@@ -2785,13 +2905,16 @@ static uint64_t gemma2__session_bytes(const gemma2_model *m, int n_ctx, int chun
     return total + t;
 }
 
-static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int chunk)
+/* A session of n_ctx positions evaluating `chunk` tokens at a time, with scratch for `rows`
+   tokens and nt threads; kv 0 makes a batch's scratch instead: no KV cache (its sessions have
+   theirs; n_layers 0, so nothing reads or frees one), attention scores for n_ctx positions. */
+static gemma2_session *gemma2__session_alloc(const gemma2_model *m, int n_ctx, int chunk, int rows, int nt, int kv)
 {
     gemma2_session *s;
     const gemma2_config *c;
-    size_t C = GEMMA2__CHUNK, H, I, qd, kvd, widest;
+    size_t C = (size_t)rows, H, I, qd, kvd, widest;
     uint64_t bytes;
-    int l, i, nt;
+    int l, i;
     if (!m || !m->has_weights || n_ctx < 0) return NULL;
     c = &m->cfg;
     if (n_ctx == 0) n_ctx = c->max_position_embeddings;
@@ -2799,13 +2922,12 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
     qd = (size_t)c->num_attention_heads * (size_t)c->head_dim;
     kvd = (size_t)c->num_key_value_heads * (size_t)c->head_dim;
     widest = GEMMA2__MAX(GEMMA2__MAX(H, I), qd);
-    nt = m->opt.n_threads < 1 ? 1 : m->opt.n_threads;
     bytes = gemma2__session_bytes(m, n_ctx, chunk, nt);
     if (bytes == 0 || bytes > (uint64_t)((size_t)-1 / 2)) return NULL;
     s = (gemma2_session *)gemma2__calloc(1, sizeof *s);
     if (!s) return NULL;
     s->m = m;
-    s->n_layers = c->num_hidden_layers;
+    s->n_layers = kv ? c->num_hidden_layers : 0;
     s->n_ctx = n_ctx;
     s->chunk = chunk;
     s->pool = gemma2__pool_new(nt);
@@ -2844,7 +2966,7 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
         gemma2_session_free(s);
         return NULL;
     }
-    for (l = 0; l < c->num_hidden_layers; l++) {
+    for (l = 0; kv && l < c->num_hidden_layers; l++) {
         int slots = gemma2__session_slots(m, l, n_ctx, chunk);
         s->slots[l] = slots;
         /* Not zeroed: a slot is always written before it is read, and untouched pages of a
@@ -2862,6 +2984,12 @@ static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int
     /* inv_freq in float32, as both references build it */
     for (i = 0; i < c->head_dim / 2; i++) s->inv_freq[i] = (float)(1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->head_dim));
     return s;
+}
+
+static gemma2_session *gemma2__session_new(const gemma2_model *m, int n_ctx, int chunk)
+{
+    if (!m) return NULL;
+    return gemma2__session_alloc(m, n_ctx, chunk, GEMMA2__CHUNK, m->opt.n_threads < 1 ? 1 : m->opt.n_threads, 1);
 }
 
 GEMMA2_DEF gemma2_session *gemma2_session_new_ex(const gemma2_model *m, int n_ctx, int *rc)
@@ -3363,6 +3491,135 @@ GEMMA2_DEF gemma2_session *gemma2_session_load_buffer(const gemma2_model *m, con
                                                       int *rc, char *err, size_t err_size)
 {
     return gemma2__sess_load(m, "session buffer", (const uint8_t *)buf, len, n_ctx, rc, err, err_size);
+}
+
+/* ---- batches: several sessions in one pass ----
+   The pass's activations live in the batch's scratch (a session without a KV cache, with the
+   batch's pool); gemma2__seg tells the position-dependent steps (RoPE, the cache writes,
+   attention) whose cache and positions each token has. Everything between them is per token
+   or a matrix product over all tokens, so the sessions share every weight read. */
+struct gemma2_batch {
+    const gemma2_model *m;
+    gemma2_session *sc;  /* scratch for max(max_tokens, 2) tokens: a lone token still takes the tiled products */
+    int max_tokens;
+    gemma2__seg *seg;    /* [max_tokens] the sessions with tokens in this pass */
+    int32_t *ids;        /* [max_tokens] their tokens, session after session */
+    int *rows;           /* [max_tokens] the tokens whose logits are computed */
+    float *out;          /* [max(max_tokens, 2)][V] those logits; pages touched only as rows are used */
+};
+
+GEMMA2_DEF void gemma2_batch_free(gemma2_batch *b)
+{
+    if (!b) return;
+    gemma2_session_free(b->sc);
+    GEMMA2_FREE(b->seg); GEMMA2_FREE(b->ids); GEMMA2_FREE(b->rows); GEMMA2_FREE(b->out);
+    GEMMA2_FREE(b);
+}
+
+GEMMA2_DEF gemma2_batch *gemma2_batch_new(const gemma2_model *m, int max_tokens, int n_threads, int *rc)
+{
+    gemma2_batch *b = NULL;
+    int r = 0, rows = GEMMA2__MAX(max_tokens, 2);
+    if (!m || max_tokens < 1 || max_tokens > GEMMA2_BATCH_MAX_TOKENS || n_threads < 0) r = GEMMA2_ERROR_INVALID_ARGUMENT;
+    else if (!m->has_weights) r = GEMMA2_ERROR_NO_WEIGHTS;
+    else if (!(b = (gemma2_batch *)gemma2__calloc(1, sizeof *b))) r = GEMMA2_ERROR_OUT_OF_MEMORY;
+    else {
+        b->m = m;
+        b->max_tokens = max_tokens;
+        /* attention scratch for one position: it grows to the sessions' n_ctx on their first eval */
+        b->sc = gemma2__session_alloc(m, 1, GEMMA2__CHUNK, rows, n_threads > 0 ? n_threads : GEMMA2__MAX(1, m->opt.n_threads), 0);
+        b->seg = (gemma2__seg *)gemma2__calloc((size_t)max_tokens, sizeof(gemma2__seg));
+        b->ids = (int32_t *)gemma2__calloc((size_t)max_tokens, sizeof(int32_t));
+        b->rows = (int *)gemma2__calloc((size_t)max_tokens, sizeof(int));
+        b->out = (float *)gemma2__malloc_n((size_t)rows * (size_t)m->cfg.vocab_size, sizeof(float));
+        if (!b->sc || !b->seg || !b->ids || !b->rows || !b->out) { gemma2_batch_free(b); b = NULL; r = GEMMA2_ERROR_OUT_OF_MEMORY; }
+    }
+    if (rc) *rc = r;
+    return b;
+}
+
+/* Checks session i's part of a batch_eval call; 0 or its error. */
+static int gemma2__batch_check(const gemma2_batch *b, gemma2_session *const *s, const int32_t *const *ids, const int *n, int i)
+{
+    int k;
+    if (!s[i] || s[i]->m != b->m || n[i] < 0 || (n[i] > 0 && (!ids || !ids[i]))) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    for (k = 0; k < i; k++) if (s[k] == s[i]) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    /* a sliding ring holds the last W + chunk - 1 positions: enough for at most `chunk` new queries */
+    if (n[i] > s[i]->chunk) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    for (k = 0; k < n[i]; k++) if (ids[i][k] < 0 || ids[i][k] >= b->m->cfg.vocab_size) return GEMMA2_ERROR_BAD_TOKEN;
+    if (n[i] > s[i]->n_ctx - s[i]->pos) return GEMMA2_ERROR_CONTEXT_FULL;
+    return 0;
+}
+
+GEMMA2_DEF int gemma2_batch_eval(gemma2_batch *b, gemma2_session *const *s, const int32_t *const *ids, const int *n, int n_sessions,
+                                 float *const *logits, int *status)
+{
+    gemma2_session *sc;
+    int i, rc = 0, total = 0, n_seg = 0, n_rows = 0, max_ctx = 0, V;
+    if (!b || n_sessions < 0 || (n_sessions > 0 && (!s || !n))) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    sc = b->sc;
+    V = b->m->cfg.vocab_size;
+    if (status) for (i = 0; i < n_sessions; i++) status[i] = 0;
+    /* Everything is checked, and the scratch grown, before anything changes: a failed call
+       leaves every session as it was. */
+    for (i = 0; i < n_sessions; i++) {
+        int r = gemma2__batch_check(b, s, ids, n, i);
+        if (r) { if (status) status[i] = r; return r; }
+        total += n[i];
+        max_ctx = GEMMA2__MAX(max_ctx, s[i]->n_ctx);
+    }
+    if (total > b->max_tokens) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (total == 0) return 0;
+    if (max_ctx > sc->n_ctx) {
+        const gemma2_config *c = &b->m->cfg;
+        size_t per = (size_t)gemma2__pool_size(sc->pool) * GEMMA2__ATT_QB * (size_t)(c->num_attention_heads / c->num_key_value_heads);
+        float *scores = (float *)gemma2__malloc_n(per * (size_t)max_ctx, sizeof(float));
+        if (!scores) return GEMMA2_ERROR_OUT_OF_MEMORY;
+        GEMMA2_FREE(sc->scores);
+        sc->scores = scores;
+        sc->n_ctx = max_ctx;
+    }
+    /* the pass: each session's tokens together, its attention blocks counted from its first */
+    total = 0;
+    for (i = 0; i < n_sessions; i++) {
+        gemma2__seg *g = &b->seg[n_seg];
+        int t;
+        if (n[i] == 0) continue;
+        g->s = s[i]; g->t0 = total; g->C = n[i]; g->pos0 = s[i]->pos;
+        g->b0 = n_seg ? b->seg[n_seg - 1].b0 + (b->seg[n_seg - 1].C + GEMMA2__ATT_QB - 1) / GEMMA2__ATT_QB : 0;
+        memcpy(b->ids + total, ids[i], (size_t)n[i] * sizeof(int32_t));
+        for (t = logits && logits[i] ? 0 : n[i] - 1; t < n[i]; t++) b->rows[n_rows++] = total + t;
+        total += n[i];
+        n_seg++;
+    }
+    sc->seg = b->seg;
+    sc->n_seg = n_seg;
+    gemma2__forward_batch(sc, b->ids, total, b->rows, n_rows, b->out);
+    sc->seg = NULL;
+    /* each session as gemma2_eval leaves it, the logits copied out of the pass's rows */
+    n_rows = 0;
+    for (i = 0; i < n_sessions; i++) {
+        gemma2_session *e = s[i];
+        int pos0 = e->pos, k = n[i];
+        const float *rows;
+        if (k == 0) continue;
+        rows = b->out + (size_t)n_rows * V;
+        memmove(e->tokens + pos0, ids[i], (size_t)k * sizeof(int32_t));
+        e->pos += k;
+        if (e->pos > e->hi) e->hi = e->pos;
+        if (logits && logits[i]) {
+            memcpy(logits[i], rows, (size_t)k * V * sizeof(float));
+            n_rows += k;
+        } else n_rows++;
+        memcpy(e->logits, b->out + (size_t)(n_rows - 1) * V, (size_t)V * sizeof(float));
+        e->has_logits = 1;
+        if (gemma2__any_nonfinite(rows, (size_t)(logits && logits[i] ? k : 1) * (size_t)V)) {
+            if (!e->undoing) gemma2__eval_undo(e, pos0);
+            if (status) status[i] = GEMMA2_ERROR_NUMERIC;
+            rc = GEMMA2_ERROR_NUMERIC;
+        }
+    }
+    return rc;
 }
 
 /* ===========================================================================

@@ -1,7 +1,7 @@
 /* Allocation failures: every allocation the library makes goes through GEMMA2_MALLOC /
    REALLOC / FREE, defined here as a counting allocator that can fail the k-th one. For each
-   operation (loading, sessions, evaluation, saved sessions, generation, chat, scoring, the
-   tokenizer, the sampler) the operation runs once to count its allocations, then again for
+   operation (loading, sessions, evaluation, saved sessions, batches, generation, chat, scoring,
+   the tokenizer, the sampler) the operation runs once to count its allocations, then again for
    every k with the k-th allocation failing. Each run must return an error or exactly the result of the run
    without failures (never success with garbage), must not crash (built with ASan + UBSan), and
    must leave no allocation live once everything is freed.
@@ -324,6 +324,37 @@ static int at_session_load_op(int kv, int from_file, long k, at_out *out)
 static int at_op_session_load(long k, at_out *out) { return at_session_load_op(0, 0, k, out); }
 static int at_op_session_load_bf16(long k, at_out *out) { return at_session_load_op(1, 0, k, out); }
 static int at_op_session_load_file(long k, at_out *out) { return at_session_load_op(0, 1, k, out); }
+/* A batch made and run on two sessions (made before, without failures): its first call grows
+   the attention scratch; a failed call must leave both sessions where they were. */
+static int at_batch_op(gemma2_model *m, int nt, long k, at_out *out)
+{
+    gemma2_session *s[2] = {gemma2_session_new(m, 16), gemma2_session_new(m, 16)};
+    gemma2_batch *b;
+    const int32_t *ip[2] = {at_ids, at_ids + 2};
+    int n[2] = {3, 1}, rc = -2;
+    if (!s[0] || !s[1]) { gemma2_session_free(s[0]); gemma2_session_free(s[1]); return -2; }
+    at_arm(k);
+    b = gemma2_batch_new(m, 8, nt, &rc);
+    AT_CHECK(b ? rc == 0 : rc == GEMMA2_ERROR_OUT_OF_MEMORY, "batch_new: rc %d", rc);
+    if (b) {
+        rc = gemma2_batch_eval(b, s, ip, n, 2, NULL, NULL);
+        AT_CHECK(rc == 0 || (rc == GEMMA2_ERROR_OUT_OF_MEMORY && gemma2_session_pos(s[0]) == 0 && gemma2_session_pos(s[1]) == 0),
+                 "batch_eval: rc %d, positions %d %d", rc, gemma2_session_pos(s[0]), gemma2_session_pos(s[1]));
+        n[0] = 1; n[1] = 2;
+        if (rc == 0) rc = gemma2_batch_eval(b, s, ip, n, 2, NULL, NULL);
+    }
+    at_disarm();
+    if (rc == 0) {
+        at_put(out, gemma2_logits(s[0]), 64 * sizeof(float));
+        at_put(out, gemma2_logits(s[1]), 64 * sizeof(float));
+    }
+    gemma2_batch_free(b);
+    gemma2_session_free(s[0]);
+    gemma2_session_free(s[1]);
+    return rc;
+}
+static int at_op_batch(long k, at_out *out) { return at_batch_op(at_gqa[1][0], 2, k, out); }
+static int at_op_batch_bf16(long k, at_out *out) { return at_batch_op(at_gqa[0][1], 1, k, out); }
 
 /* ---- with a tokenizer: tiny-realvocab and the real Gemma tokenizer */
 
@@ -509,6 +540,8 @@ int main(int argc, char **argv)
         {"session load", at_op_session_load},
         {"session load, bf16 kv", at_op_session_load_bf16},
         {"session save and load, file", at_op_session_load_file},
+        {"batch_new, batch_eval", at_op_batch},
+        {"batch_new, batch_eval, bf16 kv", at_op_batch_bf16},
         {"model freed before its session", at_op_free_model_first},
         {"tokenize, detokenize", at_op_tokenize},
         {"tokenize, detokenize, tokenizer.json", at_op_tokenize_json},

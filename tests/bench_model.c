@@ -3,7 +3,7 @@
 
      make bench-model                         2B, 1 and 2 threads: f32 and bf16 compute, Q8 and Q4 weights
      ./tests/bench_model [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--quantized] [--big-q4]
-                         [--no-paths | --only-paths | --only-saved] [--data DIR]
+                         [--no-paths | --only-paths | --only-saved] [--no-batch | --only-batch] [--data DIR]
 
    The models are written once into bench-data/ (gitignored) as ordinary Hugging Face folders
    (config.json + model.safetensors, bf16), by the small generator below; 2B is 5.2 GB, 9B is
@@ -27,6 +27,9 @@
    Then a saved session (bench_saved; --only-saved runs only it): a 2048-token prompt at 2
    threads, saved with gemma2_session_save and restored with gemma2_session_load from the warm
    file and from a buffer, against the time the prompt took to evaluate (the target: < 10%).
+   Then batched decoding at 2 threads (bench_batch; --no-batch skips it, --only-batch runs only
+   it): aggregate decode tokens/s of 1, 4 and 8 sessions through gemma2_batch_eval and their
+   ratio to one session's gemma2_eval.
    Decode at context N sets the session position directly over a KV cache filled with synthetic
    values: the work per token is the same as after a real N-token prompt, without spending
    minutes prefilling it. Peak RSS therefore includes the whole 8k-token KV cache. */
@@ -798,6 +801,76 @@ static void bench_model(const char *dir, const bench_shape *s, int nt, int compu
     fflush(stdout);
 }
 
+/* ---------------------------------------------------------------- batched decoding */
+
+/* Aggregate decode tokens/s of 1, 4 and 8 sessions decoding together through gemma2_batch_eval
+   (each weight read once per step for all of them), beside one session alone through gemma2_eval,
+   on one loaded model (bf16 weights as stored), in one run: the four are timed in turn, round
+   after round, and each keeps its best round, so that drift of a shared machine hits all alike.
+   The sessions first take a 16-token prompt each (different texts), then decode at positions
+   16.. */
+static void bench_batch(const char *dir, const bench_shape *s, int nt)
+{
+    enum { NS = 8, P = 16, NDEC = 8, ROUNDS = 3 };
+    static const int sizes[3] = {1, 4, 8};
+    gemma2_options opt;
+    gemma2_model *m;
+    gemma2_batch *b;
+    gemma2_session *ss[NS], *solo;
+    char err[256];
+    int32_t prompt[NS][P], next[NS];
+    const int32_t *ip[NS];
+    int n[NS], i, k, r, c, ok = 1;
+    double best[4] = {1e30, 1e30, 1e30, 1e30}, t0;
+    memset(&opt, 0, sizeof opt);
+    opt.n_threads = nt;
+    opt.no_tokenizer = 1;
+    opt.preload = bench_preload;
+    m = gemma2_load(dir, &opt, err, sizeof err);
+    if (!m) { printf("load failed: %s\n", err); return; }
+    b = gemma2_batch_new(m, NS * P, nt, NULL);
+    solo = gemma2_session_new(m, 512);
+    for (k = 0; k < NS; k++) {
+        ss[k] = gemma2_session_new(m, 512);
+        ok = ok && ss[k];
+        for (i = 0; i < P; i++) prompt[k][i] = 2 + (int32_t)(((k + 1) * 7919 + i * 104729) % (s->V - 2));
+        ip[k] = prompt[k];
+        n[k] = P;
+    }
+    if (!b || !solo || !ok) { printf("batch setup failed\n"); goto done; }
+    if (gemma2_eval(solo, prompt[0], P, NULL) != 0 || gemma2_batch_eval(b, ss, ip, n, NS, NULL, NULL) != 0) { printf("batch prompt failed\n"); goto done; }
+    for (k = 0; k < NS; k++) { next[k] = 1234 + k; ip[k] = &next[k]; n[k] = 1; }
+    for (r = 0; r < ROUNDS; r++) {
+        /* each run decodes NDEC tokens at the same positions: rewind the sessions to the prompt */
+        gemma2_session_rewind(solo, P);
+        gemma2_eval(solo, next, 1, NULL); /* warm-up */
+        t0 = bench_now();
+        for (i = 0; i < NDEC; i++) gemma2_eval(solo, next, 1, NULL);
+        if (bench_now() - t0 < best[0]) best[0] = bench_now() - t0;
+        gemma2_session_rewind(solo, P);
+        for (c = 0; c < 3; c++) {
+            for (k = 0; k < sizes[c]; k++) gemma2_session_rewind(ss[k], P);
+            gemma2_batch_eval(b, ss, ip, n, sizes[c], NULL, NULL); /* warm-up */
+            t0 = bench_now();
+            for (i = 0; i < NDEC; i++) gemma2_batch_eval(b, ss, ip, n, sizes[c], NULL, NULL);
+            if (bench_now() - t0 < best[c + 1]) best[c + 1] = bench_now() - t0;
+            for (k = 0; k < sizes[c]; k++) gemma2_session_rewind(ss[k], P);
+        }
+    }
+    printf("%s  %d thread%s  batched decode (weights %s, kernels %s; best of %d rounds of %d steps, timed in turn)\n", s->name, nt, nt > 1 ? "s" : " ",
+           "bf16", gemma2_model_kernels(m), ROUNDS, NDEC);
+    printf("  1 session, gemma2_eval:        %6.2f tok/s\n", NDEC / best[0]);
+    for (c = 0; c < 3; c++)
+        printf("  %d session%s, gemma2_batch_eval: %6.2f tok/s in all = %.2fx the single session (target: %s)\n", sizes[c], sizes[c] > 1 ? "s" : " ",
+               sizes[c] * NDEC / best[c + 1], sizes[c] * best[0] / best[c + 1], c == 0 ? "-" : c == 1 ? ">= 3x" : ">= 5x");
+    fflush(stdout);
+done:
+    for (k = 0; k < NS; k++) gemma2_session_free(ss[k]);
+    gemma2_session_free(solo);
+    gemma2_batch_free(b);
+    gemma2_free(m);
+}
+
 /* ---------------------------------------------------------------- default path against preload */
 
 /* What a user gets without options (mapped weights) beside opt.preload = 1, on one model, one
@@ -942,7 +1015,7 @@ done:
 
 int main(int argc, char **argv)
 {
-    int want9 = 0, only_nt = 0, kernels_only = 0, quant_only = 0, big = 0, paths = 1, write_only = 0, saved_only = 0, i, nt;
+    int want9 = 0, only_nt = 0, kernels_only = 0, quant_only = 0, big = 0, paths = 1, write_only = 0, saved_only = 0, batch = 1, i, nt;
     const char *data = "bench-data";
     char d2[1024], d9[1024];
     size_t bytes = (size_t)1 << 29; /* 512 MB: 16x the L3 */
@@ -966,8 +1039,10 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--write-only")) write_only = 1;
         else if (!strcmp(argv[i], "--only-paths")) paths = 2;
         else if (!strcmp(argv[i], "--only-saved")) saved_only = 1;
+        else if (!strcmp(argv[i], "--only-batch")) paths = 3;
+        else if (!strcmp(argv[i], "--no-batch")) batch = 0;
         else {
-            fprintf(stderr, "usage: %s [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--quantized] [--big-q4] [--no-paths | --only-paths | --only-saved] [--write-only] [--data DIR]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--9b | --only-9b] [--threads N] [--kernels-only] [--preload] [--max-ctx N] [--kv-bf16] [--quantized] [--big-q4] [--no-paths | --only-paths | --only-saved] [--no-batch | --only-batch] [--write-only] [--data DIR]\n", argv[0]);
             return 2;
         }
     }
@@ -1024,8 +1099,11 @@ int main(int argc, char **argv)
     }
     if (want9 != 2 && bench_ensure_model(d2, &bench_2b) != 0) { fprintf(stderr, "cannot write %s\n", d2); return 1; }
     /* saved sessions: 2B, 2 threads */
-    if (want9 != 2 && !quant_only && (!only_nt || only_nt == 2)) bench_saved(data, d2, &bench_2b, 2);
+    if (want9 != 2 && !quant_only && paths != 3 && (!only_nt || only_nt == 2)) bench_saved(data, d2, &bench_2b, 2);
     if (saved_only) return 0;
+    /* batched decoding: 2B, 2 threads (the targets' configuration) */
+    if (want9 != 2 && !quant_only && (batch || paths == 3) && (!only_nt || only_nt == 2)) bench_batch(d2, &bench_2b, 2);
+    if (paths == 3) return 0;
     /* the default path beside preload: 2B, 2 and 1 threads, f32 and bf16 compute */
     for (nt = 2; nt >= 1 && want9 != 2 && paths && !quant_only; nt--)
         if (!only_nt || nt == only_nt) { bench_paths(d2, &bench_2b, nt, GEMMA2_COMPUTE_F32); bench_paths(d2, &bench_2b, nt, GEMMA2_COMPUTE_BF16); }

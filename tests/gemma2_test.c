@@ -22,3 +22,4 @@
 #include "test_api.c"
 #include "test_trace.c"
 #include "test_saved.c"
+#include "test_batch.c"

@@ -48,6 +48,7 @@ void suite_session(void);
 void suite_api(void);
 void suite_trace(void);
 void suite_saved(void);
+void suite_batch(void);
 
 #ifdef __cplusplus
 }

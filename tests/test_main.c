@@ -68,6 +68,7 @@ int main(int argc, char **argv)
     suite_api();
     suite_trace();
     suite_saved();
+    suite_batch();
     printf("%d passed, %d failed\n", g2t_passed, g2t_failed);
     if (g2t_filter && g2t_passed + g2t_failed == 0) { /* a mistyped filter must not pass as "0 failed" */
         fprintf(stderr, "no test case name contains \"%s\"\n", g2t_filter);
