@@ -126,7 +126,12 @@
 
 #ifndef GEMMA2_DEF
 #ifdef GEMMA2_STATIC
+/* A program calls only some of its private copy's functions; the rest must not warn as unused. */
+#if defined(__GNUC__) || defined(__clang__)
+#define GEMMA2_DEF static __attribute__((unused))
+#else
 #define GEMMA2_DEF static
+#endif
 #else
 #define GEMMA2_DEF extern
 #endif
@@ -1710,7 +1715,7 @@ static void gemma2__to_bf16x3_scalar(uint16_t *dst, const float *x, int n)
 }
 
 /* Rows [j0, j1) of layout `kind` (GEMMA2__PACK_*) for x [T][K], element by element. */
-static void gemma2__pack_ref(void *xp, int kind, const float *x, int T, int K, int j0, int j1)
+static GEMMA2__MAYBE_UNUSED void gemma2__pack_ref(void *xp, int kind, const float *x, int T, int K, int j0, int j1)
 {
     int j, t, rows = gemma2__pack_rows(kind, T, K), Tp = (T + 15) & ~15;
     uint32_t *o = (uint32_t *)xp;
@@ -5732,7 +5737,7 @@ static void *gemma2__mmap_aligned(int fd, size_t size)
 static int gemma2__file_map(gemma2__file *f, const char *path, char *err, size_t err_size)
 {
 #if defined(GEMMA2__POSIX_MMAP)
-    size_t size;
+    size_t size = 0; /* set by gemma2__open_regular on success; gcc -O3 cannot see that */
     void *p;
     int fd, rc;
     memset(f, 0, sizeof *f);
@@ -5840,9 +5845,10 @@ static void gemma2__file_release(const gemma2__file *f, const uint8_t *data, siz
 static void gemma2__file_close(gemma2__file *f)
 {
     if (!f->data) return;
-    if (!f->mapped) GEMMA2_FREE((void *)f->data);
+    /* Through uintptr_t: the bytes are read-only to everyone else, but this owner releases them. */
+    if (!f->mapped) GEMMA2_FREE((void *)(uintptr_t)f->data);
 #if defined(GEMMA2__POSIX_MMAP)
-    else munmap((void *)f->data, f->size);
+    else munmap((void *)(uintptr_t)f->data, f->size);
 #elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
     else { UnmapViewOfFile(f->data); CloseHandle(f->hmap); CloseHandle(f->hfile); }
 #endif
@@ -6172,12 +6178,12 @@ static int gemma2__config_parse(gemma2_config *cfg, const char *text, size_t siz
     }
     n = gemma2__json_get(&j, 0, "model_type");
     if (!gemma2__json_streq(&j, n, "gemma2")) {
-        char got[GEMMA2__ESC_CAP] = "missing", *text;
+        char got[GEMMA2__ESC_CAP] = "missing", *mt;
         int64_t l;
-        if (gemma2__json_is(&j, n, GEMMA2__JSTRING) && (text = (char *)GEMMA2_MALLOC((size_t)j.nodes[n].len + 1)) != NULL) {
-            if ((l = gemma2__json_unescape(&j, n, text)) >= 0) gemma2__esc(got, sizeof got, text, (size_t)l);
+        if (gemma2__json_is(&j, n, GEMMA2__JSTRING) && (mt = (char *)GEMMA2_MALLOC((size_t)j.nodes[n].len + 1)) != NULL) {
+            if ((l = gemma2__json_unescape(&j, n, mt)) >= 0) gemma2__esc(got, sizeof got, mt, (size_t)l);
             else memcpy(got, "?", 2);
-            GEMMA2_FREE(text);
+            GEMMA2_FREE(mt);
         }
         gemma2__json_free(&j);
         return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: model_type is \"%s\", expected \"gemma2\"", path, got);
@@ -7217,6 +7223,18 @@ done:
 #define GEMMA2__STORE32(p, v) ((void)InterlockedExchange((volatile LONG *)(p), (LONG)(v)))
 #define GEMMA2__ADD32(p, v) ((int)InterlockedExchangeAdd((volatile LONG *)(p), (LONG)(v)))
 #define GEMMA2__PAUSE() YieldProcessor()
+#elif !defined(__GNUC__) && !defined(__clang__) && defined(GEMMA2_NO_THREADS)
+/* A compiler with neither (tcc): without worker threads the pool is only ever touched by the
+   calling thread, so plain loads and stores are exact. */
+#define GEMMA2__LOAD64(p) (*(p))
+#define GEMMA2__STORE64(p, v) ((void)(*(p) = (v)))
+#define GEMMA2__CAS64(p, expect, desired) (*(p) == (expect) ? (*(p) = (desired), 1) : ((expect) = *(p), 0))
+#define GEMMA2__LOAD32(p) (*(p))
+#define GEMMA2__STORE32(p, v) ((void)(*(p) = (v)))
+#define GEMMA2__ADD32(p, v) ((*(p) += (v)) - (v))
+#define GEMMA2__PAUSE() ((void)0)
+#elif !defined(__GNUC__) && !defined(__clang__)
+#error "gemma2.h: no atomic operations known for this compiler; define GEMMA2_NO_THREADS"
 #else
 #define GEMMA2__LOAD64(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
 #define GEMMA2__STORE64(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
