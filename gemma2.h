@@ -1,4 +1,4 @@
-/* gemma2.h - v0.1.0 - run Google's Gemma 2 language models on the CPU, in one C header.
+/* gemma2.h - v0.2.0 - run Google's Gemma 2 language models on the CPU, in one C header.
 
    Public domain or MIT, your choice: see the end of this file.
 
@@ -47,12 +47,16 @@
      Lower level: gemma2_eval(s, ids, n, NULL) then gemma2_logits(s) (vocab_size floats).
 
    BUILD SWITCHES (define before the #include that has GEMMA2_IMPLEMENTATION)
-     GEMMA2_STATIC         all functions static (private copy in one translation unit)
+     GEMMA2_STATIC         all functions static (private copy in one translation unit; several units
+                           of one program may each have their own). Functions a unit does not call
+                           do not warn as unused (GCC/Clang attribute)
      GEMMA2_MALLOC(sz) / GEMMA2_REALLOC(p,sz) / GEMMA2_FREE(p)
                            your allocator: define all three or none
      GEMMA2_ASSERT(x)      internal consistency checks (default: assert.h; define empty to drop)
      GEMMA2_NO_MMAP        read files into memory instead of mapping them
-     GEMMA2_NO_THREADS     no thread pool: everything runs on the calling thread
+     GEMMA2_NO_THREADS     no thread pool: everything runs on the calling thread. Required with a
+                           compiler that has neither GCC/Clang atomic builtins nor MSVC's (tcc):
+                           without it such a build stops with an #error saying so
      GEMMA2_NO_SIMD        scalar kernels only (the reference implementation)
      GEMMA2_POOL_SPIN      how long idle worker threads spin before sleeping (default 20000 pauses)
      GEMMA2_REQUIRE_HUGEPAGES
@@ -92,6 +96,37 @@
      2.2 is the contract between the two: weight formats and kernel sets as separate axes,
      with the checklists for adding either. The tokenizer (2.9) and the loader (2.10) stand on
      their own. Public declarations come first (Part 1), with their rules beside them.
+
+   ERRORS
+     Functions that can fail return a negative GEMMA2_ERROR_* code (gemma2_error_string names it)
+     or, for those returning a pointer, NULL: gemma2_load and gemma2_load_tokenizer also write a
+     one-line reason naming the file, tensor or field into err; the *_new_ex variants also give
+     the code through rc. Every *_free accepts NULL. Getters given NULL (or an id outside the
+     vocabulary) return NULL, 0, -1 or GEMMA2_ERROR_INVALID_ARGUMENT, as each declaration says;
+     the declarations also say what a failed call leaves (e.g. gemma2_eval after
+     GEMMA2_ERROR_NUMERIC).
+
+   MEMORY
+     Weights: mapped from the safetensors files (shared with the page cache) when they are used
+     as stored; converted (GEMMA2_WEIGHTS_BF16 from F32, Q8, Q4) or read (preload,
+     GEMMA2_NO_MMAP) copies are allocated once at load: gemma2_model_weight_bytes says how much.
+     Each session allocates its KV cache (layers x n_ctx x kv heads x head_dim x 2, in F32 or
+     BF16: gemma2_options.kv_cache) and scratch for the activations when it is created.
+     Every allocation goes through GEMMA2_MALLOC / REALLOC / FREE.
+
+   EMBEDDING
+     Every external symbol starts with gemma2_ (private ones with gemma2__, all static), and
+     every macro the header defines with GEMMA2_ or GEMMA2__, except _DEFAULT_SOURCE (see QUICK
+     START), which the implementation defines before its system headers. No writable global or
+     static data. Version: GEMMA2_VERSION_MAJOR / _MINOR / _PATCH and GEMMA2_VERSION_STRING.
+     The implementation compiles warning-free as C99 and C11 with gcc and clang under -Wall
+     -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wcast-qual -Wundef,
+     and as C++11 and C++20 with g++ and clang++; make test-portability checks all of it.
+
+   PLATFORMS
+     Tested: x86-64 Linux (gcc, clang, g++, clang++, tcc; AVX2 / AVX-512 kernels chosen at run
+     time, scalar otherwise) and ARM64 Linux (NEON, BF16 when the CPU has it; under qemu in the
+     tests). Other systems and CPUs, and what is tested on each: see the README.
 
    THREADS AND STATE
      The library keeps no global mutable state, never prints and never exits.
@@ -290,12 +325,15 @@ typedef struct gemma2_session gemma2_session; /* one sequence: KV cache and posi
    (GEMMA2_ERROR_IO), never read. Symbolic links are followed (the Hugging Face cache links every
    file of a snapshot to a blob). */
 GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options *opt, char *err, size_t err_size);
+/* Frees a model and unmaps its files (NULL: nothing). Free its sessions first. */
 GEMMA2_DEF void gemma2_free(gemma2_model *m);
+/* The vocabulary size; GEMMA2_ERROR_INVALID_ARGUMENT for NULL. */
 GEMMA2_DEF int gemma2_vocab_size(const gemma2_model *m);
+/* The parsed config.json (owned by the model); NULL for NULL. */
 GEMMA2_DEF const gemma2_config *gemma2_model_config(const gemma2_model *m);
-/* Bytes of weights this model holds: mapped from the files plus converted copies. */
+/* Bytes of weights this model holds: mapped from the files plus converted copies (0 for NULL). */
 GEMMA2_DEF size_t gemma2_model_weight_bytes(const gemma2_model *m);
-/* Name of the kernel set in use ("avx512-bf16", "scalar", ...). */
+/* Name of the kernel set in use ("avx512-bf16", "scalar", ...; "none" for NULL or a tokenizer-only model). */
 GEMMA2_DEF const char *gemma2_model_kernels(const gemma2_model *m);
 /* The GEMMA2_WEIGHTS_* the weights are held in: gemma2_options.weights as given, except that a
    folder written by gemma2_save_quantized answers its Q8 or Q4 (AUTO means: as stored). saved
