@@ -4,10 +4,14 @@
 #                         each compiles the whole library, so make -j builds them side by side
 #   make test             the test suite: gcc -O2 -Werror, clang with ASan + UBSan, C++; the
 #                         allocation-failure sweep (ASan + UBSan); sessions on several threads
-#                         under clang's TSan; a short run of every fuzz target (fuzz-smoke); then
-#                         ARM64 under qemu (TSan, fuzz and ARM64 parts are skipped with a note when
-#                         their runtime or tools are missing)
-#   make test-native      only the native parts (everything but fuzz-smoke and ARM64)
+#                         under clang's TSan; test-portability; a short run of every fuzz target
+#                         (fuzz-smoke); then ARM64 under qemu (TSan, fuzz and ARM64 parts are
+#                         skipped with a note when their runtime or tools are missing)
+#   make test-native      only the native parts (everything but test-portability, fuzz-smoke and ARM64)
+#   make test-portability the library built as host projects might (tests/portability/run.sh): strict
+#                         warnings with gcc/clang C99/C11 and C++11/C++20, tcc, several translation
+#                         units, GEMMA2_STATIC twice, nm and macro hygiene, the suite under each
+#                         build switch and with a counting allocator
 #   make test-arm64       only the ARM64 suite under qemu
 #   make fuzz             the libFuzzer targets in tests/fuzz/, each run FUZZ_TIME seconds (default 60)
 #                         from its committed corpus (copied to tests/fuzz/work/: runs leave the repo alone)
@@ -48,7 +52,7 @@ EXAMPLES = examples/topk examples/tokenize examples/perplexity examples/quantize
 TESTS    = tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx
 BENCHES  = tests/bench_model tests/bench_tokenizer
 
-.PHONY: all test test-native test-arm64 fuzz fuzz-smoke fuzz-seeds bench bench-model bench-model-data bench-tokenizer clean
+.PHONY: all test test-native test-portability test-arm64 fuzz fuzz-smoke fuzz-seeds bench bench-model bench-model-data bench-tokenizer clean
 
 # ---------------------------------------------------------------- build: the CLI and the examples
 # Each example defines GEMMA2_IMPLEMENTATION itself, so each compiles the whole library;
@@ -103,8 +107,14 @@ test-native: $(TESTS) tests/alloc_test $(TSAN_TEST)
 # The emulated run, the slowest, comes last: its recipe waits for test-native even under make -j
 # (which still cross-builds its binary alongside), and a serial make reaches the cross build only
 # after the native results are out.
-test: test-native fuzz-smoke $(ARM64_TEST)
+test: test-native test-portability fuzz-smoke $(ARM64_TEST)
 	$(run-arm64)
+
+# ---------------------------------------------------------------- portability
+# One script, one line of output per step (see its header); it builds into tests/portability/build.
+# Serial make runs it after test-native, as listed in test's prerequisites.
+test-portability:
+	GCC=$(CC) CLANG=$(CLANG) sh tests/portability/run.sh
 
 # ---------------------------------------------------------------- bench
 # Not part of the tests: bench-model writes 5.2 GB of random weights into bench-data/ on its
@@ -233,4 +243,4 @@ test-arm64: $(ARM64_TEST)
 
 clean:
 	rm -f gemma2 $(EXAMPLES) $(TESTS) tests/alloc_test tests/gemma2_test_tsan tests/gemma2_test_arm64 $(BENCHES) $(FUZZ_BINS) tests/fuzz/gemma2_impl.o
-	rm -rf tests/fuzz/work
+	rm -rf tests/fuzz/work tests/portability/build

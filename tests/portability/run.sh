@@ -48,18 +48,18 @@ for std in c99 c11; do
     for sw in "" $SWITCHES "GEMMA2_NO_SIMD -DGEMMA2_NO_THREADS -DGEMMA2_NO_MMAP"; do
         d=${sw:+-D$sw}
         run $GCC -std=$std -O0 $STRICT $d -c $P/tp_impl.c -o "$OUT/strict.o"
-        say "gcc -std=$std${d:+ $d}: the implementation compiles with STRICT warnings"
+        say "$GCC -std=$std${d:+ $d}: the implementation compiles with STRICT warnings"
         if have $CLANG; then
             run $CLANG -std=$std $STRICT $d -fsyntax-only $P/tp_impl.c
-            say "clang -std=$std${d:+ $d}: the implementation compiles with STRICT warnings"
+            say "$CLANG -std=$std${d:+ $d}: the implementation compiles with STRICT warnings"
         fi
     done
 done
 have $CLANG || say "clang: skipped ($CLANG not installed)"
 run $GCC -std=c99 -O2 $STRICT -c $P/tp_impl.c -o "$OUT/tp_impl.o"
-say "gcc -std=c99 -O2: the implementation compiles with STRICT warnings"
+say "$GCC -std=c99 -O2: the implementation compiles with STRICT warnings"
 run $GCC -std=c11 -O3 -march=native $STRICT -c $P/tp_impl.c -o "$OUT/strict.o"
-say "gcc -std=c11 -O3 -march=native: the implementation compiles with STRICT warnings"
+say "$GCC -std=c11 -O3 -march=native: the implementation compiles with STRICT warnings"
 for cxx in $GXX $CLANGXX; do
     if ! have $cxx; then say "$cxx: skipped (not installed)"; continue; fi
     for std in c++11 c++20; do
@@ -85,7 +85,7 @@ fi
 for u in model tokenizer main; do run $GCC -std=c99 -O2 $STRICT -c $P/tp_$u.c -o "$OUT/tp_$u.o"; done
 run $GCC -o "$OUT/tp_shared" "$OUT/tp_impl.o" "$OUT/tp_model.o" "$OUT/tp_tokenizer.o" "$OUT/tp_main.o" $LIBS
 r=$("$OUT/tp_shared") || { echo "portability: FAILED: $OUT/tp_shared: $r"; exit 1; }
-say "implementation in one unit, declarations in two (gcc, STRICT): $r"
+say "implementation in one unit, declarations in two ($GCC, STRICT): $r"
 
 # ---- 4. GEMMA2_STATIC in two units of one program
 for u in model tokenizer; do run $GCC -std=c99 -O1 $STRICT -DTP_STATIC -c $P/tp_$u.c -o "$OUT/tp_static_$u.o"; done
@@ -93,7 +93,7 @@ ext=$(nm -g --defined-only "$OUT/tp_static_model.o" "$OUT/tp_static_tokenizer.o"
 [ -z "$ext" ] || { echo "portability: FAILED: GEMMA2_STATIC left external symbols: $ext"; exit 1; }
 run $GCC -o "$OUT/tp_static" "$OUT/tp_static_model.o" "$OUT/tp_static_tokenizer.o" "$OUT/tp_main.o" $LIBS
 r=$("$OUT/tp_static") || { echo "portability: FAILED: $OUT/tp_static: $r"; exit 1; }
-say "GEMMA2_STATIC in two units, a private copy each, nothing external (gcc, STRICT): $r"
+say "GEMMA2_STATIC in two units, a private copy each, nothing external ($GCC, STRICT): $r"
 
 # ---- 5. embedding hygiene
 # Symbols: the implementation's external names all start with gemma2_ (nm -g: defined, external).
@@ -138,8 +138,8 @@ if [ "${PORT_SUITES:-1}" = 0 ]; then say "the test program's switch builds: skip
 for sw in $SWITCHES; do
     run $GCC $SUITE -D$sw -o "$OUT/gemma2_test_$sw" tests/gemma2_test.c $LIBS
     run "$OUT/gemma2_test_$sw" >"$OUT/suite.log" 2>&1 || { tail -n 40 "$OUT/suite.log"; exit 1; }
-    say "gcc -D$sw: tests/gemma2_test: $(tail -n 1 "$OUT/suite.log")"
+    say "$GCC -D$sw: tests/gemma2_test: $(tail -n 1 "$OUT/suite.log")"
 done
 run $GCC $SUITE -o "$OUT/alloc_suite" $P/alloc_suite.c $LIBS
 run "$OUT/alloc_suite" >"$OUT/suite.log" 2>&1 || { tail -n 40 "$OUT/suite.log"; exit 1; }
-say "gcc, GEMMA2_MALLOC/REALLOC/FREE counting: tests/gemma2_test: $(tail -n 2 "$OUT/suite.log" | tr '\n' ' ')"
+say "$GCC, GEMMA2_MALLOC/REALLOC/FREE counting: tests/gemma2_test: $(tail -n 2 "$OUT/suite.log" | tr '\n' ' ')"
