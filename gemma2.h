@@ -404,9 +404,11 @@ GEMMA2_DEF int gemma2_eval(gemma2_session *s, const int32_t *ids, int n, float *
 /* The logits of the last evaluated token (vocab_size floats), or NULL before any eval. */
 GEMMA2_DEF const float *gemma2_logits(const gemma2_session *s);
 
-GEMMA2_DEF int gemma2_session_pos(const gemma2_session *s);    /* tokens in the cache */
+/* Tokens in the cache, the context size, the pos tokens so far; s NULL gives
+   GEMMA2_ERROR_INVALID_ARGUMENT, GEMMA2_ERROR_INVALID_ARGUMENT and NULL. */
+GEMMA2_DEF int gemma2_session_pos(const gemma2_session *s);
 GEMMA2_DEF int gemma2_session_n_ctx(const gemma2_session *s);
-GEMMA2_DEF const int32_t *gemma2_session_tokens(const gemma2_session *s); /* the pos tokens so far */
+GEMMA2_DEF const int32_t *gemma2_session_tokens(const gemma2_session *s);
 /* Forgets everything from position pos on (0 <= pos <= current), and recomputes the logits
    of token pos - 1 as a fresh session evaluating the same pos tokens gives them (up to float
    rounding of a different batching). Cheap, except when a sliding-window layer's ring buffer
@@ -418,7 +420,8 @@ GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos);
 
 /* Tracing: fn is called after the embedding (layer 0) and after each decoder layer l
    (layer l+1) with the residual stream x[n][hidden_size] of the n tokens at positions
-   pos0..pos0+n-1 being evaluated. For learning tools, logit lens and tests. NULL to stop. */
+   pos0..pos0+n-1 being evaluated. For learning tools, logit lens and tests. NULL to stop
+   (s NULL: nothing happens). */
 typedef void (*gemma2_trace_fn)(void *user, int layer, int pos0, int n, const float *x);
 GEMMA2_DEF void gemma2_session_set_trace(gemma2_session *s, gemma2_trace_fn fn, void *user);
 
@@ -577,7 +580,7 @@ GEMMA2_DEF gemma2_sampler *gemma2_sampler_new_ex(int vocab_size, const gemma2_sa
 /* All zero (greedy, no penalties), without C++'s -Wextra warning on `= {0}` (see gemma2_options_default). */
 GEMMA2_DEF gemma2_sampler_params gemma2_sampler_params_default(void);
 GEMMA2_DEF void gemma2_sampler_free(gemma2_sampler *smp);
-/* Restarts the random stream as if created with this seed. */
+/* Restarts the random stream as if created with this seed (smp NULL: nothing happens). */
 GEMMA2_DEF void gemma2_sampler_seed(gemma2_sampler *smp, uint64_t seed);
 /* Picks a token from logits[vocab_size] (not modified). history[0..n_history) are the tokens so
    far (e.g. gemma2_session_tokens), used only by the penalties; may be NULL when n_history is 0.
@@ -713,17 +716,20 @@ GEMMA2_DEF gemma2_chat *gemma2_chat_new(gemma2_session *s, const char *system);
    tokenizer) or GEMMA2_ERROR_OUT_OF_MEMORY. */
 GEMMA2_DEF gemma2_chat *gemma2_chat_new_ex(gemma2_session *s, const char *system, int *rc);
 GEMMA2_DEF void gemma2_chat_free(gemma2_chat *c);
-/* Adds a user turn and generates the model's reply (streamed through p->on_token). On
-   CONTEXT_FULL for the user turn the chat and session are left as they were. */
+/* Adds a user turn and generates the model's reply (streamed through p->on_token). Returns 0 or
+   a negative error, as gemma2_generate (GEMMA2_ERROR_INVALID_ARGUMENT for c or user_content NULL).
+   On CONTEXT_FULL for the user turn the chat and session are left as they were. */
 GEMMA2_DEF int gemma2_chat_say(gemma2_chat *c, const char *user_content, const gemma2_generate_params *p,
                                gemma2_generate_result *res);
-/* Forgets the last reply and generates it again (use another seed for another reply). */
+/* Forgets the last reply and generates it again (use another seed for another reply). Returns 0
+   or a negative error, as gemma2_generate; GEMMA2_ERROR_INVALID_ARGUMENT when there is no reply. */
 GEMMA2_DEF int gemma2_chat_regenerate(gemma2_chat *c, const gemma2_generate_params *p, gemma2_generate_result *res);
 /* Forgets the last exchange (user turn and reply); returns 0, or GEMMA2_ERROR_INVALID_ARGUMENT if none. */
 GEMMA2_DEF int gemma2_chat_undo(gemma2_chat *c);
-/* Forgets the whole conversation (the system prompt stays). */
+/* Forgets the whole conversation (the system prompt stays). Returns 0 or a negative error
+   (GEMMA2_ERROR_INVALID_ARGUMENT for NULL). */
 GEMMA2_DEF int gemma2_chat_reset(gemma2_chat *c);
-/* Number of completed exchanges (user turn + reply). */
+/* Number of completed exchanges (user turn + reply); 0 for NULL. */
 GEMMA2_DEF int gemma2_chat_turns(const gemma2_chat *c);
 
 
