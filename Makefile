@@ -4,13 +4,19 @@
 #                         each compiles the whole library, so make -j builds them side by side
 #   make test             the test suite: gcc -O2 -Werror, clang with ASan + UBSan, C++; the
 #                         allocation-failure sweep (ASan + UBSan); sessions on several threads
-#                         under clang's TSan; a short run of every fuzz target (fuzz-smoke); then
-#                         ARM64 under qemu (TSan, fuzz and ARM64 parts are skipped with a note when
-#                         their runtime or tools are missing)
-#   make test-native      only the native parts (everything but test-server, fuzz-smoke and ARM64)
+#                         under clang's TSan; test-portability; examples/server with real clients
+#                         (test-server); a short run of every fuzz target (fuzz-smoke); then ARM64 under
+#                         qemu (TSan, fuzz and ARM64 parts are skipped with a note when their runtime or
+#                         tools are missing)
+#   make test-native      only the native parts (everything but test-portability, test-server, fuzz-smoke
+#                         and ARM64)
+#   make test-portability the library built as host projects might (tests/portability/run.sh): strict
+#                         warnings with gcc/clang C99/C11 and C++11/C++20, tcc, several translation
+#                         units, GEMMA2_STATIC twice, nm and macro hygiene, the suite under each
+#                         build switch and with a counting allocator
 #   make test-server      examples/server (the -O2 build, then ASan + UBSan with leak checks) on a fixture
 #                         model, with curl, node and the openai npm package (installed into tests/server/npm
-#                         at test time); skipped with a note without curl or node (part of make test)
+#                         at test time); skipped with a note without curl or node
 #   make test-arm64       only the ARM64 suite under qemu
 #   make fuzz             the libFuzzer targets in tests/fuzz/, each run FUZZ_TIME seconds (default 60)
 #                         from its committed corpus (copied to tests/fuzz/work/: runs leave the repo alone)
@@ -53,7 +59,7 @@ EXAMPLES = examples/topk examples/tokenize examples/perplexity examples/quantize
 TESTS    = tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx
 BENCHES  = tests/bench_model tests/bench_tokenizer
 
-.PHONY: all test test-native test-server bench-server test-arm64 fuzz fuzz-smoke fuzz-seeds bench bench-model bench-model-data bench-tokenizer clean
+.PHONY: all test test-native test-portability test-server bench-server test-arm64 fuzz fuzz-smoke fuzz-seeds bench bench-model bench-model-data bench-tokenizer clean
 
 # ---------------------------------------------------------------- build: the CLI and the examples
 # Each example defines GEMMA2_IMPLEMENTATION itself, so each compiles the whole library;
@@ -108,9 +114,16 @@ test-native: $(TESTS) tests/alloc_test $(TSAN_TEST)
 # The emulated run, the slowest, comes last: its recipe waits for test-native even under make -j
 # (which still cross-builds its binary alongside), and a serial make reaches the cross build only
 # after the native results are out.
-test: test-native test-server fuzz-smoke $(ARM64_TEST)
+test: test-native test-portability test-server fuzz-smoke $(ARM64_TEST)
 	$(run-arm64)
 
+# ---------------------------------------------------------------- portability
+# One script, one line of output per step (see its header); it builds into tests/portability/build.
+# Serial make runs it after test-native, as listed in test's prerequisites.
+test-portability:
+	GCC=$(CC) CLANG=$(CLANG) sh tests/portability/run.sh
+
+# ---------------------------------------------------------------- server
 # The server from outside, with real clients; the ASan build also checks for leaks at its exit.
 tests/server/server_asan: examples/server.c gemma2.h
 	$(CLANG) $(STD) -O1 -g $(WARN) $(SAN) -o $@ examples/server.c $(LDLIBS)
@@ -258,4 +271,4 @@ test-arm64: $(ARM64_TEST)
 
 clean:
 	rm -f gemma2 $(EXAMPLES) $(TESTS) tests/server/server_asan tests/server/bench_server tests/alloc_test tests/gemma2_test_tsan tests/gemma2_test_arm64 $(BENCHES) $(FUZZ_BINS) tests/fuzz/gemma2_impl.o
-	rm -rf tests/fuzz/work
+	rm -rf tests/fuzz/work tests/portability/build

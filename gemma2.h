@@ -1,4 +1,4 @@
-/* gemma2.h - v0.1.0 - run Google's Gemma 2 language models on the CPU, in one C header.
+/* gemma2.h - v0.2.0 - run Google's Gemma 2 language models on the CPU, in one C header.
 
    Public domain or MIT, your choice: see the end of this file.
 
@@ -47,12 +47,16 @@
      Lower level: gemma2_eval(s, ids, n, NULL) then gemma2_logits(s) (vocab_size floats).
 
    BUILD SWITCHES (define before the #include that has GEMMA2_IMPLEMENTATION)
-     GEMMA2_STATIC         all functions static (private copy in one translation unit)
+     GEMMA2_STATIC         all functions static (private copy in one translation unit; several units
+                           of one program may each have their own). Functions a unit does not call
+                           do not warn as unused (GCC/Clang attribute)
      GEMMA2_MALLOC(sz) / GEMMA2_REALLOC(p,sz) / GEMMA2_FREE(p)
                            your allocator: define all three or none
      GEMMA2_ASSERT(x)      internal consistency checks (default: assert.h; define empty to drop)
      GEMMA2_NO_MMAP        read files into memory instead of mapping them
-     GEMMA2_NO_THREADS     no thread pool: everything runs on the calling thread
+     GEMMA2_NO_THREADS     no thread pool: everything runs on the calling thread. Required with a
+                           compiler that has neither GCC/Clang atomic builtins nor MSVC's (tcc):
+                           without it such a build stops with an #error saying so
      GEMMA2_NO_SIMD        scalar kernels only (the reference implementation)
      GEMMA2_POOL_SPIN      how long idle worker threads spin before sleeping (default 20000 pauses)
      GEMMA2_REQUIRE_HUGEPAGES
@@ -95,6 +99,37 @@
      with the checklists for adding either. The tokenizer (2.9) and the loader (2.10) stand on
      their own. Public declarations come first (Part 1), with their rules beside them.
 
+   ERRORS
+     Functions that can fail return a negative GEMMA2_ERROR_* code (gemma2_error_string names it)
+     or, for those returning a pointer, NULL: gemma2_load and gemma2_load_tokenizer also write a
+     one-line reason naming the file, tensor or field into err; the *_new_ex variants also give
+     the code through rc. Every *_free accepts NULL. Getters given NULL (or an id outside the
+     vocabulary) return NULL, 0, -1 or GEMMA2_ERROR_INVALID_ARGUMENT, as each declaration says;
+     the declarations also say what a failed call leaves (e.g. gemma2_eval after
+     GEMMA2_ERROR_NUMERIC).
+
+   MEMORY
+     Weights: mapped from the safetensors files (shared with the page cache) when they are used
+     as stored; converted (GEMMA2_WEIGHTS_BF16 from F32, Q8, Q4) or read (preload,
+     GEMMA2_NO_MMAP) copies are allocated once at load: gemma2_model_weight_bytes says how much.
+     Each session allocates its KV cache (layers x n_ctx x kv heads x head_dim x 2, in F32 or
+     BF16: gemma2_options.kv_cache) and scratch for the activations when it is created.
+     Every allocation goes through GEMMA2_MALLOC / REALLOC / FREE.
+
+   EMBEDDING
+     Every external symbol starts with gemma2_ (private ones with gemma2__, all static), and
+     every macro the header defines with GEMMA2_ or GEMMA2__, except _DEFAULT_SOURCE (see QUICK
+     START), which the implementation defines before its system headers. No writable global or
+     static data. Version: GEMMA2_VERSION_MAJOR / _MINOR / _PATCH and GEMMA2_VERSION_STRING.
+     The implementation compiles warning-free as C99 and C11 with gcc and clang under -Wall
+     -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wcast-qual -Wundef,
+     and as C++11 and C++20 with g++ and clang++; make test-portability checks all of it.
+
+   PLATFORMS
+     Tested: x86-64 Linux (gcc, clang, g++, clang++, tcc; AVX2 / AVX-512 kernels chosen at run
+     time, scalar otherwise) and ARM64 Linux (NEON, BF16 when the CPU has it; under qemu in the
+     tests). Other systems and CPUs, and what is tested on each: see the README.
+
    THREADS AND STATE
      The library keeps no global mutable state, never prints and never exits.
      A gemma2_model is read-only after gemma2_load and may be shared by any number
@@ -128,7 +163,12 @@
 
 #ifndef GEMMA2_DEF
 #ifdef GEMMA2_STATIC
+/* A program calls only some of its private copy's functions; the rest must not warn as unused. */
+#if defined(__GNUC__) || defined(__clang__)
+#define GEMMA2_DEF static __attribute__((unused))
+#else
 #define GEMMA2_DEF static
+#endif
 #else
 #define GEMMA2_DEF extern
 #endif
@@ -289,12 +329,15 @@ typedef struct gemma2_session gemma2_session; /* one sequence: KV cache and posi
    (GEMMA2_ERROR_IO), never read. Symbolic links are followed (the Hugging Face cache links every
    file of a snapshot to a blob). */
 GEMMA2_DEF gemma2_model *gemma2_load(const char *model_dir, const gemma2_options *opt, char *err, size_t err_size);
+/* Frees a model and unmaps its files (NULL: nothing). Free its sessions first. */
 GEMMA2_DEF void gemma2_free(gemma2_model *m);
+/* The vocabulary size; GEMMA2_ERROR_INVALID_ARGUMENT for NULL. */
 GEMMA2_DEF int gemma2_vocab_size(const gemma2_model *m);
+/* The parsed config.json (owned by the model); NULL for NULL. */
 GEMMA2_DEF const gemma2_config *gemma2_model_config(const gemma2_model *m);
-/* Bytes of weights this model holds: mapped from the files plus converted copies. */
+/* Bytes of weights this model holds: mapped from the files plus converted copies (0 for NULL). */
 GEMMA2_DEF size_t gemma2_model_weight_bytes(const gemma2_model *m);
-/* Name of the kernel set in use ("avx512-bf16", "scalar", ...). */
+/* Name of the kernel set in use ("avx512-bf16", "scalar", ...; "none" for NULL or a tokenizer-only model). */
 GEMMA2_DEF const char *gemma2_model_kernels(const gemma2_model *m);
 /* The GEMMA2_WEIGHTS_* the weights are held in: gemma2_options.weights as given, except that a
    folder written by gemma2_save_quantized answers its Q8 or Q4 (AUTO means: as stored). saved
@@ -392,9 +435,11 @@ GEMMA2_DEF int gemma2_eval(gemma2_session *s, const int32_t *ids, int n, float *
 /* The logits of the last evaluated token (vocab_size floats), or NULL before any eval. */
 GEMMA2_DEF const float *gemma2_logits(const gemma2_session *s);
 
-GEMMA2_DEF int gemma2_session_pos(const gemma2_session *s);    /* tokens in the cache */
+/* Tokens in the cache, the context size, the pos tokens so far; s NULL gives
+   GEMMA2_ERROR_INVALID_ARGUMENT, GEMMA2_ERROR_INVALID_ARGUMENT and NULL. */
+GEMMA2_DEF int gemma2_session_pos(const gemma2_session *s);
 GEMMA2_DEF int gemma2_session_n_ctx(const gemma2_session *s);
-GEMMA2_DEF const int32_t *gemma2_session_tokens(const gemma2_session *s); /* the pos tokens so far */
+GEMMA2_DEF const int32_t *gemma2_session_tokens(const gemma2_session *s);
 /* Forgets everything from position pos on (0 <= pos <= current), and recomputes the logits
    of token pos - 1 as a fresh session evaluating the same pos tokens gives them (up to float
    rounding of a different batching). Cheap, except when a sliding-window layer's ring buffer
@@ -406,7 +451,8 @@ GEMMA2_DEF int gemma2_session_rewind(gemma2_session *s, int pos);
 
 /* Tracing: fn is called after the embedding (layer 0) and after each decoder layer l
    (layer l+1) with the residual stream x[n][hidden_size] of the n tokens at positions
-   pos0..pos0+n-1 being evaluated. For learning tools, logit lens and tests. NULL to stop. */
+   pos0..pos0+n-1 being evaluated. For learning tools, logit lens and tests. NULL to stop
+   (s NULL: nothing happens). */
 typedef void (*gemma2_trace_fn)(void *user, int layer, int pos0, int n, const float *x);
 GEMMA2_DEF void gemma2_session_set_trace(gemma2_session *s, gemma2_trace_fn fn, void *user);
 
@@ -733,7 +779,7 @@ GEMMA2_DEF gemma2_sampler *gemma2_sampler_new_ex(int vocab_size, const gemma2_sa
 /* All zero (greedy, no penalties), without C++'s -Wextra warning on `= {0}` (see gemma2_options_default). */
 GEMMA2_DEF gemma2_sampler_params gemma2_sampler_params_default(void);
 GEMMA2_DEF void gemma2_sampler_free(gemma2_sampler *smp);
-/* Restarts the random stream as if created with this seed. */
+/* Restarts the random stream as if created with this seed (smp NULL: nothing happens). */
 GEMMA2_DEF void gemma2_sampler_seed(gemma2_sampler *smp, uint64_t seed);
 /* Picks a token from logits[vocab_size] (not modified). history[0..n_history) are the tokens so
    far (e.g. gemma2_session_tokens), used only by the penalties; may be NULL when n_history is 0.
@@ -876,17 +922,20 @@ GEMMA2_DEF gemma2_chat *gemma2_chat_new(gemma2_session *s, const char *system);
    tokenizer) or GEMMA2_ERROR_OUT_OF_MEMORY. */
 GEMMA2_DEF gemma2_chat *gemma2_chat_new_ex(gemma2_session *s, const char *system, int *rc);
 GEMMA2_DEF void gemma2_chat_free(gemma2_chat *c);
-/* Adds a user turn and generates the model's reply (streamed through p->on_token). On
-   CONTEXT_FULL for the user turn the chat and session are left as they were. */
+/* Adds a user turn and generates the model's reply (streamed through p->on_token). Returns 0 or
+   a negative error, as gemma2_generate (GEMMA2_ERROR_INVALID_ARGUMENT for c or user_content NULL).
+   On CONTEXT_FULL for the user turn the chat and session are left as they were. */
 GEMMA2_DEF int gemma2_chat_say(gemma2_chat *c, const char *user_content, const gemma2_generate_params *p,
                                gemma2_generate_result *res);
-/* Forgets the last reply and generates it again (use another seed for another reply). */
+/* Forgets the last reply and generates it again (use another seed for another reply). Returns 0
+   or a negative error, as gemma2_generate; GEMMA2_ERROR_INVALID_ARGUMENT when there is no reply. */
 GEMMA2_DEF int gemma2_chat_regenerate(gemma2_chat *c, const gemma2_generate_params *p, gemma2_generate_result *res);
 /* Forgets the last exchange (user turn and reply); returns 0, or GEMMA2_ERROR_INVALID_ARGUMENT if none. */
 GEMMA2_DEF int gemma2_chat_undo(gemma2_chat *c);
-/* Forgets the whole conversation (the system prompt stays). */
+/* Forgets the whole conversation (the system prompt stays). Returns 0 or a negative error
+   (GEMMA2_ERROR_INVALID_ARGUMENT for NULL). */
 GEMMA2_DEF int gemma2_chat_reset(gemma2_chat *c);
-/* Number of completed exchanges (user turn + reply). */
+/* Number of completed exchanges (user turn + reply); 0 for NULL. */
 GEMMA2_DEF int gemma2_chat_turns(const gemma2_chat *c);
 
 
@@ -1922,7 +1971,7 @@ static void gemma2__to_bf16x3_scalar(uint16_t *dst, const float *x, int n)
 }
 
 /* Rows [j0, j1) of layout `kind` (GEMMA2__PACK_*) for x [T][K], element by element. */
-static void gemma2__pack_ref(void *xp, int kind, const float *x, int T, int K, int j0, int j1)
+static GEMMA2__MAYBE_UNUSED void gemma2__pack_ref(void *xp, int kind, const float *x, int T, int K, int j0, int j1)
 {
     int j, t, rows = gemma2__pack_rows(kind, T, K), Tp = (T + 15) & ~15;
     uint32_t *o = (uint32_t *)xp;
@@ -6785,7 +6834,7 @@ static void *gemma2__mmap_aligned(int fd, size_t size)
 static int gemma2__file_map(gemma2__file *f, const char *path, char *err, size_t err_size)
 {
 #if defined(GEMMA2__POSIX_MMAP)
-    size_t size;
+    size_t size = 0; /* set by gemma2__open_regular on success; gcc -O3 cannot see that */
     void *p;
     int fd, rc;
     memset(f, 0, sizeof *f);
@@ -6893,9 +6942,10 @@ static void gemma2__file_release(const gemma2__file *f, const uint8_t *data, siz
 static void gemma2__file_close(gemma2__file *f)
 {
     if (!f->data) return;
-    if (!f->mapped) GEMMA2_FREE((void *)f->data);
+    /* Through uintptr_t: the bytes are read-only to everyone else, but this owner releases them. */
+    if (!f->mapped) GEMMA2_FREE((void *)(uintptr_t)f->data);
 #if defined(GEMMA2__POSIX_MMAP)
-    else munmap((void *)f->data, f->size);
+    else munmap((void *)(uintptr_t)f->data, f->size);
 #elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
     else { UnmapViewOfFile(f->data); CloseHandle(f->hmap); CloseHandle(f->hfile); }
 #endif
@@ -7225,12 +7275,12 @@ static int gemma2__config_parse(gemma2_config *cfg, const char *text, size_t siz
     }
     n = gemma2__json_get(&j, 0, "model_type");
     if (!gemma2__json_streq(&j, n, "gemma2")) {
-        char got[GEMMA2__ESC_CAP] = "missing", *text;
+        char got[GEMMA2__ESC_CAP] = "missing", *mt;
         int64_t l;
-        if (gemma2__json_is(&j, n, GEMMA2__JSTRING) && (text = (char *)GEMMA2_MALLOC((size_t)j.nodes[n].len + 1)) != NULL) {
-            if ((l = gemma2__json_unescape(&j, n, text)) >= 0) gemma2__esc(got, sizeof got, text, (size_t)l);
+        if (gemma2__json_is(&j, n, GEMMA2__JSTRING) && (mt = (char *)GEMMA2_MALLOC((size_t)j.nodes[n].len + 1)) != NULL) {
+            if ((l = gemma2__json_unescape(&j, n, mt)) >= 0) gemma2__esc(got, sizeof got, mt, (size_t)l);
             else memcpy(got, "?", 2);
-            GEMMA2_FREE(text);
+            GEMMA2_FREE(mt);
         }
         gemma2__json_free(&j);
         return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: model_type is \"%s\", expected \"gemma2\"", path, got);
@@ -8328,6 +8378,18 @@ GEMMA2_DEF gemma2_session *gemma2_session_load(const gemma2_model *m, const char
 #define GEMMA2__STORE32(p, v) ((void)InterlockedExchange((volatile LONG *)(p), (LONG)(v)))
 #define GEMMA2__ADD32(p, v) ((int)InterlockedExchangeAdd((volatile LONG *)(p), (LONG)(v)))
 #define GEMMA2__PAUSE() YieldProcessor()
+#elif !defined(__GNUC__) && !defined(__clang__) && defined(GEMMA2_NO_THREADS)
+/* A compiler with neither (tcc): without worker threads the pool is only ever touched by the
+   calling thread, so plain loads and stores are exact. */
+#define GEMMA2__LOAD64(p) (*(p))
+#define GEMMA2__STORE64(p, v) ((void)(*(p) = (v)))
+#define GEMMA2__CAS64(p, expect, desired) (*(p) == (expect) ? (*(p) = (desired), 1) : ((expect) = *(p), 0))
+#define GEMMA2__LOAD32(p) (*(p))
+#define GEMMA2__STORE32(p, v) ((void)(*(p) = (v)))
+#define GEMMA2__ADD32(p, v) ((*(p) += (v)) - (v))
+#define GEMMA2__PAUSE() ((void)0)
+#elif !defined(__GNUC__) && !defined(__clang__)
+#error "gemma2.h: no atomic operations known for this compiler; define GEMMA2_NO_THREADS"
 #else
 #define GEMMA2__LOAD64(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
 #define GEMMA2__STORE64(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)

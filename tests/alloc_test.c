@@ -16,47 +16,8 @@
 #include <stdint.h>
 #include <limits.h>
 
-static long at_count;        /* allocations attempted since the last at_arm */
-static long at_fail_at;      /* fail this one (1-based); 0: none */
-static long at_failed;       /* allocations made to fail */
-static long at_live;         /* allocations not yet freed */
+#include "alloc_counting.h"
 static long at_armed;        /* allocations attempted between at_arm and at_disarm */
-
-/* Sessions' worker threads may allocate, so the counters are atomic. */
-static int at_should_fail(void)
-{
-    long k = __atomic_add_fetch(&at_count, 1, __ATOMIC_SEQ_CST);
-    if (k == __atomic_load_n(&at_fail_at, __ATOMIC_SEQ_CST)) { __atomic_add_fetch(&at_failed, 1, __ATOMIC_SEQ_CST); return 1; }
-    return 0;
-}
-
-static void *at_malloc(size_t n)
-{
-    void *p;
-    if (at_should_fail()) return NULL;
-    p = malloc(n);
-    if (p) __atomic_add_fetch(&at_live, 1, __ATOMIC_SEQ_CST);
-    return p;
-}
-
-static void *at_realloc(void *p, size_t n)
-{
-    void *q;
-    if (at_should_fail()) return NULL;
-    q = realloc(p, n);
-    if (q && !p) __atomic_add_fetch(&at_live, 1, __ATOMIC_SEQ_CST);
-    return q;
-}
-
-static void at_free(void *p)
-{
-    if (p) __atomic_sub_fetch(&at_live, 1, __ATOMIC_SEQ_CST);
-    free(p);
-}
-
-#define GEMMA2_MALLOC(sz) at_malloc(sz)
-#define GEMMA2_REALLOC(p, sz) at_realloc(p, sz)
-#define GEMMA2_FREE(p) at_free(p)
 #define GEMMA2_IMPLEMENTATION
 #include "../gemma2.h"
 

@@ -865,7 +865,7 @@ static void kern_test_softcap_range(void)
    row NaN (inf - inf); soft-capping maps +-inf to +-cap. */
 static void kern_test_nonfinite(void)
 {
-    static const float specials[] = {NAN, -NAN, INFINITY, -INFINITY, 1e30f, 3.4028235e38f};
+    const float specials[] = {NAN, -NAN, INFINITY, -INFINITY, 1e30f, 3.4028235e38f};
     static const int Ns[] = {1, 5, 16, 17, 40};
     int s, ni, si, pi, i;
     for (s = 0; s < GEMMA2__N_KERNEL_SETS; s++) {

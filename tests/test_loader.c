@@ -644,7 +644,7 @@ static int ldr_convert_model(const char *src_dir, const char *to)
     fclose(f);
     gemma2__tensors_free(&ts);
     for (i = 0; i < tmp.n_files; i++) gemma2__file_close(&tmp.files[i]);
-    free(tmp.files);
+    GEMMA2_FREE(tmp.files); /* the library allocated it */
     free(hdr);
     return 0;
 }
