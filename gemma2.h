@@ -738,6 +738,10 @@ GEMMA2_DEF int gemma2_chat_turns(const gemma2_chat *c);
 
 #if defined(_WIN32)
 #define GEMMA2__WINDOWS 1
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
 #endif
 
 #define GEMMA2__MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -762,6 +766,69 @@ static int gemma2__fail(char *err, size_t err_size, int code, const char *fmt, .
     }
     return code;
 }
+
+/* Paths are UTF-8 on every platform. Windows' narrow file functions (fopen, CreateFileA) read
+   them in the ANSI code page instead, where a folder named in another script cannot even be
+   spelled, so on Windows every path goes to the wide-character functions. A path that is not
+   valid UTF-8 is taken in the ANSI code page, as the narrow functions would. */
+#if defined(GEMMA2__WINDOWS)
+/* path as a fresh wide string (GEMMA2_FREE it), or NULL */
+static wchar_t *gemma2__wpath(const char *path)
+{
+    UINT cp = CP_UTF8;
+    DWORD flags = MB_ERR_INVALID_CHARS;
+    wchar_t *w;
+    int n = MultiByteToWideChar(cp, flags, path, -1, NULL, 0);
+    if (n <= 0) { cp = CP_ACP; flags = 0; n = MultiByteToWideChar(cp, flags, path, -1, NULL, 0); }
+    if (n <= 0 || !(w = (wchar_t *)GEMMA2_MALLOC((size_t)n * sizeof *w))) return NULL;
+    if (MultiByteToWideChar(cp, flags, path, -1, w, n) != n) { GEMMA2_FREE(w); return NULL; }
+    return w;
+}
+
+/* fopen for a UTF-8 path; mode is ASCII ("rb", "wb") */
+static FILE *gemma2__fopen(const char *path, const char *mode)
+{
+    wchar_t wmode[8], *w = gemma2__wpath(path);
+    FILE *fp = NULL;
+    size_t i;
+    for (i = 0; i + 1 < sizeof wmode / sizeof *wmode && mode[i]; i++) wmode[i] = (wchar_t)(unsigned char)mode[i];
+    wmode[i] = 0;
+    if (w) fp = _wfopen(w, wmode);
+    GEMMA2_FREE(w);
+    return fp;
+}
+
+/* GetFileAttributes for a UTF-8 path */
+static DWORD gemma2__file_attributes(const char *path)
+{
+    wchar_t *w = gemma2__wpath(path);
+    DWORD a = w ? GetFileAttributesW(w) : INVALID_FILE_ATTRIBUTES;
+    GEMMA2_FREE(w);
+    return a;
+}
+
+static int gemma2__remove(const char *path)
+{
+    wchar_t *w = gemma2__wpath(path);
+    int rc = w ? _wremove(w) : -1;
+    GEMMA2_FREE(w);
+    return rc;
+}
+
+/* rename, replacing an existing to as POSIX rename does (_wrename would refuse) */
+static int gemma2__rename(const char *from, const char *to)
+{
+    wchar_t *a = gemma2__wpath(from), *b = gemma2__wpath(to);
+    int rc = a && b && MoveFileExW(a, b, MOVEFILE_REPLACE_EXISTING) ? 0 : -1;
+    GEMMA2_FREE(a);
+    GEMMA2_FREE(b);
+    return rc;
+}
+#else
+static FILE *gemma2__fopen(const char *path, const char *mode) { return fopen(path, mode); }
+static int gemma2__remove(const char *path) { return remove(path); }
+static int gemma2__rename(const char *from, const char *to) { return rename(from, to); }
+#endif
 
 /* Text from a file (a tensor or shard name, a config value) made fit to quote in an error
    message: control bytes, backslashes and bytes that are not UTF-8 written as \n, \t, \\, \xNN,
@@ -5567,11 +5634,8 @@ struct gemma2__file {
 #endif
 };
 
-#if !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
-#ifndef WIN32_LEAN_AND_MEAN
-#define WIN32_LEAN_AND_MEAN
-#endif
-#include <windows.h>
+#if defined(GEMMA2__WINDOWS)
+/* windows.h is in (2.1): files are read with ReadFile whether or not they are mapped */
 #elif !defined(GEMMA2_NO_MMAP) && (defined(__unix__) || defined(__APPLE__))
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -5637,13 +5701,46 @@ static int gemma2__read_fd(int fd, uint8_t *buf, size_t n)
     }
     return 0;
 }
-#elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
-/* A folder opens with neither fopen nor CreateFileA: say why instead of "cannot open". */
-static int gemma2__check_regular(const char *path, char *err, size_t err_size)
+#elif defined(GEMMA2__WINDOWS)
+/* Opens path for reading if it is a regular file; *h, *size. A folder opens with no CreateFile
+   flags used here: say why instead of "cannot open". FILE_SHARE_DELETE, as on POSIX, lets the
+   files of a loaded model be deleted or replaced (the open handle keeps the old contents). */
+static int gemma2__open_regular(const char *path, HANDLE *h, size_t *size, char *err, size_t err_size)
 {
-    DWORD a = GetFileAttributesA(path);
-    if (a != INVALID_FILE_ATTRIBUTES && (a & FILE_ATTRIBUTE_DIRECTORY))
+    LARGE_INTEGER sz;
+    wchar_t *w = gemma2__wpath(path);
+    DWORD a;
+    if (!w) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open (not a valid path)", path);
+    a = GetFileAttributesW(w);
+    if (a != INVALID_FILE_ATTRIBUTES && (a & FILE_ATTRIBUTE_DIRECTORY)) {
+        GEMMA2_FREE(w);
         return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: is not a regular file (it is a folder)", path);
+    }
+    *h = CreateFileW(w, GENERIC_READ, FILE_SHARE_READ | FILE_SHARE_DELETE, NULL, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
+    GEMMA2_FREE(w);
+    if (*h == INVALID_HANDLE_VALUE) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
+    if (GetFileType(*h) != FILE_TYPE_DISK) { /* a pipe or a device */
+        CloseHandle(*h);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: is not a regular file", path);
+    }
+    if (!GetFileSizeEx(*h, &sz)) { CloseHandle(*h); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot stat", path); }
+    if (sz.QuadPart < 0 || (uint64_t)sz.QuadPart >= (uint64_t)((size_t)-1 / 2)) {
+        CloseHandle(*h);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: too large for this build's address space", path);
+    }
+    *size = (size_t)sz.QuadPart;
+    return 0;
+}
+
+/* n bytes from h into buf; 0 if they all came. */
+static int gemma2__read_handle(HANDLE h, uint8_t *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        DWORD got = 0, want = (DWORD)GEMMA2__MIN(n - done, (size_t)1 << 30);
+        if (!ReadFile(h, buf + done, want, &got, NULL) || got == 0) return -1;
+        done += got;
+    }
     return 0;
 }
 #endif
@@ -5662,15 +5759,24 @@ static int gemma2__file_read(gemma2__file *f, const char *path, char *err, size_
     rc = gemma2__read_fd(fd, buf, n);
     close(fd);
     if (rc != 0) { GEMMA2_FREE(buf); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: read error", path); }
+#elif defined(GEMMA2__WINDOWS)
+    size_t n;
+    HANDLE h;
+    int rc;
+    uint8_t *buf;
+    memset(f, 0, sizeof *f);
+    if ((rc = gemma2__open_regular(path, &h, &n, err, err_size)) != 0) return rc;
+    buf = (uint8_t *)GEMMA2_MALLOC(n + 1);
+    if (!buf) { CloseHandle(h); return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (%zu bytes)", path, n); }
+    rc = gemma2__read_handle(h, buf, n);
+    CloseHandle(h);
+    if (rc != 0) { GEMMA2_FREE(buf); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: read error", path); }
 #else
     FILE *fp;
     long n;
     uint8_t *buf;
     memset(f, 0, sizeof *f);
-#if !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
-    { int rc = gemma2__check_regular(path, err, err_size); if (rc) return rc; }
-#endif
-    if (!(fp = fopen(path, "rb"))) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
+    if (!(fp = gemma2__fopen(path, "rb"))) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
     /* a folder can open with fopen, and its "size" is not one: only a first read tells */
     if (getc(fp) == EOF && ferror(fp)) {
         fclose(fp);
@@ -5746,25 +5852,19 @@ static int gemma2__file_map(gemma2__file *f, const char *path, char *err, size_t
     f->mapped = 1;
     return 0;
 #elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
-    LARGE_INTEGER sz;
+    size_t size;
     HANDLE h, m;
     void *p;
     int rc;
     memset(f, 0, sizeof *f);
-    if ((rc = gemma2__check_regular(path, err, err_size)) != 0) return rc;
-    h = CreateFileA(path, GENERIC_READ, FILE_SHARE_READ, NULL, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
-    if (h == INVALID_HANDLE_VALUE) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
-    if (GetFileType(h) != FILE_TYPE_DISK) { /* a pipe or a device */
-        CloseHandle(h);
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: is not a regular file", path);
-    }
-    if (!GetFileSizeEx(h, &sz) || sz.QuadPart == 0) { CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
-    m = CreateFileMappingA(h, NULL, PAGE_READONLY, 0, 0, NULL);
+    if ((rc = gemma2__open_regular(path, &h, &size, err, err_size)) != 0) return rc;
+    if (size == 0) { CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
+    m = CreateFileMappingW(h, NULL, PAGE_READONLY, 0, 0, NULL);
     if (!m) { CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
     p = MapViewOfFile(m, FILE_MAP_READ, 0, 0, 0);
     if (!p) { CloseHandle(m); CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
     f->data = (const uint8_t *)p;
-    f->size = (size_t)sz.QuadPart;
+    f->size = size;
     f->mapped = 1;
     f->hfile = h;
     f->hmap = m;
@@ -5855,10 +5955,10 @@ static int gemma2__file_exists(const char *path)
 #if defined(GEMMA2__POSIX_MMAP)
     struct stat st;
     return stat(path, &st) == 0;
-#elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
-    return GetFileAttributesA(path) != INVALID_FILE_ATTRIBUTES;
+#elif defined(GEMMA2__WINDOWS)
+    return gemma2__file_attributes(path) != INVALID_FILE_ATTRIBUTES;
 #else
-    FILE *fp = fopen(path, "rb");
+    FILE *fp = gemma2__fopen(path, "rb");
     if (!fp) return 0;
     fclose(fp);
     return 1;
@@ -6849,10 +6949,7 @@ GEMMA2_DEF int gemma2_model_weights(const gemma2_model *m, int *saved)
 /* ---- saving quantized checkpoints ---------------------------------------------------------- */
 
 #if defined(GEMMA2__WINDOWS)
-#ifndef WIN32_LEAN_AND_MEAN
-#define WIN32_LEAN_AND_MEAN
-#endif
-#include <windows.h>   /* CreateDirectoryA, GetFileAttributesA */
+/* windows.h is in (2.1) */
 #elif defined(__unix__) || defined(__APPLE__)
 #include <sys/types.h>
 #include <sys/stat.h>  /* mkdir, stat */
@@ -6931,10 +7028,15 @@ static int gemma2__make_dir(const char *dir, char *err, size_t err_size)
     if (mkdir(dir, 0777) != 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot create the folder", dir);
     return 0;
 #elif defined(GEMMA2__WINDOWS)
-    DWORD a = GetFileAttributesA(dir);
+    DWORD a = gemma2__file_attributes(dir);
+    wchar_t *w;
+    BOOL made;
     if (a != INVALID_FILE_ATTRIBUTES)
         return (a & FILE_ATTRIBUTE_DIRECTORY) ? 0 : gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: exists and is not a folder", dir);
-    if (!CreateDirectoryA(dir, NULL)) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot create the folder", dir);
+    w = gemma2__wpath(dir);
+    made = w && CreateDirectoryW(w, NULL);
+    GEMMA2_FREE(w);
+    if (!made) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot create the folder", dir);
     return 0;
 #else
     (void)dir; (void)err; (void)err_size; /* no portable way: the folder must exist (creating the file in it says so) */
@@ -6949,7 +7051,7 @@ static int gemma2__copy_file(const char *from, const char *to, char *err, size_t
     FILE *fp;
     int rc = gemma2__file_read(&f, from, err, err_size), bad;
     if (rc) return rc;
-    if (!(fp = fopen(to, "wb"))) {
+    if (!(fp = gemma2__fopen(to, "wb"))) {
         gemma2__file_close(&f);
         return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot create", to);
     }
@@ -7104,7 +7206,7 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
     if (gemma2__file_exists(path))
         GEMMA2__SAVE_FAIL(GEMMA2_ERROR_INVALID_ARGUMENT, "%s: gemma2_load would read the shards it names instead of the saved "
                           "model.safetensors: remove it, or save to another folder", path);
-    if (!(fp = fopen(tmp, "wb"))) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: cannot create", tmp);
+    if (!(fp = gemma2__fopen(tmp, "wb"))) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: cannot create", tmp);
     for (k = 0; k < 8; k++) len8[k] = (uint8_t)((uint64_t)hdr.n >> (8 * k));
     if (fwrite(len8, 1, 8, fp) != 8 || fwrite(hdr.p, 1, hdr.n, fp) != hdr.n) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: write error (disk full?)", tmp);
     pool = gemma2__pool_new(m->opt.n_threads > 0 ? m->opt.n_threads : gemma2__cpu_count()); /* NULL: quantize on this thread */
@@ -7131,7 +7233,7 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
 
     /* The old weights go before anything of the new folder lands beside them; the new ones
        arrive last, whole. */
-    remove(dst);
+    gemma2__remove(dst);
     for (k = 0; k < (int)(sizeof side_files / sizeof side_files[0]); k++) {
         char *from = gemma2__path_join(in_dir, side_files[k]), *to = gemma2__path_join(out_dir, side_files[k]);
         if (!from || !to) rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
@@ -7140,11 +7242,11 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
         GEMMA2_FREE(to);
         if (rc) goto done;
     }
-    if (rename(tmp, dst) != 0) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: cannot rename it to %s", tmp, dst);
+    if (gemma2__rename(tmp, dst) != 0) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: cannot rename it to %s", tmp, dst);
 #undef GEMMA2__SAVE_FAIL
 done:
     if (fp) fclose(fp);
-    if (rc && tmp) remove(tmp);
+    if (rc && tmp) gemma2__remove(tmp);
     gemma2__pool_free(pool);
     GEMMA2_FREE(buf);
     GEMMA2_FREE(hdr.p);
@@ -7326,7 +7428,9 @@ static void gemma2__pool_free(gemma2__pool *p)
 {
     if (!p) return;
 #if defined(GEMMA2__THREADS_PTHREAD) || defined(GEMMA2__THREADS_WIN32)
-    {
+    /* a pool made for one thread never initialised its lock: a zeroed CRITICAL_SECTION reads
+       as held, and entering it waits forever (a zeroed pthread mutex happens to work) */
+    if (p->threads) {
         int i;
         GEMMA2__STORE32(&p->stop, 1);
 #if defined(GEMMA2__THREADS_PTHREAD)
