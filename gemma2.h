@@ -755,6 +755,17 @@ GEMMA2_DEF int gemma2_chat_turns(const gemma2_chat *c);
 #define GEMMA2__PREFETCH(p) ((void)0)
 #endif
 
+/* 1 on a big-endian host (s390x, some POWER and MIPS), where files' little-endian numbers
+   would need swapping. A run-time test: no compiler agrees on a macro for it, and it folds to
+   a constant anyway. */
+static int gemma2__big_endian(void)
+{
+    const uint16_t one = 1;
+    unsigned char b;
+    memcpy(&b, &one, 1);
+    return b == 0;
+}
+
 /* Writes a one-line reason into err; returns code so callers can `return gemma2__fail(...)`. */
 static int gemma2__fail(char *err, size_t err_size, int code, const char *fmt, ...)
 {
@@ -6439,9 +6450,17 @@ static int gemma2__strp_cmp(const void *a, const void *b) { return strcmp(*(cons
 /* Maps model.safetensors, or every shard named by model.safetensors.index.json. */
 static int gemma2__open_weights(gemma2_model *m, const char *dir, gemma2__tensors *ts, char *err, size_t err_size)
 {
-    char *index_path = gemma2__path_join(dir, "model.safetensors.index.json");
+    char *index_path;
     char **names = NULL;
     int n_names = 0, rc = 0, i, k;
+    /* Tensors are little-endian and are used where they lie in the mapped file (and the
+       quantized blocks' scales likewise): a big-endian host would compute on byte-swapped
+       numbers, silently. Refused here, so gemma2_load and gemma2_save_quantized both say so;
+       the tokenizer (tokenizer_only, gemma2_load_tokenizer) reads nothing byte-order-bound. */
+    if (gemma2__big_endian())
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: big-endian hosts are not supported (the weights are "
+                            "little-endian and used in place); the tokenizer alone loads (gemma2_load_tokenizer)", dir);
+    index_path = gemma2__path_join(dir, "model.safetensors.index.json");
     if (!index_path) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
     if (gemma2__file_exists(index_path)) {
         gemma2__file f;
@@ -7001,8 +7020,8 @@ static void gemma2__sbuf_jstr(gemma2__sbuf *b, const char *s)
     gemma2__sbuf_add(b, "\"", 1);
 }
 
-/* 1 when a and b name the same folder: the same text up to trailing separators, or (POSIX)
-   the same device and inode, however they are spelled. */
+/* 1 when a and b name the same folder: the same text up to trailing separators, or the same
+   device and inode (the same volume and file index on Windows), however they are spelled. */
 static int gemma2__same_dir(const char *a, const char *b)
 {
     size_t na = strlen(a), nb = strlen(b);
@@ -7013,6 +7032,25 @@ static int gemma2__same_dir(const char *a, const char *b)
     {
         struct stat sa, sb;
         if (stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino) return 1;
+    }
+#elif defined(GEMMA2__WINDOWS)
+    {
+        /* the same volume and file index ("..", links, short names); folders open only with
+           FILE_FLAG_BACKUP_SEMANTICS, and asking for no access right works on any of them */
+        BY_HANDLE_FILE_INFORMATION ia, ib;
+        HANDLE h[2];
+        int k, same;
+        for (k = 0; k < 2; k++) {
+            wchar_t *w = gemma2__wpath(k ? b : a);
+            h[k] = w ? CreateFileW(w, 0, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL, OPEN_EXISTING,
+                                   FILE_FLAG_BACKUP_SEMANTICS, NULL) : INVALID_HANDLE_VALUE;
+            GEMMA2_FREE(w);
+        }
+        same = h[0] != INVALID_HANDLE_VALUE && h[1] != INVALID_HANDLE_VALUE && GetFileInformationByHandle(h[0], &ia) &&
+               GetFileInformationByHandle(h[1], &ib) && ia.dwVolumeSerialNumber == ib.dwVolumeSerialNumber &&
+               ia.nFileIndexHigh == ib.nFileIndexHigh && ia.nFileIndexLow == ib.nFileIndexLow;
+        for (k = 0; k < 2; k++) if (h[k] != INVALID_HANDLE_VALUE) CloseHandle(h[k]);
+        if (same) return 1;
     }
 #endif
     return 0;
