@@ -265,6 +265,10 @@ test-arm64: $(ARM64_TEST)
 # vocabulary's top-p sweep, the CLI's flag matrix, the rewind sweep, the long-word and
 # corrupt-model tokenizer sweeps, the real-vocabulary model and the CLI runs on it); make test-all
 # and make test-windows (etc.) run everything.
+# On s390x every checkpoint is refused (big-endian hosts are not supported: the weights are
+# little-endian and used in place), so only the cases that need no weights run there, and the one
+# that checks the refusal.
+S390X_CASES = json/ tokenizer/ sampler/ loader/byte-order
 EMU_SUBSET ?= -top_p_large_vocab -cli -session/rewind -long_words -corrupt_model -model/tiny-realvocab -many-tensors
 WINEPREFIX_DIR = /tmp/gemma2-wine-$(shell id -u 2>/dev/null)
 WINE_ENV = WINEPREFIX=$(WINEPREFIX_DIR) WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml=" WINEARCH=win64
@@ -329,7 +333,7 @@ endef
 endif
 ifneq ($(HAVE_S390X),)
 define run-s390x
-@echo "== s390x (big-endian) under qemu$(if $(1), (subset: $(1)))" && $(QEMU_S390X) ./tests/gemma2_test_s390x $(1)
+@echo "== s390x (big-endian: checkpoints refused, the tokenizer runs) under qemu: $(S390X_CASES) $(1)" && $(QEMU_S390X) ./tests/gemma2_test_s390x $(S390X_CASES) $(1)
 endef
 else
 define run-s390x

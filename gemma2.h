@@ -5684,6 +5684,11 @@ static int gemma2__open_regular(const char *path, int *fd, size_t *size, char *e
     struct stat st;
     const char *kind;
     *fd = open(path, O_RDONLY | O_NONBLOCK);
+#ifdef EOVERFLOW
+    /* a 32-bit build without large-file offsets cannot open a file of 2 GiB or more */
+    if (*fd < 0 && errno == EOVERFLOW)
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: too large for this build's address space", path);
+#endif
     if (*fd < 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
     if (fstat(*fd, &st) != 0) { close(*fd); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot stat", path); }
     if (!S_ISREG(st.st_mode)) {
