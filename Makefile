@@ -6,10 +6,13 @@
 #                         allocation-failure sweep (ASan + UBSan); sessions on several threads
 #                         under clang's TSan; test-portability; examples/server with real clients
 #                         (test-server); a short run of every fuzz target (fuzz-smoke); then ARM64 under
-#                         qemu (TSan, fuzz and ARM64 parts are skipped with a note when their runtime or
-#                         tools are missing)
+#                         qemu and the other platforms: Windows (mingw-w64) under wine, RISC-V 64, 32-bit
+#                         x86 and big-endian s390x under qemu-user, each on a subset of the suite
+#                         (EMU_SUBSET, CROSS_SUBSET; TSan, fuzz and the emulated parts are skipped with a
+#                         note when their runtime or tools are missing)
+#   make test-all         make test, with the whole suite on every emulated platform
 #   make test-native      only the native parts (everything but test-portability, test-server, fuzz-smoke
-#                         and ARM64)
+#                         and the emulated runs)
 #   make test-portability the library built as host projects might (tests/portability/run.sh): strict
 #                         warnings with gcc/clang C99/C11 and C++11/C++20, tcc, several translation
 #                         units, GEMMA2_STATIC twice, nm and macro hygiene, the suite under each
@@ -18,6 +21,7 @@
 #                         model, with curl, node and the openai npm package (installed into tests/server/npm
 #                         at test time); skipped with a note without curl or node
 #   make test-arm64       only the ARM64 suite under qemu
+#   make test-windows     only the Windows suite under wine (test-riscv64, test-i686, test-s390x likewise)
 #   make fuzz             the libFuzzer targets in tests/fuzz/, each run FUZZ_TIME seconds (default 60)
 #                         from its committed corpus (copied to tests/fuzz/work/: runs leave the repo alone)
 #   make fuzz-smoke       the same, FUZZ_SMOKE_TIME seconds each (default 20; part of make test)
@@ -31,7 +35,8 @@
 #   make bench-tokenizer  tokenizer speed (against SentencePiece when libsentencepiece-dev is installed)
 #   make clean            remove every binary the above build
 #
-# Overridable: CC, CLANG, CXX, CFLAGS, ARM64_CC, QEMU_ARM64, FUZZ_TIME, FUZZ_SMOKE_TIME
+# Overridable: CC, CLANG, CXX, CFLAGS, ARM64_CC, QEMU_ARM64, MINGW_CC, WINE, RISCV64_CC, QEMU_RISCV64,
+# I686_CC, QEMU_I386, S390X_CC, QEMU_S390X, EMU_SUBSET, FUZZ_TIME, FUZZ_SMOKE_TIME
 # (e.g. make test CC=clang CFLAGS=-O3).
 
 CC         ?= cc
@@ -40,6 +45,14 @@ CXX        ?= g++
 CFLAGS     ?= -O2 -g
 ARM64_CC   ?= aarch64-linux-gnu-gcc
 QEMU_ARM64 ?= qemu-aarch64
+MINGW_CC   ?= x86_64-w64-mingw32-gcc
+WINE       ?= $(firstword $(wildcard /usr/lib/wine/wine64) wine64)
+RISCV64_CC ?= riscv64-linux-gnu-gcc
+QEMU_RISCV64 ?= qemu-riscv64
+I686_CC    ?= i686-linux-gnu-gcc
+QEMU_I386  ?= qemu-i386
+S390X_CC   ?= s390x-linux-gnu-gcc
+QEMU_S390X ?= qemu-s390x
 
 # The cross tools are looked up while make reads this file, not in a recipe, so that make -n
 # runs nothing; without them the ARM64 binary is not built and its run prints a note.
@@ -59,7 +72,7 @@ EXAMPLES = examples/topk examples/tokenize examples/perplexity examples/quantize
 TESTS    = tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx
 BENCHES  = tests/bench_model tests/bench_tokenizer
 
-.PHONY: all test test-native test-portability test-server bench-server test-arm64 fuzz fuzz-smoke fuzz-seeds bench bench-model bench-model-data bench-tokenizer clean
+.PHONY: all test test-all test-native test-portability test-server bench-server test-arm64 test-windows test-riscv64 test-i686 test-s390x fuzz fuzz-smoke fuzz-seeds bench bench-model bench-model-data bench-tokenizer clean
 
 # ---------------------------------------------------------------- build: the CLI and the examples
 # Each example defines GEMMA2_IMPLEMENTATION itself, so each compiles the whole library;
@@ -114,8 +127,13 @@ test-native: $(TESTS) tests/alloc_test $(TSAN_TEST)
 # The emulated run, the slowest, comes last: its recipe waits for test-native even under make -j
 # (which still cross-builds its binary alongside), and a serial make reaches the cross build only
 # after the native results are out.
-test: test-native test-portability test-server fuzz-smoke $(ARM64_TEST)
+test: test-native test-portability test-server fuzz-smoke $(ARM64_TEST) $(CROSS_TESTS)
 	$(run-arm64)
+	$(call run-cross,$(EMU_SUBSET))
+
+test-all: test-native fuzz-smoke $(ARM64_TEST) $(CROSS_TESTS)
+	$(run-arm64)
+	$(call run-cross,)
 
 # ---------------------------------------------------------------- portability
 # One script, one line of output per step (see its header); it builds into tests/portability/build.
@@ -267,8 +285,119 @@ tests/gemma2_test_arm64: $(TEST_SRC)
 test-arm64: $(ARM64_TEST)
 	$(run-arm64)
 
+# ---------------------------------------------------------------- cross: Windows under wine, other CPUs under qemu-user
+# Needs: apt-get install mingw-w64 wine64 gcc-riscv64-linux-gnu gcc-i686-linux-gnu gcc-s390x-linux-gnu
+# qemu-user. Each binary is built (static, like ARM64's) only when its compiler and its emulator are
+# found, and each run otherwise prints why it was skipped.
+#   windows   x86-64 mingw-w64 (its Win32 thread model), the test program and the CLI, run by wine in
+#             a private prefix under /tmp (first use sets it up in a few seconds; mscoree and mshtml
+#             are left out so that it never asks to install Mono or Gecko). AVX2 / AVX-512 kernels
+#             as on Linux. -Wno-maybe-uninitialized: mingw's gcc 12 warns about xo[] in the AVX-512
+#             f32 tile, which is only read when it was loaded (Linux gcc and clang agree).
+#   riscv64   the scalar kernels, with threads; i686: 32-bit pointers and size_t (SSE2, no AVX
+#             kernels); s390x: big-endian.
+# EMU_SUBSET, the cases make test runs on these four: the emulators run the scalar code 10-40 times
+# slower than the machine, and the whole suite (about 4 min natively) would add hours to CI. Left
+# out are the slowest cases, which sweep the same code the others check once (the 256000-token
+# vocabulary's top-p sweep, the CLI's flag matrix, the rewind sweep, the long-word and
+# corrupt-model tokenizer sweeps, the real-vocabulary model and the CLI runs on it); make test-all
+# and make test-windows (etc.) run everything.
+# On s390x every checkpoint is refused (big-endian hosts are not supported: the weights are
+# little-endian and used in place), so only the cases that need no weights run there, and the one
+# that checks the refusal.
+S390X_CASES = json/ tokenizer/ sampler/ loader/byte-order
+EMU_SUBSET ?= -top_p_large_vocab -cli -session/rewind -long_words -corrupt_model -model/tiny-realvocab -many-tensors
+WINEPREFIX_DIR = /tmp/gemma2-wine-$(shell id -u 2>/dev/null)
+WINE_ENV = WINEPREFIX=$(WINEPREFIX_DIR) WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml=" WINEARCH=win64
+
+HAVE_WINDOWS := $(and $(shell command -v $(MINGW_CC) 2>/dev/null),$(shell command -v $(WINE) 2>/dev/null))
+HAVE_RISCV64 := $(and $(shell command -v $(RISCV64_CC) 2>/dev/null),$(shell command -v $(QEMU_RISCV64) 2>/dev/null))
+HAVE_I686    := $(and $(shell command -v $(I686_CC) 2>/dev/null),$(shell command -v $(QEMU_I386) 2>/dev/null))
+HAVE_S390X   := $(and $(shell command -v $(S390X_CC) 2>/dev/null),$(shell command -v $(QEMU_S390X) 2>/dev/null))
+WINDOWS_TEST = $(if $(HAVE_WINDOWS),tests/gemma2_test.exe gemma2.exe)
+RISCV64_TEST = $(if $(HAVE_RISCV64),tests/gemma2_test_riscv64)
+I686_TEST    = $(if $(HAVE_I686),tests/gemma2_test_i686)
+S390X_TEST   = $(if $(HAVE_S390X),tests/gemma2_test_s390x)
+CROSS_TESTS  = $(WINDOWS_TEST) $(RISCV64_TEST) $(I686_TEST) $(S390X_TEST)
+
+tests/gemma2_test.exe: $(TEST_SRC)
+	$(MINGW_CC) $(STD) -O2 $(WARN) -Wno-maybe-uninitialized -static -o $@ tests/gemma2_test.c -lm
+
+gemma2.exe: examples/gemma2.c gemma2.h
+	$(MINGW_CC) $(STD) -O2 $(WARN) -Wno-maybe-uninitialized -static -o $@ examples/gemma2.c -lm
+
+tests/gemma2_test_riscv64: $(TEST_SRC)
+	$(RISCV64_CC) $(STD) -O2 $(WARN) -static -o $@ tests/gemma2_test.c $(LDLIBS)
+
+tests/gemma2_test_i686: $(TEST_SRC)
+	$(I686_CC) $(STD) -O2 $(WARN) -static -o $@ tests/gemma2_test.c $(LDLIBS)
+
+tests/gemma2_test_s390x: $(TEST_SRC)
+	$(S390X_CC) $(STD) -O2 $(WARN) -static -o $@ tests/gemma2_test.c $(LDLIBS)
+
+# $(1): the filters (empty: the whole suite). Each platform's line says what ran.
+ifneq ($(HAVE_WINDOWS),)
+define run-windows
+@echo "== windows (mingw-w64, x86-64) under wine$(if $(1), (subset: $(1)))" && mkdir -p $(WINEPREFIX_DIR) && \
+	$(WINE_ENV) $(WINE) tests/gemma2_test.exe $(1) && \
+	echo "== windows: the CLI reads a prompt file with CRLF line ends" && \
+	printf 'Hello\r\nworld\r\n' > $(WINEPREFIX_DIR)/prompt.txt && \
+	$(WINE_ENV) $(WINE) gemma2.exe -m tests/data/models/tiny-realvocab --tokenizer tests/data/tokenizer -f $(WINEPREFIX_DIR)/prompt.txt -n 4 --seed 1 > $(WINEPREFIX_DIR)/out.txt && \
+	echo "   ok ($$(wc -c < $(WINEPREFIX_DIR)/out.txt) bytes out)"
+endef
+else
+define run-windows
+@echo "== windows: skipped ($(MINGW_CC) or $(WINE) not installed)"
+endef
+endif
+ifneq ($(HAVE_RISCV64),)
+define run-riscv64
+@echo "== riscv64 (scalar kernels, threads) under qemu$(if $(1), (subset: $(1)))" && $(QEMU_RISCV64) ./tests/gemma2_test_riscv64 $(1)
+endef
+else
+define run-riscv64
+@echo "== riscv64: skipped ($(RISCV64_CC) or $(QEMU_RISCV64) not installed)"
+endef
+endif
+ifneq ($(HAVE_I686),)
+define run-i686
+@echo "== i686 (32-bit) under qemu$(if $(1), (subset: $(1)))" && $(QEMU_I386) ./tests/gemma2_test_i686 $(1)
+endef
+else
+define run-i686
+@echo "== i686: skipped ($(I686_CC) or $(QEMU_I386) not installed)"
+endef
+endif
+ifneq ($(HAVE_S390X),)
+define run-s390x
+@echo "== s390x (big-endian: checkpoints refused, the tokenizer runs) under qemu: $(S390X_CASES) $(1)" && $(QEMU_S390X) ./tests/gemma2_test_s390x $(S390X_CASES) $(1)
+endef
+else
+define run-s390x
+@echo "== s390x: skipped ($(S390X_CC) or $(QEMU_S390X) not installed)"
+endef
+endif
+define run-cross
+$(call run-windows,$(1))
+$(call run-riscv64,$(1))
+$(call run-i686,$(1))
+$(call run-s390x,$(1))
+endef
+
+test-windows: $(WINDOWS_TEST)
+	$(call run-windows,)
+
+test-riscv64: $(RISCV64_TEST)
+	$(call run-riscv64,)
+
+test-i686: $(I686_TEST)
+	$(call run-i686,)
+
+test-s390x: $(S390X_TEST)
+	$(call run-s390x,)
+
 # ---------------------------------------------------------------- clean
 
 clean:
-	rm -f gemma2 $(EXAMPLES) $(TESTS) tests/server/server_asan tests/server/bench_server tests/alloc_test tests/gemma2_test_tsan tests/gemma2_test_arm64 $(BENCHES) $(FUZZ_BINS) tests/fuzz/gemma2_impl.o
+	rm -f gemma2 $(EXAMPLES) $(TESTS) tests/server/server_asan tests/server/bench_server tests/alloc_test tests/gemma2_test_tsan tests/gemma2_test_arm64 tests/gemma2_test.exe gemma2.exe tests/gemma2_test_riscv64 tests/gemma2_test_i686 tests/gemma2_test_s390x $(BENCHES) $(FUZZ_BINS) tests/fuzz/gemma2_impl.o
 	rm -rf tests/fuzz/work tests/portability/build

@@ -993,6 +993,10 @@ GEMMA2_DEF int gemma2_chat_turns(const gemma2_chat *c);
 
 #if defined(_WIN32)
 #define GEMMA2__WINDOWS 1
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
 #endif
 
 #define GEMMA2__MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -1006,6 +1010,17 @@ GEMMA2_DEF int gemma2_chat_turns(const gemma2_chat *c);
 #define GEMMA2__PREFETCH(p) ((void)0)
 #endif
 
+/* 1 on a big-endian host (s390x, some POWER and MIPS), where files' little-endian numbers
+   would need swapping. A run-time test: no compiler agrees on a macro for it, and it folds to
+   a constant anyway. */
+static int gemma2__big_endian(void)
+{
+    const uint16_t one = 1;
+    unsigned char b;
+    memcpy(&b, &one, 1);
+    return b == 0;
+}
+
 /* Writes a one-line reason into err; returns code so callers can `return gemma2__fail(...)`. */
 static int gemma2__fail(char *err, size_t err_size, int code, const char *fmt, ...)
 {
@@ -1017,6 +1032,69 @@ static int gemma2__fail(char *err, size_t err_size, int code, const char *fmt, .
     }
     return code;
 }
+
+/* Paths are UTF-8 on every platform. Windows' narrow file functions (fopen, CreateFileA) read
+   them in the ANSI code page instead, where a folder named in another script cannot even be
+   spelled, so on Windows every path goes to the wide-character functions. A path that is not
+   valid UTF-8 is taken in the ANSI code page, as the narrow functions would. */
+#if defined(GEMMA2__WINDOWS)
+/* path as a fresh wide string (GEMMA2_FREE it), or NULL */
+static wchar_t *gemma2__wpath(const char *path)
+{
+    UINT cp = CP_UTF8;
+    DWORD flags = MB_ERR_INVALID_CHARS;
+    wchar_t *w;
+    int n = MultiByteToWideChar(cp, flags, path, -1, NULL, 0);
+    if (n <= 0) { cp = CP_ACP; flags = 0; n = MultiByteToWideChar(cp, flags, path, -1, NULL, 0); }
+    if (n <= 0 || !(w = (wchar_t *)GEMMA2_MALLOC((size_t)n * sizeof *w))) return NULL;
+    if (MultiByteToWideChar(cp, flags, path, -1, w, n) != n) { GEMMA2_FREE(w); return NULL; }
+    return w;
+}
+
+/* fopen for a UTF-8 path; mode is ASCII ("rb", "wb") */
+static FILE *gemma2__fopen(const char *path, const char *mode)
+{
+    wchar_t wmode[8], *w = gemma2__wpath(path);
+    FILE *fp = NULL;
+    size_t i;
+    for (i = 0; i + 1 < sizeof wmode / sizeof *wmode && mode[i]; i++) wmode[i] = (wchar_t)(unsigned char)mode[i];
+    wmode[i] = 0;
+    if (w) fp = _wfopen(w, wmode);
+    GEMMA2_FREE(w);
+    return fp;
+}
+
+/* GetFileAttributes for a UTF-8 path */
+static DWORD gemma2__file_attributes(const char *path)
+{
+    wchar_t *w = gemma2__wpath(path);
+    DWORD a = w ? GetFileAttributesW(w) : INVALID_FILE_ATTRIBUTES;
+    GEMMA2_FREE(w);
+    return a;
+}
+
+static int gemma2__remove(const char *path)
+{
+    wchar_t *w = gemma2__wpath(path);
+    int rc = w ? _wremove(w) : -1;
+    GEMMA2_FREE(w);
+    return rc;
+}
+
+/* rename, replacing an existing to as POSIX rename does (_wrename would refuse) */
+static int gemma2__rename(const char *from, const char *to)
+{
+    wchar_t *a = gemma2__wpath(from), *b = gemma2__wpath(to);
+    int rc = a && b && MoveFileExW(a, b, MOVEFILE_REPLACE_EXISTING) ? 0 : -1;
+    GEMMA2_FREE(a);
+    GEMMA2_FREE(b);
+    return rc;
+}
+#else
+static FILE *gemma2__fopen(const char *path, const char *mode) { return fopen(path, mode); }
+static int gemma2__remove(const char *path) { return remove(path); }
+static int gemma2__rename(const char *from, const char *to) { return rename(from, to); }
+#endif
 
 /* Text from a file (a tensor or shard name, a config value) made fit to quote in an error
    message: control bytes, backslashes and bytes that are not UTF-8 written as \n, \t, \\, \xNN,
@@ -6669,11 +6747,8 @@ struct gemma2__file {
 #endif
 };
 
-#if !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
-#ifndef WIN32_LEAN_AND_MEAN
-#define WIN32_LEAN_AND_MEAN
-#endif
-#include <windows.h>
+#if defined(GEMMA2__WINDOWS)
+/* windows.h is in (2.1): files are read with ReadFile whether or not they are mapped */
 #elif !defined(GEMMA2_NO_MMAP) && (defined(__unix__) || defined(__APPLE__))
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -6711,6 +6786,11 @@ static int gemma2__open_regular(const char *path, int *fd, size_t *size, char *e
     struct stat st;
     const char *kind;
     *fd = open(path, O_RDONLY | O_NONBLOCK);
+#ifdef EOVERFLOW
+    /* a 32-bit build without large-file offsets cannot open a file of 2 GiB or more */
+    if (*fd < 0 && errno == EOVERFLOW)
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: too large for this build's address space", path);
+#endif
     if (*fd < 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
     if (fstat(*fd, &st) != 0) { close(*fd); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot stat", path); }
     if (!S_ISREG(st.st_mode)) {
@@ -6739,13 +6819,46 @@ static int gemma2__read_fd(int fd, uint8_t *buf, size_t n)
     }
     return 0;
 }
-#elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
-/* A folder opens with neither fopen nor CreateFileA: say why instead of "cannot open". */
-static int gemma2__check_regular(const char *path, char *err, size_t err_size)
+#elif defined(GEMMA2__WINDOWS)
+/* Opens path for reading if it is a regular file; *h, *size. A folder opens with no CreateFile
+   flags used here: say why instead of "cannot open". FILE_SHARE_DELETE, as on POSIX, lets the
+   files of a loaded model be deleted or replaced (the open handle keeps the old contents). */
+static int gemma2__open_regular(const char *path, HANDLE *h, size_t *size, char *err, size_t err_size)
 {
-    DWORD a = GetFileAttributesA(path);
-    if (a != INVALID_FILE_ATTRIBUTES && (a & FILE_ATTRIBUTE_DIRECTORY))
+    LARGE_INTEGER sz;
+    wchar_t *w = gemma2__wpath(path);
+    DWORD a;
+    if (!w) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open (not a valid path)", path);
+    a = GetFileAttributesW(w);
+    if (a != INVALID_FILE_ATTRIBUTES && (a & FILE_ATTRIBUTE_DIRECTORY)) {
+        GEMMA2_FREE(w);
         return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: is not a regular file (it is a folder)", path);
+    }
+    *h = CreateFileW(w, GENERIC_READ, FILE_SHARE_READ | FILE_SHARE_DELETE, NULL, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
+    GEMMA2_FREE(w);
+    if (*h == INVALID_HANDLE_VALUE) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
+    if (GetFileType(*h) != FILE_TYPE_DISK) { /* a pipe or a device */
+        CloseHandle(*h);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: is not a regular file", path);
+    }
+    if (!GetFileSizeEx(*h, &sz)) { CloseHandle(*h); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot stat", path); }
+    if (sz.QuadPart < 0 || (uint64_t)sz.QuadPart >= (uint64_t)((size_t)-1 / 2)) {
+        CloseHandle(*h);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: too large for this build's address space", path);
+    }
+    *size = (size_t)sz.QuadPart;
+    return 0;
+}
+
+/* n bytes from h into buf; 0 if they all came. */
+static int gemma2__read_handle(HANDLE h, uint8_t *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        DWORD got = 0, want = (DWORD)GEMMA2__MIN(n - done, (size_t)1 << 30);
+        if (!ReadFile(h, buf + done, want, &got, NULL) || got == 0) return -1;
+        done += got;
+    }
     return 0;
 }
 #endif
@@ -6764,15 +6877,24 @@ static int gemma2__file_read(gemma2__file *f, const char *path, char *err, size_
     rc = gemma2__read_fd(fd, buf, n);
     close(fd);
     if (rc != 0) { GEMMA2_FREE(buf); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: read error", path); }
+#elif defined(GEMMA2__WINDOWS)
+    size_t n;
+    HANDLE h;
+    int rc;
+    uint8_t *buf;
+    memset(f, 0, sizeof *f);
+    if ((rc = gemma2__open_regular(path, &h, &n, err, err_size)) != 0) return rc;
+    buf = (uint8_t *)GEMMA2_MALLOC(n + 1);
+    if (!buf) { CloseHandle(h); return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "%s: out of memory (%zu bytes)", path, n); }
+    rc = gemma2__read_handle(h, buf, n);
+    CloseHandle(h);
+    if (rc != 0) { GEMMA2_FREE(buf); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: read error", path); }
 #else
     FILE *fp;
     long n;
     uint8_t *buf;
     memset(f, 0, sizeof *f);
-#if !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
-    { int rc = gemma2__check_regular(path, err, err_size); if (rc) return rc; }
-#endif
-    if (!(fp = fopen(path, "rb"))) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
+    if (!(fp = gemma2__fopen(path, "rb"))) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
     /* a folder can open with fopen, and its "size" is not one: only a first read tells */
     if (getc(fp) == EOF && ferror(fp)) {
         fclose(fp);
@@ -6848,25 +6970,19 @@ static int gemma2__file_map(gemma2__file *f, const char *path, char *err, size_t
     f->mapped = 1;
     return 0;
 #elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
-    LARGE_INTEGER sz;
+    size_t size;
     HANDLE h, m;
     void *p;
     int rc;
     memset(f, 0, sizeof *f);
-    if ((rc = gemma2__check_regular(path, err, err_size)) != 0) return rc;
-    h = CreateFileA(path, GENERIC_READ, FILE_SHARE_READ, NULL, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, NULL);
-    if (h == INVALID_HANDLE_VALUE) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
-    if (GetFileType(h) != FILE_TYPE_DISK) { /* a pipe or a device */
-        CloseHandle(h);
-        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: is not a regular file", path);
-    }
-    if (!GetFileSizeEx(h, &sz) || sz.QuadPart == 0) { CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
-    m = CreateFileMappingA(h, NULL, PAGE_READONLY, 0, 0, NULL);
+    if ((rc = gemma2__open_regular(path, &h, &size, err, err_size)) != 0) return rc;
+    if (size == 0) { CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
+    m = CreateFileMappingW(h, NULL, PAGE_READONLY, 0, 0, NULL);
     if (!m) { CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
     p = MapViewOfFile(m, FILE_MAP_READ, 0, 0, 0);
     if (!p) { CloseHandle(m); CloseHandle(h); return gemma2__file_read(f, path, err, err_size); }
     f->data = (const uint8_t *)p;
-    f->size = (size_t)sz.QuadPart;
+    f->size = size;
     f->mapped = 1;
     f->hfile = h;
     f->hmap = m;
@@ -6958,10 +7074,10 @@ static int gemma2__file_exists(const char *path)
 #if defined(GEMMA2__POSIX_MMAP)
     struct stat st;
     return stat(path, &st) == 0;
-#elif !defined(GEMMA2_NO_MMAP) && defined(GEMMA2__WINDOWS)
-    return GetFileAttributesA(path) != INVALID_FILE_ATTRIBUTES;
+#elif defined(GEMMA2__WINDOWS)
+    return gemma2__file_attributes(path) != INVALID_FILE_ATTRIBUTES;
 #else
-    FILE *fp = fopen(path, "rb");
+    FILE *fp = gemma2__fopen(path, "rb");
     if (!fp) return 0;
     fclose(fp);
     return 1;
@@ -7442,9 +7558,17 @@ static int gemma2__strp_cmp(const void *a, const void *b) { return strcmp(*(cons
 /* Maps model.safetensors, or every shard named by model.safetensors.index.json. */
 static int gemma2__open_weights(gemma2_model *m, const char *dir, gemma2__tensors *ts, char *err, size_t err_size)
 {
-    char *index_path = gemma2__path_join(dir, "model.safetensors.index.json");
+    char *index_path;
     char **names = NULL;
     int n_names = 0, rc = 0, i, k;
+    /* Tensors are little-endian and are used where they lie in the mapped file (and the
+       quantized blocks' scales likewise): a big-endian host would compute on byte-swapped
+       numbers, silently. Refused here, so gemma2_load and gemma2_save_quantized both say so;
+       the tokenizer (tokenizer_only, gemma2_load_tokenizer) reads nothing byte-order-bound. */
+    if (gemma2__big_endian())
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_UNSUPPORTED, "%s: big-endian hosts are not supported (the weights are "
+                            "little-endian and used in place); the tokenizer alone loads (gemma2_load_tokenizer)", dir);
+    index_path = gemma2__path_join(dir, "model.safetensors.index.json");
     if (!index_path) return gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
     if (gemma2__file_exists(index_path)) {
         gemma2__file f;
@@ -7952,10 +8076,7 @@ GEMMA2_DEF int gemma2_model_weights(const gemma2_model *m, int *saved)
 /* ---- saving quantized checkpoints ---------------------------------------------------------- */
 
 #if defined(GEMMA2__WINDOWS)
-#ifndef WIN32_LEAN_AND_MEAN
-#define WIN32_LEAN_AND_MEAN
-#endif
-#include <windows.h>   /* CreateDirectoryA, GetFileAttributesA */
+/* windows.h is in (2.1) */
 #elif defined(__unix__) || defined(__APPLE__)
 #include <sys/types.h>
 #include <sys/stat.h>  /* mkdir, stat */
@@ -8007,8 +8128,8 @@ static void gemma2__sbuf_jstr(gemma2__sbuf *b, const char *s)
     gemma2__sbuf_add(b, "\"", 1);
 }
 
-/* 1 when a and b name the same folder: the same text up to trailing separators, or (POSIX)
-   the same device and inode, however they are spelled. */
+/* 1 when a and b name the same folder: the same text up to trailing separators, or the same
+   device and inode (the same volume and file index on Windows), however they are spelled. */
 static int gemma2__same_dir(const char *a, const char *b)
 {
     size_t na = strlen(a), nb = strlen(b);
@@ -8019,6 +8140,25 @@ static int gemma2__same_dir(const char *a, const char *b)
     {
         struct stat sa, sb;
         if (stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino) return 1;
+    }
+#elif defined(GEMMA2__WINDOWS)
+    {
+        /* the same volume and file index ("..", links, short names); folders open only with
+           FILE_FLAG_BACKUP_SEMANTICS, and asking for no access right works on any of them */
+        BY_HANDLE_FILE_INFORMATION ia, ib;
+        HANDLE h[2];
+        int k, same;
+        for (k = 0; k < 2; k++) {
+            wchar_t *w = gemma2__wpath(k ? b : a);
+            h[k] = w ? CreateFileW(w, 0, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL, OPEN_EXISTING,
+                                   FILE_FLAG_BACKUP_SEMANTICS, NULL) : INVALID_HANDLE_VALUE;
+            GEMMA2_FREE(w);
+        }
+        same = h[0] != INVALID_HANDLE_VALUE && h[1] != INVALID_HANDLE_VALUE && GetFileInformationByHandle(h[0], &ia) &&
+               GetFileInformationByHandle(h[1], &ib) && ia.dwVolumeSerialNumber == ib.dwVolumeSerialNumber &&
+               ia.nFileIndexHigh == ib.nFileIndexHigh && ia.nFileIndexLow == ib.nFileIndexLow;
+        for (k = 0; k < 2; k++) if (h[k] != INVALID_HANDLE_VALUE) CloseHandle(h[k]);
+        if (same) return 1;
     }
 #endif
     return 0;
@@ -8034,10 +8174,15 @@ static int gemma2__make_dir(const char *dir, char *err, size_t err_size)
     if (mkdir(dir, 0777) != 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot create the folder", dir);
     return 0;
 #elif defined(GEMMA2__WINDOWS)
-    DWORD a = GetFileAttributesA(dir);
+    DWORD a = gemma2__file_attributes(dir);
+    wchar_t *w;
+    BOOL made;
     if (a != INVALID_FILE_ATTRIBUTES)
         return (a & FILE_ATTRIBUTE_DIRECTORY) ? 0 : gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: exists and is not a folder", dir);
-    if (!CreateDirectoryA(dir, NULL)) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot create the folder", dir);
+    w = gemma2__wpath(dir);
+    made = w && CreateDirectoryW(w, NULL);
+    GEMMA2_FREE(w);
+    if (!made) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot create the folder", dir);
     return 0;
 #else
     (void)dir; (void)err; (void)err_size; /* no portable way: the folder must exist (creating the file in it says so) */
@@ -8052,7 +8197,7 @@ static int gemma2__copy_file(const char *from, const char *to, char *err, size_t
     FILE *fp;
     int rc = gemma2__file_read(&f, from, err, err_size), bad;
     if (rc) return rc;
-    if (!(fp = fopen(to, "wb"))) {
+    if (!(fp = gemma2__fopen(to, "wb"))) {
         gemma2__file_close(&f);
         return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot create", to);
     }
@@ -8207,7 +8352,7 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
     if (gemma2__file_exists(path))
         GEMMA2__SAVE_FAIL(GEMMA2_ERROR_INVALID_ARGUMENT, "%s: gemma2_load would read the shards it names instead of the saved "
                           "model.safetensors: remove it, or save to another folder", path);
-    if (!(fp = fopen(tmp, "wb"))) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: cannot create", tmp);
+    if (!(fp = gemma2__fopen(tmp, "wb"))) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: cannot create", tmp);
     for (k = 0; k < 8; k++) len8[k] = (uint8_t)((uint64_t)hdr.n >> (8 * k));
     if (fwrite(len8, 1, 8, fp) != 8 || fwrite(hdr.p, 1, hdr.n, fp) != hdr.n) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: write error (disk full?)", tmp);
     pool = gemma2__pool_new(m->opt.n_threads > 0 ? m->opt.n_threads : gemma2__cpu_count()); /* NULL: quantize on this thread */
@@ -8234,7 +8379,7 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
 
     /* The old weights go before anything of the new folder lands beside them; the new ones
        arrive last, whole. */
-    remove(dst);
+    gemma2__remove(dst);
     for (k = 0; k < (int)(sizeof side_files / sizeof side_files[0]); k++) {
         char *from = gemma2__path_join(in_dir, side_files[k]), *to = gemma2__path_join(out_dir, side_files[k]);
         if (!from || !to) rc = gemma2__fail(err, err_size, GEMMA2_ERROR_OUT_OF_MEMORY, "out of memory");
@@ -8243,11 +8388,11 @@ GEMMA2_DEF int gemma2_save_quantized(const char *in_dir, const char *out_dir, in
         GEMMA2_FREE(to);
         if (rc) goto done;
     }
-    if (rename(tmp, dst) != 0) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: cannot rename it to %s", tmp, dst);
+    if (gemma2__rename(tmp, dst) != 0) GEMMA2__SAVE_FAIL(GEMMA2_ERROR_IO, "%s: cannot rename it to %s", tmp, dst);
 #undef GEMMA2__SAVE_FAIL
 done:
     if (fp) fclose(fp);
-    if (rc && tmp) remove(tmp);
+    if (rc && tmp) gemma2__remove(tmp);
     gemma2__pool_free(pool);
     GEMMA2_FREE(buf);
     GEMMA2_FREE(hdr.p);
@@ -8499,7 +8644,9 @@ static void gemma2__pool_free(gemma2__pool *p)
 {
     if (!p) return;
 #if defined(GEMMA2__THREADS_PTHREAD) || defined(GEMMA2__THREADS_WIN32)
-    {
+    /* a pool made for one thread never initialised its lock: a zeroed CRITICAL_SECTION reads
+       as held, and entering it waits forever (a zeroed pthread mutex happens to work) */
+    if (p->threads) {
         int i;
         GEMMA2__STORE32(&p->stop, 1);
 #if defined(GEMMA2__THREADS_PTHREAD)

@@ -419,15 +419,25 @@ static char *cli_read_file(const char *path, const char **why)
 {
     FILE *f;
     char *buf;
-#if !defined(_WIN32)
+#if defined(_WIN32)
+    /* paths are UTF-8 (main converts the command line): the wide-character functions take them
+       whatever the ANSI code page is */
+    wchar_t w[4096];
+    DWORD a;
+    *why = "cannot read the prompt file";
+    if (MultiByteToWideChar(CP_UTF8, 0, path, -1, w, (int)(sizeof w / sizeof *w)) <= 0) return NULL;
+    a = GetFileAttributesW(w);
+    if (a != INVALID_FILE_ATTRIBUTES && (a & FILE_ATTRIBUTE_DIRECTORY)) { *why = "is a folder, not a file"; return NULL; }
+    if (!(f = _wfopen(w, L"rb"))) return NULL;
+#else
     struct stat st;
     if (stat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode) && !S_ISCHR(st.st_mode)) {
         *why = S_ISDIR(st.st_mode) ? "is a folder, not a file" : "is not a regular file";
         return NULL;
     }
-#endif
     *why = "cannot read the prompt file";
     if (!(f = fopen(path, "rb"))) return NULL;
+#endif
     buf = cli_read_stream(f, why);
     fclose(f);
     return buf;
@@ -900,8 +910,32 @@ done:
 }
 
 #ifndef GEMMA2_CLI_NO_MAIN
+#if defined(_WIN32)
+#include <shellapi.h>
+/* Windows hands main its arguments in the ANSI code page, which cannot spell every folder name:
+   the command line is taken again in UTF-16 and turned into the UTF-8 the library takes. The
+   console is switched to UTF-8 too, so that replies print as written. */
+int main(int argc, char **argv)
+{
+    int n = 0, i, rc;
+    wchar_t **wv = CommandLineToArgvW(GetCommandLineW(), &n);
+    char **u = wv && n > 0 ? (char **)calloc((size_t)n + 1, sizeof *u) : NULL;
+    for (i = 0; u && i < n; i++) {
+        int len = WideCharToMultiByte(CP_UTF8, 0, wv[i], -1, NULL, 0, NULL, NULL);
+        if (len <= 0 || !(u[i] = (char *)malloc((size_t)len))) break;
+        WideCharToMultiByte(CP_UTF8, 0, wv[i], -1, u[i], len, NULL, NULL);
+    }
+    SetConsoleOutputCP(CP_UTF8);
+    rc = u && i == n ? cli_main(n, u, stdin, stdout, stderr) : cli_main(argc, argv, stdin, stdout, stderr);
+    for (i = 0; u && i < n; i++) free(u[i]);
+    free(u);
+    if (wv) LocalFree(wv);
+    return rc;
+}
+#else
 int main(int argc, char **argv)
 {
     return cli_main(argc, argv, stdin, stdout, stderr);
 }
+#endif
 #endif

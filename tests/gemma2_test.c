@@ -9,6 +9,32 @@
 #include "../gemma2.h"
 #include "test.h"
 
+/* Windows (mingw-w64): the few POSIX file calls the tests use, over the C runtime. Paths such
+   as "/tmp/..." work under wine, where the current drive's root is the Unix root. */
+#if defined(_WIN32)
+#include <io.h>
+#include <direct.h>
+#include <dirent.h>
+#include <sys/stat.h>
+#define mkdir(p, mode) _mkdir(p)
+#define lstat(p, st) stat(p, st)
+static char *g2t_mkdtemp(char *tmpl)
+{
+    int tries;
+    size_t n = strlen(tmpl);
+    char save[8];
+    if (n < 6) return NULL;
+    memcpy(save, tmpl + n - 6, 6);
+    for (tries = 0; tries < 100; tries++) {
+        memcpy(tmpl + n - 6, save, 6);
+        if (!_mktemp(tmpl)) return NULL;
+        if (_mkdir(tmpl) == 0) return tmpl;
+    }
+    return NULL;
+}
+#define mkdtemp(t) g2t_mkdtemp(t)
+#endif
+
 #include "test_main.c"
 #include "test_json.c"
 #include "test_model.c"

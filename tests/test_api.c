@@ -112,6 +112,7 @@ static void test_api_stop_reason_string(void)
     gemma2_generate_result r;
     int32_t prompt[3] = {2, 17, 300};
     size_t i, j;
+    memset(&r, 0, sizeof r); /* the messages below read it even when generate failed */
     for (i = 0; i < sizeof reasons / sizeof *reasons; i++) {
         const char *a = gemma2_stop_reason_string(reasons[i]);
         CHECK(a && strcmp(a, "unknown") != 0 && strcmp(a, "none") != 0, "reason %d: \"%s\"", reasons[i], a ? a : "(null)");

@@ -541,6 +541,112 @@ static void suite_loader_dtypes(void);
 static void suite_loader_saved(void);
 static void test_loader_preload(void);
 
+/* ---- platform: byte order, non-ASCII paths ---- */
+
+/* Big-endian hosts: every checkpoint is refused with a clear error (the weights are little-endian
+   and used in place), and the tokenizer still loads and works. Little-endian hosts load it. */
+static void test_loader_byte_order(void)
+{
+    char err[512], err2[512], out[700];
+    int32_t ids[64];
+    int n;
+    gemma2_model *m = gemma2_load(g2t_path("models/tiny-gqa"), NULL, err, sizeof err), *t;
+    if (gemma2__big_endian()) {
+        CHECK(!m && strstr(err, "big-endian hosts are not supported"), "load on a big-endian host: %s", m ? "it loaded" : err);
+        snprintf(out, sizeof out, "/tmp/gemma2_test_be_%d", (int)sizeof(void *));
+        CHECK(gemma2_save_quantized(g2t_path("models/tiny-gqa"), out, GEMMA2_WEIGHTS_Q8, NULL, err, sizeof err) == GEMMA2_ERROR_UNSUPPORTED &&
+              strstr(err, "big-endian hosts are not supported"), "save_quantized on a big-endian host: %s", err);
+        printf("      big-endian host: checkpoints refused (\"%s\")\n", err);
+    } else
+        CHECK(m != NULL, "load on a little-endian host: %s", err);
+    gemma2_free(m);
+    /* the binary tokenizer.model (protobuf: little-endian floats) and the text tokenizer.json
+       agree, token for token */
+    t = gemma2_load_tokenizer(g2t_path("tokenizer/tokenizer.model"), err, sizeof err);
+    m = gemma2_load_tokenizer(g2t_path("tokenizer/tokenizer.json"), err2, sizeof err2);
+    CHECK(t && m, "tokenizers: %s / %s", t ? "ok" : err, m ? "ok" : err2);
+    if (t && m) {
+        static const char text[] = "Hello world, the tokenizer reads 3.14 \xc3\xa9t\xc3\xa9s and \xe6\xa8\xa1\xe5\x9e\x8b too";
+        int32_t ids2[64];
+        int n2;
+        n = gemma2_tokenize(t, text, sizeof text - 1, ids, 64, 0);
+        n2 = gemma2_tokenize(m, text, sizeof text - 1, ids2, 64, 0);
+        CHECK(n > 5 && n == n2 && !memcmp(ids, ids2, sizeof *ids * (size_t)n), "tokenizer.model %d tokens, tokenizer.json %d", n, n2);
+    }
+    gemma2_free(t);
+    gemma2_free(m);
+}
+
+/* The test's own file calls for UTF-8 names, independent of the library's: on Windows the wide
+   functions (what a program that gets such a path from its user would do), elsewhere the usual. */
+#if defined(_WIN32)
+static wchar_t *ldr_w(const char *s)
+{
+    static wchar_t buf[2][1024];
+    static int k;
+    wchar_t *w = buf[k++ & 1];
+    if (MultiByteToWideChar(CP_UTF8, 0, s, -1, w, 1024) <= 0) w[0] = 0;
+    return w;
+}
+#define ldr_u8_mkdir(p) _wmkdir(ldr_w(p))
+#define ldr_u8_rmdir(p) _wrmdir(ldr_w(p))
+#define ldr_u8_fopen(p, m) _wfopen(ldr_w(p), ldr_w(m))
+#define ldr_u8_remove(p) _wremove(ldr_w(p))
+#else
+#define ldr_u8_mkdir(p) mkdir(p, 0700)
+#define ldr_u8_rmdir(p) rmdir(p)
+#define ldr_u8_fopen(p, m) fopen(p, m)
+#define ldr_u8_remove(p) remove(p)
+#endif
+
+/* A model in a folder whose name is not ASCII (paths are UTF-8 on every platform) loads and
+   computes what it does elsewhere. */
+static void test_loader_utf8_path(void)
+{
+    static const char *const files[] = {"config.json", "model.safetensors"};
+    char base[64] = "/tmp/gemma2_test_XXXXXX", dir[300], path[400], err[512];
+    float *a = NULL, *b = NULL;
+    gemma2_model *m;
+    size_t i;
+    int32_t tok = 2;
+    if (!mkdtemp(base)) { CHECK(0, "mkdtemp"); return; }
+    snprintf(dir, sizeof dir, "%s/mod\xc3\xa8le-\xe6\xa8\xa1\xe5\x9e\x8b", base); /* "modèle-模型" */
+    CHECK(ldr_u8_mkdir(dir) == 0, "mkdir %s", dir);
+    for (i = 0; i < sizeof files / sizeof *files; i++) {
+        size_t n;
+        void *data;
+        FILE *f;
+        snprintf(path, sizeof path, "models/tiny-gqa/%s", files[i]);
+        data = g2t_read_file(g2t_path(path), &n);
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        f = ldr_u8_fopen(path, "wb");
+        CHECK(data && f && fwrite(data, 1, n, f) == n, "copy %s", files[i]);
+        if (f) fclose(f);
+        free(data);
+    }
+    for (i = 0; i < 2; i++) {
+        m = gemma2_load(i ? dir : g2t_path("models/tiny-gqa"), NULL, err, sizeof err);
+        CHECK(m != NULL, "load %s: %s", i ? dir : "tiny-gqa", err);
+        if (m) {
+            gemma2_session *s = gemma2_session_new(m, 0);
+            float *l = (float *)malloc(sizeof(float) * (size_t)gemma2_vocab_size(m));
+            CHECK(s && l && gemma2_eval(s, &tok, 1, l) == 0, "eval");
+            if (i) b = l; else a = l;
+            gemma2_session_free(s);
+            gemma2_free(m);
+        }
+    }
+    CHECK(a && b && !memcmp(a, b, sizeof(float) * 256), "the same logits from either folder");
+    free(a);
+    free(b);
+    for (i = 0; i < sizeof files / sizeof *files; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        ldr_u8_remove(path);
+    }
+    ldr_u8_rmdir(dir);
+    rmdir(base);
+}
+
 void suite_loader(void)
 {
     g2t_run("loader/bad-files", test_loader_bad_files);
@@ -1197,4 +1303,6 @@ static void suite_loader_saved(void)
     g2t_run("loader/save-roundtrip", test_loader_save_roundtrip);
     g2t_run("loader/save-refusals", test_loader_save_refusals);
     g2t_run("loader/save-errors", test_loader_save_errors);
+    g2t_run("loader/byte-order", test_loader_byte_order);
+    g2t_run("loader/utf8-path", test_loader_utf8_path);
 }

@@ -1,14 +1,29 @@
-/* The test runner: every suite, then one summary line. Usage: gemma2_test [filter] */
+/* The test runner: every suite, then one summary line.
+   Usage: gemma2_test [filter ...]: a case runs when its name contains one of the filters (all
+   run when none is given), and none that starts with '-' and then names a part of it (-rewind
+   skips session/rewind): the emulated runs leave out their slowest cases that way. */
 #include "test.h"
 
 int g2t_case_failed;
 const char *g2t_data = "tests/data";
-static const char *g2t_filter;
-static int g2t_passed, g2t_failed;
+static const char *g2t_filter;  /* the first filter, for the message when nothing matched */
+static char **g2t_filters;
+static int g2t_n_filters, g2t_passed, g2t_failed;
+
+static int g2t_selected(const char *name)
+{
+    int i, any_include = 0, included = 0;
+    for (i = 0; i < g2t_n_filters; i++) {
+        const char *f = g2t_filters[i];
+        if (f[0] == '-' && f[1]) { if (strstr(name, f + 1)) return 0; }
+        else { any_include = 1; if (strstr(name, f)) included = 1; }
+    }
+    return !any_include || included;
+}
 
 void g2t_run(const char *name, void (*fn)(void))
 {
-    if (g2t_filter && !strstr(name, g2t_filter)) return;
+    if (!g2t_selected(name)) return;
     g2t_case_failed = 0;
     fn();
     if (g2t_case_failed) { g2t_failed++; fprintf(stderr, "FAILED %s\n", name); }
@@ -55,7 +70,7 @@ int main(int argc, char **argv)
 {
     const char *d = getenv("GEMMA2_TEST_DATA");
     if (d) g2t_data = d;
-    if (argc > 1) g2t_filter = argv[1];
+    if (argc > 1) { g2t_filter = argv[1]; g2t_filters = argv + 1; g2t_n_filters = argc - 1; }
     suite_json();
     suite_model();
     suite_loader();
