@@ -521,7 +521,8 @@ GEMMA2_DEF int gemma2_logit_lens(const gemma2_model *m, const float *x, int n, f
 /* Saved sessions. A session's state (its tokens, KV cache and last logits) written to a file or
    a buffer, and a new session made from it that continues exactly as the original would: the
    same logits, bit for bit, on the same build and options. A long system prompt is evaluated
-   once and restored in a fraction of the time (a 2B session of 2k tokens: tests/BENCHMARKS.md).
+   once and then restored, which costs reading its KV cache instead of computing it (tests/
+   bench_model.c --only-saved times a 2k-token 2B session against evaluating its prompt).
      Contents: the tokens, the position, the KV cache in the model's kv_cache format (global
    layers: every position; sliding-window layers: only the positions their ring still holds, at
    most W + 127), the last logits, and a model fingerprint: the config's values, every weight

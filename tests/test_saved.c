@@ -400,7 +400,11 @@ static void test_saved_cli_prompt_cache(void)
         const char *e[] = {"-m", model, "--tokenizer", tok, "--prompt-cache", cache, "-i"};
         rc = gen_cli(a, 12, NULL, out, sizeof out, err, sizeof err);
         CHECK(rc == 0 && !strcmp(out, want) && strstr(err, say[0]), "first run: rc %d out [%s] err [%s]", rc, out, err);
-        CHECK(g2t_read_file(cache, NULL) != NULL, "no cache file written");
+        {
+            void *written = g2t_read_file(cache, NULL);
+            CHECK(written != NULL, "no cache file written");
+            free(written);
+        }
         rc = gen_cli(a, 12, NULL, out, sizeof out, err, sizeof err);
         CHECK(rc == 0 && !strcmp(out, want) && strstr(err, say[1]), "second run: rc %d out [%s] err [%s]", rc, out, err);
         /* a longer prompt, sharing <bos>, the turn's start and "Write a hello world program" */
