@@ -36,7 +36,7 @@
 #   make clean            remove every binary the above build
 #
 # Overridable: CC, CLANG, CXX, CFLAGS, ARM64_CC, QEMU_ARM64, MINGW_CC, WINE, RISCV64_CC, QEMU_RISCV64,
-# I686_CC, QEMU_I386, S390X_CC, QEMU_S390X, EMU_SUBSET, FUZZ_TIME, FUZZ_SMOKE_TIME
+# I686_CC, QEMU_I386, S390X_CC, QEMU_S390X, EMU_SUBSET, CROSS_SUBSET, FUZZ_TIME, FUZZ_SMOKE_TIME
 # (e.g. make test CC=clang CFLAGS=-O3).
 
 CC         ?= cc
@@ -129,7 +129,10 @@ test-native: $(TESTS) tests/alloc_test $(TSAN_TEST)
 # after the native results are out.
 test: test-native test-portability test-server fuzz-smoke $(ARM64_TEST) $(CROSS_TESTS)
 	$(run-arm64)
-	$(call run-cross,$(EMU_SUBSET))
+	$(call run-windows,$(EMU_SUBSET))
+	$(call run-riscv64,$(CROSS_SUBSET))
+	$(call run-i686,$(CROSS_SUBSET))
+	$(call run-s390x,)
 
 test-all: test-native fuzz-smoke $(ARM64_TEST) $(CROSS_TESTS)
 	$(run-arm64)
@@ -296,17 +299,24 @@ test-arm64: $(ARM64_TEST)
 #             f32 tile, which is only read when it was loaded (Linux gcc and clang agree).
 #   riscv64   the scalar kernels, with threads; i686: 32-bit pointers and size_t (SSE2, no AVX
 #             kernels); s390x: big-endian.
-# EMU_SUBSET, the cases make test runs on these four: the emulators run the scalar code 10-40 times
-# slower than the machine, and the whole suite (about 4 min natively) would add hours to CI. Left
-# out are the slowest cases, which sweep the same code the others check once (the 256000-token
-# vocabulary's top-p sweep, the CLI's flag matrix, the rewind sweep, the long-word and
-# corrupt-model tokenizer sweeps, the real-vocabulary model and the CLI runs on it); make test-all
-# and make test-windows (etc.) run everything.
+# What make test runs on them (make test-all and make test-windows etc. run everything):
+#   EMU_SUBSET, under wine: all but the slowest cases, which sweep the same code the others check
+#     once (the 256000-token vocabulary's top-p sweep, the CLI's flag matrix, the rewind sweep, the
+#     long-word and corrupt-model tokenizer sweeps, the real-vocabulary model and the CLI runs on it).
+#   CROSS_SUBSET, under qemu on RISC-V 64 and i686: qemu runs the scalar code 10-40 times slower than
+#     the machine, and the whole suite would add an hour to CI. These cases check what differs on
+#     those CPUs: the forward pass against the references (GQA, Q4, a sliding window shorter than the
+#     prompt), the loader's size and offset checks with 32-bit size_t (and a 3 GiB checkpoint refused),
+#     the tokenizers, the sampler, the chat template and generation; about 40 s (RISC-V) and 95 s
+#     (i686) here.
 # On s390x every checkpoint is refused (big-endian hosts are not supported: the weights are
 # little-endian and used in place), so only the cases that need no weights run there, and the one
 # that checks the refusal.
 S390X_CASES = json/ tokenizer/ sampler/ loader/byte-order
 EMU_SUBSET ?= -top_p_large_vocab -cli -session/rewind -long_words -corrupt_model -model/tiny-realvocab -many-tensors
+CROSS_SUBSET ?= json/ model/tiny-gqa model/long-odd model/q4 loader/bad-files loader/config-values loader/byte-order \
+                loader/utf8-path loader/too-large tokenizer/cases_json tokenizer/cases_model sampler/greedy sampler/seed \
+                chat/fixtures generate/greedy generate/stop_rules session/n_ctx
 WINEPREFIX_DIR = /tmp/gemma2-wine-$(shell id -u 2>/dev/null)
 WINE_ENV = WINEPREFIX=$(WINEPREFIX_DIR) WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml=" WINEARCH=win64
 

@@ -6788,12 +6788,20 @@ static int gemma2__open_regular(const char *path, int *fd, size_t *size, char *e
     const char *kind;
     *fd = open(path, O_RDONLY | O_NONBLOCK);
 #ifdef EOVERFLOW
-    /* a 32-bit build without large-file offsets cannot open a file of 2 GiB or more */
+    /* a 32-bit build without large-file offsets cannot open (or, on some systems, stat) a file of
+       2 GiB or more */
     if (*fd < 0 && errno == EOVERFLOW)
         return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: too large for this build's address space", path);
 #endif
     if (*fd < 0) return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot open", path);
-    if (fstat(*fd, &st) != 0) { close(*fd); return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, "%s: cannot stat", path); }
+    if (fstat(*fd, &st) != 0) {
+        int too_large = 0;
+#ifdef EOVERFLOW
+        too_large = errno == EOVERFLOW;
+#endif
+        close(*fd);
+        return gemma2__fail(err, err_size, GEMMA2_ERROR_IO, too_large ? "%s: too large for this build's address space" : "%s: cannot stat", path);
+    }
     if (!S_ISREG(st.st_mode)) {
         kind = S_ISDIR(st.st_mode) ? " (it is a folder)" : S_ISFIFO(st.st_mode) ? " (it is a FIFO)" :
                S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? " (it is a device)" : "";

@@ -174,7 +174,7 @@ static FILE *bench_create_safetensors(const char *dir, char *hdr, size_t len)
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     if (!(f = fopen(path, "wb"))) return NULL;
     hl = (uint64_t)len;
-    for (i = 0; i < 8; i++) fputc((int)((hl >> (8 * i)) & 0xff), f);
+    for (i = 0; i < 8; i++) fputc((int)(((uint64_t)hl >> (8 * i)) & 0xff), f);
     if (fwrite(hdr, 1, len, f) != len) { fclose(f); return NULL; }
     return f;
 }
