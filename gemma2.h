@@ -6750,12 +6750,17 @@ struct gemma2__file {
 
 #if defined(GEMMA2__WINDOWS)
 /* windows.h is in (2.1): files are read with ReadFile whether or not they are mapped */
-#elif !defined(GEMMA2_NO_MMAP) && (defined(__unix__) || defined(__APPLE__))
-#include <sys/mman.h>
+#elif defined(__unix__) || defined(__APPLE__)
+/* open/fstat/read also without mapping: only they can refuse a FIFO or a folder before blocking
+   on it or reading garbage (stdio's fopen waits for a FIFO's writer) */
 #include <sys/stat.h>
 #include <fcntl.h>
 #include <unistd.h>
+#define GEMMA2__POSIX_FILES 1
+#if !defined(GEMMA2_NO_MMAP)
+#include <sys/mman.h>
 #define GEMMA2__POSIX_MMAP 1
+#endif
 #endif
 
 /* Whether this build can ask for 2 MiB pages (documented under BUILD SWITCHES). The fallback is
@@ -6778,7 +6783,7 @@ struct gemma2__file {
    it changes nothing for a regular file); under GEMMA2_NO_MMAP, plain stdio, a folder fails at
    its first read, and a FIFO can still block (stdio has no way to ask). */
 
-#if defined(GEMMA2__POSIX_MMAP)
+#if defined(GEMMA2__POSIX_FILES)
 #include <errno.h>
 
 /* Opens path for reading if it is a regular file; *fd, *size. Else a one-line reason. */
@@ -6875,8 +6880,8 @@ static int gemma2__read_handle(HANDLE h, uint8_t *buf, size_t n)
 /* Reads a whole file (the fallback, and for small files). */
 static int gemma2__file_read(gemma2__file *f, const char *path, char *err, size_t err_size)
 {
-#if defined(GEMMA2__POSIX_MMAP)
-    size_t n;
+#if defined(GEMMA2__POSIX_FILES)
+    size_t n = 0;
     int fd, rc;
     uint8_t *buf;
     memset(f, 0, sizeof *f);
@@ -7080,7 +7085,7 @@ static void gemma2__file_close(gemma2__file *f)
 /* Whether something is there under that name (reading it then says if it is not a file). */
 static int gemma2__file_exists(const char *path)
 {
-#if defined(GEMMA2__POSIX_MMAP)
+#if defined(GEMMA2__POSIX_FILES)
     struct stat st;
     return stat(path, &st) == 0;
 #elif defined(GEMMA2__WINDOWS)
