@@ -7,8 +7,8 @@
 #                         under clang's TSan; test-portability; examples/server with real clients
 #                         (test-server); a short run of every fuzz target (fuzz-smoke); then ARM64 under
 #                         qemu and the other platforms: Windows (mingw-w64) under wine, RISC-V 64, 32-bit
-#                         x86 and big-endian s390x under qemu-user, each on a subset of the suite
-#                         (EMU_SUBSET, CROSS_SUBSET; TSan, fuzz and the emulated parts are skipped with a
+#                         x86 and big-endian s390x under qemu-user (a subset of the suite on the last three:
+#                         CROSS_SUBSET, S390X_CASES; TSan, fuzz and the emulated parts are skipped with a
 #                         note when their runtime or tools are missing)
 #   make test-all         make test, with the whole suite on every emulated platform
 #   make test-native      only the native parts (everything but test-portability, test-server, fuzz-smoke
@@ -36,7 +36,7 @@
 #   make clean            remove every binary the above build
 #
 # Overridable: CC, CLANG, CXX, CFLAGS, ARM64_CC, QEMU_ARM64, MINGW_CC, WINE, RISCV64_CC, QEMU_RISCV64,
-# I686_CC, QEMU_I386, S390X_CC, QEMU_S390X, EMU_SUBSET, CROSS_SUBSET, FUZZ_TIME, FUZZ_SMOKE_TIME
+# I686_CC, QEMU_I386, S390X_CC, QEMU_S390X, CROSS_SUBSET, FUZZ_TIME, FUZZ_SMOKE_TIME
 # (e.g. make test CC=clang CFLAGS=-O3).
 
 CC         ?= cc
@@ -129,12 +129,12 @@ test-native: $(TESTS) tests/alloc_test $(TSAN_TEST)
 # after the native results are out.
 test: test-native test-portability test-server fuzz-smoke $(ARM64_TEST) $(CROSS_TESTS)
 	$(run-arm64)
-	$(call run-windows,$(EMU_SUBSET))
+	$(call run-windows,)
 	$(call run-riscv64,$(CROSS_SUBSET))
 	$(call run-i686,$(CROSS_SUBSET))
 	$(call run-s390x,)
 
-test-all: test-native fuzz-smoke $(ARM64_TEST) $(CROSS_TESTS)
+test-all: test-native test-portability test-server fuzz-smoke $(ARM64_TEST) $(CROSS_TESTS)
 	$(run-arm64)
 	$(call run-cross,)
 
@@ -300,9 +300,7 @@ test-arm64: $(ARM64_TEST)
 #   riscv64   the scalar kernels, with threads; i686: 32-bit pointers and size_t (SSE2, no AVX
 #             kernels); s390x: big-endian.
 # What make test runs on them (make test-all and make test-windows etc. run everything):
-#   EMU_SUBSET, under wine: all but the slowest cases, which sweep the same code the others check
-#     once (the 256000-token vocabulary's top-p sweep, the CLI's flag matrix, the rewind sweep, the
-#     long-word and corrupt-model tokenizer sweeps, the real-vocabulary model and the CLI runs on it).
+#   under wine, the whole suite: wine runs the x86-64 code natively (about 2 min here).
 #   CROSS_SUBSET, under qemu on RISC-V 64 and i686: qemu runs the scalar code 10-40 times slower than
 #     the machine, and the whole suite would add an hour to CI. These cases check what differs on
 #     those CPUs: the forward pass against the references (GQA, Q4, a sliding window shorter than the
@@ -313,7 +311,6 @@ test-arm64: $(ARM64_TEST)
 # little-endian and used in place), so only the cases that need no weights run there, and the one
 # that checks the refusal.
 S390X_CASES = json/ tokenizer/ sampler/ loader/byte-order
-EMU_SUBSET ?= -top_p_large_vocab -cli -session/rewind -long_words -corrupt_model -model/tiny-realvocab -many-tensors
 CROSS_SUBSET ?= json/ model/tiny-gqa model/long-odd model/q4 loader/bad-files loader/config-values loader/byte-order \
                 loader/utf8-path loader/too-large tokenizer/cases_json tokenizer/cases_model sampler/greedy sampler/seed \
                 chat/fixtures generate/greedy generate/stop_rules session/n_ctx
