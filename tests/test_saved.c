@@ -441,4 +441,6 @@ void suite_saved(void)
     g2t_run("saved/other_model", test_saved_other_model);
     g2t_run("saved/corrupt", test_saved_corrupt);
     g2t_run("saved/cli_prompt_cache", test_saved_cli_prompt_cache);
+    gemma2_free(gen_model); /* the generate suite's shared model, loaded again by gen_get above */
+    gen_model = NULL;
 }
