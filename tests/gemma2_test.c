@@ -14,21 +14,26 @@
 #if defined(_WIN32)
 #include <io.h>
 #include <direct.h>
+#include <process.h>
+#include <errno.h>
+#include <time.h>
 #include <dirent.h>
 #include <sys/stat.h>
 #define mkdir(p, mode) _mkdir(p)
 #define lstat(p, st) stat(p, st)
+/* Not _mktemp: it makes at most 26 names per process id, and wine reuses small process ids, so
+   folders left by an earlier run (a failed case keeps its files) can use them all up. */
 static char *g2t_mkdtemp(char *tmpl)
 {
-    int tries;
+    static unsigned long seq;
     size_t n = strlen(tmpl);
-    char save[8];
+    int tries, k;
     if (n < 6) return NULL;
-    memcpy(save, tmpl + n - 6, 6);
-    for (tries = 0; tries < 100; tries++) {
-        memcpy(tmpl + n - 6, save, 6);
-        if (!_mktemp(tmpl)) return NULL;
+    for (tries = 0; tries < 1000; tries++) {
+        unsigned long v = ((unsigned long)time(NULL) * 2654435761u) ^ ((unsigned long)_getpid() * 40503u) ^ (++seq * 2246822519u);
+        for (k = 0; k < 6; k++) { tmpl[n - 6 + (size_t)k] = "abcdefghijklmnopqrstuvwxyz0123456789"[v % 36]; v /= 36; }
         if (_mkdir(tmpl) == 0) return tmpl;
+        if (errno != EEXIST) return NULL;
     }
     return NULL;
 }
