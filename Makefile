@@ -2,7 +2,8 @@
 #
 #   make                  the CLI (./gemma2) and the examples (examples/topk, tokenize, perplexity, quantize, trace, server);
 #                         each compiles the whole library, so make -j builds them side by side
-#   make test             the test suite: gcc -O2 -Werror, clang with ASan + UBSan, C++; the
+#   make test             builds every binary it runs, JOBS at a time (default: the CPU count), then runs
+#                         the test suite: gcc -O2 -Werror, clang with ASan + UBSan, C++; the
 #                         allocation-failure sweep (ASan + UBSan); sessions on several threads
 #                         under clang's TSan; test-portability; examples/server with real clients
 #                         (test-server); a short run of every fuzz target (fuzz-smoke); then ARM64 under
@@ -24,7 +25,7 @@
 #   make test-windows     only the Windows suite under wine (test-riscv64, test-i686, test-s390x likewise)
 #   make fuzz             the libFuzzer targets in tests/fuzz/, each run FUZZ_TIME seconds (default 60)
 #                         from its committed corpus (copied to tests/fuzz/work/: runs leave the repo alone)
-#   make fuzz-smoke       the same, FUZZ_SMOKE_TIME seconds each (default 20; part of make test)
+#   make fuzz-smoke       the same, FUZZ_SMOKE_TIME seconds each (default 10; part of make test)
 #   make bench            bench-tokenizer, bench-server, then bench-model (not part of the tests)
 #   make bench-server     the server's added time per decoded token at 1 slot against the library's;
 #                         on BENCH_SERVER_MODEL (default: the tiny-realvocab fixture)
@@ -72,7 +73,7 @@ EXAMPLES = examples/topk examples/tokenize examples/perplexity examples/quantize
 TESTS    = tests/gemma2_test tests/gemma2_test_asan tests/gemma2_test_cxx
 BENCHES  = tests/bench_model tests/bench_tokenizer
 
-.PHONY: all test test-all test-native test-portability test-server bench-server test-arm64 test-windows test-riscv64 test-i686 test-s390x fuzz fuzz-smoke fuzz-seeds bench bench-model bench-model-data bench-tokenizer clean
+.PHONY: all test test-all test-bins test-run test-run-all test-native test-portability test-server bench-server test-arm64 test-windows test-riscv64 test-i686 test-s390x fuzz fuzz-smoke fuzz-seeds bench bench-model bench-model-data bench-tokenizer clean
 
 # ---------------------------------------------------------------- build: the CLI and the examples
 # Each example defines GEMMA2_IMPLEMENTATION itself, so each compiles the whole library;
@@ -127,14 +128,28 @@ test-native: $(TESTS) tests/alloc_test $(TSAN_TEST)
 # The emulated run, the slowest, comes last: its recipe waits for test-native even under make -j
 # (which still cross-builds its binary alongside), and a serial make reaches the cross build only
 # after the native results are out.
-test: test-native test-portability test-server fuzz-smoke $(ARM64_TEST) $(CROSS_TESTS)
+# make test first builds every binary it runs, JOBS at a time (a sub-make: the runs that follow
+# are never disturbed by a build), then runs them in turn.
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+TEST_BINS = $(TESTS) tests/alloc_test $(TSAN_TEST) gemma2 examples/server tests/server/server_asan $(FUZZ_DEPS) $(ARM64_TEST) $(CROSS_TESTS)
+
+test-bins:
+	$(MAKE) -j$(JOBS) $(TEST_BINS)
+
+test: test-bins
+	$(MAKE) test-run
+
+test-all: test-bins
+	$(MAKE) test-run-all
+
+test-run: test-native test-portability test-server fuzz-smoke $(ARM64_TEST) $(CROSS_TESTS)
 	$(run-arm64)
 	$(call run-windows,)
 	$(call run-riscv64,$(CROSS_SUBSET))
 	$(call run-i686,$(CROSS_SUBSET))
 	$(call run-s390x,)
 
-test-all: test-native test-portability test-server fuzz-smoke $(ARM64_TEST) $(CROSS_TESTS)
+test-run-all: test-native test-portability test-server fuzz-smoke $(ARM64_TEST) $(CROSS_TESTS)
 	$(run-arm64)
 	$(call run-cross,)
 
@@ -199,7 +214,7 @@ bench-tokenizer: tests/bench_tokenizer
 # (Debian: libclang-rt-14-dev, which .ci/run installs); looked up while make reads this file, like the cross
 # tools, so that make -n runs nothing.
 FUZZ_TIME       ?= 60
-FUZZ_SMOKE_TIME ?= 20
+FUZZ_SMOKE_TIME ?= 10
 FUZZ_TARGETS = load_weights load_quant load_config load_index tokenizer_json tokenizer_model tokenize chat sampler session_load
 FUZZ_BINS    = $(FUZZ_TARGETS:%=tests/fuzz/fuzz_%)
 FUZZ_CFLAGS  = $(STD) -O1 -g $(WARN) -fno-sanitize-recover=all -fno-omit-frame-pointer
@@ -293,8 +308,10 @@ test-arm64: $(ARM64_TEST)
 # qemu-user. Each binary is built (static, like ARM64's) only when its compiler and its emulator are
 # found, and each run otherwise prints why it was skipped.
 #   windows   x86-64 mingw-w64 (its Win32 thread model), the test program and the CLI, run by wine in
-#             a private prefix under /tmp (first use sets it up in a few seconds; mscoree and mshtml
-#             are left out so that it never asks to install Mono or Gecko). AVX2 / AVX-512 kernels
+#             a private prefix, tests/wine-prefix (first use sets it up with wineboot and waits for
+#             it, a few seconds; mscoree and mshtml are left out so that it never asks to install
+#             Mono or Gecko). If wine cannot start the CLI there, the run stops with what the
+#             prefix holds. AVX2 / AVX-512 kernels
 #             as on Linux. -Wno-maybe-uninitialized: mingw's gcc 12 warns about xo[] in the AVX-512
 #             f32 tile, which is only read when it was loaded (Linux gcc and clang agree).
 #   riscv64   the scalar kernels, with threads; i686: 32-bit pointers and size_t (SSE2, no AVX
@@ -314,8 +331,9 @@ S390X_CASES = json/ tokenizer/ sampler/ loader/byte-order
 CROSS_SUBSET ?= json/ model/tiny-gqa model/long-odd model/q4 loader/bad-files loader/config-values loader/byte-order \
                 loader/utf8-path loader/too-large tokenizer/cases_json tokenizer/cases_model sampler/greedy sampler/seed \
                 chat/fixtures generate/greedy generate/stop_rules session/n_ctx
-WINEPREFIX_DIR = /tmp/gemma2-wine-$(shell id -u 2>/dev/null)
+WINEPREFIX_DIR = $(CURDIR)/tests/wine-prefix
 WINE_ENV = WINEPREFIX=$(WINEPREFIX_DIR) WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml=" WINEARCH=win64
+WINESERVER ?= $(firstword $(wildcard $(dir $(WINE))wineserver) wineserver)
 
 HAVE_WINDOWS := $(and $(shell command -v $(MINGW_CC) 2>/dev/null),$(shell command -v $(WINE) 2>/dev/null))
 HAVE_RISCV64 := $(and $(shell command -v $(RISCV64_CC) 2>/dev/null),$(shell command -v $(QEMU_RISCV64) 2>/dev/null))
@@ -345,7 +363,10 @@ tests/gemma2_test_s390x: $(TEST_SRC)
 # $(1): the filters (empty: the whole suite). Each platform's line says what ran.
 ifneq ($(HAVE_WINDOWS),)
 define run-windows
-@echo "== windows (mingw-w64, x86-64) under wine$(if $(1), (subset: $(1)))" && mkdir -p $(WINEPREFIX_DIR) && \
+@echo "== windows (mingw-w64, x86-64) under wine$(if $(1), (subset: $(1)))" && \
+	{ [ -f $(WINEPREFIX_DIR)/system.reg ] || { $(WINE_ENV) $(WINE) wineboot --init >/dev/null 2>&1; $(WINE_ENV) $(WINESERVER) -w; }; } && \
+	{ $(WINE_ENV) $(WINE) gemma2.exe --version >/dev/null || { echo "wine cannot start a program (prefix $(WINEPREFIX_DIR)):"; \
+	  df -h $(WINEPREFIX_DIR); ls $(WINEPREFIX_DIR) $(WINEPREFIX_DIR)/drive_c/windows/system32 2>&1 | head -n 20; false; }; } && \
 	$(WINE_ENV) $(WINE) tests/gemma2_test.exe $(1) && \
 	echo "== windows: the CLI reads a prompt file with CRLF line ends" && \
 	printf 'Hello\r\nworld\r\n' > $(WINEPREFIX_DIR)/prompt.txt && \
@@ -407,4 +428,4 @@ test-s390x: $(S390X_TEST)
 
 clean:
 	rm -f gemma2 $(EXAMPLES) $(TESTS) tests/server/server_asan tests/server/bench_server tests/alloc_test tests/gemma2_test_tsan tests/gemma2_test_arm64 tests/gemma2_test.exe gemma2.exe tests/gemma2_test_riscv64 tests/gemma2_test_i686 tests/gemma2_test_s390x $(BENCHES) $(FUZZ_BINS) tests/fuzz/gemma2_impl.o
-	rm -rf tests/fuzz/work tests/portability/build
+	rm -rf tests/fuzz/work tests/portability/build tests/wine-prefix

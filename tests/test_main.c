@@ -3,12 +3,14 @@
    run when none is given), and none that starts with '-' and then names a part of it (-rewind
    skips session/rewind): the emulated runs leave out their slowest cases that way. */
 #include "test.h"
+#include <time.h>
 
 int g2t_case_failed;
 const char *g2t_data = "tests/data";
 static const char *g2t_filter;  /* the first filter, for the message when nothing matched */
 static char **g2t_filters;
 static int g2t_n_filters, g2t_passed, g2t_failed;
+static int g2t_times;  /* GEMMA2_TEST_TIMES set: each line gives the case's processor time (all threads) */
 
 static int g2t_selected(const char *name)
 {
@@ -24,10 +26,13 @@ static int g2t_selected(const char *name)
 void g2t_run(const char *name, void (*fn)(void))
 {
     if (!g2t_selected(name)) return;
+    clock_t t0 = clock();
     g2t_case_failed = 0;
     fn();
-    if (g2t_case_failed) { g2t_failed++; fprintf(stderr, "FAILED %s\n", name); }
-    else { g2t_passed++; fprintf(stderr, "ok     %s\n", name); }
+    if (g2t_case_failed) { g2t_failed++; fprintf(stderr, "FAILED %s", name); }
+    else { g2t_passed++; fprintf(stderr, "ok     %s", name); }
+    if (g2t_times) fprintf(stderr, "  (%.2f s)", (double)(clock() - t0) / CLOCKS_PER_SEC);
+    fputc('\n', stderr);
 }
 
 const char *g2t_path(const char *rel)
@@ -70,6 +75,7 @@ int main(int argc, char **argv)
 {
     const char *d = getenv("GEMMA2_TEST_DATA");
     if (d) g2t_data = d;
+    g2t_times = getenv("GEMMA2_TEST_TIMES") != NULL;
     if (argc > 1) { g2t_filter = argv[1]; g2t_filters = argv + 1; g2t_n_filters = argc - 1; }
     suite_json();
     suite_model();

@@ -198,14 +198,14 @@ static void test_sampler_top_p_large(void)
         pp.seed = 5;
         s = gemma2_sampler_new(V, &pp);
         memset(seen, 0, (size_t)V * sizeof(int));
-        for (i = 0; i < 1500; i++) {
+        for (i = 0; i < 500; i++) {
             int t = gemma2_sampler_sample(s, l, NULL, 0);
             if (t < 0 || l[t] < cut) bad++;
             else if (!seen[t]++) distinct++;
         }
         CHECK(bad == 0, "scale %g: %d draws outside the nucleus of %d", scales[sc], bad, n_nucleus);
         if (n_nucleus < 50) CHECK(distinct == n_nucleus, "scale %g: saw %d of %d nucleus tokens", scales[sc], distinct, n_nucleus);
-        else CHECK(distinct > 1000, "flat: only %d distinct (nucleus %d)", distinct, n_nucleus);
+        else CHECK(distinct > 350, "flat: only %d distinct of 500 draws (nucleus %d)", distinct, n_nucleus);
         CHECK(n_nucleus > 5000, "the flat case has a large nucleus (%d)", n_nucleus);
         gemma2_sampler_free(s);
     }
