@@ -1360,9 +1360,9 @@ typedef struct gemma2__mat {
      BF16     x rounded to bf16, [T][K] (bf16 dot products: GEMMA2_COMPUTE_BF16)
      XT_F32   x transposed: row j holds column j of every token (prefill register tiles)
      XT_BF16  the same over column pairs: row j holds bf16 columns 2j and 2j+1 per token
-     X3       one token split exactly into three bf16 parts, x = hi + mid + lo, per 32
-              columns 32 hi then 32 mid then 32 lo, zero padded (float32 decode on bf16
-              dot products)
+     X3       each token split exactly into three bf16 parts, x = hi + mid + lo, per 32
+              columns 32 hi then 32 mid then 32 lo, zero padded; tokens gemma2__x3_elems(K)
+              apart (float32 decode on bf16 dot products)
      Q8       per token, its columns quantized in blocks of 32 as Q8 weights are (dx = absmax/127
               in float32, q = round-half-away(x / dx) as int8, zero padded), laid out per token
               as nb = ceil(K/32) blocks of 32 int8 quants, then nb float32 scales dx, then nb
@@ -1394,7 +1394,7 @@ static int gemma2__pack_rows(int kind, int T, int K)
     case GEMMA2__PACK_BF16: return T;
     case GEMMA2__PACK_XT_F32: return K;
     case GEMMA2__PACK_XT_BF16: return (K + 1) / 2;
-    case GEMMA2__PACK_X3: return 1;
+    case GEMMA2__PACK_X3: return T;
     case GEMMA2__PACK_Q8: return T;
     case GEMMA2__PACK_Q8T: return (K + 31) / 32;
     default: return 0;
@@ -1408,7 +1408,7 @@ static size_t gemma2__pack_bytes(int kind, int T, int K)
     case GEMMA2__PACK_BF16: return (size_t)T * (size_t)K * 2;
     case GEMMA2__PACK_XT_F32:
     case GEMMA2__PACK_XT_BF16: return (size_t)K * (size_t)((T + 31) & ~31) * 4;
-    case GEMMA2__PACK_X3: return gemma2__x3_elems(K) * 2;
+    case GEMMA2__PACK_X3: return (size_t)T * gemma2__x3_elems(K) * 2;
     case GEMMA2__PACK_Q8: return (size_t)T * gemma2__q8_tok_bytes(K);
     case GEMMA2__PACK_Q8T: return gemma2__q8t_off((K + 31) / 32, (T + 15) / 16, 0);
     default: return 0;
@@ -1433,6 +1433,7 @@ typedef struct gemma2__matmul_args {
     const gemma2__mat *w;
     const void *xp;      /* x in the layout xp_kind, made by the set's pack, or NULL */
     int xp_kind;         /* GEMMA2__PACK_* */
+    int lone;            /* 1: each token as if alone (a batch's one-token sessions; see batch_lone) */
 } gemma2__matmul_args;
 
 typedef void (*gemma2__matmul_fn)(const gemma2__matmul_args *a, int r0, int r1);
@@ -1487,6 +1488,13 @@ static const uint8_t *gemma2__mat_row(const gemma2__mat *w, int r);
      att_scores_bf16, att_values_bf16
                                      attention straight from a bf16 KV cache; NULL: the rows are
                                      widened with from_bf16 a few at a time into scratch.
+     batch_lone[format]              nonzero: matmul[format] takes calls with lone = 1, T >= 2
+                                     tokens in the layout pack_kind gives for one token, and
+                                     computes each token bit for bit as a call with it alone,
+                                     reading each weight once for all of them. A batch's
+                                     one-token sessions then go that way, and their results
+                                     equal gemma2_eval's; elsewhere they share the several-token
+                                     path with the batch's other tokens.
    Numbers (the scalar init sets defaults):
      split_rows[2]                   matmul rows go to threads in multiples of this, for one
                                      token [0] and for several [1] (whole register tiles)
@@ -1550,6 +1558,7 @@ typedef struct gemma2__kernels {
     /* the same reading bf16 cached rows (GEMMA2_KV_BF16), or NULL */
     void (*att_scores_bf16)(const struct gemma2__kernels *k, float *s, int lds, const float *q, int group, int hd, const uint16_t *K, int n, float scale);
     void (*att_values_bf16)(const struct gemma2__kernels *k, float *out, const float *s, int lds, int group, int hd, const uint16_t *V, int n);
+    int batch_lone[GEMMA2__WF_COUNT];
     int split_rows[2];
     int pack_unit;
     int att_prefetch_rows;
@@ -2058,7 +2067,9 @@ static GEMMA2__MAYBE_UNUSED void gemma2__pack_ref(void *xp, int kind, const floa
     case GEMMA2__PACK_BF16:
         for (t = j0; t < j1; t++) gemma2__to_bf16_scalar((uint16_t *)xp + (size_t)t * K, x + (size_t)t * K, K);
         break;
-    case GEMMA2__PACK_X3: gemma2__to_bf16x3_scalar((uint16_t *)xp, x, K); break;
+    case GEMMA2__PACK_X3:
+        for (t = j0; t < j1; t++) gemma2__to_bf16x3_scalar((uint16_t *)xp + (size_t)t * gemma2__x3_elems(K), x + (size_t)t * K, K);
+        break;
     case GEMMA2__PACK_Q8:
         for (t = j0; t < j1; t++) gemma2__q8_pack_token((uint8_t *)xp + (size_t)t * gemma2__q8_tok_bytes(K), x + (size_t)t * K, K);
         break;
@@ -2230,6 +2241,7 @@ struct gemma2_session {
        the pass holds, each reading and writing its own cache. NULL on sessions. */
     const gemma2__seg *seg;
     int n_seg;
+    int n_lone;              /* the pass's first n_lone tokens (or, for the logits, rows) are one-token sessions' */
 };
 
 /* ===========================================================================
@@ -2410,7 +2422,7 @@ static GEMMA2__MAYBE_UNUSED void gemma2__matmul_n(gemma2__pool *p, const gemma2_
     }
     j.k = k; j.a = a; j.n = n; j.first[0] = 0;
     for (i = 0; i < n; i++) {
-        int rows = a[i].w->rows, several = a[i].T > 1, unit = k->split_rows[several];
+        int rows = a[i].w->rows, several = a[i].T > 1 && !a[i].lone, unit = k->split_rows[several];
         int per = several ? GEMMA2__TASKS_PREFILL : GEMMA2__TASKS_DECODE, chunk = (rows + nt * per - 1) / (nt * per);
         chunk = GEMMA2__MAX(several ? unit : 4 * unit, (chunk + unit - 1) / unit * unit);
         j.chunk[i] = chunk;
@@ -2444,9 +2456,10 @@ static void gemma2__pack(gemma2__pool *p, const gemma2__kernels *k, gemma2__matm
 {
     gemma2__pack_job j;
     int i, nt = p ? gemma2__pool_size(p) : 1, unit = GEMMA2__MAX(1, k->pack_unit);
-    j.kind = k->pack_kind ? k->pack_kind(k, a[0].w->format, a[0].T, a[0].w->cols, compute_bf16) : GEMMA2__PACK_NONE;
+    /* lone: each token in the layout of a call with it alone */
+    j.kind = k->pack_kind ? k->pack_kind(k, a[0].w->format, a[0].lone ? 1 : a[0].T, a[0].w->cols, compute_bf16) : GEMMA2__PACK_NONE;
     for (i = 0; i < n; i++) {
-        int kind = i == 0 ? j.kind : k->pack_kind ? k->pack_kind(k, a[i].w->format, a[i].T, a[i].w->cols, compute_bf16) : GEMMA2__PACK_NONE;
+        int kind = i == 0 ? j.kind : k->pack_kind ? k->pack_kind(k, a[i].w->format, a[i].lone ? 1 : a[i].T, a[i].w->cols, compute_bf16) : GEMMA2__PACK_NONE;
         a[i].xp = kind == j.kind && kind != GEMMA2__PACK_NONE ? buf : NULL;
         a[i].xp_kind = a[i].xp ? kind : GEMMA2__PACK_NONE;
     }
@@ -2461,14 +2474,10 @@ static void gemma2__pack(gemma2__pool *p, const gemma2__kernels *k, gemma2__matm
 
 /* y[i] = x W[i]^T for the chunk's T tokens, for n <= 3 matrices of the same width that read
    the same x (q, k, v; gate, up): packed once, then one dispatch over the pool. */
-static void gemma2__matmuls(gemma2_session *s, const float *x, int T, int n, const gemma2__mat *const *w, float *const *y, const int *ldy)
+static void gemma2__matmuls_part(gemma2_session *s, const float *x, int T, int lone, int n, const gemma2__mat *const *w, float *const *y, const int *ldy)
 {
     gemma2__matmul_args a[GEMMA2__MM_MAX];
     int i;
-    /* A batch never takes the one-token kernels, whose summation order differs: a session's
-       results must not depend on whether others share its pass. Its scratch has room for a
-       second row, whose output is discarded (a token's result never depends on another's). */
-    if (T == 1 && s->seg) T = 2;
     for (i = 0; i < n; i++) {
         memset(&a[i], 0, sizeof a[i]);
         a[i].y = y[i];
@@ -2476,9 +2485,35 @@ static void gemma2__matmuls(gemma2_session *s, const float *x, int T, int n, con
         a[i].x = x;
         a[i].T = T;
         a[i].w = w[i];
+        a[i].lone = lone && T > 1;
     }
     gemma2__pack(s->pool, &s->m->kern, a, n, s->xp, s->m->opt.compute == GEMMA2_COMPUTE_BF16);
     gemma2__matmul_n(s->pool, &s->m->kern, a, n);
+}
+
+static void gemma2__matmuls(gemma2_session *s, const float *x, int T, int n, const gemma2__mat *const *w, float *const *y, const int *ldy)
+{
+    float *y2[GEMMA2__MM_MAX];
+    int i, n_lone = s->seg ? s->n_lone : 0;
+    if (!s->seg) { gemma2__matmuls_part(s, x, T, 0, n, w, y, ldy); return; }
+    for (i = 0; i < n; i++) if (!s->m->kern.batch_lone[w[i]->format]) n_lone = 0;
+    /* A batch. A session's results must not depend on which others share its pass. Where the
+       kernel set computes several tokens each as if alone (batch_lone: the same bits as the
+       one-token kernels, each weight read once for all), the one-token sessions' tokens, the
+       first n_lone, go that way: then they equal gemma2_eval's. The other tokens take the
+       several-token path, which never depends on the other tokens of the call; a lone token
+       there gets a second row to make it several, whose output is discarded (the scratch has
+       room for it; the rest of a pass with one-token sessions first holds two or more). */
+    if (n_lone > 0) {
+        gemma2__matmuls_part(s, x, n_lone, 1, n, w, y, ldy);
+        if (T == n_lone) return;
+        GEMMA2_ASSERT(T - n_lone >= 2);
+        for (i = 0; i < n; i++) y2[i] = y[i] + (size_t)n_lone * (size_t)ldy[i];
+        x += (size_t)n_lone * (size_t)w[0]->cols;
+        y = y2;
+        T -= n_lone;
+    }
+    gemma2__matmuls_part(s, x, T == 1 ? 2 : T, 0, n, w, y, ldy);
 }
 
 static void gemma2__matmul1(gemma2_session *s, float *y, int ldy, const float *x, int T, const gemma2__mat *w)
@@ -2966,8 +3001,9 @@ GEMMA2_DEF int gemma2_logit_lens(const gemma2_model *m, const float *x, int n, f
 
 /* The model for a batch's pass (section 2.6): C tokens of the sessions in sc->seg, each at its
    own positions and reading its own cache, through one scratch, so each matrix is read once for
-   all of them. Writes the logits of the tokens rows[0..n_rows) (increasing) into out[j * V]. */
-static void gemma2__forward_batch(gemma2_session *sc, const int32_t *ids, int C, const int *rows, int n_rows, float *out)
+   all of them (the first sc->n_lone tokens one-token sessions'). Writes the logits of the
+   tokens rows[0..n_rows) (increasing) into out[j * V]. */
+static void gemma2__forward_batch(gemma2_session *sc, const int32_t *ids, int C, const int *rows, int n_rows, int n_lone_rows, float *out)
 {
     int H = sc->m->cfg.hidden_size, l, j;
     gemma2__embed(sc, ids, C);
@@ -2976,6 +3012,9 @@ static void gemma2__forward_batch(gemma2_session *sc, const int32_t *ids, int C,
     /* the rows asked for, moved to the front (rows[j] >= j, so none is overwritten before it moves) */
     for (j = 0; j < n_rows; j++)
         if (rows[j] != j) memcpy(sc->x + (size_t)j * H, sc->x + (size_t)rows[j] * H, (size_t)H * sizeof(float));
+    /* the first n_lone_rows are the one row of a session, as gemma2_eval's output projection
+       computes it for the last token alone */
+    sc->n_lone = n_lone_rows;
     if (n_rows > 0) gemma2__output_logits(sc, 0, n_rows, out);
 }
 
@@ -3679,11 +3718,15 @@ static int gemma2__batch_check(const gemma2_batch *b, gemma2_session *const *s, 
     return 0;
 }
 
+/* A session's group in the pass (0: one token; 1: several, the last row's logits; 2: several,
+   every row's). */
+static int gemma2__batch_group(int n, int all_rows) { return n == 1 ? 0 : all_rows ? 2 : 1; }
+
 GEMMA2_DEF int gemma2_batch_eval(gemma2_batch *b, gemma2_session *const *s, const int32_t *const *ids, const int *n, int n_sessions,
                                  float *const *logits, int *status)
 {
     gemma2_session *sc;
-    int i, rc = 0, total = 0, n_seg = 0, n_rows = 0, max_ctx = 0, V;
+    int i, grp, rc = 0, total = 0, n_seg = 0, n_rows = 0, n_lone = 0, n_lone_rows = 0, max_ctx = 0, V;
     if (!b || n_sessions < 0 || (n_sessions > 0 && (!s || !n))) return GEMMA2_ERROR_INVALID_ARGUMENT;
     sc = b->sc;
     V = b->m->cfg.vocab_size;
@@ -3707,44 +3750,55 @@ GEMMA2_DEF int gemma2_batch_eval(gemma2_batch *b, gemma2_session *const *s, cons
         sc->scores = scores;
         sc->n_ctx = max_ctx;
     }
-    /* the pass: each session's tokens together, its attention blocks counted from its first */
+    /* The pass: each session's tokens together, its attention blocks counted from its first.
+       Sessions in three groups, each in the caller's order: one token; several with the last
+       row's logits; several with every row's. The first group's tokens and the first two
+       groups' logits rows are then the first of the pass, where the products may take them
+       as gemma2_eval takes one token (gemma2__matmuls). */
     total = 0;
-    for (i = 0; i < n_sessions; i++) {
-        gemma2__seg *g = &b->seg[n_seg];
-        int t;
-        if (n[i] == 0) continue;
-        g->s = s[i]; g->t0 = total; g->C = n[i]; g->pos0 = s[i]->pos;
-        g->b0 = n_seg ? b->seg[n_seg - 1].b0 + (b->seg[n_seg - 1].C + GEMMA2__ATT_QB - 1) / GEMMA2__ATT_QB : 0;
-        memcpy(b->ids + total, ids[i], (size_t)n[i] * sizeof(int32_t));
-        for (t = logits && logits[i] ? 0 : n[i] - 1; t < n[i]; t++) b->rows[n_rows++] = total + t;
-        total += n[i];
-        n_seg++;
-    }
+    for (grp = 0; grp < 3; grp++)
+        for (i = 0; i < n_sessions; i++) {
+            gemma2__seg *g = &b->seg[n_seg];
+            int t, all = logits && logits[i];
+            if (n[i] == 0 || grp != gemma2__batch_group(n[i], all)) continue;
+            g->s = s[i]; g->t0 = total; g->C = n[i]; g->pos0 = s[i]->pos;
+            g->b0 = n_seg ? b->seg[n_seg - 1].b0 + (b->seg[n_seg - 1].C + GEMMA2__ATT_QB - 1) / GEMMA2__ATT_QB : 0;
+            memcpy(b->ids + total, ids[i], (size_t)n[i] * sizeof(int32_t));
+            for (t = all ? 0 : n[i] - 1; t < n[i]; t++) b->rows[n_rows++] = total + t;
+            total += n[i];
+            if (grp == 0) n_lone++;
+            if (grp < 2) n_lone_rows++;
+            n_seg++;
+        }
     sc->seg = b->seg;
     sc->n_seg = n_seg;
-    gemma2__forward_batch(sc, b->ids, total, b->rows, n_rows, b->out);
+    sc->n_lone = n_lone;
+    gemma2__forward_batch(sc, b->ids, total, b->rows, n_rows, n_lone_rows, b->out);
     sc->seg = NULL;
-    /* each session as gemma2_eval leaves it, the logits copied out of the pass's rows */
+    /* each session as gemma2_eval leaves it, the logits copied out of the pass's rows (in the
+       pass's order) */
     n_rows = 0;
-    for (i = 0; i < n_sessions; i++) {
-        gemma2_session *e = s[i];
-        int pos0 = e->pos, k = n[i];
-        const float *rows;
-        if (k == 0) continue;
-        rows = b->out + (size_t)n_rows * V;
-        memmove(e->tokens + pos0, ids[i], (size_t)k * sizeof(int32_t));
-        e->pos += k;
-        if (e->pos > e->hi) e->hi = e->pos;
-        if (logits && logits[i]) {
-            memcpy(logits[i], rows, (size_t)k * V * sizeof(float));
-            n_rows += k;
-        } else n_rows++;
-        memcpy(e->logits, b->out + (size_t)(n_rows - 1) * V, (size_t)V * sizeof(float));
-        e->has_logits = 1;
-        if (gemma2__any_nonfinite(rows, (size_t)(logits && logits[i] ? k : 1) * (size_t)V)) {
-            if (!e->undoing) gemma2__eval_undo(e, pos0);
-            if (status) status[i] = GEMMA2_ERROR_NUMERIC;
-            rc = GEMMA2_ERROR_NUMERIC;
+    for (grp = 0; grp < 3; grp++) {
+        for (i = 0; i < n_sessions; i++) {
+            gemma2_session *e = s[i];
+            int pos0 = e->pos, k = n[i];
+            const float *rows;
+            if (k == 0 || grp != gemma2__batch_group(k, logits && logits[i])) continue;
+            rows = b->out + (size_t)n_rows * V;
+            memmove(e->tokens + pos0, ids[i], (size_t)k * sizeof(int32_t));
+            e->pos += k;
+            if (e->pos > e->hi) e->hi = e->pos;
+            if (logits && logits[i]) {
+                memcpy(logits[i], rows, (size_t)k * V * sizeof(float));
+                n_rows += k;
+            } else n_rows++;
+            memcpy(e->logits, b->out + (size_t)(n_rows - 1) * V, (size_t)V * sizeof(float));
+            e->has_logits = 1;
+            if (gemma2__any_nonfinite(rows, (size_t)(logits && logits[i] ? k : 1) * (size_t)V)) {
+                if (!e->undoing) gemma2__eval_undo(e, pos0);
+                if (status) status[i] = GEMMA2_ERROR_NUMERIC;
+                rc = GEMMA2_ERROR_NUMERIC;
+            }
         }
     }
     return rc;
@@ -9186,6 +9240,119 @@ GEMMA2__MATVECS(gemma2__matvecs_512bh, GEMMA2__T_AVX512, gemma2__matvec_512bh, f
 GEMMA2__MATVECS(gemma2__matvecs_512dp, GEMMA2__T_AVX512BF16, gemma2__matvec_512dp, uint16_t, (const uint16_t *)a->xp)
 GEMMA2__MATVECS(gemma2__matvecs_512x3, GEMMA2__T_AVX512BF16, gemma2__matvec_512x3, uint16_t, (const uint16_t *)a->xp)
 
+/* ---- a batch's one-token sessions: several tokens, each as if alone ---------------------
+
+   Decoding N sessions together should cost one read of the weights, not N. These kernels
+   take B <= 4 tokens at a time through the one-token kernels' loop (the same blocks, the same
+   instructions per token, each token's 16 lanes summed as there), so every output is bit for
+   bit what the one-token kernel gives, while each 64-byte weight load (and its widening)
+   serves all B tokens. Registers set the shape: R rows x B tokens of accumulators plus the
+   tokens' activations for the block must fit in 32, so R = 8 rows for up to 2 tokens, 4 for
+   3 or 4. More tokens go 4 at a time over the same rows, which are then in L1/L2 (4 rows of
+   9216 bf16 weights are 72 KB): DRAM still sees each weight once. The several-token tiles
+   above put 16 tokens across a register's lanes; with fewer than 16 they waste lanes and
+   still pay for every weight, which is why a small batch does not go there. */
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__matvec_512x3_n(const gemma2__matmul_args *a, const uint16_t *x3, float *y, int r, const int R,
+                                                                      const int B)
+{
+    const int K = a->w->cols;
+    const size_t xs = gemma2__x3_elems(K); /* one token's X3 elements */
+    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
+    __m512 acc[8][4];
+    int i, b, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < R; i++) GEMMA2__UNROLL for (b = 0; b < B; b++) acc[i][b] = _mm512_setzero_ps();
+    for (; k < K; k += 32) {
+        __m512i h[4], md[4], lo[4];
+        __mmask32 m = K - k >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << (K - k)) - 1);
+        GEMMA2__UNROLL for (b = 0; b < B; b++) {
+            const uint16_t *xp = x3 + (size_t)b * xs + (size_t)k * 3;
+            h[b] = _mm512_loadu_si512((const void *)xp);
+            md[b] = _mm512_loadu_si512((const void *)(xp + 32));
+            lo[b] = _mm512_loadu_si512((const void *)(xp + 64));
+        }
+        GEMMA2__UNROLL for (i = 0; i < R; i++) {
+            const uint16_t *p = w0 + (size_t)i * K + k;
+            __m512i wv = _mm512_maskz_loadu_epi16(m, p); /* the full mask on all but the last block */
+            _mm_prefetch((const char *)p + GEMMA2__PF, _MM_HINT_T0);
+            GEMMA2__UNROLL for (b = 0; b < B; b++) {
+                acc[i][b] = _mm512_dpbf16_ps(acc[i][b], (__m512bh)wv, (__m512bh)lo[b]); /* as matvec_512x3 */
+                acc[i][b] = _mm512_dpbf16_ps(acc[i][b], (__m512bh)wv, (__m512bh)md[b]);
+                acc[i][b] = _mm512_dpbf16_ps(acc[i][b], (__m512bh)wv, (__m512bh)h[b]);
+            }
+        }
+    }
+    GEMMA2__UNROLL for (b = 0; b < B; b++) GEMMA2__UNROLL for (i = 0; i < R; i++)
+        y[(size_t)b * (size_t)a->ldy + r + i] = _mm512_reduce_add_ps(acc[i][b]);
+}
+
+GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matvec_512bh_n(const gemma2__matmul_args *a, const float *x, float *y, int r, const int R, const int B)
+{
+    const int K = a->w->cols;
+    const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
+    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 acc[8][4];
+    int i, b, k = 0;
+    GEMMA2__UNROLL for (i = 0; i < R; i++) GEMMA2__UNROLL for (b = 0; b < B; b++) acc[i][b] = _mm512_setzero_ps();
+    for (; k < K; k += 32) {
+        __m512 xe[4], xo[4];
+        const int n = K - k;
+        __mmask16 m0 = gemma2__mask16(n), m1 = gemma2__mask16(n - 16);
+        __mmask32 mw = n >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << n) - 1);
+        GEMMA2__UNROLL for (b = 0; b < B; b++) {
+            const float *xb = x + (size_t)b * (size_t)K + k;
+            __m512 x0 = _mm512_maskz_loadu_ps(m0, xb), x1 = _mm512_maskz_loadu_ps(m1, xb + 16);
+            xe[b] = _mm512_permutex2var_ps(x0, ie, x1);
+            xo[b] = _mm512_permutex2var_ps(x0, io, x1);
+        }
+        GEMMA2__UNROLL for (i = 0; i < R; i++) {
+            const uint16_t *p = w0 + (size_t)i * K + k;
+            __m512i wv = _mm512_maskz_loadu_epi16(mw, p);
+            __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(wv, 16)), wo = _mm512_castsi512_ps(_mm512_and_si512(wv, hi));
+            _mm_prefetch((const char *)p + GEMMA2__PF, _MM_HINT_T0);
+            GEMMA2__UNROLL for (b = 0; b < B; b++) { /* as matvec_512bh */
+                acc[i][b] = _mm512_fmadd_ps(we, xe[b], acc[i][b]);
+                acc[i][b] = _mm512_fmadd_ps(wo, xo[b], acc[i][b]);
+            }
+        }
+    }
+    GEMMA2__UNROLL for (b = 0; b < B; b++) GEMMA2__UNROLL for (i = 0; i < R; i++)
+        y[(size_t)b * (size_t)a->ldy + r + i] = _mm512_reduce_add_ps(acc[i][b]);
+}
+
+/* Rows [r0, r1) for all T tokens: per group of rows, the tokens 4 at a time. */
+#define GEMMA2__MATVECS_N(NAME, TARGET, KERNEL, XT, XSRC, XSTRIDE)                                  \
+    static TARGET void NAME(const gemma2__matmul_args *a, int r0, int r1)                           \
+    {                                                                                               \
+        const XT *x = XSRC;                                                                         \
+        int r = r0, t, rr;                                                                          \
+        while (r < r1) {                                                                            \
+            rr = r1 - r >= 8 ? 8 : r1 - r >= 4 ? 4 : 1;                                             \
+            for (t = 0; t < a->T; t += 4) {                                                         \
+                const XT *xt = x + (size_t)t * (XSTRIDE);                                           \
+                float *y = a->y + (size_t)t * (size_t)a->ldy;                                       \
+                switch ((a->T - t >= 4 ? 4 : a->T - t) * 10 + (rr == 8 ? 8 : rr == 4 ? 4 : 1)) {    \
+                case 18: KERNEL(a, xt, y, r, 8, 1); break;                                          \
+                case 28: KERNEL(a, xt, y, r, 8, 2); break;                                          \
+                case 38: KERNEL(a, xt, y, r, 4, 3); KERNEL(a, xt, y, r + 4, 4, 3); break;           \
+                case 48: KERNEL(a, xt, y, r, 4, 4); KERNEL(a, xt, y, r + 4, 4, 4); break;           \
+                case 14: KERNEL(a, xt, y, r, 4, 1); break;                                          \
+                case 24: KERNEL(a, xt, y, r, 4, 2); break;                                          \
+                case 34: KERNEL(a, xt, y, r, 4, 3); break;                                          \
+                case 44: KERNEL(a, xt, y, r, 4, 4); break;                                          \
+                case 11: KERNEL(a, xt, y, r, 1, 1); break;                                          \
+                case 21: KERNEL(a, xt, y, r, 1, 2); break;                                          \
+                case 31: KERNEL(a, xt, y, r, 1, 3); break;                                          \
+                default: KERNEL(a, xt, y, r, 1, 4); break;                                          \
+                }                                                                                   \
+            }                                                                                       \
+            r += rr;                                                                                \
+        }                                                                                           \
+    }
+GEMMA2__MATVECS_N(gemma2__matvecs_512x3_n, GEMMA2__T_AVX512BF16, gemma2__matvec_512x3_n, uint16_t, (const uint16_t *)a->xp, gemma2__x3_elems(a->w->cols))
+GEMMA2__MATVECS_N(gemma2__matvecs_512bh_n, GEMMA2__T_AVX512, gemma2__matvec_512bh_n, float, a->x, (size_t)a->w->cols)
+
 /* ---- prefill: many tokens, transposed activations (bf16 and F32 weights) ----------------
 
    With many tokens each weight can serve several of them, and the product becomes bound by
@@ -9934,6 +10101,7 @@ static GEMMA2__T_AVX512 void gemma2__matmul_avx512_f32(const gemma2__matmul_args
 static GEMMA2__T_AVX512 void gemma2__matmul_avx512_bf16(const gemma2__matmul_args *a, int r0, int r1)
 {
     if (a->T > 1 && a->xp_kind == GEMMA2__PACK_XT_F32) gemma2__matmul_512_xt(a, r0, r1);
+    else if (a->T > 1 && a->lone) gemma2__matvecs_512bh_n(a, r0, r1);
     else gemma2__matvecs_512bh(a, r0, r1);
 }
 
@@ -9943,8 +10111,10 @@ static GEMMA2__T_AVX512BF16 void gemma2__matmul_avx512bf16_bf16(const gemma2__ma
 {
     if (a->T > 1 && a->xp_kind == GEMMA2__PACK_XT_BF16) gemma2__matmul_512_xtdp(a, r0, r1);
     else if (a->xp_kind == GEMMA2__PACK_BF16) gemma2__matvecs_512dp(a, r0, r1);
-    else if (a->T == 1 && a->xp_kind == GEMMA2__PACK_X3) gemma2__matvecs_512x3(a, r0, r1);
-    else gemma2__matmul_avx512_bf16(a, r0, r1);
+    else if (a->xp_kind == GEMMA2__PACK_X3) {
+        if (a->T == 1) gemma2__matvecs_512x3(a, r0, r1);
+        else gemma2__matvecs_512x3_n(a, r0, r1);
+    } else gemma2__matmul_avx512_bf16(a, r0, r1);
 }
 
 /* Layouts. Several tokens: transposed, for the register tiles (bf16 pairs when bf16
@@ -10420,7 +10590,9 @@ static GEMMA2__T_AVX512 void gemma2__pack_avx512(void *xp, int kind, const float
 
 static GEMMA2__T_AVX512BF16 void gemma2__pack_avx512bf16(void *xp, int kind, const float *x, int T, int K, int j0, int j1)
 {
-    if (kind == GEMMA2__PACK_X3) gemma2__to_bf16x3_avx512((uint16_t *)xp, x, K);
+    int t;
+    if (kind == GEMMA2__PACK_X3)
+        for (t = j0; t < j1; t++) gemma2__to_bf16x3_avx512((uint16_t *)xp + (size_t)t * gemma2__x3_elems(K), x + (size_t)t * K, K);
     else gemma2__pack_avx512(xp, kind, x, T, K, j0, j1);
 }
 
@@ -10524,6 +10696,7 @@ static void gemma2__kernels_init_avx512(gemma2__kernels *k)
     k->att_scores_bf16 = gemma2__att_scores_bf16_avx512;
     k->att_values_bf16 = gemma2__att_values_bf16_avx512;
     k->split_rows[1] = GEMMA2__XT_RB; /* whole prefill row blocks */
+    k->batch_lone[GEMMA2__WF_BF16] = 1; /* the _n kernels (GEMMA2_COMPUTE_BF16's bf16 rows: token by token) */
     k->att_prefetch_rows = 2 * GEMMA2__ATT_PF;
 }
 
