@@ -1373,13 +1373,18 @@ typedef struct gemma2__mat {
               gemma2__q8t_off: 8 groups of 4 columns x 16 tokens x 4 quants (group g, token l:
               bytes 64 g + 4 l, quants of columns 4g..4g+3 of the block), then 16 float32 dx, 16
               float32 sx, 16 int32 c = -128 (sum of the block's quants), tokens past T all zero
+     EO       per token, per 32 columns its 16 even columns then its 16 odd ones, float32, zero
+              padded; tokens gemma2__eo_elems(K) apart (a batch's one-token sessions on bf16
+              weights: the split the one-token kernel makes in registers, made once)
    Transposed layouts store (row j, token t) at gemma2__xt_off: tokens in runs of 32, each run
    holding every row, 4 bytes per value; tokens past T are zero up to a multiple of 16 (no
    kernel reads further). */
-enum { GEMMA2__PACK_NONE, GEMMA2__PACK_BF16, GEMMA2__PACK_XT_F32, GEMMA2__PACK_XT_BF16, GEMMA2__PACK_X3, GEMMA2__PACK_Q8, GEMMA2__PACK_Q8T, GEMMA2__PACK_COUNT };
+enum { GEMMA2__PACK_NONE, GEMMA2__PACK_BF16, GEMMA2__PACK_XT_F32, GEMMA2__PACK_XT_BF16, GEMMA2__PACK_X3, GEMMA2__PACK_Q8, GEMMA2__PACK_Q8T, GEMMA2__PACK_EO,
+       GEMMA2__PACK_COUNT };
 
 static GEMMA2__MAYBE_UNUSED size_t gemma2__xt_off(int rows, int j, int t) { return ((size_t)(t >> 5) * (size_t)rows + (size_t)j) * 32 + (size_t)(t & 31); }
 static size_t gemma2__x3_elems(int K) { return (size_t)(K + 31) / 32 * 96; }
+static size_t gemma2__eo_elems(int K) { return (size_t)(K + 31) / 32 * 32; }
 /* Bytes of one token in the Q8 layout: nb blocks of quants, then nb scales at 32 nb, then nb
    block sums at 36 nb. */
 static size_t gemma2__q8_tok_bytes(int K) { return (size_t)(K + 31) / 32 * 40; }
@@ -1395,6 +1400,7 @@ static int gemma2__pack_rows(int kind, int T, int K)
     case GEMMA2__PACK_XT_F32: return K;
     case GEMMA2__PACK_XT_BF16: return (K + 1) / 2;
     case GEMMA2__PACK_X3: return T;
+    case GEMMA2__PACK_EO: return T;
     case GEMMA2__PACK_Q8: return T;
     case GEMMA2__PACK_Q8T: return (K + 31) / 32;
     default: return 0;
@@ -1409,6 +1415,7 @@ static size_t gemma2__pack_bytes(int kind, int T, int K)
     case GEMMA2__PACK_XT_F32:
     case GEMMA2__PACK_XT_BF16: return (size_t)K * (size_t)((T + 31) & ~31) * 4;
     case GEMMA2__PACK_X3: return (size_t)T * gemma2__x3_elems(K) * 2;
+    case GEMMA2__PACK_EO: return (size_t)T * gemma2__eo_elems(K) * 4;
     case GEMMA2__PACK_Q8: return (size_t)T * gemma2__q8_tok_bytes(K);
     case GEMMA2__PACK_Q8T: return gemma2__q8t_off((K + 31) / 32, (T + 15) / 16, 0);
     default: return 0;
@@ -1528,8 +1535,9 @@ typedef struct gemma2__kernels {
        (quantizing at load and saving); NULL: that from_float */
     void (*from_float[GEMMA2__WF_COUNT])(void *row, const float *x, int K);
     /* the layout matmul[format] wants for T tokens of K columns (GEMMA2__PACK_*); compute_bf16:
-       GEMMA2_COMPUTE_BF16 was asked for. NULL: always GEMMA2__PACK_NONE */
-    int (*pack_kind)(const struct gemma2__kernels *k, int format, int T, int K, int compute_bf16);
+       GEMMA2_COMPUTE_BF16 was asked for; lone: a call with lone = 1 (see batch_lone). NULL:
+       always GEMMA2__PACK_NONE */
+    int (*pack_kind)(const struct gemma2__kernels *k, int format, int T, int K, int compute_bf16, int lone);
     void (*pack)(void *xp, int kind, const float *x, int T, int K, int j0, int j1);
     float (*dot)(const float *a, const float *b, int n);            /* sum a[i] b[i] */
     void (*axpy)(float *y, float a, const float *x, int n);         /* y += a x */
@@ -2070,6 +2078,14 @@ static GEMMA2__MAYBE_UNUSED void gemma2__pack_ref(void *xp, int kind, const floa
     case GEMMA2__PACK_X3:
         for (t = j0; t < j1; t++) gemma2__to_bf16x3_scalar((uint16_t *)xp + (size_t)t * gemma2__x3_elems(K), x + (size_t)t * K, K);
         break;
+    case GEMMA2__PACK_EO:
+        for (t = j0; t < j1; t++) {
+            float *o32 = (float *)xp + (size_t)t * gemma2__eo_elems(K);
+            int k;
+            memset(o32, 0, gemma2__eo_elems(K) * sizeof(float));
+            for (k = 0; k < K; k++) o32[k / 32 * 32 + (k % 2) * 16 + k % 32 / 2] = x[(size_t)t * K + k];
+        }
+        break;
     case GEMMA2__PACK_Q8:
         for (t = j0; t < j1; t++) gemma2__q8_pack_token((uint8_t *)xp + (size_t)t * gemma2__q8_tok_bytes(K), x + (size_t)t * K, K);
         break;
@@ -2456,10 +2472,9 @@ static void gemma2__pack(gemma2__pool *p, const gemma2__kernels *k, gemma2__matm
 {
     gemma2__pack_job j;
     int i, nt = p ? gemma2__pool_size(p) : 1, unit = GEMMA2__MAX(1, k->pack_unit);
-    /* lone: each token in the layout of a call with it alone */
-    j.kind = k->pack_kind ? k->pack_kind(k, a[0].w->format, a[0].lone ? 1 : a[0].T, a[0].w->cols, compute_bf16) : GEMMA2__PACK_NONE;
+    j.kind = k->pack_kind ? k->pack_kind(k, a[0].w->format, a[0].T, a[0].w->cols, compute_bf16, a[0].lone) : GEMMA2__PACK_NONE;
     for (i = 0; i < n; i++) {
-        int kind = i == 0 ? j.kind : k->pack_kind ? k->pack_kind(k, a[i].w->format, a[i].lone ? 1 : a[i].T, a[i].w->cols, compute_bf16) : GEMMA2__PACK_NONE;
+        int kind = i == 0 ? j.kind : k->pack_kind ? k->pack_kind(k, a[i].w->format, a[i].T, a[i].w->cols, compute_bf16, a[i].lone) : GEMMA2__PACK_NONE;
         a[i].xp = kind == j.kind && kind != GEMMA2__PACK_NONE ? buf : NULL;
         a[i].xp_kind = a[i].xp ? kind : GEMMA2__PACK_NONE;
     }
@@ -8854,8 +8869,8 @@ GEMMA2_DEF int gemma2_cpu_count(void) { return gemma2__cpu_count(); }
    once per row. Threads take many small slabs of rows (gemma2__matmul_n) so that neither waits.
    Fewer instructions per weight byte leave room for more misses in flight, so where the CPU
    has bf16 dot products the float32 decode can use them too, on x split exactly into three
-   bf16 parts (gemma2__matvec_512x3: still float32 arithmetic); it pays on the wide down
-   projection only (x3_min_cols, in gemma2__kernels_init_avx512bf16).
+   bf16 parts (gemma2__matvec_512x3: still float32 arithmetic). Whether that pays depends on
+   the CPU, and it is off by default (x3_min_cols, in gemma2__kernels_init_avx512bf16).
 
    Prefill (T > 1, AVX-512) reuses each loaded weight for many tokens, which turns the
    product compute-bound. The AVX-512 tile turns the problem around: 16 tokens sit across
@@ -9285,35 +9300,30 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512BF16 void gemma2__matvec_512x3_n(const gem
         y[(size_t)b * (size_t)a->ldy + r + i] = _mm512_reduce_add_ps(acc[i][b]);
 }
 
+/* The same for FMAs on widened weights (gemma2__matvec_512bh), x in the EO layout: its split
+   into even and odd columns made once per call rather than once per group of rows, which
+   with 4 rows per group would take as many permutes as FMAs. */
 GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matvec_512bh_n(const gemma2__matmul_args *a, const float *x, float *y, int r, const int R, const int B)
 {
     const int K = a->w->cols;
+    const size_t xs = gemma2__eo_elems(K);
     const uint16_t *w0 = (const uint16_t *)a->w->data + (size_t)r * (size_t)K;
-    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
     __m512 acc[8][4];
     int i, b, k = 0;
     GEMMA2__UNROLL for (i = 0; i < R; i++) GEMMA2__UNROLL for (b = 0; b < B; b++) acc[i][b] = _mm512_setzero_ps();
     for (; k < K; k += 32) {
-        __m512 xe[4], xo[4];
         const int n = K - k;
-        __mmask16 m0 = gemma2__mask16(n), m1 = gemma2__mask16(n - 16);
         __mmask32 mw = n >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << n) - 1);
-        GEMMA2__UNROLL for (b = 0; b < B; b++) {
-            const float *xb = x + (size_t)b * (size_t)K + k;
-            __m512 x0 = _mm512_maskz_loadu_ps(m0, xb), x1 = _mm512_maskz_loadu_ps(m1, xb + 16);
-            xe[b] = _mm512_permutex2var_ps(x0, ie, x1);
-            xo[b] = _mm512_permutex2var_ps(x0, io, x1);
-        }
         GEMMA2__UNROLL for (i = 0; i < R; i++) {
             const uint16_t *p = w0 + (size_t)i * K + k;
             __m512i wv = _mm512_maskz_loadu_epi16(mw, p);
             __m512 we = _mm512_castsi512_ps(_mm512_slli_epi32(wv, 16)), wo = _mm512_castsi512_ps(_mm512_and_si512(wv, hi));
             _mm_prefetch((const char *)p + GEMMA2__PF, _MM_HINT_T0);
             GEMMA2__UNROLL for (b = 0; b < B; b++) { /* as matvec_512bh */
-                acc[i][b] = _mm512_fmadd_ps(we, xe[b], acc[i][b]);
-                acc[i][b] = _mm512_fmadd_ps(wo, xo[b], acc[i][b]);
+                const float *xb = x + (size_t)b * xs + k;
+                acc[i][b] = _mm512_fmadd_ps(we, _mm512_loadu_ps(xb), acc[i][b]);
+                acc[i][b] = _mm512_fmadd_ps(wo, _mm512_loadu_ps(xb + 16), acc[i][b]);
             }
         }
     }
@@ -9351,7 +9361,7 @@ GEMMA2__ALWAYS_INLINE GEMMA2__T_AVX512 void gemma2__matvec_512bh_n(const gemma2_
         }                                                                                           \
     }
 GEMMA2__MATVECS_N(gemma2__matvecs_512x3_n, GEMMA2__T_AVX512BF16, gemma2__matvec_512x3_n, uint16_t, (const uint16_t *)a->xp, gemma2__x3_elems(a->w->cols))
-GEMMA2__MATVECS_N(gemma2__matvecs_512bh_n, GEMMA2__T_AVX512, gemma2__matvec_512bh_n, float, a->x, (size_t)a->w->cols)
+GEMMA2__MATVECS_N(gemma2__matvecs_512bh_n, GEMMA2__T_AVX512, gemma2__matvec_512bh_n, float, (const float *)a->xp, gemma2__eo_elems(a->w->cols))
 
 /* ---- prefill: many tokens, transposed activations (bf16 and F32 weights) ----------------
 
@@ -10101,7 +10111,7 @@ static GEMMA2__T_AVX512 void gemma2__matmul_avx512_f32(const gemma2__matmul_args
 static GEMMA2__T_AVX512 void gemma2__matmul_avx512_bf16(const gemma2__matmul_args *a, int r0, int r1)
 {
     if (a->T > 1 && a->xp_kind == GEMMA2__PACK_XT_F32) gemma2__matmul_512_xt(a, r0, r1);
-    else if (a->T > 1 && a->lone) gemma2__matvecs_512bh_n(a, r0, r1);
+    else if (a->T > 1 && a->xp_kind == GEMMA2__PACK_EO) gemma2__matvecs_512bh_n(a, r0, r1);
     else gemma2__matvecs_512bh(a, r0, r1);
 }
 
@@ -10122,14 +10132,16 @@ static GEMMA2__T_AVX512BF16 void gemma2__matmul_avx512bf16_bf16(const gemma2__ma
    One token: bf16 rows for bf16 arithmetic; in float32 the three-part split where it is
    faster than FMAs on widened weights (x3_min_cols: see there). Q8 and Q4 weights (with
    AVX512_VNNI): quantized activations, transposed (Q8T) for several tokens. */
-static int gemma2__pack_kind_avx512(const gemma2__kernels *k, int format, int T, int K, int compute_bf16)
+static int gemma2__pack_kind_avx512(const gemma2__kernels *k, int format, int T, int K, int compute_bf16, int lone)
 {
     int bf = compute_bf16 && k->id == GEMMA2_KERNELS_AVX512_BF16 && format == GEMMA2__WF_BF16;
+    int x3 = k->id == GEMMA2_KERNELS_AVX512_BF16 && format == GEMMA2__WF_BF16 && K > k->x3_min_cols;
     if (format == GEMMA2__WF_Q8 || format == GEMMA2__WF_Q4) return !k->matmul[format] ? GEMMA2__PACK_NONE : T > 1 ? GEMMA2__PACK_Q8T : GEMMA2__PACK_Q8;
     if (format != GEMMA2__WF_F32 && format != GEMMA2__WF_BF16) return GEMMA2__PACK_NONE;
+    if (T > 1 && lone && format == GEMMA2__WF_BF16) return bf ? GEMMA2__PACK_BF16 : x3 ? GEMMA2__PACK_X3 : GEMMA2__PACK_EO;
     if (T > 1) return bf ? GEMMA2__PACK_XT_BF16 : GEMMA2__PACK_XT_F32;
     if (bf) return GEMMA2__PACK_BF16;
-    if (k->id == GEMMA2_KERNELS_AVX512_BF16 && format == GEMMA2__WF_BF16 && K > k->x3_min_cols) return GEMMA2__PACK_X3;
+    if (x3) return GEMMA2__PACK_X3;
     return GEMMA2__PACK_NONE;
 }
 
@@ -10577,6 +10589,19 @@ static GEMMA2__T_AVX512 void gemma2__rope_avx512(float *x, int n_heads, int hd, 
         }
 }
 
+/* One token's EO layout: the permutes of gemma2__matvec_512bh, stored. */
+static GEMMA2__T_AVX512 void gemma2__eo_avx512(float *dst, const float *x, int K)
+{
+    const __m512i ie = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i io = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    int k;
+    for (k = 0; k < K; k += 32) {
+        __m512 x0 = _mm512_maskz_loadu_ps(gemma2__mask16(K - k), x + k), x1 = _mm512_maskz_loadu_ps(gemma2__mask16(K - k - 16), x + k + 16);
+        _mm512_storeu_ps(dst + k, _mm512_permutex2var_ps(x0, ie, x1));
+        _mm512_storeu_ps(dst + k + 16, _mm512_permutex2var_ps(x0, io, x1));
+    }
+}
+
 /* Every layout pack_kind_avx512 asks for. */
 static GEMMA2__T_AVX512 void gemma2__pack_avx512(void *xp, int kind, const float *x, int T, int K, int j0, int j1)
 {
@@ -10585,6 +10610,7 @@ static GEMMA2__T_AVX512 void gemma2__pack_avx512(void *xp, int kind, const float
     else if (kind == GEMMA2__PACK_BF16) for (t = j0; t < j1; t++) gemma2__to_bf16_avx512((uint16_t *)xp + (size_t)t * K, x + (size_t)t * K, K);
     else if (kind == GEMMA2__PACK_Q8) gemma2__pack_q8_avx512((uint8_t *)xp, x, K, j0, j1);
     else if (kind == GEMMA2__PACK_Q8T) gemma2__pack_q8t_avx512((uint8_t *)xp, x, T, K, j0, j1);
+    else if (kind == GEMMA2__PACK_EO) for (t = j0; t < j1; t++) gemma2__eo_avx512((float *)xp + (size_t)t * gemma2__eo_elems(K), x + (size_t)t * K, K);
     else gemma2__pack_ref(xp, kind, x, T, K, j0, j1);
 }
 
@@ -10701,12 +10727,18 @@ static void gemma2__kernels_init_avx512(gemma2__kernels *k)
 }
 
 /* Where the float32 decode goes through the three-part bf16 split (X3) instead of FMAs on
-   widened weights: both read the same bytes, and which one keeps more of them in flight
-   depends on the shape. Measured on Zen 5, 1 GB of matrices per pass, 1 and 2 threads: the
-   split is 7-10% faster on the 2304 x 9216 down projection of 2B and 0-7% faster on 9B's
-   3584-column matrices; FMAs are 5-8% faster on 2B's 2304-column ones (q/k/v, gate/up, the
-   output projection). In 2B's model, sessions alternating: 8.59 tokens/s with this rule,
-   8.25 with the split everywhere, 8.31 with FMAs everywhere (2 threads). */
+   widened weights: matrices wider than x3_min_cols. Both read the same bytes, and which one
+   keeps more of them in flight depends on the shape and the CPU. Measured on Zen 5, 1 GB of
+   matrices per pass, 1 and 2 threads: the split 7-10% faster on the 2304 x 9216 down
+   projection of 2B and 0-7% faster on 9B's 3584-column matrices, FMAs 5-8% faster on 2B's
+   2304-column ones; in 2B's model 8.59 tokens/s with the split on the down projection only,
+   8.31 with FMAs everywhere (2 threads). On a Xeon with AMX (Sapphire Rapids class), 2
+   threads, the same down projection: the split 15% slower (1.0 vs 0.85 ms), and in a
+   batch's one-token sessions, where the split costs three dot products per weight per
+   token, 4 tokens took 3.8 ms against 1.2 ms with FMAs: the dot products, not the memory,
+   set the pace. So the split is off (INT_MAX): the gain where it has one is ~3% of one
+   session's decode, the loss in a batch 3x on a quarter of the weights. Set x3_min_cols to
+   3072 to have it; the tests reach it that way (kernels/pack, kernels/matmul_lone). */
 static void gemma2__kernels_init_avx512bf16(gemma2__kernels *k)
 {
     gemma2__kernels_init_avx512(k);
@@ -10714,7 +10746,7 @@ static void gemma2__kernels_init_avx512bf16(gemma2__kernels *k)
     k->id = GEMMA2_KERNELS_AVX512_BF16;
     k->matmul[GEMMA2__WF_BF16] = gemma2__matmul_avx512bf16_bf16;
     k->pack = gemma2__pack_avx512bf16;
-    k->x3_min_cols = 3072;
+    k->x3_min_cols = INT_MAX;
 }
 
 /* ======================= AVX2 + FMA =======================
@@ -11270,9 +11302,9 @@ static void gemma2__kernels_avx2_q(gemma2__kernels *k, int vnni)
 
 /* The layout the products want: Q8 activations for Q8 and Q4 weights; F32 and BF16 weights
    read x as it is. */
-static int gemma2__pack_kind_avx2(const gemma2__kernels *k, int format, int T, int K, int compute_bf16)
+static int gemma2__pack_kind_avx2(const gemma2__kernels *k, int format, int T, int K, int compute_bf16, int lone)
 {
-    (void)T; (void)K; (void)compute_bf16;
+    (void)T; (void)K; (void)compute_bf16; (void)lone;
     return (format == GEMMA2__WF_Q8 || format == GEMMA2__WF_Q4) && k->matmul[format] ? GEMMA2__PACK_Q8 : GEMMA2__PACK_NONE;
 }
 
@@ -11712,9 +11744,9 @@ static void gemma2__kernels_neon_q(gemma2__kernels *k, int dot)
 }
 
 /* Q8 activations for Q8 and Q4 weights; F32 and BF16 weights read x as it is. */
-static int gemma2__pack_kind_neon(const gemma2__kernels *k, int format, int T, int K, int compute_bf16)
+static int gemma2__pack_kind_neon(const gemma2__kernels *k, int format, int T, int K, int compute_bf16, int lone)
 {
-    (void)T; (void)K; (void)compute_bf16;
+    (void)T; (void)K; (void)compute_bf16; (void)lone;
     return (format == GEMMA2__WF_Q8 || format == GEMMA2__WF_Q4) && k->matmul[format] ? GEMMA2__PACK_Q8 : GEMMA2__PACK_NONE;
 }
 
@@ -11827,10 +11859,10 @@ static GEMMA2__T_NEONBF16 void gemma2__matmul_neonbf16_bf16(const gemma2__matmul
     }
 }
 
-static int gemma2__pack_kind_neonbf16(const gemma2__kernels *k, int format, int T, int K, int compute_bf16)
+static int gemma2__pack_kind_neonbf16(const gemma2__kernels *k, int format, int T, int K, int compute_bf16, int lone)
 {
     if (compute_bf16 && format == GEMMA2__WF_BF16) return GEMMA2__PACK_BF16;
-    return gemma2__pack_kind_neon(k, format, T, K, compute_bf16);
+    return gemma2__pack_kind_neon(k, format, T, K, compute_bf16, lone);
 }
 
 static void gemma2__pack_neonbf16(void *xp, int kind, const float *x, int T, int K, int j0, int j1)

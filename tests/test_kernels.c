@@ -67,7 +67,6 @@ static int kern_pack(const gemma2__kernels *k, gemma2__matmul_args *a, void *buf
     if (a->xp_kind != GEMMA2__PACK_NONE) {
         int rows = gemma2__pack_rows(a->xp_kind, a->T, a->w->cols), cut = rows / 3;
         memset(buf, 0xa5, gemma2__pack_bytes(a->xp_kind, a->T, a->w->cols));
-        if (a->xp_kind == GEMMA2__PACK_X3) cut = 0;
         if (cut > 0) k->pack(buf, a->xp_kind, a->x, a->T, a->w->cols, 0, cut);
         k->pack(buf, a->xp_kind, a->x, a->T, a->w->cols, cut, rows);
     }
@@ -360,12 +359,12 @@ static void kern_test_selection(void)
     }
 }
 
-/* Every layout a set's pack produces is bit-identical to the reference layout, whatever the
-   row pieces it is made in. */
+/* Every layout a set's pack produces (for calls of several tokens, and of several tokens each
+   as if alone) is bit-identical to the reference layout, whatever the row pieces it is made in. */
 static void kern_test_pack(void)
 {
     static const int Ts[] = {1, 2, 5, 16, 17, 33, 40}, Ks[] = {1, 2, 15, 16, 17, 33, 100, 257};
-    int s, f, ti, ki, cb;
+    int s, f, ti, ki, cb, lone;
     for (s = 0; s < GEMMA2__N_KERNEL_SETS; s++) {
         gemma2__kernels k;
         if (!kern_get(s, &k) || !k.pack_kind) continue;
@@ -373,11 +372,13 @@ static void kern_test_pack(void)
         for (f = 0; f < GEMMA2__WF_COUNT; f++)
             for (ti = 0; ti < (int)(sizeof Ts / sizeof Ts[0]); ti++)
                 for (ki = 0; ki < (int)(sizeof Ks / sizeof Ks[0]); ki++)
-                    for (cb = 0; cb < 2; cb++) {
-                        int T = Ts[ti], K = Ks[ki], kind = k.pack_kind(&k, f, T, K, cb), rows, cut, t, j;
+                    for (cb = 0; cb < 4; cb++) {
+                        int T = Ts[ti], K = Ks[ki], kind, rows, cut, t, j;
                         size_t bytes, i;
                         float *x;
                         uint8_t *p1, *p2;
+                        lone = cb >> 1;
+                        kind = k.pack_kind(&k, f, T, K, cb & 1, lone);
                         if (kind == GEMMA2__PACK_NONE) continue;
                         CHECK(kind > 0 && kind < GEMMA2__PACK_COUNT, "%s: pack kind %d", k.name, kind);
                         bytes = gemma2__pack_bytes(kind, T, K);
@@ -386,7 +387,7 @@ static void kern_test_pack(void)
                         for (i = 0; i < (size_t)T * K; i++) x[i] = kern_rand() * (i % 5 == 0 ? 1e20f : 3.0f);
                         memset(p1, 0xee, bytes); memset(p2, 0xee, bytes);
                         rows = gemma2__pack_rows(kind, T, K);
-                        cut = kind == GEMMA2__PACK_X3 ? 0 : rows / 2 + 1 > rows ? rows : rows / 2 + 1;
+                        cut = rows / 2 + 1 > rows ? rows : rows / 2 + 1;
                         if (cut > 0) k.pack(p1, kind, x, T, K, 0, cut);
                         k.pack(p1, kind, x, T, K, cut, rows);
                         gemma2__pack_ref(p2, kind, x, T, K, 0, rows);
@@ -467,6 +468,61 @@ static void kern_test_matmul_consistent(void)
                     free(wf); free(x); free(w_data); free(yall); free(y1); free(x2); free(buf);
                 }
     }
+}
+
+/* A batch's one-token sessions (batch_lone): T tokens in one call with lone = 1 give, bit for
+   bit, what each gives alone, on every set and format that declares it, at widths on both
+   sides of x3_min_cols (0: every width takes X3 where the set has it), odd row counts and
+   token counts past the kernels' groups of 4. */
+static void kern_test_matmul_lone(void)
+{
+    static const int Ks[] = {5, 33, 100, 2304 + 7}, Ts[] = {2, 3, 4, 5, 8, 9};
+    int s, f, ki, ti, cb, x3, rows = 37, t, r, n_lone = 0;
+    for (s = 0; s < GEMMA2__N_KERNEL_SETS; s++) {
+        gemma2__kernels k;
+        if (!kern_get(s, &k)) continue;
+        for (x3 = 0; x3 < 2; x3++) {
+            if (x3) k.x3_min_cols = 0;
+            for (f = 0; f < GEMMA2__WF_COUNT; f++) {
+                if (!k.batch_lone[f]) continue;
+                for (ki = 0; ki < (int)(sizeof Ks / sizeof Ks[0]); ki++)
+                    for (ti = 0; ti < (int)(sizeof Ts / sizeof Ts[0]); ti++)
+                        for (cb = 0; cb < 2; cb++) {
+                            int K = Ks[ki], T = Ts[ti], bad = 0;
+                            size_t i, nw = (size_t)rows * K;
+                            float *wf = (float *)malloc(nw * sizeof(float)), *x = (float *)malloc((size_t)T * K * sizeof(float));
+                            void *w_data = kern_weights(f, rows, K, wf);
+                            float *yall = (float *)malloc((size_t)T * rows * sizeof(float)), *y1 = (float *)malloc((size_t)rows * sizeof(float));
+                            void *buf = malloc(gemma2__pack_bytes_max(T, K));
+                            gemma2__mat w;
+                            gemma2__matmul_args a;
+                            for (i = 0; i < (size_t)T * K; i++) x[i] = kern_rand();
+                            w.data = w_data; w.format = f; w.rows = rows; w.cols = K;
+                            memset(&a, 0, sizeof a);
+                            a.y = yall; a.ldy = rows; a.x = x; a.T = T; a.w = &w; a.lone = 1;
+                            kern_pack(&k, &a, buf, cb);
+                            /* rows in two pieces, as threads split them */
+                            gemma2__matmul_for(&k, f)(&a, 0, 16);
+                            gemma2__matmul_for(&k, f)(&a, 16, rows);
+                            n_lone++;
+                            for (t = 0; t < T && !bad; t++) {
+                                memset(&a, 0, sizeof a);
+                                a.y = y1; a.ldy = rows; a.x = x + (size_t)t * K; a.T = 1; a.w = &w;
+                                kern_pack(&k, &a, buf, cb);
+                                gemma2__matmul_for(&k, f)(&a, 0, rows);
+                                for (r = 0; r < rows && !bad; r++)
+                                    if (memcmp(&y1[r], &yall[(size_t)t * rows + r], sizeof(float)) != 0) {
+                                        CHECK(0, "%s %s K %d T %d compute_bf16 %d x3 %d: token %d row %d alone %.9g, lone in %d %.9g", k.name,
+                                              gemma2__wformat_of(f)->name, K, T, cb, x3, t, r, y1[r], T, yall[(size_t)t * rows + r]);
+                                        bad = 1;
+                                    }
+                            }
+                            free(wf); free(x); free(w_data); free(yall); free(y1); free(buf);
+                        }
+            }
+        }
+    }
+    if (getenv("GEMMA2_TEST_VERBOSE")) fprintf(stderr, "      %d lone calls checked\n", n_lone);
 }
 
 static int kern_close(float got, float want, float rel, float abs_tol)
@@ -1007,6 +1063,7 @@ void suite_kernels(void)
     g2t_run("kernels/matmul_q_paths", kern_test_matmul_q_paths);
     g2t_run("kernels/matmul_q", kern_test_matmul_q);
     g2t_run("kernels/matmul_consistent", kern_test_matmul_consistent);
+    g2t_run("kernels/matmul_lone", kern_test_matmul_lone);
     g2t_run("kernels/vector_ops", kern_test_vector_ops);
     g2t_run("kernels/attention", kern_test_attention);
     g2t_run("kernels/att_scores_consistent", kern_test_att_scores_consistent);
