@@ -6,14 +6,6 @@
 #define GEMMA2_CLI_NO_MAIN
 #include "../examples/gemma2.c"
 
-#if defined(_WIN32)
-#include <direct.h>
-#define gen_mkdir(p) _mkdir(p)
-#else
-#include <sys/stat.h>
-#define gen_mkdir(p) mkdir(p, 0755)
-#endif
-
 static gemma2_model *gen_model;
 
 static gemma2_model *gen_load(int n_threads)
@@ -348,8 +340,8 @@ static void test_generate_generation_config(void)
     gemma2_model *m;
     char err[256];
     const gemma2_config *c;
-    snprintf(dir, sizeof dir, "%s/tmp-generation-config", g2t_data);
-    gen_mkdir(dir);
+    snprintf(dir, sizeof dir, "/tmp/gemma2_test_XXXXXX");
+    if (!mkdtemp(dir)) { CHECK(0, "mkdtemp"); return; }
     cfg = (char *)g2t_read_file(g2t_path("models/tiny-realvocab/config.json"), &n);
     weights = g2t_read_file(g2t_path("models/tiny-realvocab/model.safetensors"), &wn);
     if (!cfg || !weights) { CHECK(0, "read fixture"); free(cfg); free(weights); return; }

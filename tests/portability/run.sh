@@ -138,15 +138,30 @@ if [ "${PORT_SUITES:-1}" = 0 ]; then say "the test program's switch builds: skip
 # The whole suite each, but GEMMA2_NO_SIMD: its scalar kernels make the session, generation and
 # sampler suites take minutes, and the default build's kernel tests already hold every SIMD set
 # to those kernels; here the forward pass on every fixture and the kernel tests run.
-for sw in $SWITCHES; do
-    run $GCC $SUITE -D$sw -o "$OUT/gemma2_test_$sw" tests/gemma2_test.c $LIBS
-    filters=""
-    [ $sw != GEMMA2_NO_SIMD ] || filters="model/ kernels/"
-    for f in ${filters:-""}; do
-        run "$OUT/gemma2_test_$sw" $f >"$OUT/suite.log" 2>&1 || { tail -n 40 "$OUT/suite.log"; exit 1; }
-        say "$GCC -D$sw: tests/gemma2_test${f:+ $f}: $(tail -n 1 "$OUT/suite.log")"
+# Two builds at a time, then two runs at a time (each run's output in its own log, reported in
+# order): the suites share nothing on disk (temporary folders are mkdtemp's).
+suite_args() { [ "$1" != GEMMA2_NO_SIMD ] || echo "model/ kernels/"; }
+pair() {
+    pids=""
+    for sw in "$@"; do
+        if [ $sw = alloc ]; then $GCC $SUITE -o "$OUT/gemma2_test_$sw" $P/alloc_suite.c $LIBS >"$OUT/build_$sw.log" 2>&1 &
+        else $GCC $SUITE -D$sw -o "$OUT/gemma2_test_$sw" tests/gemma2_test.c $LIBS >"$OUT/build_$sw.log" 2>&1 & fi
+        pids="$pids $!"
     done
-done
-run $GCC $SUITE -o "$OUT/alloc_suite" $P/alloc_suite.c $LIBS
-run "$OUT/alloc_suite" >"$OUT/suite.log" 2>&1 || { tail -n 40 "$OUT/suite.log"; exit 1; }
-say "$GCC, GEMMA2_MALLOC/REALLOC/FREE counting: tests/gemma2_test: $(tail -n 2 "$OUT/suite.log" | tr '\n' ' ')"
+    for pid in $pids; do wait $pid || { cat "$OUT"/build_*.log; echo "portability: FAILED: a switch build"; exit 1; }; done
+    pids=""
+    for sw in "$@"; do
+        "$OUT/gemma2_test_$sw" $(suite_args $sw) >"$OUT/suite_$sw.log" 2>&1 &
+        pids="$pids $!"
+    done
+    i=0
+    for pid in $pids; do
+        i=$((i + 1)); eval "sw=\${$i}" # the i-th name given
+        if ! wait $pid; then tail -n 40 "$OUT/suite_$sw.log"; echo "portability: FAILED: the suite with $sw"; exit 1; fi
+        if [ $sw = alloc ]; then say "$GCC, GEMMA2_MALLOC/REALLOC/FREE counting: tests/gemma2_test: $(tail -n 2 "$OUT/suite_$sw.log" | tr '\n' ' ')"
+        else say "$GCC -D$sw: tests/gemma2_test $(suite_args $sw): $(tail -n 1 "$OUT/suite_$sw.log")"; fi
+    done
+}
+pair GEMMA2_NO_SIMD GEMMA2_NO_THREADS
+pair GEMMA2_NO_MMAP GEMMA2_STATIC
+pair alloc
