@@ -869,6 +869,45 @@ typedef struct gemma2_generate_result {
 GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_prompt,
                                const gemma2_generate_params *p, gemma2_generate_result *res);
 
+/* Several generations at once: a generator is one gemma2_generate (its session, prompt,
+   parameters, callbacks and result), advanced one step at a time, and gemma2_generate_step
+   advances any set of them together through one gemma2_batch_eval, so that their sessions
+   share every read of the weights (see gemma2_batch_new). Generators join and leave between
+   steps: pass whichever are running. A chat server's slots, a game's characters:
+       gemma2_batch *b = gemma2_batch_new(m, 512, 0, NULL);
+       gemma2_generator *g[2];
+       g[0] = gemma2_generator_new(s0, prompt0, n0, &params0, NULL);  (each its own session)
+       g[1] = gemma2_generator_new(s1, prompt1, n1, &params1, NULL);
+       while (gemma2_generate_step(b, g, 2) > 0) {}                    (on_token streams each)
+       gemma2_generator_done(g[0], &res0); ... gemma2_generator_free(g[0]); ...
+
+   gemma2_generator_new: checks as gemma2_generate does (the same errors in *rc, may be NULL;
+   NULL on failure) and copies the prompt; nothing is evaluated yet. The session must not be
+   used otherwise until the generator is done (or freed).
+   gemma2_generate_step: per generator, its next prompt pass (the 128 tokens gemma2_generate's
+   passes take; less when the batch's max_tokens has no more room, and the generator then
+   continues in later steps) or its next token; on_prompt and on_token are called as in
+   gemma2_generate. Generators that are decoding get their token first, then prompts share
+   the room left. Returns how many of the n are still running (0: all done), or an error for
+   the call: GEMMA2_ERROR_INVALID_ARGUMENT (NULL, a generator of another model, one given or
+   one session twice), or what gemma2_batch_eval returns for the whole call, e.g. out of
+   memory: then no session changed, and the next step retries (a token already sampled is
+   kept, so the stream is the same). A generator's own failure (a NaN in its logits) ends that
+   generator with the error, as gemma2_generate would return it; the others go on.
+   Each generator gives what gemma2_generate gives with the same session state, prompt and
+   parameters: the same tokens, text, stop reason and counts; its logits are bit-identical
+   where the kernel set computes a batch's one-token sessions as gemma2_eval does (batch_lone:
+   AVX-512, bf16 weights), else equal within the bound given at gemma2_batch_eval, and a prompt
+   cut into other passes (a batch with less room than its passes) may differ in the last bits.
+   gemma2_generator_done: 0 while running; 1 when finished, or the negative error that ended
+   it; res (may be NULL) as gemma2_generate's so far. */
+typedef struct gemma2_generator gemma2_generator;
+GEMMA2_DEF gemma2_generator *gemma2_generator_new(gemma2_session *s, const int32_t *prompt, int n_prompt,
+                                                  const gemma2_generate_params *p, int *rc);
+GEMMA2_DEF void gemma2_generator_free(gemma2_generator *g);
+GEMMA2_DEF int gemma2_generate_step(gemma2_batch *b, gemma2_generator *const *g, int n);
+GEMMA2_DEF int gemma2_generator_done(const gemma2_generator *g, gemma2_generate_result *res);
+
 /* --- Scoring --------------------------------------------------------------- */
 
 /* Log-probabilities (natural log) of a continuation: logprobs[i] = log P(cont[i] | everything before).
@@ -3688,13 +3727,15 @@ struct gemma2_batch {
     int32_t *ids;        /* [max_tokens] their tokens, session after session */
     int *rows;           /* [max_tokens] the tokens whose logits are computed */
     float *out;          /* [max(max_tokens, 2)][V] those logits; pages touched only as rows are used */
+    void *gen_args;      /* gemma2_generate_step's arguments to gemma2_batch_eval, for gen_cap generators */
+    int gen_cap;
 };
 
 GEMMA2_DEF void gemma2_batch_free(gemma2_batch *b)
 {
     if (!b) return;
     gemma2_session_free(b->sc);
-    GEMMA2_FREE(b->seg); GEMMA2_FREE(b->ids); GEMMA2_FREE(b->rows); GEMMA2_FREE(b->out);
+    GEMMA2_FREE(b->seg); GEMMA2_FREE(b->ids); GEMMA2_FREE(b->rows); GEMMA2_FREE(b->out); GEMMA2_FREE(b->gen_args);
     GEMMA2_FREE(b);
 }
 
@@ -4534,81 +4575,251 @@ static int gemma2__generate_prompt(gemma2_session *s, const int32_t *prompt, int
     return 0;
 }
 
+/* One generation's state, shared by gemma2_generate (one session, gemma2_eval) and the
+   generators (several sessions, gemma2_batch_eval): the same rules in the same order, so that
+   both stop, stream and count alike. A step: gemma2__gen_next picks the token to evaluate (or
+   ends the generation), the caller evaluates it, gemma2__gen_after streams it. */
+struct gemma2_generator {
+    gemma2_session *s;
+    gemma2_generate_params p;
+    gemma2_sampler *smp;
+    gemma2__stream st;
+    gemma2_detok dt;
+    gemma2_generate_result r;
+    int32_t *prompt;      /* generators: their copy of the prompt, fed pass by pass */
+    int n_prompt, fed;
+    int32_t pending;      /* sampled, not yet evaluated (-1: none): a failed batch call keeps it */
+    int stopped;          /* no more tokens: r.stop_reason says why, or rc */
+    int done, rc;         /* finished (held-back text delivered), and the error if any */
+};
+
+/* Checks the parameters and sets g up for session s. 0 or an error; gemma2__gen_free releases
+   what it allocated either way. */
+static int gemma2__gen_init(gemma2_generator *g, gemma2_session *s, const int32_t *prompt, int n_prompt, const gemma2_generate_params *params)
+{
+    const gemma2_model *m;
+    int i;
+    memset(g, 0, sizeof *g);
+    g->r.stop_id = -1;
+    g->pending = -1;
+    if (!s || n_prompt < 0 || (n_prompt > 0 && !prompt)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    g->s = s;
+    if (params) g->p = *params;
+    if (g->p.n_stop_strings < 0 || (g->p.n_stop_strings > 0 && !g->p.stop_strings) || g->p.n_stop_ids < 0 ||
+        (g->p.n_stop_ids > 0 && !g->p.stop_ids) || !gemma2__sampler_params_ok(&g->p.sampler)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    for (i = 0; i < g->p.n_stop_strings; i++) {
+        if (!g->p.stop_strings[i]) return GEMMA2_ERROR_INVALID_ARGUMENT;
+        g->st.max_stop = GEMMA2__MAX(g->st.max_stop, strlen(g->p.stop_strings[i]));
+    }
+    g->st.stops = g->p.stop_strings;
+    g->st.n_stops = g->p.n_stop_strings;
+    m = gemma2__gen_model(s);
+    if (n_prompt == 0 && (gemma2_session_pos(s) == 0 || !gemma2_logits(s))) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (n_prompt > gemma2_session_n_ctx(s) - gemma2_session_pos(s)) return GEMMA2_ERROR_CONTEXT_FULL;
+    g->smp = gemma2_sampler_new(gemma2_vocab_size(m), &g->p.sampler);
+    if (!g->smp || gemma2__stream_reserve(&g->st, g->st.max_stop + 512) != 0) return GEMMA2_ERROR_OUT_OF_MEMORY;
+    gemma2_detok_init(&g->dt, m, GEMMA2_DETOKENIZE_SKIP_CONTROL);
+    return 0;
+}
+
+static void gemma2__gen_free(gemma2_generator *g)
+{
+    gemma2_sampler_free(g->smp);
+    gemma2__stream_free(&g->st);
+    GEMMA2_FREE(g->prompt);
+    g->smp = NULL;
+    g->prompt = NULL;
+}
+
+/* The next token to evaluate, from the session's logits: 1 and *tok, or 0 when the generation
+   ends here (g->stopped; g->rc on a sampler error). A token sampled before and not yet
+   evaluated comes back as it was. */
+static int gemma2__gen_next(gemma2_generator *g, int32_t *tok)
+{
+    const gemma2_config *cfg = gemma2_model_config(gemma2__gen_model(g->s));
+    int i, is_stop = 0;
+    int32_t t = g->pending;
+    if (g->stopped) return 0;
+    if (t < 0) {
+        if (g->p.max_new_tokens > 0 && g->r.n_generated >= g->p.max_new_tokens) { g->r.stop_reason = GEMMA2_STOP_MAX_TOKENS; g->stopped = 1; return 0; }
+        t = gemma2_sampler_sample(g->smp, gemma2_logits(g->s), gemma2_session_tokens(g->s), gemma2_session_pos(g->s));
+        if (t < 0) { g->rc = t; g->stopped = 1; return 0; }
+        if (!g->p.ignore_eos)
+            for (i = 0; i < cfg->n_eos; i++) is_stop |= cfg->eos_token_ids[i] == t;
+        for (i = 0; i < g->p.n_stop_ids; i++) is_stop |= g->p.stop_ids[i] == t;
+        if (is_stop) { g->r.stop_reason = GEMMA2_STOP_EOS; g->r.stop_id = t; g->stopped = 1; return 0; }
+        if (gemma2_session_pos(g->s) >= gemma2_session_n_ctx(g->s)) { g->r.stop_reason = GEMMA2_STOP_CONTEXT_FULL; g->stopped = 1; return 0; }
+    }
+    g->pending = t;
+    *tok = t;
+    return 1;
+}
+
+/* After tok was evaluated into the session: counts it and streams its text (stop strings,
+   on_token). */
+static void gemma2__gen_after(gemma2_generator *g, int32_t tok)
+{
+    size_t keep, emit;
+    long at;
+    int rc;
+    g->pending = -1;
+    g->r.n_generated++;
+    if ((rc = gemma2__stream_push(&g->st, &g->dt, tok)) != 0) { g->rc = rc; g->stopped = 1; return; }
+    at = gemma2__stream_match(&g->st, &keep);
+    if (at >= 0) { emit = (size_t)at; g->stopped = 1; g->r.stop_reason = GEMMA2_STOP_STRING; }
+    else emit = g->st.nhold - keep;
+    if (g->p.on_token && g->p.on_token(g->p.user, tok, g->st.hold, emit) != 0 && !g->stopped) {
+        g->stopped = 1;
+        g->r.stop_reason = GEMMA2_STOP_CALLBACK;
+    }
+    if (g->r.stop_reason == GEMMA2_STOP_STRING) g->st.nhold = 0;
+    else { memmove(g->st.hold, g->st.hold + emit, g->st.nhold - emit); g->st.nhold -= emit; }
+}
+
+/* The end: delivers what was held back (an incomplete character, as U+FFFD, and the start of
+   a stop string that never completed). */
+static void gemma2__gen_finish(gemma2_generator *g)
+{
+    if (g->r.stop_reason != GEMMA2_STOP_STRING && g->rc == 0) {
+        int rc = gemma2__stream_push(&g->st, &g->dt, -1);
+        if (rc != 0) g->rc = rc;
+        else if (g->st.nhold && g->p.on_token) g->p.on_token(g->p.user, -1, g->st.hold, g->st.nhold);
+    }
+    g->stopped = 1;
+    g->done = 1;
+}
+
 GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_prompt,
                                const gemma2_generate_params *params, gemma2_generate_result *res)
 {
-    gemma2_generate_params p;
-    gemma2_generate_result r;
-    const gemma2_model *m;
-    const gemma2_config *cfg;
-    gemma2_sampler *smp = NULL;
-    gemma2__stream st;
-    gemma2_detok dt;
-    int rc = 0, i, stopped = 0;
-    memset(&r, 0, sizeof r);
-    r.stop_id = -1;
-    memset(&st, 0, sizeof st);
-    if (res) *res = r;
-    if (!s || n_prompt < 0 || (n_prompt > 0 && !prompt)) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    if (params) p = *params; else memset(&p, 0, sizeof p);
-    if (p.n_stop_strings < 0 || (p.n_stop_strings > 0 && !p.stop_strings) || p.n_stop_ids < 0 ||
-        (p.n_stop_ids > 0 && !p.stop_ids) || !gemma2__sampler_params_ok(&p.sampler)) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    for (i = 0; i < p.n_stop_strings; i++) {
-        if (!p.stop_strings[i]) return GEMMA2_ERROR_INVALID_ARGUMENT;
-        st.max_stop = GEMMA2__MAX(st.max_stop, strlen(p.stop_strings[i]));
+    gemma2_generator g;
+    int rc, stopped = 0;
+    int32_t tok;
+    rc = gemma2__gen_init(&g, s, prompt, n_prompt, params);
+    if (res) *res = g.r;
+    if (rc != 0) { gemma2__gen_free(&g); return rc; }
+    if (n_prompt > 0 && (rc = gemma2__generate_prompt(s, prompt, n_prompt, &g.p, &stopped)) != 0) goto done;
+    if (stopped) { g.r.stop_reason = GEMMA2_STOP_CALLBACK; goto done; }
+    g.r.n_prompt = n_prompt;
+    while (gemma2__gen_next(&g, &tok)) {
+        if ((g.rc = gemma2_eval(s, &tok, 1, NULL)) != 0) break;
+        gemma2__gen_after(&g, tok);
     }
-    st.stops = p.stop_strings;
-    st.n_stops = p.n_stop_strings;
-    m = gemma2__gen_model(s);
-    cfg = gemma2_model_config(m);
-    if (n_prompt == 0 && (gemma2_session_pos(s) == 0 || !gemma2_logits(s))) return GEMMA2_ERROR_INVALID_ARGUMENT;
-    if (n_prompt > gemma2_session_n_ctx(s) - gemma2_session_pos(s)) return GEMMA2_ERROR_CONTEXT_FULL;
-
-    smp = gemma2_sampler_new(gemma2_vocab_size(m), &p.sampler);
-    if (!smp || gemma2__stream_reserve(&st, st.max_stop + 512) != 0) { rc = GEMMA2_ERROR_OUT_OF_MEMORY; goto done; }
-    gemma2_detok_init(&dt, m, GEMMA2_DETOKENIZE_SKIP_CONTROL);
-    if (n_prompt > 0 && (rc = gemma2__generate_prompt(s, prompt, n_prompt, &p, &stopped)) != 0) goto done;
-    if (stopped) { r.stop_reason = GEMMA2_STOP_CALLBACK; goto done; }
-    r.n_prompt = n_prompt;
-
-    while (!stopped) {
-        int32_t tok;
-        int is_stop = 0;
-        size_t keep, emit;
-        long at;
-        if (p.max_new_tokens > 0 && r.n_generated >= p.max_new_tokens) { r.stop_reason = GEMMA2_STOP_MAX_TOKENS; break; }
-        tok = gemma2_sampler_sample(smp, gemma2_logits(s), gemma2_session_tokens(s), gemma2_session_pos(s));
-        if (tok < 0) { rc = tok; break; }
-        if (!p.ignore_eos)
-            for (i = 0; i < cfg->n_eos; i++) is_stop |= cfg->eos_token_ids[i] == tok;
-        for (i = 0; i < p.n_stop_ids; i++) is_stop |= p.stop_ids[i] == tok;
-        if (is_stop) { r.stop_reason = GEMMA2_STOP_EOS; r.stop_id = tok; break; }
-        if (gemma2_session_pos(s) >= gemma2_session_n_ctx(s)) { r.stop_reason = GEMMA2_STOP_CONTEXT_FULL; break; }
-        if ((rc = gemma2_eval(s, &tok, 1, NULL)) != 0) break;
-        r.n_generated++;
-
-        if ((rc = gemma2__stream_push(&st, &dt, tok)) != 0) break;
-        at = gemma2__stream_match(&st, &keep);
-        if (at >= 0) { emit = (size_t)at; stopped = 1; r.stop_reason = GEMMA2_STOP_STRING; }
-        else emit = st.nhold - keep;
-        if (p.on_token && p.on_token(p.user, tok, st.hold, emit) != 0 && !stopped) {
-            stopped = 1;
-            r.stop_reason = GEMMA2_STOP_CALLBACK;
-        }
-        if (r.stop_reason == GEMMA2_STOP_STRING) st.nhold = 0;
-        else { memmove(st.hold, st.hold + emit, st.nhold - emit); st.nhold -= emit; }
-    }
-    /* Deliver what was held back: an incomplete character (as U+FFFD) and the start of a stop
-       string that never completed. */
-    if (r.stop_reason != GEMMA2_STOP_STRING && rc == 0) {
-        rc = gemma2__stream_push(&st, &dt, -1);
-        if (rc == 0 && st.nhold && p.on_token) p.on_token(p.user, -1, st.hold, st.nhold);
-    }
+    gemma2__gen_finish(&g);
+    rc = g.rc;
 done:
-    gemma2_sampler_free(smp);
-    gemma2__stream_free(&st);
-    if (res) *res = r;
+    gemma2__gen_free(&g);
+    if (res) *res = g.r;
     return rc;
+}
+
+/* --- several generations at once ------------------------------------------------- */
+
+GEMMA2_DEF gemma2_generator *gemma2_generator_new(gemma2_session *s, const int32_t *prompt, int n_prompt, const gemma2_generate_params *p,
+                                                  int *rc)
+{
+    gemma2_generator *g = (gemma2_generator *)gemma2__calloc(1, sizeof *g);
+    int r = g ? gemma2__gen_init(g, s, prompt, n_prompt, p) : GEMMA2_ERROR_OUT_OF_MEMORY;
+    if (r == 0 && n_prompt > 0) {
+        g->prompt = (int32_t *)gemma2__malloc_n((size_t)n_prompt, sizeof(int32_t));
+        if (!g->prompt) r = GEMMA2_ERROR_OUT_OF_MEMORY;
+        else {
+            memcpy(g->prompt, prompt, (size_t)n_prompt * sizeof(int32_t));
+            g->n_prompt = n_prompt;
+        }
+    }
+    if (rc) *rc = r;
+    if (r != 0) { gemma2_generator_free(g); return NULL; }
+    return g;
+}
+
+GEMMA2_DEF void gemma2_generator_free(gemma2_generator *g)
+{
+    if (!g) return;
+    gemma2__gen_free(g);
+    GEMMA2_FREE(g);
+}
+
+GEMMA2_DEF int gemma2_generator_done(const gemma2_generator *g, gemma2_generate_result *res)
+{
+    if (!g) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    if (res) *res = g->r;
+    return !g->done ? 0 : g->rc ? g->rc : 1;
+}
+
+/* What a generator puts in this step's call: its next prompt pass (the session's pass, or
+   what the call has room for), or one token; 0 when it waits or has finished. */
+static int gemma2__gen_want(gemma2_generator *g, int room, const int32_t **ids)
+{
+    int n;
+    if (g->done || room < 1) return 0;
+    if (g->fed < g->n_prompt) {
+        n = GEMMA2__MIN(GEMMA2__MIN(g->s->chunk, g->n_prompt - g->fed), room);
+        *ids = g->prompt + g->fed;
+        return n;
+    }
+    if (!gemma2__gen_next(g, &g->pending)) { gemma2__gen_finish(g); return 0; }
+    *ids = &g->pending;
+    return 1;
+}
+
+GEMMA2_DEF int gemma2_generate_step(gemma2_batch *b, gemma2_generator *const *gens, int n)
+{
+    gemma2_session **ss;
+    const int32_t **ids;
+    int *nn, *st, i, k, room, rc, running = 0;
+    if (!b || n < 0 || (n > 0 && !gens)) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    for (i = 0; i < n; i++) {
+        if (!gens[i] || gens[i]->s->m != b->m) return GEMMA2_ERROR_INVALID_ARGUMENT;
+        for (k = 0; k < i; k++) if (gens[k] == gens[i] || gens[k]->s == gens[i]->s) return GEMMA2_ERROR_INVALID_ARGUMENT;
+    }
+    if (n == 0) return 0;
+    /* the call's arguments, n of each, in the batch's scratch (grown here, the only allocation) */
+    if (n > b->gen_cap) {
+        void *p = gemma2__malloc_n((size_t)n, sizeof(void *) * 2 + sizeof(int) * 2);
+        if (!p) return GEMMA2_ERROR_OUT_OF_MEMORY;
+        GEMMA2_FREE(b->gen_args);
+        b->gen_args = p;
+        b->gen_cap = n;
+    }
+    ss = (gemma2_session **)b->gen_args;
+    ids = (const int32_t **)(void *)(ss + n);
+    nn = (int *)(void *)(ids + n);
+    st = nn + n;
+    for (i = 0; i < n; i++) { ss[i] = gens[i]->s; nn[i] = 0; ids[i] = NULL; }
+    /* one token each for the generators that are decoding, then prompt passes in the room left */
+    room = b->max_tokens;
+    for (k = 0; k < 2; k++)
+        for (i = 0; i < n; i++) {
+            if ((gens[i]->fed < gens[i]->n_prompt) != k) continue;
+            nn[i] = gemma2__gen_want(gens[i], room, &ids[i]);
+            room -= nn[i];
+        }
+    for (i = 0; i < n; i++) running += nn[i] > 0;
+    if (running > 0) {
+        rc = gemma2_batch_eval(b, ss, ids, nn, n, NULL, st);
+        if (rc != 0 && rc != GEMMA2_ERROR_NUMERIC) return rc; /* nothing changed; a sampled token stays pending */
+        for (i = 0; i < n; i++) {
+            gemma2_generator *g = gens[i];
+            if (nn[i] == 0) continue;
+            if (st[i] != 0) { g->rc = st[i]; gemma2__gen_finish(g); }
+            else if (g->fed < g->n_prompt) {
+                g->fed += nn[i];
+                if (g->p.on_prompt && g->p.on_prompt(g->p.user, g->fed, g->n_prompt) != 0) {
+                    /* as gemma2_generate: the prompt is taken back */
+                    gemma2_session_rewind(g->s, gemma2_session_pos(g->s) - g->fed);
+                    g->r.stop_reason = GEMMA2_STOP_CALLBACK;
+                    g->stopped = g->done = 1;
+                } else if (g->fed == g->n_prompt) g->r.n_prompt = g->n_prompt;
+            } else gemma2__gen_after(g, ids[i][0]);
+        }
+    }
+    running = 0;
+    for (i = 0; i < n; i++) {
+        if (gens[i]->stopped && !gens[i]->done) gemma2__gen_finish(gens[i]);
+        running += !gens[i]->done;
+    }
+    return running;
 }
 
 /* --- scoring --------------------------------------------------------------------- */

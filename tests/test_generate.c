@@ -1114,6 +1114,176 @@ static void test_generate_cli_files(void)
     rmdir(base);
 }
 
+/* Generators (gemma2_generate_step): several generations through one batch, joining and leaving
+   between steps, each giving what gemma2_generate gives alone: the same tokens, text, results and
+   session contents (greedy, seeded sampling, a stop id, a stop string, a prompt of three passes
+   with on_prompt, a continuation with no prompt). Then the same with a batch too small for the
+   prompt passes (cut to fit: the tokens and counts still checked), and the argument errors. */
+#define GEN_N 5
+typedef struct gen_job { gen_sink k; gen_progress g; } gen_job;
+
+static int gen_job_prompt(void *user, int done, int total)
+{
+    gen_job *j = (gen_job *)user;
+    if (j->g.calls < 16) j->g.done[j->g.calls] = done;
+    j->g.calls++;
+    j->g.total = total;
+    return 0;
+}
+
+static void gen_gens_setup(gemma2_model *m, int i, const int32_t *base, int nb, int32_t *prompt, int *np, gemma2_generate_params *p, gen_job *j,
+                           const char **stop_str, const int32_t *stop_id)
+{
+    int t;
+    *p = gen_params(&j->k);
+    memset(&j->g, 0, sizeof j->g);
+    p->user = j;
+    *np = nb;
+    memcpy(prompt, base, sizeof(int32_t) * (size_t)nb);
+    switch (i) {
+    case 0: p->max_new_tokens = 12; break;
+    case 1: p->max_new_tokens = 20; p->sampler.temperature = 0.9f; p->sampler.top_p = 0.95f; p->sampler.seed = 7; break;
+    case 2: p->max_new_tokens = 30; p->sampler.temperature = 1.5f; p->sampler.seed = 3; p->stop_ids = stop_id; p->n_stop_ids = 1;
+            *np = nb - 2; break;
+    case 3: /* three passes of the prompt */
+        for (t = nb; t < 300; t++) prompt[t] = base[t % nb];
+        *np = 300;
+        p->max_new_tokens = 6;
+        p->on_prompt = gen_job_prompt;
+        break;
+    default: p->max_new_tokens = 25; p->sampler.temperature = 1.0f; p->sampler.seed = 11; p->stop_strings = stop_str; p->n_stop_strings = 1; break;
+    }
+    (void)m;
+}
+
+static void gen_gens_run(gemma2_model *m, int max_tokens, int exact)
+{
+    int32_t base[64], greedy[64], prompts[GEN_N][320];
+    int nb = 0, ng = 0, i, np[GEN_N], rc, steps = 0, n_live, joined = 0;
+    gemma2_session *ref[GEN_N], *ss[GEN_N];
+    gemma2_generate_params p[GEN_N];
+    gemma2_generate_result rr[GEN_N], br;
+    gen_job rj[GEN_N], bj[GEN_N];
+    gemma2_generator *g[GEN_N], *live[GEN_N];
+    gemma2_batch *b;
+    const char *stop_str[1] = {NULL};
+    char stop_buf[64];
+    int32_t stop_id = -1;
+    if (!gen_reference(base, &nb, greedy, &ng)) { CHECK(0, "reference"); return; }
+    /* a stop string: a few bytes of what generator 4 writes alone, and a stop id: generator 2's
+       eighth token alone; found by first runs without them */
+    {
+        gen_job j0;
+        gemma2_session *s0 = gemma2_session_new(m, 512);
+        gen_gens_setup(m, 4, base, nb, prompts[4], &np[4], &p[4], &j0, stop_str, &stop_id);
+        p[4].n_stop_strings = 0;
+        gemma2_generate(s0, prompts[4], np[4], &p[4], NULL);
+        CHECK(j0.k.len > 12, "generator 4's text (%d bytes)", (int)j0.k.len);
+        memcpy(stop_buf, j0.k.text + j0.k.len / 2, 4);
+        stop_buf[4] = 0;
+        stop_str[0] = stop_buf;
+        gemma2_session_rewind(s0, 0);
+        gen_gens_setup(m, 2, base, nb, prompts[2], &np[2], &p[2], &j0, stop_str, &stop_id);
+        p[2].n_stop_ids = 0;
+        gemma2_generate(s0, prompts[2], np[2], &p[2], NULL);
+        CHECK(j0.k.n_toks >= 8, "generator 2's tokens (%d)", j0.k.n_toks);
+        stop_id = j0.k.toks[7];
+        gemma2_session_free(s0);
+    }
+    /* alone */
+    for (i = 0; i < GEN_N; i++) {
+        gen_gens_setup(m, i, base, nb, prompts[i], &np[i], &p[i], &rj[i], stop_str, &stop_id);
+        ref[i] = gemma2_session_new(m, 512);
+        if (i == 4) { /* a continuation: the prompt first, then a generation with none */
+            CHECK(gemma2_eval(ref[i], prompts[i], np[i], NULL) == 0, "eval");
+            rc = gemma2_generate(ref[i], NULL, 0, &p[i], &rr[i]);
+        } else rc = gemma2_generate(ref[i], prompts[i], np[i], &p[i], &rr[i]);
+        CHECK(rc == 0, "generator %d alone: %d", i, rc);
+    }
+    CHECK(rr[2].stop_reason == GEMMA2_STOP_EOS && rr[4].stop_reason == GEMMA2_STOP_STRING && rj[3].g.calls == 3,
+          "the cases reach their stops: %d %d, %d prompt passes", rr[2].stop_reason, rr[4].stop_reason, rj[3].g.calls);
+    /* together: 0, 1 and 3 from the start, 2 and 4 join at step 3, each leaves when done */
+    b = gemma2_batch_new(m, max_tokens, 0, NULL);
+    for (i = 0; i < GEN_N; i++) {
+        gen_gens_setup(m, i, base, nb, prompts[i], &np[i], &p[i], &bj[i], stop_str, &stop_id);
+        ss[i] = gemma2_session_new(m, 512);
+        if (i == 4) CHECK(gemma2_eval(ss[i], prompts[i], np[i], NULL) == 0, "eval");
+        g[i] = gemma2_generator_new(ss[i], i == 4 ? NULL : prompts[i], i == 4 ? 0 : np[i], &p[i], &rc);
+        CHECK(g[i] && rc == 0, "generator %d: %d", i, rc);
+    }
+    n_live = 0;
+    live[n_live++] = g[0]; live[n_live++] = g[1]; live[n_live++] = g[3];
+    while (n_live > 0 && steps < 2000) {
+        int k, w = 0;
+        if (steps == 3 && !joined) { live[n_live++] = g[2]; live[n_live++] = g[4]; joined = 1; }
+        rc = gemma2_generate_step(b, live, n_live);
+        CHECK(rc >= 0, "step %d: %d", steps, rc);
+        if (rc < 0) break;
+        for (k = 0; k < n_live; k++) if (!gemma2_generator_done(live[k], NULL)) live[w++] = live[k];
+        CHECK(rc == w, "step %d: %d running, %d not done", steps, rc, w);
+        n_live = w;
+        steps++;
+    }
+    for (i = 0; i < GEN_N; i++) {
+        CHECK(gemma2_generator_done(g[i], &br) == 1, "generator %d done", i);
+        CHECK(br.stop_reason == rr[i].stop_reason && br.n_generated == rr[i].n_generated && br.n_prompt == rr[i].n_prompt && br.stop_id == rr[i].stop_id,
+              "max_tokens %d generator %d: result (%d %d %d %d) alone (%d %d %d %d)", max_tokens, i, br.stop_reason, br.n_generated, br.n_prompt, br.stop_id,
+              rr[i].stop_reason, rr[i].n_generated, rr[i].n_prompt, rr[i].stop_id);
+        CHECK(bj[i].k.n_toks == rj[i].k.n_toks && !memcmp(bj[i].k.toks, rj[i].k.toks, sizeof(int32_t) * (size_t)rj[i].k.n_toks) &&
+              bj[i].k.len == rj[i].k.len && !strcmp(bj[i].k.text, rj[i].k.text) && bj[i].k.flushes == rj[i].k.flushes,
+              "max_tokens %d generator %d: streamed [%s] alone [%s]", max_tokens, i, bj[i].k.text, rj[i].k.text);
+        CHECK(gemma2_session_pos(ss[i]) == gemma2_session_pos(ref[i]) &&
+              !memcmp(gemma2_session_tokens(ss[i]), gemma2_session_tokens(ref[i]), sizeof(int32_t) * (size_t)gemma2_session_pos(ref[i])),
+              "generator %d: the session's tokens", i);
+        if (exact)
+            CHECK(!memcmp(gemma2_logits(ss[i]), gemma2_logits(ref[i]), sizeof(float) * (size_t)gemma2_vocab_size(m)), "generator %d: logits bit-identical", i);
+        CHECK(bj[i].g.calls == rj[i].g.calls || max_tokens < 128, "generator %d: %d prompt passes, alone %d", i, bj[i].g.calls, rj[i].g.calls);
+        gemma2_generator_free(g[i]);
+        gemma2_session_free(ss[i]);
+        gemma2_session_free(ref[i]);
+    }
+    gemma2_batch_free(b);
+}
+
+static void test_generate_generators(void)
+{
+    gemma2_model *m = gen_get(), *m2;
+    gemma2_session *s, *s2;
+    gemma2_generator *g[2];
+    gemma2_batch *b;
+    int32_t tok = 2;
+    int rc, exact;
+    if (!m) return;
+    exact = m->kern.batch_lone[m->embed.format] && m->kern.batch_lone[m->layers[0].wq.format];
+    gen_gens_run(m, 512, exact);
+    gen_gens_run(m, 40, 0); /* prompt passes cut to the room left */
+    /* errors */
+    s = gemma2_session_new(m, 64);
+    CHECK(gemma2_generator_new(NULL, &tok, 1, NULL, &rc) == NULL && rc == GEMMA2_ERROR_INVALID_ARGUMENT, "NULL session");
+    CHECK(gemma2_generator_new(s, NULL, 0, NULL, &rc) == NULL && rc == GEMMA2_ERROR_INVALID_ARGUMENT, "no prompt on an empty session");
+    CHECK(gemma2_generator_new(s, &tok, 65, NULL, &rc) == NULL && rc == GEMMA2_ERROR_CONTEXT_FULL, "a prompt past n_ctx");
+    g[0] = gemma2_generator_new(s, &tok, 1, NULL, &rc);
+    g[1] = gemma2_generator_new(s, &tok, 1, NULL, &rc);
+    b = gemma2_batch_new(m, 8, 1, NULL);
+    CHECK(gemma2_generate_step(b, g, 2) == GEMMA2_ERROR_INVALID_ARGUMENT, "one session twice");
+    CHECK(gemma2_generate_step(NULL, g, 1) == GEMMA2_ERROR_INVALID_ARGUMENT && gemma2_generate_step(b, NULL, 1) == GEMMA2_ERROR_INVALID_ARGUMENT,
+          "NULL batch or generators");
+    CHECK(gemma2_generate_step(b, g, 0) == 0 && gemma2_generator_done(g[0], NULL) == 0 && gemma2_session_pos(s) == 0, "no generators: nothing happens");
+    m2 = gen_load(1);
+    s2 = m2 ? gemma2_session_new(m2, 64) : NULL;
+    gemma2_generator_free(g[1]);
+    g[1] = s2 ? gemma2_generator_new(s2, &tok, 1, NULL, &rc) : NULL;
+    CHECK(g[1] && gemma2_generate_step(b, g, 2) == GEMMA2_ERROR_INVALID_ARGUMENT && gemma2_session_pos(s) == 0, "a generator of another model");
+    CHECK(gemma2_generator_done(NULL, NULL) == GEMMA2_ERROR_INVALID_ARGUMENT, "done(NULL)");
+    gemma2_generator_free(g[0]);
+    gemma2_generator_free(g[1]);
+    gemma2_generator_free(NULL);
+    gemma2_batch_free(b);
+    gemma2_session_free(s);
+    gemma2_session_free(s2);
+    gemma2_free(m2);
+}
+
 void suite_generate(void)
 {
     g2t_run("generate/stream_unit", test_generate_stream_unit);
@@ -1134,6 +1304,7 @@ void suite_generate(void)
     g2t_run("generate/cli-interactive", test_generate_cli_interactive);
     g2t_run("generate/cli-sigint", test_generate_cli_sigint);
     g2t_run("generate/cli-help-readme", test_generate_cli_help_readme);
+    g2t_run("generate/generators", test_generate_generators);
     gemma2_free(gen_model);
     gen_model = NULL;
 }
