@@ -11,10 +11,14 @@
    How it works: one thread runs everything, an event loop over non-blocking sockets (poll). There
    are N slots (--parallel), each a session with its own KV cache. A request waits in a bounded
    queue until a slot is free, takes the free slot whose previous conversation shares the longest
-   prefix with its prompt (that part of the KV cache is kept: gemma2_session_rewind), evaluates the
-   rest of its prompt, and then every loop iteration advances all active slots by one token
-   (slots_advance). Streams are written as tokens arrive; a client that goes away is noticed on the
-   next poll or write and its slot is free at once. Requests are read with the library's JSON reader.
+   prefix with its prompt (that part of the KV cache is kept: gemma2_session_rewind), and becomes a
+   generator (gemma2_generator_new) for the rest of its prompt. Every loop iteration is one
+   gemma2_generate_step over the active slots (slots_advance): each decoding slot gets its next
+   token and a slot with prompt left its next pass (at most 128 tokens, so that the others wait
+   one pass at most), all in one forward pass, which reads the weights once for all of them.
+   Streams are written as tokens arrive (the generator's on_token); a client that goes away is
+   noticed on the next poll or write and its slot is free at once. Requests are read with the
+   library's JSON reader.
 
    Build: make examples/server (or: cc -O2 -o server examples/server.c -lm -lpthread; with mingw
    add -lws2_32). */
@@ -199,16 +203,13 @@ typedef struct srv_job {
 } srv_job;
 
 typedef struct srv_slot {
+    struct srv *sv;
     gemma2_session *s;
-    gemma2_sampler *smp;
-    gemma2_detok dt;
+    gemma2_generator *g;          /* the request's generation */
     srv_job *job;                 /* NULL: free */
-    int32_t pending;              /* the token sampled last step, evaluated at the next */
-    int has_pending;
     int n_gen, n_cached;
-    srv_buf hold;                 /* text that could still begin a stop string */
     srv_buf text;                 /* non-streaming: the whole reply */
-    double t_start, t_prompt, t_first;
+    double t_start, t_prompt;
 } srv_slot;
 
 typedef struct srv_conn {
@@ -229,6 +230,7 @@ typedef struct srv_opts {
 typedef struct srv {
     srv_opts o;
     gemma2_model *m;
+    gemma2_batch *batch;          /* one forward pass for all slots */
     const gemma2_config *cfg;
     char model_name[256];
     srv_sock lfd;
@@ -270,12 +272,11 @@ static void srv_job_free(srv_job *j)
 /* Ends a slot's request: its session keeps its tokens for the next request's prefix. */
 static void srv_slot_release(srv_slot *sl)
 {
-    gemma2_sampler_free(sl->smp);
-    sl->smp = NULL;
+    gemma2_generator_free(sl->g);
+    sl->g = NULL;
     srv_job_free(sl->job);
     sl->job = NULL;
-    sl->has_pending = 0;
-    sl->hold.n = sl->text.n = 0;
+    sl->text.n = 0;
 }
 
 /* Closes a connection and frees whatever it had: its slot at once, or its place in the queue. */
@@ -405,19 +406,10 @@ static void srv_usage_json(srv_buf *b, const srv_slot *sl)
 }
 
 /* Ends the slot's request with a finish reason, writes the last chunk or the whole reply, frees the slot. */
-static void srv_finish(srv *sv, srv_slot *sl, int finish, int by_string)
+static void srv_finish(srv *sv, srv_slot *sl, int finish)
 {
     srv_job *j = sl->job;
     srv_conn *c = &sv->conns[j->conn];
-    if (!by_string) {
-        /* what was held back (a stop string's possible start) and an unfinished character; after a
-           stop string, only the text before it (already cut in hold) */
-        char tail[64];
-        int k = gemma2_detok_flush(&sl->dt, tail, sizeof tail);
-        if (k > 0) srv_buf_add(&sl->hold, tail, (size_t)k);
-    }
-    srv_emit(sv, sl, sl->hold.p ? sl->hold.p : "", sl->hold.n, 0);
-    sl->hold.n = 0;
     if (j->stream) {
         srv_emit(sv, sl, "", 0, finish);
         if (j->include_usage) {
@@ -469,98 +461,51 @@ static void srv_fail(srv *sv, srv_slot *sl, int rc)
     gemma2_session_rewind(sl->s, 0);
 }
 
-/* Stop strings: returns the offset of the first complete one in hold, or -1, and in *keep how many
-   trailing bytes could still begin one (held back until known). */
-static long srv_stop_match(const srv_job *j, const srv_buf *hold, size_t *keep)
+/* The generator's callbacks, user = the slot: text as it is known to be final (stop strings are
+   held back and cut by the library), and the end of the prompt. */
+static int srv_on_token(void *user, int32_t tok, const char *text, size_t len)
 {
-    long best = -1;
-    size_t h = hold->n, k;
-    int i;
-    *keep = 0;
-    for (i = 0; i < j->n_stops; i++) {
-        const char *sp = j->stops[i];
-        size_t sl = strlen(sp), off;
-        for (off = 0; off + sl <= h; off++) {
-            if (best >= 0 && (long)off >= best) break;
-            if (!memcmp(hold->p + off, sp, sl)) { best = (long)off; break; }
-        }
-        for (k = (sl - 1 < h ? sl - 1 : h); k > *keep; k--)
-            if (!memcmp(hold->p + h - k, sp, k)) { *keep = k; break; }
-    }
-    return best;
+    srv_slot *sl = (srv_slot *)user;
+    if (tok >= 0) sl->n_gen++;
+    srv_emit(sl->sv, sl, text, len, 0);
+    return 0;
 }
 
-/* One sampling step of a slot whose logits are current: the same rules, in the same order, as
-   gemma2_generate (eos, context full, the token's text, stop strings, max tokens). */
-static void srv_slot_sample(srv *sv, srv_slot *sl)
+static int srv_on_prompt(void *user, int done, int total)
 {
-    srv_job *j = sl->job;
-    const float *logits = gemma2_logits(sl->s);
-    int32_t tok;
-    int i, is_eos = 0, k;
-    char piece[256];
-    size_t keep;
-    long at;
-    tok = gemma2_sampler_sample(sl->smp, logits, gemma2_session_tokens(sl->s), gemma2_session_pos(sl->s));
-    if (tok < 0) { srv_fail(sv, sl, tok); return; }
-    if (sl->n_gen == 0) sl->t_first = srv_now();
-    if (!j->ignore_eos)
-        for (i = 0; i < sv->cfg->n_eos; i++) is_eos |= sv->cfg->eos_token_ids[i] == tok;
-    if (is_eos) { srv_finish(sv, sl, SRV_FINISH_STOP, 0); return; }
-    if (gemma2_session_pos(sl->s) >= gemma2_session_n_ctx(sl->s)) { srv_finish(sv, sl, SRV_FINISH_LENGTH, 0); return; }
-    sl->n_gen++;
-    k = gemma2_detok_push(&sl->dt, tok, piece, sizeof piece);
-    if (k > 0) srv_buf_add(&sl->hold, piece, (size_t)k);
-    at = srv_stop_match(j, &sl->hold, &keep);
-    if (at >= 0) {
-        sl->hold.n = (size_t)at;
-        srv_finish(sv, sl, SRV_FINISH_STOP, 1);
-        return;
-    }
-    if (sl->hold.n > keep) {
-        srv_emit(sv, sl, sl->hold.p, sl->hold.n - keep, 0);
-        srv_buf_consume(&sl->hold, sl->hold.n - keep);
-    }
-    if (sl->n_gen >= j->max_tokens) { srv_finish(sv, sl, SRV_FINISH_LENGTH, 0); return; }
-    sl->pending = tok;
-    sl->has_pending = 1;
+    srv_slot *sl = (srv_slot *)user;
+    if (done == total) sl->t_prompt = srv_now();
+    return 0;
 }
 
-/* Evaluates one new token for each of n sessions. This is the one place a batched evaluation
-   (several sessions in one forward pass) goes; today each session is evaluated on its own. */
-static void srv_eval_tokens(gemma2_session **ss, const int32_t *ids, int n, int *rc)
-{
-    int i;
-    for (i = 0; i < n; i++) rc[i] = gemma2_eval(ss[i], &ids[i], 1, NULL);
-}
-
-/* Advances every active slot by one token: evaluates the token each sampled last time, then
-   samples the next one and delivers its text. */
+/* One step of every active slot: gemma2_generate_step, then the slots that finished. */
 static void srv_slots_advance(srv *sv)
 {
-    gemma2_session *ss[SRV_MAX_SLOTS];
-    int32_t ids[SRV_MAX_SLOTS];
-    int idx[SRV_MAX_SLOTS], rc[SRV_MAX_SLOTS], n = 0, i;
+    gemma2_generator *g[SRV_MAX_SLOTS];
+    int idx[SRV_MAX_SLOTS], n = 0, i, rc;
     for (i = 0; i < sv->n_slots; i++)
-        if (sv->slots[i].job && sv->slots[i].has_pending) {
-            ss[n] = sv->slots[i].s;
-            ids[n] = sv->slots[i].pending;
+        if (sv->slots[i].job) {
+            g[n] = sv->slots[i].g;
             idx[n++] = i;
         }
-    srv_eval_tokens(ss, ids, n, rc);
+    if (n == 0) return;
+    rc = gemma2_generate_step(sv->batch, g, n);
     for (i = 0; i < n; i++) {
-        sv->slots[idx[i]].has_pending = 0;
-        if (rc[i] != 0) srv_fail(sv, &sv->slots[idx[i]], rc[i]);
+        srv_slot *sl = &sv->slots[idx[i]];
+        gemma2_generate_result res;
+        int d = rc < 0 ? rc : gemma2_generator_done(sl->g, &res);
+        if (d < 0) srv_fail(sv, sl, d); /* the whole step failed (out of memory), or this slot's generation */
+        else if (d == 1)
+            srv_finish(sv, sl, res.stop_reason == GEMMA2_STOP_EOS || res.stop_reason == GEMMA2_STOP_STRING ? SRV_FINISH_STOP : SRV_FINISH_LENGTH);
     }
-    for (i = 0; i < sv->n_slots; i++)
-        if (sv->slots[i].job && !sv->slots[i].has_pending) srv_slot_sample(sv, &sv->slots[i]);
 }
 
 /* Starts a queued job in a free slot: the one whose cached tokens share the longest prefix with
-   the prompt; only the rest of the prompt is evaluated. */
+   the prompt; only the rest of the prompt is evaluated, by the slot's generator. */
 static void srv_slot_start(srv *sv, srv_job *j)
 {
     srv_slot *sl = NULL;
+    gemma2_generate_params p = gemma2_generate_params_default();
     int i, best = -1, rc;
     for (i = 0; i < sv->n_slots; i++) {
         srv_slot *t = &sv->slots[i];
@@ -575,18 +520,21 @@ static void srv_slot_start(srv *sv, srv_job *j)
     GEMMA2_ASSERT(sl);
     sl->job = j;
     sl->n_gen = 0;
-    sl->has_pending = 0;
-    sl->hold.n = sl->text.n = 0;
-    sl->t_start = srv_now();
+    sl->text.n = 0;
+    sl->t_start = sl->t_prompt = srv_now();
     /* at least the prompt's last token is evaluated, so that its logits are fresh */
     if (best > j->n_prompt - 1) best = j->n_prompt - 1;
     sl->n_cached = best;
-    gemma2_detok_init(&sl->dt, sv->m, GEMMA2_DETOKENIZE_SKIP_CONTROL);
-    sl->smp = gemma2_sampler_new(gemma2_vocab_size(sv->m), &j->sp);
-    if (!sl->smp) { srv_fail(sv, sl, GEMMA2_ERROR_OUT_OF_MEMORY); return; }
+    p.sampler = j->sp;
+    p.max_new_tokens = j->max_tokens;
+    p.stop_strings = (const char *const *)j->stops;
+    p.n_stop_strings = j->n_stops;
+    p.ignore_eos = j->ignore_eos;
+    p.on_token = srv_on_token;
+    p.on_prompt = srv_on_prompt;
+    p.user = sl;
     rc = gemma2_session_rewind(sl->s, best);
-    if (rc == 0) rc = gemma2_eval(sl->s, j->prompt + best, j->n_prompt - best, NULL);
-    sl->t_prompt = srv_now();
+    if (rc == 0) sl->g = gemma2_generator_new(sl->s, j->prompt + best, j->n_prompt - best, &p, &rc);
     if (rc != 0) { srv_fail(sv, sl, rc); return; }
     if (j->stream) {
         srv_conn *c = &sv->conns[j->conn];
@@ -1239,8 +1187,16 @@ int main(int argc, char **argv)
     }
     if (base) snprintf(sv.model_name, sizeof sv.model_name, "%s", base);
     sv.n_slots = sv.o.parallel;
+    /* room for every slot's token and one 128-token prompt pass in each step */
+    sv.batch = gemma2_batch_new(sv.m, sv.n_slots + 128, sv.o.n_threads, &rc);
+    if (!sv.batch) {
+        fprintf(stderr, "server: cannot make the batch for %d slots: %s\n", sv.n_slots, gemma2_error_string(rc));
+        gemma2_free(sv.m);
+        return 1;
+    }
     for (i = 0; i < sv.n_slots; i++) {
         int src;
+        sv.slots[i].sv = &sv;
         sv.slots[i].s = gemma2_session_new_ex(sv.m, sv.n_ctx, &src);
         if (!sv.slots[i].s) {
             fprintf(stderr, "server: slot %d: cannot create a session of %d tokens: %s\n", i, sv.n_ctx, gemma2_error_string(src));
@@ -1262,10 +1218,10 @@ done:
     free(sv.queue);
     for (i = 0; i < sv.n_slots; i++) {
         srv_slot_release(&sv.slots[i]);
-        srv_buf_free(&sv.slots[i].hold);
         srv_buf_free(&sv.slots[i].text);
         gemma2_session_free(sv.slots[i].s);
     }
+    gemma2_batch_free(sv.batch);
     gemma2_free(sv.m);
 #if defined(_WIN32)
     WSACleanup();
