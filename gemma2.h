@@ -565,9 +565,8 @@ GEMMA2_DEF gemma2_session *gemma2_session_load(const gemma2_model *m, const char
 /* Batches: new tokens for several sessions of one model in one forward pass, so that every
    weight matrix is read once for all of them (a chat server's slots, characters of a game,
    several drafts). Decoding one token is bound by reading the weights; N tokens together cost
-   the read once plus N tokens of arithmetic in the several-token matrix products, which on
-   some kernel sets work on whole tiles of tokens (AVX-512: 16 at a time), so that the gain
-   depends on the set (tests/bench_model.c measures it: make bench). A gemma2_batch is the pass's scratch (activations for max_tokens
+   the read once plus N tokens of arithmetic, so that N sessions decode in not much more time
+   than one (tests/bench_model.c measures it: make bench). A gemma2_batch is the pass's scratch (activations for max_tokens
    tokens, the logits of the rows asked for) and its thread pool; the sessions keep their own
    KV cache, position and sliding-window rings, and attention runs per session, over its own
    cache. A batch serves any sessions of its model, a different set on every call (sessions
@@ -591,16 +590,18 @@ GEMMA2_DEF gemma2_session *gemma2_session_load(const gemma2_model *m, const char
        otherwise logits[i] receives n[i] x vocab_size floats, one row per token.
      - Results do not depend on the other sessions of the call, nor on their order, nor on
        max_tokens or the thread count: a session's logits and cache are bit-identical whichever
-       sessions share its calls. A batch always takes the matrix products' several-token path,
-       even for one token; gemma2_eval takes it too for n >= 2, and there the results are
-       bit-identical to gemma2_eval's when its logits are asked for all rows (asked for the
-       last only, its output projection is one token's). A lone token in gemma2_eval takes the
-       one-token kernels, which sum in another order (on the sets whose one-token kernels
-       differ: the AVX-512 ones here), and logits differ by float32 rounding. Bound, held on
-       every fixture and kernel set (tests: batch/agree): |batch - gemma2_eval| <= 1e-4 x
-       (1 + |logit|) after one call, and after 40 calls on each path (the caches then differ
-       too) 1e-3 x (1 + |logit|), or 1e-1 x (1 + |logit|) with a bf16 KV cache or
-       GEMMA2_COMPUTE_BF16, which round the difference further (measured: 5e-6, 1.3e-4, 3e-2).
+       sessions share its calls. A session with several tokens takes the several-token matrix
+       products, as gemma2_eval does. A session with one token takes the one-token kernels'
+       arithmetic where the kernel set has small-batch kernels for the weights' format, which
+       read each weight once for all such sessions (AVX-512 with bf16 weights; the kernel
+       contract's batch_lone): then every result is bit-identical to gemma2_eval's, the last
+       row's logits included. Elsewhere one-token sessions share the several-token products,
+       which may sum in another order than the one-token kernels (here: AVX-512 with F32
+       weights), and logits then differ from gemma2_eval's by float32 rounding. Bound, held on every fixture and kernel set (tests: batch/agree):
+       |batch - gemma2_eval| <= 1e-4 x (1 + |logit|) after one call, and after 40 calls on each
+       path (the caches then differ too) 1e-3 x (1 + |logit|), or 1e-1 x (1 + |logit|) with a
+       bf16 KV cache or GEMMA2_COMPUTE_BF16, which round the difference further (measured on
+       the F32 fixtures: 2e-6 after one call, 5e-5 after 40).
      - Everything is checked before anything changes: a NULL or repeated session, a session of
        another model, n[i] < 0 or > 128, a NULL ids[i] with n[i] > 0, more than max_tokens in
        all (GEMMA2_ERROR_INVALID_ARGUMENT), a bad id (GEMMA2_ERROR_BAD_TOKEN), a session whose
