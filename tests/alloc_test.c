@@ -1,6 +1,6 @@
 /* Allocation failures: every allocation the library makes goes through GEMMA2_MALLOC /
    REALLOC / FREE, defined here as a counting allocator that can fail the k-th one. For each
-   operation (loading, sessions, evaluation, saved sessions, batches, generation, chat, scoring,
+   operation (loading, sessions, evaluation, saved sessions, batches, generation and generators, chat, scoring,
    the tokenizer, the sampler) the operation runs once to count its allocations, then again for
    every k with the k-th allocation failing. Each run must return an error or exactly the result of the run
    without failures (never success with garbage), must not crash (built with ASan + UBSan), and
@@ -363,6 +363,50 @@ static int at_op_generate(long k, at_out *out)
     return rc;
 }
 
+/* Two generators through one batch (made with them). A step that fails for memory changes
+   nothing, so it is retried: the streams must come out as without the failure. */
+static int at_op_generators(long k, at_out *out)
+{
+    gemma2_session *s[2] = {gemma2_session_new(at_rv, 64), gemma2_session_new(at_rv, 64)};
+    gemma2_generate_params p = at_gen_params(out);
+    gemma2_generator *g[2] = {NULL, NULL};
+    gemma2_generate_result r;
+    gemma2_batch *b;
+    int32_t prompt[4] = {2, 106, 1645, 108};
+    int rc = 0, i, retried = 0;
+    if (!s[0] || !s[1]) { gemma2_session_free(s[0]); gemma2_session_free(s[1]); return -2; }
+    at_arm(k);
+    b = gemma2_batch_new(at_rv, 16, 1, &rc);
+    for (i = 0; i < 2 && b; i++) {
+        g[i] = gemma2_generator_new(s[i], prompt + i, 4 - i, &p, &rc);
+        AT_CHECK(g[i] ? rc == 0 : rc == GEMMA2_ERROR_OUT_OF_MEMORY, "generator_new: rc %d", rc);
+        if (!g[i]) break;
+    }
+    while (b && g[0] && g[1]) {
+        int n = gemma2_generate_step(b, g, 2);
+        if (n == GEMMA2_ERROR_OUT_OF_MEMORY && !retried) {
+            AT_CHECK(gemma2_session_pos(s[0]) <= 4 && gemma2_session_pos(s[1]) <= 3, "a failed step moved a session");
+            retried = 1;
+            continue;
+        }
+        AT_CHECK(n >= 0, "generate_step: %d", n);
+        if (n <= 0) { rc = n; break; }
+    }
+    for (i = 0; i < 2 && rc == 0 && g[1]; i++) {
+        int d = gemma2_generator_done(g[i], &r);
+        AT_CHECK(d == 1 || d == GEMMA2_ERROR_OUT_OF_MEMORY, "generator %d: done %d", i, d);
+        if (d < 0) rc = d;
+        else at_put(out, &r, sizeof r);
+    }
+    at_disarm();
+    gemma2_generator_free(g[0]);
+    gemma2_generator_free(g[1]);
+    gemma2_batch_free(b);
+    gemma2_session_free(s[0]);
+    gemma2_session_free(s[1]);
+    return rc;
+}
+
 static int at_op_score(long k, at_out *out)
 {
     gemma2_session *s = gemma2_session_new(at_rv, 64);
@@ -508,6 +552,7 @@ int main(int argc, char **argv)
         {"tokenize, detokenize, tokenizer.json", at_op_tokenize_json},
         {"sampler", at_op_sampler},
         {"generate", at_op_generate},
+        {"generators", at_op_generators},
         {"score", at_op_score},
         {"chat", at_op_chat},
     };

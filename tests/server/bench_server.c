@@ -128,7 +128,7 @@ int main(int argc, char **argv)
         if (b < srv) srv = b;
     }
     printf("server, 1 slot, %d tokens, %d threads, best of 5: library %.3f ms/token, server %.3f ms/token as the "
-           "client sees it: +%.1f%% (target < 5%%)\n", n_tok, o.n_threads, lib * 1e3, srv * 1e3, (srv / lib - 1) * 100);
+           "client sees it: %+.1f%% (target < 5%%)\n", n_tok, o.n_threads, lib * 1e3, srv * 1e3, (srv / lib - 1) * 100);
     gemma2_free(m);
     return 0;
 }
