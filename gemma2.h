@@ -45,6 +45,8 @@
              return rc < 0;
          }
      Lower level: gemma2_eval(s, ids, n, NULL) then gemma2_logits(s) (vocab_size floats).
+     Several chats at once, sharing every read of the weights: gemma2_batch_new, then
+     gemma2_generator_new per chat and gemma2_generate_step until none runs (1.5).
 
    BUILD SWITCHES (define before the #include that has GEMMA2_IMPLEMENTATION)
      GEMMA2_STATIC         all functions static (private copy in one translation unit; several units
@@ -135,6 +137,8 @@
      A gemma2_model is read-only after gemma2_load and may be shared by any number
      of sessions on any threads. A gemma2_session is one sequence (its KV cache and
      position) and must be used by one thread at a time; it owns its worker threads.
+     A gemma2_batch (several sessions in one pass; the generators run on one) is used by one
+     thread at a time, and so is every session and generator it is given, during the call.
      Evaluating uses up to ~30 KB of the calling thread's stack (kernel scratch).
 */
 
