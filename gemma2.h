@@ -601,11 +601,12 @@ GEMMA2_DEF gemma2_session *gemma2_session_load(const gemma2_model *m, const char
        contract's batch_lone): then every result is bit-identical to gemma2_eval's, the last
        row's logits included. Elsewhere one-token sessions share the several-token products,
        which may sum in another order than the one-token kernels (here: AVX-512 with F32
-       weights), and logits then differ from gemma2_eval's by float32 rounding. Bound, held on every fixture and kernel set (tests: batch/agree):
-       |batch - gemma2_eval| <= 1e-4 x (1 + |logit|) after one call, and after 40 calls on each
-       path (the caches then differ too) 1e-3 x (1 + |logit|), or 1e-1 x (1 + |logit|) with a
-       bf16 KV cache or GEMMA2_COMPUTE_BF16, which round the difference further (measured on
-       the F32 fixtures: 2e-6 after one call, 5e-5 after 40).
+       weights), and logits then differ from gemma2_eval's by float32 rounding. Bound, held on
+       every fixture and kernel set (tests: batch/agree): |batch - gemma2_eval| <= 1e-4 x
+       (1 + |logit|) after one call, and after 40 calls on each path (the caches then differ
+       too) 1e-3 x (1 + |logit|), or 1e-1 x (1 + |logit|) with a bf16 KV cache or
+       GEMMA2_COMPUTE_BF16, which round the difference further (measured on the F32 fixtures:
+       2e-6 after one call, 5e-5 after 40).
      - Everything is checked before anything changes: a NULL or repeated session, a session of
        another model, n[i] < 0 or > 128, a NULL ids[i] with n[i] > 0, more than max_tokens in
        all (GEMMA2_ERROR_INVALID_ARGUMENT), a bad id (GEMMA2_ERROR_BAD_TOKEN), a session whose
@@ -893,7 +894,8 @@ GEMMA2_DEF int gemma2_generate(gemma2_session *s, const int32_t *prompt, int n_p
    passes take; less when the batch's max_tokens has no more room, and the generator then
    continues in later steps) or its next token; on_prompt and on_token are called as in
    gemma2_generate. Generators that are decoding get their token first, then prompts share
-   the room left. Returns how many of the n are still running (0: all done), or an error for
+   the room left (with less room than generators, the step starts one further on each time,
+   so all progress). Returns how many of the n are still running (0: all done), or an error for
    the call: GEMMA2_ERROR_INVALID_ARGUMENT (NULL, a generator of another model, one given or
    one session twice), or what gemma2_batch_eval returns for the whole call, e.g. out of
    memory: then no session changed, and the next step retries (a token already sampled is
@@ -3734,6 +3736,7 @@ struct gemma2_batch {
     float *out;          /* [max(max_tokens, 2)][V] those logits; pages touched only as rows are used */
     void *gen_args;      /* gemma2_generate_step's arguments to gemma2_batch_eval, for gen_cap generators */
     int gen_cap;
+    unsigned gen_turn;   /* steps so far: where the next step starts handing out room */
 };
 
 GEMMA2_DEF void gemma2_batch_free(gemma2_batch *b)
@@ -4772,7 +4775,7 @@ GEMMA2_DEF int gemma2_generate_step(gemma2_batch *b, gemma2_generator *const *ge
 {
     gemma2_session **ss;
     const int32_t **ids;
-    int *nn, *st, i, k, room, rc, running = 0;
+    int *nn, *st, i, j, k, first, room, rc, running = 0;
     if (!b || n < 0 || (n > 0 && !gens)) return GEMMA2_ERROR_INVALID_ARGUMENT;
     for (i = 0; i < n; i++) {
         if (!gens[i] || gens[i]->s->m != b->m) return GEMMA2_ERROR_INVALID_ARGUMENT;
@@ -4792,10 +4795,14 @@ GEMMA2_DEF int gemma2_generate_step(gemma2_batch *b, gemma2_generator *const *ge
     nn = (int *)(void *)(ids + n);
     st = nn + n;
     for (i = 0; i < n; i++) { ss[i] = gens[i]->s; nn[i] = 0; ids[i] = NULL; }
-    /* one token each for the generators that are decoding, then prompt passes in the room left */
+    /* one token each for the generators that are decoding, then prompt passes in the room left;
+       each step starts one generator further on, so that with less room than generators none
+       waits for the others to finish */
     room = b->max_tokens;
+    first = (int)(b->gen_turn++ % (unsigned)n);
     for (k = 0; k < 2; k++)
-        for (i = 0; i < n; i++) {
+        for (j = 0; j < n; j++) {
+            i = (first + j) % n;
             if ((gens[i]->fed < gens[i]->n_prompt) != k) continue;
             nn[i] = gemma2__gen_want(gens[i], room, &ids[i]);
             room -= nn[i];

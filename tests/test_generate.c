@@ -1257,6 +1257,36 @@ static void test_generate_generators(void)
     exact = m->kern.batch_lone[m->embed.format] && m->kern.batch_lone[m->layers[0].wq.format];
     gen_gens_run(m, 512, exact);
     gen_gens_run(m, 40, 0); /* prompt passes cut to the room left */
+    /* three decoding generators, room for two tokens a step: all progress from the first steps */
+    {
+        int32_t base[64], greedy[64];
+        int nb = 0, ng = 0, i, step, running = 3;
+        gemma2_session *ss[3];
+        gemma2_generator *gg[3];
+        gen_sink sk[3];
+        gemma2_generate_params gp[3];
+        gemma2_batch *b2 = gemma2_batch_new(m, 2, 0, NULL);
+        CHECK(b2 && gen_reference(base, &nb, greedy, &ng), "setup");
+        for (i = 0; i < 3; i++) {
+            gp[i] = gen_params(&sk[i]);
+            gp[i].max_new_tokens = 4;
+            ss[i] = gemma2_session_new(m, 128);
+            CHECK(gemma2_eval(ss[i], base, nb - i, NULL) == 0, "eval");
+            gg[i] = gemma2_generator_new(ss[i], NULL, 0, &gp[i], &rc);
+            CHECK(gg[i] != NULL, "generator %d: %d", i, rc);
+        }
+        for (step = 0; step < 3; step++) CHECK(gemma2_generate_step(b2, gg, 3) == 3, "step %d", step);
+        CHECK(sk[0].n_toks >= 1 && sk[1].n_toks >= 1 && sk[2].n_toks >= 1, "after 3 steps of room 2: %d %d %d tokens", sk[0].n_toks, sk[1].n_toks,
+              sk[2].n_toks);
+        for (step = 0; step < 20 && running > 0; step++) running = gemma2_generate_step(b2, gg, 3);
+        CHECK(running == 0, "all done (%d running)", running);
+        for (i = 0; i < 3; i++) {
+            CHECK(sk[i].n_toks == 4, "generator %d: %d tokens", i, sk[i].n_toks);
+            gemma2_generator_free(gg[i]);
+            gemma2_session_free(ss[i]);
+        }
+        gemma2_batch_free(b2);
+    }
     /* errors */
     s = gemma2_session_new(m, 64);
     CHECK(gemma2_generator_new(NULL, &tok, 1, NULL, &rc) == NULL && rc == GEMMA2_ERROR_INVALID_ARGUMENT, "NULL session");
